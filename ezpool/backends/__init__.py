@@ -1,0 +1,38 @@
+"""The three backends, looked up by mode name and imported only when first used."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from .base import Backend, Batch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Backend", "Batch", "MODES", "check_mode", "create"]
+
+#: Mode name -> (module, class) of the backend that runs it.
+_BACKENDS = {
+    "serial": ("ezpool.backends.serial", "SerialBackend"),
+    "parallel": ("ezpool.backends.parallel", "ParallelBackend"),
+    "distributed": ("ezpool.backends.distributed", "DistributedBackend"),
+}
+
+MODES = tuple(_BACKENDS)
+
+
+def check_mode(mode: object) -> str:
+    """Return ``mode`` if it names a mode, else raise ``ValueError`` naming it."""
+    if not isinstance(mode, str) or mode not in _BACKENDS:
+        choices = ", ".join(repr(name) for name in MODES)
+        raise ValueError(f"unknown mode {mode!r}: choose one of {choices}")
+    return mode
+
+
+def create(mode: str) -> Backend:
+    """Import the backend of ``mode`` (on first use) and make one."""
+    module_name, class_name = _BACKENDS[check_mode(mode)]
+    module = importlib.import_module(module_name)
+    backend: Backend = getattr(module, class_name)()
+    logger.debug("created the %s backend", mode)
+    return backend

@@ -1,0 +1,72 @@
+"""The loop a parallel worker process runs: receive a chunk, run it, send it back."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from array import array
+from multiprocessing.connection import Connection
+from typing import Any, Callable, Optional
+
+from ..execution import ChunkOutcome, pack_chunk, run_chunk
+from ..serialization import ExceptionRecord, capture, loads
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["main"]
+
+#: Seconds between checks that the parent process is still alive.
+_PARENT_CHECK_EVERY = 0.5
+
+
+def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
+    """Serve chunks from ``conn`` until told to stop or the parent goes away.
+
+    A request is ``(token, function_blob_or_None, first, stop, pieces)``; the reply
+    is what ``ezpool.execution.pack_chunk`` makes. ``None`` asks the loop to stop.
+    """
+    # Ctrl-C is the parent's to handle: children stop when the parent says so.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    mark = memoryview(mark_buffer).cast("B").cast("d")
+    fun: Optional[Callable[..., Any]] = None
+    load_error: Optional[ExceptionRecord] = None
+    while True:
+        try:
+            request = loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        _token, blob, first, stop, pieces = request
+        try:
+            if blob is not None:
+                fun, load_error = None, None
+                fun = loads(blob)
+            tasks = loads(pieces[0]) if len(pieces) == 1 else [t for p in pieces for t in loads(p)]
+        except Exception as exc:
+            record = capture(exc)
+            if blob is not None:
+                load_error = record
+            outcome = _all_failed(stop - first, record)
+        else:
+            if load_error is not None or fun is None:
+                outcome = _all_failed(stop - first, load_error or capture(RuntimeError("no function")))
+            else:
+                outcome = run_chunk(fun, tasks, first, mark)
+        conn.send_bytes(pack_chunk(first, outcome))
+
+
+def _all_failed(count: int, record: ExceptionRecord) -> ChunkOutcome:
+    return [None] * count, array("d", bytes(8 * count)), dict.fromkeys(range(count), record)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Leave as soon as the parent dies, even in the middle of a long task."""
+    while True:
+        time.sleep(_PARENT_CHECK_EVERY)
+        if os.getppid() != parent_pid:
+            os._exit(1)

@@ -1,0 +1,363 @@
+"""The parallel mode: worker processes on this machine, fed chunk by chunk.
+
+How data flows (one duplex pipe and one shared ``mark`` slot per process)::
+
+    calling process (ParallelBackend / _Call)          worker process (child.main)
+    ─────────────────────────────────────────          ───────────────────────────
+    pickle the function once, tasks in pieces
+    idle worker ─── (token, fun?, first, stop, pieces) ──▶ unpickle, run each task:
+                                                            mark = its position
+    wait(pipes + process sentinels, timeout)  ◀── (first, values, times, failures)
+      ├─ a reply: give that worker its next chunk, then yield a Batch
+      ├─ a sentinel: the process died; ``mark`` names the task it was running,
+      │   which gets WorkerCrashed (or one more try); the rest of its chunk is redone
+      └─ a timeout: a mark unchanged for ``timeout`` seconds: kill the process,
+          the task gets TaskTimeout, the rest of its chunk is redone, a new one starts
+
+The function travels once per call to each process, never once per task, and
+the processes live as long as the pool, so a second call pays no start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
+from multiprocessing.connection import Connection, wait
+from time import perf_counter
+from typing import Any, Callable, NamedTuple, Optional
+
+from ..chunking import ChunkSizer, plan_pieces
+from ..errors import TaskTimeout, WorkerCrashed
+from ..options import Options
+from ..serialization import dumps, dumps_function, dumps_tasks, loads, rebuild
+from . import child
+from .base import Backend, Batch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ParallelBackend", "available_cpus"]
+
+#: Seconds to wait for a process to leave after being asked, before killing it.
+_STOP_GRACE = 2.0
+
+#: Longest pause between two looks for overdue tasks when a timeout is set.
+_TIMEOUT_POLL = 0.1
+
+
+def available_cpus() -> int:
+    """The number of CPUs this process may run on."""
+    counter = getattr(os, "process_cpu_count", None)
+    if counter is not None:
+        return int(counter() or 1)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class _Piece(NamedTuple):
+    start: int
+    stop: int
+    payload: bytes
+    alone: bool  # a suspect retried on its own, never merged with its neighbours
+
+
+class _Process:
+    """One worker process, seen from the calling process."""
+
+    __slots__ = ("process", "conn", "mark", "name", "token", "piece", "seen")
+
+    def __init__(self, context: Any) -> None:
+        parent_end, child_end = context.Pipe(duplex=True)
+        buffer = context.RawArray("d", 1)
+        self.process = context.Process(
+            target=child.main, args=(child_end, buffer, os.getpid()), daemon=True, name="ezpool-worker"
+        )
+        self.process.start()
+        child_end.close()
+        self.conn: Connection = parent_end
+        self.mark = memoryview(buffer).cast("B").cast("d")
+        self.mark[0] = -1.0
+        self.name = f"pid {self.process.pid}"
+        self.token = 0  # the call whose function this process holds
+        self.piece: Optional[tuple[int, int]] = None  # the chunk in flight
+        self.seen = (-1.0, 0.0)  # (mark, when the caller first saw it), for timeouts
+
+    def running(self, now: float) -> tuple[int, float]:
+        """The position of the task running now (-1: none) and since when, roughly."""
+        position = self.mark[0]
+        if position != self.seen[0]:
+            self.seen = (position, now)
+        return int(position), self.seen[1]
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(_STOP_GRACE)
+        self.conn.close()
+
+
+class ParallelBackend(Backend):
+    """Runs tasks on worker processes that live as long as the pool."""
+
+    def __init__(self) -> None:
+        self._processes: list[_Process] = []
+        self._shape: Optional[tuple[int, Optional[str]]] = None
+        self._context: Any = None
+        self._tokens = itertools.count(1)
+
+    def run(
+        self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
+    ) -> Generator[Batch, None, None]:
+        if not callable(fun):
+            raise TypeError(f"fun must be callable, got {fun!r}")
+        blob = dumps_function(fun)
+        ncpu = options.ncpu or available_cpus()
+        pieces = [
+            _Piece(start, stop, dumps_tasks(tasks[start:stop]), False)
+            for start, stop in plan_pieces(len(tasks), ncpu, options.chunksize)
+        ]
+        if not pieces:
+            return
+        self._start(ncpu, options.start_method)
+        call = _Call(self, tasks, blob, pieces, options, next(self._tokens))
+        yield from call.batches()
+
+    def close(self) -> None:
+        for proc in self._processes:
+            with contextlib.suppress(OSError):
+                proc.conn.send_bytes(dumps(None))
+        for proc in self._processes:
+            proc.process.join(_STOP_GRACE)
+            proc.kill()
+        logger.debug("stopped %d worker processes", len(self._processes))
+        self._processes = []
+        self._shape = None
+
+    def _start(self, ncpu: int, start_method: Optional[str]) -> None:
+        """Have ``ncpu`` live processes, reusing those of an earlier call."""
+        if self._shape != (ncpu, start_method):
+            self.close()
+            self._context = multiprocessing.get_context(start_method)
+            self._shape = (ncpu, start_method)
+        alive = [proc for proc in self._processes if proc.process.is_alive()]
+        for proc in self._processes:
+            if proc not in alive:
+                proc.kill()
+        while len(alive) < ncpu:
+            alive.append(_Process(self._context))
+        if len(alive) != len(self._processes):
+            logger.debug("started worker processes: %d live", len(alive))
+        self._processes = alive
+
+    def _replace(self, proc: _Process) -> _Process:
+        proc.kill()
+        fresh = _Process(self._context)
+        self._processes[self._processes.index(proc)] = fresh
+        return fresh
+
+    def _discard(self, procs: Sequence[_Process]) -> None:
+        """Kill processes whose work was abandoned; the next call starts new ones."""
+        for proc in procs:
+            proc.kill()
+        self._processes = [proc for proc in self._processes if proc not in procs]
+
+
+class _Call:
+    """The state of one ``pmap`` call: what is pending, in flight, and retried."""
+
+    def __init__(
+        self,
+        backend: ParallelBackend,
+        tasks: Sequence[Any],
+        blob: bytes,
+        pieces: list[_Piece],
+        options: Options,
+        token: int,
+    ) -> None:
+        self.backend = backend
+        self.tasks = tasks
+        self.blob = blob
+        self.pending: deque[_Piece] = deque(pieces)
+        self.undispatched = len(tasks)
+        self.timeout = options.timeout
+        self.max_attempts = options.max_attempts
+        self.fixed_size = options.chunksize
+        self.sizer = ChunkSizer(len(backend._processes))
+        self.attempts: dict[int, int] = {}
+        self.token = token
+
+    def batches(self) -> Iterator[Batch]:
+        busy: dict[Any, _Process] = {}  # pipe or sentinel -> process
+        finished = False
+        try:
+            for proc in list(self.backend._processes):
+                self._feed(proc, busy)
+            while busy:
+                ready = wait(list(busy), self._wait_seconds(busy))
+                for handle in ready:
+                    if handle not in busy:  # its pipe and its sentinel were both ready
+                        continue
+                    proc = busy[handle]
+                    _forget(busy, proc)
+                    try:
+                        reply = proc.conn.recv_bytes() if handle is proc.conn else None
+                    except (EOFError, OSError):
+                        reply = None
+                    if reply is None:
+                        yield from self._lost(proc, busy, timed_out=False)
+                        continue
+                    proc.piece = None
+                    self._feed(proc, busy)
+                    yield self._batch(reply, proc.name)
+                if self.timeout is not None:
+                    for proc in self._overdue(busy):
+                        yield from self._lost(proc, busy, timed_out=True)
+            finished = True
+        finally:
+            if not finished:
+                stuck = [proc for proc in self.backend._processes if proc.piece is not None]
+                logger.debug("call abandoned: killing %d busy worker processes", len(stuck))
+                self.backend._discard(stuck)
+
+    def _feed(self, proc: _Process, busy: dict[Any, _Process]) -> None:
+        """Give an idle process its next chunk, if any work is pending."""
+        while self.pending:
+            piece = self._next_chunk()
+            blob = self.blob if proc.token != self.token else None
+            request = dumps((self.token, blob, piece.start, piece.stop, piece.payload))
+            try:
+                proc.conn.send_bytes(request)
+            except OSError:  # it died while idle: put the work back and use a new one
+                self._requeue(piece.start, piece.stop, front=True)
+                proc = self.backend._replace(proc)
+                continue
+            proc.token = self.token
+            proc.piece = (piece.start, piece.stop)
+            busy[proc.conn] = proc
+            busy[proc.process.sentinel] = proc
+            return
+
+    def _next_chunk(self) -> _Piece:
+        """Join consecutive pending pieces into one chunk of about the right size."""
+        first = self.pending.popleft()
+        payloads = [first.payload]
+        stop = first.stop
+        if not first.alone and not self.fixed_size:
+            limit = self.sizer.limit(self.undispatched)
+            while (
+                self.pending
+                and not self.pending[0].alone
+                and self.pending[0].start == stop
+                and self.pending[0].stop - first.start <= limit
+            ):
+                piece = self.pending.popleft()
+                payloads.append(piece.payload)
+                stop = piece.stop
+        self.undispatched -= stop - first.start
+        return _Piece(first.start, stop, payloads, first.alone)  # type: ignore[arg-type]
+
+    def _requeue(self, start: int, stop: int, front: bool, alone: bool = False) -> None:
+        if start >= stop:
+            return
+        piece = _Piece(start, stop, dumps_tasks(self.tasks[start:stop]), alone)
+        self.undispatched += stop - start
+        if front:
+            self.pending.appendleft(piece)
+        else:
+            self.pending.append(piece)
+
+    def _batch(self, reply: bytes, worker: str) -> Batch:
+        first, values, times, failures = loads(reply)
+        for offset, record in failures.items():
+            values[offset] = rebuild(record)
+        self.sizer.record(times)
+        return Batch(first, values, times, set(failures), worker)
+
+    def _wait_seconds(self, busy: dict[Any, _Process]) -> Optional[float]:
+        """How long to block: forever, or briefly enough to watch for overdue tasks."""
+        if self.timeout is None:
+            return None
+        return min(self.timeout / 4, _TIMEOUT_POLL)
+
+    def _overdue(self, busy: dict[Any, _Process]) -> list[_Process]:
+        assert self.timeout is not None
+        now = perf_counter()
+        late = []
+        for proc in set(busy.values()):
+            position, since = proc.running(now)
+            if position >= 0 and now - since > self.timeout:
+                late.append(proc)
+        return late
+
+    def _lost(self, proc: _Process, busy: dict[Any, _Process], timed_out: bool) -> Iterator[Batch]:
+        """A process died (or was killed for a timeout) with a chunk in flight."""
+        _forget(busy, proc)
+        assert proc.piece is not None
+        start, stop = proc.piece
+        position, began = proc.running(perf_counter())
+        if timed_out:
+            proc.process.kill()
+        proc.process.join(_STOP_GRACE)
+        how = _how_it_ended(proc.process.exitcode)
+        ran = perf_counter() - began
+        replacement = self.backend._replace(proc)
+        if not start <= position < stop:
+            # It died between tasks (loading the chunk or sending results back):
+            # retry every task of the chunk on its own, counting an attempt each.
+            logger.warning("worker process %s %s outside any task; retrying its chunk", proc.name, how)
+            for spot in reversed(range(start, stop)):
+                yield from self._strike(spot, proc.name, how, 0.0)
+        else:
+            self._requeue(position + 1, stop, front=True)
+            if timed_out:
+                task = self.tasks[position]
+                error = TaskTimeout(
+                    f"task {task!r} ran longer than its timeout of {self.timeout} s; "
+                    f"worker process {proc.name} was killed and replaced"
+                )
+                yield Batch(position, [error], [ran], {0}, proc.name)
+            else:
+                logger.warning(
+                    "worker process %s %s while running task %r", proc.name, how, self.tasks[position]
+                )
+                yield from self._strike(position, proc.name, how, ran)
+            self._requeue(start, position, front=True)
+        self._feed(replacement, busy)
+
+    def _strike(self, position: int, worker: str, how: str, ran: float) -> Iterator[Batch]:
+        """Count a crash against a task: retry it alone, or give up on it."""
+        tries = self.attempts.get(position, 0) + 1
+        self.attempts[position] = tries
+        if tries < self.max_attempts:
+            self._requeue(position, position + 1, front=True, alone=True)
+            return
+        task = self.tasks[position]
+        error = WorkerCrashed(
+            f"worker process {worker} {how} while running task {task!r} "
+            f"(attempt {tries} of {self.max_attempts})"
+        )
+        yield Batch(position, [error], [ran], {0}, worker)
+
+
+def _forget(busy: dict[Any, Any], proc: _Process) -> None:
+    """Stop watching a process's pipe and sentinel."""
+    for handle in (proc.conn, proc.process.sentinel):
+        busy.pop(handle, None)
+
+
+def _how_it_ended(exitcode: Optional[int]) -> str:
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"

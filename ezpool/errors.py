@@ -1,0 +1,71 @@
+"""Every exception EzPool raises or stores in a result slot, under one root."""
+
+from __future__ import annotations
+
+__all__ = [
+    "EzPoolError",
+    "RemoteError",
+    "WorkerCrashed",
+    "WorkerUnavailable",
+    "TaskTimeout",
+    "ResultNotSerializable",
+    "AuthenticationError",
+    "RemoteTraceback",
+]
+
+
+class EzPoolError(Exception):
+    """Base class of every error defined by EzPool."""
+
+
+class RemoteError(EzPoolError):
+    """A task raised an exception that could not be rebuilt in the calling process.
+
+    The original exception's type name, message and formatted traceback are kept,
+    so nothing about the failure is lost even when its class is unknown here or
+    it could not be pickled.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(type_name, message, traceback_text)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
+class WorkerCrashed(EzPoolError):
+    """The process running a task died before the task finished."""
+
+
+class WorkerUnavailable(EzPoolError):
+    """A worker could not be reached, or serves something other than what was asked."""
+
+
+class TaskTimeout(EzPoolError, TimeoutError):
+    """A task ran longer than its ``timeout``; it is also a builtin ``TimeoutError``."""
+
+
+class ResultNotSerializable(EzPoolError, TypeError):
+    """A task finished but its value could not be sent back to the calling process."""
+
+
+class AuthenticationError(EzPoolError):
+    """A worker and a client do not share the same HMAC key (or one of them has none)."""
+
+
+class RemoteTraceback(EzPoolError):
+    """Carries the formatted traceback of an exception raised in another process.
+
+    EzPool sets it as the ``__cause__`` of a rebuilt exception, the way
+    ``concurrent.futures`` does, so printing the exception shows where it was raised.
+    """
+
+    def __init__(self, traceback_text: str) -> None:
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.traceback_text.rstrip()}\n"""'

@@ -1,0 +1,133 @@
+"""The one set of keyword options every map call takes, checked in one place.
+
+Every option may be given to ``Pool(...)`` as a pool-wide default and overridden per
+call (``pool.pmap(..., timeout=5)``). A mode ignores the options it has no use for,
+so one argparse namespace can drive all three modes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import multiprocessing
+import numbers
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, Union
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Options", "DEFAULT_WORKER"]
+
+#: The worker a distributed call uses when none is named.
+DEFAULT_WORKER = "PYRO:worker@localhost:21000"
+
+ProgressHook = Callable[[Any, int, int], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Keyword options of ``Pool``, ``map``, ``smap``, ``pmap`` and ``dmap``.
+
+    Attributes:
+        progress: ``None`` shows a progress bar on stderr only when it is a terminal;
+            ``True`` always, ``False`` never; a callable is called in the calling
+            process once per finished task as ``progress(outcome, done, total)``.
+        msg: the label of the progress bar.
+        timeout: seconds a single task may run (``None``: no limit). A task that runs
+            longer gets ``TaskTimeout`` (a ``TimeoutError``) in its slot. The serial
+            mode cannot stop a running task and ignores it.
+        ncpu: worker processes for the parallel mode (``None``: the CPUs this
+            process may use). More than the cores is allowed.
+        chunksize: tasks sent to a worker at a time (``None``: chosen for you,
+            shrinking towards the end of a run so that no core idles).
+        start_method: the ``multiprocessing`` start method (``"fork"``, ``"spawn"``,
+            ``"forkserver"``; ``None``: the platform's default).
+        workers: URIs of the distributed workers, e.g. ``"PYRO:worker@host:21000"``;
+            one string or a sequence of them.
+        spawn: in the distributed mode, start a local worker that does not answer
+            (only on ``localhost``/``127.0.0.1``).
+        hmac_key: the shared secret of distributed workers (``None``: read
+            ``EZPOOL_HMAC_KEY`` from the environment).
+        max_attempts: how many times a task is tried when the process running it dies.
+    """
+
+    progress: Union[bool, ProgressHook, None] = None
+    msg: str = "Computing"
+    timeout: Optional[float] = None
+    ncpu: Optional[int] = None
+    chunksize: Optional[int] = None
+    start_method: Optional[str] = None
+    workers: Union[str, Sequence[str], None] = None
+    spawn: bool = True
+    hmac_key: Union[str, bytes, None] = None
+    max_attempts: int = 2
+
+    def __post_init__(self) -> None:
+        if not (self.progress is None or isinstance(self.progress, bool) or callable(self.progress)):
+            raise TypeError(f"progress must be None, True, False or a callable, got {self.progress!r}")
+        if not isinstance(self.msg, str):
+            raise TypeError(f"msg must be a string, got {self.msg!r}")
+        if self.timeout is not None:
+            if isinstance(self.timeout, bool) or not isinstance(self.timeout, numbers.Real):
+                raise TypeError(f"timeout must be a number of seconds or None, got {self.timeout!r}")
+            if not self.timeout > 0:
+                raise ValueError(f"timeout must be positive, got {self.timeout!r}")
+        _check_count("ncpu", self.ncpu)
+        _check_count("chunksize", self.chunksize)
+        _check_count("max_attempts", self.max_attempts, optional=False)
+        if self.start_method is not None:
+            methods = multiprocessing.get_all_start_methods()
+            if self.start_method not in methods:
+                raise ValueError(
+                    f"start_method {self.start_method!r} is not one of {', '.join(methods)}"
+                )
+        object.__setattr__(self, "workers", _check_workers(self.workers))
+        if not isinstance(self.spawn, bool):
+            raise TypeError(f"spawn must be True or False, got {self.spawn!r}")
+        if self.hmac_key is not None and not isinstance(self.hmac_key, (str, bytes)):
+            raise TypeError(f"hmac_key must be a str, bytes or None, got {type(self.hmac_key).__name__}")
+
+    def replace(self, **changes: Any) -> Options:
+        """Return a copy with ``changes`` applied; an unknown name is a ``TypeError``."""
+        names = {field.name for field in dataclasses.fields(self)}
+        for name in changes:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise TypeError(
+                    f"unknown option {name!r}{hint} (options: {', '.join(sorted(names))})"
+                )
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in dataclasses.asdict(self).items() if k != "hmac_key"}
+        if self.hmac_key is not None:
+            shown["hmac_key"] = "<hidden>"
+        return f"Options({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+def _check_count(name: str, value: Any, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_workers(workers: Any) -> Optional[tuple[str, ...]]:
+    if workers is None:
+        return None
+    if isinstance(workers, str):
+        workers = (workers,)
+    try:
+        uris = tuple(workers)
+    except TypeError:
+        raise TypeError(f"workers must be a URI string or a sequence of them, got {workers!r}") from None
+    for uri in uris:
+        if not isinstance(uri, str):
+            raise TypeError(f"each worker must be a URI string, got {uri!r}")
+    if not uris:
+        raise ValueError("workers is empty: name at least one worker URI")
+    return uris

@@ -1,0 +1,77 @@
+"""Progress reporting: the per-task hook and the tqdm bar, fed once per batch."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from .backends.base import Batch
+from .options import ProgressHook
+from .results import TaskOutcome
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    """Reports finished tasks to the user's hook and to a progress bar.
+
+    ``progress=None`` shows the bar only when stderr is a terminal, ``True`` always,
+    ``False`` never, and a callable is called once per finished task with a
+    ``TaskOutcome``, the number of tasks done so far and the total.
+    """
+
+    def __init__(self, option: Any, msg: str, keys: Sequence[Any]) -> None:
+        self._keys = keys
+        self._hook: Optional[ProgressHook] = (
+            option if callable(option) and not isinstance(option, bool) else None
+        )
+        self.done = 0
+        self.failed = 0
+        self._bar: Any = None
+        if option is True or (option is None and _stderr_is_terminal()):
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=len(keys), desc=msg, file=sys.stderr, unit="task", dynamic_ncols=True)
+
+    @property
+    def per_task(self) -> bool:
+        """Whether someone wants to hear of every task as soon as it finishes."""
+        return self._hook is not None
+
+    def update(self, batch: Batch) -> None:
+        count = len(batch.values)
+        self.failed += len(batch.failed)
+        if self._hook is not None:
+            keys, total = self._keys, len(self._keys)
+            for offset in range(count):
+                self.done += 1
+                outcome = TaskOutcome(
+                    keys[batch.start + offset],
+                    batch.values[offset],
+                    batch.elapsed[offset],
+                    batch.worker,
+                    offset in batch.failed,
+                )
+                self._hook(outcome, self.done, total)
+        else:
+            self.done += count
+        if self._bar is not None:
+            if batch.failed:
+                self._bar.set_postfix(failed=self.failed, refresh=False)
+            self._bar.update(count)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,142 @@
+"""What a map call gives back: one ``TaskOutcome`` per finished task, and ``Results``."""
+
+from __future__ import annotations
+
+import logging
+from array import array
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+from .errors import EzPoolError
+
+if TYPE_CHECKING:
+    from .backends.base import Batch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TaskOutcome", "Results", "ResultsBuilder"]
+
+
+class TaskOutcome:
+    """One finished task, as handed to progress hooks.
+
+    Attributes:
+        task: the task, exactly as it was given.
+        value: what the task returned or, if it failed, the exception.
+        elapsed: the task's run time in seconds, measured where it ran.
+        worker: where it ran (``"pid 1234"`` for local processes, a URI for workers).
+        failed: whether ``value`` is an exception the task raised (or met).
+    """
+
+    __slots__ = ("task", "value", "elapsed", "worker", "failed")
+
+    def __init__(self, task: Any, value: Any, elapsed: float, worker: str, failed: bool) -> None:
+        self.task = task
+        self.value = value
+        self.elapsed = elapsed
+        self.worker = worker
+        self.failed = failed
+
+    def __repr__(self) -> str:
+        state = "failed" if self.failed else "ok"
+        return (
+            f"TaskOutcome(task={self.task!r}, value={self.value!r}, "
+            f"elapsed={self.elapsed:.6f}, worker={self.worker!r}, {state})"
+        )
+
+
+class Results(dict):
+    """A ``dict`` from each task to its value or, if the task raised, to the exception.
+
+    Keys are in the order the tasks were given, whatever order they finished in.
+
+    Attributes:
+        errors: the failed tasks only, each mapped to its exception.
+        elapsed: each task's run time in seconds, measured where it ran.
+        workers: where each task ran.
+        wall_time: seconds the whole call took, as seen by the caller.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.errors: dict[Any, BaseException] = {}
+        self.wall_time: float = 0.0
+        self._keys: Sequence[Hashable] = ()
+        self._times: Sequence[float] = ()
+        self._spans: Sequence[tuple[int, int, str]] = ()
+        self._elapsed: Optional[dict[Any, float]] = None
+        self._workers: Optional[dict[Any, str]] = None
+
+    @property
+    def elapsed(self) -> dict[Any, float]:
+        if self._elapsed is None:
+            self._elapsed = dict(zip(self._keys, self._times))
+        return self._elapsed
+
+    @property
+    def workers(self) -> dict[Any, str]:
+        if self._workers is None:
+            names = [""] * len(self._keys)
+            for start, stop, worker in self._spans:
+                names[start:stop] = [worker] * (stop - start)
+            self._workers = dict(zip(self._keys, names))
+        return self._workers
+
+    def summary(self) -> str:
+        """A one-line account: how many tasks, how many failed, and the timings."""
+        count = len(self._times)
+        busy = sum(self._times)
+        mean = busy / count if count else 0.0
+        return (
+            f"{count} tasks, {len(self.errors)} failed, wall {self.wall_time:.3f} s, "
+            f"task time {busy:.3f} s (mean {mean:.6f} s)"
+        )
+
+
+class ResultsBuilder:
+    """Turns batches that arrive in any order into ``Results`` in task order.
+
+    Each run of tasks is added to the dict as soon as every task before it is in,
+    so most of the work overlaps with the tasks still running.
+    """
+
+    def __init__(self, keys: Sequence[Hashable]) -> None:
+        self._keys = keys
+        self._results = Results()
+        self._times = array("d", bytes(8 * len(keys)))
+        self._spans: list[tuple[int, int, str]] = []
+        self._failed: list[int] = []
+        self._waiting: dict[int, Batch] = {}
+        self._cursor = 0
+
+    def add(self, batch: Batch) -> None:
+        start = batch.start
+        stop = start + len(batch.values)
+        elapsed = batch.elapsed
+        self._times[start:stop] = elapsed if isinstance(elapsed, array) else array("d", elapsed)
+        self._spans.append((start, stop, batch.worker))
+        self._failed.extend(start + offset for offset in batch.failed)
+        if start != self._cursor:
+            if start < self._cursor or start in self._waiting:
+                raise EzPoolError(f"tasks from position {start} were reported twice")
+            self._waiting[start] = batch
+            return
+        self._insert(batch)
+        while self._cursor in self._waiting:
+            self._insert(self._waiting.pop(self._cursor))
+
+    def _insert(self, batch: Batch) -> None:
+        stop = batch.start + len(batch.values)
+        self._results.update(zip(self._keys[batch.start : stop], batch.values))
+        self._cursor = stop
+
+    def finish(self, wall_time: float) -> Results:
+        """The finished ``Results``; every task must have been reported once."""
+        if self._cursor != len(self._keys):
+            raise EzPoolError(f"only {self._cursor} of {len(self._keys)} tasks were reported")
+        results = self._results
+        failed_keys = [self._keys[position] for position in sorted(self._failed)]
+        results.errors = {key: results[key] for key in failed_keys}
+        results.wall_time = wall_time
+        results._keys, results._times, results._spans = self._keys, self._times, self._spans
+        return results

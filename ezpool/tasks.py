@@ -1,0 +1,54 @@
+"""Task normalisation: what counts as a task, its order, and how it becomes arguments.
+
+A task is any hashable object, because tasks are the keys of the result dict. A task
+that is exactly a ``tuple`` is unpacked into positional arguments (``fun(*task)``);
+anything else, strings and named tuples included, is passed as the one argument.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Iterable
+from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["unique_tasks", "call"]
+
+
+def unique_tasks(tasks: Iterable[Hashable]) -> list[Hashable]:
+    """Return the distinct tasks in the order they were first given.
+
+    Raises ``TypeError`` naming the task when one is unhashable, or when ``tasks``
+    is not an iterable of tasks, before any task runs.
+    """
+    if tasks is None or isinstance(tasks, (str, bytes)):
+        raise TypeError(
+            f"tasks must be an iterable of tasks, got {tasks!r}; "
+            "wrap a single task in a list, e.g. tasks=[task]"
+        )
+    try:
+        items = tasks if isinstance(tasks, (list, tuple, range)) else list(tasks)
+    except TypeError:
+        raise TypeError(
+            f"tasks must be an iterable of tasks, got {type(tasks).__name__} {tasks!r}"
+        ) from None
+    try:
+        if isinstance(items, range) or len(set(items)) == len(items):
+            return list(items)  # already distinct; a set is the fastest way to know
+        return list(dict.fromkeys(items))
+    except TypeError:
+        for task in items:
+            try:
+                hash(task)
+            except TypeError as exc:
+                raise TypeError(
+                    f"task {task!r} is unhashable ({exc}); tasks are the keys of the "
+                    "results, so use hashable tasks (e.g. a tuple instead of a list)"
+                ) from None
+        raise
+
+
+def call(fun: Callable[..., Any], task: Any) -> Any:
+    """Run one task: unpack an exact tuple into arguments, pass anything else whole."""
+    return fun(*task) if type(task) is tuple else fun(task)
