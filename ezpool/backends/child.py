@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -32,13 +33,15 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     mark = memoryview(mark_buffer).cast("B").cast("d")
+    # A reader thread drains the pipe as requests arrive, so the parent can queue
+    # the next chunk while this one runs and never blocks on a full pipe.
+    requests: queue.SimpleQueue[Optional[bytes]] = queue.SimpleQueue()
+    threading.Thread(target=_read_requests, args=(conn, requests), daemon=True).start()
     fun: Optional[Callable[..., Any]] = None
     load_error: Optional[ExceptionRecord] = None
     while True:
-        try:
-            request = loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return
+        message = requests.get()
+        request = None if message is None else loads(message)
         if request is None:
             return
         _token, blob, first, stop, pieces = request
@@ -57,7 +60,19 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
                 outcome = _all_failed(stop - first, load_error or capture(RuntimeError("no function")))
             else:
                 outcome = run_chunk(fun, tasks, first, mark)
-        conn.send_bytes(pack_chunk(first, outcome))
+        try:
+            conn.send_bytes(pack_chunk(first, outcome))
+        except OSError:  # the parent is gone
+            return
+
+
+def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[bytes]]) -> None:
+    """Move requests from the pipe into ``requests``; ``None`` once the pipe closes."""
+    try:
+        while True:
+            requests.put(conn.recv_bytes())
+    except (EOFError, OSError):
+        requests.put(None)
 
 
 def _all_failed(count: int, record: ExceptionRecord) -> ChunkOutcome:

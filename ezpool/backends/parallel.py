@@ -5,12 +5,13 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
     calling process (ParallelBackend / _Call)          worker process (child.main)
     ─────────────────────────────────────────          ───────────────────────────
     pickle the function once, tasks in pieces
-    idle worker ─── (token, fun?, first, stop, pieces) ──▶ unpickle, run each task:
+    each worker holds up to two chunks:                  a reader thread queues them;
+      ─── (token, fun?, first, stop, pieces) ──▶       unpickle, run each task:
                                                             mark = its position
     wait(pipes + process sentinels, timeout)  ◀── (first, values, times, failures)
-      ├─ a reply: give that worker its next chunk, then yield a Batch
+      ├─ a reply: top that worker up to two chunks, then yield a Batch
       ├─ a sentinel: the process died; ``mark`` names the task it was running,
-      │   which gets WorkerCrashed (or one more try); the rest of its chunk is redone
+      │   which gets WorkerCrashed (or one more try); the rest of its chunks is redone
       └─ a timeout: a mark unchanged for ``timeout`` seconds: kill the process,
           the task gets TaskTimeout, the rest of its chunk is redone, a new one starts
 
@@ -49,6 +50,10 @@ _STOP_GRACE = 2.0
 #: Longest pause between two looks for overdue tasks when a timeout is set.
 _TIMEOUT_POLL = 0.1
 
+#: Chunks a worker holds at once: one running, one waiting, so it never idles
+#: while the calling process is busy with another worker's results.
+_DEPTH = 2
+
 
 def available_cpus() -> int:
     """The number of CPUs this process may run on."""
@@ -71,7 +76,7 @@ class _Piece(NamedTuple):
 class _Process:
     """One worker process, seen from the calling process."""
 
-    __slots__ = ("process", "conn", "mark", "name", "token", "piece", "seen")
+    __slots__ = ("process", "conn", "mark", "name", "token", "chunks", "seen")
 
     def __init__(self, context: Any) -> None:
         parent_end, child_end = context.Pipe(duplex=True)
@@ -86,7 +91,7 @@ class _Process:
         self.mark[0] = -1.0
         self.name = f"pid {self.process.pid}"
         self.token = 0  # the call whose function this process holds
-        self.piece: Optional[tuple[int, int]] = None  # the chunk in flight
+        self.chunks: deque[tuple[int, int]] = deque()  # (start, stop) in flight, oldest first
         self.seen = (-1.0, 0.0)  # (mark, when the caller first saw it), for timeouts
 
     def running(self, now: float) -> tuple[int, float]:
@@ -197,15 +202,15 @@ class _Call:
         busy: dict[Any, _Process] = {}  # pipe or sentinel -> process
         finished = False
         try:
-            for proc in list(self.backend._processes):
-                self._feed(proc, busy)
+            for _ in range(_DEPTH):
+                for proc in list(self.backend._processes):
+                    self._feed(proc, busy, depth=1)
             while busy:
                 ready = wait(list(busy), self._wait_seconds(busy))
                 for handle in ready:
                     if handle not in busy:  # its pipe and its sentinel were both ready
                         continue
                     proc = busy[handle]
-                    _forget(busy, proc)
                     try:
                         reply = proc.conn.recv_bytes() if handle is proc.conn else None
                     except (EOFError, OSError):
@@ -213,7 +218,9 @@ class _Call:
                     if reply is None:
                         yield from self._lost(proc, busy, timed_out=False)
                         continue
-                    proc.piece = None
+                    proc.chunks.popleft()
+                    if not proc.chunks:
+                        _forget(busy, proc)
                     self._feed(proc, busy)
                     yield self._batch(reply, proc.name)
                 if self.timeout is not None:
@@ -222,27 +229,28 @@ class _Call:
             finished = True
         finally:
             if not finished:
-                stuck = [proc for proc in self.backend._processes if proc.piece is not None]
+                stuck = [proc for proc in self.backend._processes if proc.chunks]
                 logger.debug("call abandoned: killing %d busy worker processes", len(stuck))
                 self.backend._discard(stuck)
 
-    def _feed(self, proc: _Process, busy: dict[Any, _Process]) -> None:
-        """Give an idle process its next chunk, if any work is pending."""
-        while self.pending:
+    def _feed(self, proc: _Process, busy: dict[Any, _Process], depth: int = _DEPTH) -> None:
+        """Top a process up to ``depth`` chunks in flight, while work is pending."""
+        while self.pending and len(proc.chunks) < depth:
             piece = self._next_chunk()
             blob = self.blob if proc.token != self.token else None
             request = dumps((self.token, blob, piece.start, piece.stop, piece.payload))
             try:
                 proc.conn.send_bytes(request)
-            except OSError:  # it died while idle: put the work back and use a new one
+            except OSError:  # it died: its sentinel will say so; put this chunk back
                 self._requeue(piece.start, piece.stop, front=True)
-                proc = self.backend._replace(proc)
-                continue
+                if not proc.chunks:
+                    proc = self.backend._replace(proc)
+                    continue
+                return
             proc.token = self.token
-            proc.piece = (piece.start, piece.stop)
+            proc.chunks.append((piece.start, piece.stop))
             busy[proc.conn] = proc
             busy[proc.process.sentinel] = proc
-            return
 
     def _next_chunk(self) -> _Piece:
         """Join consecutive pending pieces into one chunk of about the right size."""
@@ -297,10 +305,8 @@ class _Call:
         return late
 
     def _lost(self, proc: _Process, busy: dict[Any, _Process], timed_out: bool) -> Iterator[Batch]:
-        """A process died (or was killed for a timeout) with a chunk in flight."""
+        """A process died (or was killed for a timeout) with chunks in flight."""
         _forget(busy, proc)
-        assert proc.piece is not None
-        start, stop = proc.piece
         position, began = proc.running(perf_counter())
         if timed_out:
             proc.process.kill()
@@ -308,9 +314,14 @@ class _Call:
         how = _how_it_ended(proc.process.exitcode)
         ran = perf_counter() - began
         replacement = self.backend._replace(proc)
+        # Chunks it had not started go back whole, in order, ahead of everything else.
+        current, *waiting = proc.chunks
+        for start, stop in reversed(waiting):
+            self._requeue(start, stop, front=True)
+        start, stop = current
         if not start <= position < stop:
-            # It died between tasks (loading the chunk or sending results back):
-            # retry every task of the chunk on its own, counting an attempt each.
+            # It died between tasks (loading a chunk or sending results back):
+            # retry each task of its chunk on its own, counting an attempt each.
             logger.warning("worker process %s %s outside any task; retrying its chunk", proc.name, how)
             for spot in reversed(range(start, stop)):
                 yield from self._strike(spot, proc.name, how, 0.0)

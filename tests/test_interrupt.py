@@ -1,0 +1,126 @@
+"""Ctrl-C and a killed caller: no worker process outlives the call that started it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from ezpool import Pool
+
+    def nap(seconds):
+        time.sleep(seconds)
+        return os.getpid()
+
+    if __name__ == "__main__":
+        pids_file = sys.argv[1]
+        with Pool(start_method=sys.argv[2]) as pool:
+            pool.pmap(os.getpid, [()] * 4, ncpu=2)  # start the workers
+            workers = [p.process.pid for p in pool._backends["parallel"]._processes]
+            with open(pids_file, "w") as f:
+                f.write(" ".join(map(str, workers)))
+            print("ready", flush=True)
+            pool.pmap(nap, [60, 61, 62, 63], ncpu=2, progress=False)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited all the same.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start(tmp_path: Path, start_method: str) -> tuple[subprocess.Popen[str], list[int]]:
+    script = tmp_path / "long_run.py"
+    script.write_text(SCRIPT)
+    pids_file = tmp_path / "pids"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(pids_file), start_method],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", proc.stderr.read() if proc.stderr else ""
+    return proc, [int(pid) for pid in pids_file.read_text().split()]
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if _alive(pid)]
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return [pid for pid in pids if _alive(pid)]
+
+
+@pytest.fixture
+def cleanup():
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)  # reaps it and closes its pipes
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_ctrl_c_reaches_caller_and_stops_every_worker(tmp_path, cleanup, start_method):
+    proc, workers = _start(tmp_path, start_method)
+    cleanup.append(proc)
+    time.sleep(0.5)  # let the long tasks start
+    began = time.monotonic()
+    proc.send_signal(signal.SIGINT)  # to the calling process only
+    _, stderr = proc.communicate(timeout=20)
+    took = time.monotonic() - began
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in stderr
+    assert took < 10, f"KeyboardInterrupt took {took:.1f} s to reach the caller"
+    assert _wait_gone(workers, 5) == []
+    # Only the caller reports the interrupt: no traceback spam from the children.
+    assert stderr.count("Traceback (most recent call last)") == 1, stderr
+
+
+def test_ctrl_c_to_whole_process_group(tmp_path, cleanup):
+    proc, workers = _start(tmp_path, "fork")
+    cleanup.append(proc)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # a real terminal sends it to the whole group
+    _, stderr = proc.communicate(timeout=20)
+    assert "KeyboardInterrupt" in stderr
+    assert stderr.count("Traceback (most recent call last)") == 1, stderr
+    assert _wait_gone(workers, 5) == []
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_workers_exit_when_the_caller_is_killed(tmp_path, cleanup, start_method):
+    proc, workers = _start(tmp_path, start_method)
+    cleanup.append(proc)
+    time.sleep(0.5)
+    proc.kill()  # SIGKILL: no cleanup code runs in the caller
+    proc.wait(10)
+    assert _wait_gone(workers, 10) == [], "worker processes outlived their killed caller"
