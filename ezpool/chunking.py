@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["plan_pieces", "ChunkSizer", "TARGET_SECONDS"]
 
 #: About how long one chunk should keep a worker busy.
-TARGET_SECONDS = 0.02
+TARGET_SECONDS = 0.01
 
 #: Near the end chunks shrink, but not below this much work: a round trip costs
 #: about 0.1 ms, and an idle core at the end for 1 ms is no loss worth avoiding.
@@ -50,8 +50,8 @@ def plan_pieces(count: int, workers: int, chunksize: Optional[int] = None) -> li
 class ChunkSizer:
     """Decides how many tasks the next chunk may hold, from the run times seen so far."""
 
-    def __init__(self, workers: int, target: float = TARGET_SECONDS) -> None:
-        self._workers = workers
+    def __init__(self, slots: int, target: float = TARGET_SECONDS) -> None:
+        self._slots = slots  # chunks in flight at once: workers x chunks each holds
         self._target = target
         self._tasks = 0
         self._seconds = 0.0
@@ -71,5 +71,5 @@ class ChunkSizer:
         mean = self._seconds / self._tasks
         if mean <= 0:
             return remaining
-        fair_share = math.ceil(remaining / (2 * self._workers))
+        fair_share = math.ceil(remaining / (2 * self._slots))
         return max(1, int(FLOOR_SECONDS / mean), min(int(self._target / mean), fair_share))

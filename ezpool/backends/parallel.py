@@ -194,7 +194,7 @@ class _Call:
         self.timeout = options.timeout
         self.max_attempts = options.max_attempts
         self.fixed_size = options.chunksize
-        self.sizer = ChunkSizer(len(backend._processes))
+        self.sizer = ChunkSizer(len(backend._processes) * _DEPTH)
         self.attempts: dict[int, int] = {}
         self.token = token
 
