@@ -33,9 +33,9 @@ class Progress:
         self.failed = 0
         self._bar: Any = None
         if option is True or (option is None and _stderr_is_terminal()):
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=len(keys), desc=msg, file=sys.stderr, unit="task", dynamic_ncols=True)
+            self._bar = _bar_class()(
+                total=len(keys), desc=msg, file=sys.stderr, unit="task", dynamic_ncols=True
+            )
 
     @property
     def per_task(self) -> bool:
@@ -75,3 +75,14 @@ def _stderr_is_terminal() -> bool:
         return sys.stderr is not None and sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _bar_class() -> Any:
+    """tqdm, without its monitor thread: a thread left running would make every
+    later ``fork`` of a worker process unsafe (and a warning on Python 3.12+)."""
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        monitor_interval = 0
+
+    return Bar
