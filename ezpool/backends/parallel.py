@@ -34,7 +34,7 @@ from time import perf_counter
 from typing import Any, Callable, NamedTuple, Optional
 
 from ..chunking import ChunkSizer, plan_pieces
-from ..errors import TaskTimeout, WorkerCrashed
+from ..errors import ResultNotSerializable, TaskTimeout, WorkerCrashed
 from ..options import Options
 from ..serialization import dumps, dumps_function, dumps_tasks, loads, rebuild
 from . import child
@@ -197,6 +197,8 @@ class _Call:
         self.sizer = ChunkSizer(len(backend._processes) * _DEPTH)
         self.attempts: dict[int, int] = {}
         self.token = token
+        for proc in backend._processes:
+            proc.seen = (-1.0, 0.0)  # positions restart with every call
 
     def batches(self) -> Iterator[Batch]:
         busy: dict[Any, _Process] = {}  # pipe or sentinel -> process
@@ -218,14 +220,16 @@ class _Call:
                     if reply is None:
                         yield from self._lost(proc, busy, timed_out=False)
                         continue
-                    proc.chunks.popleft()
+                    start, stop = proc.chunks.popleft()
                     if not proc.chunks:
                         _forget(busy, proc)
                     self._feed(proc, busy)
-                    yield self._batch(reply, proc.name)
+                    yield from self._batch(reply, start, stop, proc.name)
                 if self.timeout is not None:
                     for proc in self._overdue(busy):
                         yield from self._lost(proc, busy, timed_out=True)
+                for proc in list(self.backend._processes):  # work put back goes out again
+                    self._feed(proc, busy)
             finished = True
         finally:
             if not finished:
@@ -281,12 +285,27 @@ class _Call:
         else:
             self.pending.append(piece)
 
-    def _batch(self, reply: bytes, worker: str) -> Batch:
-        first, values, times, failures = loads(reply)
+    def _batch(self, reply: bytes, start: int, stop: int, worker: str) -> Iterator[Batch]:
+        """Decode a worker's reply; if it cannot be unpickled here, redo its tasks one by one."""
+        try:
+            first, values, times, failures = loads(reply)
+        except Exception as exc:
+            if stop - start > 1:
+                logger.warning("results of tasks %d..%d could not be unpickled (%s); redoing them one by one",
+                               start, stop - 1, exc)
+                for spot in reversed(range(start, stop)):
+                    self._requeue(spot, spot + 1, front=True, alone=True)
+                return
+            error = ResultNotSerializable(
+                f"the value of task {self.tasks[start]!r} reached the calling process "
+                f"but could not be unpickled there: {exc!r}"
+            )
+            yield Batch(start, [error], [0.0], {0}, worker)
+            return
         for offset, record in failures.items():
             values[offset] = rebuild(record)
         self.sizer.record(times)
-        return Batch(first, values, times, set(failures), worker)
+        yield Batch(first, values, times, set(failures), worker)
 
     def _wait_seconds(self, busy: dict[Any, _Process]) -> Optional[float]:
         """How long to block: forever, or briefly enough to watch for overdue tasks."""
@@ -311,21 +330,34 @@ class _Call:
         if timed_out:
             proc.process.kill()
         proc.process.join(_STOP_GRACE)
+        # Replies it finished sending before it died are good: use them.
+        while proc.chunks:
+            reply = _sent_reply(proc.conn)
+            if reply is None:
+                break
+            start, stop = proc.chunks.popleft()
+            yield from self._batch(reply, start, stop, proc.name)
         how = _how_it_ended(proc.process.exitcode)
         ran = perf_counter() - began
+        chunks = list(proc.chunks)
         replacement = self.backend._replace(proc)
-        # Chunks it had not started go back whole, in order, ahead of everything else.
-        current, *waiting = proc.chunks
-        for start, stop in reversed(waiting):
-            self._requeue(start, stop, front=True)
-        start, stop = current
-        if not start <= position < stop:
+        hit = next((chunk for chunk in chunks if chunk[0] <= position < chunk[1]), None)
+        suspect = hit or (chunks[0] if chunks else None)
+        # The chunks it had not started go back whole, in order, ahead of everything else.
+        for start, stop in reversed(chunks):
+            if (start, stop) != suspect:
+                self._requeue(start, stop, front=True)
+        if suspect is None:
+            pass
+        elif hit is None:
             # It died between tasks (loading a chunk or sending results back):
             # retry each task of its chunk on its own, counting an attempt each.
+            start, stop = suspect
             logger.warning("worker process %s %s outside any task; retrying its chunk", proc.name, how)
             for spot in reversed(range(start, stop)):
                 yield from self._strike(spot, proc.name, how, 0.0)
         else:
+            start, stop = hit
             self._requeue(position + 1, stop, front=True)
             if timed_out:
                 task = self.tasks[position]
@@ -355,6 +387,14 @@ class _Call:
             f"(attempt {tries} of {self.max_attempts})"
         )
         yield Batch(position, [error], [ran], {0}, worker)
+
+
+def _sent_reply(conn: Connection) -> Optional[bytes]:
+    """A whole reply that a dead process left in its pipe, if there is one."""
+    try:
+        return conn.recv_bytes() if conn.poll(0) else None
+    except (EOFError, OSError):
+        return None
 
 
 def _forget(busy: dict[Any, Any], proc: _Process) -> None:
