@@ -8,7 +8,7 @@ anything else, strings and named tuples included, is passed as the one argument.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
@@ -16,8 +16,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["unique_tasks", "call"]
 
 
-def unique_tasks(tasks: Iterable[Hashable]) -> list[Hashable]:
+def unique_tasks(tasks: Iterable[Hashable]) -> Sequence[Hashable]:
     """Return the distinct tasks in the order they were first given.
+
+    A ``range`` is returned as it is: it is distinct already, and a slice of it
+    travels to a worker as three numbers instead of a list.
 
     Raises ``TypeError`` naming the task when one is unhashable, or when ``tasks``
     is not an iterable of tasks, before any task runs.
@@ -33,8 +36,10 @@ def unique_tasks(tasks: Iterable[Hashable]) -> list[Hashable]:
         raise TypeError(
             f"tasks must be an iterable of tasks, got {type(tasks).__name__} {tasks!r}"
         ) from None
+    if isinstance(items, range):
+        return items
     try:
-        if isinstance(items, range) or len(set(items)) == len(items):
+        if len(set(items)) == len(items):
             return list(items)  # already distinct; a set is the fastest way to know
         return list(dict.fromkeys(items))
     except TypeError:
