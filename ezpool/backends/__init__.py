@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from types import MappingProxyType
 
 from .base import Backend, Batch
 
@@ -12,11 +13,13 @@ logger = logging.getLogger(__name__)
 __all__ = ["Backend", "Batch", "MODES", "check_mode", "create"]
 
 #: Mode name -> (module, class) of the backend that runs it.
-_BACKENDS = {
-    "serial": ("ezpool.backends.serial", "SerialBackend"),
-    "parallel": ("ezpool.backends.parallel", "ParallelBackend"),
-    "distributed": ("ezpool.backends.distributed", "DistributedBackend"),
-}
+_BACKENDS = MappingProxyType(
+    {
+        "serial": ("ezpool.backends.serial", "SerialBackend"),
+        "parallel": ("ezpool.backends.parallel", "ParallelBackend"),
+        "distributed": ("ezpool.backends.distributed", "DistributedBackend"),
+    }
+)
 
 MODES = tuple(_BACKENDS)
 
