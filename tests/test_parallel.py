@@ -1,0 +1,129 @@
+"""ezpool.backends.parallel: worker processes, their reuse, and what happens when one dies."""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import partial
+
+import pytest
+
+from ezpool import Pool, ResultNotSerializable, TaskTimeout, WorkerCrashed
+from ezpool.backends.parallel import available_cpus
+from tests import _helpers as h
+
+START_METHODS = ["fork", "spawn"]
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def parallel_pool(start_method):
+    pool = Pool("parallel", start_method=start_method, progress=False)
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
+
+
+def _pids(results) -> set[int]:
+    return set(results.values())
+
+
+def test_ncpu_none_means_the_cpus_this_process_may_use(parallel_pool):
+    cpus = available_cpus()
+    assert cpus >= 1
+    results = parallel_pool.pmap(h.pid_after_nap, range(4 * cpus))
+    assert len(_pids(results)) == cpus
+
+
+def test_ncpu_larger_than_the_cores_is_honoured(parallel_pool):
+    ncpu = available_cpus() + 3
+    results = parallel_pool.pmap(h.pid_after_nap, range(4 * ncpu), ncpu=ncpu)
+    assert len(_pids(results)) == ncpu
+
+
+def test_a_second_call_with_the_same_ncpu_reuses_the_processes(parallel_pool):
+    first = _pids(parallel_pool.pmap(h.pid_after_nap, range(8), ncpu=2))
+    second = _pids(parallel_pool.pmap(h.pid_after_nap, range(8, 16), ncpu=2))
+    assert len(first) == 2 and second == first
+
+
+def test_a_different_ncpu_restarts_the_processes(parallel_pool):
+    first = _pids(parallel_pool.pmap(h.pid_after_nap, range(8), ncpu=2))
+    second = _pids(parallel_pool.pmap(h.pid_after_nap, range(8, 20), ncpu=3))
+    assert len(second) == 3 and not first & second
+    assert not [pid for pid in first if h.pid_alive(pid)]
+
+
+def test_a_process_that_exits_costs_only_its_own_task(parallel_pool, tmp_path):
+    results = parallel_pool.pmap(partial(h.exit_on, 2), range(8), ncpu=2, chunksize=4)
+    assert list(results.errors) == [2]
+    crashed = results[2]
+    assert isinstance(crashed, WorkerCrashed)
+    assert "exited with code 3" in str(crashed) and "task 2" in str(crashed)
+    assert {n: v for n, v in results.items() if n != 2} == {n: n * 10 for n in range(8) if n != 2}
+    # the pool works afterwards, with as many processes as before
+    again = parallel_pool.pmap(h.pid_after_nap, range(8), ncpu=2)
+    assert again.errors == {} and len(_pids(again)) == 2
+
+
+def test_a_process_killed_by_a_signal_costs_only_its_own_task(parallel_pool):
+    results = parallel_pool.pmap(partial(h.sigkill_on, 5), range(8), ncpu=2, chunksize=4)
+    assert list(results.errors) == [5]
+    killed = results[5]
+    assert isinstance(killed, WorkerCrashed) and "SIGKILL" in str(killed) and "task 5" in str(killed)
+    assert {n: v for n, v in results.items() if n != 5} == {n: n * 10 for n in range(8) if n != 5}
+    assert parallel_pool.pmap(h.square, [3], ncpu=2) == {3: 9}
+
+
+@pytest.mark.timeout(60)
+def test_a_task_over_its_timeout_gets_task_timeout_and_the_others_finish(parallel_pool):
+    tasks = [30.0, 0.01, 0.02, 0.03, 0.04]
+    began = time.monotonic()
+    results = parallel_pool.pmap(h.nap, tasks, ncpu=2, timeout=0.5)
+    took = time.monotonic() - began
+    assert list(results.errors) == [30.0]
+    late = results[30.0]
+    assert isinstance(late, TaskTimeout) and isinstance(late, TimeoutError)
+    assert "30.0" in str(late) and "0.5" in str(late)
+    assert {t: results[t] for t in tasks[1:]} == {t: t for t in tasks[1:]}
+    assert took < 20, f"the timed-out task held the call for {took:.1f} s"
+    assert parallel_pool.pmap(h.nap, [0.01], ncpu=2, timeout=5) == {0.01: 0.01}
+
+
+def test_an_unpicklable_value_costs_only_its_own_task(parallel_pool):
+    results = parallel_pool.pmap(partial(h.lock_on, 3), range(8), ncpu=2, chunksize=4)
+    assert list(results.errors) == [3]
+    error = results[3]
+    assert isinstance(error, ResultNotSerializable) and isinstance(error, TypeError)
+    assert "lock" in str(error)
+    assert {n: v for n, v in results.items() if n != 3} == {n: n * 10 for n in range(8) if n != 3}
+
+
+def test_an_unpicklable_task_is_a_type_error_naming_it_before_any_task_runs(parallel_pool, tmp_path):
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="cannot send task") as info:
+        parallel_pool.pmap(partial(h.record_call, str(tmp_path)), [1, 2, (3, lock)], ncpu=2)
+    assert repr((3, lock)) in str(info.value)
+    assert h.calls(tmp_path) == {}
+    assert parallel_pool.pmap(h.square, [4], ncpu=2) == {4: 16}
+
+
+def test_an_unpicklable_function_is_a_type_error_naming_it(parallel_pool):
+    lock = threading.Lock()
+
+    def guarded(x):
+        with lock:
+            return x
+
+    with pytest.raises(TypeError, match="guarded"):
+        parallel_pool.pmap(guarded, [1, 2], ncpu=2)
+
+
+def test_chunksize_is_accepted_and_results_are_complete(parallel_pool):
+    results = parallel_pool.pmap(h.square, range(1000), ncpu=2, chunksize=33)
+    assert results == {n: n * n for n in range(1000)}
