@@ -118,3 +118,8 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def make_error(message: str) -> ValueError:
+    """Returns (does not raise) an exception."""
+    return ValueError(message)

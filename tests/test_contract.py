@@ -244,3 +244,26 @@ def test_serial_mode_never_swallows_keyboard_interrupt_or_system_exit(exception,
     with Pool("serial", progress=False) as pool, pytest.raises(exception):
         pool.map(fun, [1, "stop", 2])
     assert h.calls(tmp_path) == {"1": 1}  # the task after it never ran
+
+
+def test_a_returned_exception_is_a_value_not_a_failure(mode_map):
+    results = mode_map(h.make_error, ["given back"])
+    assert type(results["given back"]) is ValueError and results["given back"].args == ("given back",)
+    assert results.errors == {}
+
+
+def test_many_small_tasks_all_arrive_in_order(mode_map):
+    results = mode_map(h.square, range(20_000))
+    assert len(results) == 20_000 and list(results)[:3] == [0, 1, 2]
+    assert all(results[n] == n * n for n in range(0, 20_000, 997))
+    assert results.errors == {} and len(results.elapsed) == 20_000
+
+
+def test_an_exception_in_the_progress_hook_reaches_the_caller_and_the_pool_still_works(mode_map):
+    def hook(outcome, done, total):
+        if done == 2:
+            raise LookupError("the hook failed")
+
+    with pytest.raises(LookupError, match="the hook failed"):
+        mode_map(h.nap, [0.05, 0.01, 0.02, 0.03], progress=hook)
+    assert mode_map(h.square, [5, 6]) == {5: 25, 6: 36}

@@ -127,3 +127,14 @@ def test_an_unpicklable_function_is_a_type_error_naming_it(parallel_pool):
 def test_chunksize_is_accepted_and_results_are_complete(parallel_pool):
     results = parallel_pool.pmap(h.square, range(1000), ncpu=2, chunksize=33)
     assert results == {n: n * n for n in range(1000)}
+
+
+def test_reused_processes_run_the_new_function(parallel_pool):
+    assert parallel_pool.pmap(h.square, range(6), ncpu=2) == {n: n * n for n in range(6)}
+    assert parallel_pool.pmap(h.add, [(1, 2), (3, 4)], ncpu=2) == {(1, 2): 3, (3, 4): 7}
+    assert parallel_pool.pmap(lambda n: -n, range(6), ncpu=2) == {n: -n for n in range(6)}
+
+
+def test_results_name_the_worker_process_that_ran_each_task(parallel_pool):
+    results = parallel_pool.pmap(h.pid_after_nap, range(6), ncpu=2)
+    assert results.workers == {task: f"pid {pid}" for task, pid in results.items()}

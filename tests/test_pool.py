@@ -132,3 +132,8 @@ def test_importing_ezpool_does_not_import_pyro4(core_python, core_child_env):
     path, modules = done.stdout.splitlines()
     assert path.startswith(str(h.Path(__file__).resolve().parents[1]))  # this checkout, not another
     assert modules == "[]"
+
+
+def test_the_serial_mode_accepts_a_timeout_and_lets_the_task_finish():
+    with Pool(progress=False) as pool:
+        assert pool.smap(h.nap, [0.2], timeout=0.05) == {0.2: 0.2}
