@@ -123,3 +123,14 @@ def pid_alive(pid: int) -> bool:
 def make_error(message: str) -> ValueError:
     """Returns (does not raise) an exception."""
     return ValueError(message)
+
+
+class BadStrError(Exception):
+    """An exception whose ``str()`` itself raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of BadStrError failed")
+
+
+def raise_bad_str(task: Any) -> None:
+    raise BadStrError(task)

@@ -267,3 +267,9 @@ def test_an_exception_in_the_progress_hook_reaches_the_caller_and_the_pool_still
     with pytest.raises(LookupError, match="the hook failed"):
         mode_map(h.nap, [0.05, 0.01, 0.02, 0.03], progress=hook)
     assert mode_map(h.square, [5, 6]) == {5: 25, 6: 36}
+
+
+def test_an_exception_whose_str_fails_is_still_stored_in_its_slot(mode_map):
+    results = mode_map(h.raise_bad_str, [1, 2])
+    assert list(results.errors) == [1, 2]
+    assert type(results[1]) is h.BadStrError and results[1].args == (1,)

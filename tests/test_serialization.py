@@ -118,3 +118,13 @@ def test_safe_values_replaces_only_what_cannot_be_pickled():
     assert type(error) is ResultNotSerializable and isinstance(error, TypeError)
     assert "lock" in str(error)
     pickle.dumps(values)  # now it travels
+
+
+def test_capture_survives_an_exception_whose_str_fails():
+    record = capture(_raised(h.raise_bad_str, 5))
+    assert record.type_name == "tests._helpers.BadStrError"
+    assert "BadStrError" in record.message and "raise_bad_str" in record.traceback_text
+    rebuilt = rebuild(record)
+    assert type(rebuilt) is h.BadStrError and rebuilt.args == (5,)
+    unpicklable = capture(_raised(h.raise_unpicklable, "x"))._replace(message="m")
+    assert str(rebuild(unpicklable)) == "tests._helpers.UnpicklableError: m"
