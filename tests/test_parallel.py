@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
 from functools import partial
@@ -138,3 +141,48 @@ def test_reused_processes_run_the_new_function(parallel_pool):
 def test_results_name_the_worker_process_that_ran_each_task(parallel_pool):
     results = parallel_pool.pmap(h.pid_after_nap, range(6), ncpu=2)
     assert results.workers == {task: f"pid {pid}" for task, pid in results.items()}
+
+
+_STDIN_SCRIPT = """
+from ezpool import Pool
+
+def square(n):
+    return n * n
+
+if __name__ == "__main__":
+    with Pool(progress=False, start_method="spawn") as pool:
+        results = pool.pmap(square, range(60), ncpu=2)
+    print(len(results), len(results.errors))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "backends/parallel.py: worker processes that die while starting (here: spawn cannot "
+        "re-run a __main__ read from stdin; the same happens with a script missing its "
+        "__main__ guard) are replaced for every task: ~2 process starts per task, each "
+        "task reported as WorkerCrashed 'while running task N' though none ran; 100 tasks "
+        "take ~6 s, 20,000 would take ~20 min. It should fail fast with the start-up error."
+    ),
+)
+@pytest.mark.timeout(90)
+def test_workers_that_die_while_starting_are_not_replaced_for_every_task(core_python, core_child_env):
+    child = subprocess.Popen(
+        [core_python, "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=core_child_env,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = child.communicate(_STDIN_SCRIPT, timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    deaths = err.count("FileNotFoundError")
+    assert deaths >= 1, err[-2000:]  # the children did die while starting
+    assert deaths <= 10, f"{deaths} worker processes were started and died; stdout {out!r}"
