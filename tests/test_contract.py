@@ -273,3 +273,14 @@ def test_an_exception_whose_str_fails_is_still_stored_in_its_slot(mode_map):
     results = mode_map(h.raise_bad_str, [1, 2])
     assert list(results.errors) == [1, 2]
     assert type(results[1]) is h.BadStrError and results[1].args == (1,)
+
+
+def test_all_tasks_are_read_before_any_task_runs(mode_map, tmp_path):
+    def tasks():
+        yield 1
+        yield 2
+        raise OSError("the task source broke")
+
+    with pytest.raises(OSError, match="the task source broke"):
+        mode_map(partial(h.record_call, str(tmp_path)), tasks())
+    assert h.calls(tmp_path) == {}

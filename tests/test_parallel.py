@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -186,3 +187,57 @@ def test_workers_that_die_while_starting_are_not_replaced_for_every_task(core_py
     deaths = err.count("FileNotFoundError")
     assert deaths >= 1, err[-2000:]  # the children did die while starting
     assert deaths <= 10, f"{deaths} worker processes were started and died; stdout {out!r}"
+
+
+def test_no_tasks_start_no_process():
+    with Pool(progress=False) as pool:
+        assert pool.pmap(h.square, [], ncpu=2) == {}
+        assert not [p for p in multiprocessing.active_children() if p.name == "ezpool-worker"]
+
+
+def test_ncpu_given_to_the_pool_is_the_default_and_a_call_may_override_it(start_method):
+    with Pool("parallel", ncpu=3, start_method=start_method, progress=False) as pool:
+        assert len(_pids(pool.pmap(h.pid_after_nap, range(12)))) == 3
+        assert len(_pids(pool.map(h.pid_after_nap, range(12), ncpu=1))) == 1
+
+
+_MAIN_SCRIPT = """
+import sys
+from ezpool import Pool
+
+
+class MainError(Exception):
+    pass
+
+
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+def fails(n):
+    raise MainError(f"main says {n}")
+
+
+if __name__ == "__main__":
+    offset = 100
+    with Pool(progress=False, start_method=sys.argv[1]) as pool:
+        assert pool.pmap(fib, range(12), ncpu=2) == {n: fib(n) for n in range(12)}
+        error = pool.pmap(fails, [7], ncpu=2)[7]
+        assert type(error) is MainError and str(error) == "main says 7", repr(error)
+        assert pool.pmap(lambda n: n + offset, [1, 2], ncpu=2) == {1: 101, 2: 102}
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["file", "-c"])
+def test_functions_and_classes_defined_in_main_work(start_method, how, tmp_path, core_python, core_child_env):
+    if how == "file":
+        script = tmp_path / "main_script.py"
+        script.write_text(_MAIN_SCRIPT)
+        command = [core_python, str(script), start_method]
+    else:  # like an interactive session: __main__ has no file to re-run
+        command = [core_python, "-c", _MAIN_SCRIPT, start_method]
+    done = subprocess.run(
+        command, env=core_child_env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-3000:]
