@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ezpool.chunking import FLOOR_SECONDS, TARGET_SECONDS, ChunkSizer, plan_pieces
@@ -19,6 +19,7 @@ def _check_partition(pieces, count):
     assert covered == list(range(count))
 
 
+@settings(deadline=None)
 @given(counts, workers)
 def test_pieces_partition_the_tasks_and_shrink_to_single_tasks(count, ncpu):
     pieces = plan_pieces(count, ncpu)
@@ -30,6 +31,7 @@ def test_pieces_partition_the_tasks_and_shrink_to_single_tasks(count, ncpu):
         assert sizes[0] == math.ceil(count / (16 * ncpu))
 
 
+@settings(deadline=None)
 @given(counts, workers, st.integers(1, 300))
 def test_a_given_chunksize_is_honoured(count, ncpu, chunksize):
     pieces = plan_pieces(count, ncpu, chunksize)
@@ -58,6 +60,7 @@ def test_instant_tasks_may_all_go_at_once():
 times = st.lists(st.just(0.0) | st.floats(1e-9, 5.0), min_size=1, max_size=50)
 
 
+@settings(deadline=None)
 @given(st.integers(1, 32), times, st.integers(1, 10**6))
 def test_a_chunk_holds_about_the_target_of_work_and_at_least_one_task(slots, seen, remaining):
     sizer = ChunkSizer(slots)

@@ -185,8 +185,9 @@ def test_workers_that_die_while_starting_are_not_replaced_for_every_task(core_py
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
     deaths = err.count("FileNotFoundError")
-    assert deaths >= 1, err[-2000:]  # the children did die while starting
     assert deaths <= 10, f"{deaths} worker processes were started and died; stdout {out!r}"
+    if deaths == 0:  # a fix may also let such children start: then every task must succeed
+        assert out == "60 0\n", err[-2000:]
 
 
 def test_no_tasks_start_no_process():

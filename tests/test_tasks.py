@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ezpool.tasks import call, unique_tasks
@@ -41,6 +41,7 @@ def _first_seen(items: list) -> list:
     return kept
 
 
+@settings(deadline=None)
 @given(st.lists(hashables, max_size=30))
 def test_unique_tasks_keeps_the_first_of_equal_tasks_in_first_seen_order(items):
     result = list(unique_tasks(items))
@@ -51,6 +52,7 @@ def test_unique_tasks_keeps_the_first_of_equal_tasks_in_first_seen_order(items):
     assert len(set(result)) == len(result)
 
 
+@settings(deadline=None)
 @given(st.lists(hashables, max_size=30))
 def test_unique_tasks_accepts_any_iterable(items):
     assert list(unique_tasks(iter(items))) == list(unique_tasks(items))
@@ -87,11 +89,13 @@ def _arguments(*args):
     return args
 
 
+@settings(deadline=None)
 @given(st.tuples() | st.tuples(hashables) | st.tuples(hashables, hashables, hashables))
 def test_an_exact_tuple_is_unpacked_into_arguments(task):
     assert call(_arguments, task) == task
 
 
+@settings(deadline=None)
 @given(
     st.one_of(
         hashables.filter(lambda task: type(task) is not tuple),
