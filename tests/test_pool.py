@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -126,11 +127,15 @@ def test_importing_ezpool_does_not_import_pyro4(core_python, core_child_env):
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('Pyro4', 'serpent')))\n"
     )
     done = subprocess.run(
-        [core_python, "-c", script], env=core_child_env, capture_output=True, text=True, timeout=60
+        [core_python, "-W", "error", "-c", script],
+        env=core_child_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     path, modules = done.stdout.splitlines()
-    assert path.startswith(str(h.Path(__file__).resolve().parents[1]))  # this checkout, not another
+    assert path.startswith(str(Path(__file__).resolve().parents[1]))  # this checkout, not another
     assert modules == "[]"
 
 

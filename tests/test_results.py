@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import pickle
 
 import pytest
@@ -54,6 +55,9 @@ def test_results_pickle_with_their_attributes(mixed_results, touch_first):
     assert copy.workers == mixed_results.workers
     assert copy.wall_time == mixed_results.wall_time
     assert copy.summary() == mixed_results.summary()
+    deep = copy_module.deepcopy(mixed_results)
+    assert type(deep) is Results and deep.elapsed == mixed_results.elapsed
+    assert list(deep.errors) == [1, 3]
 
 
 def test_parallel_results_pickle_too():
