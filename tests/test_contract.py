@@ -284,3 +284,15 @@ def test_all_tasks_are_read_before_any_task_runs(mode_map, tmp_path):
     with pytest.raises(OSError, match="the task source broke"):
         mode_map(partial(h.record_call, str(tmp_path)), tasks())
     assert h.calls(tmp_path) == {}
+
+
+def test_progress_counts_distinct_tasks(mode_map):
+    totals: set[int] = set()
+    dones: list[int] = []
+
+    def hook(outcome, done, total):
+        totals.add(total)
+        dones.append(done)
+
+    mode_map(h.square, [2, 1, 2, 2, 1], progress=hook)
+    assert totals == {2} and dones == [1, 2]

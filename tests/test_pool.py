@@ -142,3 +142,17 @@ def test_importing_ezpool_does_not_import_pyro4(core_python, core_child_env):
 def test_the_serial_mode_accepts_a_timeout_and_lets_the_task_finish():
     with Pool(progress=False) as pool:
         assert pool.smap(h.nap, [0.2], timeout=0.05) == {0.2: 0.2}
+
+
+def fib(n: int) -> int:
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+def test_the_tutorials_calls_work_as_written():
+    with Pool() as p:
+        results = p.pmap(fun=fib, tasks=range(20), ncpu=2)
+    assert results == {n: fib(n) for n in range(20)}
+    for mode in ("serial", "parallel"):
+        with EzPool(mode=mode) as p:
+            results = p.map(fun=fib, tasks=[1, 2, 3, 4, 5], ncpu=2, workers=None)
+            assert results == {1: 1, 2: 1, 3: 2, 4: 3, 5: 5}
