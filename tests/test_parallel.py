@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,15 @@ def parallel_pool(start_method):
         yield pool
     finally:
         pool.shutdown()
+
+
+def _dead(pid: int) -> bool:
+    """Whether a process has exited (a zombie not yet reaped counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
 
 
 def _pids(results) -> set[int]:
@@ -263,3 +273,17 @@ def test_a_later_call_does_not_inherit_an_earlier_calls_timeout_clock(parallel_p
     assert parallel_pool.pmap(h.nap, [0.2], ncpu=1, timeout=1.0) == {0.2: 0.2}
     time.sleep(1.3)  # longer than the timeout, between two calls
     assert parallel_pool.pmap(h.nap, [0.25], ncpu=1, timeout=1.0) == {0.25: 0.25}
+
+
+def test_a_worker_killed_between_calls_is_replaced(parallel_pool):
+    first = _pids(parallel_pool.pmap(h.pid_after_nap, range(8), ncpu=2))
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not _dead(victim) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _dead(victim)
+    results = parallel_pool.pmap(h.pid_after_nap, range(8, 16), ncpu=2)
+    assert results.errors == {}
+    second = _pids(results)
+    assert len(second) == 2 and victim not in second and (first - {victim}) <= second

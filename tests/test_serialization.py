@@ -128,3 +128,21 @@ def test_capture_survives_an_exception_whose_str_fails():
     assert type(rebuilt) is h.BadStrError and rebuilt.args == (5,)
     unpicklable = capture(_raised(h.raise_unpicklable, "x"))._replace(message="m")
     assert str(rebuild(unpicklable)) == "tests._helpers.UnpicklableError: m"
+
+
+class _Opaque:
+    """Neither printable nor picklable."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_safe_values_names_a_value_it_cannot_even_print():
+    values = [_Opaque()]
+    failures: dict = {}
+    safe_values(values, failures)
+    error = rebuild(failures[0])
+    assert type(error) is ResultNotSerializable and "<_Opaque object>" in str(error)
