@@ -129,5 +129,5 @@ def _check_workers(workers: Any) -> Optional[tuple[str, ...]]:
         if not isinstance(uri, str):
             raise TypeError(f"each worker must be a URI string, got {uri!r}")
     if not uris:
-        raise ValueError("workers is empty: name at least one worker URI")
+        raise ValueError(f"workers is empty ({workers!r}): name at least one worker URI")
     return uris

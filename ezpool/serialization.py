@@ -79,7 +79,7 @@ def capture(exc: BaseException) -> ExceptionRecord:
         blob: Optional[bytes] = dumps(exc)
     except Exception:
         blob = None
-    return ExceptionRecord(blob, _qualified_name(type(exc)), str(exc), text)
+    return ExceptionRecord(blob, _qualified_name(type(exc)), _safe_str(exc), text)
 
 
 def rebuild(record: ExceptionRecord) -> BaseException:
@@ -117,6 +117,14 @@ def safe_values(values: list[Any], failures: dict[int, ExceptionRecord]) -> None
 def _qualified_name(cls: type) -> str:
     module = cls.__module__
     return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+
+
+def _safe_str(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's own ``__str__`` raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<str() of {type(exc).__name__} failed>"
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:

@@ -1,0 +1,136 @@
+"""Task functions the tests send to worker processes.
+
+They live in an importable module (``tests._helpers``) so that ``spawn`` children,
+which start a fresh interpreter, can find them by name.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+Point = collections.namedtuple("Point", "x y")
+
+
+class CustomError(Exception):
+    """An exception class of the tests' own, rebuilt by name in the caller."""
+
+
+class UnpicklableError(Exception):
+    """An exception that cannot be pickled: it holds a lock."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class UnrebuildableError(Exception):
+    """Pickles fine, but unpickling calls ``__init__`` with too few arguments."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def square(x: Any) -> Any:
+    return x * x
+
+
+def add(a: Any, b: Any) -> Any:
+    return a + b
+
+
+def arguments(*args: Any) -> tuple[Any, ...]:
+    """Returns the positional arguments it got, to show how a task was passed."""
+    return args
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def pid_after_nap(task: Any, seconds: float = 0.05) -> int:
+    """The worker's pid, after a nap long enough that every worker gets a task."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def record_call(directory: str, task: Any) -> Any:
+    """Leaves one file per call in ``directory`` (works across processes); returns the task."""
+    Path(directory, f"{task!r}-{os.getpid()}-{time.monotonic_ns()}").touch()
+    return task
+
+
+def calls(directory: Any) -> collections.Counter:
+    """How many times ``record_call`` ran each task (by repr)."""
+    return collections.Counter(path.name.rsplit("-", 2)[0] for path in Path(directory).iterdir())
+
+
+def fail_on_odd(n: int) -> int:
+    if n % 2:
+        raise ValueError(f"odd task {n}")
+    return n
+
+
+def raise_custom(message: str) -> None:
+    raise CustomError(message)
+
+
+def raise_unpicklable(message: str) -> None:
+    raise UnpicklableError(message)
+
+
+def raise_unrebuildable(message: str) -> None:
+    raise UnrebuildableError(message, 7)
+
+
+def raise_base(name: str) -> None:
+    raise {"KeyboardInterrupt": KeyboardInterrupt, "SystemExit": SystemExit}[name]()
+
+
+def exit_on(bad: int, task: int) -> int:
+    """Kills its own process with exit code 3 on task ``bad``."""
+    if task == bad:
+        os._exit(3)
+    return task * 10
+
+
+def sigkill_on(bad: int, task: int) -> int:
+    """Kills its own process with SIGKILL on task ``bad``."""
+    if task == bad:
+        os.kill(os.getpid(), 9)
+    return task * 10
+
+
+def lock_on(bad: int, task: int) -> Any:
+    """Returns an unpicklable value (a lock) on task ``bad``."""
+    return threading.Lock() if task == bad else task * 10
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def make_error(message: str) -> ValueError:
+    """Returns (does not raise) an exception."""
+    return ValueError(message)
+
+
+class BadStrError(Exception):
+    """An exception whose ``str()`` itself raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of BadStrError failed")
+
+
+def raise_bad_str(task: Any) -> None:
+    raise BadStrError(task)

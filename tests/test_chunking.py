@@ -1,0 +1,87 @@
+"""ezpool.chunking: pieces cover every task exactly once, and chunks fit the work."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ezpool.chunking import FLOOR_SECONDS, TARGET_SECONDS, ChunkSizer, plan_pieces
+
+counts = st.integers(0, 5000)
+workers = st.integers(1, 64)
+
+
+def _check_partition(pieces, count):
+    assert all(start < stop for start, stop in pieces)
+    covered = [position for start, stop in pieces for position in range(start, stop)]
+    assert covered == list(range(count))
+
+
+@settings(deadline=None)
+@given(counts, workers)
+def test_pieces_partition_the_tasks_and_shrink_to_single_tasks(count, ncpu):
+    pieces = plan_pieces(count, ncpu)
+    _check_partition(pieces, count)
+    sizes = [stop - start for start, stop in pieces]
+    assert sizes == sorted(sizes, reverse=True), "pieces must shrink as the run goes on"
+    if count:
+        assert sizes[-1] == 1
+        assert sizes[0] == math.ceil(count / (16 * ncpu))
+
+
+@settings(deadline=None)
+@given(counts, workers, st.integers(1, 300))
+def test_a_given_chunksize_is_honoured(count, ncpu, chunksize):
+    pieces = plan_pieces(count, ncpu, chunksize)
+    _check_partition(pieces, count)
+    sizes = [stop - start for start, stop in pieces]
+    assert all(size == chunksize for size in sizes[:-1])
+    if sizes:
+        assert 1 <= sizes[-1] <= chunksize
+
+
+def test_no_tasks_no_pieces():
+    assert plan_pieces(0, 4) == [] and plan_pieces(0, 4, 10) == []
+
+
+def test_a_chunk_is_one_piece_until_something_was_measured():
+    assert ChunkSizer(4).limit(10_000) == 1
+
+
+def test_instant_tasks_may_all_go_at_once():
+    sizer = ChunkSizer(2)
+    sizer.record([0.0, 0.0])
+    assert sizer.limit(500) == 500
+
+
+# Run times as perf_counter differences can be: zero, or at least a nanosecond.
+times = st.lists(st.just(0.0) | st.floats(1e-9, 5.0), min_size=1, max_size=50)
+
+
+@settings(deadline=None)
+@given(st.integers(1, 32), times, st.integers(1, 10**6))
+def test_a_chunk_holds_about_the_target_of_work_and_at_least_one_task(slots, seen, remaining):
+    sizer = ChunkSizer(slots)
+    sizer.record(seen)
+    limit = sizer.limit(remaining)
+    assert isinstance(limit, int) and limit >= 1
+    mean = sum(seen) / len(seen)
+    if mean > 0 and limit > 1:
+        work = limit * mean
+        assert work <= TARGET_SECONDS * 1.000001
+        # more than a fair share of what is left only when that share is tiny work
+        fair_share = math.ceil(remaining / (2 * slots))
+        assert limit <= fair_share or work <= FLOOR_SECONDS * 1.000001
+
+
+def test_slow_tasks_go_one_by_one_and_tiny_ones_by_the_thousand():
+    slow = ChunkSizer(2)
+    slow.record([1.0, 2.0])
+    assert slow.limit(1000) == 1
+    tiny = ChunkSizer(2)
+    tiny.record([1e-6] * 100)
+    mean = sum([1e-6] * 100) / 100
+    assert tiny.limit(1_000_000) == int(TARGET_SECONDS / mean)
+    assert tiny.limit(10) == int(FLOOR_SECONDS / mean)  # near the end: a floor of work, not 1

@@ -1,0 +1,109 @@
+"""ezpool.results: Results is a plain dict with timings attached, and it travels."""
+
+from __future__ import annotations
+
+import copy as copy_module
+import pickle
+
+import pytest
+
+from ezpool import EzPoolError, Pool, Results, TaskOutcome
+from ezpool.backends.base import Batch
+from ezpool.results import ResultsBuilder
+from tests import _helpers as h
+
+
+@pytest.fixture
+def mixed_results() -> Results:
+    with Pool(progress=False) as pool:
+        return pool.smap(h.fail_on_odd, [4, 1, 2, 3])
+
+
+def test_results_is_a_dict(mixed_results):
+    assert isinstance(mixed_results, dict)
+    assert list(mixed_results) == [4, 1, 2, 3]
+    assert mixed_results[4] == 4 and mixed_results.get(2) == 2
+    assert isinstance(mixed_results[1], ValueError)
+    assert dict(mixed_results)[3] is mixed_results[3]
+
+
+def test_errors_elapsed_workers_and_wall_time(mixed_results):
+    assert list(mixed_results.errors) == [1, 3]
+    assert list(mixed_results.elapsed) == [4, 1, 2, 3]
+    assert all(seconds >= 0 for seconds in mixed_results.elapsed.values())
+    assert set(mixed_results.workers.values()) == {f"pid {__import__('os').getpid()}"}
+    assert mixed_results.wall_time >= sum(mixed_results.elapsed.values()) > 0
+
+
+def test_summary_counts_tasks_and_failures(mixed_results):
+    summary = mixed_results.summary()
+    assert summary.startswith("4 tasks, 2 failed, wall ")
+    assert "task time" in summary
+
+
+@pytest.mark.parametrize("touch_first", [False, True])
+def test_results_pickle_with_their_attributes(mixed_results, touch_first):
+    if touch_first:  # the lazily built views must survive pickling too
+        assert mixed_results.elapsed and mixed_results.workers
+    copy = pickle.loads(pickle.dumps(mixed_results))
+    assert type(copy) is Results
+    assert list(copy) == list(mixed_results)
+    assert copy[4] == 4 and copy[2] == 2
+    assert type(copy[1]) is ValueError and copy[1].args == mixed_results[1].args
+    assert list(copy.errors) == [1, 3] and copy.errors[3].args == ("odd task 3",)
+    assert copy.elapsed == mixed_results.elapsed
+    assert copy.workers == mixed_results.workers
+    assert copy.wall_time == mixed_results.wall_time
+    assert copy.summary() == mixed_results.summary()
+    deep = copy_module.deepcopy(mixed_results)
+    assert type(deep) is Results and deep.elapsed == mixed_results.elapsed
+    assert list(deep.errors) == [1, 3]
+
+
+def test_parallel_results_pickle_too():
+    with Pool(progress=False) as pool:
+        results = pool.pmap(h.fail_on_odd, range(6), ncpu=2, start_method="fork")
+    copy = pickle.loads(pickle.dumps(results))
+    assert list(copy) == list(range(6)) and list(copy.errors) == [1, 3, 5]
+    assert copy.elapsed == results.elapsed and copy.workers == results.workers
+
+
+def test_an_empty_results_has_empty_views():
+    results = Results()
+    assert results == {} and results.errors == {} and results.elapsed == {} and results.workers == {}
+    assert results.summary().startswith("0 tasks, 0 failed")
+    assert pickle.loads(pickle.dumps(results)).elapsed == {}
+
+
+def test_task_outcome_holds_what_hooks_need():
+    outcome = TaskOutcome(("a", 1), ValueError("x"), 0.25, "pid 1", True)
+    assert (outcome.task, outcome.elapsed, outcome.worker, outcome.failed) == (("a", 1), 0.25, "pid 1", True)
+    assert "failed" in repr(outcome) and "('a', 1)" in repr(outcome)
+    assert "ok" in repr(TaskOutcome(1, 2, 0.0, "pid 1", False))
+
+
+def test_the_builder_puts_batches_that_arrive_in_any_order_in_task_order():
+    keys = ["a", "b", "c", "d", "e"]
+    builder = ResultsBuilder(keys)
+    error = KeyError("c")
+    builder.add(Batch(3, [3, 4], [0.3, 0.4], set(), "w2"))
+    builder.add(Batch(0, [0], [0.0], set(), "w1"))
+    builder.add(Batch(1, [1, error], [0.1, 0.2], {1}, "w1"))
+    results = builder.finish(1.5)
+    assert list(results.items()) == [("a", 0), ("b", 1), ("c", error), ("d", 3), ("e", 4)]
+    assert results.errors == {"c": error}
+    assert results.elapsed == {"a": 0.0, "b": 0.1, "c": 0.2, "d": 0.3, "e": 0.4}
+    assert results.workers == {"a": "w1", "b": "w1", "c": "w1", "d": "w2", "e": "w2"}
+    assert results.wall_time == 1.5
+
+
+def test_the_builder_refuses_missing_or_repeated_tasks():
+    builder = ResultsBuilder([1, 2, 3])
+    builder.add(Batch(0, [1], [0.0], set(), "w"))
+    with pytest.raises(EzPoolError):
+        builder.finish(0.0)
+    builder = ResultsBuilder([1, 2])
+    with pytest.raises(EzPoolError):
+        builder.add(Batch(0, [1, 2], [0.0, 0.0], set(), "w"))
+        builder.add(Batch(0, [1, 2], [0.0, 0.0], set(), "w"))
+        builder.finish(0.0)

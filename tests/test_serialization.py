@@ -1,0 +1,148 @@
+"""ezpool.serialization: what crosses a process boundary, and what happens when it cannot."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import traceback
+
+import pytest
+
+from ezpool import RemoteError, RemoteTraceback, ResultNotSerializable
+from ezpool.serialization import (
+    ExceptionRecord,
+    capture,
+    dumps,
+    dumps_function,
+    dumps_tasks,
+    loads,
+    rebuild,
+    safe_values,
+)
+from tests import _helpers as h
+
+
+def _raised(fun, *args) -> BaseException:
+    try:
+        fun(*args)
+    except Exception as exc:
+        return exc
+    raise AssertionError("it did not raise")
+
+
+def test_capture_and_rebuild_give_back_the_class_message_and_traceback():
+    record = capture(_raised(h.raise_custom, "boom"))
+    assert isinstance(record, ExceptionRecord)
+    assert record.type_name == "tests._helpers.CustomError" and record.message == "boom"
+    assert "_helpers.py" in record.traceback_text and "raise_custom" in record.traceback_text
+    rebuilt = rebuild(pickle.loads(pickle.dumps(record)))  # a record travels as itself
+    assert type(rebuilt) is h.CustomError and rebuilt.args == ("boom",)
+    assert isinstance(rebuilt.__cause__, RemoteTraceback)
+    assert rebuilt.__cause__.traceback_text == record.traceback_text
+    printed = "".join(traceback.format_exception(type(rebuilt), rebuilt, rebuilt.__traceback__))
+    assert "_helpers.py" in printed and "boom" in printed
+
+
+def test_a_builtin_exception_keeps_its_plain_name():
+    record = capture(_raised(int, "x"))
+    assert record.type_name == "ValueError"
+    assert type(rebuild(record)) is ValueError
+
+
+@pytest.mark.parametrize(
+    ("fun", "type_name", "has_blob"),
+    [
+        (h.raise_unpicklable, "tests._helpers.UnpicklableError", False),
+        (h.raise_unrebuildable, "tests._helpers.UnrebuildableError", True),
+    ],
+)
+def test_an_exception_that_cannot_be_rebuilt_becomes_remote_error(fun, type_name, has_blob):
+    record = capture(_raised(fun, "lost"))
+    assert (record.blob is not None) is has_blob
+    rebuilt = rebuild(record)
+    assert type(rebuilt) is RemoteError
+    assert rebuilt.type_name == type_name and rebuilt.message == "lost"
+    assert str(rebuilt) == f"{type_name}: lost"
+    assert fun.__name__ in rebuilt.traceback_text
+    assert isinstance(rebuilt.__cause__, RemoteTraceback)
+    copy = pickle.loads(pickle.dumps(rebuilt))  # a RemoteError can travel on
+    assert (copy.type_name, copy.message, copy.traceback_text) == (
+        rebuilt.type_name,
+        rebuilt.message,
+        rebuilt.traceback_text,
+    )
+
+
+def test_a_record_whose_blob_is_not_an_exception_becomes_remote_error():
+    record = ExceptionRecord(pickle.dumps("not an exception"), "Strange", "odd", "tb")
+    assert isinstance(rebuild(record), RemoteError)
+
+
+def test_dumps_uses_pickle_and_falls_back_to_cloudpickle():
+    assert loads(dumps([1, "a", (2,)])) == [1, "a", (2,)]
+    assert loads(dumps(h.square)) is h.square  # by reference when pickle can
+    offset = 5
+    lam = lambda x: x + offset  # noqa: E731 - the point is a lambda
+    assert loads(dumps(lam))(1) == 6
+
+
+def test_dumps_function_sends_lambdas_and_closures_and_names_what_it_cannot():
+    assert loads(dumps_function(lambda x: x * 2))(4) == 8
+    lock = threading.Lock()
+
+    def guarded(x):
+        with lock:
+            return x
+
+    with pytest.raises(TypeError, match=r"cannot send .*guarded"):
+        dumps_function(guarded)
+
+
+def test_dumps_tasks_names_the_task_that_cannot_be_sent():
+    lock = threading.Lock()
+    bad = (3, lock)
+    with pytest.raises(TypeError, match="cannot send task") as info:
+        dumps_tasks([1, 2, bad, 4])
+    assert repr(bad) in str(info.value)
+    assert loads(dumps_tasks([1, (2, "x")])) == [1, (2, "x")]
+
+
+def test_safe_values_replaces_only_what_cannot_be_pickled():
+    earlier = capture(ValueError("earlier"))
+    values = [1, threading.Lock(), "three", None]
+    failures = {3: earlier}
+    safe_values(values, failures)
+    assert values[0] == 1 and values[2] == "three" and values[1] is None
+    assert set(failures) == {1, 3} and failures[3] is earlier
+    error = rebuild(failures[1])
+    assert type(error) is ResultNotSerializable and isinstance(error, TypeError)
+    assert "lock" in str(error)
+    pickle.dumps(values)  # now it travels
+
+
+def test_capture_survives_an_exception_whose_str_fails():
+    record = capture(_raised(h.raise_bad_str, 5))
+    assert record.type_name == "tests._helpers.BadStrError"
+    assert "BadStrError" in record.message and "raise_bad_str" in record.traceback_text
+    rebuilt = rebuild(record)
+    assert type(rebuilt) is h.BadStrError and rebuilt.args == (5,)
+    unpicklable = capture(_raised(h.raise_unpicklable, "x"))._replace(message="m")
+    assert str(rebuild(unpicklable)) == "tests._helpers.UnpicklableError: m"
+
+
+class _Opaque:
+    """Neither printable nor picklable."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_safe_values_names_a_value_it_cannot_even_print():
+    values = [_Opaque()]
+    failures: dict = {}
+    safe_values(values, failures)
+    error = rebuild(failures[0])
+    assert type(error) is ResultNotSerializable and "<_Opaque object>" in str(error)
