@@ -5,8 +5,7 @@ Tasks are pickled up front in *pieces* whose size shrinks as the run goes on
 no core idles while another finishes a long chunk. When a worker asks for work it
 gets one *chunk*: consecutive pieces adding up to about ``TARGET_SECONDS`` of work,
 judged from the run times measured so far, and never more than its share of
-what is left, unless that share is under ``FLOOR_SECONDS`` of work. Tiny tasks thus
-travel by the thousand, slow ones one by one.
+what is left. Tiny tasks thus travel by the thousand, slow ones one by one.
 """
 
 from __future__ import annotations
@@ -22,10 +21,6 @@ __all__ = ["plan_pieces", "ChunkSizer", "TARGET_SECONDS"]
 
 #: About how long one chunk should keep a worker busy.
 TARGET_SECONDS = 0.01
-
-#: Near the end chunks shrink, but not below this much work: a round trip costs
-#: about 0.1 ms, and an idle core at the end for 1 ms is no loss worth avoiding.
-FLOOR_SECONDS = 0.001
 
 #: Each piece is 1 / (PIECES_PER_WORKER * workers) of the tasks that remain.
 PIECES_PER_WORKER = 16
@@ -72,4 +67,4 @@ class ChunkSizer:
         if mean <= 0:
             return remaining
         fair_share = math.ceil(remaining / (2 * self._slots))
-        return max(1, int(FLOOR_SECONDS / mean), min(int(self._target / mean), fair_share))
+        return max(1, min(int(self._target / mean), fair_share))
