@@ -22,7 +22,7 @@ def run_chunk(
 ) -> ChunkOutcome:
     """Run every task of a chunk; a failing task is recorded and the rest still run.
 
-    ``mark[0]`` (a shared ``memoryview`` of doubles, or any list) is set to each
+    ``mark[0]`` (a shared ``memoryview`` of 64-bit ints, or any list) is set to each
     task's position before it runs, and to -1 at the end, so that the parent can
     tell which task a dying or hung process was running.
     Returns the values (``None`` where a task failed), the run times, and the
@@ -47,7 +47,7 @@ def run_chunk(
         add_time(finished - began)
         began = finished
         position += 1
-    mark[0] = -1.0
+    mark[0] = -1
     return values, times, failures
 
 

@@ -167,16 +167,6 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "backends/parallel.py: worker processes that die while starting (here: spawn cannot "
-        "re-run a __main__ read from stdin; the same happens with a script missing its "
-        "__main__ guard) are replaced for every task: ~2 process starts per task, each "
-        "task reported as WorkerCrashed 'while running task N' though none ran; 100 tasks "
-        "take ~6 s, 20,000 would take ~20 min. It should fail fast with the start-up error."
-    ),
-)
 @pytest.mark.timeout(90)
 def test_workers_that_die_while_starting_are_not_replaced_for_every_task(core_python, core_child_env):
     child = subprocess.Popen(
@@ -260,15 +250,6 @@ def test_the_timeout_is_per_task_not_per_chunk(parallel_pool):
     assert results.errors == {} and results == {t: t for t in tasks}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "fails on this branch's base (1995727): a reused worker process keeps the timeout "
-        "clock of the last position it was seen at in an earlier call, so the same position "
-        "in a later call times out at once. Fixed on main by e24069b ('reset timeout clocks "
-        "per call'); remove this marker when merging."
-    ),
-)
 def test_a_later_call_does_not_inherit_an_earlier_calls_timeout_clock(parallel_pool):
     assert parallel_pool.pmap(h.nap, [0.2], ncpu=1, timeout=1.0) == {0.2: 0.2}
     time.sleep(1.3)  # longer than the timeout, between two calls

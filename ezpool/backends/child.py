@@ -32,7 +32,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
     # Ctrl-C is the parent's to handle: children stop when the parent says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    mark = memoryview(mark_buffer).cast("B").cast("d")
+    mark = memoryview(mark_buffer).cast("B").cast("q")
     # A reader thread drains the pipe as requests arrive, so the parent can queue
     # the next chunk while this one runs and never blocks on a full pipe.
     requests: queue.SimpleQueue[Optional[bytes]] = queue.SimpleQueue()

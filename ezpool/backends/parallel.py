@@ -76,23 +76,24 @@ class _Piece(NamedTuple):
 class _Process:
     """One worker process, seen from the calling process."""
 
-    __slots__ = ("process", "conn", "mark", "name", "token", "chunks", "seen")
+    __slots__ = ("process", "conn", "mark", "name", "token", "chunks", "seen", "served")
 
     def __init__(self, context: Any) -> None:
         parent_end, child_end = context.Pipe(duplex=True)
-        buffer = context.RawArray("d", 1)
+        buffer = context.RawArray("q", 1)
         self.process = context.Process(
             target=child.main, args=(child_end, buffer, os.getpid()), daemon=True, name="ezpool-worker"
         )
         self.process.start()
         child_end.close()
         self.conn: Connection = parent_end
-        self.mark = memoryview(buffer).cast("B").cast("d")
-        self.mark[0] = -1.0
+        self.mark = memoryview(buffer).cast("B").cast("q")
+        self.mark[0] = -1
         self.name = f"pid {self.process.pid}"
         self.token = 0  # the call whose function this process holds
         self.chunks: deque[tuple[int, int]] = deque()  # (start, stop) in flight, oldest first
-        self.seen = (-1.0, 0.0)  # (mark, when the caller first saw it), for timeouts
+        self.seen = (-1, 0.0)  # (mark, when the caller first saw it), for timeouts
+        self.served = False  # whether it ever sent a reply
 
     def running(self, now: float) -> tuple[int, float]:
         """The position of the task running now (-1: none) and since when, roughly."""
@@ -197,8 +198,9 @@ class _Call:
         self.sizer = ChunkSizer(len(backend._processes) * _DEPTH)
         self.attempts: dict[int, int] = {}
         self.token = token
+        self.stillborn = 0  # processes that died before running anything, this call
         for proc in backend._processes:
-            proc.seen = (-1.0, 0.0)  # positions restart with every call
+            proc.seen = (-1, 0.0)  # positions restart with every call
 
     def batches(self) -> Iterator[Batch]:
         busy: dict[Any, _Process] = {}  # pipe or sentinel -> process
@@ -221,6 +223,7 @@ class _Call:
                         yield from self._lost(proc, busy, timed_out=False)
                         continue
                     start, stop = proc.chunks.popleft()
+                    proc.served = True
                     if not proc.chunks:
                         _forget(busy, proc)
                     self._feed(proc, busy)
@@ -340,6 +343,9 @@ class _Call:
         how = _how_it_ended(proc.process.exitcode)
         ran = perf_counter() - began
         chunks = list(proc.chunks)
+        if not proc.served and position < 0 and not timed_out:
+            self._stillborn(proc, how, chunks, busy)
+            return
         replacement = self.backend._replace(proc)
         hit = next((chunk for chunk in chunks if chunk[0] <= position < chunk[1]), None)
         suspect = hit or (chunks[0] if chunks else None)
@@ -355,7 +361,7 @@ class _Call:
             start, stop = suspect
             logger.warning("worker process %s %s outside any task; retrying its chunk", proc.name, how)
             for spot in reversed(range(start, stop)):
-                yield from self._strike(spot, proc.name, how, 0.0)
+                yield from self._strike(spot, proc.name, how, 0.0, where="outside any task, holding")
         else:
             start, stop = hit
             self._requeue(position + 1, stop, front=True)
@@ -370,11 +376,35 @@ class _Call:
                 logger.warning(
                     "worker process %s %s while running task %r", proc.name, how, self.tasks[position]
                 )
-                yield from self._strike(position, proc.name, how, ran)
+                yield from self._strike(position, proc.name, how, ran, where="while running")
             self._requeue(start, position, front=True)
         self._feed(replacement, busy)
 
-    def _strike(self, position: int, worker: str, how: str, ran: float) -> Iterator[Batch]:
+    def _stillborn(
+        self, proc: _Process, how: str, chunks: list[tuple[int, int]], busy: dict[Any, _Process]
+    ) -> None:
+        """A process died before running any task: blame its start, not the tasks.
+
+        Its chunks go back whole. If fresh processes keep dying like that while none
+        has served anything, the call stops with one clear error instead of
+        starting two processes per task.
+        """
+        self.stillborn += 1
+        served = any(other.served for other in self.backend._processes)
+        if not served and self.stillborn >= max(2, len(self.backend._processes)):
+            raise WorkerCrashed(
+                f"worker processes die before running any task (the last, {proc.name}, {how}); "
+                "see its error above. With the 'spawn' or 'forkserver' start method the main "
+                "module must be importable and its work guarded by "
+                "if __name__ == '__main__':"
+            )
+        logger.warning("worker process %s %s before running any task; its work is redone", proc.name, how)
+        for start, stop in reversed(chunks):
+            self._requeue(start, stop, front=True)
+        replacement = self.backend._replace(proc)
+        self._feed(replacement, busy)
+
+    def _strike(self, position: int, worker: str, how: str, ran: float, where: str) -> Iterator[Batch]:
         """Count a crash against a task: retry it alone, or give up on it."""
         tries = self.attempts.get(position, 0) + 1
         self.attempts[position] = tries
@@ -383,7 +413,7 @@ class _Call:
             return
         task = self.tasks[position]
         error = WorkerCrashed(
-            f"worker process {worker} {how} while running task {task!r} "
+            f"worker process {worker} {how} {where} task {task!r} "
             f"(attempt {tries} of {self.max_attempts})"
         )
         yield Batch(position, [error], [ran], {0}, worker)
