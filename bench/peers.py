@@ -109,6 +109,8 @@ def dask_cluster(
     """Dask distributed: a ``LocalCluster`` of ``workers`` processes, one thread each."""
     require("dask")
     distributed = require("distributed")
+    # Importing distributed sets its loggers to INFO; its chatter is not ours to print.
+    logging.getLogger("distributed").setLevel(silence if silence is not None else logging.ERROR)
     cluster = distributed.LocalCluster(
         n_workers=workers,
         threads_per_worker=1,

@@ -204,7 +204,7 @@ def distributed(settings: Settings) -> list[Comparison]:
             name="distributed",
             title=f"Tiny tasks (x*x), {NCPU} local distributed workers",
             unit="tasks",
-            sizes=[2_000] if settings.quick else [20_000],
+            sizes=[1_000] if settings.quick else [20_000],
             check=_check_squares,
             contenders=[
                 Contender("dmap", _dmap(SquareWorker, NCPU), ezpool=True),
