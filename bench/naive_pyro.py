@@ -42,7 +42,7 @@ def naive_client(uris: Sequence[str]) -> Iterator[Any]:
             proxy._pyroBind()
 
         def run(tasks: Sequence[int]) -> dict[int, int]:
-            todo: queue.SimpleQueue[Optional[int]] = queue.SimpleQueue()
+            todo: queue.SimpleQueue[int] = queue.SimpleQueue()
             for task in tasks:
                 todo.put(task)
             results: dict[int, int] = {}

@@ -126,7 +126,7 @@ def dask_cluster(
             def run(size: int) -> list[Any]:
                 # pure=False: every call is new work, never a result Dask kept.
                 futures = client.map(fun, list(tasks(size)), pure=False)
-                return client.gather(futures)  # type: ignore[no-any-return]
+                return client.gather(futures)
 
             yield run
         finally:

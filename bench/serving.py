@@ -100,9 +100,10 @@ def _wait_for_uri(process: subprocess.Popen[bytes], log: Path) -> str:
         if found:
             return found.group(0)
         if process.poll() is not None:
-            raise RuntimeError(f"worker {process.args} exited with {process.returncode}:\n{log.read_text()}")
+            output = log.read_text(errors="replace")
+            raise RuntimeError(f"worker {process.args!r} exited with {process.returncode}:\n{output}")
         time.sleep(0.05)
-    raise RuntimeError(f"worker {process.args} printed no URI within {_START_TIMEOUT:.0f} s")
+    raise RuntimeError(f"worker {process.args!r} printed no URI within {_START_TIMEOUT:.0f} s")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

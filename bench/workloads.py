@@ -77,20 +77,20 @@ def timed_call(fun: Callable[[Any], Any], task: Any) -> tuple[Any, float]:
 class SquareWorker(BaseWorker):
     """``square`` as a distributed worker."""
 
-    def run(self, x: int) -> int:  # type: ignore[override]
+    def run(self, x: int) -> int:
         return x * x
 
 
 class Fib27Worker(BaseWorker):
     """``fib27`` as a distributed worker."""
 
-    def run(self, index: int) -> int:  # type: ignore[override]
+    def run(self, index: int) -> int:
         return fib(CPU_N)
 
 
 class NapWorker(BaseWorker):
     """``nap`` as a distributed worker."""
 
-    def run(self, x: int) -> int:  # type: ignore[override]
+    def run(self, x: int) -> int:
         time.sleep(NAP_SECONDS)
         return x
