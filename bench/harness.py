@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import statistics
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from time import perf_counter
 from typing import Any, Callable, ContextManager, NamedTuple, Optional
 
@@ -86,6 +86,8 @@ class Comparison:
     contenders: Sequence[Contender]
     check: Callable[[int, Any], None]
     pairs: Optional[Sequence[tuple[str, str]]] = None
+    #: Facts about the workload that its derived figures need (e.g. worker counts).
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def ratio_pairs(self) -> list[tuple[str, str]]:
         if self.pairs is not None:
@@ -106,6 +108,7 @@ def measure(comparison: Comparison, settings: Settings) -> dict[str, Any]:
         "title": comparison.title,
         "unit": comparison.unit,
         "sizes": list(comparison.sizes),
+        "params": dict(comparison.params),
         "contenders": {},
         "ratios": [],
     }

@@ -114,12 +114,9 @@ def derived(name: str, record: dict[str, Any]) -> dict[str, Any]:
                 bound = max(longest[size], serial[size] / 2)
                 out[str(size)] = {"lower_bound": bound, "pmap_over_lower_bound": t / bound}
     elif name == "many":
-        from .workloads import NAP_SECONDS
-
-        workers = int(record["title"].split(": ", 1)[1].split()[0])
-        out["workers"] = workers
+        workers, seconds = record["params"]["workers"], record["params"]["task_seconds"]
         out["efficiency"] = {
-            contender: {size: (size * NAP_SECONDS / workers) / t for size, t in points.items()}
+            contender: {size: (size * seconds / workers) / t for size, t in points.items()}
             for contender, points in medians.items()
         }
     return out

@@ -229,6 +229,7 @@ def many(settings: Settings) -> list[Comparison]:
                 Contender("dmap", _dmap(NapWorker, workers), ezpool=True),
                 Contender("Dask LocalCluster", _dask(nap, workers)),
             ],
+            params={"workers": workers, "task_seconds": NAP_SECONDS},
         )
     ]
 
