@@ -214,7 +214,7 @@ def plot(path: Path, records: dict[str, dict[str, Any]], info: dict[str, Any]) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {name: r for name, r in records.items() if len(r["sizes"]) > 1}
+    curves = {name: r for name, r in records.items() if len(r.get("sizes", ())) > 1}
     if not curves:
         return "plot skipped: no workload with more than one size was run"
     figure, axes = plt.subplots(1, len(curves), figsize=(7 * len(curves), 5), squeeze=False)

@@ -88,7 +88,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in names:
         for comparison in WORKLOADS[name](settings):
             print(f"\n... {comparison.name}: {comparison.title}", file=sys.stderr, flush=True)
-            record = measure(comparison, settings)
+            try:
+                record = measure(comparison, settings)
+            except Exception as exc:  # e.g. a pool that fails to shut down: report it, go on
+                logger.exception("%s failed", comparison.name)
+                records[comparison.name] = {"workload": name, "title": comparison.title, "error": repr(exc)}
+                failed = True
+                print(f"\n== {comparison.name}: failed: {exc!r}", flush=True)
+                continue
             record["workload"] = name
             record["derived"] = derived(comparison.name, record)
             records[comparison.name] = record
