@@ -153,7 +153,12 @@ def measure(comparison: Comparison, settings: Settings) -> dict[str, Any]:
                         samples[name].append(outcome.seconds if isinstance(outcome, Timed) else took)
             for name, times in samples.items():
                 median = statistics.median(times)
-                contenders[name]["sizes"][size] = {"status": "ok", "median": median, "samples": times}
+                contenders[name]["sizes"][size] = {
+                    "status": "ok",
+                    "median": median,
+                    "best": min(times),
+                    "samples": times,
+                }
                 previous[name] = (size, median)
             logger.info("%s: size %d done", comparison.name, size)
     for ours, theirs in comparison.ratio_pairs():
