@@ -185,8 +185,9 @@ def skewed(settings: Settings) -> list[Comparison]:
                 Contender("pmap", _pmap(fib), ezpool=True),
                 Contender("longest task alone", lambda: simple(longest)),
                 Contender("smap", _smap(fib), ezpool=True),
+                Contender("multiprocessing.Pool.map", _peer(peers.mp_pool_map, fib, _tasks, NCPU)),
             ],
-            pairs=[("pmap", "longest task alone"), ("pmap", "smap")],
+            pairs=[("pmap", "longest task alone"), ("pmap", "smap"), ("pmap", "multiprocessing.Pool.map")],
         )
     ]
 
