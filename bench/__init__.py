@@ -1,0 +1,1 @@
+"""EzPool's benchmark suite: ``python -m bench [--quick] [--only NAME] [--out DIR]``."""

@@ -1,0 +1,121 @@
+"""Starting and stopping local worker processes for the distributed workloads.
+
+Each worker is a separate ``python -m ...`` process on a free port of 127.0.0.1,
+in its own process group, whose stdout goes to a file we read its URI from. Every
+process started here is killed on leaving the context manager, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .harness import Skip
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["free_port", "distributed_available", "served_workers", "child_environment"]
+
+#: Seconds a worker process may take to print its URI (32 of them start at once on 2 cores).
+_START_TIMEOUT = 120.0
+
+_URI = re.compile(r"PYRO:[\w.\-]+@[\w.\-]+:\d+")
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def distributed_available() -> None:
+    """Raise ``Skip`` unless this checkout of EzPool has its distributed mode."""
+    for module in ("ezpool.backends.distributed", "ezpool.serve"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise Skip(f"distributed mode not available: {exc}") from exc
+
+
+def child_environment() -> dict[str, str]:
+    """The environment of worker processes: they import this EzPool and ``bench``."""
+    import ezpool
+
+    roots = [str(Path(ezpool.__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent)]
+    env = dict(os.environ)
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*roots, *([old] if old else [])]))
+    return env
+
+
+@contextlib.contextmanager
+def served_workers(module: str, arguments: Sequence[str], count: int) -> Iterator[list[str]]:
+    """Start ``count`` processes ``python -m module *arguments --host 127.0.0.1 --port P``.
+
+    Yields the URIs they print, once every one of them has printed one.
+    """
+    env = child_environment()
+    with tempfile.TemporaryDirectory(prefix="ezpool-bench-") as scratch:
+        processes: list[tuple[subprocess.Popen[bytes], Path]] = []
+        try:
+            for index in range(count):
+                log = Path(scratch, f"worker-{index}.out")
+                command = [
+                    sys.executable,
+                    "-m",
+                    module,
+                    *arguments,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(free_port()),
+                ]
+                with open(log, "wb") as out:
+                    process = subprocess.Popen(
+                        command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                    )
+                processes.append((process, log))
+            yield [_wait_for_uri(process, log) for process, log in processes]
+        finally:
+            for process, _ in processes:
+                _stop(process)
+
+
+def _wait_for_uri(process: subprocess.Popen[bytes], log: Path) -> str:
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        found = _URI.search(log.read_text(errors="replace"))
+        if found:
+            return found.group(0)
+        if process.poll() is not None:
+            output = log.read_text(errors="replace")
+            raise RuntimeError(f"worker {process.args!r} exited with {process.returncode}:\n{output}")
+        time.sleep(0.05)
+    raise RuntimeError(f"worker {process.args!r} printed no URI within {_START_TIMEOUT:.0f} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """End a worker and everything it started: SIGTERM its group, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; make sure nothing it forked outlives it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return

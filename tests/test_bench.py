@@ -1,0 +1,91 @@
+"""A bounded smoke run of the benchmark suite, so that it cannot silently rot.
+
+It checks that the suite runs and reports, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_bench(*args: str, cwd: Path, timeout: float = 100.0) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        # Whatever happened, nothing the suite started outlives the test.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(110)
+def test_quick_run_writes_results_with_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = _run_bench("--quick", "--only", "tiny", "--only", "startup", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+
+    payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    machine = payload["machine"]
+    for key in ("date", "cpu", "cores", "python", "packages", "ezpool"):
+        assert machine[key], key
+    assert payload["settings"]["quick"] is True
+    assert payload["settings"]["repeats"] >= 3
+    assert set(payload["comparisons"]) == {"tiny", "loop", "startup"}
+
+    for name, record in payload["comparisons"].items():
+        for contender, entry in record["contenders"].items():
+            assert entry["status"] in ("ok", "skipped"), (name, contender, entry)
+            for point in entry["sizes"].values():
+                if point["status"] == "ok":
+                    assert len(point["samples"]) == payload["settings"]["repeats"]
+                    assert point["median"] > 0
+
+    ratios = {
+        (r["ezpool"], r["peer"], r["size"]): r["ratio"] for r in payload["comparisons"]["tiny"]["ratios"]
+    }
+    # The standard library's pool is always there, so this ratio always exists.
+    for size in payload["comparisons"]["tiny"]["sizes"]:
+        ratio = ratios[("pmap", "multiprocessing.Pool.map", size)]
+        assert math.isfinite(ratio) and ratio > 0
+    assert payload["comparisons"]["loop"]["ratios"][0]["peer"] == "dict comprehension"
+
+    dmap = payload["comparisons"]["startup"]["contenders"]["dmap auto-spawned worker"]
+    if dmap["status"] == "skipped":
+        assert "distributed mode not available" in dmap["reason"]
+    assert "pmap" in done.stdout and "ratio EzPool / peer" in done.stdout
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "plot skipped" in done.stdout
+    else:
+        assert (out / "results.png").stat().st_size > 0
+
+
+def test_unknown_workload_is_refused_by_name(tmp_path: Path) -> None:
+    done = _run_bench("--only", "nonesuch", "--out", str(tmp_path), cwd=tmp_path, timeout=30)
+    assert done.returncode == 2
+    assert "nonesuch" in done.stderr
+    assert not (tmp_path / "results.json").exists()
