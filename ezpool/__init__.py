@@ -17,6 +17,7 @@ from .errors import (
     WorkerCrashed,
     WorkerUnavailable,
 )
+from .naming import list_workers
 from .options import Options
 from .pool import EzPool, Pool
 from .results import Results, TaskOutcome
@@ -29,6 +30,7 @@ __all__ = [
     "EzPool",
     "BaseWorker",
     "Options",
+    "list_workers",
     "Results",
     "TaskOutcome",
     "EzPoolError",

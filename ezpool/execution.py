@@ -12,7 +12,7 @@ from .serialization import ExceptionRecord, capture, dumps, safe_values
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChunkOutcome", "run_chunk", "pack_chunk"]
+__all__ = ["ChunkOutcome", "run_chunk", "pack_chunk", "failed_chunk"]
 
 ChunkOutcome = tuple[list[Any], "array[float]", dict[int, ExceptionRecord]]
 
@@ -59,3 +59,8 @@ def pack_chunk(first: int, outcome: ChunkOutcome) -> bytes:
     except Exception:
         safe_values(values, failures)
         return dumps((first, values, times, failures))
+
+
+def failed_chunk(count: int, record: ExceptionRecord) -> ChunkOutcome:
+    """The outcome of a chunk that could not run at all: every task fails alike."""
+    return [None] * count, array("d", bytes(8 * count)), dict.fromkeys(range(count), record)

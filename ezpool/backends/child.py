@@ -8,11 +8,10 @@ import queue
 import signal
 import threading
 import time
-from array import array
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Optional
 
-from ..execution import ChunkOutcome, pack_chunk, run_chunk
+from ..execution import failed_chunk, pack_chunk, run_chunk
 from ..serialization import ExceptionRecord, capture, loads
 
 logger = logging.getLogger(__name__)
@@ -54,10 +53,10 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
             record = capture(exc)
             if blob is not None:
                 load_error = record
-            outcome = _all_failed(stop - first, record)
+            outcome = failed_chunk(stop - first, record)
         else:
             if load_error is not None or fun is None:
-                outcome = _all_failed(stop - first, load_error or capture(RuntimeError("no function")))
+                outcome = failed_chunk(stop - first, load_error or capture(RuntimeError("no function")))
             else:
                 outcome = run_chunk(fun, tasks, first, mark)
         try:
@@ -73,10 +72,6 @@ def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[bytes]
             requests.put(conn.recv_bytes())
     except (EOFError, OSError):
         requests.put(None)
-
-
-def _all_failed(count: int, record: ExceptionRecord) -> ChunkOutcome:
-    return [None] * count, array("d", bytes(8 * count)), dict.fromkeys(range(count), record)
 
 
 def _exit_with_parent(parent_pid: int) -> None:

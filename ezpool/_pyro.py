@@ -1,0 +1,138 @@
+"""Everything EzPool asks of Pyro4, in one module: no other module imports it.
+
+Pyro4 is archived at 4.82, so it is kept behind this small surface. Every setting
+is made per proxy or per daemon (HMAC key, serializer, time-outs), never through
+Pyro4's global config, and nothing happens at import beyond importing Pyro4.
+Calls carry only bytes, ints and strings, so the ``marshal`` serializer suffices
+and Pyro4 never unpickles anything itself: EzPool's own pickles travel as bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Optional
+
+import Pyro4
+import Pyro4.errors
+import Pyro4.naming
+
+from .errors import AuthenticationError, WorkerUnavailable
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CommunicationError",
+    "PyroTimeout",
+    "PyroError",
+    "parse_uri",
+    "is_loopback",
+    "make_proxy",
+    "Server",
+    "register",
+    "list_registered",
+    "translate",
+]
+
+CommunicationError = Pyro4.errors.CommunicationError
+PyroTimeout = Pyro4.errors.TimeoutError
+PyroError = Pyro4.errors.PyroError
+
+_SERIALIZER = "marshal"
+_LOOPBACK_NAMES = ("localhost", "::1", "ip6-localhost")
+
+
+def parse_uri(text: Any) -> Any:
+    """Check a worker URI (``PYRO:name@host:port`` or ``PYRONAME:name[@ns_host:port]``).
+
+    Raises ``ValueError`` quoting it when it is not one.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"worker URI must be a string, got {text!r}")
+    try:
+        uri = Pyro4.URI(text)
+    except PyroError as exc:
+        raise ValueError(
+            f"{text!r} is not a Pyro URI ({exc}); expected e.g. 'PYRO:worker@localhost:21000'"
+        ) from None
+    if uri.protocol not in ("PYRO", "PYRONAME"):
+        raise ValueError(f"{text!r}: use a PYRO: or PYRONAME: URI")
+    return uri
+
+
+def is_loopback(host: Optional[str]) -> bool:
+    """Whether ``host`` names this machine's loopback interface."""
+    return bool(host) and (host in _LOOPBACK_NAMES or str(host).startswith("127."))
+
+
+def make_proxy(uri: Any, hmac_key: Optional[bytes], timeout: Optional[float]) -> Any:
+    """A proxy set up for EzPool: its own key, serializer and time-out."""
+    proxy = Pyro4.Proxy(uri)
+    proxy._pyroHmacKey = hmac_key
+    proxy._pyroSerializer = _SERIALIZER
+    proxy._pyroTimeout = timeout
+    return proxy
+
+
+def translate(exc: BaseException, uri: str) -> Exception:
+    """Turn a Pyro4 connection error into EzPool's own, naming the worker."""
+    text = str(exc)
+    if "hmac" in text.lower():
+        if "not symmetric" in text:
+            return AuthenticationError(
+                f"worker {uri} and this client disagree on having an HMAC key: one side has "
+                "none; set the same EZPOOL_HMAC_KEY (or hmac_key=) on both"
+            )
+        return AuthenticationError(f"worker {uri} rejected this client's HMAC key: the key is wrong")
+    return WorkerUnavailable(f"worker {uri} cannot be reached: {text}")
+
+
+class Server:
+    """A Pyro4 daemon serving one object, with its request loop in a thread."""
+
+    def __init__(self, servant: Any, host: str, port: int, name: str, hmac_key: Optional[bytes]) -> None:
+        self._daemon = Pyro4.Daemon(host=host, port=port)
+        self._daemon._pyroHmacKey = hmac_key
+        Pyro4.expose(type(servant))  # marks its public methods as callable remotely
+        self.uri = str(self._daemon.register(servant, name))
+        self._thread = threading.Thread(target=self._daemon.requestLoop, daemon=True, name="ezpool-daemon")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._daemon.shutdown()
+        self._thread.join(5)
+
+
+def register(ns_address: str, name: str, uri: str, hmac_key: Optional[bytes]) -> Callable[[], None]:
+    """Register ``uri`` as ``name`` with the name server; returns a function that unregisters it."""
+    host, port = _split_address(ns_address)
+    with Pyro4.locateNS(host=host, port=port, hmac_key=hmac_key) as ns:
+        ns.register(name, uri, safe=False)
+
+    def unregister() -> None:
+        try:
+            with Pyro4.locateNS(host=host, port=port, hmac_key=hmac_key) as ns:
+                ns.remove(name)
+        except PyroError as exc:
+            logger.debug("could not unregister %s: %s", name, exc)
+
+    return unregister
+
+
+def list_registered(ns_address: str, prefix: str, hmac_key: Optional[bytes]) -> dict[str, str]:
+    """Names and URIs registered under ``prefix`` at the name server."""
+    host, port = _split_address(ns_address)
+    with Pyro4.locateNS(host=host, port=port, hmac_key=hmac_key) as ns:
+        found: dict[str, str] = ns.list(prefix=prefix)
+    return {name: str(uri) for name, uri in found.items()}
+
+
+def _split_address(address: str) -> tuple[str, Optional[int]]:
+    if ":" not in address:
+        return address, None
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"name server address {address!r} must be HOST or HOST:PORT")
+    return host, int(port)

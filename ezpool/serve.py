@@ -1,0 +1,235 @@
+"""``python -m ezpool.serve MODULE:NAME``: host a worker for the distributed mode.
+
+``NAME`` is a ``BaseWorker`` subclass or a plain function in ``MODULE`` (a dotted
+module name, or the path of a ``.py`` file). Each process prints the URI it
+serves, and stops cleanly on SIGINT or SIGTERM. ``--procs N`` serves from N
+processes, on ports ``port`` to ``port + N - 1``.
+
+Security: workers unpickle what clients send, and unpickling can run code. A
+worker binds 127.0.0.1 unless told otherwise, and will not listen on another
+address without an HMAC key (``EZPOOL_HMAC_KEY`` or ``--hmac-key-file``) unless
+``--insecure`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional
+
+from .worker import BaseWorker
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["main", "load_target"]
+
+_ENV_KEY = "EZPOOL_HMAC_KEY"
+
+
+class ServeError(Exception):
+    """A problem to report in one line, without a traceback."""
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        key = _hmac_key(args)
+        _check_exposure(args.host, key, args.insecure)
+        if args.procs > 1:
+            return _serve_many(args)
+        return _serve_one(args, key)
+    except ServeError as exc:
+        print(f"ezpool.serve: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ezpool.serve", description="Serve an EzPool worker over the network."
+    )
+    parser.add_argument("spec", metavar="MODULE:NAME", help="a BaseWorker subclass or a function to serve")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=21000, help="port of the first process (default 21000)")
+    parser.add_argument("--name", default="worker", help="object name in the URI (default 'worker')")
+    parser.add_argument("--procs", type=_positive, default=1, help="worker processes to start (default 1)")
+    parser.add_argument("--ns", metavar="HOST[:PORT]", help="register with this Pyro4 name server")
+    parser.add_argument("--ns-prefix", default="ezpool.", help="prefix of registered names")
+    parser.add_argument("--hmac-key-file", type=Path, help="file holding the shared HMAC key")
+    parser.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback address without an HMAC key"
+    )
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _hmac_key(args: argparse.Namespace) -> Optional[bytes]:
+    if args.hmac_key_file is not None:
+        try:
+            text = args.hmac_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ServeError(f"cannot read the HMAC key file {str(args.hmac_key_file)!r}: {exc}") from None
+        if not text:
+            raise ServeError(f"the HMAC key file {str(args.hmac_key_file)!r} is empty")
+        return text.encode()
+    value = os.environ.get(_ENV_KEY)
+    return value.encode() if value else None
+
+
+def _check_exposure(host: str, key: Optional[bytes], insecure: bool) -> None:
+    from ._pyro import is_loopback
+
+    if not is_loopback(host) and key is None and not insecure:
+        raise ServeError(
+            f"refusing to listen on {host!r} without an HMAC key: anyone who can reach it could run "
+            f"code here. Set {_ENV_KEY} or --hmac-key-file, or pass --insecure on a trusted network"
+        )
+
+
+def load_target(spec: str) -> Any:
+    """Import ``MODULE:NAME`` and return the object; ``ServeError`` says what is wrong."""
+    module_part, _, name = spec.rpartition(":")
+    if not module_part or not name:
+        raise ServeError(f"{spec!r} is not MODULE:NAME (e.g. mymodule:MyWorker or script.py:MyWorker)")
+    module = _import(module_part)
+    target: Any = module
+    for part in name.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ServeError(f"{module_part!r} has no {name!r}")
+    is_worker = isinstance(target, type) and issubclass(target, BaseWorker)
+    if not is_worker and (isinstance(target, type) or not callable(target)):
+        raise ServeError(f"{spec!r} is neither a BaseWorker subclass nor a function")
+    return target
+
+
+def _import(module_part: str) -> ModuleType:
+    try:
+        if module_part.endswith(".py") or os.sep in module_part:
+            path = Path(module_part).resolve()
+            if not path.is_file():
+                raise ServeError(f"no such file: {module_part!r}")
+            sys.path.insert(0, str(path.parent))
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None:
+                raise ServeError(f"cannot import {module_part!r}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+            return module
+        sys.path.insert(0, os.getcwd())
+        return importlib.import_module(module_part)
+    except ServeError:
+        raise
+    except Exception as exc:
+        raise ServeError(f"cannot import {module_part!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _serve_one(args: argparse.Namespace, key: Optional[bytes]) -> int:
+    from . import _pyro
+    from .servant import Servant
+
+    target = load_target(args.spec)
+    instance = target() if isinstance(target, type) else target
+    if isinstance(instance, BaseWorker):
+        instance.setup()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    if args.parent_pid:
+        threading.Thread(target=_stop_with_parent, args=(args.parent_pid, stop), daemon=True).start()
+    try:
+        server = _pyro.Server(Servant(instance), args.host, args.port, args.name, key)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    unregister = None
+    try:
+        server.start()
+        if args.ns:
+            registered = f"{args.ns_prefix}{args.name}@{args.host}:{args.port}"
+            try:
+                unregister = _pyro.register(args.ns, registered, server.uri, key)
+            except _pyro.PyroError as exc:
+                raise ServeError(f"cannot register with the name server at {args.ns}: {exc}") from None
+        print(server.uri, flush=True)
+        logger.debug("serving %s at %s", args.spec, server.uri)
+        stop.wait()
+    finally:
+        if unregister is not None:
+            unregister()
+        server.shutdown()
+        if isinstance(instance, BaseWorker):
+            instance.teardown()
+    return 0
+
+
+def _serve_many(args: argparse.Namespace) -> int:
+    """Start one process per port and stop them all together."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    load_target(args.spec)  # fail here, once, rather than in every process
+    children = []
+    for index in range(args.procs):
+        command = [sys.executable, "-m", "ezpool.serve", *_child_args(args, args.port + index)]
+        children.append(subprocess.Popen(command))
+    status = 0
+    try:
+        while not stop.wait(0.2):
+            failed = [child for child in children if child.poll() not in (None, 0)]
+            if failed:
+                status = 1
+                break
+            if all(child.poll() is not None for child in children):
+                break
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 5
+        for child in children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    return status
+
+
+def _child_args(args: argparse.Namespace, port: int) -> list[str]:
+    command = [args.spec, "--host", args.host, "--port", str(port), "--name", args.name]
+    command += ["--ns-prefix", args.ns_prefix, "--parent-pid", str(os.getpid())]
+    if args.ns:
+        command += ["--ns", args.ns]
+    if args.hmac_key_file is not None:
+        command += ["--hmac-key-file", str(args.hmac_key_file)]
+    if args.insecure:
+        command.append("--insecure")
+    return command
+
+
+def _stop_with_parent(parent_pid: int, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        if os.getppid() != parent_pid:
+            stop.set()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
