@@ -163,7 +163,7 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes]) -> int:
     try:
         server.start()
         if args.ns:
-            registered = f"{args.ns_prefix}{args.name}@{args.host}:{args.port}"
+            registered = f"{args.ns_prefix}{args.name}.{args.host}.{args.port}"
             try:
                 unregister = _pyro.register(args.ns, registered, server.uri, key)
             except _pyro.PyroError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -37,3 +38,107 @@ def _core_no_worker_left_behind():
         proc.kill()
         proc.join(5)
     assert not left, f"worker processes left running: {left}"
+
+
+# --- distributed: real ezpool.serve daemons and a real Pyro4 name server on 127.0.0.1 ---
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Served:
+    """A started ``python -m ezpool.serve`` (or other daemon) and the lines it printed."""
+
+    def __init__(self, process, lines):
+        self.process = process
+        self.lines = lines
+
+    @property
+    def uris(self):
+        return [line for line in self.lines if line.startswith("PYRO:")]
+
+
+def _stop(process) -> None:
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+        process.communicate(timeout=10)
+
+
+@pytest.fixture
+def start_daemon(core_child_env):
+    """Start a daemon command, wait for ``expect`` lines on its stdout; killed at teardown."""
+    import subprocess
+    import time
+
+    started = []
+
+    def start(command, expect=1, env=None, timeout=30.0):
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or core_child_env,
+            start_new_session=True,
+        )
+        started.append(process)
+        lines = []
+        deadline = time.monotonic() + timeout
+        while len(lines) < expect:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{command} printed {lines} in {timeout} s")
+            line = process.stdout.readline()
+            if not line:
+                raise AssertionError(f"{command} exited ({process.wait()}): {process.stderr.read()}")
+            lines.append(line.strip())
+        return Served(process, lines)
+
+    yield start
+    for process in started:
+        _stop(process)
+
+
+@pytest.fixture
+def serve(start_daemon):
+    """``serve(spec, *flags, procs=1)``: start real ``ezpool.serve`` workers; their URIs."""
+
+    def run(spec, *flags, procs=1, port=None, env=None):
+        port = port or free_port()
+        command = [sys.executable, "-m", "ezpool.serve", spec, "--port", str(port), *flags]
+        if procs > 1:
+            command += ["--procs", str(procs)]
+        return start_daemon(command, expect=procs, env=env)
+
+    return run
+
+
+@pytest.fixture
+def name_server(start_daemon):
+    """A real Pyro4 name server on 127.0.0.1; its ``HOST:PORT``."""
+    import time
+
+    port = free_port()
+    start_daemon([sys.executable, "-m", "Pyro4.naming", "-n", "127.0.0.1", "-p", str(port)], expect=0)
+    address = f"127.0.0.1:{port}"
+    import socket
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return address
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

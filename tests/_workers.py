@@ -1,0 +1,87 @@
+"""Workers served by ``python -m ezpool.serve`` in the distributed tests (importable)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ezpool import BaseWorker
+
+NOT_A_WORKER = 42
+
+
+class NotAWorkerClass:
+    def run(self, x: Any) -> Any:
+        return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    y: int
+
+
+class Oops(Exception):
+    """A custom exception class that the client can rebuild."""
+
+
+class Square(BaseWorker):
+    def run(self, x: Any) -> Any:
+        return x * x
+
+
+class Mirror(BaseWorker):
+    """Returns what it gets, after checking it arrived as the type that was sent."""
+
+    def run(self, value: Any) -> Any:
+        if isinstance(value, str) and value == "boom":
+            raise Oops("custom failure")
+        return value
+
+
+class Napper(BaseWorker):
+    def run(self, seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+
+class Killer(BaseWorker):
+    """Kills its own process on task 'die'."""
+
+    def run(self, task: Any) -> Any:
+        if task == "die":
+            os._exit(7)
+        time.sleep(0.05)
+        return task
+
+
+class Lifecycle(BaseWorker):
+    """Writes its setup and teardown to the file named by EZPOOL_TEST_LIFECYCLE."""
+
+    def setup(self) -> None:
+        self.path = Path(os.environ["EZPOOL_TEST_LIFECYCLE"])
+        with self.path.open("a") as f:
+            f.write("setup\n")
+
+    def run(self, x: Any) -> Any:
+        return x + 1
+
+    def teardown(self) -> None:
+        with self.path.open("a") as f:
+            f.write("teardown\n")
+
+
+def double(x: Any) -> Any:
+    return 2 * x
+
+
+class Arange(BaseWorker):
+    """Returns a numpy array (numpy is imported only where it is installed)."""
+
+    def run(self, n: int) -> Any:
+        import numpy
+
+        return numpy.arange(n)

@@ -1,0 +1,206 @@
+"""dmap against real ezpool.serve workers on 127.0.0.1: results, checks, losses, auto-start."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from ezpool import Pool, RemoteError, TaskTimeout, WorkerCrashed, WorkerUnavailable
+from ezpool._pyro import is_loopback
+from tests import _workers as w
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def two_squares(serve):
+    return serve("tests._workers:Square").uris + serve("tests._workers:Square").uris
+
+
+def test_results_timing_and_workers_come_back_per_task(two_squares):
+    with Pool() as pool:
+        results = pool.dmap(w.Square, range(200), workers=two_squares, spawn=False)
+    assert results == {n: n * n for n in range(200)}
+    assert set(results.workers.values()) <= set(two_squares)
+    assert all(t >= 0 for t in results.elapsed.values()) and len(results.elapsed) == 200
+
+
+def test_python_values_round_trip_faithfully(serve):
+    uris = serve("tests._workers:Mirror").uris
+    values = [b"\x00\xffbytes", frozenset({1, 2}), (1, "two", 3.0), w.Point(1, 2), "text", None, 10**30]
+    with Pool() as pool:
+        results = pool.dmap(w.Mirror, [(v,) for v in values], workers=uris, spawn=False)
+    for value in values:
+        assert results[(value,)] == value and type(results[(value,)]) is type(value)
+
+
+def test_numpy_arrays_round_trip_when_installed(serve):
+    np = pytest.importorskip("numpy")
+    uris = serve("tests._workers:Arange").uris
+    with Pool() as pool:
+        results = pool.dmap(w.Arange, [3, 5], workers=uris, spawn=False)
+    assert isinstance(results[5], np.ndarray) and results[5].tolist() == [0, 1, 2, 3, 4]
+    assert results[3].dtype == np.arange(1).dtype
+
+
+def test_custom_exceptions_keep_class_message_and_remote_traceback(serve):
+    uris = serve("tests._workers:Mirror").uris
+    with Pool() as pool:
+        results = pool.dmap(w.Mirror, ["boom", "fine"], workers=uris, spawn=False)
+    error = results["boom"]
+    assert type(error) is w.Oops and str(error) == "custom failure"
+    assert "_workers.py" in str(error.__cause__) and results["fine"] == "fine"
+    assert list(results.errors) == ["boom"]
+
+
+def test_a_worker_serving_something_else_is_refused_naming_both(serve):
+    uris = serve("tests._workers:Square").uris
+    with Pool() as pool, pytest.raises(WorkerUnavailable) as caught:
+        pool.dmap(w.Mirror, [1], workers=uris, spawn=False)
+    message = str(caught.value)
+    assert uris[0] in message and "'Square'" in message and "'Mirror'" in message
+
+
+@pytest.mark.parametrize("bad", ["nonsense", "PYRO:worker@localhost:port", "http://x:1", 21000, ""])
+def test_a_bad_uri_is_a_value_error_quoting_it_before_any_work(bad, tmp_path):
+    with Pool() as pool, pytest.raises((ValueError, TypeError)) as caught:
+        pool.dmap(w.Square, [1], workers=[bad])
+    assert repr(bad) in str(caught.value) or str(bad) in str(caught.value)
+    assert pool._backends.get("distributed") is None or not pool._backends["distributed"]._spawned
+
+
+def test_an_unreachable_worker_is_unavailable_within_seconds_when_not_started():
+    uri = f"PYRO:worker@127.0.0.1:{free_port()}"
+    began = time.monotonic()
+    with Pool() as pool, pytest.raises(WorkerUnavailable, match=uri):
+        pool.dmap(w.Square, [1], workers=[uri], spawn=False)
+    assert time.monotonic() - began < 10
+
+
+def test_only_loopback_workers_are_ever_started():
+    assert is_loopback("localhost") and is_loopback("127.0.0.1") and is_loopback("127.1.2.3")
+    assert not is_loopback("example.org") and not is_loopback("10.0.0.1") and not is_loopback(None)
+
+
+def test_a_worker_that_does_not_answer_is_started_and_stopped_with_the_pool():
+    port = free_port()
+    with Pool(workers=[f"PYRO:worker@127.0.0.1:{port}"]) as pool:
+        assert pool.dmap(w.Square, [2, 3]) == {2: 4, 3: 9}
+        spawned = list(pool._backends["distributed"]._spawned.values())
+        assert len(spawned) == 1 and spawned[0].poll() is None
+        assert pool.dmap(w.Square, [4]) == {4: 16}  # reused, not started again
+        assert list(pool._backends["distributed"]._spawned.values()) == spawned
+    assert spawned[0].wait(10) is not None
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from ezpool import Pool, BaseWorker
+
+    def fib(n):
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    class FibWorker(BaseWorker):
+        def run(self, n):
+            return fib(n)
+
+    if __name__ == "__main__":
+        workers = [f"PYRO:worker@localhost:{sys.argv[1]}", f"PYRO:worker@localhost:{sys.argv[2]}"]
+        with Pool() as pool:
+            results = pool.dmap(FibWorker, range(20), workers=workers)
+        print(results[19], len(results), len(results.errors))
+    """
+)
+
+
+def test_a_worker_class_from_the_users_own_script_is_started_for_it(tmp_path, core_child_env):
+    script = tmp_path / "quick.py"
+    script.write_text(SCRIPT)
+    ports = [free_port(), free_port()]
+    done = subprocess.run(
+        [sys.executable, str(script), *map(str, ports)],
+        capture_output=True, text=True, timeout=90, env=core_child_env, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["4181", "20", "0"]
+    assert "starting one that serves" in done.stderr  # the warning says what it did
+    for port in ports:  # and nothing is left listening
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_map_in_distributed_mode_ignores_ncpu(two_squares):
+    with Pool("distributed", workers=two_squares, spawn=False) as pool:
+        assert pool.map(w.Square, [1, 2], ncpu=64) == {1: 1, 2: 4}
+
+
+def test_a_lost_worker_costs_nothing_its_tasks_go_to_the_others(serve, caplog):
+    doomed, survivor = serve("tests._workers:Napper"), serve("tests._workers:Napper")
+    tasks = [0.05 + i / 10000 for i in range(60)]
+    killer = threading.Timer(0.6, lambda: os.killpg(doomed.process.pid, signal.SIGKILL))
+    with caplog.at_level(logging.WARNING, logger="ezpool"), Pool() as pool:
+        killer.start()
+        try:
+            results = pool.dmap(w.Napper, tasks, workers=doomed.uris + survivor.uris, spawn=False)
+        finally:
+            killer.cancel()
+    assert results.errors == {} and len(results) == 60
+    assert any("lost worker" in r.message and doomed.uris[0] in r.message for r in caplog.records)
+
+
+def test_a_task_that_kills_every_worker_ends_as_worker_crashed_promptly(serve):
+    uris = serve("tests._workers:Killer").uris + serve("tests._workers:Killer").uris
+    began = time.monotonic()
+    with Pool() as pool:
+        results = pool.dmap(w.Killer, ["die", "a", "b", "c"], workers=uris, spawn=False, chunksize=1)
+    assert time.monotonic() - began < 30
+    assert isinstance(results["die"], WorkerCrashed)
+    assert len(results) == 4 and all(results[t] == t or isinstance(results[t], WorkerCrashed) for t in "abc")
+
+
+def test_a_task_over_its_timeout_gets_timeout_error_and_others_finish(serve):
+    uris = serve("tests._workers:Napper").uris + serve("tests._workers:Napper").uris
+    with Pool() as pool:
+        results = pool.dmap(w.Napper, [3.0, 0.1, 0.11, 0.12], workers=uris, spawn=False, timeout=1)
+    assert isinstance(results[3.0], TaskTimeout) and isinstance(results[3.0], TimeoutError)
+    assert list(results.errors) == [3.0]
+
+
+def test_client_threads_are_bounded_by_workers_not_tasks(two_squares):
+    counts = []
+    with Pool() as pool:
+        pool.dmap(
+            w.Square, range(5000), workers=two_squares, spawn=False,
+            progress=lambda outcome, done, total: counts.append(threading.active_count()),
+        )
+    assert max(counts) <= threading.active_count() + len(two_squares) + 1
+
+
+def test_an_exception_the_client_cannot_rebuild_arrives_as_remote_error(serve, tmp_path):
+    script = tmp_path / "odd.py"
+    script.write_text(
+        "class Odd(Exception):\n    def __init__(self, a, b):\n        super().__init__(a)\n\n"
+        "def fail(x):\n    raise Odd('no', 'way')\n"
+    )
+    uris = serve(f"{script}:fail").uris
+
+    with Pool() as pool:
+        results = pool.dmap(_fail_named_like_the_served_one(), [1], workers=uris, spawn=False)
+    assert isinstance(results[1], RemoteError) and results[1].type_name.endswith("Odd")
+
+
+def _fail_named_like_the_served_one():
+    def fail(x):
+        raise AssertionError("never runs here")
+
+    fail.__qualname__ = "fail"
+    return fail

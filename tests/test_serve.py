@@ -1,0 +1,152 @@
+"""``python -m ezpool.serve``: real daemons on 127.0.0.1, real signals, real name server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ezpool import AuthenticationError, Pool, list_workers
+from tests._workers import Square
+from tests.conftest import free_port
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _run_serve(*args: str, env=None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ezpool.serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def triple(x):
+    """The client names the function it wants by this; the worker runs its own."""
+    return 3 * x
+
+
+def test_serves_a_worker_class_and_prints_its_uri(serve):
+    port = free_port()
+    served = serve("tests._workers:Square", port=port)
+    assert served.uris == [f"PYRO:worker@127.0.0.1:{port}"]
+    with Pool() as pool:
+        assert pool.dmap(Square, [1, 2, 3], workers=served.uris, spawn=False) == {1: 1, 2: 4, 3: 9}
+
+
+def test_serves_a_function_from_a_file_path(serve, tmp_path):
+    script = tmp_path / "tools.py"
+    script.write_text("def triple(x):\n    return 3 * x\n")
+    served = serve(f"{script}:triple", "--name", "tripler")
+    assert served.uris[0].startswith("PYRO:tripler@127.0.0.1:")
+    with Pool() as pool:
+        assert pool.dmap(triple, [1, 2], workers=served.uris, spawn=False) == {1: 3, 2: 6}
+
+
+def test_procs_starts_one_process_per_port_and_sigterm_stops_them_all(serve):
+    port = free_port()
+    served = serve("tests._workers:Napper", procs=3, port=port)
+    assert sorted(served.uris) == [f"PYRO:worker@127.0.0.1:{port + i}" for i in range(3)]
+    with Pool() as pool:
+        from tests._workers import Napper
+
+        pids = set(pool.dmap(Napper, [0.2, 0.21, 0.22, 0.23, 0.24, 0.25], workers=served.uris).values())
+    assert len(pids) == 3
+    served.process.send_signal(signal.SIGTERM)
+    served.process.wait(15)
+    deadline = time.monotonic() + 10
+    while any(_listening(port + i) for i in range(3)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_listening(port + i) for i in range(3))
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_sigint_stops_cleanly_after_teardown(serve, tmp_path, core_child_env):
+    lifecycle = tmp_path / "lifecycle"
+    env = dict(core_child_env, EZPOOL_TEST_LIFECYCLE=str(lifecycle))
+    served = serve("tests._workers:Lifecycle", env=env)
+    served.process.send_signal(signal.SIGINT)
+    assert served.process.wait(15) == 0
+    assert lifecycle.read_text() == "setup\nteardown\n"
+    assert "Traceback" not in served.process.stderr.read()
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("tests._workers", "MODULE:NAME"),
+        ("no_such_module_here:Thing", "cannot import 'no_such_module_here'"),
+        ("tests._workers:Missing", "has no 'Missing'"),
+        ("tests._workers:NOT_A_WORKER", "neither a BaseWorker subclass nor a function"),
+        ("tests._workers:NotAWorkerClass", "neither a BaseWorker subclass nor a function"),
+        ("/no/such/file.py:Thing", "no such file"),
+    ],
+)
+def test_a_bad_spec_is_one_line_and_a_nonzero_exit(spec, says, core_child_env):
+    done = _run_serve(spec, "--port", str(free_port()), env=core_child_env)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert says in done.stderr
+
+
+def test_a_taken_port_is_one_line_and_a_nonzero_exit(serve, core_child_env):
+    port = free_port()
+    serve("tests._workers:Square", port=port)
+    done = _run_serve("tests._workers:Square", "--port", str(port), env=core_child_env)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def test_a_non_loopback_address_needs_a_key_or_insecure(core_child_env):
+    env = {k: v for k, v in core_child_env.items() if k != "EZPOOL_HMAC_KEY"}
+    done = _run_serve("tests._workers:Square", "--host", "0.0.0.0", "--port", str(free_port()), env=env)
+    assert done.returncode != 0
+    assert "refusing to listen on '0.0.0.0' without an HMAC key" in done.stderr
+    assert "--insecure" in done.stderr
+
+
+def test_hmac_key_from_a_file_and_the_client_errors(serve, tmp_path, core_child_env, monkeypatch):
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret\n")
+    env = {k: v for k, v in core_child_env.items() if k != "EZPOOL_HMAC_KEY"}
+    served = serve("tests._workers:Square", "--hmac-key-file", str(key_file), env=env)
+    monkeypatch.delenv("EZPOOL_HMAC_KEY", raising=False)
+    with Pool(spawn=False) as pool:
+        assert pool.dmap(Square, [4], workers=served.uris, hmac_key="s3cret") == {4: 16}
+        with pytest.raises(AuthenticationError, match="wrong"):
+            pool.dmap(Square, [4], workers=served.uris, hmac_key="guess")
+        with pytest.raises(AuthenticationError, match="none"):
+            pool.dmap(Square, [4], workers=served.uris)
+        monkeypatch.setenv("EZPOOL_HMAC_KEY", "s3cret")
+        assert pool.dmap(Square, [5], workers=served.uris) == {5: 25}
+
+
+def test_workers_registered_with_a_name_server_are_found_and_used(serve, name_server):
+    first = serve("tests._workers:Square", "--ns", name_server)
+    second = serve("tests._workers:Square", "--ns", name_server, "--name", "other")
+    found = list_workers(name_server)
+    assert sorted(found) == sorted(first.uris + second.uris)
+    with Pool() as pool:
+        assert pool.dmap(Square, range(6), workers=found, spawn=False) == {n: n * n for n in range(6)}
+        by_name = [f"PYRONAME:ezpool.worker.127.0.0.1.{first.uris[0].rsplit(':', 1)[1]}@{name_server}"]
+        assert pool.dmap(Square, [7], workers=by_name, spawn=False) == {7: 49}
+    first.process.send_signal(signal.SIGTERM)
+    first.process.wait(15)
+    assert list_workers(name_server) == second.uris  # it unregistered itself
