@@ -124,3 +124,49 @@ def test_workers_exit_when_the_caller_is_killed(tmp_path, cleanup, start_method)
     proc.kill()  # SIGKILL: no cleanup code runs in the caller
     proc.wait(10)
     assert _wait_gone(workers, 10) == [], "worker processes outlived their killed caller"
+
+
+DMAP_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from ezpool import Pool, BaseWorker
+
+    class Slow(BaseWorker):
+        def run(self, seconds):
+            time.sleep(seconds)
+            return seconds
+
+    if __name__ == "__main__":
+        ports = sys.argv[1:]
+        with Pool(workers=[f"PYRO:worker@127.0.0.1:{p}" for p in ports]) as pool:
+            pool.dmap(Slow, [0.01, 0.02])  # starts both workers
+            pids = [p.pid for p in pool._backends["distributed"]._spawned.values()]
+            print(" ".join(map(str, pids)), flush=True)
+            pool.dmap(Slow, [60, 61, 62, 63], progress=False)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigkill"])
+def test_workers_the_pool_started_for_dmap_end_with_it(tmp_path, cleanup, how):
+    from tests.conftest import free_port
+
+    script = tmp_path / "dmap_run.py"
+    script.write_text(DMAP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(free_port()), str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    cleanup.append(proc)
+    assert proc.stdout is not None
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
+    assert len(workers) == 2, proc.stderr.read() if proc.stderr else ""
+    time.sleep(0.5)
+    began = time.monotonic()
+    proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=30)
+    if how == "ctrl-c":
+        assert "KeyboardInterrupt" in stderr
+        assert time.monotonic() - began < 10
+    assert _wait_gone(workers, 10) == [], "an auto-started worker outlived its caller"
