@@ -29,6 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple, Optional
 
 from .. import _pyro
@@ -49,6 +50,8 @@ CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for an auto-started worker to answer.
 SPAWN_TIMEOUT = 30.0
 _ENV_KEY = "EZPOOL_HMAC_KEY"
+#: Workers checked at once when a call starts.
+_CONNECTORS = 32
 
 
 class _Piece(NamedTuple):
@@ -76,8 +79,7 @@ class DistributedBackend(Backend):
             _Piece(start, stop, (dumps_tasks(tasks[start:stop]),), False)
             for start, stop in plan_pieces(len(tasks), len(uris), chunksize)
         ]
-        for text, uri in uris:
-            self._connect(text, uri, fun, name, key, options.spawn)
+        self._connect_all(uris, fun, name, key, options.spawn)
         if not pieces:
             return
         dispatch = _Dispatch(tasks, pieces, uris, key, options)
@@ -95,6 +97,18 @@ class DistributedBackend(Backend):
                 process.wait()
             logger.debug("stopped the worker started for %s", uri)
         self._spawned = {}
+
+    def _connect_all(
+        self, uris: list[tuple[str, Any]], fun: Any, name: str, key: Optional[bytes], spawn: bool
+    ) -> None:
+        """Check (and start) every worker at once: 32 workers cost one round trip, not 32."""
+        if len(uris) == 1:
+            self._connect(*uris[0], fun, name, key, spawn)
+            return
+        with ThreadPoolExecutor(max_workers=min(len(uris), _CONNECTORS)) as pool:
+            checks = [pool.submit(self._connect, text, uri, fun, name, key, spawn) for text, uri in uris]
+        for check in checks:  # the first failure, in the order the workers were given
+            check.result()
 
     def _connect(self, text: str, uri: Any, fun: Any, name: str, key: Optional[bytes], spawn: bool) -> None:
         """Check that the worker answers and serves ``fun``, starting it if allowed."""
