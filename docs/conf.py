@@ -12,7 +12,7 @@ import ezpool  # noqa: E402
 
 project = "EzPool"
 author = "The EzPool developers"
-copyright = "EzPool developers, Apache-2.0"  # noqa: A001
+copyright = "EzPool developers, Apache-2.0"
 release = ezpool.__version__
 version = ".".join(release.split(".")[:2])
 
