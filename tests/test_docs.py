@@ -118,3 +118,11 @@ def test_tutorial_distributed_example_runs_with_nothing_started(tmp_path: Path) 
         done = run_script(source, tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["514229", "30", "0"]
+
+
+def test_api_reference_covers_every_public_name() -> None:
+    import ezpool
+
+    api = (DOCS / "api.rst").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\.\. (?:autoclass|autoexception|py:data):: ezpool\.(\w+)", api, re.MULTILINE))
+    assert set(ezpool.__all__) <= documented, sorted(set(ezpool.__all__) - documented)
