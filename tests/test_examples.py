@@ -193,11 +193,14 @@ def served(spec: str, port: int) -> Iterator[subprocess.Popen]:
         deadline = time.monotonic() + 30
         while not answers(port):
             if proc.poll() is not None or time.monotonic() > deadline:
+                _kill_group(proc)
                 pytest.fail(f"ezpool.serve {spec} did not come up: {proc.communicate(timeout=10)}")
             time.sleep(0.2)
         yield proc
     finally:
         _kill_group(proc)
+        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+            proc.communicate(timeout=10)  # read and close its pipes
 
 
 @needs_distributed
