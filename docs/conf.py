@@ -1,0 +1,43 @@
+"""Sphinx configuration for EzPool's documentation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # autodoc and the doctests import this checkout
+
+import ezpool  # noqa: E402
+
+project = "EzPool"
+author = "The EzPool developers"
+copyright = "EzPool developers, Apache-2.0"
+release = ezpool.__version__
+version = ".".join(release.split(".")[:2])
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.doctest",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+]
+
+exclude_patterns = ["_build"]
+html_theme = "alabaster"
+html_static_path: list[str] = []
+
+# The code uses Google-style docstrings with "Attributes:" sections. Render them
+# as fields, so that they do not clash with the members autodoc documents.
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_ivar = True
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+
+# Every doctest starts from these names.
+doctest_global_setup = """
+from ezpool import Pool, EzPool, BaseWorker, TaskOutcome, Results
+"""

@@ -1,0 +1,129 @@
+"""The code shown in the docs and the README is correct Python, and the scripts run.
+
+The serial snippets are doctests, executed by ``sphinx-build -b doctest`` (the nox
+``docs`` session). The snippets that start processes are plain code blocks; here
+every one of them must at least compile, and the tutorial's complete scripts run
+as subprocesses, bounded in time, in their own process group.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.test_examples import free_port, needs_distributed, no_servers_left
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def code_blocks(path: Path, language: str) -> list[str]:
+    """The bodies of ``.. code-block:: LANGUAGE`` directives in an .rst file."""
+    blocks = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if line.strip() != f".. code-block:: {language}":
+            continue
+        body = []
+        for following in lines[number + 1 :]:
+            if following.strip() and not following.startswith((" ", "\t")):
+                break
+            body.append(following)
+        text = textwrap.dedent("\n".join(body)).strip("\n")
+        blocks.append(re.sub(r"^:\w+:.*\n", "", text))  # drop directive options
+    return blocks
+
+
+def run_script(source: str, tmp_path: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    script = tmp_path / "snippet.py"
+    script.write_text(source, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="error,ignore::DeprecationWarning")
+    env.pop("EZPOOL_HMAC_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        out, err = "", f"timed out after {timeout} s"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    return subprocess.CompletedProcess(script, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("page", [*sorted(p.name for p in DOCS.glob("*.rst")), "../README.rst"])
+def test_python_blocks_compile(page: str) -> None:
+    path = DOCS / page
+    for block in code_blocks(path, "python"):
+        ast.parse(block, filename=str(path))
+
+
+def test_shell_commands_are_not_python_blocks() -> None:
+    # The tutorial of old showed shell commands as ``code-block:: python``; keep them apart.
+    for path in DOCS.glob("*.rst"):
+        for block in code_blocks(path, "python"):
+            assert not block.lstrip().startswith(("$", "python ", "pip ")), (path.name, block)
+
+
+def test_tutorial_parallel_example_runs(tmp_path: Path) -> None:
+    first = code_blocks(DOCS / "tutorial.rst", "python")[0]
+    assert "pool.pmap(fib, range(30), ncpu=2)" in first
+    done = run_script(first, tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    assert lines[0] == "514229"
+    assert float(lines[1]) > 0
+
+
+def test_readme_example_runs(tmp_path: Path) -> None:
+    (block,) = code_blocks(ROOT / "README.rst", "python")
+    done = run_script(block, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("514229 ")
+    assert done.stdout.rstrip().endswith("{}")
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    bash = code_blocks(ROOT / "README.rst", "bash")
+    assert bash[:2] == [
+        "python -m pip install . && "
+        "python examples/fib.py --mode parallel --tasks 25 26 27 28 29 30 --ncpu 2",
+        "python -m pip install nox && python -m nox",
+    ]
+    text = (ROOT / "README.rst").read_text(encoding="utf-8")
+    first_block = text.index(".. code-block::")
+    assert text.index(".. code-block:: bash") == first_block
+
+
+@needs_distributed
+def test_tutorial_distributed_example_runs_with_nothing_started(tmp_path: Path) -> None:
+    second = code_blocks(DOCS / "tutorial.rst", "python")[1]
+    assert "pool.dmap(FibWorker, range(30), workers=workers)" in second
+    ports = [free_port(), free_port()]
+    source = second.replace("21000", str(ports[0])).replace("21001", str(ports[1]))
+    source += "\n    print(results[29], len(results), len(results.errors))\n"
+    with no_servers_left(*ports):
+        done = run_script(source, tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["514229", "30", "0"]
+
+
+def test_api_reference_covers_every_public_name() -> None:
+    import ezpool
+
+    api = (DOCS / "api.rst").read_text(encoding="utf-8")
+    directive = r"^\.\. (?:autoclass|autoexception|autofunction|py:data|py:function):: ezpool\.(\w+)"
+    documented = set(re.findall(directive, api, re.MULTILINE))
+    assert set(ezpool.__all__) <= documented, sorted(set(ezpool.__all__) - documented)
