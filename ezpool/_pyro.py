@@ -29,6 +29,7 @@ __all__ = [
     "is_loopback",
     "make_proxy",
     "Server",
+    "configure_worker_process",
     "register",
     "list_registered",
     "translate",
@@ -85,6 +86,23 @@ def translate(exc: BaseException, uri: str) -> Exception:
             )
         return AuthenticationError(f"worker {uri} rejected this client's HMAC key: the key is wrong")
     return WorkerUnavailable(f"worker {uri} cannot be reached: {text}")
+
+
+#: Limits of a worker process (``serve`` only): Pyro4 reads these from its global
+#: config alone, so they are set once, in the process that serves, never on import.
+SERVER_THREADS = 256  # connections served at once
+SERVER_IDLE_TIMEOUT = 10.0  # seconds a connection may stay silent mid-request or between requests
+MAX_MESSAGE_SIZE = 1 << 30  # bytes: a frame that announces more is refused, not awaited
+
+
+def configure_worker_process() -> None:
+    """Harden this process's Pyro4 daemon against silent, slow or lying clients.
+
+    Called by ``ezpool.serve``'s ``main`` only: the process exists to serve.
+    """
+    Pyro4.config.THREADPOOL_SIZE = SERVER_THREADS
+    Pyro4.config.COMMTIMEOUT = SERVER_IDLE_TIMEOUT
+    Pyro4.config.MAX_MESSAGE_SIZE = MAX_MESSAGE_SIZE
 
 
 class Server:

@@ -150,6 +150,7 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes]) -> int:
     instance = target() if isinstance(target, type) else target
     if isinstance(instance, BaseWorker):
         instance.setup()
+    _pyro.configure_worker_process()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

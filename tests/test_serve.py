@@ -150,3 +150,63 @@ def test_workers_registered_with_a_name_server_are_found_and_used(serve, name_se
     first.process.send_signal(signal.SIGTERM)
     first.process.wait(15)
     assert list_workers(name_server) == second.uris  # it unregistered itself
+
+
+# --- hostile or broken clients on a worker's port (ideas from the dist branch's tests) ---
+
+
+def _pyro_header(msg_type: int, data_size: int) -> bytes:
+    """A well-formed Pyro4 frame header that announces ``data_size`` bytes of data."""
+    import struct
+
+    from Pyro4 import constants, message
+
+    version, serializer, seq = constants.PROTOCOL_VERSION, 3, 1
+    checksum = (msg_type + version + data_size + serializer + seq + message.Message.checksum_magic) & 0xFFFF
+    fields = (b"PYRO", version, msg_type, 0, seq, data_size, serializer, 0, 0, checksum)
+    return struct.pack(message.Message.header_format, *fields)
+
+
+def _memory_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_garbage_on_the_port_does_not_stop_the_worker(serve):
+    port = free_port()
+    served = serve("tests._workers:Square", port=port)
+    payloads = [b"", b"\x00" * 7, b"PYRO" + b"\xff" * 40, b"GET / HTTP/1.0\r\n\r\n"]
+    payloads += [bytes((n * 7 + 3) % 256 for n in range(size)) for size in (13, 3000)]
+    for payload in payloads:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(payload)
+    with Pool(spawn=False) as pool:
+        assert pool.dmap(Square, [1, 2], workers=served.uris) == {1: 1, 2: 4}
+    assert served.process.poll() is None
+
+
+def test_a_frame_promising_gigabytes_is_not_reserved_and_silent_clients_do_not_starve_others(serve):
+    from Pyro4 import message
+
+    port = free_port()
+    served = serve("tests._workers:Square", port=port)
+    before = _memory_kb(served.process.pid)
+    hangers = []
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(_pyro_header(message.MSG_CONNECT, 2**31 - 1) + b"x" * 10_000)
+            time.sleep(0.5)
+            assert _memory_kb(served.process.pid) - before < 200_000  # not the 2 GB announced
+        for _ in range(60):  # more silent connections than the daemon has threads
+            hanger = socket.create_connection(("127.0.0.1", port), timeout=5)
+            hanger.sendall(_pyro_header(message.MSG_CONNECT, 100)[:10])
+            hangers.append(hanger)
+        with Pool(spawn=False) as pool:
+            assert pool.dmap(Square, [3, 4], workers=served.uris) == {3: 9, 4: 16}
+    finally:
+        for hanger in hangers:
+            hanger.close()
+    assert served.process.poll() is None

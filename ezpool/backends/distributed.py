@@ -207,9 +207,11 @@ class _Dispatch:
             error = WorkerCrashed(f"every worker was lost ({lost}) before this task ran")
             yield Batch(piece.start, [error] * count, [0.0] * count, set(range(count)), "")
 
-    def _take(self) -> Optional[_Piece]:
+    def _take(self, before_waiting: Callable[[], None]) -> Optional[_Piece]:
         """The next chunk, waiting while other workers may still give some back."""
         with self.ready:
+            if not self.pending and self.in_flight:
+                before_waiting()
             while not self.pending and self.in_flight and not self.stop.is_set():
                 self.ready.wait(0.5)
             if not self.pending or self.stop.is_set():
@@ -241,7 +243,9 @@ class _Dispatch:
         proxy = _pyro.make_proxy(uri, self.key, self.timeout)
         try:
             while not self.stop.is_set():
-                piece = self._take()
+                # A worker drops connections that stay silent (serve's idle limit):
+                # hang up while waiting for work, and connect again when some comes.
+                piece = self._take(proxy._pyroRelease)
                 if piece is None:
                     return
                 count = piece.stop - piece.start
