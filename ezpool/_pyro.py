@@ -9,7 +9,9 @@ and Pyro4 never unpickles anything itself: EzPool's own pickles travel as bytes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 from typing import Any, Callable, Optional
 
@@ -33,6 +35,7 @@ __all__ = [
     "register",
     "list_registered",
     "translate",
+    "abort",
 ]
 
 CommunicationError = Pyro4.errors.CommunicationError
@@ -73,6 +76,15 @@ def make_proxy(uri: Any, hmac_key: Optional[bytes], timeout: Optional[float]) ->
     proxy._pyroSerializer = _SERIALIZER
     proxy._pyroTimeout = timeout
     return proxy
+
+
+def abort(proxy: Any) -> None:
+    """Break off a call that another thread is waiting on: its socket is shut down."""
+    connection = getattr(proxy, "_pyroConnection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def translate(exc: BaseException, uri: str) -> Exception:

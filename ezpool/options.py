@@ -50,6 +50,8 @@ class Options:
         hmac_key: the shared secret of distributed workers (``None``: read
             ``EZPOOL_HMAC_KEY`` from the environment).
         max_attempts: how many times a task is tried when the process running it dies.
+        heartbeat: in the distributed mode, seconds a busy worker may leave a check
+            unanswered (a stopped process, a cut network) before its tasks go to others.
     """
 
     progress: Union[bool, ProgressHook, None] = None
@@ -62,6 +64,7 @@ class Options:
     spawn: bool = True
     hmac_key: Union[str, bytes, None] = None
     max_attempts: int = 2
+    heartbeat: float = 10.0
 
     def __post_init__(self) -> None:
         if not (self.progress is None or isinstance(self.progress, bool) or callable(self.progress)):
@@ -76,6 +79,10 @@ class Options:
         _check_count("ncpu", self.ncpu)
         _check_count("chunksize", self.chunksize)
         _check_count("max_attempts", self.max_attempts, optional=False)
+        if isinstance(self.heartbeat, bool) or not isinstance(self.heartbeat, numbers.Real):
+            raise TypeError(f"heartbeat must be a number of seconds, got {self.heartbeat!r}")
+        if not self.heartbeat > 0:
+            raise ValueError(f"heartbeat must be positive, got {self.heartbeat!r}")
         if self.start_method is not None:
             methods = multiprocessing.get_all_start_methods()
             if self.start_method not in methods:

@@ -175,14 +175,16 @@ def test_a_task_over_its_timeout_gets_timeout_error_and_others_finish(serve):
     assert list(results.errors) == [3.0]
 
 
-def test_client_threads_are_bounded_by_workers_not_tasks(two_squares):
+def test_client_threads_are_bounded_by_workers_not_tasks(serve):
+    four = [uri for _ in range(4) for uri in serve("tests._workers:Square").uris]
     counts = []
     with Pool() as pool:
         pool.dmap(
-            w.Square, range(5000), workers=two_squares, spawn=False,
+            w.Square, range(100_000), workers=four, spawn=False,
             progress=lambda outcome, done, total: counts.append(threading.active_count()),
         )
-    assert max(counts) <= threading.active_count() + len(two_squares) + 1
+    # a feeding thread and a heartbeat thread per worker, whatever the number of tasks
+    assert max(counts) <= threading.active_count() + 2 * len(four) + 1
 
 
 def test_an_exception_the_client_cannot_rebuild_arrives_as_remote_error(serve, tmp_path):
@@ -204,3 +206,25 @@ def _fail_named_like_the_served_one():
 
     fail.__qualname__ = "fail"
     return fail
+
+
+def test_a_worker_that_stops_answering_is_detected_and_used_again_when_back(serve, caplog):
+    frozen, healthy = serve("tests._workers:Napper"), serve("tests._workers:Napper")
+    uris = frozen.uris + healthy.uris
+    tasks = [0.1 + i / 10000 for i in range(40)]
+    stopper = threading.Timer(0.5, lambda: os.killpg(frozen.process.pid, signal.SIGSTOP))
+    try:
+        began = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="ezpool"), Pool(heartbeat=2) as pool:
+            stopper.start()
+            results = pool.dmap(w.Napper, tasks, workers=uris, spawn=False)
+            took = time.monotonic() - began
+            assert results.errors == {} and len(results) == 40
+            assert took < 30, f"a silent worker held the run for {took:.0f} s"
+            assert any("unanswered" in r.message and frozen.uris[0] in r.message for r in caplog.records)
+            os.killpg(frozen.process.pid, signal.SIGCONT)
+            again = pool.dmap(w.Napper, [0.3, 0.31, 0.32, 0.33], workers=uris, spawn=False)
+        assert len(set(again.workers.values())) == 2  # it is back, and used again
+    finally:
+        stopper.cancel()
+        os.killpg(frozen.process.pid, signal.SIGCONT)

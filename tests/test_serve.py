@@ -210,3 +210,27 @@ def test_a_frame_promising_gigabytes_is_not_reserved_and_silent_clients_do_not_s
         for hanger in hangers:
             hanger.close()
     assert served.process.poll() is None
+
+
+def test_a_few_thousand_malformed_frames_leave_the_worker_serving(serve):
+    import random
+
+    from Pyro4 import message
+
+    port = free_port()
+    served = serve("tests._workers:Square", port=port)
+    rng = random.Random(20261125)
+    deadline = time.monotonic() + 60
+    sent = 0
+    while sent < 2000 and time.monotonic() < deadline:  # bounded in count and in time
+        sent += 1
+        kind = rng.choice([message.MSG_CONNECT, message.MSG_INVOKE, message.MSG_PING, 99])
+        header = _pyro_header(kind, rng.randrange(0, 5000))
+        body = rng.randbytes(rng.randrange(0, 300))
+        frame = rng.choice([header + body, header[: rng.randrange(1, len(header))], body, header])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(frame)
+    assert sent >= 500
+    with Pool(spawn=False) as pool:
+        assert pool.dmap(Square, [6, 7], workers=served.uris) == {6: 36, 7: 49}
+    assert served.process.poll() is None

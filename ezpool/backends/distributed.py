@@ -164,6 +164,7 @@ class _Dispatch:
         self.key = key
         self.timeout = options.timeout
         self.max_attempts = options.max_attempts
+        self.heartbeat = options.heartbeat
         self.fixed = options.chunksize is not None or options.timeout is not None
         self.pending: deque[_Piece] = deque(pieces)
         self.undispatched = len(tasks)
@@ -241,6 +242,8 @@ class _Dispatch:
     def _drive(self, text: str, uri: Any) -> None:
         """Feed one worker until the work runs out or the worker is lost."""
         proxy = _pyro.make_proxy(uri, self.key, self.timeout)
+        watch = _Heartbeat(uri, self.key, self.heartbeat, text)
+        watch.start()
         try:
             while not self.stop.is_set():
                 # A worker drops connections that stay silent (serve's idle limit):
@@ -250,20 +253,25 @@ class _Dispatch:
                     return
                 count = piece.stop - piece.start
                 try:
+                    watch.calling(proxy)
                     reply = proxy.run_chunk(piece.start, count, list(piece.payloads))
-                except _pyro.PyroTimeout:
-                    self._timed_out(piece, text)
-                    proxy = self._wait_until_free(proxy, uri)
-                    if proxy is None:
-                        return
-                    continue
                 except _pyro.CommunicationError as exc:
-                    self._lost(piece, text, exc)
+                    watch.calling(None)
+                    if isinstance(exc, _pyro.PyroTimeout) and not watch.silent:
+                        self._timed_out(piece, text)
+                        proxy = self._wait_until_free(proxy, uri)
+                        if proxy is None:
+                            return
+                        continue
+                    reason = f"it left a check unanswered for {self.heartbeat} s" if watch.silent else exc
+                    self._lost(piece, text, reason)
                     return
+                watch.calling(None)
                 batch = self._decode(reply, piece, text)
                 self._done()
                 self.outbox.put(batch)
         finally:
+            watch.finish()
             proxy._pyroRelease()
             self.outbox.put(text)
 
@@ -300,7 +308,7 @@ class _Dispatch:
             time.sleep(0.1)
         return None
 
-    def _lost(self, piece: _Piece, worker: str, exc: BaseException) -> None:
+    def _lost(self, piece: _Piece, worker: str, exc: object) -> None:
         logger.warning("lost worker %s (%s); its tasks go to the others", worker, exc)
         requeue, crashed = [], []
         with self.ready:
@@ -321,8 +329,50 @@ class _Dispatch:
         self._done(requeue)
 
 
-def _describe(uri: Any, key: Optional[bytes]) -> str:
-    proxy = _pyro.make_proxy(uri, key, CONNECT_TIMEOUT)
+class _Heartbeat(threading.Thread):
+    """Checks a busy worker over a second connection; breaks off the call if it is silent.
+
+    A stopped process or a cut network leaves a call waiting forever without any
+    error; a check that goes unanswered for ``limit`` seconds ends that wait.
+    """
+
+    def __init__(self, uri: Any, key: Optional[bytes], limit: float, name: str) -> None:
+        super().__init__(daemon=True, name=f"ezpool-heartbeat-{name}")
+        self._uri, self._key, self._limit = uri, key, limit
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._proxy: Any = None
+        self._since = 0.0
+        self.silent = False
+
+    def calling(self, proxy: Any) -> None:
+        """A call on ``proxy`` starts now (``None``: it has ended)."""
+        with self._lock:
+            self._proxy, self._since = proxy, time.monotonic()
+
+    def finish(self) -> None:
+        self._done.set()
+
+    def run(self) -> None:
+        interval = self._limit / 2
+        while not self._done.wait(interval):
+            with self._lock:
+                proxy, since = self._proxy, self._since
+            if proxy is None or time.monotonic() - since < interval:
+                continue
+            try:
+                _describe(self._uri, self._key, timeout=self._limit)
+            except _pyro.CommunicationError:
+                with self._lock:
+                    if self._proxy is not proxy:
+                        continue  # the call ended meanwhile
+                    self.silent = True
+                _pyro.abort(proxy)
+                return
+
+
+def _describe(uri: Any, key: Optional[bytes], timeout: float = CONNECT_TIMEOUT) -> str:
+    proxy = _pyro.make_proxy(uri, key, timeout)
     try:
         return str(proxy.describe())
     finally:
