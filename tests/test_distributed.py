@@ -228,3 +228,25 @@ def test_a_worker_that_stops_answering_is_detected_and_used_again_when_back(serv
     finally:
         stopper.cancel()
         os.killpg(frozen.process.pid, signal.SIGCONT)
+
+
+def test_a_worker_that_comes_back_mid_call_gets_work_again_in_that_call(serve, caplog):
+    frozen, healthy = serve("tests._workers:Napper"), serve("tests._workers:Napper")
+    tasks = [0.1 + i / 10000 for i in range(80)]  # about 4 s on two workers
+    stop = threading.Timer(0.5, lambda: os.killpg(frozen.process.pid, signal.SIGSTOP))
+    resume = threading.Timer(2.5, lambda: os.killpg(frozen.process.pid, signal.SIGCONT))
+    try:
+        with caplog.at_level(logging.WARNING, logger="ezpool"), Pool(heartbeat=1) as pool:
+            stop.start()
+            resume.start()
+            results = pool.dmap(w.Napper, tasks, workers=frozen.uris + healthy.uris, spawn=False)
+        assert results.errors == {} and len(results) == 80
+        messages = [r.message for r in caplog.records]
+        assert any("unanswered" in m for m in messages) and any("answers again" in m for m in messages)
+        # Before it stopped it could finish about 5 tasks; it did more after it came back.
+        done_by_frozen = sum(1 for uri in results.workers.values() if uri == frozen.uris[0])
+        assert done_by_frozen >= 10, done_by_frozen
+    finally:
+        stop.cancel()
+        resume.cancel()
+        os.killpg(frozen.process.pid, signal.SIGCONT)

@@ -169,6 +169,7 @@ class _Dispatch:
         self.pending: deque[_Piece] = deque(pieces)
         self.undispatched = len(tasks)
         self.in_flight = 0
+        self.serving = len(uris)  # threads whose worker is answering
         self.sizer = ChunkSizer(len(uris))
         self.attempts: dict[int, int] = {}
         self.ready = threading.Condition()
@@ -188,6 +189,7 @@ class _Dispatch:
                 try:
                     item = self.outbox.get(timeout=0.5)
                 except queue.Empty:
+                    yield from self._abandoned()
                     continue
                 if isinstance(item, Batch):
                     yield item
@@ -198,6 +200,15 @@ class _Dispatch:
             self.stop.set()
             with self.ready:
                 self.ready.notify_all()
+
+    def _abandoned(self) -> Generator[Batch, None, None]:
+        """If no worker answers any more, end the call now rather than wait for one."""
+        with self.ready:
+            if self.serving or not self.pending or self.stop.is_set():
+                return
+            self.stop.set()
+            self.ready.notify_all()
+        yield from self._orphans()
 
     def _orphans(self) -> Generator[Batch, None, None]:
         """Tasks left when every worker was lost."""
@@ -265,7 +276,14 @@ class _Dispatch:
                         continue
                     reason = f"it left a check unanswered for {self.heartbeat} s" if watch.silent else exc
                     self._lost(piece, text, reason)
-                    return
+                    proxy._pyroRelease()
+                    if not self._rejoin(uri, text):
+                        return
+                    watch.finish()
+                    watch = _Heartbeat(uri, self.key, self.heartbeat, text)
+                    watch.start()
+                    proxy = _pyro.make_proxy(uri, self.key, self.timeout)
+                    continue
                 watch.calling(None)
                 batch = self._decode(reply, piece, text)
                 self._done()
@@ -274,6 +292,32 @@ class _Dispatch:
             watch.finish()
             proxy._pyroRelease()
             self.outbox.put(text)
+
+    def _rejoin(self, uri: Any, text: str) -> bool:
+        """Wait for a lost worker to answer again, while there is work it could do."""
+        with self.ready:
+            self.serving -= 1
+        pause = min(1.0, self.heartbeat / 2)
+        while not self.stop.wait(pause):
+            with self.ready:
+                if not self.pending and not self.in_flight:
+                    return False
+            try:
+                checker = _pyro.make_proxy(uri, self.key, pause)
+                try:
+                    free = not checker.busy()
+                finally:
+                    checker._pyroRelease()
+            except _pyro.CommunicationError:
+                continue
+            if free:
+                with self.ready:
+                    if self.stop.is_set():
+                        return False
+                    self.serving += 1
+                logger.warning("worker %s answers again; it gets work again", text)
+                return True
+        return False
 
     def _decode(self, reply: bytes, piece: _Piece, worker: str) -> Batch:
         try:
