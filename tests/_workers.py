@@ -85,3 +85,12 @@ class Arange(BaseWorker):
         import numpy
 
         return numpy.arange(n)
+
+
+class LockMaker(BaseWorker):
+    """Returns an unpicklable value for task 'lock'."""
+
+    def run(self, task: Any) -> Any:
+        import threading
+
+        return threading.Lock() if task == "lock" else task

@@ -250,3 +250,19 @@ def test_a_worker_that_comes_back_mid_call_gets_work_again_in_that_call(serve, c
         stop.cancel()
         resume.cancel()
         os.killpg(frozen.process.pid, signal.SIGCONT)
+
+
+def test_a_value_that_cannot_be_sent_back_fails_alone(serve):
+    from ezpool import ResultNotSerializable
+
+    uris = serve("tests._workers:LockMaker").uris
+    with Pool() as pool:
+        results = pool.dmap(w.LockMaker, ["a", "lock", "b"], workers=uris, spawn=False)
+    assert list(results.errors) == ["lock"] and isinstance(results["lock"], ResultNotSerializable)
+    assert "lock" in str(results["lock"]) and results["a"] == "a" and results["b"] == "b"
+
+
+def test_a_task_that_cannot_be_sent_is_a_type_error_before_any_work(serve, tmp_path):
+    uris = serve("tests._workers:Mirror").uris
+    with Pool() as pool, pytest.raises(TypeError, match="cannot send task"):
+        pool.dmap(w.Mirror, [1, (threading.Lock(),)], workers=uris, spawn=False)
