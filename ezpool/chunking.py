@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from typing import Optional
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, Optional
+
+from .serialization import dumps_tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plan_pieces", "ChunkSizer", "TARGET_SECONDS"]
+__all__ = ["plan_pieces", "ChunkSizer", "Chunk", "ChunkQueue", "TARGET_SECONDS"]
 
 #: About how long one chunk should keep a worker busy.
 TARGET_SECONDS = 0.01
@@ -68,3 +71,65 @@ class ChunkSizer:
             return remaining
         fair_share = math.ceil(remaining / (2 * self._slots))
         return max(1, min(int(self._target / mean), fair_share))
+
+
+class Chunk(NamedTuple):
+    """Tasks ``start .. stop - 1`` of a call, pickled in one or more payloads."""
+
+    start: int
+    stop: int
+    payloads: tuple[bytes, ...]
+    alone: bool  # a suspect retried on its own, never joined with its neighbours
+
+
+class ChunkQueue:
+    """The tasks of a call that wait to be sent, pickled up front, joined on the way out.
+
+    Pickling everything before the first task runs is what lets a task that
+    cannot be sent be a ``TypeError`` before any work. Both the parallel and the
+    distributed backends draw their chunks from here; neither locks it itself
+    (the distributed one holds its own lock around every use).
+    """
+
+    def __init__(self, tasks: Sequence[Any], workers: int, chunksize: Optional[int], depth: int = 1) -> None:
+        self._tasks = tasks
+        self._fixed = chunksize is not None
+        self._pending = deque(
+            Chunk(start, stop, (dumps_tasks(tasks[start:stop]),), False)
+            for start, stop in plan_pieces(len(tasks), workers, chunksize)
+        )
+        self.sizer = ChunkSizer(workers * depth)
+        self._undispatched = len(tasks)
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def take(self) -> Chunk:
+        """The next chunk: consecutive pieces adding up to about the right amount of work."""
+        first = self._pending.popleft()
+        payloads, stop = [*first.payloads], first.stop
+        if not first.alone and not self._fixed:
+            limit = self.sizer.limit(self._undispatched)
+            pending = self._pending
+            while pending and not pending[0].alone and pending[0].start == stop:
+                if pending[0].stop - first.start > limit:
+                    break
+                piece = pending.popleft()
+                payloads.extend(piece.payloads)
+                stop = piece.stop
+        self._undispatched -= stop - first.start
+        return Chunk(first.start, stop, tuple(payloads), first.alone)
+
+    def put_back(self, start: int, stop: int, alone: bool = False) -> None:
+        """Send tasks ``start .. stop - 1`` again, ahead of everything else."""
+        if start < stop:
+            payload = dumps_tasks(self._tasks[start:stop])
+            self._pending.appendleft(Chunk(start, stop, (payload,), alone))
+            self._undispatched += stop - start
+
+    def drain(self) -> Iterator[Chunk]:
+        """Take every chunk left, as it is (for tasks that will not be sent at all)."""
+        while self._pending:
+            chunk = self._pending.popleft()
+            self._undispatched -= chunk.stop - chunk.start
+            yield chunk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,3 +92,44 @@ def test_cheap_first_tasks_do_not_hand_the_expensive_tail_to_one_worker():
     sizer = ChunkSizer(4)
     sizer.record([1e-6, 1e-6, 2e-6])
     assert sizer.limit(29) <= math.ceil(29 / 8)
+
+
+def test_chunk_queue_hands_out_every_task_once_and_puts_work_back_in_front():
+    import pickle
+
+    from ezpool.chunking import ChunkQueue
+
+    queue = ChunkQueue(list(range(100)), workers=2, chunksize=None)
+    queue.sizer.record([1e-6] * 10)  # tiny tasks: chunks join many pieces
+    first = queue.take()
+    assert first.start == 0 and first.stop > 1 and not first.alone
+    tasks = [t for payload in first.payloads for t in pickle.loads(payload)]
+    assert tasks == list(range(first.start, first.stop))
+    queue.put_back(3, 4, alone=True)
+    queue.put_back(0, 3)
+    again = queue.take()
+    assert (again.start, again.stop) == (0, 3)  # ahead of the rest, and not joined to the suspect
+    suspect = queue.take()
+    assert (suspect.start, suspect.stop, suspect.alone) == (3, 4, True)
+    seen = set(range(first.start, first.stop))
+    while queue:
+        chunk = queue.take()
+        seen.update(range(chunk.start, chunk.stop))
+    assert seen == set(range(100))
+
+
+def test_chunk_queue_drain_takes_what_is_left_and_a_fixed_size_is_kept():
+    from ezpool.chunking import ChunkQueue
+
+    queue = ChunkQueue(list(range(10)), workers=2, chunksize=3)
+    assert (queue.take().start, queue.take().stop) == (0, 6)
+    assert [(c.start, c.stop) for c in queue.drain()] == [(6, 9), (9, 10)] and not queue
+
+
+def test_chunk_queue_names_a_task_that_cannot_be_pickled():
+    import threading
+
+    from ezpool.chunking import ChunkQueue
+
+    with pytest.raises(TypeError, match="cannot send task"):
+        ChunkQueue([1, (threading.Lock(),)], workers=1, chunksize=None)

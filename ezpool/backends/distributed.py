@@ -27,16 +27,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 from .. import _pyro
-from ..chunking import ChunkSizer, plan_pieces
+from ..chunking import Chunk, ChunkQueue
 from ..errors import AuthenticationError, ResultNotSerializable, TaskTimeout, WorkerCrashed, WorkerUnavailable
 from ..options import DEFAULT_WORKER, Options
-from ..serialization import dumps_tasks, loads, rebuild
+from ..serialization import loads, rebuild
 from ..servant import served_name
 from ..worker import BaseWorker
 from .base import Backend, Batch
@@ -54,13 +53,6 @@ _ENV_KEY = "EZPOOL_HMAC_KEY"
 _CONNECTORS = 32
 
 
-class _Piece(NamedTuple):
-    start: int
-    stop: int
-    payloads: tuple[bytes, ...]
-    alone: bool
-
-
 class DistributedBackend(Backend):
     """Sends tasks to ``ezpool.serve`` workers; starts local ones that do not answer."""
 
@@ -75,14 +67,11 @@ class DistributedBackend(Backend):
         uris = [(text, _pyro.parse_uri(text)) for text in texts]
         key = _key(options)
         chunksize = 1 if options.timeout is not None else options.chunksize
-        pieces = [
-            _Piece(start, stop, (dumps_tasks(tasks[start:stop]),), False)
-            for start, stop in plan_pieces(len(tasks), len(uris), chunksize)
-        ]
+        pending = ChunkQueue(tasks, len(uris), chunksize)
         self._connect_all(uris, fun, name, key, options.spawn)
-        if not pieces:
+        if not pending:
             return
-        dispatch = _Dispatch(tasks, pieces, uris, key, options)
+        dispatch = _Dispatch(tasks, pending, uris, key, options)
         yield from dispatch.batches()
 
     def close(self) -> None:
@@ -154,7 +143,7 @@ class _Dispatch:
     def __init__(
         self,
         tasks: Sequence[Any],
-        pieces: list[_Piece],
+        pending: ChunkQueue,
         uris: list[tuple[str, Any]],
         key: Optional[bytes],
         options: Options,
@@ -165,12 +154,9 @@ class _Dispatch:
         self.timeout = options.timeout
         self.max_attempts = options.max_attempts
         self.heartbeat = options.heartbeat
-        self.fixed = options.chunksize is not None or options.timeout is not None
-        self.pending: deque[_Piece] = deque(pieces)
-        self.undispatched = len(tasks)
+        self.pending = pending  # guarded by self.ready, like in_flight and serving
         self.in_flight = 0
         self.serving = len(uris)  # threads whose worker is answering
-        self.sizer = ChunkSizer(len(uris))
         self.attempts: dict[int, int] = {}
         self.ready = threading.Condition()
         self.stop = threading.Event()
@@ -212,14 +198,15 @@ class _Dispatch:
 
     def _orphans(self) -> Generator[Batch, None, None]:
         """Tasks left when every worker was lost."""
-        while self.pending:
-            piece = self.pending.popleft()
+        with self.ready:
+            left = list(self.pending.drain())
+        for piece in left:
             count = piece.stop - piece.start
             lost = ", ".join(text for text, _ in self.uris)
             error = WorkerCrashed(f"every worker was lost ({lost}) before this task ran")
             yield Batch(piece.start, [error] * count, [0.0] * count, set(range(count)), "")
 
-    def _take(self, before_waiting: Callable[[], None]) -> Optional[_Piece]:
+    def _take(self, before_waiting: Callable[[], None]) -> Optional[Chunk]:
         """The next chunk, waiting while other workers may still give some back."""
         with self.ready:
             if not self.pending and self.in_flight:
@@ -228,26 +215,15 @@ class _Dispatch:
                 self.ready.wait(0.5)
             if not self.pending or self.stop.is_set():
                 return None
-            first = self.pending.popleft()
-            stop, payloads = first.stop, [*first.payloads]
-            if not first.alone and not self.fixed:
-                limit = self.sizer.limit(self.undispatched)
-                while self.pending and not self.pending[0].alone and self.pending[0].start == stop:
-                    if self.pending[0].stop - first.start > limit:
-                        break
-                    piece = self.pending.popleft()
-                    payloads.extend(piece.payloads)
-                    stop = piece.stop
-            self.undispatched -= stop - first.start
             self.in_flight += 1
-            return _Piece(first.start, stop, tuple(payloads), first.alone)
+            return self.pending.take()
 
-    def _done(self, requeue: Sequence[_Piece] = ()) -> None:
+    def _done(self, again: Sequence[int] = ()) -> None:
+        """A chunk is back (or lost); ``again``: positions to send once more, each alone."""
         with self.ready:
             self.in_flight -= 1
-            for piece in reversed(requeue):
-                self.pending.appendleft(piece)
-                self.undispatched += piece.stop - piece.start
+            for position in reversed(again):
+                self.pending.put_back(position, position + 1, alone=True)
             self.ready.notify_all()
 
     def _drive(self, text: str, uri: Any) -> None:
@@ -319,7 +295,7 @@ class _Dispatch:
                 return True
         return False
 
-    def _decode(self, reply: bytes, piece: _Piece, worker: str) -> Batch:
+    def _decode(self, reply: bytes, piece: Chunk, worker: str) -> Batch:
         try:
             first, values, times, failures = loads(reply)
         except Exception as exc:
@@ -329,10 +305,10 @@ class _Dispatch:
         for offset, record in failures.items():
             values[offset] = rebuild(record)
         with self.ready:
-            self.sizer.record(times)
+            self.pending.sizer.record(times)
         return Batch(first, values, times, set(failures), worker)
 
-    def _timed_out(self, piece: _Piece, worker: str) -> None:
+    def _timed_out(self, piece: Chunk, worker: str) -> None:
         task = self.tasks[piece.start]
         error = TaskTimeout(f"task {task!r} ran longer than its timeout of {self.timeout} s on {worker}")
         self._done()
@@ -352,7 +328,7 @@ class _Dispatch:
             time.sleep(0.1)
         return None
 
-    def _lost(self, piece: _Piece, worker: str, exc: object) -> None:
+    def _lost(self, piece: Chunk, worker: str, exc: object) -> None:
         logger.warning("lost worker %s (%s); its tasks go to the others", worker, exc)
         requeue, crashed = [], []
         with self.ready:
@@ -360,8 +336,7 @@ class _Dispatch:
                 tries = self.attempts.get(position, 0) + 1
                 self.attempts[position] = tries
                 if tries < self.max_attempts:
-                    payload = dumps_tasks(self.tasks[position : position + 1])
-                    requeue.append(_Piece(position, position + 1, (payload,), True))
+                    requeue.append(position)
                 else:
                     crashed.append((position, tries))
         for position, tries in crashed:

@@ -31,12 +31,12 @@ from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from time import perf_counter
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
-from ..chunking import ChunkSizer, plan_pieces
+from ..chunking import ChunkQueue
 from ..errors import ResultNotSerializable, TaskTimeout, WorkerCrashed
 from ..options import Options
-from ..serialization import dumps, dumps_function, dumps_tasks, loads, rebuild
+from ..serialization import dumps, dumps_function, loads, rebuild
 from . import child
 from .base import Backend, Batch
 
@@ -64,13 +64,6 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-class _Piece(NamedTuple):
-    start: int
-    stop: int
-    payload: bytes
-    alone: bool  # a suspect retried on its own, never merged with its neighbours
 
 
 class _Process:
@@ -125,14 +118,11 @@ class ParallelBackend(Backend):
             raise TypeError(f"fun must be callable, got {fun!r}")
         blob = dumps_function(fun)
         ncpu = options.ncpu or available_cpus()
-        pieces = [
-            _Piece(start, stop, dumps_tasks(tasks[start:stop]), False)
-            for start, stop in plan_pieces(len(tasks), ncpu, options.chunksize)
-        ]
-        if not pieces:
+        pending = ChunkQueue(tasks, ncpu, options.chunksize, depth=_DEPTH)
+        if not pending:
             return
         self._start(ncpu, options.start_method)
-        call = _Call(self, tasks, blob, pieces, options, next(self._tokens))
+        call = _Call(self, tasks, blob, pending, options, next(self._tokens))
         yield from call.batches()
 
     def close(self) -> None:
@@ -183,19 +173,17 @@ class _Call:
         backend: ParallelBackend,
         tasks: Sequence[Any],
         blob: bytes,
-        pieces: list[_Piece],
+        pending: ChunkQueue,
         options: Options,
         token: int,
     ) -> None:
         self.backend = backend
         self.tasks = tasks
         self.blob = blob
-        self.pending: deque[_Piece] = deque(pieces)
-        self.undispatched = len(tasks)
+        self.pending = pending
         self.timeout = options.timeout
         self.max_attempts = options.max_attempts
-        self.fixed_size = options.chunksize
-        self.sizer = ChunkSizer(len(backend._processes) * _DEPTH)
+        self.sizer = pending.sizer
         self.attempts: dict[int, int] = {}
         self.token = token
         self.stillborn = 0  # processes that died before running anything, this call
@@ -243,13 +231,13 @@ class _Call:
     def _feed(self, proc: _Process, busy: dict[Any, _Process], depth: int = _DEPTH) -> None:
         """Top a process up to ``depth`` chunks in flight, while work is pending."""
         while self.pending and len(proc.chunks) < depth:
-            piece = self._next_chunk()
+            piece = self.pending.take()
             blob = self.blob if proc.token != self.token else None
-            request = dumps((self.token, blob, piece.start, piece.stop, piece.payload))
+            request = dumps((self.token, blob, piece.start, piece.stop, piece.payloads))
             try:
                 proc.conn.send_bytes(request)
             except OSError:  # it died: its sentinel will say so; put this chunk back
-                self._requeue(piece.start, piece.stop, front=True)
+                self.pending.put_back(piece.start, piece.stop)
                 if not proc.chunks:
                     proc = self.backend._replace(proc)
                     continue
@@ -258,35 +246,6 @@ class _Call:
             proc.chunks.append((piece.start, piece.stop))
             busy[proc.conn] = proc
             busy[proc.process.sentinel] = proc
-
-    def _next_chunk(self) -> _Piece:
-        """Join consecutive pending pieces into one chunk of about the right size."""
-        first = self.pending.popleft()
-        payloads = [first.payload]
-        stop = first.stop
-        if not first.alone and not self.fixed_size:
-            limit = self.sizer.limit(self.undispatched)
-            while (
-                self.pending
-                and not self.pending[0].alone
-                and self.pending[0].start == stop
-                and self.pending[0].stop - first.start <= limit
-            ):
-                piece = self.pending.popleft()
-                payloads.append(piece.payload)
-                stop = piece.stop
-        self.undispatched -= stop - first.start
-        return _Piece(first.start, stop, payloads, first.alone)  # type: ignore[arg-type]
-
-    def _requeue(self, start: int, stop: int, front: bool, alone: bool = False) -> None:
-        if start >= stop:
-            return
-        piece = _Piece(start, stop, dumps_tasks(self.tasks[start:stop]), alone)
-        self.undispatched += stop - start
-        if front:
-            self.pending.appendleft(piece)
-        else:
-            self.pending.append(piece)
 
     def _batch(self, reply: bytes, start: int, stop: int, worker: str) -> Iterator[Batch]:
         """Decode a worker's reply; if it cannot be unpickled here, redo its tasks one by one."""
@@ -297,7 +256,7 @@ class _Call:
                 logger.warning("results of tasks %d..%d could not be unpickled (%s); redoing them one by one",
                                start, stop - 1, exc)
                 for spot in reversed(range(start, stop)):
-                    self._requeue(spot, spot + 1, front=True, alone=True)
+                    self.pending.put_back(spot, spot + 1, alone=True)
                 return
             error = ResultNotSerializable(
                 f"the value of task {self.tasks[start]!r} reached the calling process "
@@ -352,7 +311,7 @@ class _Call:
         # The chunks it had not started go back whole, in order, ahead of everything else.
         for start, stop in reversed(chunks):
             if (start, stop) != suspect:
-                self._requeue(start, stop, front=True)
+                self.pending.put_back(start, stop)
         if suspect is None:
             pass
         elif hit is None:
@@ -364,7 +323,7 @@ class _Call:
                 yield from self._strike(spot, proc.name, how, 0.0, where="outside any task, holding")
         else:
             start, stop = hit
-            self._requeue(position + 1, stop, front=True)
+            self.pending.put_back(position + 1, stop)
             if timed_out:
                 task = self.tasks[position]
                 error = TaskTimeout(
@@ -377,7 +336,7 @@ class _Call:
                     "worker process %s %s while running task %r", proc.name, how, self.tasks[position]
                 )
                 yield from self._strike(position, proc.name, how, ran, where="while running")
-            self._requeue(start, position, front=True)
+            self.pending.put_back(start, position)
         self._feed(replacement, busy)
 
     def _stillborn(
@@ -400,7 +359,7 @@ class _Call:
             )
         logger.warning("worker process %s %s before running any task; its work is redone", proc.name, how)
         for start, stop in reversed(chunks):
-            self._requeue(start, stop, front=True)
+            self.pending.put_back(start, stop)
         replacement = self.backend._replace(proc)
         self._feed(replacement, busy)
 
@@ -409,7 +368,7 @@ class _Call:
         tries = self.attempts.get(position, 0) + 1
         self.attempts[position] = tries
         if tries < self.max_attempts:
-            self._requeue(position, position + 1, front=True, alone=True)
+            self.pending.put_back(position, position + 1, alone=True)
             return
         task = self.tasks[position]
         error = WorkerCrashed(
