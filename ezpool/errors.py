@@ -11,6 +11,7 @@ __all__ = [
     "ResultNotSerializable",
     "AuthenticationError",
     "RemoteTraceback",
+    "ServeError",
 ]
 
 
@@ -69,3 +70,7 @@ class RemoteTraceback(EzPoolError):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.traceback_text.rstrip()}\n"""'
+
+
+class ServeError(EzPoolError):
+    """``python -m ezpool.serve`` cannot start: a bad spec, port, key or address."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Union
 
+from .options import resolve_hmac_key
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["list_workers"]
@@ -15,13 +17,13 @@ def list_workers(
 ) -> list[str]:
     """URIs of the workers registered under ``prefix`` (``serve --ns``), sorted by name.
 
-    ``ns`` is the name server's ``HOST[:PORT]``. Pass the result as ``workers=``.
+    ``ns`` is the name server's ``HOST[:PORT]``; the key defaults to
+    ``$EZPOOL_HMAC_KEY``, as for workers. Pass the result as ``workers=``.
     """
     from . import _pyro
 
-    key = hmac_key.encode() if isinstance(hmac_key, str) else hmac_key
     try:
-        found = _pyro.list_registered(ns, prefix, key)
+        found = _pyro.list_registered(ns, prefix, resolve_hmac_key(hmac_key))
     except _pyro.PyroError as exc:
         raise _pyro.translate(exc, f"name server {ns}") from None
     return [found[name] for name in sorted(found)]

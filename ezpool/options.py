@@ -12,17 +12,28 @@ import difflib
 import logging
 import multiprocessing
 import numbers
+import os
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Options", "DEFAULT_WORKER"]
+__all__ = ["Options", "DEFAULT_WORKER", "HMAC_KEY_ENV", "resolve_hmac_key"]
 
 #: The worker a distributed call uses when none is named.
 DEFAULT_WORKER = "PYRO:worker@localhost:21000"
 
+#: The environment variable that holds the shared secret of distributed workers.
+HMAC_KEY_ENV = "EZPOOL_HMAC_KEY"
+
 ProgressHook = Callable[[Any, int, int], Any]
+
+
+def resolve_hmac_key(value: Union[str, bytes, None]) -> Optional[bytes]:
+    """The key to use: ``value`` if given, else ``$EZPOOL_HMAC_KEY``, else none; as bytes."""
+    if value is None:
+        value = os.environ.get(HMAC_KEY_ENV) or None
+    return value.encode() if isinstance(value, str) else value
 
 
 @dataclasses.dataclass(frozen=True)

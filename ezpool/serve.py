@@ -27,17 +27,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
+from .errors import ServeError
+from .options import HMAC_KEY_ENV, resolve_hmac_key
 from .worker import BaseWorker
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["main", "load_target"]
-
-_ENV_KEY = "EZPOOL_HMAC_KEY"
-
-
-class ServeError(Exception):
-    """A problem to report in one line, without a traceback."""
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -89,8 +85,7 @@ def _hmac_key(args: argparse.Namespace) -> Optional[bytes]:
         if not text:
             raise ServeError(f"the HMAC key file {str(args.hmac_key_file)!r} is empty")
         return text.encode()
-    value = os.environ.get(_ENV_KEY)
-    return value.encode() if value else None
+    return resolve_hmac_key(None)
 
 
 def _check_exposure(host: str, key: Optional[bytes], insecure: bool) -> None:
@@ -99,7 +94,7 @@ def _check_exposure(host: str, key: Optional[bytes], insecure: bool) -> None:
     if not is_loopback(host) and key is None and not insecure:
         raise ServeError(
             f"refusing to listen on {host!r} without an HMAC key: anyone who can reach it could run "
-            f"code here. Set {_ENV_KEY} or --hmac-key-file, or pass --insecure on a trusted network"
+            f"code here. Set {HMAC_KEY_ENV} or --hmac-key-file, or pass --insecure on a trusted network"
         )
 
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 from .. import _pyro
 from ..chunking import Chunk, ChunkQueue
 from ..errors import AuthenticationError, ResultNotSerializable, TaskTimeout, WorkerCrashed, WorkerUnavailable
-from ..options import DEFAULT_WORKER, Options
+from ..options import DEFAULT_WORKER, HMAC_KEY_ENV, Options, resolve_hmac_key
 from ..serialization import loads, rebuild
 from ..servant import served_name
 from ..worker import BaseWorker
@@ -48,7 +48,6 @@ __all__ = ["DistributedBackend"]
 CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for an auto-started worker to answer.
 SPAWN_TIMEOUT = 30.0
-_ENV_KEY = "EZPOOL_HMAC_KEY"
 #: Workers checked at once when a call starts.
 _CONNECTORS = 32
 
@@ -65,7 +64,7 @@ class DistributedBackend(Backend):
         name = _name_of(fun)
         texts = options.workers or (DEFAULT_WORKER,)
         uris = [(text, _pyro.parse_uri(text)) for text in texts]
-        key = _key(options)
+        key = resolve_hmac_key(options.hmac_key)
         chunksize = 1 if options.timeout is not None else options.chunksize
         pending = ChunkQueue(tasks, len(uris), chunksize)
         self._connect_all(uris, fun, name, key, options.spawn)
@@ -119,7 +118,7 @@ class DistributedBackend(Backend):
         command += ["--port", str(uri.port), "--name", str(uri.object), "--parent-pid", str(os.getpid())]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(path or os.getcwd() for path in sys.path))
         if key is not None:
-            env[_ENV_KEY] = key.decode()
+            env[HMAC_KEY_ENV] = key.decode()
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
         self._spawned[text] = process
         deadline = time.monotonic() + SPAWN_TIMEOUT
@@ -423,8 +422,3 @@ def _spec_of(fun: Any) -> str:
             )
         return f"{os.path.abspath(path)}:{qualname}"
     return f"{module}:{qualname}"
-
-
-def _key(options: Options) -> Optional[bytes]:
-    key = options.hmac_key if options.hmac_key is not None else os.environ.get(_ENV_KEY) or None
-    return key.encode() if isinstance(key, str) else key
