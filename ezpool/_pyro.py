@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import threading
 from typing import Any, Callable, Optional
@@ -30,6 +31,8 @@ __all__ = [
     "parse_uri",
     "is_loopback",
     "make_proxy",
+    "connect",
+    "resolve",
     "Server",
     "configure_worker_process",
     "register",
@@ -78,6 +81,37 @@ def make_proxy(uri: Any, hmac_key: Optional[bytes], timeout: Optional[float]) ->
     return proxy
 
 
+def connect(proxy: Any) -> None:
+    """Open the proxy's connection now (a no-op when it is open): nothing is sent yet.
+
+    A failure here means a request was certainly not delivered.
+    """
+    proxy._pyroBind()
+
+
+def resolve(uri: Any, hmac_key: Optional[bytes], timeout: float) -> Any:
+    """The ``PYRO:`` URI that a ``PYRONAME:`` URI stands for now (a ``PYRO:`` URI as it is).
+
+    Any failure of the name server is a ``WorkerUnavailable`` naming it.
+    """
+    if uri.protocol != "PYRONAME":
+        return uri
+    where = f"{uri.host}:{uri.port}" if uri.host else "the default name server"
+    try:
+        if uri.host:
+            ns = Pyro4.Proxy(f"PYRO:{Pyro4.constants.NAMESERVER_NAME}@{uri.host}:{uri.port or 9090}")
+            ns._pyroHmacKey = hmac_key
+        else:  # found by broadcast on the local network
+            ns = Pyro4.locateNS(hmac_key=hmac_key)
+        ns._pyroTimeout = timeout
+        with ns:
+            return ns.lookup(uri.object)
+    except PyroError as exc:
+        raise WorkerUnavailable(
+            f"cannot look up {uri.object!r} at the name server at {where}: {exc}"
+        ) from None
+
+
 def abort(proxy: Any) -> None:
     """Break off a call that another thread is waiting on: its socket is shut down."""
     connection = getattr(proxy, "_pyroConnection", None)
@@ -97,6 +131,13 @@ def translate(exc: BaseException, uri: str) -> Exception:
                 "none; set the same EZPOOL_HMAC_KEY (or hmac_key=) on both"
             )
         return AuthenticationError(f"worker {uri} rejected this client's HMAC key: the key is wrong")
+    if "refused" in text.lower():
+        return WorkerUnavailable(
+            f"worker {uri} cannot be reached: connection refused. Check that the worker runs, "
+            "that it listens on an address this machine can reach (python -m ezpool.serve "
+            "listens on 127.0.0.1 unless given --host), that both sides use the same key, "
+            "and that no firewall blocks the port"
+        )
     return WorkerUnavailable(f"worker {uri} cannot be reached: {text}")
 
 
@@ -118,13 +159,12 @@ def configure_worker_process() -> None:
 
 
 class Server:
-    """A Pyro4 daemon serving one object, with its request loop in a thread."""
+    """A Pyro4 daemon serving one ``Servant``, with its request loop in a thread."""
 
     def __init__(self, servant: Any, host: str, port: int, name: str, hmac_key: Optional[bytes]) -> None:
         self._daemon = Pyro4.Daemon(host=host, port=port)
         self._daemon._pyroHmacKey = hmac_key
-        Pyro4.expose(type(servant))  # marks its public methods as callable remotely
-        self.uri = str(self._daemon.register(servant, name))
+        self.uri = str(self._daemon.register(ExposedServant(servant), name))
         self._thread = threading.Thread(target=self._daemon.requestLoop, daemon=True, name="ezpool-daemon")
 
     def start(self) -> None:
@@ -133,6 +173,48 @@ class Server:
     def shutdown(self) -> None:
         self._daemon.shutdown()
         self._thread.join(5)
+
+
+@Pyro4.expose
+class ExposedServant:
+    """What clients may call on a ``Servant``; the connection a request came on is known here."""
+
+    def __init__(self, servant: Any) -> None:
+        self._servant = servant
+
+    def hello(self) -> Any:
+        return self._servant.hello()
+
+    def ping(self) -> Any:
+        return self._servant.ping()
+
+    def describe(self) -> Any:
+        return self._servant.describe()
+
+    def busy(self) -> Any:
+        return self._servant.busy()
+
+    def run_chunk(self, identity: str, first: int, count: int, payloads: list, timeout: Any) -> Any:
+        connection = Pyro4.current_context.client
+        status, reply = self._servant.run_chunk(
+            identity, first, count, payloads, timeout, client_gone=lambda: _peer_closed(connection)
+        )
+        if status == "drop":  # a fault a test asked for: hang up without an answer
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
+        return status, reply
+
+
+def _peer_closed(connection: Any) -> bool:
+    """Whether the client at the other end of ``connection`` has hung up."""
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def register(ns_address: str, name: str, uri: str, hmac_key: Optional[bytes]) -> Callable[[], None]:

@@ -91,9 +91,19 @@ class ChunkQueue:
     (the distributed one holds its own lock around every use).
     """
 
-    def __init__(self, tasks: Sequence[Any], workers: int, chunksize: Optional[int], depth: int = 1) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[Any],
+        workers: int,
+        chunksize: Optional[int],
+        depth: int = 1,
+        split: bool = False,
+    ) -> None:
         self._tasks = tasks
         self._fixed = chunksize is not None
+        # Whether a piece longer than the sizer's limit is cut: a worker's first chunk
+        # is then one task, and slow tasks never travel by the hundred.
+        self._split = split and not self._fixed
         self._pending = deque(
             Chunk(start, stop, (dumps_tasks(tasks[start:stop]),), False)
             for start, stop in plan_pieces(len(tasks), workers, chunksize)
@@ -107,11 +117,17 @@ class ChunkQueue:
     def take(self) -> Chunk:
         """The next chunk: consecutive pieces adding up to about the right amount of work."""
         first = self._pending.popleft()
+        limit = self.sizer.limit(self._undispatched) if not self._fixed else 0
+        if self._split and first.stop - first.start > limit:
+            cut = first.start + limit
+            self._pending.appendleft(Chunk(cut, first.stop, (), first.alone))
+            first = Chunk(first.start, cut, (), first.alone)
+        if not first.payloads:  # a piece cut off by an earlier split
+            first = first._replace(payloads=(dumps_tasks(self._tasks[first.start : first.stop]),))
         payloads, stop = [*first.payloads], first.stop
         if not first.alone and not self._fixed:
-            limit = self.sizer.limit(self._undispatched)
             pending = self._pending
-            while pending and not pending[0].alone and pending[0].start == stop:
+            while pending and not pending[0].alone and pending[0].payloads and pending[0].start == stop:
                 if pending[0].stop - first.start > limit:
                     break
                 piece = pending.popleft()

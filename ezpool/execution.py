@@ -6,7 +6,7 @@ import logging
 from array import array
 from collections.abc import Sequence
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from .serialization import ExceptionRecord, capture, dumps, safe_values
 
@@ -18,7 +18,12 @@ ChunkOutcome = tuple[list[Any], "array[float]", dict[int, ExceptionRecord]]
 
 
 def run_chunk(
-    fun: Callable[..., Any], tasks: Sequence[Any], first: int, mark: Any
+    fun: Callable[..., Any],
+    tasks: Sequence[Any],
+    first: int,
+    mark: Any,
+    into: Optional[ChunkOutcome] = None,
+    stop: Any = None,
 ) -> ChunkOutcome:
     """Run every task of a chunk; a failing task is recorded and the rest still run.
 
@@ -26,11 +31,14 @@ def run_chunk(
     task's position before it runs, and to -1 at the end, so that the parent can
     tell which task a dying or hung process was running.
     Returns the values (``None`` where a task failed), the run times, and the
-    failures by offset within the chunk.
+    failures by offset within the chunk; ``into`` (three empty containers) receives
+    them as they come, so that another thread can read what has finished. When
+    ``stop.cancel`` becomes true the chunk ends after the running task, short.
+
+    Any exception a task raises is its outcome, ``SystemExit`` and
+    ``KeyboardInterrupt`` included: a task cannot end the process that runs it.
     """
-    values: list[Any] = []
-    times = array("d")
-    failures: dict[int, ExceptionRecord] = {}
+    values, times, failures = into if into is not None else ([], array("d"), {})
     add_value, add_time, clock = values.append, times.append, perf_counter
     position = first
     began = clock()
@@ -39,7 +47,7 @@ def run_chunk(
         try:
             # The unpacking rule of ezpool.tasks.call, inlined: this is the hot loop.
             value = fun(*task) if type(task) is tuple else fun(task)
-        except Exception as exc:
+        except BaseException as exc:
             value = None
             failures[position - first] = capture(exc)
         finished = clock()
@@ -47,6 +55,8 @@ def run_chunk(
         add_time(finished - began)
         began = finished
         position += 1
+        if stop is not None and stop.cancel:
+            break
     mark[0] = -1
     return values, times, failures
 

@@ -36,9 +36,19 @@ logger = logging.getLogger(__name__)
 __all__ = ["main", "load_target"]
 
 
+#: The environment variable a test sets to make a worker misbehave (see ``servant.Faults``).
+FAULTS_ENV = "EZPOOL_TEST_FAULTS"
+
+#: Seconds a worker that restarts (to stop a task past its timeout) leaves for its
+#: last answers to go out before it replaces itself.
+_RESTART_GRACE = 0.3
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         key = _hmac_key(args)
         _check_exposure(args.host, key, args.insecure)
@@ -139,20 +149,25 @@ def _import(module_part: str) -> ModuleType:
 
 def _serve_one(args: argparse.Namespace, key: Optional[bytes]) -> int:
     from . import _pyro
-    from .servant import Servant
+    from .servant import Faults, Servant
 
     target = load_target(args.spec)
+    try:
+        faults = Faults(os.environ.get(FAULTS_ENV, ""))
+    except ValueError as exc:
+        raise ServeError(f"{FAULTS_ENV}: {exc}") from None
     instance = target() if isinstance(target, type) else target
     if isinstance(instance, BaseWorker):
         instance.setup()
     _pyro.configure_worker_process()
-    stop = threading.Event()
+    stop, restart = threading.Event(), threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     if args.parent_pid:
         threading.Thread(target=_stop_with_parent, args=(args.parent_pid, stop), daemon=True).start()
+    servant = Servant(instance, on_restart=restart.set, faults=faults)
     try:
-        server = _pyro.Server(Servant(instance), args.host, args.port, args.name, key)
+        server = _pyro.Server(servant, args.host, args.port, args.name, key)
     except OSError as exc:
         raise ServeError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     unregister = None
@@ -165,15 +180,28 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes]) -> int:
             except _pyro.PyroError as exc:
                 raise ServeError(f"cannot register with the name server at {args.ns}: {exc}") from None
         print(server.uri, flush=True)
-        logger.debug("serving %s at %s", args.spec, server.uri)
-        stop.wait()
+        logger.debug("serving %s at %s as %s", args.spec, server.uri, servant.identity)
+        while not stop.wait(0.1) and not restart.is_set():
+            pass
+        if restart.is_set() and not stop.is_set():
+            time.sleep(_RESTART_GRACE)
     finally:
-        if unregister is not None:
+        if unregister is not None and not restart.is_set():
             unregister()
         server.shutdown()
-        if isinstance(instance, BaseWorker):
+        if isinstance(instance, BaseWorker) and not restart.is_set():
             instance.teardown()
+    if restart.is_set() and not stop.is_set():
+        _replace_process(args.argv)
     return 0
+
+
+def _replace_process(argv: list[str]) -> None:
+    """Become a fresh worker with the same command line: the one way to stop a stuck task."""
+    logger.warning("restarting to stop a task that overran its timeout")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "ezpool.serve", *argv])
 
 
 def _serve_many(args: argparse.Namespace) -> int:

@@ -94,3 +94,31 @@ class LockMaker(BaseWorker):
         import threading
 
         return threading.Lock() if task == "lock" else task
+
+
+class Recorder(BaseWorker):
+    """Leaves a file per task run in ``directory``, naps, and returns the task."""
+
+    def run(self, directory: str, task: Any, seconds: float) -> Any:
+        Path(directory, f"{task}-{time.monotonic_ns()}").touch()
+        time.sleep(seconds)
+        return task
+
+
+class Raiser(BaseWorker):
+    """Raises ``SystemExit`` or ``KeyboardInterrupt`` for those tasks; returns the others."""
+
+    def run(self, task: Any) -> Any:
+        if task == "exit":
+            raise SystemExit(3)
+        if task == "interrupt":
+            raise KeyboardInterrupt
+        return task
+
+
+class SlowSquare(BaseWorker):
+    """Squares, taking a few milliseconds: long runs of many chunks for the soak test."""
+
+    def run(self, x: Any) -> Any:
+        time.sleep(0.003)
+        return x * x

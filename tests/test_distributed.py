@@ -183,7 +183,7 @@ def test_client_threads_are_bounded_by_workers_not_tasks(serve):
             w.Square, range(100_000), workers=four, spawn=False,
             progress=lambda outcome, done, total: counts.append(threading.active_count()),
         )
-    # a feeding thread and a heartbeat thread per worker, whatever the number of tasks
+    # a feeding thread per worker and one watcher, whatever the number of tasks
     assert max(counts) <= threading.active_count() + 2 * len(four) + 1
 
 

@@ -1,0 +1,186 @@
+"""The distributed mode: a Pyro4 client that feeds chunks to ``ezpool.serve`` workers.
+
+How data flows (the links, their connections and the watcher live as long as the
+pool; a call adds one thread per worker)::
+
+    caller thread (Call.batches)       worker threads (Call._drive)          ezpool.serve (Servant)
+    ────────────────────────────       ────────────────────────────          ──────────────────────
+    pickle tasks in pieces; check
+    each new worker: hello() ─────────────────────────────────────────────▶ identity, what it serves
+      (start a local one that does not answer)
+                                       take a chunk (shared queue, sized
+                                       by the run times seen so far)   ──▶ run_chunk(identity, ...)
+                                                                             runs it in its runner
+                                                                             thread; stops a task
+                                                                             past ``timeout``
+    outbox.get() ◀── Batch ─────────── settle(verdict) ◀───────────────── (status, outcomes)
+      yield it                         done / returned / lost: requeue
+                                       or fail each task, exactly once
+    watcher thread (one per pool) ─── ping() every heartbeat/4 to each RUNNING worker;
+                                       no answer for ``heartbeat`` s: break its call off
+
+Dynamic load balancing comes from the shared queue: a worker asks for its next
+chunk when it has sent back the last, so fast and slow machines both stay busy.
+A worker's states and the moves between them are in ``links``; what happens to
+a chunk, whatever went wrong, is decided in ``dispatch.Call.settle``.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
+
+from ... import _pyro
+from ...chunking import ChunkQueue
+from ...errors import AuthenticationError, WorkerUnavailable
+from ...options import DEFAULT_WORKER, Options, resolve_hmac_key
+from ..base import Backend, Batch
+from .connect import can_start, hello, name_of, start_worker
+from .dispatch import Call
+from .links import Link, State
+from .watch import Watcher
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DistributedBackend"]
+
+#: Workers checked at once when a call starts.
+_CONNECTORS = 32
+
+
+class DistributedBackend(Backend):
+    """Sends tasks to ``ezpool.serve`` workers; starts local ones that do not answer."""
+
+    def __init__(self) -> None:
+        self._links: dict[tuple[str, Optional[bytes]], Link] = {}
+        self._spawned: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()  # guards _spawned: worker threads restart workers
+        self._watcher: Optional[Watcher] = None
+
+    def run(
+        self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
+    ) -> Generator[Batch, None, None]:
+        name = name_of(fun)
+        key = resolve_hmac_key(options.hmac_key)
+        texts = list(dict.fromkeys(options.workers or (DEFAULT_WORKER,)))
+        links = [self._link(text, key) for text in texts]
+        pending = ChunkQueue(tasks, len(links), options.chunksize, split=True)
+        self._check(links, fun, name, options.spawn)
+        if not pending:
+            return
+        for link in links:
+            link.heartbeat = options.heartbeat
+            if link.proxy is None:
+                link.fresh_proxies(options.heartbeat)
+            link.pinger._pyroTimeout = options.heartbeat
+        if self._watcher is None:
+            self._watcher = Watcher(lambda: list(self._links.values()))
+        call = Call(tasks, pending, links, name, options, lambda link: self._restart(link, fun))
+        yield from call.batches()
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        for link in self._links.values():
+            link.release()
+        self._links = {}
+        with self._lock:
+            spawned, self._spawned = self._spawned, {}
+        for process in spawned.values():
+            if process.poll() is None:
+                process.terminate()
+        for uri, process in spawned.items():
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            logger.debug("stopped the worker started for %s", uri)
+
+    def _link(self, text: str, key: Optional[bytes]) -> Link:
+        link = self._links.get((text, key))
+        if link is None:
+            link = self._links[(text, key)] = Link(text, _pyro.parse_uri(text), key)
+        return link
+
+    def _check(self, links: list[Link], fun: Any, name: str, spawn: bool) -> None:
+        """Check every worker not known to be ready, at once: 32 workers cost one round trip.
+
+        A worker that serves something else, or refuses the key, stops the call
+        before any work; one that does not answer is left out (and gets work if it
+        answers later in the call) unless none answers.
+        """
+        for link in links:
+            if link.state is State.READY and link.serves != name:
+                raise WorkerUnavailable(f"worker {link.text} serves {link.serves!r}, not {name!r}")
+        todo = [link for link in links if link.state in (State.NEW, State.LOST)]
+        if not todo:
+            return
+        if len(todo) == 1:
+            failures = [self._check_one(todo[0], fun, name, spawn)]
+        else:
+            with ThreadPoolExecutor(max_workers=min(len(todo), _CONNECTORS)) as pool:
+                failures = list(pool.map(lambda link: self._check_one(link, fun, name, spawn), todo))
+        missing = [(link, error) for link, (error, fatal) in zip(todo, failures) if error is not None]
+        for error, fatal in failures:
+            if error is not None and fatal:
+                raise error
+        if len(missing) == len(links):
+            raise missing[0][1]
+        for link, error in missing:
+            link.move(State.LOST, str(error))
+            logger.warning("%s; the call goes on without it, and it gets work if it answers", error)
+
+    def _check_one(
+        self, link: Link, fun: Any, name: str, spawn: bool
+    ) -> tuple[Optional[Exception], bool]:
+        """Check (or start) one worker: the error that leaves it out, if any, and
+        whether that error must stop the call (a wrong key, a wrong worker, a bug)."""
+        try:
+            info = hello(link)
+        except WorkerUnavailable as exc:
+            if isinstance(exc, AuthenticationError):
+                return exc, True
+            if not (spawn and can_start(link)):
+                return exc, False
+            try:
+                info = self._start(link, fun)
+            except Exception as error:
+                return error, True
+        except Exception as exc:
+            return exc, True
+        if info.get("serves") != name:
+            return WorkerUnavailable(f"worker {link.text} serves {info.get('serves')!r}, not {name!r}"), True
+        link.admit(info)
+        return None, False
+
+    def _start(self, link: Link, fun: Any) -> dict[str, Any]:
+        process, info = start_worker(link, fun)
+        with self._lock:
+            old = self._spawned.get(link.text)
+            self._spawned[link.text] = process
+        if old is not None and old.poll() is None:
+            old.kill()
+        return info
+
+    def _restart(self, link: Link, fun: Any) -> bool:
+        """Start again a worker this pool started, if its process has died; whether it did."""
+        with self._lock:
+            process = self._spawned.get(link.text)
+        if process is None or process.poll() is None:
+            return False
+        logger.warning(
+            "the worker started for %s exited (%s); starting it again", link.text, process.returncode
+        )
+        try:
+            info = self._start(link, fun)
+        except Exception as exc:
+            logger.warning("could not start %s again: %s", link.text, exc)
+            return False
+        link.admit(info)
+        return True

@@ -1,0 +1,361 @@
+"""One ``dmap`` call: chunks go out to workers, and each comes back exactly once.
+
+A thread per worker takes a chunk, sends it, and turns whatever happened into a
+``Verdict``; ``Call.settle`` is the one place that decides what a verdict means
+for the chunk's tasks:
+
+``done``
+    the worker answered: its outcomes become a ``Batch``; tasks it did not run
+    (it stopped early for a timeout) are sent again, at no cost.
+``returned``
+    nothing is known to have run, or the same worker process still answers
+    after its connection broke: the chunk is sent again, at no cost (a task
+    returned ``MAX_RETURNS`` times ends as ``WorkerCrashed``).
+``lost``
+    the worker process died, was replaced, or went silent while it held the
+    chunk: each task counts an attempt, and is retried on its own or, after
+    ``max_attempts``, ends as ``WorkerCrashed``.
+
+Whatever a worker's thread meets, any exception included, the chunk it holds is
+settled before the thread ends, so no task is ever lost or reported twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Generator, Sequence
+from typing import Any, Callable, NamedTuple, Optional
+
+from ... import _pyro
+from ...chunking import Chunk, ChunkQueue
+from ...errors import ResultNotSerializable, WorkerCrashed
+from ...options import Options
+from ...serialization import loads, rebuild
+from ..base import Batch
+from .connect import CONNECT_TIMEOUT, hello
+from .links import Link, State
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Call", "Verdict", "MAX_RETURNS"]
+
+#: Times a task may come back unfinished from a live worker before it counts as crashed.
+MAX_RETURNS = 8
+
+#: Seconds a finished call waits for its worker threads before leaving them behind.
+_JOIN_TIMEOUT = 5.0
+
+_EXIT = object()  # a worker thread's last word on the outbox
+
+
+class Verdict(NamedTuple):
+    """What became of a chunk sent to a worker."""
+
+    kind: str  # "done", "returned" or "lost"
+    reply: bytes = b""
+    reason: str = ""
+
+
+class Call:
+    """The chunks of one call, the workers it uses, and the outcomes on their way back."""
+
+    def __init__(
+        self,
+        tasks: Sequence[Any],
+        pending: ChunkQueue,
+        links: list[Link],
+        name: str,
+        options: Options,
+        restart: Callable[[Link], bool],
+    ) -> None:
+        self.tasks = tasks
+        self.pending = pending  # guarded by self.cond, like held and the counters
+        self.links = links
+        self.name = name
+        self.timeout = options.timeout
+        self.heartbeat = options.heartbeat
+        self.max_attempts = options.max_attempts
+        self.restart = restart  # starts again a worker this pool started, if it died
+        self.held: dict[Link, Chunk] = {}
+        self.attempts: dict[int, int] = {}
+        self.returns: dict[int, int] = {}
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    # --- the caller's thread ---------------------------------------------------------
+
+    def batches(self) -> Generator[Batch, None, None]:
+        threads = [
+            threading.Thread(target=self._drive, args=(link,), daemon=True, name=f"ezpool-{link.text}")
+            for link in self.links
+        ]
+        for thread in threads:
+            thread.start()
+        alive = len(threads)
+        try:
+            while alive:
+                try:
+                    item = self.outbox.get(timeout=0.25)
+                except queue.Empty:
+                    self._give_up_if_all_lost()
+                    continue
+                if item is _EXIT:
+                    alive -= 1
+                else:
+                    yield item
+            while not self.outbox.empty():  # batches put after the last exit (none expected)
+                item = self.outbox.get()
+                if item is not _EXIT:
+                    yield item
+        finally:
+            self.stop.set()
+            with self.cond:
+                self.cond.notify_all()
+                busy = list(self.held)
+            for link in busy:  # the caller left early: workers stop when their client hangs up
+                _pyro.abort(link.proxy)
+            deadline = time.monotonic() + _JOIN_TIMEOUT
+            for link, thread in zip(self.links, threads):
+                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    logger.debug("thread for %s still busy; it keeps its old connections", link.text)
+                    link.fresh_proxies(self.heartbeat)
+
+    def _give_up_if_all_lost(self) -> None:
+        """When every worker has been lost for ``heartbeat`` seconds, the tasks left fail."""
+        now = time.monotonic()
+        if any(link.state is not State.LOST or now - link.since < self.heartbeat for link in self.links):
+            return
+        with self.cond:
+            if self.held or self.stop.is_set():
+                return
+            left = list(self.pending.drain())
+            self.cond.notify_all()
+        reasons = "; ".join(f"{link.text}: {link.reason}" for link in self.links)
+        for chunk in left:
+            count = chunk.stop - chunk.start
+            error = WorkerCrashed(f"every worker was lost before this task ran ({reasons})")
+            self.outbox.put(Batch(chunk.start, [error] * count, [0.0] * count, set(range(count)), ""))
+
+    # --- one thread per worker -------------------------------------------------------
+
+    def _drive(self, link: Link) -> None:
+        """Feed one worker until the work runs out; settle whatever chunk it holds."""
+        chunk: Optional[Chunk] = None
+        try:
+            while not self.stop.is_set():
+                if link.state is State.LOST and not self._rejoin(link):
+                    return
+                chunk = self._take(link)
+                if chunk is None:
+                    return
+                verdict = self._send(link, chunk)
+                self.settle(link, chunk, verdict)
+                chunk = None
+        except BaseException as exc:  # a bug or an interpreter shutting down: lose no task
+            logger.exception("the thread feeding worker %s failed", link.text)
+            if chunk is not None:
+                self.settle(link, chunk, Verdict("lost", reason=f"the client thread failed: {exc!r}"))
+            if link.state is not State.LOST:
+                link.move(State.LOST, f"the client thread failed: {exc!r}")
+        finally:
+            self.outbox.put(_EXIT)
+
+    def _take(self, link: Link) -> Optional[Chunk]:
+        """The next chunk, waiting while other workers may still give some back."""
+        with self.cond:
+            while not self.pending and self.held and not self.stop.is_set():
+                self.cond.wait(0.5)
+            if not self.pending or self.stop.is_set():
+                return None
+            chunk = self.held[link] = self.pending.take()
+            return chunk
+
+    def _send(self, link: Link, chunk: Chunk) -> Verdict:
+        """Run ``chunk`` on ``link``'s worker; never raises for what the network does."""
+        proxy = link.proxy
+        try:
+            _pyro.connect(proxy)
+        except Exception as exc:  # nothing was sent
+            link.move(State.LOST, f"cannot connect: {_pyro.translate(exc, link.text)}")
+            return Verdict("returned", reason=link.reason)
+        link.move(State.RUNNING)
+        try:
+            status, reply = proxy.run_chunk(
+                link.identity, chunk.start, chunk.stop - chunk.start, list(chunk.payloads), self.timeout
+            )
+        except Exception as exc:
+            return self._broken(link, exc)
+        if status == "ok":
+            link.move(State.READY)
+            return Verdict("done", reply=reply)
+        if status == "restarting":
+            link.move(State.LOST, "it restarts to stop a task that overran its timeout")
+        else:  # "wrong-worker": another process answers at its address; nothing ran
+            link.move(State.LOST, "another process answers at its address")
+        return Verdict("returned", reason=link.reason)
+
+    def _broken(self, link: Link, exc: Exception) -> Verdict:
+        """The call on ``link`` broke: was the worker lost, or only its connection?"""
+        link.proxy._pyroRelease()
+        if self.stop.is_set():
+            link.move(State.READY)
+            return Verdict("returned", reason="the call was stopped")
+        if link.state is State.SILENT:
+            reason = f"it left a check unanswered for {self.heartbeat} s"
+            link.move(State.LOST, reason)
+            return Verdict("lost", reason=reason)
+        try:
+            info = hello(link, min(CONNECT_TIMEOUT, self.heartbeat))
+        except Exception as error:
+            reason = f"{exc} (and then: {error})"
+            link.move(State.LOST, reason)
+            logger.warning("lost worker %s (%s); its tasks go to the others", link.text, exc)
+            return Verdict("lost", reason=reason)
+        if info["identity"] == link.identity:
+            logger.info("connection to worker %s broke (%s); it still answers, so its chunk is resent",
+                        link.text, exc)
+            link.move(State.READY)
+            return Verdict("returned", reason=str(exc))
+        reason = f"its process was replaced while it held the chunk ({exc})"
+        logger.warning("lost worker %s: %s", link.text, reason)
+        if info.get("serves") == self.name:
+            link.admit(info)
+        else:
+            link.move(State.LOST, f"it now serves {info.get('serves')!r}, not {self.name!r}")
+        return Verdict("lost", reason=reason)
+
+    def _rejoin(self, link: Link) -> bool:
+        """Check a lost worker again and again while there is work it could do."""
+        pause = min(1.0, self.heartbeat / 2)
+        wrong = ""
+        while True:
+            with self.cond:
+                if self.stop.is_set() or (not self.pending and not self.held):
+                    return False
+            if self.restart(link):
+                return True
+            try:
+                info = hello(link, max(pause, 0.5))
+            except Exception as exc:
+                logger.debug("worker %s still does not answer: %s", link.text, exc)
+            else:
+                if info.get("serves") == self.name:
+                    replaced = info["identity"] != link.identity
+                    link.admit(info)
+                    logger.warning("worker %s answers again%s; it gets work again",
+                                   link.text, " (a new process)" if replaced else "")
+                    return True
+                if info.get("serves") != wrong:
+                    wrong = str(info.get("serves"))
+                    logger.warning("worker %s answers but serves %r, not %r; it gets no work",
+                                   link.text, wrong, self.name)
+            if self.stop.wait(pause):
+                return False
+
+    # --- the one place a chunk's fate is decided -----------------------------------
+
+    def settle(self, link: Link, chunk: Chunk, verdict: Verdict) -> None:
+        """Report or requeue every task of ``chunk``, exactly once."""
+        with self.cond:
+            held = self.held.pop(link, None)
+            assert held is chunk, f"{link.text} settles a chunk it does not hold"
+        batches: list[Batch] = []
+        again: list[tuple[int, int, bool]] = []  # (start, stop, alone) to send again
+        try:
+            if verdict.kind == "done":
+                self._accept(verdict.reply, chunk, link.text, batches, again)
+            elif verdict.kind == "returned":
+                self._strike(chunk, self.returns, MAX_RETURNS, link.text, verdict.reason, batches, again,
+                             alone=False)
+            else:
+                self._strike(chunk, self.attempts, self.max_attempts, link.text, verdict.reason, batches,
+                             again, alone=True)
+        except Exception as exc:  # never lose a chunk to a bug in deciding its fate
+            logger.exception("could not settle tasks %d..%d", chunk.start, chunk.stop - 1)
+            count = chunk.stop - chunk.start
+            error = WorkerCrashed(f"the outcome from {link.text} could not be handled: {exc!r}")
+            batches, again = [Batch(chunk.start, [error] * count, [0.0] * count, set(range(count)),
+                                    link.text)], []
+        with self.cond:
+            for start, stop, alone in reversed(again):
+                self.pending.put_back(start, stop, alone=alone)
+            self.cond.notify_all()
+        for batch in batches:
+            self.outbox.put(batch)
+
+    def _accept(
+        self,
+        reply: bytes,
+        chunk: Chunk,
+        worker: str,
+        batches: list[Batch],
+        again: list[tuple[int, int, bool]],
+    ) -> None:
+        try:
+            first, values, times, failures = loads(reply)
+        except Exception as exc:
+            if chunk.stop - chunk.start > 1:
+                logger.warning("results of tasks %d..%d from %s could not be unpickled here (%s); "
+                               "redoing them one by one", chunk.start, chunk.stop - 1, worker, exc)
+                again.extend((spot, spot + 1, True) for spot in range(chunk.start, chunk.stop))
+                return
+            error = ResultNotSerializable(
+                f"the value of task {self.tasks[chunk.start]!r} came back from {worker} "
+                f"but could not be unpickled here: {exc!r}"
+            )
+            batches.append(Batch(chunk.start, [error], [0.0], {0}, worker))
+            return
+        for offset, record in failures.items():
+            values[offset] = rebuild(record)
+        if values:
+            with self.cond:
+                self.pending.sizer.record(times)
+            batches.append(Batch(first, values, times, set(failures), worker))
+        if first + len(values) < chunk.stop:  # it stopped early: the rest never ran
+            again.append((first + len(values), chunk.stop, False))
+
+    def _strike(
+        self,
+        chunk: Chunk,
+        counts: dict[int, int],
+        limit: int,
+        worker: str,
+        reason: str,
+        batches: list[Batch],
+        again: list[tuple[int, int, bool]],
+        alone: bool,
+    ) -> None:
+        """Count one strike against each task of ``chunk``; retry it or give up on it."""
+        retry: list[int] = []
+        for position in range(chunk.start, chunk.stop):
+            tries = counts[position] = counts.get(position, 0) + 1
+            if tries < limit:
+                retry.append(position)
+                continue
+            how = "was lost" if alone else "kept breaking off"
+            error = WorkerCrashed(
+                f"worker {worker} {how} while holding task {self.tasks[position]!r} "
+                f"(attempt {tries} of {limit}): {reason}"
+            )
+            batches.append(Batch(position, [error], [0.0], {0}, worker))
+        if alone:
+            again.extend((position, position + 1, True) for position in retry)
+        else:
+            again.extend(_runs(retry, chunk.alone))
+
+
+def _runs(positions: list[int], alone: bool) -> list[tuple[int, int, bool]]:
+    """Consecutive positions joined into ``(start, stop, alone)`` ranges."""
+    runs: list[tuple[int, int, bool]] = []
+    for position in positions:
+        if runs and runs[-1][1] == position and not alone:
+            runs[-1] = (runs[-1][0], position + 1, alone)
+        else:
+            runs.append((position, position + 1, alone))
+    return runs
+

@@ -1,0 +1,94 @@
+"""One thread that watches every busy worker of a pool: heartbeats without a thread each.
+
+A stopped process or a cut network leaves a call waiting forever without any
+error. While a worker runs a chunk, the watcher checks it every ``heartbeat / 4``
+seconds over a second connection (``ping``); a worker with no answered check for
+``heartbeat`` seconds is SILENT and its call is broken off, so that its chunk
+goes to others. The checks themselves run on a small thread pool, so one silent
+worker never delays the checks of the others.
+
+If this process itself was paused (Ctrl-Z, a suspended laptop), nobody is
+judged on the time it lost: every worker gets a fresh window.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from .links import Link, State
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Watcher"]
+
+#: Checks in flight at once, whatever the number of workers.
+_CHECKERS = 16
+
+
+class Watcher:
+    """Watches the RUNNING links that ``links()`` returns, until ``stop``."""
+
+    def __init__(self, links: Callable[[], Iterable[Link]]) -> None:
+        self._links = links
+        self._stopped = threading.Event()
+        self._checks = ThreadPoolExecutor(max_workers=_CHECKERS, thread_name_prefix="ezpool-check")
+        self._thread = threading.Thread(target=self._run, daemon=True, name="ezpool-watcher")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(5)
+        self._checks.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            running = [link for link in self._links() if link.state is State.RUNNING]
+            tick = min((link.heartbeat / 8 for link in running), default=0.5)
+            if self._stopped.wait(max(0.02, min(tick, 0.5))):
+                return
+            now = time.monotonic()
+            paused = now - last > max(4 * tick, 1.0)
+            last = now
+            for link in running:
+                try:
+                    self._look(link, now, paused)
+                except Exception:  # never let one link stop the watching of all
+                    logger.exception("checking worker %s failed", link.text)
+
+    def _look(self, link: Link, now: float, paused: bool) -> None:
+        if link.state is not State.RUNNING:
+            return
+        if paused:
+            link.alive_at = max(link.alive_at, now)
+        pending = link.pinging
+        if pending is not None and pending.done():
+            link.pinging = None
+            sent, answered = pending.result()
+            if answered:
+                link.alive_at = max(link.alive_at, sent)
+        if now - link.alive_at >= link.heartbeat:
+            if link.silence():
+                logger.warning(
+                    "worker %s left a check unanswered for %s s; its chunk goes to the others",
+                    link.text, link.heartbeat,
+                )
+            return
+        if link.pinging is None and now - link.alive_at >= link.heartbeat / 4:
+            link.pinging = self._checks.submit(_check, link, now)
+
+
+def _check(link: Link, sent: float) -> tuple[float, bool]:
+    """Ask the worker for proof of life; ``(when asked, whether it answered as itself)``."""
+    pinger = link.pinger
+    try:
+        identity, _busy = pinger.ping()
+    except Exception as exc:
+        logger.debug("check of %s failed: %s", link.text, exc)
+        return sent, False
+    return sent, identity == link.identity
