@@ -133,3 +133,40 @@ def test_chunk_queue_names_a_task_that_cannot_be_pickled():
 
     with pytest.raises(TypeError, match="cannot send task"):
         ChunkQueue([1, (threading.Lock(),)], workers=1, chunksize=None)
+
+
+def test_a_split_queue_sends_one_task_first_and_slow_tasks_one_by_one():
+    import pickle
+
+    from ezpool.chunking import ChunkQueue
+
+    tasks = list(range(20_000))
+    queue = ChunkQueue(tasks, 2, None, split=True)
+    first = queue.take()
+    assert (first.start, first.stop) == (0, 1) and pickle.loads(first.payloads[0]) == [0]
+    queue.sizer.record([1.0])  # one second a task: far above the target per chunk
+    second = queue.take()
+    assert second.stop - second.start == 1 and pickle.loads(second.payloads[0]) == [1]
+    taken = [first, second]
+    while queue:
+        taken.append(queue.take())
+    covered = [t for chunk in taken for payload in chunk.payloads for t in pickle.loads(payload)]
+    assert covered == tasks, "splitting must cover every task once, in order"
+
+
+@settings(deadline=None, max_examples=50)
+@given(st.integers(1, 3000), st.integers(1, 8), st.floats(1e-7, 2.0))
+def test_a_split_queue_covers_every_task_once_whatever_the_run_times(count, ncpu, seconds):
+    import pickle
+
+    from ezpool.chunking import ChunkQueue
+
+    queue = ChunkQueue(range(count), ncpu, None, split=True)
+    covered = []
+    while queue:
+        chunk = queue.take()
+        values = [t for payload in chunk.payloads for t in pickle.loads(payload)]
+        assert values == list(range(chunk.start, chunk.stop))
+        covered.extend(values)
+        queue.sizer.record([seconds] * len(values))
+    assert covered == list(range(count))
