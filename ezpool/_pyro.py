@@ -34,7 +34,6 @@ __all__ = [
     "Server",
     "configure_worker_process",
     "register",
-    "list_registered",
     "name_server_uri",
     "NameServer",
     "translate",
@@ -152,14 +151,6 @@ def register(ns_address: str, name: str, uri: str, hmac_key: Optional[bytes]) ->
             logger.debug("could not unregister %s: %s", name, exc)
 
     return unregister
-
-
-def list_registered(ns_address: str, prefix: str, hmac_key: Optional[bytes]) -> dict[str, str]:
-    """Names and URIs registered under ``prefix`` at the name server."""
-    host, port = _split_address(ns_address)
-    with Pyro4.locateNS(host=host, port=port, hmac_key=hmac_key) as ns:
-        found: dict[str, str] = ns.list(prefix=prefix)
-    return {name: str(uri) for name, uri in found.items()}
 
 
 #: The port of a name server given as ``HOST`` alone: Pyro4's own default.
