@@ -13,12 +13,11 @@ import contextlib
 import logging
 import socket
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import Pyro4
 import Pyro4.constants
 import Pyro4.errors
-import Pyro4.naming
 
 from .errors import AuthenticationError, WorkerUnavailable
 
@@ -33,7 +32,6 @@ __all__ = [
     "make_proxy",
     "Server",
     "configure_worker_process",
-    "register",
     "name_server_uri",
     "NameServer",
     "translate",
@@ -135,22 +133,6 @@ class Server:
     def shutdown(self) -> None:
         self._daemon.shutdown()
         self._thread.join(5)
-
-
-def register(ns_address: str, name: str, uri: str, hmac_key: Optional[bytes]) -> Callable[[], None]:
-    """Register ``uri`` as ``name`` with the name server; returns a function that unregisters it."""
-    host, port = _split_address(ns_address)
-    with Pyro4.locateNS(host=host, port=port, hmac_key=hmac_key) as ns:
-        ns.register(name, uri, safe=False)
-
-    def unregister() -> None:
-        try:
-            with Pyro4.locateNS(host=host, port=port, hmac_key=hmac_key) as ns:
-                ns.remove(name)
-        except PyroError as exc:
-            logger.debug("could not unregister %s: %s", name, exc)
-
-    return unregister
 
 
 #: The port of a name server given as ``HOST`` alone: Pyro4's own default.
