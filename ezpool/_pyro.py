@@ -14,11 +14,11 @@ import logging
 import select
 import socket
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import Pyro4
+import Pyro4.constants
 import Pyro4.errors
-import Pyro4.naming
 
 from .errors import AuthenticationError, WorkerUnavailable
 
@@ -35,8 +35,8 @@ __all__ = [
     "resolve",
     "Server",
     "configure_worker_process",
-    "register",
-    "list_registered",
+    "name_server_uri",
+    "NameServer",
     "translate",
     "abort",
 ]
@@ -96,20 +96,16 @@ def resolve(uri: Any, hmac_key: Optional[bytes], timeout: float) -> Any:
     """
     if uri.protocol != "PYRONAME":
         return uri
-    where = f"{uri.host}:{uri.port}" if uri.host else "the default name server"
+    where = f"{uri.host}:{uri.port or NS_PORT}" if uri.host else "the name server found by broadcast"
     try:
         if uri.host:
-            ns = Pyro4.Proxy(f"PYRO:{Pyro4.constants.NAMESERVER_NAME}@{uri.host}:{uri.port or 9090}")
-            ns._pyroHmacKey = hmac_key
-        else:  # found by broadcast on the local network
-            ns = Pyro4.locateNS(hmac_key=hmac_key)
-        ns._pyroTimeout = timeout
-        with ns:
+            with NameServer(name_server_uri(where), hmac_key, timeout) as server:
+                return server.lookup(uri.object)
+        with Pyro4.locateNS(hmac_key=hmac_key) as ns:
+            ns._pyroTimeout = timeout
             return ns.lookup(uri.object)
     except PyroError as exc:
-        raise WorkerUnavailable(
-            f"cannot look up {uri.object!r} at the name server at {where}: {exc}"
-        ) from None
+        raise WorkerUnavailable(f"cannot look up {uri.object!r} at {where}: {exc}") from None
 
 
 def abort(proxy: Any) -> None:
@@ -121,24 +117,24 @@ def abort(proxy: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def translate(exc: BaseException, uri: str) -> Exception:
-    """Turn a Pyro4 connection error into EzPool's own, naming the worker."""
+def translate(exc: BaseException, uri: str, what: str = "worker") -> Exception:
+    """Turn a Pyro4 error into EzPool's own, naming the ``what`` (worker, name server) at ``uri``."""
     text = str(exc)
     if "hmac" in text.lower():
         if "not symmetric" in text:
             return AuthenticationError(
-                f"worker {uri} and this client disagree on having an HMAC key: one side has "
+                f"{what} {uri} and this client disagree on having an HMAC key: one side has "
                 "none; set the same EZPOOL_HMAC_KEY (or hmac_key=) on both"
             )
-        return AuthenticationError(f"worker {uri} rejected this client's HMAC key: the key is wrong")
+        return AuthenticationError(f"{what} {uri} rejected this client's HMAC key: the key is wrong")
     if "refused" in text.lower():
         return WorkerUnavailable(
-            f"worker {uri} cannot be reached: connection refused. Check that the worker runs, "
+            f"{what} {uri} cannot be reached: connection refused. Check that it runs, "
             "that it listens on an address this machine can reach (python -m ezpool.serve "
             "listens on 127.0.0.1 unless given --host), that both sides use the same key, "
             "and that no firewall blocks the port"
         )
-    return WorkerUnavailable(f"worker {uri} cannot be reached: {text}")
+    return WorkerUnavailable(f"{what} {uri} cannot be reached: {text}")
 
 
 #: Limits of a worker process (``serve`` only): Pyro4 reads these from its global
@@ -217,28 +213,55 @@ def _peer_closed(connection: Any) -> bool:
         return True
 
 
-def register(ns_address: str, name: str, uri: str, hmac_key: Optional[bytes]) -> Callable[[], None]:
-    """Register ``uri`` as ``name`` with the name server; returns a function that unregisters it."""
-    host, port = _split_address(ns_address)
-    with Pyro4.locateNS(host=host, port=port, hmac_key=hmac_key) as ns:
-        ns.register(name, uri, safe=False)
-
-    def unregister() -> None:
-        try:
-            with Pyro4.locateNS(host=host, port=port, hmac_key=hmac_key) as ns:
-                ns.remove(name)
-        except PyroError as exc:
-            logger.debug("could not unregister %s: %s", name, exc)
-
-    return unregister
+#: The port of a name server given as ``HOST`` alone: Pyro4's own default.
+NS_PORT = 9090
 
 
-def list_registered(ns_address: str, prefix: str, hmac_key: Optional[bytes]) -> dict[str, str]:
-    """Names and URIs registered under ``prefix`` at the name server."""
-    host, port = _split_address(ns_address)
-    with Pyro4.locateNS(host=host, port=port, hmac_key=hmac_key) as ns:
-        found: dict[str, str] = ns.list(prefix=prefix)
-    return {name: str(uri) for name, uri in found.items()}
+def name_server_uri(address: str) -> str:
+    """The Pyro URI of the name server at ``HOST[:PORT]``; ``ValueError`` if it is not one."""
+    host, port = _split_address(address)
+    if not host:
+        raise ValueError(f"name server address {address!r} must be HOST or HOST:PORT")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"PYRO:{Pyro4.constants.NAMESERVER_NAME}@{host}:{port or NS_PORT}"
+
+
+class NameServer:
+    """One short exchange with a Pyro4 name server: a proxy of its own, closed on exit.
+
+    A new one is made for every exchange, since a Pyro4 proxy belongs to the thread
+    that made it and a name server that restarted leaves an old connection broken.
+    Every call raises ``PyroError`` when the name server cannot be reached or refuses.
+    """
+
+    def __init__(self, uri: str, hmac_key: Optional[bytes], timeout: float) -> None:
+        self._proxy = make_proxy(uri, hmac_key, timeout)
+
+    def __enter__(self) -> NameServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._proxy._pyroRelease()
+
+    def entries(self, prefix: str) -> dict[str, tuple[str, list[str]]]:
+        """Every name under ``prefix``, with its URI and its metadata strings."""
+        found = self._proxy.list(prefix=prefix, return_metadata=True)
+        return {
+            str(name): (str(uri), [str(item) for item in metadata]) for name, (uri, metadata) in found.items()
+        }
+
+    def register(self, name: str, uri: str, metadata: set[str]) -> None:
+        """Register (or overwrite) ``name`` as ``uri``, with exactly ``metadata``."""
+        self._proxy.register(name, uri, safe=False, metadata=sorted(metadata))
+
+    def remove(self, name: str) -> None:
+        """Remove ``name``; nothing happens when it is not registered."""
+        self._proxy.remove(name)
+
+    def lookup(self, name: str) -> Any:
+        """The URI registered as ``name``."""
+        return self._proxy.lookup(name)
 
 
 def _split_address(address: str) -> tuple[str, Optional[int]]:

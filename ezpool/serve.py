@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--procs", type=_positive, default=1, help="worker processes to start (default 1)")
     parser.add_argument("--ns", metavar="HOST[:PORT]", help="register with this Pyro4 name server")
     parser.add_argument("--ns-prefix", default="ezpool.", help="prefix of registered names")
+    parser.add_argument(
+        "--ns-refresh",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="check and renew the registration this often (default 5)",
+    )
     parser.add_argument("--hmac-key-file", type=Path, help="file holding the shared HMAC key")
     parser.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback address without an HMAC key"
@@ -83,6 +90,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
 
 
@@ -149,6 +163,8 @@ def _import(module_part: str) -> ModuleType:
 
 def _serve_one(args: argparse.Namespace, key: Optional[bytes]) -> int:
     from . import _pyro
+    from .errors import EzPoolError
+    from .registration import Registration
     from .servant import Faults, Servant
 
     target = load_target(args.spec)
@@ -170,15 +186,17 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes]) -> int:
         server = _pyro.Server(servant, args.host, args.port, args.name, key)
     except OSError as exc:
         raise ServeError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    unregister = None
+    registration = None
     try:
         server.start()
         if args.ns:
             registered = f"{args.ns_prefix}{args.name}.{args.host}.{args.port}"
             try:
-                unregister = _pyro.register(args.ns, registered, server.uri, key)
-            except _pyro.PyroError as exc:
+                keeper = Registration(args.ns, registered, server.uri, args.ns_prefix, key, args.ns_refresh)
+                keeper.start()  # a name server that is down is waited for; a refused key is not
+            except (EzPoolError, ValueError) as exc:
                 raise ServeError(f"cannot register with the name server at {args.ns}: {exc}") from None
+            registration = keeper
         print(server.uri, flush=True)
         logger.debug("serving %s at %s as %s", args.spec, server.uri, servant.identity)
         while not stop.wait(0.1) and not restart.is_set():
@@ -186,8 +204,8 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes]) -> int:
         if restart.is_set() and not stop.is_set():
             time.sleep(_RESTART_GRACE)
     finally:
-        if unregister is not None and not restart.is_set():
-            unregister()
+        if registration is not None:
+            registration.stop(unregister=not restart.is_set())
         server.shutdown()
         if isinstance(instance, BaseWorker) and not restart.is_set():
             instance.teardown()
@@ -241,7 +259,7 @@ def _child_args(args: argparse.Namespace, port: int) -> list[str]:
     command = [args.spec, "--host", args.host, "--port", str(port), "--name", args.name]
     command += ["--ns-prefix", args.ns_prefix, "--parent-pid", str(os.getpid())]
     if args.ns:
-        command += ["--ns", args.ns]
+        command += ["--ns", args.ns, "--ns-refresh", str(args.ns_refresh)]
     if args.hmac_key_file is not None:
         command += ["--hmac-key-file", str(args.hmac_key_file)]
     if args.insecure:
