@@ -28,6 +28,7 @@ import os
 import signal
 from collections.abc import Generator, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
+from multiprocessing.util import Finalize
 from time import perf_counter
 from typing import Any, Callable, Optional
 
@@ -36,7 +37,7 @@ from ..errors import ResultNotSerializable, TaskTimeout, WorkerCrashed
 from ..options import Options
 from ..serialization import dumps, dumps_function, loads, rebuild
 from .base import Backend, Batch
-from .processes import STOP_GRACE, WorkerProcess, stop_all
+from .processes import STOP_GRACE, WorkerProcess, stop_with
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ class ParallelBackend(Backend):
     """Runs tasks on worker processes that live as long as the pool."""
 
     def __init__(self) -> None:
+        # Changed in place only: the finalizer that stops them holds this very list.
         self._processes: list[WorkerProcess] = []
+        self._finalizer: Optional[Finalize[None]] = None
         self._shape: Optional[tuple[int, Optional[str]]] = None
         self._context: Any = None
         self._tokens = itertools.count(1)
@@ -85,7 +88,9 @@ class ParallelBackend(Backend):
         yield from call.batches()
 
     def close(self) -> None:
-        stop_all(self._processes)
+        if self._finalizer is not None:
+            self._finalizer()  # stop_all(self._processes), once
+            self._finalizer = None
         self._shape = None
 
     def _start(self, ncpu: int, start_method: Optional[str]) -> None:
@@ -94,15 +99,16 @@ class ParallelBackend(Backend):
             self.close()
             self._context = multiprocessing.get_context(start_method)
             self._shape = (ncpu, start_method)
-        alive = [proc for proc in self._processes if proc.process.is_alive()]
-        for proc in self._processes:
-            if proc not in alive:
-                proc.kill()
-        while len(alive) < ncpu:
-            alive.append(WorkerProcess(self._context))
-        if len(alive) != len(self._processes):
-            logger.debug("started worker processes: %d live", len(alive))
-        self._processes = alive
+        for proc in [proc for proc in self._processes if not proc.process.is_alive()]:
+            proc.kill()
+            self._processes.remove(proc)
+        if self._finalizer is None or not self._finalizer.still_active():
+            self._finalizer = stop_with(self, self._processes)
+        had = len(self._processes)
+        while len(self._processes) < ncpu:  # each one in the list, stopped with it, from its start
+            self._processes.append(WorkerProcess(self._context))
+        if len(self._processes) != had:
+            logger.debug("started worker processes: %d live", len(self._processes))
 
     def _replace(self, proc: WorkerProcess) -> WorkerProcess:
         proc.kill()
@@ -114,7 +120,7 @@ class ParallelBackend(Backend):
         """Kill processes whose work was abandoned; the next call starts new ones."""
         for proc in procs:
             proc.kill()
-        self._processes = [proc for proc in self._processes if proc not in procs]
+        self._processes[:] = [proc for proc in self._processes if proc not in procs]
 
 
 class _Call:

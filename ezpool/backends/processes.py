@@ -1,4 +1,19 @@
-"""The worker processes of the parallel mode: start one, kill one, stop them all."""
+"""The worker processes of the parallel mode: start one, kill one, stop them all.
+
+Worker processes are not daemonic, so that a task may start processes of its
+own (a nested ``Pool().pmap``, a ``multiprocessing.Pool``); daemonic processes
+may not have children. None of them outlives the pool that started it:
+
+- ``Pool.shutdown()`` (``ParallelBackend.close``) stops them with ``stop_all``;
+- a pool that is never shut down stops them when it is garbage-collected, or when
+  its process exits (``stop_with``). multiprocessing joins non-daemonic children
+  when a process exits; this runs first, so a script that forgot ``shutdown()``
+  still exits at once. It also runs when a worker process leaves, so the nested
+  pools of a worker are stopped before the worker waits for them;
+- a worker whose parent dies, even by SIGKILL, exits within half a second on its
+  own (``child._exit_with_parent``); the processes of its own EzPool pools run the
+  same loop, so they follow it within another half second.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +22,7 @@ import logging
 import os
 from collections import deque
 from multiprocessing.connection import Connection
+from multiprocessing.util import Finalize
 from time import monotonic
 from typing import Any
 
@@ -15,10 +31,14 @@ from . import child
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STOP_GRACE", "WorkerProcess", "stop_all"]
+__all__ = ["STOP_GRACE", "WorkerProcess", "stop_all", "stop_with"]
 
 #: Seconds to wait for processes to leave after being asked, before killing them.
 STOP_GRACE = 2.0
+
+#: multiprocessing runs exit finalizers of priority 0 or more before it joins the
+#: children of an exiting process; ``multiprocessing.Pool`` uses 15 for the same reason.
+_EXIT_PRIORITY = 10
 
 
 class WorkerProcess:
@@ -30,7 +50,7 @@ class WorkerProcess:
         parent_end, child_end = context.Pipe(duplex=True)
         buffer = context.RawArray("q", 1)
         self.process = context.Process(
-            target=child.main, args=(child_end, buffer, os.getpid()), daemon=True, name="ezpool-worker"
+            target=child.main, args=(child_end, buffer, os.getpid()), daemon=False, name="ezpool-worker"
         )
         self.process.start()
         child_end.close()
@@ -71,3 +91,13 @@ def stop_all(processes: list[WorkerProcess]) -> None:
         proc.kill()
     logger.debug("stopped %d worker processes", len(processes))
     processes.clear()
+
+
+def stop_with(owner: object, processes: list[WorkerProcess]) -> Finalize[None]:
+    """Have ``stop_all(processes)`` run once: when ``owner`` is garbage-collected, or
+    when this process exits, before multiprocessing waits for its children.
+
+    Calling the returned finalizer runs it now; ``processes`` is the list itself,
+    which the owner must change in place, never replace.
+    """
+    return Finalize(owner, stop_all, args=(processes,), exitpriority=_EXIT_PRIORITY)
