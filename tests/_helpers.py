@@ -7,6 +7,7 @@ which start a fresh interpreter, can find them by name.
 from __future__ import annotations
 
 import collections
+import multiprocessing
 import os
 import threading
 import time
@@ -134,3 +135,55 @@ class BadStrError(Exception):
 
 def raise_bad_str(task: Any) -> None:
     raise BadStrError(task)
+
+
+# --- nested parallelism: tasks that start process pools of their own ---
+
+#: Pools that ``nested_pmap(keep_open=True)`` leaves open in a worker process, the
+#: way a script that never calls ``shutdown()`` would.
+_LEFT_OPEN: list[Any] = []
+
+
+def _ezpool_children() -> list[int]:
+    return sorted(p.pid for p in multiprocessing.active_children() if p.name == "ezpool-worker")
+
+
+def nested_pmap(n: int, keep_open: bool = False) -> tuple[int, dict[int, int], list[int]]:
+    """Runs ``square`` over ``range(n)`` with a pmap of its own, on two processes.
+
+    Returns this process's pid, the inner results and the pids of the inner pool's
+    processes. With ``keep_open`` the inner pool is never shut down.
+    """
+    from ezpool import Pool
+
+    if not keep_open:
+        with Pool(progress=False) as pool:
+            values = dict(pool.pmap(square, range(n), ncpu=2))
+            return os.getpid(), values, _ezpool_children()
+    if not _LEFT_OPEN:
+        _LEFT_OPEN.append(Pool(progress=False))
+    values = dict(_LEFT_OPEN[0].pmap(square, range(n), ncpu=2))
+    return os.getpid(), values, _ezpool_children()
+
+
+def multiprocessing_pool_map(n: int) -> list[int]:
+    """Runs ``square`` over ``range(n)`` with a ``multiprocessing.Pool`` of its own."""
+    with multiprocessing.get_context().Pool(2) as pool:
+        return pool.map(square, range(n))
+
+
+def nested_then(directory: str, then: str) -> str:
+    """Starts a pool of its own, notes its processes' pids in ``directory``, then:
+    ``'return'``, ``'exit'`` (this process, code 3) or ``'hang'`` (in the inner pool).
+    """
+    from ezpool import Pool
+
+    with Pool(progress=False) as pool:
+        pool.pmap(square, range(2), ncpu=2)
+        for pid in _ezpool_children():
+            Path(directory, str(pid)).touch()
+        if then == "exit":
+            os._exit(3)
+        if then == "hang":
+            pool.pmap(nap, [600, 601], ncpu=2)
+    return then

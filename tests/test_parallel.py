@@ -268,3 +268,135 @@ def test_a_worker_killed_between_calls_is_replaced(parallel_pool):
     assert results.errors == {}
     second = _pids(results)
     assert len(second) == 2 and victim not in second and (first - {victim}) <= second
+
+
+# --- nested parallelism: a task may start process pools of its own ---
+
+
+def _alive_after(pids, seconds: float) -> list[int]:
+    """The pids still running after waiting up to ``seconds`` for them all to exit."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [pid for pid in pids if not _dead(pid)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def test_a_task_may_run_a_pmap_of_its_own(parallel_pool):
+    results = parallel_pool.pmap(h.nested_pmap, range(1, 5), ncpu=2)
+    assert results.errors == {}
+    assert {n: values for n, (_, values, _) in results.items()} == {
+        n: {k: k * k for k in range(n)} for n in range(1, 5)
+    }
+    workers = {pid for pid, _, _ in results.values()}
+    inner = {pid for _, _, pids in results.values() for pid in pids}
+    assert os.getpid() not in workers
+    assert inner and not inner & workers
+
+
+def test_a_task_may_use_a_multiprocessing_pool(parallel_pool):
+    results = parallel_pool.pmap(h.multiprocessing_pool_map, [3, 5], ncpu=2)
+    assert results.errors == {}
+    assert results == {3: [0, 1, 4], 5: [0, 1, 4, 9, 16]}
+
+
+def test_nested_pools_left_open_end_when_the_outer_pool_shuts_down(start_method):
+    pool = Pool("parallel", start_method=start_method, progress=False)
+    try:
+        results = pool.pmap(partial(h.nested_pmap, keep_open=True), range(1, 5), ncpu=2)
+        processes = [proc.process for proc in pool._backends["parallel"]._processes]
+    finally:
+        pool.shutdown()
+    assert results.errors == {}
+    workers = {pid for pid, _, _ in results.values()}
+    grandchildren = {pid for _, _, pids in results.values() for pid in pids}
+    assert len(grandchildren) == 2 * len(workers)
+    assert _alive_after(workers | grandchildren, 10) == [], "processes outlived Pool.shutdown()"
+    # Each worker stopped its nested pool and left when asked, rather than being killed
+    # after waiting for children that nobody stopped.
+    assert [proc.exitcode for proc in processes] == [0, 0]
+
+
+def test_nested_pools_end_when_their_worker_is_killed(parallel_pool):
+    results = parallel_pool.pmap(partial(h.nested_pmap, keep_open=True), range(1, 5), ncpu=2)
+    assert results.errors == {}
+    victim, _, orphans = next(iter(results.values()))
+    assert orphans
+    os.kill(victim, signal.SIGKILL)
+    assert _alive_after([victim, *orphans], 10) == [], "a nested pool outlived its killed worker"
+    again = parallel_pool.pmap(h.nested_pmap, [3], ncpu=2)
+    assert again.errors == {} and again[3][1] == {0: 0, 1: 1, 2: 4}
+
+
+def test_a_crash_in_a_task_with_a_nested_pool_costs_only_that_task(parallel_pool, tmp_path):
+    nested = partial(h.nested_then, str(tmp_path))
+    results = parallel_pool.pmap(nested, ["return", "exit"], ncpu=2, max_attempts=1)
+    assert results["return"] == "return"
+    crashed = results["exit"]
+    assert isinstance(crashed, WorkerCrashed) and "exited with code 3" in str(crashed), repr(crashed)
+    grandchildren = [int(path.name) for path in tmp_path.iterdir()]
+    assert len(grandchildren) == 4
+    assert _alive_after(grandchildren, 10) == []
+
+
+@pytest.mark.timeout(90)
+def test_a_task_stuck_in_its_nested_pool_times_out_and_the_nested_pool_ends(parallel_pool, tmp_path):
+    nested = partial(h.nested_then, str(tmp_path))
+    results = parallel_pool.pmap(nested, ["hang", "return"], ncpu=2, timeout=8)
+    assert results["return"] == "return"
+    late = results["hang"]
+    assert isinstance(late, TaskTimeout), repr(late)
+    grandchildren = [int(path.name) for path in tmp_path.iterdir()]
+    assert len(grandchildren) == 4
+    assert _alive_after(grandchildren, 10) == []
+    assert parallel_pool.pmap(h.square, [3], ncpu=2) == {3: 9}
+
+
+_FORGETFUL_SCRIPT = """
+import sys
+from functools import partial
+
+from ezpool import Pool
+from tests import _helpers as h
+
+if __name__ == "__main__":
+    pool = Pool(progress=False, start_method=sys.argv[1])  # never shut down
+    results = pool.pmap(partial(h.nested_pmap, keep_open=True), range(1, 5), ncpu=2)
+    assert results.errors == {}, results.errors
+    assert results[4][1] == {0: 0, 1: 1, 2: 4, 3: 9}, results
+    pids = {pid for pid, _, _ in results.values()} | {pid for _, _, pids in results.values() for pid in pids}
+    print(" ".join(map(str, sorted(pids))), flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_script_that_never_shuts_down_its_pools_exits_promptly(
+    start_method, tmp_path, core_python, core_child_env
+):
+    script = tmp_path / "forgetful.py"
+    script.write_text(_FORGETFUL_SCRIPT)
+    child = subprocess.Popen(
+        [core_python, str(script), start_method],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=core_child_env,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()  # printed once the work is done, just before exiting
+        ended = time.monotonic()
+        code = child.wait(timeout=30)
+        took = time.monotonic() - ended
+        _, err = child.communicate()
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+    assert code == 0 and line.strip(), err[-3000:]
+    assert took < 10, f"the script took {took:.1f} s to exit after its work was done"
+    pids = [int(pid) for pid in line.split()]
+    assert len(pids) == 6  # two workers, two inner processes each
+    assert _alive_after(pids, 10) == [], "processes outlived the script"

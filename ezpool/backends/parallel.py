@@ -21,15 +21,14 @@ the processes live as long as the pool, so a second call pays no start-up.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import multiprocessing
 import os
 import signal
-from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
+from multiprocessing.util import Finalize
 from time import perf_counter
 from typing import Any, Callable, Optional
 
@@ -37,15 +36,12 @@ from ..chunking import ChunkQueue
 from ..errors import ResultNotSerializable, TaskTimeout, WorkerCrashed
 from ..options import Options
 from ..serialization import dumps, dumps_function, loads, rebuild
-from . import child
 from .base import Backend, Batch
+from .processes import STOP_GRACE, WorkerProcess, stop_with
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ParallelBackend", "available_cpus"]
-
-#: Seconds to wait for a process to leave after being asked, before killing it.
-_STOP_GRACE = 2.0
 
 #: Longest pause between two looks for overdue tasks when a timeout is set.
 _TIMEOUT_POLL = 0.1
@@ -66,47 +62,13 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-class _Process:
-    """One worker process, seen from the calling process."""
-
-    __slots__ = ("process", "conn", "mark", "name", "token", "chunks", "seen", "served")
-
-    def __init__(self, context: Any) -> None:
-        parent_end, child_end = context.Pipe(duplex=True)
-        buffer = context.RawArray("q", 1)
-        self.process = context.Process(
-            target=child.main, args=(child_end, buffer, os.getpid()), daemon=True, name="ezpool-worker"
-        )
-        self.process.start()
-        child_end.close()
-        self.conn: Connection = parent_end
-        self.mark = memoryview(buffer).cast("B").cast("q")
-        self.mark[0] = -1
-        self.name = f"pid {self.process.pid}"
-        self.token = 0  # the call whose function this process holds
-        self.chunks: deque[tuple[int, int]] = deque()  # (start, stop) in flight, oldest first
-        self.seen = (-1, 0.0)  # (mark, when the caller first saw it), for timeouts
-        self.served = False  # whether it ever sent a reply
-
-    def running(self, now: float) -> tuple[int, float]:
-        """The position of the task running now (-1: none) and since when, roughly."""
-        position = self.mark[0]
-        if position != self.seen[0]:
-            self.seen = (position, now)
-        return int(position), self.seen[1]
-
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(_STOP_GRACE)
-        self.conn.close()
-
-
 class ParallelBackend(Backend):
     """Runs tasks on worker processes that live as long as the pool."""
 
     def __init__(self) -> None:
-        self._processes: list[_Process] = []
+        # Changed in place only: the finalizer that stops them holds this very list.
+        self._processes: list[WorkerProcess] = []
+        self._finalizer: Optional[Finalize[None]] = None
         self._shape: Optional[tuple[int, Optional[str]]] = None
         self._context: Any = None
         self._tokens = itertools.count(1)
@@ -126,14 +88,9 @@ class ParallelBackend(Backend):
         yield from call.batches()
 
     def close(self) -> None:
-        for proc in self._processes:
-            with contextlib.suppress(OSError):
-                proc.conn.send_bytes(dumps(None))
-        for proc in self._processes:
-            proc.process.join(_STOP_GRACE)
-            proc.kill()
-        logger.debug("stopped %d worker processes", len(self._processes))
-        self._processes = []
+        if self._finalizer is not None:
+            self._finalizer()  # stop_all(self._processes), once
+            self._finalizer = None
         self._shape = None
 
     def _start(self, ncpu: int, start_method: Optional[str]) -> None:
@@ -142,27 +99,28 @@ class ParallelBackend(Backend):
             self.close()
             self._context = multiprocessing.get_context(start_method)
             self._shape = (ncpu, start_method)
-        alive = [proc for proc in self._processes if proc.process.is_alive()]
-        for proc in self._processes:
-            if proc not in alive:
-                proc.kill()
-        while len(alive) < ncpu:
-            alive.append(_Process(self._context))
-        if len(alive) != len(self._processes):
-            logger.debug("started worker processes: %d live", len(alive))
-        self._processes = alive
+        for proc in [proc for proc in self._processes if not proc.process.is_alive()]:
+            proc.kill()
+            self._processes.remove(proc)
+        if self._finalizer is None or not self._finalizer.still_active():
+            self._finalizer = stop_with(self, self._processes)
+        had = len(self._processes)
+        while len(self._processes) < ncpu:  # each one in the list, stopped with it, from its start
+            self._processes.append(WorkerProcess(self._context))
+        if len(self._processes) != had:
+            logger.debug("started worker processes: %d live", len(self._processes))
 
-    def _replace(self, proc: _Process) -> _Process:
+    def _replace(self, proc: WorkerProcess) -> WorkerProcess:
         proc.kill()
-        fresh = _Process(self._context)
+        fresh = WorkerProcess(self._context)
         self._processes[self._processes.index(proc)] = fresh
         return fresh
 
-    def _discard(self, procs: Sequence[_Process]) -> None:
+    def _discard(self, procs: Sequence[WorkerProcess]) -> None:
         """Kill processes whose work was abandoned; the next call starts new ones."""
         for proc in procs:
             proc.kill()
-        self._processes = [proc for proc in self._processes if proc not in procs]
+        self._processes[:] = [proc for proc in self._processes if proc not in procs]
 
 
 class _Call:
@@ -191,7 +149,7 @@ class _Call:
             proc.seen = (-1, 0.0)  # positions restart with every call
 
     def batches(self) -> Iterator[Batch]:
-        busy: dict[Any, _Process] = {}  # pipe or sentinel -> process
+        busy: dict[Any, WorkerProcess] = {}  # pipe or sentinel -> process
         finished = False
         try:
             for _ in range(_DEPTH):
@@ -228,7 +186,7 @@ class _Call:
                 logger.debug("call abandoned: killing %d busy worker processes", len(stuck))
                 self.backend._discard(stuck)
 
-    def _feed(self, proc: _Process, busy: dict[Any, _Process], depth: int = _DEPTH) -> None:
+    def _feed(self, proc: WorkerProcess, busy: dict[Any, WorkerProcess], depth: int = _DEPTH) -> None:
         """Top a process up to ``depth`` chunks in flight, while work is pending."""
         while self.pending and len(proc.chunks) < depth:
             piece = self.pending.take()
@@ -269,13 +227,13 @@ class _Call:
         self.sizer.record(times)
         yield Batch(first, values, times, set(failures), worker)
 
-    def _wait_seconds(self, busy: dict[Any, _Process]) -> Optional[float]:
+    def _wait_seconds(self, busy: dict[Any, WorkerProcess]) -> Optional[float]:
         """How long to block: forever, or briefly enough to watch for overdue tasks."""
         if self.timeout is None:
             return None
         return min(self.timeout / 4, _TIMEOUT_POLL)
 
-    def _overdue(self, busy: dict[Any, _Process]) -> list[_Process]:
+    def _overdue(self, busy: dict[Any, WorkerProcess]) -> list[WorkerProcess]:
         assert self.timeout is not None
         now = perf_counter()
         late = []
@@ -285,13 +243,13 @@ class _Call:
                 late.append(proc)
         return late
 
-    def _lost(self, proc: _Process, busy: dict[Any, _Process], timed_out: bool) -> Iterator[Batch]:
+    def _lost(self, proc: WorkerProcess, busy: dict[Any, WorkerProcess], timed_out: bool) -> Iterator[Batch]:
         """A process died (or was killed for a timeout) with chunks in flight."""
         _forget(busy, proc)
         position, began = proc.running(perf_counter())
         if timed_out:
             proc.process.kill()
-        proc.process.join(_STOP_GRACE)
+        proc.process.join(STOP_GRACE)
         # Replies it finished sending before it died are good: use them.
         while proc.chunks:
             reply = _sent_reply(proc.conn)
@@ -340,7 +298,7 @@ class _Call:
         self._feed(replacement, busy)
 
     def _stillborn(
-        self, proc: _Process, how: str, chunks: list[tuple[int, int]], busy: dict[Any, _Process]
+        self, proc: WorkerProcess, how: str, chunks: list[tuple[int, int]], busy: dict[Any, WorkerProcess]
     ) -> None:
         """A process died before running any task: blame its start, not the tasks.
 
@@ -386,7 +344,7 @@ def _sent_reply(conn: Connection) -> Optional[bytes]:
         return None
 
 
-def _forget(busy: dict[Any, Any], proc: _Process) -> None:
+def _forget(busy: dict[Any, Any], proc: WorkerProcess) -> None:
     """Stop watching a process's pipe and sentinel."""
     for handle in (proc.conn, proc.process.sentinel):
         busy.pop(handle, None)

@@ -1,0 +1,103 @@
+"""The worker processes of the parallel mode: start one, kill one, stop them all.
+
+Worker processes are not daemonic, so that a task may start processes of its
+own (a nested ``Pool().pmap``, a ``multiprocessing.Pool``); daemonic processes
+may not have children. None of them outlives the pool that started it:
+
+- ``Pool.shutdown()`` (``ParallelBackend.close``) stops them with ``stop_all``;
+- a pool that is never shut down stops them when it is garbage-collected, or when
+  its process exits (``stop_with``). multiprocessing joins non-daemonic children
+  when a process exits; this runs first, so a script that forgot ``shutdown()``
+  still exits at once. It also runs when a worker process leaves, so the nested
+  pools of a worker are stopped before the worker waits for them;
+- a worker whose parent dies, even by SIGKILL, exits within half a second on its
+  own (``child._exit_with_parent``); the processes of its own EzPool pools run the
+  same loop, so they follow it within another half second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import deque
+from multiprocessing.connection import Connection
+from multiprocessing.util import Finalize
+from time import monotonic
+from typing import Any
+
+from ..serialization import dumps
+from . import child
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["STOP_GRACE", "WorkerProcess", "stop_all", "stop_with"]
+
+#: Seconds to wait for processes to leave after being asked, before killing them.
+STOP_GRACE = 2.0
+
+#: multiprocessing runs exit finalizers of priority 0 or more before it joins the
+#: children of an exiting process; ``multiprocessing.Pool`` uses 15 for the same reason.
+_EXIT_PRIORITY = 10
+
+
+class WorkerProcess:
+    """One worker process, seen from the calling process."""
+
+    __slots__ = ("process", "conn", "mark", "name", "token", "chunks", "seen", "served")
+
+    def __init__(self, context: Any) -> None:
+        parent_end, child_end = context.Pipe(duplex=True)
+        buffer = context.RawArray("q", 1)
+        self.process = context.Process(
+            target=child.main, args=(child_end, buffer, os.getpid()), daemon=False, name="ezpool-worker"
+        )
+        self.process.start()
+        child_end.close()
+        self.conn: Connection = parent_end
+        self.mark = memoryview(buffer).cast("B").cast("q")
+        self.mark[0] = -1
+        self.name = f"pid {self.process.pid}"
+        self.token = 0  # the call whose function this process holds
+        self.chunks: deque[tuple[int, int]] = deque()  # (start, stop) in flight, oldest first
+        self.seen = (-1, 0.0)  # (mark, when the caller first saw it), for timeouts
+        self.served = False  # whether it ever sent a reply
+
+    def running(self, now: float) -> tuple[int, float]:
+        """The position of the task running now (-1: none) and since when, roughly."""
+        position = self.mark[0]
+        if position != self.seen[0]:
+            self.seen = (position, now)
+        return int(position), self.seen[1]
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(STOP_GRACE)
+        self.conn.close()
+
+
+def stop_all(processes: list[WorkerProcess]) -> None:
+    """Ask every process to leave, wait ``STOP_GRACE`` seconds in all, kill the rest.
+
+    Empties ``processes``.
+    """
+    for proc in processes:
+        with contextlib.suppress(OSError):
+            proc.conn.send_bytes(dumps(None))
+    deadline = monotonic() + STOP_GRACE
+    for proc in processes:
+        proc.process.join(max(0.0, deadline - monotonic()))
+        proc.kill()
+    logger.debug("stopped %d worker processes", len(processes))
+    processes.clear()
+
+
+def stop_with(owner: object, processes: list[WorkerProcess]) -> Finalize[None]:
+    """Have ``stop_all(processes)`` run once: when ``owner`` is garbage-collected, or
+    when this process exits, before multiprocessing waits for its children.
+
+    Calling the returned finalizer runs it now; ``processes`` is the list itself,
+    which the owner must change in place, never replace.
+    """
+    return Finalize(owner, stop_all, args=(processes,), exitpriority=_EXIT_PRIORITY)
