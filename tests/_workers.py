@@ -94,3 +94,11 @@ class LockMaker(BaseWorker):
         import threading
 
         return threading.Lock() if task == "lock" else task
+
+
+class SquareNap(BaseWorker):
+    """Squares after a nap of 0.05 s; says which process did it: ``(x * x, pid)``."""
+
+    def run(self, x: Any) -> Any:
+        time.sleep(0.05)
+        return x * x, os.getpid()
