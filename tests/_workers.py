@@ -122,3 +122,11 @@ class SlowSquare(BaseWorker):
     def run(self, x: Any) -> Any:
         time.sleep(0.003)
         return x * x
+
+
+class SquareNap(BaseWorker):
+    """Squares after a nap of 0.05 s; says which process did it: ``(x * x, pid)``."""
+
+    def run(self, x: Any) -> Any:
+        time.sleep(0.05)
+        return x * x, os.getpid()

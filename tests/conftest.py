@@ -43,13 +43,45 @@ def _core_no_worker_left_behind():
 # --- distributed: real ezpool.serve daemons and a real Pyro4 name server on 127.0.0.1 ---
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
     import socket
 
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def read_lines(process, count, command, timeout=30.0):
+    """The first ``count`` lines ``process`` (started as ``command``) prints on its stdout."""
+    import time
+
+    lines = []
+    deadline = time.monotonic() + timeout
+    while len(lines) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{command} printed {lines} in {timeout} s")
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"{command} exited ({process.wait()}): {process.stderr.read()}")
+        lines.append(line.strip())
+    return lines
+
+
+def wait_for_port(host, port, timeout=20.0):
+    """Return once something accepts connections at ``host:port``."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class Served:
@@ -79,7 +111,6 @@ def _stop(process) -> None:
 def start_daemon(core_child_env):
     """Start a daemon command, wait for ``expect`` lines on its stdout; killed at teardown."""
     import subprocess
-    import time
 
     started = []
 
@@ -93,16 +124,7 @@ def start_daemon(core_child_env):
             start_new_session=True,
         )
         started.append(process)
-        lines = []
-        deadline = time.monotonic() + timeout
-        while len(lines) < expect:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{command} printed {lines} in {timeout} s")
-            line = process.stdout.readline()
-            if not line:
-                raise AssertionError(f"{command} exited ({process.wait()}): {process.stderr.read()}")
-            lines.append(line.strip())
-        return Served(process, lines)
+        return Served(process, read_lines(process, expect, command, timeout))
 
     yield start
     for process in started:
@@ -126,19 +148,7 @@ def serve(start_daemon):
 @pytest.fixture
 def name_server(start_daemon):
     """A real Pyro4 name server on 127.0.0.1; its ``HOST:PORT``."""
-    import time
-
     port = free_port()
     start_daemon([sys.executable, "-m", "Pyro4.naming", "-n", "127.0.0.1", "-p", str(port)], expect=0)
-    address = f"127.0.0.1:{port}"
-    import socket
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return address
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    wait_for_port("127.0.0.1", port)
+    return f"127.0.0.1:{port}"
