@@ -76,7 +76,8 @@ class DistributedBackend(Backend):
             link.heartbeat = options.heartbeat
             if link.proxy is None:
                 link.fresh_proxies(options.heartbeat)
-            link.pinger._pyroTimeout = options.heartbeat
+            if link.pinger is not None:
+                link.pinger.timeout = options.heartbeat
         if self._watcher is None:
             self._watcher = Watcher(lambda: list(self._links.values()))
         call = Call(tasks, pending, links, name, options, lambda link: self._restart(link, fun))

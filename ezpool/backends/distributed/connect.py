@@ -38,13 +38,13 @@ def hello(link: Link, timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
             if link.address is None:
                 raise
             logger.debug("name server down; trying %s at its last address", link.text)
-    proxy = _pyro.make_proxy(link.address, link.key, timeout)
+    connection = _pyro.Connection(link.address, link.key, timeout, link.tls)
     try:
-        info = proxy.hello()
+        info = connection.call("hello")
     except _pyro.PyroError as exc:
         raise _pyro.translate(exc, link.text) from None
     finally:
-        proxy._pyroRelease()
+        connection.close()
     if not isinstance(info, dict) or not info.get("identity"):
         raise WorkerUnavailable(f"worker {link.text} did not say who it is: is it an EzPool worker?")
     if info.get("restarting"):

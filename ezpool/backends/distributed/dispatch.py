@@ -117,7 +117,8 @@ class Call:
                 self.cond.notify_all()
                 busy = list(self.held)
             for link in busy:  # the caller left early: workers stop when their client hangs up
-                _pyro.abort(link.proxy)
+                if link.proxy is not None:
+                    link.proxy.abort()
             deadline = time.monotonic() + _JOIN_TIMEOUT
             for link, thread in zip(self.links, threads):
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -178,15 +179,17 @@ class Call:
     def _send(self, link: Link, chunk: Chunk) -> Verdict:
         """Run ``chunk`` on ``link``'s worker; never raises for what the network does."""
         proxy = link.proxy
+        assert proxy is not None
         try:
-            _pyro.connect(proxy)
+            proxy.open()
         except Exception as exc:  # nothing was sent
             link.move(State.LOST, f"cannot connect: {_pyro.translate(exc, link.text)}")
             return Verdict("returned", reason=link.reason)
         link.move(State.RUNNING)
         try:
-            status, reply = proxy.run_chunk(
-                link.identity, chunk.start, chunk.stop - chunk.start, list(chunk.payloads), self.timeout
+            status, reply = proxy.call(
+                "run_chunk", link.identity, chunk.start, chunk.stop - chunk.start, list(chunk.payloads),
+                self.timeout,
             )
         except Exception as exc:
             return self._broken(link, exc)
@@ -201,7 +204,8 @@ class Call:
 
     def _broken(self, link: Link, exc: Exception) -> Verdict:
         """The call on ``link`` broke: was the worker lost, or only its connection?"""
-        link.proxy._pyroRelease()
+        if link.proxy is not None:
+            link.proxy.close()
         if self.stop.is_set():
             link.move(State.READY)
             return Verdict("returned", reason="the call was stopped")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import ssl
 import threading
 import time
 from typing import Any, Optional
@@ -59,10 +60,13 @@ class Link:
         reason: why it is LOST.
     """
 
-    def __init__(self, text: str, uri: Any, key: Optional[bytes]) -> None:
+    def __init__(
+        self, text: str, uri: Any, key: Optional[bytes], tls: Optional[ssl.SSLContext] = None
+    ) -> None:
         self.text = text
         self.uri = uri
         self.key = key
+        self.tls = tls
         self.address: Any = uri if uri.protocol == "PYRO" else None
         self.info: dict[str, Any] = {}
         self.state = State.NEW
@@ -71,8 +75,8 @@ class Link:
         self.alive_at = self.since  # the latest proof of life seen while RUNNING
         self.pinging: Any = None  # the watcher's check in flight, if any
         self.heartbeat = 10.0
-        self.proxy: Any = None  # the connection chunks travel on
-        self.pinger: Any = None  # the connection the watcher's checks travel on
+        self.proxy: Optional[_pyro.Connection] = None  # the connection chunks travel on
+        self.pinger: Optional[_pyro.Connection] = None  # the connection the watcher's checks travel on
         self._lock = threading.Lock()
 
     @property
@@ -103,7 +107,8 @@ class Link:
             if self.state is not State.RUNNING:
                 return False
             self.state, self.since = State.SILENT, time.monotonic()
-        _pyro.abort(self.proxy)
+        if self.proxy is not None:
+            self.proxy.abort()
         return True
 
     def admit(self, info: dict[str, Any]) -> None:
@@ -114,13 +119,13 @@ class Link:
     def fresh_proxies(self, timeout: Optional[float]) -> None:
         """New connections (after a straggling thread may still hold the old ones)."""
         self.release()
-        self.proxy = _pyro.make_proxy(self.address, self.key, None)
-        self.pinger = _pyro.make_proxy(self.address, self.key, timeout)
+        self.proxy = _pyro.Connection(self.address, self.key, None, self.tls)
+        self.pinger = _pyro.Connection(self.address, self.key, timeout, self.tls)
 
     def release(self) -> None:
-        for proxy in (self.proxy, self.pinger):
-            if proxy is not None:
-                proxy._pyroRelease()
+        for connection in (self.proxy, self.pinger):
+            if connection is not None:
+                connection.close()
         self.proxy = self.pinger = None
 
     def __repr__(self) -> str:

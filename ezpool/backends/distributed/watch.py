@@ -87,7 +87,8 @@ def _check(link: Link, sent: float) -> tuple[float, bool]:
     """Ask the worker for proof of life; ``(when asked, whether it answered as itself)``."""
     pinger = link.pinger
     try:
-        identity, _busy = pinger.ping()
+        assert pinger is not None
+        identity, _busy = pinger.call("ping")
     except Exception as exc:
         logger.debug("check of %s failed: %s", link.text, exc)
         return sent, False

@@ -1,0 +1,93 @@
+"""Everything EzPool asks of Pyro4, in one package: no other part of EzPool imports it.
+
+Pyro4 is archived at 4.82, so it is kept behind this small surface. Settings are
+made per connection or per daemon (HMAC key, serializer, time-outs, TLS), never
+through Pyro4's global config except in a worker process (``server``), and
+nothing happens at import beyond importing Pyro4. Calls carry only bytes, numbers
+and strings in the ``marshal`` serializer: EzPool's own pickles travel as bytes,
+and are opened only after the call that carries them was authenticated.
+
+- ``client``: ``Connection``, EzPool's own handshake and signed calls.
+- ``server``: ``Server``, a daemon that trusts no one before the key.
+- ``names``: the name server.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import Pyro4
+import Pyro4.errors
+
+from ..errors import AuthenticationError, WorkerUnavailable
+from .client import Connection
+from .names import NS_PORT, NameServer, name_server_uri, resolve
+from .server import Server, configure_worker_process
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CommunicationError",
+    "PyroTimeout",
+    "PyroError",
+    "Connection",
+    "Server",
+    "configure_worker_process",
+    "NS_PORT",
+    "NameServer",
+    "name_server_uri",
+    "resolve",
+    "parse_uri",
+    "is_loopback",
+    "translate",
+]
+
+CommunicationError = Pyro4.errors.CommunicationError
+PyroTimeout = Pyro4.errors.TimeoutError
+PyroError = Pyro4.errors.PyroError
+
+_LOOPBACK_NAMES = ("localhost", "::1", "ip6-localhost")
+
+
+def parse_uri(text: Any) -> Any:
+    """Check a worker URI (``PYRO:name@host:port`` or ``PYRONAME:name[@ns_host:port]``).
+
+    Raises ``ValueError`` quoting it when it is not one.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"worker URI must be a string, got {text!r}")
+    try:
+        uri = Pyro4.URI(text)
+    except PyroError as exc:
+        raise ValueError(
+            f"{text!r} is not a Pyro URI ({exc}); expected e.g. 'PYRO:worker@localhost:21000'"
+        ) from None
+    if uri.protocol not in ("PYRO", "PYRONAME"):
+        raise ValueError(f"{text!r}: use a PYRO: or PYRONAME: URI")
+    return uri
+
+
+def is_loopback(host: Optional[str]) -> bool:
+    """Whether ``host`` names this machine's loopback interface."""
+    return bool(host) and (host in _LOOPBACK_NAMES or str(host).startswith("127."))
+
+
+def translate(exc: BaseException, uri: str, what: str = "worker") -> Exception:
+    """Turn a Pyro4 error into EzPool's own, naming the ``what`` (worker, name server) at ``uri``."""
+    text = str(exc)
+    if "hmac" in text.lower():
+        if "not symmetric" in text:
+            return AuthenticationError(
+                f"{what} {uri} and this client disagree on having an HMAC key: one side has "
+                "none; set the same EZPOOL_HMAC_KEY (or hmac_key=) on both"
+            )
+        return AuthenticationError(f"{what} {uri} rejected this client's HMAC key: the key is wrong")
+    if "refused" in text.lower():
+        return WorkerUnavailable(
+            f"{what} {uri} cannot be reached: connection refused. Check that it runs, "
+            "that it listens on an address this machine can reach (python -m ezpool.serve "
+            "listens on 127.0.0.1 unless given --host), that both sides use the same key, "
+            "and that no firewall blocks the port"
+        )
+    return WorkerUnavailable(f"{what} {uri} cannot be reached: {text}")
