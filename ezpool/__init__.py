@@ -13,6 +13,7 @@ from .errors import (
     RemoteError,
     RemoteTraceback,
     ResultNotSerializable,
+    SecurityError,
     TaskTimeout,
     WorkerCrashed,
     WorkerUnavailable,
@@ -41,4 +42,5 @@ __all__ = [
     "TaskTimeout",
     "ResultNotSerializable",
     "AuthenticationError",
+    "SecurityError",
 ]

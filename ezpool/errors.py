@@ -12,6 +12,7 @@ __all__ = [
     "AuthenticationError",
     "RemoteTraceback",
     "ServeError",
+    "SecurityError",
 ]
 
 
@@ -74,3 +75,7 @@ class RemoteTraceback(EzPoolError):
 
 class ServeError(EzPoolError):
     """``python -m ezpool.serve`` cannot start: a bad spec, port, key or address."""
+
+
+class SecurityError(EzPoolError):
+    """A key, key file, certificate or address is not safe to use; the message says how to fix it."""
