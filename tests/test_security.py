@@ -190,7 +190,7 @@ def test_user_key_that_cannot_be_created_says_what_to_set(key_env: Path, tmp_pat
 # --- reading key files ---
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o602, 0o644, 0o610])
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o602, 0o644, 0o610], ids=oct)
 def test_a_key_file_others_can_use_is_refused_with_a_chmod_hint(tmp_path: Path, mode: int) -> None:
     path = write_key(tmp_path / "key", b"a" * 32, mode)
     with pytest.raises(SecurityError) as info:
