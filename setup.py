@@ -29,7 +29,9 @@ setup(
             "ruff>=0.5",
             "mypy>=1.8",
             "types-tqdm",
+            "cryptography>=41",
         ],
+        "tls": ["cryptography>=41"],
         "docs": ["sphinx>=7"],
         "bench": [
             "matplotlib",
