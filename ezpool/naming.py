@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from typing import Optional, Union
 
-from .options import resolve_hmac_key
+from .security import resolve_key
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,13 @@ def list_workers(
     prefix: str = "ezpool.",
     hmac_key: Union[str, bytes, None] = None,
     ttl: Optional[float] = None,
+    insecure: bool = False,
 ) -> list[str]:
     """URIs of the live workers registered under ``prefix`` (``serve --ns``), sorted by name.
 
-    ``ns`` is the name server's ``HOST[:PORT]``; the key defaults to
-    ``$EZPOOL_HMAC_KEY``, as for workers. An entry whose worker has not stamped it
+    ``ns`` is the name server's ``HOST[:PORT]``; the key is found as for workers
+    (``hmac_key``, else ``$EZPOOL_HMAC_KEY``, else your per-user key file), and a
+    name server without it is refused unless ``insecure=True``. An entry whose worker has not stamped it
     for ``ttl`` seconds is left out; by default ``ttl`` is three of that worker's
     refresh intervals (15 s for the default ``--ns-refresh 5``). A name server that
     cannot be reached or refuses is a ``WorkerUnavailable`` naming its address.
@@ -51,8 +53,9 @@ def list_workers(
     from . import _pyro
 
     uri = _pyro.name_server_uri(ns)
+    key = resolve_key(hmac_key, insecure=insecure)
     try:
-        with _pyro.NameServer(uri, resolve_hmac_key(hmac_key), NS_TIMEOUT) as server:
+        with _pyro.NameServer(uri, key, NS_TIMEOUT) as server:
             found = server.entries(prefix)
     except _pyro.PyroError as exc:
         raise _pyro.translate(exc, ns, what="name server") from None

@@ -18,22 +18,13 @@ from typing import Any, Callable, Optional, Union
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Options", "DEFAULT_WORKER", "HMAC_KEY_ENV", "resolve_hmac_key"]
+__all__ = ["Options", "DEFAULT_WORKER"]
 
 #: The worker a distributed call uses when none is named.
 DEFAULT_WORKER = "PYRO:worker@localhost:21000"
 
-#: The environment variable that holds the shared secret of distributed workers.
-HMAC_KEY_ENV = "EZPOOL_HMAC_KEY"
-
 ProgressHook = Callable[[Any, int, int], Any]
-
-
-def resolve_hmac_key(value: Union[str, bytes, None]) -> Optional[bytes]:
-    """The key to use: ``value`` if given, else ``$EZPOOL_HMAC_KEY``, else none; as bytes."""
-    if value is None:
-        value = os.environ.get(HMAC_KEY_ENV) or None
-    return value.encode() if isinstance(value, str) else value
+PathText = Union[str, "os.PathLike[str]"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +49,15 @@ class Options:
             one string or a sequence of them.
         spawn: in the distributed mode, start a local worker that does not answer
             (only on ``localhost``/``127.0.0.1``).
-        hmac_key: the shared secret of distributed workers (``None``: read
-            ``EZPOOL_HMAC_KEY`` from the environment).
+        hmac_key: the shared secret of distributed workers, at least 16 bytes
+            (``None``: ``$EZPOOL_HMAC_KEY``, else your per-user key file, made on
+            first use; see ``ezpool.security``).
+        insecure: use no key at all with distributed workers (they must be started
+            with ``--insecure`` too). Anyone who can reach a worker can then run
+            code in it, and in this process through its answers.
+        tls_ca, tls_cert, tls_key: files for TLS with distributed workers: the CA
+            that signed their certificates, and this client's certificate and key
+            where the workers require one (``python -m ezpool.tls`` makes all three).
         max_attempts: how many times a task is tried when the process running it dies.
         heartbeat: in the distributed mode, seconds a busy worker may leave a check
             unanswered (a stopped process, a cut network) before its tasks go to others.
@@ -74,6 +72,10 @@ class Options:
     workers: Union[str, Sequence[str], None] = None
     spawn: bool = True
     hmac_key: Union[str, bytes, None] = None
+    insecure: bool = False
+    tls_ca: Optional[PathText] = None
+    tls_cert: Optional[PathText] = None
+    tls_key: Optional[PathText] = None
     max_attempts: int = 2
     heartbeat: float = 10.0
 
@@ -105,6 +107,14 @@ class Options:
             raise TypeError(f"spawn must be True or False, got {self.spawn!r}")
         if self.hmac_key is not None and not isinstance(self.hmac_key, (str, bytes)):
             raise TypeError(f"hmac_key must be a str, bytes or None, got {type(self.hmac_key).__name__}")
+        if not isinstance(self.insecure, bool):
+            raise TypeError(f"insecure must be True or False, got {self.insecure!r}")
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"{name} must be a file path or None, got {value!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
 
     def replace(self, **changes: Any) -> Options:
         """Return a copy with ``changes`` applied; an unknown name is a ``TypeError``."""

@@ -1,4 +1,4 @@
-"""Security in one module: keys, key files, TLS contexts and the loopback guard.
+"""Security in one module: keys, key files, TLS contexts, the loopback guard and signatures.
 
 Workers unpickle what clients send, and unpickling can run code, so every
 connection is authenticated with a shared key. Nothing else in EzPool reads
@@ -19,11 +19,16 @@ Key files are refused (``SecurityError``, with the command that fixes it) when
 another user owns them, when group or others have any access to them, or when
 the key is shorter than ``MIN_KEY_BYTES``. These checks use POSIX owners and
 modes; where the platform has none (Windows) they are skipped.
+
+:func:`sign` makes the HMAC-SHA256 that binds each call to one connection's nonce
+and a counter that only grows (see ``ezpool._pyro.client`` for the exchange).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import ipaddress
 import logging
 import os
@@ -31,9 +36,10 @@ import secrets
 import socket
 import ssl
 import stat
+import struct
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from .errors import SecurityError
 
@@ -52,6 +58,8 @@ __all__ = [
     "is_loopback_host",
     "server_tls_context",
     "client_tls_context",
+    "sign",
+    "same",
 ]
 
 #: The environment variable that holds the shared key.
@@ -393,3 +401,57 @@ def _load_ca(context: ssl.SSLContext, ca: StrPath) -> None:
         context.load_verify_locations(cafile=cafile)
     except ssl.SSLError as exc:
         raise SecurityError(f"no usable CA certificate in {cafile}: {exc.reason or exc}") from None
+
+
+# --- signatures: a call bound to one connection (its nonce) and one moment (a counter) ---
+
+_PREFIX = b"ezpool-1"
+
+
+def sign(key: Optional[bytes], nonce: bytes, counter: int, label: str, payload: Any) -> bytes:
+    """HMAC-SHA256 of ``(nonce, counter, label, payload)`` in a canonical encoding; ``b""`` without a key."""
+    if not key:
+        return b""
+    mac = hmac.new(key, _PREFIX, hashlib.sha256)
+    _feed(mac, (nonce, counter, label, payload))
+    return mac.digest()
+
+
+def same(given: Any, expected: bytes) -> bool:
+    """Whether ``given`` is the signature ``expected``, compared in constant time."""
+    return isinstance(given, bytes) and hmac.compare_digest(given, expected)
+
+
+def _feed(mac: Any, obj: Any) -> None:
+    """Feed ``obj`` to ``mac`` with a type tag and a length, so no two values read alike."""
+    if obj is None:
+        mac.update(b"N")
+    elif isinstance(obj, bool):
+        mac.update(b"T" if obj else b"F")
+    elif isinstance(obj, int):
+        _text(mac, b"i", repr(int(obj)))
+    elif isinstance(obj, float):
+        _text(mac, b"f", repr(float(obj)))
+    elif isinstance(obj, str):
+        _text(mac, b"s", obj)
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        data = bytes(obj)
+        mac.update(b"b" + struct.pack("!Q", len(data)))
+        mac.update(data)
+    elif isinstance(obj, (list, tuple)):
+        mac.update(b"l" + struct.pack("!Q", len(obj)))
+        for item in obj:
+            _feed(mac, item)
+    elif isinstance(obj, dict):
+        mac.update(b"d" + struct.pack("!Q", len(obj)))
+        for key in sorted(obj, key=repr):
+            _feed(mac, key)
+            _feed(mac, obj[key])
+    else:
+        raise TypeError(f"cannot sign a {type(obj).__name__}")
+
+
+def _text(mac: Any, tag: bytes, text: str) -> None:
+    data = text.encode("utf-8", "surrogatepass")
+    mac.update(tag + struct.pack("!Q", len(data)))
+    mac.update(data)

@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -27,8 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
-from .errors import ServeError
-from .options import HMAC_KEY_ENV, resolve_hmac_key
+from .errors import SecurityError, ServeError
 from .worker import BaseWorker
 
 logger = logging.getLogger(__name__)
@@ -50,11 +50,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = argv
     try:
-        key = _hmac_key(args)
-        _check_exposure(args.host, key, args.insecure)
+        key, tls = _security(args)
         if args.procs > 1:
             return _serve_many(args)
-        return _serve_one(args, key)
+        return _serve_one(args, key, tls)
     except ServeError as exc:
         print(f"ezpool.serve: error: {exc}", file=sys.stderr)
         return 1
@@ -78,9 +77,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="check and renew the registration this often (default 5)",
     )
-    parser.add_argument("--hmac-key-file", type=Path, help="file holding the shared HMAC key")
     parser.add_argument(
-        "--insecure", action="store_true", help="allow a non-loopback address without an HMAC key"
+        "--hmac-key-file", type=Path, metavar="PATH",
+        help="file holding the shared key (default: $EZPOOL_HMAC_KEY, else your per-user key file)",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true",
+        help="use no key at all: anyone who can reach the port runs code here (clients need insecure=True)",
+    )
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve over TLS with this certificate")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA that signed the clients' certificates")
+    parser.add_argument(
+        "--tls-require-client-cert", action="store_true",
+        help="accept only clients with a certificate signed by --tls-ca",
     )
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     return parser
@@ -100,26 +110,26 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _hmac_key(args: argparse.Namespace) -> Optional[bytes]:
-    if args.hmac_key_file is not None:
-        try:
-            text = args.hmac_key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ServeError(f"cannot read the HMAC key file {str(args.hmac_key_file)!r}: {exc}") from None
-        if not text:
-            raise ServeError(f"the HMAC key file {str(args.hmac_key_file)!r} is empty")
-        return text.encode()
-    return resolve_hmac_key(None)
+def _security(args: argparse.Namespace) -> tuple[Optional[bytes], Optional[ssl.SSLContext]]:
+    """The key and TLS context to serve with, or a ``ServeError`` that says what to fix."""
+    from .security import is_loopback_host, resolve_key, server_tls_context
 
-
-def _check_exposure(host: str, key: Optional[bytes], insecure: bool) -> None:
-    from ._pyro import is_loopback
-
-    if not is_loopback(host) and key is None and not insecure:
-        raise ServeError(
-            f"refusing to listen on {host!r} without an HMAC key: anyone who can reach it could run "
-            f"code here. Set {HMAC_KEY_ENV} or --hmac-key-file, or pass --insecure on a trusted network"
-        )
+    try:
+        key = resolve_key(None, key_file=args.hmac_key_file, insecure=args.insecure)
+        if key is None and not is_loopback_host(args.host):
+            logger.warning(
+                "listening on %s without a key: anyone who can reach it can run code here", args.host
+            )
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ServeError("--tls-cert and --tls-key go together")
+        if args.tls_require_client_cert and args.tls_ca is None:
+            raise ServeError("--tls-require-client-cert needs --tls-ca, the CA of the clients' certificates")
+        tls = None
+        if args.tls_cert is not None:
+            tls = server_tls_context(args.tls_cert, args.tls_key, args.tls_ca, args.tls_require_client_cert)
+    except SecurityError as exc:
+        raise ServeError(str(exc)) from None
+    return key, tls
 
 
 def load_target(spec: str) -> Any:
@@ -161,7 +171,7 @@ def _import(module_part: str) -> ModuleType:
         raise ServeError(f"cannot import {module_part!r}: {type(exc).__name__}: {exc}") from None
 
 
-def _serve_one(args: argparse.Namespace, key: Optional[bytes]) -> int:
+def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl.SSLContext]) -> int:
     from . import _pyro
     from .errors import EzPoolError
     from .registration import Registration
@@ -183,7 +193,7 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes]) -> int:
         threading.Thread(target=_stop_with_parent, args=(args.parent_pid, stop), daemon=True).start()
     servant = Servant(instance, on_restart=restart.set, faults=faults)
     try:
-        server = _pyro.Server(servant, args.host, args.port, args.name, key)
+        server = _pyro.Server(servant, args.host, args.port, args.name, key, tls)
     except OSError as exc:
         raise ServeError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     registration = None
@@ -264,6 +274,11 @@ def _child_args(args: argparse.Namespace, port: int) -> list[str]:
         command += ["--hmac-key-file", str(args.hmac_key_file)]
     if args.insecure:
         command.append("--insecure")
+    for flag in ("tls_cert", "tls_key", "tls_ca"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.tls_require_client_cert:
+        command.append("--tls-require-client-cert")
     return command
 
 

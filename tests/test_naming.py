@@ -17,6 +17,7 @@ import pytest
 
 from ezpool import Pool, WorkerUnavailable, _pyro, list_workers
 from ezpool.naming import last_seen
+from ezpool.security import user_key
 from ezpool.serve import _child_args, _parser
 from tests._workers import Square
 from tests.conftest import free_port
@@ -27,9 +28,9 @@ REFRESH = ("--ns-refresh", "0.5")
 
 
 def _start_name_server(start_daemon: Callable[..., Any], port: int) -> Any:
-    """A Pyro4 name server on 127.0.0.1:``port``, once it accepts connections."""
-    command = [sys.executable, "-m", "Pyro4.naming", "-n", "127.0.0.1", "-p", str(port)]
-    served = start_daemon(command, expect=0)
+    """A keyed name server on 127.0.0.1:``port``, once it accepts connections."""
+    command = [sys.executable, "-m", "ezpool.nameserver", "--port", str(port)]
+    served = start_daemon(command, expect=1)
     _eventually(lambda: _listening(port), f"a name server listening on {port}")
     return served
 
@@ -75,7 +76,7 @@ def _stop(served: Any) -> str:
 
 
 def _entries(ns: str) -> dict[str, tuple[str, list[str]]]:
-    with _pyro.NameServer(_pyro.name_server_uri(ns), None, 5.0) as server:
+    with _pyro.NameServer(_pyro.name_server_uri(ns), user_key(), 5.0) as server:
         return server.entries("ezpool.")
 
 
@@ -141,7 +142,7 @@ def test_a_worker_started_before_its_name_server_registers_when_it_comes_up(serv
 
 def test_unstamped_entries_are_listed_and_expired_ones_are_not(name_server):
     now, uri = time.time(), "PYRO:worker@127.0.0.1:{}".format
-    with _pyro.NameServer(_pyro.name_server_uri(name_server), None, 5.0) as server:
+    with _pyro.NameServer(_pyro.name_server_uri(name_server), user_key(), 5.0) as server:
         server.register("ezpool.by-hand", uri(1), {"team=optics"})
         server.register("ezpool.fresh", uri(2), {f"ezpool.seen={now}"})
         server.register("ezpool.old", uri(3), {f"ezpool.seen={now - 60}"})
@@ -155,7 +156,7 @@ def test_the_refresh_keeps_other_metadata_and_renews_the_stamp(serve, name_serve
     worker = serve("tests._workers:Square", "--ns", name_server, *REFRESH)
     [(name, (uri, metadata))] = _entries(name_server).items()
     assert uri == worker.uris[0]
-    with _pyro.NameServer(_pyro.name_server_uri(name_server), None, 5.0) as server:
+    with _pyro.NameServer(_pyro.name_server_uri(name_server), user_key(), 5.0) as server:
         server.register(name, uri, {*metadata, "team=optics"})
 
     def renewed() -> bool:

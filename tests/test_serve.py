@@ -114,28 +114,47 @@ def test_a_taken_port_is_one_line_and_a_nonzero_exit(serve, core_child_env):
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
 
 
-def test_a_non_loopback_address_needs_a_key_or_insecure(core_child_env):
-    env = {k: v for k, v in core_child_env.items() if k != "EZPOOL_HMAC_KEY"}
-    done = _run_serve("tests._workers:Square", "--host", "0.0.0.0", "--port", str(free_port()), env=env)
-    assert done.returncode != 0
-    assert "refusing to listen on '0.0.0.0' without an HMAC key" in done.stderr
-    assert "--insecure" in done.stderr
+def test_a_worker_on_any_address_has_a_key_and_keyless_needs_insecure_with_a_warning(serve):
+    served = serve("tests._workers:Square", "--host", "0.0.0.0")
+    uri = served.uris[0].replace("0.0.0.0", "127.0.0.1")
+    with Pool(spawn=False) as pool:
+        assert pool.dmap(Square, [2], workers=[uri]) == {2: 4}  # the per-user key, on both sides
+        with pytest.raises(AuthenticationError, match="none"):
+            pool.dmap(Square, [2], workers=[uri], insecure=True)
+    keyless = serve("tests._workers:Square", "--host", "0.0.0.0", "--insecure")
+    with Pool(spawn=False, insecure=True) as pool:
+        assert pool.dmap(Square, [3], workers=[keyless.uris[0].replace("0.0.0.0", "127.0.0.1")]) == {3: 9}
+    keyless.process.terminate()
+    warning = "without a key: anyone who can reach it can run code here"
+    assert warning in keyless.process.communicate(timeout=10)[1]
 
 
 def test_hmac_key_from_a_file_and_the_client_errors(serve, tmp_path, core_child_env, monkeypatch):
     key_file = tmp_path / "key"
-    key_file.write_text("s3cret\n")
-    env = {k: v for k, v in core_child_env.items() if k != "EZPOOL_HMAC_KEY"}
-    served = serve("tests._workers:Square", "--hmac-key-file", str(key_file), env=env)
-    monkeypatch.delenv("EZPOOL_HMAC_KEY", raising=False)
+    key_file.write_text("a-shared-secret-of-some-length\n")
+    key_file.chmod(0o600)
+    served = serve("tests._workers:Square", "--hmac-key-file", str(key_file))
     with Pool(spawn=False) as pool:
-        assert pool.dmap(Square, [4], workers=served.uris, hmac_key="s3cret") == {4: 16}
+        shared = "a-shared-secret-of-some-length"
+        assert pool.dmap(Square, [4], workers=served.uris, hmac_key=shared) == {4: 16}
         with pytest.raises(AuthenticationError, match="wrong"):
-            pool.dmap(Square, [4], workers=served.uris, hmac_key="guess")
+            pool.dmap(Square, [4], workers=served.uris, hmac_key="a-guess-that-is-long-enough")
         with pytest.raises(AuthenticationError, match="none"):
+            pool.dmap(Square, [4], workers=served.uris, insecure=True)
+        with pytest.raises(AuthenticationError, match="wrong"):  # the per-user key is another
             pool.dmap(Square, [4], workers=served.uris)
-        monkeypatch.setenv("EZPOOL_HMAC_KEY", "s3cret")
+        monkeypatch.setenv("EZPOOL_HMAC_KEY", "a-shared-secret-of-some-length")
         assert pool.dmap(Square, [5], workers=served.uris) == {5: 25}
+
+
+def test_a_key_file_others_can_read_is_refused_in_one_line(tmp_path, core_child_env):
+    key_file = tmp_path / "key"
+    key_file.write_text("a-shared-secret-of-some-length\n")
+    key_file.chmod(0o644)
+    done = _run_serve("tests._workers:Square", "--hmac-key-file", str(key_file), "--port", str(free_port()),
+                      env=core_child_env)
+    assert done.returncode == 1 and "chmod 600" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_workers_registered_with_a_name_server_are_found_and_used(serve, name_server):

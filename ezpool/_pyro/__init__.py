@@ -15,14 +15,14 @@ and are opened only after the call that carries them was authenticated.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import Pyro4
 import Pyro4.errors
 
 from ..errors import AuthenticationError, WorkerUnavailable
 from .client import Connection
-from .names import NS_PORT, NameServer, name_server_uri, resolve
+from .names import NS_PORT, NameServer, NameServerProcess, name_server_uri, resolve
 from .server import Server, configure_worker_process
 
 logger = logging.getLogger(__name__)
@@ -36,19 +36,16 @@ __all__ = [
     "configure_worker_process",
     "NS_PORT",
     "NameServer",
+    "NameServerProcess",
     "name_server_uri",
     "resolve",
     "parse_uri",
-    "is_loopback",
     "translate",
 ]
 
 CommunicationError = Pyro4.errors.CommunicationError
 PyroTimeout = Pyro4.errors.TimeoutError
 PyroError = Pyro4.errors.PyroError
-
-_LOOPBACK_NAMES = ("localhost", "::1", "ip6-localhost")
-
 
 def parse_uri(text: Any) -> Any:
     """Check a worker URI (``PYRO:name@host:port`` or ``PYRONAME:name[@ns_host:port]``).
@@ -66,11 +63,6 @@ def parse_uri(text: Any) -> Any:
     if uri.protocol not in ("PYRO", "PYRONAME"):
         raise ValueError(f"{text!r}: use a PYRO: or PYRONAME: URI")
     return uri
-
-
-def is_loopback(host: Optional[str]) -> bool:
-    """Whether ``host`` names this machine's loopback interface."""
-    return bool(host) and (host in _LOOPBACK_NAMES or str(host).startswith("127."))
 
 
 def translate(exc: BaseException, uri: str, what: str = "worker") -> Exception:

@@ -38,7 +38,7 @@ import Pyro4.message
 import Pyro4.socketutil
 import Pyro4.util
 
-from .signing import same, sign
+from ..security import same, sign
 
 logger = logging.getLogger(__name__)
 

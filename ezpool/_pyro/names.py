@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Optional
 
 import Pyro4
@@ -14,7 +15,7 @@ from .client import Connection
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NS_PORT", "name_server_uri", "NameServer", "resolve"]
+__all__ = ["NS_PORT", "name_server_uri", "NameServer", "NameServerProcess", "resolve"]
 
 #: The port of a name server given as ``HOST`` alone: Pyro4's own default.
 NS_PORT = 9090
@@ -96,3 +97,32 @@ def resolve(uri: Any, hmac_key: Optional[bytes], timeout: float) -> Any:
         raise WorkerUnavailable(
             f"cannot look up {uri.object!r} at the name server at {where}: {exc}"
         ) from None
+
+
+#: Connections a name server serves at once: enough for hundreds of workers
+#: registering together (each registration is one short connection).
+NAME_SERVER_THREADS = 1024
+
+
+class NameServerProcess:
+    """A Pyro4 name server in this process, keyed, without broadcast, in a thread."""
+
+    def __init__(self, host: str, port: int, hmac_key: Optional[bytes]) -> None:
+        import Pyro4.naming
+
+        Pyro4.config.THREADPOOL_SIZE = NAME_SERVER_THREADS
+        Pyro4.config.COMMTIMEOUT = 10.0
+        Pyro4.config.SERIALIZERS_ACCEPTED = {"marshal", "serpent"}
+        _uri, self._daemon, _broadcast = Pyro4.naming.startNS(
+            host=host, port=port, enableBroadcast=False, hmac=hmac_key
+        )
+        bound_host, bound_port = self._daemon.sock.getsockname()[:2]
+        self.address = f"{bound_host}:{bound_port}"
+        self._thread = threading.Thread(target=self._daemon.requestLoop, daemon=True, name="ezpool-ns")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._daemon.shutdown()
+        self._thread.join(5)

@@ -27,7 +27,7 @@ import Pyro4
 import Pyro4.errors
 import Pyro4.socketutil
 
-from .signing import same, sign
+from ..security import same, sign
 
 logger = logging.getLogger(__name__)
 

@@ -28,16 +28,17 @@ a chunk, whatever went wrong, is decided in ``dispatch.Call.settle``.
 from __future__ import annotations
 
 import logging
+import ssl
 import subprocess
 import threading
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-from ... import _pyro
+from ... import _pyro, security
 from ...chunking import ChunkQueue
 from ...errors import AuthenticationError, WorkerUnavailable
-from ...options import DEFAULT_WORKER, Options, resolve_hmac_key
+from ...options import DEFAULT_WORKER, Options
 from ..base import Backend, Batch
 from .connect import can_start, hello, name_of, start_worker
 from .dispatch import Call
@@ -56,7 +57,8 @@ class DistributedBackend(Backend):
     """Sends tasks to ``ezpool.serve`` workers; starts local ones that do not answer."""
 
     def __init__(self) -> None:
-        self._links: dict[tuple[str, Optional[bytes]], Link] = {}
+        self._links: dict[tuple[str, Optional[bytes], Any], Link] = {}
+        self._tls: dict[tuple[Any, Any, Any], ssl.SSLContext] = {}
         self._spawned: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()  # guards _spawned: worker threads restart workers
         self._watcher: Optional[Watcher] = None
@@ -65,9 +67,10 @@ class DistributedBackend(Backend):
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
     ) -> Generator[Batch, None, None]:
         name = name_of(fun)
-        key = resolve_hmac_key(options.hmac_key)
+        key = security.resolve_key(options.hmac_key, insecure=options.insecure)
+        tls = self._tls_context(options)
         texts = list(dict.fromkeys(options.workers or (DEFAULT_WORKER,)))
-        links = [self._link(text, key) for text in texts]
+        links = [self._link(text, key, tls) for text in texts]
         pending = ChunkQueue(tasks, len(links), options.chunksize, split=True)
         self._check(links, fun, name, options.spawn)
         if not pending:
@@ -103,11 +106,21 @@ class DistributedBackend(Backend):
                 process.wait()
             logger.debug("stopped the worker started for %s", uri)
 
-    def _link(self, text: str, key: Optional[bytes]) -> Link:
-        link = self._links.get((text, key))
+    def _link(self, text: str, key: Optional[bytes], tls: Optional[ssl.SSLContext]) -> Link:
+        link = self._links.get((text, key, tls))
         if link is None:
-            link = self._links[(text, key)] = Link(text, _pyro.parse_uri(text), key)
+            link = self._links[(text, key, tls)] = Link(text, _pyro.parse_uri(text), key, tls)
         return link
+
+    def _tls_context(self, options: Options) -> Optional[ssl.SSLContext]:
+        """The client's TLS context for these options, made once per pool."""
+        files = (options.tls_ca, options.tls_cert, options.tls_key)
+        if not any(files):
+            return None
+        context = self._tls.get(files)
+        if context is None:
+            context = self._tls[files] = security.client_tls_context(*files)
+        return context
 
     def _check(self, links: list[Link], fun: Any, name: str, spawn: bool) -> None:
         """Check every worker not known to be ready, at once: 32 workers cost one round trip.
@@ -161,6 +174,9 @@ class DistributedBackend(Backend):
         return None, False
 
     def _start(self, link: Link, fun: Any) -> dict[str, Any]:
+        """Start a worker for ``link`` that only this pool can talk to: a key of its own."""
+        link.key, link.tls = security.private_key(), None
+        link.fresh_proxies(link.heartbeat)
         process, info = start_worker(link, fun)
         with self._lock:
             old = self._spawned.get(link.text)

@@ -11,14 +11,14 @@ from typing import Any, Optional
 
 from ... import _pyro
 from ...errors import WorkerUnavailable
-from ...options import HMAC_KEY_ENV
+from ...security import KEY_ENV, is_loopback_host
 from ...servant import served_name
 from ...worker import BaseWorker
 from .links import Link
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONNECT_TIMEOUT", "SPAWN_TIMEOUT", "hello", "name_of", "start_worker"]
+__all__ = ["CONNECT_TIMEOUT", "SPAWN_TIMEOUT", "hello", "name_of", "start_worker", "can_start"]
 
 #: Seconds to wait for a worker to answer a check.
 CONNECT_TIMEOUT = 5.0
@@ -68,8 +68,8 @@ def start_worker(link: Link, fun: Any) -> tuple[subprocess.Popen[bytes], dict[st
     command = [sys.executable, "-m", "ezpool.serve", spec, "--host", str(uri.host)]
     command += ["--port", str(uri.port), "--name", str(uri.object), "--parent-pid", str(os.getpid())]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path or os.getcwd() for path in sys.path))
-    if link.key is not None:
-        env[HMAC_KEY_ENV] = link.key.decode()
+    if link.key is not None:  # through the environment, never the command line
+        env[KEY_ENV] = link.key.decode()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + SPAWN_TIMEOUT
     while True:
@@ -90,7 +90,7 @@ def start_worker(link: Link, fun: Any) -> tuple[subprocess.Popen[bytes], dict[st
 def can_start(link: Link) -> bool:
     """Whether a worker may be started for ``link``: only on this machine's loopback."""
     uri: Optional[Any] = link.address
-    return uri is not None and uri.protocol == "PYRO" and _pyro.is_loopback(uri.host)
+    return uri is not None and uri.protocol == "PYRO" and is_loopback_host(str(uri.host))
 
 
 def _spec_of(fun: Any) -> str:
