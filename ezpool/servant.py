@@ -124,10 +124,6 @@ class Servant:
             "platform": sys.platform,
         }
 
-    def describe(self) -> str:
-        """What this worker serves (kept for clients of EzPool 0.1)."""
-        return self._name
-
     def ping(self) -> tuple[str, bool]:
         """``(identity, busy)``: proof of life, answered even while a chunk runs."""
         return self.identity, self.busy()

@@ -77,8 +77,8 @@ class DistributedBackend(Backend):
             return
         for link in links:
             link.heartbeat = options.heartbeat
-            if link.proxy is None:
-                link.fresh_proxies(options.heartbeat)
+            if link.connection is None:
+                link.reconnect(options.heartbeat)
             if link.pinger is not None:
                 link.pinger.timeout = options.heartbeat
         if self._watcher is None:
@@ -176,7 +176,7 @@ class DistributedBackend(Backend):
     def _start(self, link: Link, fun: Any) -> dict[str, Any]:
         """Start a worker for ``link`` that only this pool can talk to: a key of its own."""
         link.key, link.tls = security.private_key(), None
-        link.fresh_proxies(link.heartbeat)
+        link.reconnect(link.heartbeat)
         process, info = start_worker(link, fun)
         with self._lock:
             old = self._spawned.get(link.text)

@@ -117,14 +117,14 @@ class Call:
                 self.cond.notify_all()
                 busy = list(self.held)
             for link in busy:  # the caller left early: workers stop when their client hangs up
-                if link.proxy is not None:
-                    link.proxy.abort()
+                if link.connection is not None:
+                    link.connection.abort()
             deadline = time.monotonic() + _JOIN_TIMEOUT
             for link, thread in zip(self.links, threads):
                 thread.join(max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():
                     logger.debug("thread for %s still busy; it keeps its old connections", link.text)
-                    link.fresh_proxies(self.heartbeat)
+                    link.reconnect(self.heartbeat)
 
     def _give_up_if_all_lost(self) -> None:
         """When every worker has been lost for ``heartbeat`` seconds, the tasks left fail."""
@@ -178,16 +178,16 @@ class Call:
 
     def _send(self, link: Link, chunk: Chunk) -> Verdict:
         """Run ``chunk`` on ``link``'s worker; never raises for what the network does."""
-        proxy = link.proxy
-        assert proxy is not None
+        connection = link.connection
+        assert connection is not None
         try:
-            proxy.open()
+            connection.open()
         except Exception as exc:  # nothing was sent
             link.move(State.LOST, f"cannot connect: {_pyro.translate(exc, link.text)}")
             return Verdict("returned", reason=link.reason)
         link.move(State.RUNNING)
         try:
-            status, reply = proxy.call(
+            status, reply = connection.call(
                 "run_chunk", link.identity, chunk.start, chunk.stop - chunk.start, list(chunk.payloads),
                 self.timeout,
             )
@@ -204,8 +204,8 @@ class Call:
 
     def _broken(self, link: Link, exc: Exception) -> Verdict:
         """The call on ``link`` broke: was the worker lost, or only its connection?"""
-        if link.proxy is not None:
-            link.proxy.close()
+        if link.connection is not None:
+            link.connection.close()
         if self.stop.is_set():
             link.move(State.READY)
             return Verdict("returned", reason="the call was stopped")

@@ -75,7 +75,7 @@ class Link:
         self.alive_at = self.since  # the latest proof of life seen while RUNNING
         self.pinging: Any = None  # the watcher's check in flight, if any
         self.heartbeat = 10.0
-        self.proxy: Optional[_pyro.Connection] = None  # the connection chunks travel on
+        self.connection: Optional[_pyro.Connection] = None  # the connection chunks travel on
         self.pinger: Optional[_pyro.Connection] = None  # the connection the watcher's checks travel on
         self._lock = threading.Lock()
 
@@ -107,8 +107,8 @@ class Link:
             if self.state is not State.RUNNING:
                 return False
             self.state, self.since = State.SILENT, time.monotonic()
-        if self.proxy is not None:
-            self.proxy.abort()
+        if self.connection is not None:
+            self.connection.abort()
         return True
 
     def admit(self, info: dict[str, Any]) -> None:
@@ -116,17 +116,17 @@ class Link:
         self.info = info
         self.move(State.READY)
 
-    def fresh_proxies(self, timeout: Optional[float]) -> None:
-        """New connections (after a straggling thread may still hold the old ones)."""
+    def reconnect(self, timeout: Optional[float]) -> None:
+        """New connections, for a new key or after a straggling thread kept the old ones."""
         self.release()
-        self.proxy = _pyro.Connection(self.address, self.key, None, self.tls)
+        self.connection = _pyro.Connection(self.address, self.key, None, self.tls)
         self.pinger = _pyro.Connection(self.address, self.key, timeout, self.tls)
 
     def release(self) -> None:
-        for connection in (self.proxy, self.pinger):
+        for connection in (self.connection, self.pinger):
             if connection is not None:
                 connection.close()
-        self.proxy = self.pinger = None
+        self.connection = self.pinger = None
 
     def __repr__(self) -> str:
         return f"Link({self.text!r}, {self.state.name})"
