@@ -21,14 +21,20 @@ nox.options.error_on_missing_interpreters = False
 
 
 def _expose_pyenv_versions() -> None:
-    """Let nox find python3.X for every version pyenv has installed."""
-    if not shutil.which("pyenv") or "PYENV_VERSION" in os.environ:
+    """Let nox find python3.X for every version pyenv has installed.
+
+    nox looks for real interpreters on the PATH (pyenv's shims are scripts), so the
+    ``bin`` folder of each installed version goes on the PATH, after what is there.
+    """
+    if not shutil.which("pyenv"):
         return
+    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=False).stdout.strip()
     found = subprocess.run(["pyenv", "versions", "--bare"], capture_output=True, text=True, check=False)
     versions = [v.strip() for v in found.stdout.split() if v.strip() and v[0].isdigit()]
-    if versions:
-        current = [v for v in versions if v.startswith(HERE_PYTHON + ".")]
-        os.environ["PYENV_VERSION"] = ":".join(current + [v for v in versions if v not in current])
+    folders = [os.path.join(root, "versions", version, "bin") for version in versions]
+    folders = [folder for folder in folders if os.path.isdir(folder)]
+    if folders:
+        os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), *folders])
 
 
 _expose_pyenv_versions()
