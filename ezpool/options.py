@@ -14,6 +14,7 @@ import multiprocessing
 import numbers
 import os
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any, Callable, Optional, Union
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ class Options:
         tls_ca, tls_cert, tls_key: files for TLS with distributed workers: the CA
             that signed their certificates, and this client's certificate and key
             where the workers require one (``python -m ezpool.tls`` makes all three).
+        ship_modules: modules (or their names) whose functions and classes travel
+            to generic distributed workers by value, for code the workers cannot
+            import (e.g. your own project, not installed there). Code from other
+            importable modules travels by name, as pickle does.
         max_attempts: how many times a task is tried when the process running it dies.
         heartbeat: in the distributed mode, seconds a busy worker may leave a check
             unanswered (a stopped process, a cut network) before its tasks go to others.
@@ -76,6 +81,7 @@ class Options:
     tls_ca: Optional[PathText] = None
     tls_cert: Optional[PathText] = None
     tls_key: Optional[PathText] = None
+    ship_modules: Sequence[Union[str, ModuleType]] = ()
     max_attempts: int = 2
     heartbeat: float = 10.0
 
@@ -113,6 +119,7 @@ class Options:
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise TypeError(f"{name} must be a file path or None, got {value!r}")
+        object.__setattr__(self, "ship_modules", _check_modules(self.ship_modules))
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
 
@@ -142,6 +149,19 @@ def _check_count(name: str, value: Any, optional: bool = True) -> None:
         raise TypeError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_modules(modules: Any) -> tuple[Union[str, ModuleType], ...]:
+    if isinstance(modules, (str, ModuleType)):
+        modules = (modules,)
+    try:
+        found = tuple(modules)
+    except TypeError:
+        raise TypeError(f"ship_modules must be modules or module names, got {modules!r}") from None
+    for module in found:
+        if not isinstance(module, (str, ModuleType)):
+            raise TypeError(f"ship_modules must be modules or module names, got {module!r}")
+    return found
 
 
 def _check_workers(workers: Any) -> Optional[tuple[str, ...]]:

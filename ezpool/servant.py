@@ -11,11 +11,18 @@ remote methods carry only strings, numbers, bytes and small dicts:
     answer for this one.
 ``ping()``
     ``(identity, busy)``: the client's heartbeat, answered even while a chunk runs.
-``run_chunk(identity, first, count, payloads, timeout)``
+``load(fid, blob)``
+    a generic worker (one started without ``MODULE:NAME``) keeps the function or
+    ``BaseWorker`` class in the shipment ``blob`` (see ``ezpool.code``) under its
+    content id ``fid``; ``(status, reply)`` is ``("ok", b"")``, or ``("error",
+    pickled ExceptionRecord)`` when it cannot be loaded here.
+``run_chunk(identity, fid, first, count, payloads, timeout)``
     ``(status, reply)``. ``status`` is ``"ok"`` (``reply`` is the pickled outcome,
     see ``ezpool.execution.pack_chunk``), ``"wrong-worker"`` (this is not the
-    process the client checked: nothing ran), or ``"restarting"`` (a timed-out
-    task is being stopped by restarting this process: nothing ran).
+    process the client checked: nothing ran), ``"need-function"`` (``fid`` is not
+    loaded here: nothing ran), or ``"restarting"`` (a timed-out task is being
+    stopped by restarting this process: nothing ran). A worker that serves one
+    named target runs it whatever ``fid`` says (the client checked it at ``hello``).
 
 One chunk runs at a time, whoever sends it, in a runner thread of its own. The
 thread that received the request watches it: a task that runs past ``timeout``
@@ -26,6 +33,7 @@ client that hangs up makes the runner stop after the task it is running.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import platform
@@ -35,16 +43,23 @@ import threading
 import time
 from array import array
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
+from .code import fingerprint, unpack
 from .errors import TaskTimeout
 from .execution import ChunkOutcome, failed_chunk, pack_chunk, run_chunk
-from .serialization import ExceptionRecord, capture, loads
+from .serialization import ExceptionRecord, capture, dumps, loads
 from .worker import BaseWorker
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Servant", "served_name", "Faults"]
+__all__ = ["Servant", "served_name", "Faults", "GENERIC"]
+
+#: What a generic worker says it serves: whatever a client sends.
+GENERIC = "*"
+
+#: Functions a generic worker keeps loaded (the least recently used goes first).
+FUNCTIONS_KEPT = 32
 
 #: Seconds between two looks at a running chunk (its client, its timeout).
 _WATCH_EVERY = 0.05
@@ -59,24 +74,34 @@ class Faults:
     """Failures a test can ask a worker to show, read by ``serve`` from its environment only.
 
     ``EZPOOL_TEST_FAULTS="drop_reply=3"`` makes the third ``run_chunk`` run its
-    chunk and then hang up instead of answering. Clients cannot reach this.
+    chunk and then hang up instead of answering; ``python=3.0.1`` (or
+    ``cloudpickle=``, ``ezpool=``) makes ``hello`` report that version. Clients
+    cannot reach this.
     """
+
+    _VERSIONS = ("python", "cloudpickle", "ezpool")
 
     def __init__(self, text: str = "") -> None:
         self.drop_reply: set[int] = set()
+        self.versions: dict[str, str] = {}
         for item in filter(None, (part.strip() for part in text.split(","))):
             name, _, value = item.partition("=")
-            if name != "drop_reply" or not value.isdigit():
-                raise ValueError(f"unknown fault {item!r} (known: drop_reply=N)")
-            self.drop_reply.add(int(value))
+            if name == "drop_reply" and value.isdigit():
+                self.drop_reply.add(int(value))
+            elif name in self._VERSIONS and value:
+                self.versions[name] = value
+            else:
+                known = "drop_reply=N, python=, cloudpickle=, ezpool="
+                raise ValueError(f"unknown fault {item!r} (known: {known})")
 
 
 class _Job:
     """One chunk handed to the runner thread, and what it has done so far."""
 
-    __slots__ = ("tasks", "first", "mark", "cancel", "done", "values", "times", "failures")
+    __slots__ = ("run", "tasks", "first", "mark", "cancel", "done", "values", "times", "failures")
 
-    def __init__(self, tasks: Sequence[Any], first: int) -> None:
+    def __init__(self, run: Callable[..., Any], tasks: Sequence[Any], first: int) -> None:
+        self.run = run
         self.tasks = tasks
         self.first = first
         self.mark = [-1]  # the position running now, -1 between tasks
@@ -93,13 +118,21 @@ class Servant:
 
     def __init__(
         self,
-        target: Any,
+        target: Any = None,
         on_restart: Optional[Callable[[], None]] = None,
         faults: Optional[Faults] = None,
     ) -> None:
+        """``target``: a ``BaseWorker`` instance or a function to serve; ``None``: run what clients send."""
         self.identity = secrets.token_hex(16)
-        self._name = served_name(type(target) if isinstance(target, BaseWorker) else target)
-        self._run: Callable[..., Any] = target.run if isinstance(target, BaseWorker) else target
+        self._pinned = target is not None
+        if self._pinned:
+            kind = type(target) if isinstance(target, BaseWorker) else target
+            self._name, self._fingerprint = served_name(kind), fingerprint(kind)
+            self._run: Optional[Callable[..., Any]] = target.run if isinstance(target, BaseWorker) else target
+        else:
+            self._name, self._fingerprint, self._run = GENERIC, "", None
+        self._functions: collections.OrderedDict[str, Callable[..., Any]] = collections.OrderedDict()
+        self._instances: dict[str, BaseWorker] = {}  # BaseWorker instances this process set up
         self._on_restart = on_restart
         self._faults = faults or Faults()
         self._calls = 0
@@ -111,18 +144,69 @@ class Servant:
 
     def hello(self) -> dict[str, Any]:
         """Who this worker is and what it serves."""
+        import cloudpickle
+
         from . import __version__
 
+        versions = {
+            "python": platform.python_version(),
+            "cloudpickle": cloudpickle.__version__,
+            "ezpool": __version__,
+            **self._faults.versions,
+        }
         return {
             "identity": self.identity,
             "serves": self._name,
+            "fingerprint": self._fingerprint,
             "restarting": self._restarting,
             "pid": os.getpid(),
             "host": platform.node(),
-            "python": platform.python_version(),
-            "ezpool": __version__,
             "platform": sys.platform,
+            **versions,
         }
+
+    def load(self, fid: str, blob: bytes) -> tuple[str, bytes]:
+        """Keep the function in a shipment under ``fid``; ``("error", record)`` if it cannot load."""
+        if self._pinned:
+            return "error", dumps(capture(TypeError(f"this worker serves only {self._name!r}")))
+        with self._lock:
+            if fid in self._functions:
+                self._functions.move_to_end(fid)
+                return "ok", b""
+        try:
+            target = unpack(blob)
+            run = self._prepare(fid, target)
+        except BaseException as exc:
+            return "error", dumps(capture(exc))
+        with self._lock:
+            self._functions[fid] = run
+            while len(self._functions) > FUNCTIONS_KEPT:
+                old, _ = self._functions.popitem(last=False)
+                self._retire(old)
+        return "ok", b""
+
+    def close(self) -> None:
+        """Tear down every ``BaseWorker`` this process set up for clients."""
+        for fid in list(self._instances):
+            self._retire(fid)
+
+    def _prepare(self, fid: str, target: Any) -> Callable[..., Any]:
+        if isinstance(target, type) and issubclass(target, BaseWorker):
+            instance = target()
+            instance.setup()
+            self._instances[fid] = instance
+            return instance.run
+        if not callable(target):
+            raise TypeError(f"{target!r} is neither a BaseWorker subclass nor a function")
+        return cast(Callable[..., Any], target)
+
+    def _retire(self, fid: str) -> None:
+        instance = self._instances.pop(fid, None)
+        if instance is not None:
+            try:
+                instance.teardown()
+            except Exception:
+                logger.exception("teardown of %s failed", type(instance).__name__)
 
     def ping(self) -> tuple[str, bool]:
         """``(identity, busy)``: proof of life, answered even while a chunk runs."""
@@ -135,6 +219,7 @@ class Servant:
     def run_chunk(
         self,
         identity: str,
+        fid: str,
         first: int,
         count: int,
         payloads: list[bytes],
@@ -144,6 +229,9 @@ class Servant:
         """Run a chunk for the client that checked this process; see the module docstring."""
         if identity != self.identity:
             return "wrong-worker", self.identity.encode()
+        run = self._run if self._pinned else self._functions.get(fid)
+        if run is None:
+            return "need-function", b""
         with self._lock:
             self._calls += 1
             call = self._calls
@@ -157,7 +245,7 @@ class Servant:
                 tasks = [task for payload in payloads for task in loads(payload)]
             except BaseException as exc:
                 return "ok", pack_chunk(first, failed_chunk(count, capture(exc)))
-            job = self._job = _Job(tasks, first)
+            job = self._job = _Job(run, tasks, first)
             self._lock.notify_all()
         outcome = self._watch(job, timeout, client_gone)
         if call in self._faults.drop_reply:
@@ -208,7 +296,7 @@ class Servant:
                 while self._job is None or self._job.done.is_set():
                     self._lock.wait()
                 job = self._job
-            run_chunk(self._run, job.tasks, job.first, job.mark, (job.values, job.times, job.failures), job)
+            run_chunk(job.run, job.tasks, job.first, job.mark, (job.values, job.times, job.failures), job)
             with self._lock:
                 job.done.set()
                 if not self._restarting:

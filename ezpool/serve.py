@@ -1,14 +1,15 @@
-"""``python -m ezpool.serve MODULE:NAME``: host a worker for the distributed mode.
+"""``python -m ezpool.serve [MODULE:NAME]``: host a worker for the distributed mode.
 
-``NAME`` is a ``BaseWorker`` subclass or a plain function in ``MODULE`` (a dotted
-module name, or the path of a ``.py`` file). Each process prints the URI it
-serves, and stops cleanly on SIGINT or SIGTERM. ``--procs N`` serves from N
-processes, on ports ``port`` to ``port + N - 1``.
+Without ``MODULE:NAME`` the worker is *generic*: it runs whatever function or
+``BaseWorker`` class an authenticated client sends (``ezpool.code``). With it, the
+worker serves that one ``BaseWorker`` subclass or function from ``MODULE`` (a
+dotted module name, or the path of a ``.py`` file) and refuses others. Each
+process prints the URI it serves, and stops cleanly on SIGINT or SIGTERM.
+``--procs N`` serves from N processes, on ports ``port`` to ``port + N - 1``.
 
-Security: workers unpickle what clients send, and unpickling can run code. A
-worker binds 127.0.0.1 unless told otherwise, and will not listen on another
-address without an HMAC key (``EZPOOL_HMAC_KEY`` or ``--hmac-key-file``) unless
-``--insecure`` is given.
+Security: workers unpickle what clients send, and unpickling can run code, so
+every connection needs the key (``ezpool.security``: ``--hmac-key-file``,
+``EZPOOL_HMAC_KEY`` or the per-user key file); ``--insecure`` drops it.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ezpool.serve", description="Serve an EzPool worker over the network."
     )
-    parser.add_argument("spec", metavar="MODULE:NAME", help="a BaseWorker subclass or a function to serve")
+    parser.add_argument(
+        "spec", metavar="MODULE:NAME", nargs="?",
+        help="serve only this BaseWorker subclass or function (default: whatever clients send)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=21000, help="port of the first process (default 21000)")
     parser.add_argument("--name", default="worker", help="object name in the URI (default 'worker')")
@@ -177,7 +181,7 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl
     from .registration import Registration
     from .servant import Faults, Servant
 
-    target = load_target(args.spec)
+    target = load_target(args.spec) if args.spec else None
     try:
         faults = Faults(os.environ.get(FAULTS_ENV, ""))
     except ValueError as exc:
@@ -208,7 +212,7 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl
                 raise ServeError(f"cannot register with the name server at {args.ns}: {exc}") from None
             registration = keeper
         print(server.uri, flush=True)
-        logger.debug("serving %s at %s as %s", args.spec, server.uri, servant.identity)
+        logger.debug("serving %s at %s as %s", args.spec or "any function", server.uri, servant.identity)
         while not stop.wait(0.1) and not restart.is_set():
             pass
         if restart.is_set() and not stop.is_set():
@@ -217,8 +221,10 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl
         if registration is not None:
             registration.stop(unregister=not restart.is_set())
         server.shutdown()
-        if isinstance(instance, BaseWorker) and not restart.is_set():
-            instance.teardown()
+        if not restart.is_set():
+            servant.close()
+            if isinstance(instance, BaseWorker):
+                instance.teardown()
     if restart.is_set() and not stop.is_set():
         _replace_process(args.argv)
     return 0
@@ -237,7 +243,8 @@ def _serve_many(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    load_target(args.spec)  # fail here, once, rather than in every process
+    if args.spec:
+        load_target(args.spec)  # fail here, once, rather than in every process
     children = []
     for index in range(args.procs):
         command = [sys.executable, "-m", "ezpool.serve", *_child_args(args, args.port + index)]
@@ -266,7 +273,8 @@ def _serve_many(args: argparse.Namespace) -> int:
 
 
 def _child_args(args: argparse.Namespace, port: int) -> list[str]:
-    command = [args.spec, "--host", args.host, "--port", str(port), "--name", args.name]
+    command = [*([args.spec] if args.spec else []), "--host", args.host, "--port", str(port)]
+    command += ["--name", args.name]
     command += ["--ns-prefix", args.ns_prefix, "--parent-pid", str(os.getpid())]
     if args.ns:
         command += ["--ns", args.ns, "--ns-refresh", str(args.ns_refresh)]

@@ -35,7 +35,7 @@ def test_every_process_has_its_own_identity_and_says_what_it_serves():
 
 def test_a_chunk_for_another_identity_is_refused_and_nothing_runs(tmp_path):
     servant = Servant(lambda task: h.record_call(str(tmp_path), task))
-    status, reply = servant.run_chunk("not-me", 0, 2, _payload([1, 2]), None)
+    status, reply = servant.run_chunk("not-me", "", 0, 2, _payload([1, 2]), None)
     assert status == "wrong-worker" and reply == servant.identity.encode()
     assert h.calls(tmp_path) == {}
 
@@ -43,7 +43,7 @@ def test_a_chunk_for_another_identity_is_refused_and_nothing_runs(tmp_path):
 def test_a_chunk_runs_and_base_exceptions_are_task_outcomes():
     servant = Servant(h.raise_base)
     tasks = _payload(["SystemExit", "KeyboardInterrupt"])
-    status, reply = servant.run_chunk(servant.identity, 5, 2, tasks, None)
+    status, reply = servant.run_chunk(servant.identity, "", 5, 2, tasks, None)
     first, values, _, failed = _decode(reply)
     assert status == "ok" and first == 5 and failed == {0, 1}
     assert type(values[0]) is SystemExit and type(values[1]) is KeyboardInterrupt
@@ -52,13 +52,13 @@ def test_a_chunk_runs_and_base_exceptions_are_task_outcomes():
 def test_an_overrunning_task_is_answered_as_timeout_with_what_ran_and_a_restart_asked():
     restarts = []
     servant = Servant(h.nap, on_restart=lambda: restarts.append(True))
-    status, reply = servant.run_chunk(servant.identity, 0, 4, _payload([0.01, 30.0, 0.01, 0.01]), 0.3)
+    status, reply = servant.run_chunk(servant.identity, "", 0, 4, _payload([0.01, 30.0, 0.01, 0.01]), 0.3)
     _, values, times, failed = _decode(reply)
     assert status == "ok" and len(values) == 2, "the tasks after the overrunning one did not run"
     assert values[0] == 0.01 and isinstance(values[1], TaskTimeout) and failed == {1}
     assert times[1] >= 0.3 and restarts == [True]
     assert servant.hello()["restarting"]
-    assert servant.run_chunk(servant.identity, 4, 1, _payload([0.01]), None) == ("restarting", b"")
+    assert servant.run_chunk(servant.identity, "", 4, 1, _payload([0.01]), None) == ("restarting", b"")
 
 
 def test_a_chunk_whose_client_hung_up_stops_after_the_running_task(tmp_path):
@@ -71,7 +71,7 @@ def test_a_chunk_whose_client_hung_up_stops_after_the_running_task(tmp_path):
 
     servant = Servant(slow_record)
     threading.Timer(0.25, gone.set).start()
-    status, reply = servant.run_chunk(servant.identity, 0, 50, _payload(range(50)), None, gone.is_set)
+    status, reply = servant.run_chunk(servant.identity, "", 0, 50, _payload(range(50)), None, gone.is_set)
     _, values, _, _ = _decode(reply)
     assert status == "ok" and len(values) <= 5
     assert sum(h.calls(tmp_path).values()) == len(values)

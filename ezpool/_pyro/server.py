@@ -213,6 +213,7 @@ class ExposedServant:
         self._methods: dict[str, Callable[..., Any]] = {
             "hello": servant.hello,
             "ping": servant.ping,
+            "load": servant.load,
             "run_chunk": servant.run_chunk,
         }
 

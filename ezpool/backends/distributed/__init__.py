@@ -37,11 +37,13 @@ from typing import Any, Callable, Optional
 
 from ... import _pyro, security
 from ...chunking import ChunkQueue
+from ...code import fingerprint, ship
 from ...errors import AuthenticationError, WorkerUnavailable
 from ...options import DEFAULT_WORKER, Options
+from ...servant import GENERIC
 from ..base import Backend, Batch
-from .connect import can_start, hello, name_of, start_worker
-from .dispatch import Call
+from .connect import can_start, fits, hello, name_of, start_worker, version_table
+from .dispatch import Call, Target
 from .links import Link, State
 from .watch import Watcher
 
@@ -66,13 +68,13 @@ class DistributedBackend(Backend):
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
     ) -> Generator[Batch, None, None]:
-        name = name_of(fun)
+        target = Target(name_of(fun), fingerprint(fun), ship(fun, options.ship_modules))
         key = security.resolve_key(options.hmac_key, insecure=options.insecure)
         tls = self._tls_context(options)
         texts = list(dict.fromkeys(options.workers or (DEFAULT_WORKER,)))
         links = [self._link(text, key, tls) for text in texts]
         pending = ChunkQueue(tasks, len(links), options.chunksize, split=True)
-        self._check(links, fun, name, options.spawn)
+        self._check(links, target, options.spawn)
         if not pending:
             return
         for link in links:
@@ -83,7 +85,7 @@ class DistributedBackend(Backend):
                 link.pinger.timeout = options.heartbeat
         if self._watcher is None:
             self._watcher = Watcher(lambda: list(self._links.values()))
-        call = Call(tasks, pending, links, name, options, lambda link: self._restart(link, fun))
+        call = Call(tasks, pending, links, target, options, self._restart)
         yield from call.batches()
 
     def close(self) -> None:
@@ -122,24 +124,27 @@ class DistributedBackend(Backend):
             context = self._tls[files] = security.client_tls_context(*files)
         return context
 
-    def _check(self, links: list[Link], fun: Any, name: str, spawn: bool) -> None:
+    def _check(self, links: list[Link], target: Target, spawn: bool) -> None:
         """Check every worker not known to be ready, at once: 32 workers cost one round trip.
 
-        A worker that serves something else, or refuses the key, stops the call
-        before any work; one that does not answer is left out (and gets work if it
-        answers later in the call) unless none answers.
+        A worker that cannot run ``target`` (it serves something else, or other
+        code, or has other versions where code travels), or refuses the key, stops
+        the call before any work; one that does not answer is left out (and gets
+        work if it answers later in the call) unless none answers.
         """
         for link in links:
-            if link.state is State.READY and link.serves != name:
-                raise WorkerUnavailable(f"worker {link.text} serves {link.serves!r}, not {name!r}")
+            if link.state is State.READY:
+                reason = fits(link.info, target.name, target.code)
+                if reason:
+                    raise WorkerUnavailable(f"worker {link.text}: {reason}")
         todo = [link for link in links if link.state in (State.NEW, State.LOST)]
         if not todo:
             return
         if len(todo) == 1:
-            failures = [self._check_one(todo[0], fun, name, spawn)]
+            failures = [self._check_one(todo[0], target, spawn)]
         else:
             with ThreadPoolExecutor(max_workers=min(len(todo), _CONNECTORS)) as pool:
-                failures = list(pool.map(lambda link: self._check_one(link, fun, name, spawn), todo))
+                failures = list(pool.map(lambda link: self._check_one(link, target, spawn), todo))
         missing = [(link, error) for link, (error, fatal) in zip(todo, failures) if error is not None]
         for error, fatal in failures:
             if error is not None and fatal:
@@ -150,9 +155,7 @@ class DistributedBackend(Backend):
             link.move(State.LOST, str(error))
             logger.warning("%s; the call goes on without it, and it gets work if it answers", error)
 
-    def _check_one(
-        self, link: Link, fun: Any, name: str, spawn: bool
-    ) -> tuple[Optional[Exception], bool]:
+    def _check_one(self, link: Link, target: Target, spawn: bool) -> tuple[Optional[Exception], bool]:
         """Check (or start) one worker: the error that leaves it out, if any, and
         whether that error must stop the call (a wrong key, a wrong worker, a bug)."""
         try:
@@ -163,21 +166,25 @@ class DistributedBackend(Backend):
             if not (spawn and can_start(link)):
                 return exc, False
             try:
-                info = self._start(link, fun)
+                info = self._start(link)
             except Exception as error:
                 return error, True
         except Exception as exc:
             return exc, True
-        if info.get("serves") != name:
-            return WorkerUnavailable(f"worker {link.text} serves {info.get('serves')!r}, not {name!r}"), True
+        reason = fits(info, target.name, target.code)
+        refusal, warning = version_table(info, info.get("serves") == GENERIC)
+        if reason or refusal:
+            return WorkerUnavailable(f"worker {link.text}: {reason or refusal}"), True
+        if warning:
+            logger.warning("worker %s %s", link.text, warning)
         link.admit(info)
         return None, False
 
-    def _start(self, link: Link, fun: Any) -> dict[str, Any]:
-        """Start a worker for ``link`` that only this pool can talk to: a key of its own."""
+    def _start(self, link: Link) -> dict[str, Any]:
+        """Start a generic worker for ``link`` that only this pool can talk to: a key of its own."""
         link.key, link.tls = security.private_key(), None
         link.reconnect(link.heartbeat)
-        process, info = start_worker(link, fun)
+        process, info = start_worker(link)
         with self._lock:
             old = self._spawned.get(link.text)
             self._spawned[link.text] = process
@@ -185,7 +192,7 @@ class DistributedBackend(Backend):
             old.kill()
         return info
 
-    def _restart(self, link: Link, fun: Any) -> bool:
+    def _restart(self, link: Link) -> bool:
         """Start again a worker this pool started, if its process has died; whether it did."""
         with self._lock:
             process = self._spawned.get(link.text)
@@ -195,7 +202,7 @@ class DistributedBackend(Backend):
             "the worker started for %s exited (%s); starting it again", link.text, process.returncode
         )
         try:
-            info = self._start(link, fun)
+            info = self._start(link)
         except Exception as exc:
             logger.warning("could not start %s again: %s", link.text, exc)
             return False

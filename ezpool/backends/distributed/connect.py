@@ -12,13 +12,22 @@ from typing import Any, Optional
 from ... import _pyro
 from ...errors import WorkerUnavailable
 from ...security import KEY_ENV, is_loopback_host
-from ...servant import served_name
+from ...servant import GENERIC, served_name
 from ...worker import BaseWorker
 from .links import Link
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CONNECT_TIMEOUT", "SPAWN_TIMEOUT", "hello", "name_of", "start_worker", "can_start"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "SPAWN_TIMEOUT",
+    "hello",
+    "name_of",
+    "fits",
+    "version_table",
+    "start_worker",
+    "can_start",
+]
 
 #: Seconds to wait for a worker to answer a check.
 CONNECT_TIMEOUT = 5.0
@@ -60,12 +69,67 @@ def name_of(fun: Any) -> str:
     return served_name(fun)
 
 
-def start_worker(link: Link, fun: Any) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Start ``python -m ezpool.serve`` for ``fun`` at ``link``'s local address; its process and hello."""
-    spec = _spec_of(fun)
+def fits(info: dict[str, Any], name: str, code: str) -> Optional[str]:
+    """Why the worker that said ``info`` cannot run ``name`` (whose fingerprint is ``code``), or None.
+
+    A generic worker runs anything; one that serves a named target must serve this
+    name, and the same code.
+    """
+    serves = info.get("serves")
+    if serves == GENERIC:
+        return None
+    if serves != name:
+        return f"it serves {serves!r}, not {name!r}"
+    if info.get("fingerprint") and code and info["fingerprint"] != code:
+        return (
+            f"it runs other code for {name!r} than this client (was the code changed after the "
+            "worker started?): restart it"
+        )
+    return None
+
+
+def version_table(info: dict[str, Any], generic: bool) -> tuple[Optional[str], Optional[str]]:
+    """``(refusal, warning)``: versions of this client and a worker that break unpickling, or may.
+
+    Code travels to a generic worker as bytecode, so Python's minor version and
+    cloudpickle must match there; elsewhere only data travels, and a difference is
+    worth a warning.
+    """
+    import platform
+
+    import cloudpickle
+
+    from ... import __version__
+
+    mine = {
+        "python": platform.python_version(),
+        "cloudpickle": cloudpickle.__version__,
+        "ezpool": __version__,
+    }
+    if all(str(info.get(name, "?")) == mine[name] for name in mine):
+        return None, None
+    table = "\n".join(f"  {name:<12} {mine[name]:<12} {info.get(name, '?')}" for name in mine)
+    table = f"  {'':<12} {'client':<12} worker\n{table}"
+    breaking = any(_minor(mine[name]) != _minor(str(info.get(name, ""))) for name in mine)
+    if generic and breaking:
+        return (
+            f"has other versions than this client, and the code it would run travels as "
+            f"bytecode:\n{table}\nInstall the same Python (major.minor), cloudpickle and "
+            "EzPool on both sides, or serve a named class there with python -m ezpool.serve "
+            "MODULE:NAME"
+        ), None
+    return None, f"has other versions than this client:\n{table}"
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+def start_worker(link: Link) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start a generic ``python -m ezpool.serve`` at ``link``'s local address; its process and hello."""
     uri = link.address
-    logger.warning("no worker answers at %s: starting one that serves %s", link.text, spec)
-    command = [sys.executable, "-m", "ezpool.serve", spec, "--host", str(uri.host)]
+    logger.warning("no worker answers at %s: starting one there for this pool", link.text)
+    command = [sys.executable, "-m", "ezpool.serve", "--host", str(uri.host)]
     command += ["--port", str(uri.port), "--name", str(uri.object), "--parent-pid", str(os.getpid())]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path or os.getcwd() for path in sys.path))
     if link.key is not None:  # through the environment, never the command line
@@ -91,23 +155,3 @@ def can_start(link: Link) -> bool:
     """Whether a worker may be started for ``link``: only on this machine's loopback."""
     uri: Optional[Any] = link.address
     return uri is not None and uri.protocol == "PYRO" and is_loopback_host(str(uri.host))
-
-
-def _spec_of(fun: Any) -> str:
-    """``MODULE:NAME`` for ``python -m ezpool.serve``, also for a class in the user's script."""
-    qualname = served_name(fun)
-    if "<" in qualname:
-        raise WorkerUnavailable(
-            f"cannot start a worker for {fun!r}: lambdas and nested definitions cannot be "
-            "served; define it at the top level of a module"
-        )
-    module = getattr(fun, "__module__", None)
-    if module == "__main__":
-        path = getattr(sys.modules["__main__"], "__file__", None)
-        if not path:
-            raise WorkerUnavailable(
-                f"cannot start a worker for {qualname!r} defined interactively; "
-                "start one with python -m ezpool.serve"
-            )
-        return f"{os.path.abspath(path)}:{qualname}"
-    return f"{module}:{qualname}"

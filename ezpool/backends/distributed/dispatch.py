@@ -31,16 +31,19 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ... import _pyro
 from ...chunking import Chunk, ChunkQueue
+from ...code import Shipment
 from ...errors import ResultNotSerializable, WorkerCrashed
+from ...execution import failed_chunk, pack_chunk
 from ...options import Options
 from ...serialization import loads, rebuild
+from ...servant import GENERIC
 from ..base import Batch
-from .connect import CONNECT_TIMEOUT, hello
+from .connect import CONNECT_TIMEOUT, fits, hello, version_table
 from .links import Link, State
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Call", "Verdict", "MAX_RETURNS"]
+__all__ = ["Call", "Target", "Verdict", "MAX_RETURNS"]
 
 #: Times a task may come back unfinished from a live worker before it counts as crashed.
 MAX_RETURNS = 8
@@ -49,6 +52,14 @@ MAX_RETURNS = 8
 _JOIN_TIMEOUT = 5.0
 
 _EXIT = object()  # a worker thread's last word on the outbox
+
+
+class Target(NamedTuple):
+    """What a call runs: its name, the fingerprint of its code, and its shipment."""
+
+    name: str
+    code: str
+    shipment: Shipment
 
 
 class Verdict(NamedTuple):
@@ -67,14 +78,14 @@ class Call:
         tasks: Sequence[Any],
         pending: ChunkQueue,
         links: list[Link],
-        name: str,
+        target: Target,
         options: Options,
         restart: Callable[[Link], bool],
     ) -> None:
         self.tasks = tasks
         self.pending = pending  # guarded by self.cond, like held and the counters
         self.links = links
-        self.name = name
+        self.target = target
         self.timeout = options.timeout
         self.heartbeat = options.heartbeat
         self.max_attempts = options.max_attempts
@@ -186,17 +197,26 @@ class Call:
             link.move(State.LOST, f"cannot connect: {_pyro.translate(exc, link.text)}")
             return Verdict("returned", reason=link.reason)
         link.move(State.RUNNING)
+        fid, count = self.target.shipment.fid, chunk.stop - chunk.start
         try:
+            if link.serves == GENERIC and fid not in link.loaded:
+                status, reply = connection.call("load", fid, self.target.shipment.blob)
+                if status != "ok":  # the code cannot run there: every task says why
+                    link.move(State.READY)
+                    return Verdict("done", reply=pack_chunk(chunk.start, failed_chunk(count, loads(reply))))
+                link.loaded.add(fid)
             status, reply = connection.call(
-                "run_chunk", link.identity, chunk.start, chunk.stop - chunk.start, list(chunk.payloads),
-                self.timeout,
+                "run_chunk", link.identity, fid, chunk.start, count, list(chunk.payloads), self.timeout
             )
         except Exception as exc:
             return self._broken(link, exc)
         if status == "ok":
             link.move(State.READY)
             return Verdict("done", reply=reply)
-        if status == "restarting":
+        if status == "need-function":  # it dropped the code from its cache: send it again
+            link.loaded.discard(fid)
+            link.move(State.READY)
+        elif status == "restarting":
             link.move(State.LOST, "it restarts to stop a task that overran its timeout")
         else:  # "wrong-worker": another process answers at its address; nothing ran
             link.move(State.LOST, "another process answers at its address")
@@ -227,10 +247,11 @@ class Call:
             return Verdict("returned", reason=str(exc))
         reason = f"its process was replaced while it held the chunk ({exc})"
         logger.warning("lost worker %s: %s", link.text, reason)
-        if info.get("serves") == self.name:
-            link.admit(info)
+        unfit = self._unfit(info)
+        if unfit:
+            link.move(State.LOST, unfit)
         else:
-            link.move(State.LOST, f"it now serves {info.get('serves')!r}, not {self.name!r}")
+            link.admit(info)
         return Verdict("lost", reason=reason)
 
     def _rejoin(self, link: Link) -> bool:
@@ -248,18 +269,23 @@ class Call:
             except Exception as exc:
                 logger.debug("worker %s still does not answer: %s", link.text, exc)
             else:
-                if info.get("serves") == self.name:
+                unfit = self._unfit(info)
+                if not unfit:
                     replaced = info["identity"] != link.identity
                     link.admit(info)
                     logger.warning("worker %s answers again%s; it gets work again",
                                    link.text, " (a new process)" if replaced else "")
                     return True
-                if info.get("serves") != wrong:
-                    wrong = str(info.get("serves"))
-                    logger.warning("worker %s answers but serves %r, not %r; it gets no work",
-                                   link.text, wrong, self.name)
+                if unfit != wrong:
+                    wrong = unfit
+                    logger.warning("worker %s answers, but %s; it gets no work", link.text, unfit)
             if self.stop.wait(pause):
                 return False
+
+    def _unfit(self, info: dict[str, Any]) -> str:
+        """Why the worker that said ``info`` may not run this call's code ("" if it may)."""
+        refusal, _ = version_table(info, info.get("serves") == GENERIC)
+        return fits(info, self.target.name, self.target.code) or refusal or ""
 
     # --- the one place a chunk's fate is decided -----------------------------------
 

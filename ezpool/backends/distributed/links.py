@@ -69,6 +69,7 @@ class Link:
         self.tls = tls
         self.address: Any = uri if uri.protocol == "PYRO" else None
         self.info: dict[str, Any] = {}
+        self.loaded: set[str] = set()  # ids of the code a generic worker has loaded
         self.state = State.NEW
         self.reason = ""
         self.since = time.monotonic()  # when it entered its state
@@ -113,6 +114,8 @@ class Link:
 
     def admit(self, info: dict[str, Any]) -> None:
         """It answered a check: remember who it is, and make it READY."""
+        if info.get("identity") != self.identity:
+            self.loaded = set()  # a new process has none of the code the old one had
         self.info = info
         self.move(State.READY)
 
