@@ -154,11 +154,15 @@ def start_daemon(core_child_env):
 
 @pytest.fixture
 def serve(start_daemon):
-    """``serve(spec, *flags, procs=1)``: start real ``ezpool.serve`` workers; their URIs."""
+    """``serve(spec, *flags, procs=1)``: start real ``ezpool.serve`` workers; their URIs.
+
+    An empty ``spec`` starts generic workers, which run whatever a client sends.
+    """
 
     def run(spec, *flags, procs=1, port=None, env=None):
         port = port or free_port()
-        command = [sys.executable, "-m", "ezpool.serve", spec, "--port", str(port), *flags]
+        command = [sys.executable, "-m", "ezpool.serve", *([spec] if spec else [])]
+        command += ["--port", str(port), *flags]
         if procs > 1:
             command += ["--procs", str(procs)]
         return start_daemon(command, expect=procs, env=env)

@@ -257,18 +257,18 @@ def test_a_chunk_queued_behind_another_clients_chunk_does_not_time_out(serve):
 # --- 6. one value the client cannot unpickle costs only its own slot ------------------
 
 
-def test_one_value_the_client_cannot_unpickle_costs_only_its_own_slot(serve, tmp_path):
-    script = tmp_path / "things.py"
-    script.write_text(
-        "class Thing:\n    def __init__(self, x):\n        self.x = x\n\n"
-        "def make(x):\n    return Thing(x) if x == 7 else x * 2\n"
-    )
-    uris = serve(f"{script}:make").uris
+def test_one_value_the_client_cannot_unpickle_costs_only_its_own_slot(serve, tmp_path, core_child_env):
+    only_there = tmp_path / "only_there"
+    only_there.mkdir()
+    (only_there / "things.py").write_text("class Thing:\n    def __init__(self, x):\n        self.x = x\n")
+    env = dict(core_child_env, PYTHONPATH=os.pathsep.join([str(only_there), core_child_env["PYTHONPATH"]]))
+    uris = serve("", env=env).uris  # a generic worker that can import a module this client cannot
 
     def make(x):
-        raise AssertionError("never runs here")
+        import things
 
-    make.__qualname__ = "make"  # the name the worker answers to
+        return things.Thing(x) if x == 7 else x * 2
+
     with Pool() as pool:
         results = pool.dmap(make, range(40), workers=uris, spawn=False, chunksize=40)
     assert list(results.errors) == [7] and isinstance(results[7], ResultNotSerializable)

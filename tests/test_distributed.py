@@ -187,25 +187,28 @@ def test_client_threads_are_bounded_by_workers_not_tasks(serve):
     assert max(counts) <= threading.active_count() + 2 * len(four) + 1
 
 
-def test_an_exception_the_client_cannot_rebuild_arrives_as_remote_error(serve, tmp_path):
-    script = tmp_path / "odd.py"
-    script.write_text(
-        "class Odd(Exception):\n    def __init__(self, a, b):\n        super().__init__(a)\n\n"
-        "def fail(x):\n    raise Odd('no', 'way')\n"
-    )
-    uris = serve(f"{script}:fail").uris
+def test_an_exception_the_client_cannot_rebuild_arrives_as_remote_error(serve):
+    from tests import _helpers as h
 
+    uris = serve("").uris  # a generic worker: it runs the function the client sends
     with Pool() as pool:
-        results = pool.dmap(_fail_named_like_the_served_one(), [1], workers=uris, spawn=False)
-    assert isinstance(results[1], RemoteError) and results[1].type_name.endswith("Odd")
+        results = pool.dmap(h.raise_unrebuildable, ["no"], workers=uris, spawn=False)
+    assert isinstance(results["no"], RemoteError) and results["no"].type_name.endswith("UnrebuildableError")
 
 
-def _fail_named_like_the_served_one():
-    def fail(x):
-        raise AssertionError("never runs here")
+def test_a_pinned_worker_with_other_code_than_the_client_is_refused_as_stale(serve, tmp_path):
+    script = tmp_path / "fib_worker.py"
+    script.write_text("def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n")
+    uris = serve(f"{script}:fib").uris
 
-    fail.__qualname__ = "fail"
-    return fail
+    def fib(n):  # "edited": same name, other code
+        return -n
+
+    fib.__qualname__ = "fib"
+    stale = r"other code for 'fib'.*restart it"
+    with Pool() as pool, pytest.raises(WorkerUnavailable, match=stale) as caught:
+        pool.dmap(fib, [5], workers=uris, spawn=False)
+    assert uris[0] in str(caught.value)
 
 
 def test_a_worker_that_stops_answering_is_detected_and_used_again_when_back(serve, caplog):

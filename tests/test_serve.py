@@ -35,7 +35,7 @@ def _run_serve(*args: str, env=None, timeout: float = 30) -> subprocess.Complete
 
 
 def triple(x):
-    """The client names the function it wants by this; the worker runs its own."""
+    """The client names the function it wants by this; the worker runs its own copy."""
     return 3 * x
 
 
@@ -48,8 +48,10 @@ def test_serves_a_worker_class_and_prints_its_uri(serve):
 
 
 def test_serves_a_function_from_a_file_path(serve, tmp_path):
+    import inspect
+
     script = tmp_path / "tools.py"
-    script.write_text("def triple(x):\n    return 3 * x\n")
+    script.write_text(inspect.getsource(triple))  # the same code as the client's, or it is refused
     served = serve(f"{script}:triple", "--name", "tripler")
     assert served.uris[0].startswith("PYRO:tripler@127.0.0.1:")
     with Pool() as pool:
