@@ -35,8 +35,10 @@ _POOLS: dict[str, Callable[[Any], Pool]] = {
     "serial": lambda request: Pool("serial", progress=False),
     "fork": lambda request: Pool("parallel", ncpu=2, start_method="fork", progress=False),
     "spawn": lambda request: Pool("parallel", ncpu=2, start_method="spawn", progress=False),
-    # Workers are started by the pool itself (spawn=True), two per function: see DistributedMap.
-    "distributed": lambda request: Pool("distributed", progress=False),
+    # Two generic workers, started by the pool itself (spawn=True) on free local ports.
+    "distributed": lambda request: Pool(
+        "distributed", workers=[f"PYRO:worker@127.0.0.1:{free_port()}" for _ in range(2)], progress=False
+    ),
 }
 
 #: Modes whose tasks run in another process (exceptions arrive rebuilt).
@@ -58,37 +60,19 @@ class ModeMap:
         return f"ModeMap({self.mode!r})"
 
 
-class DistributedMap(ModeMap):
-    """A distributed worker serves one named function: each function gets its own two
-    workers on free local ports, started by the pool on first use."""
-
-    def __init__(self, mode: str, pool: Pool, uris: dict[str, list[str]]) -> None:
-        super().__init__(mode, pool)
-        self._uris = uris  # function -> its workers, kept for the pool's whole life
-
-    def __call__(self, fun: Any, tasks: Any, **options: Any) -> Results:
-        name = getattr(fun, "__qualname__", "<unnamed>")
-        if "<" in name or not hasattr(fun, "__module__"):
-            pytest.skip("distributed workers serve named, importable functions only")
-        key = f"{fun.__module__}:{name}"
-        if key not in self._uris:
-            self._uris[key] = [f"PYRO:worker@127.0.0.1:{free_port()}" for _ in range(2)]
-        return self._pool.map(fun, tasks, workers=self._uris[key], **options)
-
-
 @pytest.fixture(scope="module", params=list(_POOLS))
 def _contract_pool(request):
     pool = _POOLS[request.param](request)
     try:
-        yield request.param, pool, {}
+        yield request.param, pool
     finally:
         pool.shutdown()
 
 
 @pytest.fixture
 def mode_map(_contract_pool) -> ModeMap:
-    mode, pool, uris = _contract_pool
-    return DistributedMap(mode, pool, uris) if mode == "distributed" else ModeMap(mode, pool)
+    mode, pool = _contract_pool
+    return ModeMap(mode, pool)
 
 
 def cube(x: int) -> int:
