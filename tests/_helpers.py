@@ -187,3 +187,19 @@ def nested_then(directory: str, then: str) -> str:
         if then == "hang":
             pool.pmap(nap, [600, 601], ncpu=2)
     return then
+
+
+class CountsUnpickling:
+    """Appends a line to ``path`` each time it is unpickled: counts how often code was loaded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (_loaded, (self.path,))
+
+
+def _loaded(path: str) -> CountsUnpickling:
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(f"{os.getpid()}\n")
+    return CountsUnpickling(path)

@@ -1,0 +1,146 @@
+"""ezpool.code and generic workers: code travels once, by name or by value, and is checked."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import textwrap
+import traceback
+
+import pytest
+
+from ezpool import Pool, WorkerUnavailable
+from ezpool.code import fingerprint, ship, unpack
+from tests import _helpers as h
+from tests.conftest import free_port
+
+
+def test_a_function_from_an_importable_module_travels_by_name_and_a_lambda_by_value():
+    by_name, by_value = ship(h.square), ship(lambda x: x + 1)
+    assert b"tests._helpers" in by_name.blob and len(by_name.blob) < len(by_value.blob)
+    assert unpack(by_name.blob) is h.square and unpack(by_value.blob)(1) == 2
+    assert ship(h.square).fid == by_name.fid and ship(h.add).fid != by_name.fid
+
+
+def test_fingerprints_follow_the_code_not_the_name():
+    def one(x):
+        return x
+
+    def two(x):
+        return -x
+
+    two.__qualname__ = one.__qualname__
+    assert fingerprint(one) == fingerprint(one) and fingerprint(one) != fingerprint(two)
+    assert fingerprint(h.CustomError) == fingerprint(h.CustomError)
+
+
+def test_code_without_a_file_carries_its_source_lines(tmp_path):
+    namespace: dict = {}
+    source = "def broken(x):\n    raise ValueError('from a cell')\n"
+    code = compile(source, "<cell-7>", "exec")
+    import linecache
+
+    linecache.cache["<cell-7>"] = (len(source), None, source.splitlines(True), "<cell-7>")
+    exec(code, namespace)
+    shipment = ship(namespace["broken"])
+    del linecache.cache["<cell-7>"]
+    fun = unpack(shipment.blob)
+    with pytest.raises(ValueError) as caught:
+        fun(1)
+    assert "raise ValueError('from a cell')" in "".join(traceback.format_tb(caught.value.__traceback__))
+
+
+def test_a_function_reaches_each_generic_worker_once_however_many_calls(serve, tmp_path):
+    uris = serve("").uris + serve("").uris
+    log = tmp_path / "loads"
+    marker = h.CountsUnpickling(str(log))
+
+    def plus_one(x, marker=marker):
+        return x + 1
+
+    with Pool() as pool:
+        for _ in range(3):
+            results = pool.dmap(plus_one, range(60), workers=uris, spawn=False)
+            assert results == {n: n + 1 for n in range(60)}
+        loads = log.read_text().split()
+        assert 1 <= len(loads) <= 2 and len(set(loads)) == len(loads), loads  # once per worker at most
+        pool.dmap(lambda x, marker=marker: x, range(10), workers=uris, spawn=False)
+        assert len(log.read_text().split()) > len(loads)  # other code is sent anew
+
+
+def test_a_module_the_workers_cannot_import_fails_every_task_saying_so_unless_shipped(
+    serve, tmp_path, monkeypatch
+):
+    uris = serve("").uris  # started before the module exists on any path
+    package = tmp_path / "mine"
+    package.mkdir()
+    (package / "lab.py").write_text("def scale(x):\n    return 10 * x\n")
+    monkeypatch.syspath_prepend(str(package))
+    import lab
+
+    try:
+        with Pool() as pool:
+            failed = pool.dmap(lab.scale, [1, 2], workers=uris, spawn=False)
+            assert list(failed.errors) == [1, 2] and isinstance(failed[1], ModuleNotFoundError)
+            shipped = pool.dmap(lab.scale, [1, 2], workers=uris, spawn=False, ship_modules=["lab"])
+            assert shipped == {1: 10, 2: 20}
+    finally:
+        sys.modules.pop("lab", None)
+
+
+def test_a_version_mismatch_where_code_travels_is_refused_with_a_table(serve, core_child_env):
+    env = dict(core_child_env, EZPOOL_TEST_FAULTS="python=3.0.1,cloudpickle=0.1.0")
+    uris = serve("", env=env).uris
+    with Pool() as pool, pytest.raises(WorkerUnavailable) as caught:
+        pool.dmap(h.square, [1], workers=uris, spawn=False)
+    message = str(caught.value)
+    assert uris[0] in message and "client" in message and "worker" in message
+    assert "3.0.1" in message and "0.1.0" in message and "Install the same" in message
+
+
+def test_a_version_mismatch_with_a_pinned_worker_is_a_warning(serve, core_child_env, caplog):
+    env = dict(core_child_env, EZPOOL_TEST_FAULTS="python=3.0.1")
+    uris = serve("tests._helpers:square", env=env).uris
+    with caplog.at_level(logging.WARNING, logger="ezpool"), Pool() as pool:
+        assert pool.dmap(h.square, [3], workers=uris, spawn=False) == {3: 9}
+    assert any("3.0.1" in r.message and uris[0] in r.message for r in caplog.records)
+
+
+def test_a_pinned_worker_refuses_code_it_does_not_serve(serve):
+    uris = serve("tests._helpers:square").uris
+    with Pool() as pool, pytest.raises(WorkerUnavailable, match="serves 'square', not 'add'"):
+        pool.dmap(h.add, [(1, 2)], workers=uris, spawn=False)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from ezpool import BaseWorker, Pool
+
+    class Shout(BaseWorker):
+        def setup(self):
+            self.suffix = "!"
+
+        def run(self, word):
+            return word.upper() + self.suffix
+
+    if __name__ == "__main__":
+        with Pool() as pool:
+            results = pool.dmap(Shout, ["a", "b"], workers=[f"PYRO:worker@127.0.0.1:{sys.argv[1]}"])
+            also = pool.dmap(lambda x: x * 2, [4], workers=[f"PYRO:worker@127.0.0.1:{sys.argv[1]}"])
+        print(results["a"], results["b"], also[4])
+    """
+)
+
+
+def test_a_script_class_and_a_lambda_run_on_a_worker_the_pool_starts(tmp_path, core_child_env):
+    import subprocess
+
+    script = tmp_path / "shout.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(free_port())],
+        capture_output=True, text=True, timeout=90, env=core_child_env, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["A!", "B!", "8"]
