@@ -89,6 +89,31 @@ def read_lines(process, count, command, timeout=30.0):
     return lines
 
 
+def listening(port, host="127.0.0.1"):
+    """Whether something accepts connections at ``host:port`` now."""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def eventually(check, what, timeout=30.0):
+    """Poll ``check`` until it is true; fail naming ``what`` and the last value after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s (last: {value!r})")
+        time.sleep(0.1)
+
+
 def wait_for_port(host, port, timeout=20.0):
     """Return once something accepts connections at ``host:port``."""
     import socket

@@ -49,7 +49,7 @@ import pytest
 
 from ezpool import AuthenticationError, EzPoolError, Pool, WorkerUnavailable, list_workers
 from tests._workers import Napper, Recorder
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port, listening
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -397,23 +397,6 @@ def _serve(serve: Any, spec: str, env: dict[str, str], *flags: str) -> tuple[Any
     return serve(spec, *flags, port=port, env=env), port
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def _eventually(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s (last: {value!r})")
-        time.sleep(0.1)
 
 
 def _raised(call: Any) -> tuple[Optional[BaseException], Any]:
@@ -520,11 +503,11 @@ def test_another_user_cannot_take_over_a_name_at_a_keyed_name_server(
     address = f"127.0.0.1:{ns_port}"
     start_daemon([sys.executable, "-m", "Pyro4.naming", "-n", "127.0.0.1", "-p", str(ns_port)],
                  expect=0, env=dict(victim_env, PYRO_HMAC_KEY=victim_key.decode()))
-    _eventually(lambda: _listening(ns_port), f"name server on {address}")
+    eventually(lambda: listening(ns_port), f"name server on {address}")
     # A long refresh: the worker must not quietly repair what the attacker did.
     _, port = _serve(serve, "tests._workers:Square", victim_env, "--ns", address, "--ns-refresh", "120")
     name, real = f"ezpool.worker.127.0.0.1.{port}", _worker_uri(port)
-    _eventually(lambda: _ns_entries(address, victim_key).get(name), f"registration of {name}")
+    eventually(lambda: _ns_entries(address, victim_key).get(name), f"registration of {name}")
     evil = f"PYRO:worker@127.0.0.1:{free_port()}"
     attack = attacker.run("ns-attack", address, name, evil, "--steal", key_path)
     problems = []
@@ -746,4 +729,4 @@ def test_the_pool_refuses_a_weak_key(weak, given, monkeypatch, tmp_path):
     assert isinstance(error, (ValueError, EzPoolError)), repr(error)
     assert not isinstance(error, WorkerUnavailable), f"a worker was started before the key check: {error}"
     assert "key" in str(error).lower() and not _shows(str(error), weak), str(error)
-    assert not _runs(records) and not _listening(port)
+    assert not _runs(records) and not listening(port)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from typing import Any, Callable
@@ -20,7 +19,7 @@ from ezpool.naming import last_seen
 from ezpool.security import user_key
 from ezpool.serve import _child_args, _parser
 from tests._workers import Square
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port, listening
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,28 +30,10 @@ def _start_name_server(start_daemon: Callable[..., Any], port: int) -> Any:
     """A keyed name server on 127.0.0.1:``port``, once it accepts connections."""
     command = [sys.executable, "-m", "ezpool.nameserver", "--port", str(port)]
     served = start_daemon(command, expect=1)
-    _eventually(lambda: _listening(port), f"a name server listening on {port}")
+    eventually(lambda: listening(port), f"a name server listening on {port}")
     return served
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def _eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    """Poll ``check`` until it is true; fail naming ``what`` and the last value after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s (last: {value!r})")
-        time.sleep(0.1)
 
 
 def _listed(ns: str, **options: Any) -> list[str]:
@@ -91,7 +72,7 @@ def test_workers_register_again_after_the_name_server_restarts(serve, start_daem
     _kill(first_ns)
     time.sleep(1.5)  # a few refresh ticks with nobody answering: they must stay quiet
     _start_name_server(start_daemon, port)  # a new one, same port, empty
-    _eventually(lambda: len(_listed(ns)) == 2, "re-registration of both workers")
+    eventually(lambda: len(_listed(ns)) == 2, "re-registration of both workers")
     assert sorted(list_workers(ns)) == uris
 
     with Pool(spawn=False) as pool:
@@ -108,9 +89,9 @@ def test_a_killed_worker_expires_while_a_live_one_stays(serve, name_server):
     assert sorted(list_workers(name_server)) == sorted(doomed.uris + alive.uris)
 
     _kill(doomed)  # no chance to unregister
-    _eventually(lambda: list_workers(name_server) == alive.uris, "expiry of the killed worker")
+    eventually(lambda: list_workers(name_server) == alive.uris, "expiry of the killed worker")
     # not only hidden from clients: the live worker removed the entry
-    _eventually(lambda: list_workers(name_server, ttl=1e9) == alive.uris, "removal by the live worker")
+    eventually(lambda: list_workers(name_server, ttl=1e9) == alive.uris, "removal by the live worker")
     assert [uri for uri, _ in _entries(name_server).values()] == alive.uris
 
 
@@ -134,10 +115,10 @@ def test_a_worker_started_before_its_name_server_registers_when_it_comes_up(serv
     with pytest.raises(WorkerUnavailable):
         list_workers(ns)
     _start_name_server(start_daemon, port)
-    assert _eventually(lambda: _listed(ns), "registration") == worker.uris
+    assert eventually(lambda: _listed(ns), "registration") == worker.uris
     stderr = _stop(worker)
     assert stderr.count("cannot be reached") == 1, stderr
-    assert _eventually(lambda: list_workers(ns) == [], "unregistration on a clean stop")
+    assert eventually(lambda: list_workers(ns) == [], "unregistration on a clean stop")
 
 
 def test_unstamped_entries_are_listed_and_expired_ones_are_not(name_server):
@@ -163,7 +144,7 @@ def test_the_refresh_keeps_other_metadata_and_renews_the_stamp(serve, name_serve
         _, items = _entries(name_server)[name]
         return "team=optics" in items and (last_seen(items) or 0) > (last_seen(metadata) or 0)
 
-    _eventually(renewed, "a renewed stamp that keeps the other metadata")
+    eventually(renewed, "a renewed stamp that keeps the other metadata")
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "soon"])

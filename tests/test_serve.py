@@ -13,15 +13,7 @@ import pytest
 
 from ezpool import AuthenticationError, Pool, list_workers
 from tests._workers import Square
-from tests.conftest import free_port
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+from tests.conftest import free_port, listening
 
 
 def _run_serve(*args: str, env=None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -70,9 +62,9 @@ def test_procs_starts_one_process_per_port_and_sigterm_stops_them_all(serve):
     served.process.send_signal(signal.SIGTERM)
     served.process.wait(15)
     deadline = time.monotonic() + 10
-    while any(_listening(port + i) for i in range(3)) and time.monotonic() < deadline:
+    while any(listening(port + i) for i in range(3)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_listening(port + i) for i in range(3))
+    assert not any(listening(port + i) for i in range(3))
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
