@@ -30,6 +30,10 @@ setup(
             "mypy>=1.8",
             "types-tqdm",
             "cryptography>=41",
+            # tests/test_notebook.py runs examples/distributed_notebook.ipynb in a real kernel.
+            "nbclient>=0.7",
+            "nbformat>=5.1",
+            "ipykernel>=6",
         ],
         "tls": ["cryptography>=41"],
         "docs": ["sphinx>=7"],

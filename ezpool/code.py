@@ -11,6 +11,7 @@ one named class whether it runs the same code as the client.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -19,7 +20,7 @@ import logging
 import os
 import pickle
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Union
 
 import cloudpickle
@@ -101,9 +102,10 @@ def _bytecode(code: types.CodeType) -> Iterator[bytes]:
 def _sources(fun: Any) -> dict[str, list[str]]:
     """Source lines of the code in ``fun`` that no worker could read from a file."""
     sources: dict[str, list[str]] = {}
-    for code in _codes(fun):
+    has_file = functools.lru_cache(maxsize=None)(os.path.exists)  # one look per file
+    for code in _codes(fun, has_file):
         filename = code.co_filename
-        if filename in sources or os.path.exists(filename):
+        if filename in sources or has_file(filename):
             continue
         lines = linecache.getlines(filename)
         if lines:
@@ -111,13 +113,55 @@ def _sources(fun: Any) -> dict[str, list[str]]:
     return sources
 
 
-def _codes(fun: Any) -> Iterator[types.CodeType]:
-    if isinstance(fun, type):
-        for value in vars(fun).values():
-            function = getattr(value, "__func__", value)
-            if inspect.isfunction(function):
-                yield function.__code__
-        return
-    code = getattr(getattr(fun, "func", fun), "__code__", None)  # functools.partial too
-    if code is not None:
+def _codes(fun: Any, has_file: Callable[[str], bool]) -> Iterator[types.CodeType]:
+    """The code of ``fun`` and of the file-less functions and classes it reaches.
+
+    A function from a notebook cell often calls a helper from another cell, or a
+    class inherits its ``run`` from one: cloudpickle sends those by value too, so
+    their source lines must travel with them. Names are followed only out of
+    file-less code; code with a file needs nothing sent.
+    """
+    seen: set[int] = set()
+    todo = [fun]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, type):
+            for klass in item.__mro__[:-1]:  # every class but ``object``
+                for value in vars(klass).values():
+                    function = getattr(value, "__func__", value)
+                    if inspect.isfunction(function):
+                        todo.append(function)
+            continue
+        item = getattr(item, "func", item)  # functools.partial too
+        code = getattr(item, "__code__", None)
+        if code is None:
+            continue
         yield code
+        if not has_file(code.co_filename):
+            todo.extend(_reached(item, code))
+
+
+def _reached(function: Any, code: types.CodeType) -> Iterator[Any]:
+    """The functions and classes ``function`` names among its globals and closure."""
+    names = getattr(function, "__globals__", {})
+    for name in _names(code):
+        value = names.get(name)
+        if inspect.isfunction(value) or isinstance(value, type):
+            yield value
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # a cell not filled yet
+            continue
+        if inspect.isfunction(value) or isinstance(value, type):
+            yield value
+
+
+def _names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _names(const)
