@@ -71,7 +71,9 @@ def test_a_chunk_whose_client_hung_up_stops_after_the_running_task(tmp_path):
 
     servant = Servant(slow_record)
     threading.Timer(0.25, gone.set).start()
-    status, reply = servant.run_chunk(servant.identity, "", 0, 50, _payload(range(50)), None, gone.is_set)
+    status, reply = servant.run_chunk(
+        servant.identity, "", 0, 50, _payload(range(50)), None, client_gone=gone.is_set
+    )
     _, values, _, _ = _decode(reply)
     assert status == "ok" and len(values) <= 5
     assert sum(h.calls(tmp_path).values()) == len(values)
@@ -82,3 +84,4 @@ def test_faults_are_named_or_refused():
     assert Faults("drop_reply=2, drop_reply=5").drop_reply == {2, 5}
     with pytest.raises(ValueError, match="unknown fault 'explode'"):
         Faults("explode")
+
