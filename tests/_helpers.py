@@ -7,8 +7,10 @@ which start a fresh interpreter, can find them by name.
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -187,3 +189,19 @@ def nested_then(directory: str, then: str) -> str:
         if then == "hang":
             pool.pmap(nap, [600, 601], ncpu=2)
     return then
+
+
+def chatty(task: Any, nap: float = 0.0) -> Any:
+    """Prints to stdout and stderr and logs at info and warning level, naming the task.
+
+    Task ``"bad"`` raises ``ValueError`` after all that; ``nap`` seconds pass first.
+    """
+    time.sleep(nap)
+    print(f"out {task}")
+    print(f"err {task}", file=sys.stderr)
+    log = logging.getLogger("tests.chatty")
+    log.info("told %s", task)
+    log.warning("warned %s", task)
+    if task == "bad":
+        raise ValueError(f"bad task {task}")
+    return task

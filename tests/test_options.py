@@ -126,7 +126,8 @@ def test_capture_output_is_off_by_default_and_only_true_or_false():
     assert Options(capture_output=True).capture_output is True
     assert Options().replace(capture_output=True).replace(capture_output=False).capture_output is False
     for value in (0, 1, "true", None, [True]):
-        with pytest.raises(TypeError, match=r"capture_output must be True or False, got " + re.escape(repr(value))):
+        pattern = "capture_output must be True or False, got " + re.escape(repr(value))
+        with pytest.raises(TypeError, match=pattern):
             Options(capture_output=value)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 import time
@@ -85,3 +86,21 @@ def test_faults_are_named_or_refused():
     with pytest.raises(ValueError, match="unknown fault 'explode'"):
         Faults("explode")
 
+
+def test_a_chunk_asked_to_capture_answers_with_what_each_task_wrote():
+    servant = Servant(h.chatty)
+    status, reply = servant.run_chunk(servant.identity, "", 4, 2, _payload(["a", "bad"]), None, logging.INFO)
+    first, values, _, failures, outputs = pickle.loads(reply)
+    assert status == "ok" and first == 4 and values[0] == "a" and set(failures) == {1}
+    assert sorted(outputs) == [0, 1], "a failing task's output is sent too"
+    kinds = [kind for kind, _ in outputs[1]]
+    assert kinds == ["stdout", "stderr", "log", "log"]
+    assert outputs[1][0] == ("stdout", "out bad\n") and outputs[1][3][1]["msg"] == "warned bad"
+
+
+def test_a_capture_level_that_is_not_a_level_fails_every_task_and_runs_nothing(tmp_path):
+    servant = Servant(lambda task: h.record_call(str(tmp_path), task))
+    status, reply = servant.run_chunk(servant.identity, "", 0, 2, _payload([1, 2]), None, "loud")
+    _, values, _, failed = _decode(reply)
+    assert status == "ok" and failed == {0, 1} and isinstance(values[0], TypeError)
+    assert h.calls(tmp_path) == {}
