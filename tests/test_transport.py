@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from ezpool.security import user_key_file
 
 from ezpool import AuthenticationError, Pool, WorkerUnavailable
+from ezpool.security import user_key_file
 from tests import _workers as w
 from tests.conftest import free_port
 from tests.test_serve import _memory_kb
