@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -184,7 +184,7 @@ class _Stream:
             return len(text)
         return int(self.original.write(text))
 
-    def writelines(self, lines: Iterator[str]) -> None:
+    def writelines(self, lines: Iterable[str]) -> None:
         for line in lines:
             self.write(line)
 
@@ -231,7 +231,7 @@ class Relay:
     ``[WORKER task TASK]``; a progress bar, if shown, is kept whole (``tqdm.write``).
     Log records go to the logger of the same name here, if it is enabled for their
     level, with the same tag in front of the message and the attributes
-    ``ezpool_task`` and ``ezpool_worker`` for formatters and filters.
+    ``ezpool_task`` and ``ezpool_worker`` for filters.
     """
 
     def __init__(self, keys: Sequence[Any], progress: Progress) -> None:
