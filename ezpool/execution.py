@@ -8,13 +8,28 @@ from collections.abc import Sequence
 from time import perf_counter
 from typing import Any, Callable, Optional
 
-from .serialization import ExceptionRecord, capture, dumps, safe_values
+from .output import Capture, TaskOutput
+from .serialization import ExceptionRecord, capture, dumps, loads, safe_values
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChunkOutcome", "run_chunk", "pack_chunk", "failed_chunk"]
+__all__ = [
+    "ChunkOutcome",
+    "ChunkReply",
+    "run_chunk",
+    "run_chunk_captured",
+    "pack_chunk",
+    "unpack_chunk",
+    "failed_chunk",
+]
 
 ChunkOutcome = tuple[list[Any], "array[float]", dict[int, ExceptionRecord]]
+
+#: A decoded reply: first position, values, run times, failures, and what the
+#: tasks wrote by offset (``None`` when output was not captured, or none was written).
+ChunkReply = tuple[
+    int, list[Any], "array[float]", dict[int, ExceptionRecord], Optional[dict[int, TaskOutput]]
+]
 
 
 def run_chunk(
@@ -61,14 +76,72 @@ def run_chunk(
     return values, times, failures
 
 
-def pack_chunk(first: int, outcome: ChunkOutcome) -> bytes:
-    """Pickle a chunk's outcome; values that cannot be pickled become failures."""
+def run_chunk_captured(
+    fun: Callable[..., Any],
+    tasks: Sequence[Any],
+    first: int,
+    mark: Any,
+    level: int,
+    outputs: dict[int, TaskOutput],
+    into: Optional[ChunkOutcome] = None,
+    stop: Any = None,
+) -> ChunkOutcome:
+    """``run_chunk``, keeping what each task prints and logs (see ``ezpool.output``).
+
+    A separate loop, so that ``run_chunk`` pays nothing when output is not wanted.
+    What a task wrote lands in ``outputs`` under its offset as it finishes (tasks
+    that wrote nothing are left out); log records are kept from ``level`` up.
+    """
+    values, times, failures = into if into is not None else ([], array("d"), {})
+    add_value, add_time, clock = values.append, times.append, perf_counter
+    position = first
+    with Capture(level) as kept:
+        began = clock()
+        for task in tasks:
+            mark[0] = position
+            kept.begin()
+            try:
+                value = fun(*task) if type(task) is tuple else fun(task)
+            except BaseException as exc:
+                value = None
+                failures[position - first] = capture(exc)
+            finished = clock()
+            written = kept.end()
+            if written is not None:
+                outputs[position - first] = written
+            add_value(value)
+            add_time(finished - began)
+            began = finished
+            position += 1
+            if stop is not None and stop.cancel:
+                break
+    mark[0] = -1
+    return values, times, failures
+
+
+def pack_chunk(first: int, outcome: ChunkOutcome, outputs: Optional[dict[int, TaskOutput]] = None) -> bytes:
+    """Pickle a chunk's outcome; values that cannot be pickled become failures.
+
+    The reply is ``(first, values, times, failures)``, with what the tasks wrote
+    as a fifth element only when there is some.
+    """
     values, times, failures = outcome
+    extra = (outputs,) if outputs else ()
     try:
-        return dumps((first, values, times, failures))
+        return dumps((first, values, times, failures, *extra))
     except Exception:
         safe_values(values, failures)
-        return dumps((first, values, times, failures))
+        return dumps((first, values, times, failures, *extra))
+
+
+def unpack_chunk(reply: bytes) -> ChunkReply:
+    """Unpickle what ``pack_chunk`` made (raises whatever unpickling raises)."""
+    decoded = loads(reply)
+    if len(decoded) == 4:
+        first, values, times, failures = decoded
+        return first, values, times, failures, None
+    first, values, times, failures, outputs = decoded
+    return first, values, times, failures, outputs
 
 
 def failed_chunk(count: int, record: ExceptionRecord) -> ChunkOutcome:

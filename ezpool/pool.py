@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 from . import backends
 from .options import Options
+from .output import Relay
 from .progress import Progress
 from .results import Results, ResultsBuilder
 from .tasks import unique_tasks
@@ -31,7 +32,7 @@ class Pool:
 
     Keyword options given here (see ``ezpool.Options``: ``progress``, ``msg``,
     ``timeout``, ``ncpu``, ``chunksize``, ``start_method``, ``workers``, ``spawn``,
-    ``hmac_key``, ``max_attempts``) are defaults for every call; a call may
+    ``hmac_key``, ``max_attempts``, ``capture_output``, ...) are defaults for every call; a call may
     override any of them. Use the pool as a context manager, or call
     ``shutdown()``, to stop the processes and workers it started.
     """
@@ -121,10 +122,13 @@ class Pool:
         began = perf_counter()
         builder = ResultsBuilder(keys)
         progress = Progress(options.progress, options.msg, keys)
+        relay = Relay(keys, progress)
         batches = backend.run(fun, keys, options, progress.per_task)
         try:
             for batch in batches:
                 builder.add(batch)
+                if batch.outputs:
+                    relay.show(batch)
                 progress.update(batch)
         finally:
             batches.close()

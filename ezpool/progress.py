@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
-from typing import Any, Optional
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional, TextIO
 
 from .backends.base import Batch
 from .options import ProgressHook
@@ -63,6 +64,25 @@ class Progress:
             if batch.failed:
                 self._bar.set_postfix(failed=self.failed, refresh=False)
             self._bar.update(count)
+
+    def write(self, text: str, file: TextIO) -> None:
+        """Write whole lines to ``file`` without tearing the bar, if one is shown."""
+        if self._bar is None:
+            file.write(text)
+            file.flush()
+        else:
+            type(self._bar).write(text, file=file, end="")
+
+    @contextlib.contextmanager
+    def redirect_logging(self) -> Iterator[None]:
+        """While a bar is shown, let the root logger's console handlers write around it."""
+        if self._bar is None:
+            yield
+            return
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm(tqdm_class=type(self._bar)):
+            yield
 
     def close(self) -> None:
         if self._bar is not None:

@@ -16,13 +16,16 @@ remote methods carry only strings, numbers, bytes and small dicts:
     ``BaseWorker`` class in the shipment ``blob`` (see ``ezpool.code``) under its
     content id ``fid``; ``(status, reply)`` is ``("ok", b"")``, or ``("error",
     pickled ExceptionRecord)`` when it cannot be loaded here.
-``run_chunk(identity, fid, first, count, payloads, timeout)``
-    ``(status, reply)``. ``status`` is ``"ok"`` (``reply`` is the pickled outcome,
-    see ``ezpool.execution.pack_chunk``), ``"wrong-worker"`` (this is not the
-    process the client checked: nothing ran), ``"need-function"`` (``fid`` is not
-    loaded here: nothing ran), or ``"restarting"`` (a timed-out task is being
-    stopped by restarting this process: nothing ran). A worker that serves one
-    named target runs it whatever ``fid`` says (the client checked it at ``hello``).
+``run_chunk(identity, fid, first, count, payloads, timeout[, capture_level])``
+    ``(status, reply)``. ``capture_level`` (sent only when the client wants it) is
+    the lowest log level to keep with what each task prints, sent back with the
+    outcome (see ``ezpool.output``). ``status`` is ``"ok"`` (``reply`` is the
+    pickled outcome, see ``ezpool.execution.pack_chunk``), ``"wrong-worker"``
+    (this is not the process the client checked: nothing ran), ``"need-function"``
+    (``fid`` is not loaded here: nothing ran), or ``"restarting"`` (a timed-out
+    task is being stopped by restarting this process: nothing ran). A worker that
+    serves one named target runs it whatever ``fid`` says (the client checked it
+    at ``hello``).
 
 One chunk runs at a time, whoever sends it, in a runner thread of its own. The
 thread that received the request watches it: a task that runs past ``timeout``
@@ -47,7 +50,8 @@ from typing import Any, Callable, Optional, cast
 
 from .code import fingerprint, unpack
 from .errors import TaskTimeout
-from .execution import ChunkOutcome, failed_chunk, pack_chunk, run_chunk
+from .execution import ChunkOutcome, failed_chunk, pack_chunk, run_chunk, run_chunk_captured
+from .output import TaskOutput
 from .serialization import ExceptionRecord, capture, dumps, loads
 from .worker import BaseWorker
 
@@ -98,12 +102,17 @@ class Faults:
 class _Job:
     """One chunk handed to the runner thread, and what it has done so far."""
 
-    __slots__ = ("run", "tasks", "first", "mark", "cancel", "done", "values", "times", "failures")
+    __slots__ = (
+        "run", "tasks", "first", "level", "mark", "cancel", "done", "values", "times", "failures", "outputs",
+    )
 
-    def __init__(self, run: Callable[..., Any], tasks: Sequence[Any], first: int) -> None:
+    def __init__(
+        self, run: Callable[..., Any], tasks: Sequence[Any], first: int, level: Optional[int]
+    ) -> None:
         self.run = run
         self.tasks = tasks
         self.first = first
+        self.level = level  # None, or the lowest log level to keep with what tasks print
         self.mark = [-1]  # the position running now, -1 between tasks
         self.cancel = False  # set by the watching thread: stop after the current task
         self.done = threading.Event()
@@ -111,6 +120,7 @@ class _Job:
         self.values: list[Any] = []
         self.times = array("d")
         self.failures: dict[int, ExceptionRecord] = {}
+        self.outputs: dict[int, TaskOutput] = {}
 
 
 class Servant:
@@ -224,11 +234,15 @@ class Servant:
         count: int,
         payloads: list[bytes],
         timeout: Optional[float],
+        capture_level: Optional[int] = None,
         client_gone: Callable[[], bool] = lambda: False,
     ) -> tuple[str, bytes]:
         """Run a chunk for the client that checked this process; see the module docstring."""
         if identity != self.identity:
             return "wrong-worker", self.identity.encode()
+        if capture_level is not None and type(capture_level) is not int:
+            error = TypeError(f"capture_level must be a log level or None, got {capture_level!r}")
+            return "ok", pack_chunk(first, failed_chunk(count, capture(error)))
         run = self._run if self._pinned else self._functions.get(fid)
         if run is None:
             return "need-function", b""
@@ -245,13 +259,14 @@ class Servant:
                 tasks = [task for payload in payloads for task in loads(payload)]
             except BaseException as exc:
                 return "ok", pack_chunk(first, failed_chunk(count, capture(exc)))
-            job = self._job = _Job(run, tasks, first)
+            job = self._job = _Job(run, tasks, first, capture_level)
             self._lock.notify_all()
         outcome = self._watch(job, timeout, client_gone)
         if call in self._faults.drop_reply:
             logger.warning("fault injected: hanging up instead of answering call %d", call)
             return "drop", b""
-        return "ok", pack_chunk(first, outcome)
+        ran = len(outcome[0])  # a timed-out chunk answers for fewer tasks than the runner holds
+        return "ok", pack_chunk(first, outcome, {k: v for k, v in list(job.outputs.items()) if k < ran})
 
     def _watch(self, job: _Job, timeout: Optional[float], client_gone: Callable[[], bool]) -> ChunkOutcome:
         """Wait for the runner, stopping it when the client leaves or a task overruns."""
@@ -296,7 +311,11 @@ class Servant:
                 while self._job is None or self._job.done.is_set():
                     self._lock.wait()
                 job = self._job
-            run_chunk(job.run, job.tasks, job.first, job.mark, (job.values, job.times, job.failures), job)
+            into = (job.values, job.times, job.failures)
+            if job.level is None:
+                run_chunk(job.run, job.tasks, job.first, job.mark, into, job)
+            else:
+                run_chunk_captured(job.run, job.tasks, job.first, job.mark, job.level, job.outputs, into, job)
             with self._lock:
                 job.done.set()
                 if not self._restarting:

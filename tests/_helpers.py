@@ -7,8 +7,10 @@ which start a fresh interpreter, can find them by name.
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -203,3 +205,19 @@ def _loaded(path: str) -> CountsUnpickling:
     with open(path, "a", encoding="utf-8") as log:
         log.write(f"{os.getpid()}\n")
     return CountsUnpickling(path)
+
+
+def chatty(task: Any, nap: float = 0.0) -> Any:
+    """Prints to stdout and stderr and logs at info and warning level, naming the task.
+
+    Task ``"bad"`` raises ``ValueError`` after all that; ``nap`` seconds pass first.
+    """
+    time.sleep(nap)
+    print(f"out {task}")
+    print(f"err {task}", file=sys.stderr)
+    log = logging.getLogger("tests.chatty")
+    log.info("told %s", task)
+    log.warning("warned %s", task)
+    if task == "bad":
+        raise ValueError(f"bad task {task}")
+    return task

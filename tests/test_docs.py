@@ -107,6 +107,16 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert text.index(".. code-block:: bash") == first_block
 
 
+
+def test_recipe_for_worker_output_runs_and_shows_what_it_says(tmp_path: Path) -> None:
+    source = next(block for block in code_blocks(DOCS / "recipes.rst", "python") if "capture_output" in block)
+    (shown,) = [block for block in code_blocks(DOCS / "recipes.rst", "text") if "[pid " in block]
+    done = run_script(source, tmp_path)
+    assert done.returncode == 0, done.stderr
+    expected = [re.sub(r"pid \d+", "pid N", line) for line in shown.splitlines()]
+    got = [re.sub(r"pid \d+", "pid N", line) for line in (done.stdout + done.stderr).splitlines()]
+    assert sorted(got) == sorted(expected)
+
 @needs_distributed
 def test_tutorial_distributed_example_runs_with_nothing_started(tmp_path: Path) -> None:
     second = code_blocks(DOCS / "tutorial.rst", "python")[1]

@@ -39,6 +39,9 @@ BAD_VALUES = [
     ("spawn", "no", TypeError),
     ("max_attempts", 0, ValueError),
     ("max_attempts", None, TypeError),
+    ("capture_output", "yes", TypeError),
+    ("capture_output", 1, TypeError),
+    ("capture_output", None, TypeError),
 ]
 
 IDS = [f"{name}={value!r}" for name, value, _ in BAD_VALUES]
@@ -116,6 +119,16 @@ def test_good_values_are_kept_and_workers_become_a_tuple():
     assert Options(workers=["PYRO:a@h:1", "PYRO:b@h:2"]).workers == ("PYRO:a@h:1", "PYRO:b@h:2")
     assert Options(progress=print).progress is print
     assert Options().replace(ncpu=2).replace(ncpu=None).ncpu is None
+
+
+def test_capture_output_is_off_by_default_and_only_true_or_false():
+    assert Options().capture_output is False
+    assert Options(capture_output=True).capture_output is True
+    assert Options().replace(capture_output=True).replace(capture_output=False).capture_output is False
+    for value in (0, 1, "true", None, [True]):
+        pattern = "capture_output must be True or False, got " + re.escape(repr(value))
+        with pytest.raises(TypeError, match=pattern):
+            Options(capture_output=value)
 
 
 def test_replace_returns_a_new_options_and_leaves_the_old_one_alone():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 import time
@@ -71,7 +72,9 @@ def test_a_chunk_whose_client_hung_up_stops_after_the_running_task(tmp_path):
 
     servant = Servant(slow_record)
     threading.Timer(0.25, gone.set).start()
-    status, reply = servant.run_chunk(servant.identity, "", 0, 50, _payload(range(50)), None, gone.is_set)
+    status, reply = servant.run_chunk(
+        servant.identity, "", 0, 50, _payload(range(50)), None, client_gone=gone.is_set
+    )
     _, values, _, _ = _decode(reply)
     assert status == "ok" and len(values) <= 5
     assert sum(h.calls(tmp_path).values()) == len(values)
@@ -82,3 +85,22 @@ def test_faults_are_named_or_refused():
     assert Faults("drop_reply=2, drop_reply=5").drop_reply == {2, 5}
     with pytest.raises(ValueError, match="unknown fault 'explode'"):
         Faults("explode")
+
+
+def test_a_chunk_asked_to_capture_answers_with_what_each_task_wrote():
+    servant = Servant(h.chatty)
+    status, reply = servant.run_chunk(servant.identity, "", 4, 2, _payload(["a", "bad"]), None, logging.INFO)
+    first, values, _, failures, outputs = pickle.loads(reply)
+    assert status == "ok" and first == 4 and values[0] == "a" and set(failures) == {1}
+    assert sorted(outputs) == [0, 1], "a failing task's output is sent too"
+    kinds = [kind for kind, _ in outputs[1]]
+    assert kinds == ["stdout", "stderr", "log", "log"]
+    assert outputs[1][0] == ("stdout", "out bad\n") and outputs[1][3][1]["msg"] == "warned bad"
+
+
+def test_a_capture_level_that_is_not_a_level_fails_every_task_and_runs_nothing(tmp_path):
+    servant = Servant(lambda task: h.record_call(str(tmp_path), task))
+    status, reply = servant.run_chunk(servant.identity, "", 0, 2, _payload([1, 2]), None, "loud")
+    _, values, _, failed = _decode(reply)
+    assert status == "ok" and failed == {0, 1} and isinstance(values[0], TypeError)
+    assert h.calls(tmp_path) == {}

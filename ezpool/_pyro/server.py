@@ -244,6 +244,7 @@ class ExposedServant:
         return result, sign(self._key, session.nonce, counter, "reply", result)
 
     def _run_chunk(self, connection: Any, *args: Any) -> Any:
+        # args: identity, fid, first, count, payloads, timeout[, capture_level]
         status, reply = self._servant.run_chunk(*args, client_gone=lambda: _peer_closed(connection))
         if status == "drop":  # a fault a test asked for: hang up without an answer
             _hang_up(connection)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Generator, Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..options import Options
+
+if TYPE_CHECKING:
+    from ..output import TaskOutput
 
 logger = logging.getLogger(__name__)
 
@@ -26,26 +29,31 @@ class Batch:
     Attributes:
         start: position of the first task in the call's list of distinct tasks.
         values: one per task: its value or, where it failed, the exception.
-        elapsed: one per task: its run time in seconds, measured where it ran.
+        elapsed: one per task: its run time in seconds, measured where it ran (a list or
+            an ``array('d')``).
         failed: offsets (from ``start``) of the tasks whose value is an exception.
         worker: where these tasks ran.
+        outputs: what tasks printed and logged, by offset, when the call asked for it
+            (``capture_output``); ``None`` otherwise. See ``ezpool.output``.
     """
 
-    __slots__ = ("start", "values", "elapsed", "failed", "worker")
+    __slots__ = ("start", "values", "elapsed", "failed", "worker", "outputs")
 
     def __init__(
         self,
         start: int,
         values: list[Any],
-        elapsed: list[float],
+        elapsed: Sequence[float],
         failed: frozenset[int] | set[int],
         worker: str,
+        outputs: Optional[dict[int, TaskOutput]] = None,
     ) -> None:
         self.start = start
         self.values = values
         self.elapsed = elapsed
         self.failed = failed
         self.worker = worker
+        self.outputs = outputs
 
     def __repr__(self) -> str:
         return (

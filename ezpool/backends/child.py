@@ -11,7 +11,8 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Optional
 
-from ..execution import failed_chunk, pack_chunk, run_chunk
+from ..execution import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
+from ..output import TaskOutput
 from ..serialization import ExceptionRecord, capture, loads
 
 logger = logging.getLogger(__name__)
@@ -25,8 +26,10 @@ _PARENT_CHECK_EVERY = 0.5
 def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
     """Serve chunks from ``conn`` until told to stop or the parent goes away.
 
-    A request is ``(token, function_blob_or_None, first, stop, pieces)``; the reply
-    is what ``ezpool.execution.pack_chunk`` makes. ``None`` asks the loop to stop.
+    A request is ``(token, function_blob_or_None, first, stop, pieces, capture_level)``
+    (``capture_level``: ``None``, or the lowest log level to keep with what the tasks
+    print, see ``ezpool.output``); the reply is what ``ezpool.execution.pack_chunk``
+    makes. ``None`` asks the loop to stop.
     """
     # Ctrl-C is the parent's to handle: children stop when the parent says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -43,7 +46,8 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
         request = None if message is None else loads(message)
         if request is None:
             return
-        _token, blob, first, stop, pieces = request
+        _token, blob, first, stop, pieces, level = request
+        outputs: dict[int, TaskOutput] = {}
         try:
             if blob is not None:
                 fun, load_error = None, None
@@ -57,10 +61,12 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
         else:
             if load_error is not None or fun is None:
                 outcome = failed_chunk(stop - first, load_error or capture(RuntimeError("no function")))
-            else:
+            elif level is None:
                 outcome = run_chunk(fun, tasks, first, mark)
+            else:
+                outcome = run_chunk_captured(fun, tasks, first, mark, level, outputs)
         try:
-            conn.send_bytes(pack_chunk(first, outcome))
+            conn.send_bytes(pack_chunk(first, outcome, outputs))
         except OSError:  # the parent is gone
             return
 

@@ -6,9 +6,10 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
     ─────────────────────────────────────────          ───────────────────────────
     pickle the function once, tasks in pieces
     each worker holds up to two chunks:                  a reader thread queues them;
-      ─── (token, fun?, first, stop, pieces) ──▶       unpickle, run each task:
+      ── (token, fun?, first, stop, pieces, level) ──▶  unpickle, run each task:
                                                             mark = its position
-    wait(pipes + process sentinels, timeout)  ◀── (first, values, times, failures)
+    wait(pipes + process sentinels, timeout)  ◀── (first, values, times, failures,
+                                                   [what tasks wrote, if captured])
       ├─ a reply: top that worker up to two chunks, then yield a Batch
       ├─ a sentinel: the process died; ``mark`` names the task it was running,
       │   which gets WorkerCrashed (or one more try); the rest of its chunks is redone
@@ -34,8 +35,10 @@ from typing import Any, Callable, Optional
 
 from ..chunking import ChunkQueue
 from ..errors import ResultNotSerializable, TaskTimeout, WorkerCrashed
+from ..execution import unpack_chunk
 from ..options import Options
-from ..serialization import dumps, dumps_function, loads, rebuild
+from ..output import capture_level
+from ..serialization import dumps, dumps_function, rebuild
 from .base import Backend, Batch
 from .processes import STOP_GRACE, WorkerProcess, stop_with
 
@@ -141,6 +144,7 @@ class _Call:
         self.pending = pending
         self.timeout = options.timeout
         self.max_attempts = options.max_attempts
+        self.capture_level = capture_level(options)
         self.sizer = pending.sizer
         self.attempts: dict[int, int] = {}
         self.token = token
@@ -191,7 +195,7 @@ class _Call:
         while self.pending and len(proc.chunks) < depth:
             piece = self.pending.take()
             blob = self.blob if proc.token != self.token else None
-            request = dumps((self.token, blob, piece.start, piece.stop, piece.payloads))
+            request = dumps((self.token, blob, piece.start, piece.stop, piece.payloads, self.capture_level))
             try:
                 proc.conn.send_bytes(request)
             except OSError:  # it died: its sentinel will say so; put this chunk back
@@ -208,7 +212,7 @@ class _Call:
     def _batch(self, reply: bytes, start: int, stop: int, worker: str) -> Iterator[Batch]:
         """Decode a worker's reply; if it cannot be unpickled here, redo its tasks one by one."""
         try:
-            first, values, times, failures = loads(reply)
+            first, values, times, failures, outputs = unpack_chunk(reply)
         except Exception as exc:
             if stop - start > 1:
                 logger.warning("results of tasks %d..%d could not be unpickled (%s); redoing them one by one",
@@ -225,7 +229,7 @@ class _Call:
         for offset, record in failures.items():
             values[offset] = rebuild(record)
         self.sizer.record(times)
-        yield Batch(first, values, times, set(failures), worker)
+        yield Batch(first, values, times, set(failures), worker, outputs)
 
     def _wait_seconds(self, busy: dict[Any, WorkerProcess]) -> Optional[float]:
         """How long to block: forever, or briefly enough to watch for overdue tasks."""

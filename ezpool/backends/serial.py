@@ -30,6 +30,8 @@ class SerialBackend(Backend):
             raise TypeError(f"fun must be callable, got {fun!r}")
         if options.timeout is not None:
             logger.debug("serial mode cannot stop a running task; timeout=%s ignored", options.timeout)
+        if options.capture_output:
+            logger.debug("serial mode: tasks write here directly; capture_output ignored")
         worker = f"pid {os.getpid()}"
         start, values, times, failed = 0, [], [], set()
         flushed = perf_counter()

@@ -33,8 +33,9 @@ from ... import _pyro
 from ...chunking import Chunk, ChunkQueue
 from ...code import Shipment
 from ...errors import ResultNotSerializable, WorkerCrashed
-from ...execution import failed_chunk, pack_chunk
+from ...execution import failed_chunk, pack_chunk, unpack_chunk
 from ...options import Options
+from ...output import capture_level
 from ...serialization import loads, rebuild
 from ...servant import GENERIC
 from ..base import Batch
@@ -89,6 +90,9 @@ class Call:
         self.timeout = options.timeout
         self.heartbeat = options.heartbeat
         self.max_attempts = options.max_attempts
+        # Sent only when wanted, so that a call without it is one any worker knows.
+        level = capture_level(options)
+        self.capture = [] if level is None else [level]
         self.restart = restart  # starts again a worker this pool started, if it died
         self.held: dict[Link, Chunk] = {}
         self.attempts: dict[int, int] = {}
@@ -206,7 +210,8 @@ class Call:
                     return Verdict("done", reply=pack_chunk(chunk.start, failed_chunk(count, loads(reply))))
                 link.loaded.add(fid)
             status, reply = connection.call(
-                "run_chunk", link.identity, fid, chunk.start, count, list(chunk.payloads), self.timeout
+                "run_chunk", link.identity, fid, chunk.start, count, list(chunk.payloads), self.timeout,
+                *self.capture,
             )
         except Exception as exc:
             return self._broken(link, exc)
@@ -327,7 +332,7 @@ class Call:
         again: list[tuple[int, int, bool]],
     ) -> None:
         try:
-            first, values, times, failures = loads(reply)
+            first, values, times, failures, outputs = unpack_chunk(reply)
         except Exception as exc:
             if chunk.stop - chunk.start > 1:
                 logger.warning("results of tasks %d..%d from %s could not be unpickled here (%s); "
@@ -345,7 +350,7 @@ class Call:
         if values:
             with self.cond:
                 self.pending.sizer.record(times)
-            batches.append(Batch(first, values, times, set(failures), worker))
+            batches.append(Batch(first, values, times, set(failures), worker, outputs))
         if first + len(values) < chunk.stop:  # it stopped early: the rest never ran
             again.append((first + len(values), chunk.stop, False))
 
