@@ -160,3 +160,17 @@ def test_procs_pass_the_refresh_interval_to_every_process():
     child = _child_args(args, 21001)
     assert child[child.index("--ns-refresh") + 1] == "0.5"
     assert _parser().parse_args(["tests._workers:Square"]).ns_refresh == 5.0
+
+
+def test_the_name_server_takes_hundreds_of_registrations_at_once(name_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    uri = _pyro.name_server_uri(name_server)
+
+    def register(n: int) -> None:
+        with _pyro.NameServer(uri, user_key(), 30.0) as server:
+            server.register(f"ezpool.crowd.{n}", f"PYRO:worker@10.0.0.1:{20000 + n}", set())
+
+    with ThreadPoolExecutor(max_workers=100) as threads:
+        list(threads.map(register, range(300)))
+    assert len(list_workers(name_server, prefix="ezpool.crowd.")) == 300
