@@ -48,7 +48,7 @@ def ship(fun: Any, by_value: Sequence[ModuleLike] = ()) -> Shipment:
     for module in modules:
         cloudpickle.register_pickle_by_value(module)
     try:
-        blob = cloudpickle.dumps((fun, _sources(fun)), pickle.HIGHEST_PROTOCOL)
+        blob = cloudpickle.dumps((fun, *_sources(fun)), pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise TypeError(f"cannot send {fun!r} to a worker: {exc}") from exc
     finally:
@@ -58,10 +58,17 @@ def ship(fun: Any, by_value: Sequence[ModuleLike] = ()) -> Shipment:
 
 
 def unpack(blob: bytes) -> Any:
-    """The function in a shipment; its source lines go into ``linecache`` for tracebacks."""
-    fun, sources = pickle.loads(blob)
+    """The function in a shipment; its source lines go into ``linecache`` for tracebacks.
+
+    cloudpickle 3 renames the file of code it sends by value to ``<dynamic-code>``;
+    each such code object gets its own file name back, so that its lines are found.
+    """
+    fun, sources, origins = pickle.loads(blob)
     for filename, lines in sources.items():
         linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    if origins:
+        for function in _functions(fun, lambda filename: filename != _DYNAMIC):
+            function.__code__ = _renamed(function.__code__, origins)
     return fun
 
 
@@ -99,22 +106,53 @@ def _bytecode(code: types.CodeType) -> Iterator[bytes]:
             yield repr(const).encode()
 
 
-def _sources(fun: Any) -> dict[str, list[str]]:
-    """Source lines of the code in ``fun`` that no worker could read from a file."""
+#: The file name cloudpickle 3 gives all code it sends by value.
+_DYNAMIC = "<dynamic-code>"
+
+Origins = dict[tuple[str, int, bytes], str]
+
+
+def _sources(fun: Any) -> tuple[dict[str, list[str]], Origins]:
+    """Source lines of the code in ``fun`` that no worker could read from a file, and
+    the file name of each such code object (by name, first line and bytecode)."""
     sources: dict[str, list[str]] = {}
+    origins: Origins = {}
     has_file = functools.lru_cache(maxsize=None)(os.path.exists)  # one look per file
-    for code in _codes(fun, has_file):
-        filename = code.co_filename
-        if filename in sources or has_file(filename):
-            continue
-        lines = linecache.getlines(filename)
-        if lines:
-            sources[filename] = lines
-    return sources
+    for function in _functions(fun, has_file):
+        for code in _nested(function.__code__):
+            filename = code.co_filename
+            if has_file(filename):
+                continue
+            origins[_code_key(code)] = filename
+            if filename not in sources:
+                lines = linecache.getlines(filename)
+                if lines:
+                    sources[filename] = lines
+    return sources, origins
 
 
-def _codes(fun: Any, has_file: Callable[[str], bool]) -> Iterator[types.CodeType]:
-    """The code of ``fun`` and of the file-less functions and classes it reaches.
+def _code_key(code: types.CodeType) -> tuple[str, int, bytes]:
+    return code.co_name, code.co_firstlineno, hashlib.sha256(code.co_code).digest()[:8]
+
+
+def _nested(code: types.CodeType) -> Iterator[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _nested(const)
+
+
+def _renamed(code: types.CodeType, origins: Origins) -> types.CodeType:
+    """``code`` (and the code inside it) with the file names recorded in ``origins``."""
+    consts = tuple(_renamed(c, origins) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    filename = code.co_filename
+    if filename == _DYNAMIC:
+        filename = origins.get(_code_key(code), filename)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+def _functions(fun: Any, has_file: Callable[[str], bool]) -> Iterator[Any]:
+    """``fun`` and the file-less functions (and classes' functions) it reaches.
 
     A function from a notebook cell often calls a helper from another cell, or a
     class inherits its ``run`` from one: cloudpickle sends those by value too, so
@@ -137,9 +175,9 @@ def _codes(fun: Any, has_file: Callable[[str], bool]) -> Iterator[types.CodeType
             continue
         item = getattr(item, "func", item)  # functools.partial too
         code = getattr(item, "__code__", None)
-        if code is None:
+        if code is None or not inspect.isfunction(item):
             continue
-        yield code
+        yield item
         if not has_file(code.co_filename):
             todo.extend(_reached(item, code))
 

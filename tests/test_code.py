@@ -174,7 +174,7 @@ def cells() -> Iterator[Callable[[str], dict[str, Any]]]:
 
 
 def shipped_sources(fun: Any) -> dict[str, list[str]]:
-    _, sources = pickle.loads(ship(fun).blob)
+    _, sources, _ = pickle.loads(ship(fun).blob)
     return sources
 
 
