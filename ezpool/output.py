@@ -33,6 +33,8 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional
 
+from .serialization import short_repr
+
 if TYPE_CHECKING:
     from .backends.base import Batch
     from .options import Options
@@ -245,7 +247,7 @@ class Relay:
         with self._progress.redirect_logging():
             for offset in sorted(outputs):
                 task = self._keys[batch.start + offset]
-                tag = f"[{batch.worker} task {_short_repr(task)}]"
+                tag = f"[{batch.worker} task {short_repr(task, 60)}]"
                 for kind, item in outputs[offset]:
                     if kind == "log":
                         _emit(item, tag, task, batch.worker)
@@ -269,12 +271,3 @@ def _emit(fields: dict[str, Any], tag: str, task: Any, worker: str) -> None:
     target = logging.getLogger(record.name) if record.name != "root" else logging.getLogger()
     if target.isEnabledFor(record.levelno):
         target.handle(record)
-
-
-def _short_repr(value: Any, limit: int = 60) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__} object>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-

@@ -29,6 +29,7 @@ __all__ = [
     "capture",
     "rebuild",
     "safe_values",
+    "short_repr",
 ]
 
 loads = pickle.loads
@@ -109,7 +110,7 @@ def safe_values(values: list[Any], failures: dict[int, ExceptionRecord]) -> None
         except Exception as exc:
             values[offset] = None
             error = ResultNotSerializable(
-                f"the task's value {_short_repr(value)} cannot be sent back: {exc}"
+                f"the task's value {short_repr(value)} cannot be sent back: {exc}"
             )
             failures[offset] = capture(error)
 
@@ -127,7 +128,8 @@ def _safe_str(exc: BaseException) -> str:
         return f"<str() of {type(exc).__name__} failed>"
 
 
-def _short_repr(value: Any, limit: int = 80) -> str:
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, or a stand-in when ``repr`` itself fails."""
     try:
         text = repr(value)
     except Exception:
