@@ -104,9 +104,15 @@ class ChunkQueue:
         # Whether a piece longer than the sizer's limit is cut: a worker's first chunk
         # is then one task, and slow tasks never travel by the hundred.
         self._split = split and not self._fixed
+        pieces = plan_pieces(len(tasks), workers, chunksize)
+        if self._split and pieces:
+            # Each worker's first chunk is one task: cut those off the first piece now,
+            # rather than pickle the whole piece and cut it (and pickle it again) later.
+            start, stop = pieces[0]
+            probes = [(n, n + 1) for n in range(start, min(stop - 1, start + workers))]
+            pieces[:1] = [*probes, (probes[-1][1] if probes else start, stop)]
         self._pending = deque(
-            Chunk(start, stop, (dumps_tasks(tasks[start:stop]),), False)
-            for start, stop in plan_pieces(len(tasks), workers, chunksize)
+            Chunk(start, stop, (dumps_tasks(tasks[start:stop]),), False) for start, stop in pieces
         )
         self.sizer = ChunkSizer(workers * depth)
         self._undispatched = len(tasks)
