@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, Optional
 
+from .backends.base import Batch
+from .feed import Feed
 from .serialization import dumps_tasks
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,9 @@ TARGET_SECONDS = 0.01
 
 #: Each piece is 1 / (PIECES_PER_WORKER * workers) of the tasks that remain.
 PIECES_PER_WORKER = 16
+
+#: Most tasks in one chunk when nothing else limits it (tasks that take no time).
+_MOST = 1 << 20
 
 
 def plan_pieces(count: int, workers: int, chunksize: Optional[int] = None) -> list[tuple[int, int]]:
@@ -59,18 +64,23 @@ class ChunkSizer:
         self._tasks += len(times)
         self._seconds += sum(times)
 
-    def limit(self, remaining: int) -> int:
-        """Most tasks the next chunk should hold when ``remaining`` tasks are left.
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    def limit(self, remaining: float) -> int:
+        """Most tasks the next chunk should hold when ``remaining`` tasks are left
+        (``math.inf`` while more tasks may still be read).
 
         Before anything was measured, a chunk is a single piece (the limit is 1).
         """
         if not self._tasks:
             return 1
         mean = self._seconds / self._tasks
-        if mean <= 0:
-            return remaining
-        fair_share = math.ceil(remaining / (2 * self._slots))
-        return max(1, min(int(self._target / mean), fair_share))
+        if mean <= 0:  # instant tasks: all that is left may go at once
+            return int(remaining) if remaining != math.inf else _MOST
+        fair_share = math.ceil(remaining / (2 * self._slots)) if remaining != math.inf else _MOST
+        return max(1, min(int(self._target / mean), fair_share, _MOST))
 
 
 class Chunk(NamedTuple):
@@ -83,10 +93,13 @@ class Chunk(NamedTuple):
 
 
 class ChunkQueue:
-    """The tasks of a call that wait to be sent, pickled up front, joined on the way out.
+    """The tasks of a call that wait to be sent, pickled in pieces, joined on the way out.
 
-    Pickling everything before the first task runs is what lets a task that
-    cannot be sent be a ``TypeError`` before any work. Both the parallel and the
+    For ``map`` every task is pickled before the first one runs, which is what
+    lets a task that cannot be sent be a ``TypeError`` before any work. For
+    ``imap`` the tasks come from a ``Feed``: the backend calls ``refill`` (in the
+    caller's thread) and pieces are read and pickled as the workers need them,
+    sized by the run times measured so far. Both the parallel and the
     distributed backends draw their chunks from here; neither locks it itself
     (the distributed one holds its own lock around every use).
     """
@@ -101,6 +114,14 @@ class ChunkQueue:
     ) -> None:
         self._tasks = tasks
         self._fixed = chunksize is not None
+        self._chunksize = chunksize
+        self.sizer = ChunkSizer(workers * depth)
+        self._pending: deque[Chunk] = deque()
+        self._undispatched = 0
+        self.feed: Optional[Feed] = tasks if isinstance(tasks, Feed) else None
+        if self.feed is not None:
+            self._split = False  # pieces are cut to the measured size as they are read
+            return
         # Whether a piece longer than the sizer's limit is cut: a worker's first chunk
         # is then one task, and slow tasks never travel by the hundred.
         self._split = split and not self._fixed
@@ -111,19 +132,49 @@ class ChunkQueue:
             start, stop = pieces[0]
             probes = [(n, n + 1) for n in range(start, min(stop - 1, start + workers))]
             pieces[:1] = [*probes, (probes[-1][1] if probes else start, stop)]
-        self._pending = deque(
+        self._pending.extend(
             Chunk(start, stop, (dumps_tasks(tasks[start:stop]),), False) for start, stop in pieces
         )
-        self.sizer = ChunkSizer(workers * depth)
         self._undispatched = len(tasks)
 
     def __bool__(self) -> bool:
         return bool(self._pending)
 
+    @property
+    def exhausted(self) -> bool:
+        """Whether every task has been read (always, for a list of tasks)."""
+        return self.feed is None or self.feed.exhausted
+
+    def refill(self) -> list[Batch]:
+        """Read and pickle as many tasks from the feed as the workers can use soon.
+
+        Returns the outcomes that were known without running (found in a store),
+        for the backend to report. Raises ``TypeError`` naming a task that cannot
+        be pickled, and whatever the iterable of tasks raises.
+        """
+        feed = self.feed
+        if feed is None:
+            return []
+        slots = self.sizer.slots
+        piece = self._chunksize or min(self.sizer.limit(math.inf), max(1, feed.limit // (2 * slots)))
+        wanted = 2 * slots * piece - self._undispatched
+        while wanted > 0 and not feed.exhausted and feed.room():
+            runs = feed.pull(min(wanted, piece * slots))
+            for start, stop in runs:
+                for first in range(start, stop, piece):
+                    last = min(stop, first + piece)
+                    self._pending.append(Chunk(first, last, (dumps_tasks(feed[first:last]),), False))
+                    self._undispatched += last - first
+                    wanted -= last - first
+            if not runs:
+                break  # all it read was settled already, or there is no room left
+        return feed.settled()
+
     def take(self) -> Chunk:
         """The next chunk: consecutive pieces adding up to about the right amount of work."""
         first = self._pending.popleft()
-        limit = self.sizer.limit(self._undispatched) if not self._fixed else 0
+        remaining = self._undispatched if self.exhausted else math.inf
+        limit = self.sizer.limit(remaining) if not self._fixed else 0
         if self._split and first.stop - first.start > limit:
             cut = first.start + limit
             self._pending.appendleft(Chunk(cut, first.stop, (), first.alone))

@@ -24,7 +24,7 @@ __all__ = ["Options", "DEFAULT_WORKER"]
 #: The worker a distributed call uses when none is named.
 DEFAULT_WORKER = "PYRO:worker@localhost:21000"
 
-ProgressHook = Callable[[Any, int, int], Any]
+ProgressHook = Callable[[Any, int, Optional[int]], Any]
 PathText = Union[str, "os.PathLike[str]"]
 
 
@@ -75,6 +75,17 @@ class Options:
             level of its own decides for its records). Off by default: it costs a few
             microseconds per task. The serial mode ignores it: its tasks already write
             here. Output of a task that overruns its timeout or kills its process is lost.
+        store: a file (SQLite) that keeps every outcome as it arrives: run the same call
+            again and the stored outcomes come back at once, only the missing tasks run.
+            Survives Ctrl-C and a killed process; see ``ezpool.store``.
+        store_key: a name of your own for the results in ``store``, to keep apart the
+            results of different versions of a function (``None``: its name). The store
+            refuses to mix results of changed code under one name.
+        retry_failed: with ``store``, run again the tasks whose stored outcome is an
+            exception, instead of returning it.
+        buffersize: ``imap`` only: most tasks read from the iterable and not yet handed
+            back, which bounds memory (``None``: in proportion to the workers). Fewer
+            are read when tasks are slow.
     """
 
     progress: Union[bool, ProgressHook, None] = None
@@ -94,6 +105,10 @@ class Options:
     max_attempts: int = 2
     heartbeat: float = 10.0
     capture_output: bool = False
+    store: Optional[PathText] = None
+    store_key: Optional[str] = None
+    retry_failed: bool = False
+    buffersize: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not (self.progress is None or isinstance(self.progress, bool) or callable(self.progress)):
@@ -132,6 +147,13 @@ class Options:
         object.__setattr__(self, "ship_modules", _check_modules(self.ship_modules))
         if not isinstance(self.capture_output, bool):
             raise TypeError(f"capture_output must be True or False, got {self.capture_output!r}")
+        if self.store is not None and not isinstance(self.store, (str, os.PathLike)):
+            raise TypeError(f"store must be a file path or None, got {self.store!r}")
+        if self.store_key is not None and not (isinstance(self.store_key, str) and self.store_key):
+            raise TypeError(f"store_key must be a non-empty string or None, got {self.store_key!r}")
+        if not isinstance(self.retry_failed, bool):
+            raise TypeError(f"retry_failed must be True or False, got {self.retry_failed!r}")
+        _check_count("buffersize", self.buffersize)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
 

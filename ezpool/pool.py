@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Hashable, Iterable
+from collections.abc import Generator, Hashable, Iterable, Iterator, Sequence, Sized
+from itertools import repeat
 from time import perf_counter
 from types import TracebackType
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import backends
+from .backends.base import Batch
+from .feed import Feed
 from .options import Options
 from .output import Relay
 from .progress import Progress
-from .results import Results, ResultsBuilder
+from .results import Results, ResultsBuilder, TaskOutcome
 from .tasks import unique_tasks
+
+if TYPE_CHECKING:
+    from .store import Sweep
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +28,13 @@ __all__ = ["Pool", "EzPool"]
 
 #: What each public method runs.
 _SERIAL, _PARALLEL, _DISTRIBUTED = backends.MODES
+
+#: Makes a ``TaskOutcome`` from a tuple of its fields, without the keyword handling.
+_outcome = functools.partial(tuple.__new__, TaskOutcome)
+
+#: ``imap``'s default ``buffersize``: this many tasks per worker, and never fewer than the least.
+_BUFFER_PER_WORKER = 16384
+_BUFFER_LEAST = 65536
 
 
 class Pool:
@@ -89,6 +103,43 @@ class Pool:
         """
         return self._run(_DISTRIBUTED, fun, tasks, _given(options, workers=workers))
 
+    def imap(
+        self,
+        fun: Any,
+        tasks: Iterable[Any],
+        ncpu: Optional[int] = None,
+        workers: Any = None,
+        *,
+        ordered: bool = False,
+        **options: Any,
+    ) -> Iterator[TaskOutcome]:
+        """Run ``fun`` over ``tasks`` in the pool's mode, yielding each ``TaskOutcome`` as it finishes.
+
+        ``tasks`` may be any iterable, a generator of millions included: tasks are read
+        as the workers need them, and at most ``buffersize`` are held at once (read
+        but not yet handed back to you). ``ordered=True`` yields outcomes in the order
+        of the tasks, holding back those that finish early. A task that appears twice
+        runs twice (``map`` runs it once). Breaking out of the loop, or an exception
+        in its body, stops the work. The arguments and options are those of ``map``.
+        """
+        settings = self.options.replace(**_given(options, ncpu=ncpu, workers=workers))
+        self._check_open()
+        if not isinstance(ordered, bool):
+            raise TypeError(f"ordered must be True or False, got {ordered!r}")
+        source = _iterate(tasks)
+        total = len(tasks) if isinstance(tasks, Sized) else None
+        sweep = _open_sweep(settings, fun)
+        try:
+            limit = settings.buffersize or _default_buffer(self.mode, settings)
+            lookup = sweep.lookup if sweep is not None and sweep.known() else None
+            feed = Feed(source, limit, lookup)
+            backend = self._backend(self.mode)
+        except BaseException:
+            if sweep is not None:
+                sweep.close()
+            raise
+        return self._stream(backend, fun, feed, total, ordered, settings, sweep)
+
     def shutdown(self) -> None:
         """Stop every process and worker this pool started. Safe to call twice."""
         self._closed = True
@@ -111,34 +162,190 @@ class Pool:
         state = "closed" if self._closed else "open"
         return f"Pool(mode={self.mode!r}, {state})"
 
-    def _run(self, mode: str, fun: Any, tasks: Iterable[Hashable], overrides: dict[str, Any]) -> Results:
+    def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Pool has been shut down; create a new one")
-        options = self.options.replace(**overrides)
-        keys = unique_tasks(tasks)
+
+    def _backend(self, mode: str) -> backends.Backend:
         backend = self._backends.get(mode)
         if backend is None:
             backend = self._backends[mode] = backends.create(mode)
+        return backend
+
+    def _run(self, mode: str, fun: Any, tasks: Iterable[Hashable], overrides: dict[str, Any]) -> Results:
+        options = self.options.replace(**overrides)
+        self._check_open()
+        keys = unique_tasks(tasks)
+        sweep = _open_sweep(options, fun)
         began = perf_counter()
-        builder = ResultsBuilder(keys)
-        progress = Progress(options.progress, options.msg, keys)
-        relay = Relay(keys, progress)
-        batches = backend.run(fun, keys, options, progress.per_task)
+        try:
+            backend = self._backend(mode)
+            known = sweep.lookup(keys) if sweep is not None and sweep.known() else {}
+            builder = ResultsBuilder(keys)
+            for position, found in known.items():
+                value, elapsed, worker, failed = found
+                builder.add(Batch(position, [value], [elapsed], {0} if failed else set(), worker))
+            todo, where = _missing(keys, known)
+            if known:
+                logger.info("%d of %d outcomes were found in %s; running the other %d",
+                            len(known), len(keys), options.store, len(todo))
+            if todo:
+                self._collect(backend, fun, todo, where, options, builder, sweep)
+        except KeyboardInterrupt as exc:
+            exc.results = builder.partial(perf_counter() - began)  # type: ignore[attr-defined]
+            raise
+        finally:
+            if sweep is not None:
+                sweep.close()
+        results = builder.finish(perf_counter() - began)
+        logger.debug("%s ran %d tasks (%d failed)", mode, len(todo), len(results.errors))
+        return results
+
+    def _collect(
+        self,
+        backend: backends.Backend,
+        fun: Any,
+        todo: Sequence[Hashable],
+        where: Optional[list[int]],
+        options: Options,
+        builder: ResultsBuilder,
+        sweep: Optional[Sweep],
+    ) -> None:
+        """Run ``todo`` and add every outcome to ``builder``, at ``where`` its task is in the call."""
+        progress = Progress(options.progress, options.msg, todo, len(todo))
+        relay = Relay(todo, progress)
+        batches = backend.run(fun, todo, options, progress.per_task)
         try:
             for batch in batches:
-                builder.add(batch)
+                if sweep is not None:
+                    sweep.record(todo, batch.start, batch.values, batch.elapsed, batch.failed, batch.worker)
+                if where is None:
+                    builder.add(batch)
+                else:
+                    for part in _placed(batch, where):
+                        builder.add(part)
                 if batch.outputs:
                     relay.show(batch)
                 progress.update(batch)
         finally:
             batches.close()
             progress.close()
-        results = builder.finish(perf_counter() - began)
-        logger.debug("%s ran %d tasks (%d failed)", mode, len(keys), len(results.errors))
-        return results
+
+    def _stream(
+        self,
+        backend: backends.Backend,
+        fun: Any,
+        feed: Feed,
+        total: Optional[int],
+        ordered: bool,
+        options: Options,
+        sweep: Optional[Sweep],
+    ) -> Generator[TaskOutcome, None, None]:
+        """What ``imap`` returns: outcomes as they come, each task let go once handed on."""
+        progress = Progress(options.progress, options.msg, feed, total)
+        relay = Relay(feed, progress)
+        batches = backend.run(fun, feed, options, progress.per_task)
+        waiting: dict[int, list[TaskOutcome]] = {}
+        following = 0  # with ordered=True, the position of the next outcome to yield
+        try:
+            for batch in batches:
+                start, count, failed, worker = batch.start, len(batch.values), batch.failed, batch.worker
+                if sweep is not None and not batch.stored:
+                    sweep.record(feed, start, batch.values, batch.elapsed, failed, worker)
+                if batch.outputs:
+                    relay.show(batch)
+                progress.update(batch)
+                flags: Iterable[bool] = repeat(False)
+                if failed:
+                    flags = [offset in failed for offset in range(count)]
+                rows = zip(feed[start : start + count], batch.values, batch.elapsed, repeat(worker), flags)
+                outcomes = list(map(_outcome, rows))
+                if not ordered:
+                    yield from outcomes
+                    feed.release(start, start + count)
+                    continue
+                # Batches cut the positions into runs, so the next run to yield starts at `following`.
+                waiting[start] = outcomes
+                while following in waiting:
+                    run = waiting.pop(following)
+                    yield from run
+                    feed.release(following, following + len(run))
+                    following += len(run)
+        finally:
+            batches.close()
+            progress.close()
+            if sweep is not None:
+                sweep.close()
 
 #: The name the tutorial also uses for ``Pool``.
 EzPool = Pool
+
+
+def _iterate(tasks: Any) -> Iterator[Any]:
+    """An iterator over ``tasks``, or a ``TypeError`` saying what was given instead."""
+    if tasks is None or isinstance(tasks, (str, bytes)):
+        raise TypeError(
+            f"tasks must be an iterable of tasks, got {tasks!r}; "
+            "wrap a single task in a list, e.g. tasks=[task]"
+        )
+    try:
+        return iter(tasks)
+    except TypeError:
+        raise TypeError(f"tasks must be an iterable of tasks, got {type(tasks).__name__} {tasks!r}") from None
+
+
+def _default_buffer(mode: str, options: Options) -> int:
+    """How many tasks ``imap`` may hold when ``buffersize`` is not given: in proportion
+    to the workers, and enough that tiny tasks still travel by the thousand."""
+    if mode == _PARALLEL:
+        from .backends.parallel import available_cpus
+
+        workers = options.ncpu or available_cpus()
+    elif mode == _DISTRIBUTED:
+        workers = len(options.workers or ()) or 1
+    else:
+        workers = 1
+    return max(_BUFFER_LEAST, _BUFFER_PER_WORKER * workers)
+
+
+def _open_sweep(options: Options, fun: Any) -> Optional[Sweep]:
+    """The sweep of ``fun`` in ``options.store``, if one is asked for; stored failures
+    are forgotten first when ``retry_failed`` is set."""
+    if options.store is None:
+        if options.retry_failed or options.store_key is not None:
+            raise ValueError("retry_failed and store_key need a store: pass store='results.sqlite'")
+        return None
+    from .store import open_sweep
+
+    sweep = open_sweep(options.store, fun, options.store_key)
+    if options.retry_failed:
+        forgotten = sweep.forget_failed()
+        logger.info("retry_failed: %d stored failures in %s will run again", forgotten, options.store)
+    return sweep
+
+
+def _missing(
+    keys: Sequence[Hashable], known: dict[int, Any]
+) -> tuple[Sequence[Hashable], Optional[list[int]]]:
+    """The tasks to run, and where each is among ``keys`` (``None``: the same place)."""
+    if not known:
+        return keys, None
+    where = [position for position in range(len(keys)) if position not in known]
+    return [keys[position] for position in where], where
+
+
+def _placed(batch: Batch, where: list[int]) -> Iterator[Batch]:
+    """``batch`` (positions among the tasks run) cut into runs at their places in the call."""
+    offset = 0
+    count = len(batch.values)
+    while offset < count:
+        end = offset + 1
+        while end < count and where[batch.start + end] == where[batch.start + offset] + end - offset:
+            end += 1
+        failed = {spot - offset for spot in batch.failed if offset <= spot < end}
+        yield Batch(where[batch.start + offset], batch.values[offset:end], batch.elapsed[offset:end],
+                    failed, batch.worker)
+        offset = end
 
 
 def _given(options: dict[str, Any], **arguments: Any) -> dict[str, Any]:

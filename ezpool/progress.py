@@ -22,11 +22,13 @@ class Progress:
 
     ``progress=None`` shows the bar only when stderr is a terminal, ``True`` always,
     ``False`` never, and a callable is called once per finished task with a
-    ``TaskOutcome``, the number of tasks done so far and the total.
+    ``TaskOutcome``, the number of tasks done so far and the total (``None`` when
+    streaming tasks whose number is not known).
     """
 
-    def __init__(self, option: Any, msg: str, keys: Sequence[Any]) -> None:
+    def __init__(self, option: Any, msg: str, keys: Sequence[Any], total: Optional[int]) -> None:
         self._keys = keys
+        self._total = total
         self._hook: Optional[ProgressHook] = (
             option if callable(option) and not isinstance(option, bool) else None
         )
@@ -35,7 +37,7 @@ class Progress:
         self._bar: Any = None
         if option is True or (option is None and _stderr_is_terminal()):
             self._bar = _bar_class()(
-                total=len(keys), desc=msg, file=sys.stderr, unit="task", dynamic_ncols=True
+                total=total, desc=msg, file=sys.stderr, unit="task", dynamic_ncols=True
             )
 
     @property
@@ -47,7 +49,7 @@ class Progress:
         count = len(batch.values)
         self.failed += len(batch.failed)
         if self._hook is not None:
-            keys, total = self._keys, len(self._keys)
+            keys, total = self._keys, self._total
             for offset in range(count):
                 self.done += 1
                 outcome = TaskOutcome(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from array import array
 from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from .errors import EzPoolError
 
@@ -17,8 +17,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["TaskOutcome", "Results", "ResultsBuilder"]
 
 
-class TaskOutcome:
-    """One finished task, as handed to progress hooks.
+class TaskOutcome(NamedTuple):
+    """One finished task, as ``imap`` yields it and progress hooks receive it.
+
+    A named tuple, so ``for task, value, *_ in pool.imap(...)`` works too.
 
     Attributes:
         task: the task, exactly as it was given.
@@ -28,14 +30,11 @@ class TaskOutcome:
         failed: whether ``value`` is an exception the task raised (or met).
     """
 
-    __slots__ = ("task", "value", "elapsed", "worker", "failed")
-
-    def __init__(self, task: Any, value: Any, elapsed: float, worker: str, failed: bool) -> None:
-        self.task = task
-        self.value = value
-        self.elapsed = elapsed
-        self.worker = worker
-        self.failed = failed
+    task: Any
+    value: Any
+    elapsed: float
+    worker: str
+    failed: bool
 
     def __repr__(self) -> str:
         state = "failed" if self.failed else "ok"
@@ -118,6 +117,24 @@ class ResultsBuilder:
         self._spans.append((start, stop, batch.worker))
         self._failed.extend(start + offset for offset in batch.failed)
         self._reported += stop - start
+
+    def partial(self, wall_time: float) -> Results:
+        """``Results`` of the tasks reported so far, in task order (for a call that stopped early)."""
+        spans = sorted(self._spans)
+        keys: list[Hashable] = []
+        times = array("d")
+        rebased: list[tuple[int, int, str]] = []
+        for start, stop, worker in spans:
+            rebased.append((len(keys), len(keys) + stop - start, worker))
+            keys.extend(self._keys[start:stop])
+            times.extend(self._times[start:stop])
+        values = [value for start, stop, _ in spans for value in self._values[start:stop]]
+        results = Results(zip(keys, values))
+        failed = sorted(self._failed)
+        results.errors = {self._keys[position]: self._values[position] for position in failed}
+        results.wall_time = wall_time
+        results._keys, results._times, results._spans = keys, times, rebased
+        return results
 
     def finish(self, wall_time: float) -> Results:
         """The finished ``Results``; every task must have been reported once."""

@@ -20,6 +20,7 @@ worker processes, plus lambdas and closures (which travel by value).
 from __future__ import annotations
 
 import os
+import time
 import random
 import traceback
 from functools import partial
@@ -55,6 +56,9 @@ class ModeMap:
 
     def __call__(self, fun: Any, tasks: Any, **options: Any) -> Results:
         return self._pool.map(fun, tasks, **options)
+
+    def imap(self, fun: Any, tasks: Any, **options: Any) -> Any:
+        return self._pool.imap(fun, tasks, **options)
 
     def __repr__(self) -> str:
         return f"ModeMap({self.mode!r})"
@@ -301,3 +305,94 @@ def test_progress_counts_distinct_tasks(mode_map):
 
     mode_map(h.square, [2, 1, 2, 2, 1], progress=hook)
     assert totals == {2} and dones == [1, 2]
+
+
+# --- imap: the same outcomes, streamed --------------------------------------------------
+
+
+class Counted:
+    """An iterable of tasks that counts how far it has been read."""
+
+    def __init__(self, tasks: Any) -> None:
+        self.tasks = list(tasks)
+        self.pulled = 0
+
+    def __iter__(self):
+        for task in self.tasks:
+            self.pulled += 1
+            yield task
+
+
+def test_imap_yields_every_outcome_once(mode_map):
+    outcomes = list(mode_map.imap(h.fail_on_odd, (n for n in range(40)), chunksize=3))
+    assert sorted(outcome.task for outcome in outcomes) == list(range(40))
+    for outcome in outcomes:
+        assert isinstance(outcome, TaskOutcome)
+        assert outcome.failed == (outcome.task % 2 == 1)
+        if outcome.failed:
+            assert isinstance(outcome.value, ValueError)
+        else:
+            assert outcome.value == outcome.task
+        assert outcome.elapsed >= 0 and outcome.worker
+
+
+def test_imap_ordered_follows_the_tasks_even_when_they_finish_out_of_order(mode_map):
+    tasks = [0.6, 0.01, 0.02, 0.0, 0.3, 0.01]
+    finished: list[float] = []
+    hook = lambda outcome, done, total: finished.append(outcome.task)  # noqa: E731
+    outcomes = list(mode_map.imap(h.nap, iter(tasks), ordered=True, chunksize=1, progress=hook))
+    assert [outcome.task for outcome in outcomes] == tasks
+    assert [outcome.value for outcome in outcomes] == tasks
+    if mode_map.remote:
+        assert finished[0] != 0.6, "the tasks did not finish out of order; the test proves nothing"
+
+
+def test_imap_reads_lazily_and_holds_at_most_buffersize(mode_map):
+    source = Counted(range(300))
+    received = 0
+    for _ in mode_map.imap(h.square, source, buffersize=16):
+        received += 1
+        assert source.pulled - received < 16
+    assert received == 300 and source.pulled == 300
+
+
+def test_imap_stops_the_work_when_the_loop_breaks(mode_map, tmp_path):
+    source = Counted(range(10_000))
+    fun = partial(h.record_call, str(tmp_path))
+    for outcome in mode_map.imap(fun, source, chunksize=1, buffersize=8):
+        assert outcome.value == outcome.task
+        break
+    assert source.pulled <= 8
+    time.sleep(0.3)  # anything still running would leave more files by now
+    assert len(list(tmp_path.iterdir())) <= 8
+    assert mode_map(h.square, [1, 2, 3]) == {1: 1, 2: 4, 3: 9}  # the pool goes on
+
+
+def test_imap_hands_on_what_finished_before_the_iterable_failed(mode_map):
+    def tasks():
+        yield from range(5)
+        raise LookupError("the input file ends early")
+
+    seen: list[int] = []
+    with pytest.raises(LookupError, match="ends early"):
+        for outcome in mode_map.imap(h.square, tasks(), buffersize=100):
+            seen.append(outcome.task)
+    assert set(seen) <= set(range(5))
+    assert mode_map(h.square, [4]) == {4: 16}
+
+
+def test_imap_runs_a_repeated_task_each_time(mode_map):
+    outcomes = list(mode_map.imap(h.square, [3, 3, 2, 3], ordered=True))
+    assert [(outcome.task, outcome.value) for outcome in outcomes] == [(3, 9), (3, 9), (2, 4), (3, 9)]
+
+
+def test_imap_of_nothing_yields_nothing(mode_map):
+    assert list(mode_map.imap(h.square, iter(()))) == []
+
+
+def test_imap_progress_total_is_known_only_for_sized_tasks(mode_map):
+    totals: set[Any] = set()
+    hook = lambda outcome, done, total: totals.add(total)  # noqa: E731
+    list(mode_map.imap(h.square, [1, 2, 3], progress=hook))
+    list(mode_map.imap(h.square, (n for n in range(3)), progress=hook))
+    assert totals == {3, None}

@@ -35,9 +35,10 @@ class Batch:
         worker: where these tasks ran.
         outputs: what tasks printed and logged, by offset, when the call asked for it
             (``capture_output``); ``None`` otherwise. See ``ezpool.output``.
+        stored: whether these outcomes come from a store rather than from running.
     """
 
-    __slots__ = ("start", "values", "elapsed", "failed", "worker", "outputs")
+    __slots__ = ("start", "values", "elapsed", "failed", "worker", "outputs", "stored")
 
     def __init__(
         self,
@@ -54,6 +55,7 @@ class Batch:
         self.failed = failed
         self.worker = worker
         self.outputs = outputs
+        self.stored = False
 
     def __repr__(self) -> str:
         return (

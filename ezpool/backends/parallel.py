@@ -34,7 +34,7 @@ from time import perf_counter
 from typing import Any, Callable, Optional
 
 from ..chunking import ChunkQueue
-from ..errors import ResultNotSerializable, TaskTimeout, WorkerCrashed
+from ..errors import EzPoolError, ResultNotSerializable, TaskTimeout, WorkerCrashed
 from ..execution import unpack_chunk
 from ..options import Options
 from ..output import capture_level
@@ -84,7 +84,7 @@ class ParallelBackend(Backend):
         blob = dumps_function(fun)
         ncpu = options.ncpu or available_cpus()
         pending = ChunkQueue(tasks, ncpu, options.chunksize, depth=_DEPTH)
-        if not pending:
+        if not pending and pending.exhausted:
             return
         self._start(ncpu, options.start_method)
         call = _Call(self, tasks, blob, pending, options, next(self._tokens))
@@ -154,12 +154,22 @@ class _Call:
 
     def batches(self) -> Iterator[Batch]:
         busy: dict[Any, WorkerProcess] = {}  # pipe or sentinel -> process
+        pending = self.pending
         finished = False
         try:
+            yield from pending.refill()
             for _ in range(_DEPTH):
                 for proc in list(self.backend._processes):
                     self._feed(proc, busy, depth=1)
-            while busy:
+            while busy or pending or not pending.exhausted:
+                if not busy:  # nothing out: read more tasks (a feed), or send what is pending
+                    settled = pending.refill()
+                    yield from settled
+                    for proc in list(self.backend._processes):
+                        self._feed(proc, busy)
+                    if not busy and not settled and not pending.exhausted:
+                        raise EzPoolError("no room to read more tasks, and none in flight")
+                    continue
                 ready = wait(list(busy), self._wait_seconds(busy))
                 for handle in ready:
                     if handle not in busy:  # its pipe and its sentinel were both ready
@@ -181,6 +191,7 @@ class _Call:
                 if self.timeout is not None:
                     for proc in self._overdue(busy):
                         yield from self._lost(proc, busy, timed_out=True)
+                yield from pending.refill()
                 for proc in list(self.backend._processes):  # work put back goes out again
                     self._feed(proc, busy)
             finished = True

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
+from ..errors import EzPoolError
+from ..feed import Feed
 from ..options import Options
 from ..tasks import call
 from .base import Backend, Batch
@@ -18,6 +20,9 @@ __all__ = ["SerialBackend"]
 
 #: Seconds between batches when nobody needs to hear of every task at once.
 _FLUSH_EVERY = 0.05
+
+#: Most tasks read from a feed at a time.
+_READ_AHEAD = 4096
 
 
 class SerialBackend(Backend):
@@ -33,21 +38,55 @@ class SerialBackend(Backend):
         if options.capture_output:
             logger.debug("serial mode: tasks write here directly; capture_output ignored")
         worker = f"pid {os.getpid()}"
-        start, values, times, failed = 0, [], [], set()
-        flushed = perf_counter()
-        for position, task in enumerate(tasks):
-            began = perf_counter()
-            try:
-                value = call(fun, task)
-            except Exception as exc:
-                value = exc
-                failed.add(position - start)
-            finished = perf_counter()
-            values.append(value)
-            times.append(finished - began)
-            if per_task or finished - flushed >= _FLUSH_EVERY:
-                yield Batch(start, values, times, failed, worker)
-                start, values, times, failed = position + 1, [], [], set()
-                flushed = finished
-        if values:
+        runs = _read(tasks) if isinstance(tasks, Feed) else iter([(0, tasks)])
+        for run in runs:
+            if isinstance(run, Batch):  # known already (from a store)
+                yield run
+            else:
+                yield from _compute(fun, *run, worker, per_task)
+
+
+def _compute(
+    fun: Callable[..., Any], start: int, tasks: Sequence[Any], worker: str, per_task: bool
+) -> Iterator[Batch]:
+    """Run consecutive tasks, the first at position ``start``; a batch every so often."""
+    values: list[Any] = []
+    times: list[float] = []
+    failed: set[int] = set()
+    flushed = perf_counter()
+    for position, task in enumerate(tasks, start):
+        began = perf_counter()
+        try:
+            value = call(fun, task)
+        except Exception as exc:
+            value = exc
+            failed.add(position - start)
+        finished = perf_counter()
+        values.append(value)
+        times.append(finished - began)
+        if per_task or finished - flushed >= _FLUSH_EVERY:
             yield Batch(start, values, times, failed, worker)
+            start, values, times, failed = position + 1, [], [], set()
+            flushed = finished
+    if values:
+        yield Batch(start, values, times, failed, worker)
+
+
+def _read(feed: Feed) -> Iterator[Union[Batch, tuple[int, Sequence[Any]]]]:
+    """A feed's tasks in runs ``(start, tasks)``, and the outcomes known without running.
+
+    A run is one task at first, and twice as many each time the last took less than
+    ``_FLUSH_EVERY``, so slow tasks are read one by one and fast ones by the thousand.
+    """
+    ahead = 1
+    while not feed.exhausted:
+        began = perf_counter()
+        runs = feed.pull(ahead)
+        settled = feed.settled()
+        yield from settled
+        for start, stop in runs:
+            yield start, feed[start:stop]
+        if not runs and not settled and not feed.exhausted:
+            raise EzPoolError(f"no room to read more tasks: {feed.held} are held")
+        quick = perf_counter() - began < _FLUSH_EVERY
+        ahead = min(2 * ahead, _READ_AHEAD) if quick else max(1, ahead // 2)

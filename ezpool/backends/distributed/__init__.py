@@ -75,7 +75,7 @@ class DistributedBackend(Backend):
         links = [self._link(text, key, tls) for text in texts]
         pending = ChunkQueue(tasks, len(links), options.chunksize, split=True)
         self._check(links, target, options.spawn)
-        if not pending:
+        if not pending and pending.exhausted:
             return
         for link in links:
             link.heartbeat = options.heartbeat

@@ -112,16 +112,21 @@ class Call:
             thread.start()
         alive = len(threads)
         try:
+            yield from self._refill()
             while alive:
                 try:
                     item = self.outbox.get(timeout=0.25)
                 except queue.Empty:
                     self._give_up_if_all_lost()
+                    yield from self._refill()
                     continue
                 if item is _EXIT:
                     alive -= 1
                 else:
                     yield item
+                    if not self.pending.exhausted:
+                        self._give_up_if_all_lost()
+                        yield from self._refill()
             while not self.outbox.empty():  # batches put after the last exit (none expected)
                 item = self.outbox.get()
                 if item is not _EXIT:
@@ -140,6 +145,15 @@ class Call:
                 if thread.is_alive():
                     logger.debug("thread for %s still busy; it keeps its old connections", link.text)
                     link.reconnect(self.heartbeat)
+
+    def _refill(self) -> list[Batch]:
+        """Read more tasks from a feed, here in the caller's thread, and wake the workers."""
+        if self.pending.exhausted:
+            return []
+        with self.cond:
+            settled = self.pending.refill()
+            self.cond.notify_all()
+        return settled
 
     def _give_up_if_all_lost(self) -> None:
         """When every worker has been lost for ``heartbeat`` seconds, the tasks left fail."""
@@ -184,7 +198,7 @@ class Call:
     def _take(self, link: Link) -> Optional[Chunk]:
         """The next chunk, waiting while other workers may still give some back."""
         with self.cond:
-            while not self.pending and self.held and not self.stop.is_set():
+            while not self.pending and (self.held or not self.pending.exhausted) and not self.stop.is_set():
                 self.cond.wait(0.5)
             if not self.pending or self.stop.is_set():
                 return None
@@ -265,7 +279,7 @@ class Call:
         wrong = ""
         while True:
             with self.cond:
-                if self.stop.is_set() or (not self.pending and not self.held):
+                if self.stop.is_set() or (not self.pending and not self.held and self.pending.exhausted):
                     return False
             if self.restart(link):
                 return True

@@ -1,0 +1,160 @@
+"""Tasks read lazily, for ``imap``: numbered as they are read, held only while in flight.
+
+A ``Feed`` stands where ``map`` has a list of distinct tasks. Backends read from it
+through ``ChunkQueue.refill`` (in the caller's thread, never in a helper thread, so
+a generator of tasks runs where it was written), as much as their workers can use
+soon. A task stays held from the moment it is read until the ``Pool`` has handed its
+outcome on and calls ``release``; no more than ``limit`` are held at once, so any
+number of tasks streams through in bounded memory.
+
+Tasks whose outcome is already known when they are read (found in a store) are not
+sent anywhere: they become *settled* batches, which the backend reports like any other.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Callable, Optional, Union, overload
+
+from .backends.base import Batch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Feed", "Lookup"]
+
+#: Given tasks just read, the outcomes already known for some of them, by index:
+#: ``{index: (value, elapsed, worker, failed)}``.
+Lookup = Callable[[Sequence[Any]], dict[int, Any]]
+
+
+class Feed(Sequence[Any]):
+    """An iterable of tasks read on demand; ``feed[position]`` while the task is held.
+
+    It is a ``Sequence`` of the tasks read so far, for the code that indexes tasks
+    by position, but only the held ones can be looked at. Tasks are kept in the
+    blocks they were read in, and a block is let go when every one of its tasks has
+    been released, so slices (what the backends pickle and the pool hands on) are
+    list slices, not one lookup per task. A ``range`` is read in ``range`` slices,
+    which travel to workers as three numbers.
+    """
+
+    def __init__(self, tasks: Iterable[Any], limit: int, lookup: Optional[Lookup] = None) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be positive, got {limit!r}")
+        self._range = tasks if type(tasks) is range else None
+        self._source: Iterator[Any] = iter(tasks)
+        self._starts: list[int] = []  # first positions of the blocks held, ascending
+        self._blocks: dict[int, Sequence[Any]] = {}  # first position -> the tasks read together
+        self._unreleased: dict[int, int] = {}  # first position -> how many are not released yet
+        self._held = 0  # tasks in the blocks held
+        self._lookup = lookup
+        self._settled: list[Batch] = []
+        self.limit = limit
+        self.read = 0  # the position the next task read will get
+        self.exhausted = False
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Any]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Any:
+        if isinstance(index, slice):
+            start, stop, _ = index.indices(self.read)
+            if start >= stop:
+                return []
+            first = self._block_of(start)
+            block = self._blocks[first]
+            found = block[start - first : stop - first]
+            if first + len(block) < stop:  # it runs on into the next blocks
+                found = list(found)
+                while first + len(block) < stop:
+                    first += len(block)
+                    block = self._blocks[first]
+                    found.extend(block[: stop - first])
+            return found
+        first = self._block_of(index)
+        return self._blocks[first][index - first]
+
+    def __len__(self) -> int:
+        """Tasks read so far (positions ``0 .. len - 1``; only the held ones can be looked at)."""
+        return self.read
+
+    @property
+    def held(self) -> int:
+        """Tasks read and not yet let go."""
+        return self._held
+
+    def room(self) -> int:
+        """How many more tasks may be read now."""
+        return max(0, self.limit - self._held)
+
+    def pull(self, count: int) -> list[tuple[int, int]]:
+        """Read up to ``count`` tasks; the ``(start, stop)`` runs of those to compute.
+
+        Stops early when the tasks run out (``exhausted`` is then true) or when no
+        room is left. Whatever the user's iterable raises goes to the caller; the
+        tasks read before it are kept.
+        """
+        count = min(count, self.room())
+        if count <= 0 or self.exhausted:
+            return []
+        first = self.read
+        if self._range is not None:
+            block: Sequence[Any] = self._range[first : first + count]
+        else:
+            block = list(itertools.islice(self._source, count))
+        if len(block) < count:
+            self.exhausted = True
+        if not block:
+            return []
+        self._starts.append(first)
+        self._blocks[first] = block
+        self._unreleased[first] = len(block)
+        self._held += len(block)
+        self.read = first + len(block)
+        known = self._lookup(block) if self._lookup is not None else {}
+        if not known:
+            return [(first, self.read)]
+        runs: list[tuple[int, int]] = []
+        for index in range(len(block)):
+            position = first + index
+            found = known.get(index)
+            if found is not None:
+                value, elapsed, worker, failed = found
+                batch = Batch(position, [value], [elapsed], {0} if failed else set(), worker)
+                batch.stored = True
+                self._settled.append(batch)
+            elif runs and runs[-1][1] == position:
+                runs[-1] = (runs[-1][0], position + 1)
+            else:
+                runs.append((position, position + 1))
+        return runs
+
+    def settled(self) -> list[Batch]:
+        """Outcomes known when their tasks were read, not yet reported; each is returned once."""
+        found, self._settled = self._settled, []
+        return found
+
+    def release(self, start: int, stop: int) -> None:
+        """The outcomes of tasks ``start .. stop - 1`` were handed on: let the tasks go."""
+        while start < stop:
+            first = self._block_of(start)
+            end = min(stop, first + len(self._blocks[first]))
+            left = self._unreleased[first] = self._unreleased[first] - (end - start)
+            if left == 0:
+                self._held -= len(self._blocks.pop(first))
+                del self._unreleased[first]
+                self._starts.remove(first)
+            start = end
+
+    def _block_of(self, position: int) -> int:
+        starts = self._starts
+        index = bisect.bisect_right(starts, position) - 1
+        if index < 0 or position >= self.read:
+            raise IndexError(f"task {position} is not held")
+        return starts[index]
