@@ -178,13 +178,12 @@ class Pool:
         keys = unique_tasks(tasks)
         sweep = _open_sweep(options, fun)
         began = perf_counter()
+        builder = ResultsBuilder(keys)
         try:
             backend = self._backend(mode)
             known = sweep.lookup(keys) if sweep is not None and sweep.known() else {}
-            builder = ResultsBuilder(keys)
-            for position, found in known.items():
-                value, elapsed, worker, failed = found
-                builder.add(Batch(position, [value], [elapsed], {0} if failed else set(), worker))
+            for batch in _stored_batches(known):
+                builder.add(batch)
             todo, where = _missing(keys, known)
             if known:
                 logger.info("%d of %d outcomes were found in %s; running the other %d",
@@ -332,6 +331,25 @@ def _missing(
         return keys, None
     where = [position for position in range(len(keys)) if position not in known]
     return [keys[position] for position in where], where
+
+
+def _stored_batches(known: dict[int, Any]) -> Iterator[Batch]:
+    """Stored outcomes ``{position: (value, elapsed, worker, failed)}`` as batches: one per
+    run of consecutive positions from the same worker."""
+    run: list[int] = []
+    for position in sorted(known):
+        if run and (position != run[-1] + 1 or known[position][2] != known[run[0]][2]):
+            yield _stored_run(known, run)
+            run = []
+        run.append(position)
+    if run:
+        yield _stored_run(known, run)
+
+
+def _stored_run(known: dict[int, Any], run: list[int]) -> Batch:
+    found = [known[position] for position in run]
+    failed = {offset for offset, item in enumerate(found) if item[3]}
+    return Batch(run[0], [item[0] for item in found], [item[1] for item in found], failed, found[0][2])
 
 
 def _placed(batch: Batch, where: list[int]) -> Iterator[Batch]:
