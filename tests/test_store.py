@@ -366,6 +366,8 @@ def test_outcomes_are_buffered_then_committed_by_time_count_flush_and_close(tmp_
     store.close()  # twice: nothing
     with pytest.raises(StoreError, match="closed"):
         sweep_.lookup([1])
+    with pytest.raises(StoreError, match="closed"):
+        _record(sweep_, range(10), [0], start=9)  # refused, not buffered to be lost
 
 
 def test_threads_share_one_store(tmp_path):

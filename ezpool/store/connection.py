@@ -76,13 +76,19 @@ class Connection:
     def closed(self) -> bool:
         return self._db is None
 
+    def check_writable(self) -> None:
+        """Raise ``StoreError`` if the store was opened read-only or is closed."""
+        if self.readonly:
+            raise StoreError(f"the store {self.path} was opened read-only")
+        self._open()
+
     @contextmanager
     def transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
         """Hold the lock and one transaction (a write one if ``write``); commit unless it raises."""
         with self.lock:
             db = self._open()
-            if write and self.readonly:
-                raise StoreError(f"the store {self.path} was opened read-only")
+            if write:
+                self.check_writable()
             try:
                 db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:

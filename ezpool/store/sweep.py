@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Optional
 
 import cloudpickle
@@ -110,7 +110,7 @@ class Sweep:
                 keys = list(wanted)
                 groups = (
                     db.execute(_FOUND + f" AND key IN ({','.join('?' * len(group))})", (self._id, *group))
-                    for group in (keys[at : at + LOOKUP_GROUP] for at in range(0, len(keys), LOOKUP_GROUP))
+                    for group in _groups(keys, LOOKUP_GROUP)
                 )
             for rows in groups:
                 for key, blob, failed, elapsed, worker in rows:
@@ -146,12 +146,12 @@ class Sweep:
         or 20 000 are buffered, and by ``flush`` and ``Store.close``. Recording a task
         again replaces its outcome (it keeps its place in ``results``).
         """
-        if self._connection.readonly:
-            raise StoreError(f"the store {self._connection.path} was opened read-only")
+        self._connection.check_writable()
         now, sweep, dumps = time.time(), self._id, pickle.dumps
         rows = []
         for offset, value in enumerate(values):
             task = tasks[start + offset]
+            key = task_key(task)[0]
             try:
                 task_blob = dumps(task, _PROTOCOL)
             except Exception:
@@ -165,7 +165,6 @@ class Sweep:
                     blob, is_failure = _value_blob(task, value)
                 if len(blob) > LARGEST_VALUE:
                     blob, is_failure = _too_large(task, value, len(blob)), True
-            key = task_key(task)[0]
             rows.append((sweep, key, task_blob, blob, is_failure, float(elapsed[offset]), worker, now))
         with self._connection.lock:
             self._rows += rows
@@ -275,6 +274,11 @@ class Sweep:
 def label(name: str, store_key: Optional[str]) -> str:
     """How a sweep is named to people: ``name``, or ``name[store_key]``."""
     return f"{name}[{store_key}]" if store_key else name
+
+
+def _groups(keys: list[bytes], size: int) -> Iterator[list[bytes]]:
+    for first in range(0, len(keys), size):
+        yield keys[first : first + size]
 
 
 def _task_blob(task: Any) -> bytes:
