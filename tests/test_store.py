@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ezpool.store.batches as batches_module
 import ezpool.store.sweep as sweep_module
 from ezpool import BaseWorker, RemoteError, RemoteTraceback, ResultNotSerializable, Results, open_store
 from ezpool.errors import StoreError, StoreMismatch
@@ -283,13 +284,20 @@ def test_a_value_that_cannot_be_pickled_is_stored_as_result_not_serializable(tmp
 
 
 def test_a_value_too_large_to_store_is_stored_as_result_not_serializable(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep_module, "LARGEST_VALUE", 1000)
-    with Store(tmp_path / "s.db") as store:
+    monkeypatch.setattr(batches_module, "LARGEST_VALUE", 1000)
+    path = tmp_path / "s.db"
+    with Store(path) as store:
         sweep_ = store.sweep(h.square)
         _record(sweep_, ["big", "small"], [b"x" * 2000, b"x" * 10])
         found = sweep_.lookup(["big", "small"])
-    assert found[0].failed and isinstance(found[0].value, ResultNotSerializable)
-    assert "too large" in str(found[0].value) and found[1].value == b"x" * 10
+        assert found[0].failed and isinstance(found[0].value, ResultNotSerializable)
+        assert "too large" in str(found[0].value) and found[1].value == b"x" * 10
+        # values that each fit but not together are split over rows, none over the limit
+        _record(sweep_, ["a", "b", "c"], [b"a" * 600, b"b" * 600, b"c" * 10], failed={2})
+        assert _sql(path, "SELECT max(length(outcome)) FROM batches")[0][0] <= 1000
+        found = sweep_.lookup(["a", "b", "c"])
+    assert [found[n].value for n in (0, 1, 2)] == [b"a" * 600, b"b" * 600, b"c" * 10]
+    assert not any(found[n].failed for n in (0, 1, 2))  # "failed" counts exceptions only
 
 
 def test_results_keep_the_first_recorded_order_and_every_attribute(tmp_path):
@@ -311,8 +319,9 @@ def test_results_keep_the_first_recorded_order_and_every_attribute(tmp_path):
 def test_a_stored_value_that_cannot_be_loaded_runs_again_and_reads_as_a_store_error(tmp_path):
     path = tmp_path / "s.db"
     with Store(path) as store:
-        _record(store.sweep(h.square), [1, 2], [1, 4])
-    _sql(path, "UPDATE outcomes SET value = x'00' WHERE rowid = 1")
+        _record(store.sweep(h.square), [1], [1])
+        _record(store.sweep(h.square), [2], [4])
+    _sql(path, "UPDATE batches SET outcome = x'00' WHERE id = 1")  # the values of one record call
     with Store(path) as store:
         sweep_ = store.sweep(h.square)
         assert sorted(sweep_.lookup([1, 2])) == [1]
@@ -328,10 +337,11 @@ def test_lookup_reads_in_groups_or_whole_and_finds_the_same(tmp_path, monkeypatc
     expected = {0: 49, 1: 49, **{3 + k: (100 + k) ** 2 for k in range(20)}}
     with Store(tmp_path / "s.db") as store:
         sweep_ = store.sweep(h.square)
-        _record(sweep_, tasks, [n * n for n in tasks])
-        monkeypatch.setattr(sweep_module, "LOOKUP_GROUP", 6)
+        for start in range(0, 300, 10):  # 30 rows
+            _record(sweep_, tasks, [n * n for n in tasks[start : start + 10]], start=start)
+        monkeypatch.setattr(sweep_module, "LOOKUP_GROUP", 2)
         monkeypatch.setattr(sweep_module, "SCAN_SHARE", 1.0)
-        grouped = sweep_.lookup(wanted)  # by key, six at a time
+        grouped = sweep_.lookup(wanted)  # the values of three rows, by id, two at a time
         monkeypatch.setattr(sweep_module, "SCAN_SHARE", 0.0)
         whole = sweep_.lookup(wanted)  # the sweep read in full
     assert grouped == whole
@@ -343,8 +353,8 @@ def test_outcomes_are_buffered_then_committed_by_time_count_flush_and_close(tmp_
     monkeypatch.setattr(sweep_module, "COMMIT_SECONDS", 3600.0)
     monkeypatch.setattr(sweep_module, "COMMIT_ROWS", 5)
 
-    def committed() -> int:
-        return _sql(path, "SELECT count(*) FROM outcomes")[0][0]
+    def committed() -> int:  # tasks in committed rows: 8 bytes of run time each
+        return _sql(path, "SELECT coalesce(sum(length(elapsed)), 0) / 8 FROM batches")[0][0]
 
     store = Store(path)
     sweep_ = store.sweep(h.square)
@@ -559,6 +569,10 @@ def test_a_store_of_another_format_is_refused(tmp_path):
     _sql(path, "PRAGMA user_version = 99")
     with pytest.raises(StoreError, match="format 99"):
         Store(path)
+    _sql(path, "PRAGMA user_version = 1")  # one row a task: not read, not converted
+    for readonly in (False, True):
+        with pytest.raises(StoreError, match=rf"{path.name} is an ezpool store of format 1; this ezpool"):
+            Store(path, readonly=readonly)
 
 
 def test_a_read_only_store_writes_nothing(tmp_path):

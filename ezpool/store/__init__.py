@@ -143,11 +143,13 @@ class Store:
     def sweeps(self) -> list[SweepInfo]:
         """Every sweep in the file, oldest first, with its counts of outcomes."""
         self._flush_all()
-        rows = self._connection.read(
-            """SELECT s.name, s.store_key, s.created, count(o.sweep), coalesce(sum(o.failed), 0)
-            FROM sweeps s LEFT JOIN outcomes o ON o.sweep = s.id GROUP BY s.id ORDER BY s.id"""
-        )
-        return [SweepInfo(name, key or None, *counts) for name, key, *counts in rows]
+        rows = self._connection.read("SELECT id, name, store_key, created FROM sweeps ORDER BY id")
+        infos = []
+        for sweep_id, name, key, created in rows:
+            opened = [sweep for sweep in self._sweeps if sweep._id == sweep_id]
+            sweep = opened[0] if opened else Sweep(self._connection, sweep_id, name, key or None)
+            infos.append(SweepInfo(name, key or None, created, *sweep._counts()))
+        return infos
 
     def close(self) -> None:
         """Commit what is buffered and close the file. Closing twice does nothing."""

@@ -27,7 +27,7 @@ __all__ = ["Connection"]
 
 #: The file's ``PRAGMA application_id`` ("EzPL") and ``user_version``.
 APPLICATION_ID = 0x457A504C
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Seconds to wait for another process that holds the file's write lock.
 BUSY_TIMEOUT = 30.0
@@ -45,17 +45,26 @@ _SCHEMA = (
         data TEXT NOT NULL,
         created REAL NOT NULL,
         UNIQUE (name, store_key))""",
-    # One row per task; its rowid orders ``results`` (an upsert keeps it).
-    """CREATE TABLE outcomes (
+    # One row per ``Sweep.record`` call (see ``batches``). Rows are never deleted, so
+    # that a later row always has a larger id: a later outcome of a task wins.
+    """CREATE TABLE batches (
+        id INTEGER PRIMARY KEY,
         sweep INTEGER NOT NULL REFERENCES sweeps (id),
-        key BLOB NOT NULL,
-        task BLOB NOT NULL,
-        value BLOB NOT NULL,
-        failed INTEGER NOT NULL,
-        elapsed REAL NOT NULL,
+        tasks BLOB NOT NULL,
+        outcome BLOB NOT NULL,
+        layout INTEGER NOT NULL,
+        elapsed BLOB NOT NULL,
+        failed BLOB NOT NULL,
         worker TEXT NOT NULL,
-        recorded REAL NOT NULL,
-        UNIQUE (sweep, key))""",
+        recorded REAL NOT NULL)""",
+    "CREATE INDEX batches_of_sweep ON batches (sweep)",
+    # One row per ``Sweep.forget_failed`` that forgot anything: the keys of tasks whose
+    # outcomes in batches up to ``upto`` (an id) no longer count.
+    """CREATE TABLE forgotten (
+        id INTEGER PRIMARY KEY,
+        sweep INTEGER NOT NULL REFERENCES sweeps (id),
+        upto INTEGER NOT NULL,
+        keys BLOB NOT NULL)""",
 )
 
 

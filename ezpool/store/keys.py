@@ -34,13 +34,14 @@ import logging
 import math
 import numbers
 import pickle
+from collections.abc import Iterable
 from typing import Any
 
 from ..serialization import short_repr
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["task_key"]
+__all__ = ["task_key", "task_keys"]
 
 #: The pickle protocol of keys; fixed, so that a key never depends on the Python version.
 KEY_PROTOCOL = 4
@@ -73,6 +74,34 @@ def task_key(task: Any) -> tuple[bytes, bool]:
     if len(out) > _LONGEST_PLAIN:
         return b"#" + hashlib.sha256(out).digest(), findable
     return bytes(out), findable
+
+
+def task_keys(tasks: Iterable[Any]) -> tuple[list[bytes], list[int]]:
+    """The key of each task, and the positions of the tasks whose outcomes cannot be found.
+
+    The same keys as ``task_key``, at about half its cost for plain ``int`` and ``str``
+    tasks: their case is written out in the loop, with no call.
+    """
+    keys: list[bytes] = []
+    lost: list[int] = []
+    add, int_heads, str_heads, longest = keys.append, _INT_HEADS, _STR_HEADS, _LONGEST_PLAIN - 1
+    for task in tasks:
+        kind = type(task)
+        if kind is int:
+            payload = task.to_bytes((task.bit_length() + 8) // 8, "big", signed=True)
+            if len(payload) < longest:
+                add(int_heads[len(payload)] + payload)
+                continue
+        elif kind is str:
+            payload = task.encode("utf-8", "surrogatepass")
+            if len(payload) < longest:
+                add(str_heads[len(payload)] + payload)
+                continue
+        key, findable = task_key(task)
+        if not findable:
+            lost.append(len(keys))
+        add(key)
+    return keys, lost
 
 
 def _encode(obj: Any, out: bytearray, task: Any) -> bool:
