@@ -14,6 +14,8 @@ from .errors import (
     RemoteTraceback,
     ResultNotSerializable,
     SecurityError,
+    StoreError,
+    StoreMismatch,
     TaskTimeout,
     WorkerCrashed,
     WorkerUnavailable,
@@ -22,6 +24,7 @@ from .naming import list_workers
 from .options import Options
 from .pool import EzPool, Pool
 from .results import Results, TaskOutcome
+from .store import open_store
 from .worker import BaseWorker
 
 __version__ = "0.1.0"
@@ -43,4 +46,7 @@ __all__ = [
     "ResultNotSerializable",
     "AuthenticationError",
     "SecurityError",
+    "StoreError",
+    "StoreMismatch",
+    "open_store",
 ]

@@ -13,6 +13,8 @@ __all__ = [
     "RemoteTraceback",
     "ServeError",
     "SecurityError",
+    "StoreError",
+    "StoreMismatch",
 ]
 
 
@@ -79,3 +81,11 @@ class ServeError(EzPoolError):
 
 class SecurityError(EzPoolError):
     """A key, key file, certificate or address is not safe to use; the message says how to fix it."""
+
+
+class StoreError(EzPoolError):
+    """A store file cannot be opened, read or written, or holds no sweep of that name."""
+
+
+class StoreMismatch(StoreError):
+    """A store holds outcomes of another version of the function (its code or captured values)."""

@@ -1,0 +1,200 @@
+"""``Store``: task outcomes kept in one SQLite file, so that a sweep that stops can go on.
+
+How a map call with a store uses it::
+
+    Pool.map(fun, tasks, store=...)                     the file (SQLite, WAL mode)
+    ───────────────────────────────                     ───────────────────────────
+    store.sweep(fun, store_key) ─ name, identity ─────▶ sweeps: name, store_key, code and
+                                                          data digests, created
+    sweep.lookup(tasks) ◀──── outcomes found ─────────  outcomes: (sweep, task key) ->
+    run the other tasks; for each Batch:                  task, value, failed, elapsed,
+    sweep.record(tasks, start, values, ...)               worker, recorded
+        buffered; committed every 0.2 s or 20 000 rows ─▶
+    sweep.flush() / store.close() ─ the rest ─────────▶
+
+- ``keys``: a task is found by its key; tasks equal as dict keys share one.
+- ``identity``: a sweep is named by its function (and an optional ``store_key``) and
+  remembers the function's code and captured values, so that outcomes of changed
+  code are never mixed with new ones.
+- ``connection``: the file, its tables, and durability: every committed outcome
+  survives the process being killed at any moment, SIGKILL included.
+- ``sweep``: finding, recording, forgetting and summarising outcomes.
+- ``python -m ezpool.store PATH``: what a file holds (``__main__``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, NamedTuple, Optional, Union
+
+from ..errors import StoreError, StoreMismatch
+from ..results import Results
+from .connection import Connection
+from .identity import Identity, identity, sweep_name
+from .sweep import StoredOutcome, Sweep, label
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Store", "Sweep", "SweepInfo", "StoredOutcome", "open_store"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class SweepInfo(NamedTuple):
+    """One sweep in a store: its name, ``store_key``, creation time (epoch seconds) and counts.
+
+    ``done`` counts every task with a stored outcome; ``failed`` those whose outcome is an exception.
+    """
+
+    name: str
+    store_key: Optional[str]
+    created: float
+    done: int
+    failed: int
+
+    @property
+    def label(self) -> str:
+        """``name``, or ``name[store_key]``: what ``open_store`` and ``--sweep`` accept."""
+        return label(self.name, self.store_key)
+
+
+class Store:
+    """One SQLite file (WAL mode) holding the outcomes of one or more sweeps.
+
+    Opening creates the file and its tables, unless ``readonly``: then a missing file
+    raises ``FileNotFoundError``, and a file that is not an ezpool store (or not
+    SQLite at all) raises ``StoreError``, each naming the path. Use it in a ``with``
+    block, or call ``close``: outcomes still buffered are committed then. One
+    ``Store`` may be shared by threads, and several processes may use one file.
+    """
+
+    def __init__(self, path: PathLike, *, readonly: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.readonly = readonly
+        self._connection = Connection(self.path, readonly)
+        self._sweeps: list[Sweep] = []
+
+    def __repr__(self) -> str:
+        state = "closed" if self._connection.closed else "read-only" if self.readonly else "open"
+        return f"Store({self.path!r}, {state})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def sweep(self, fun: Any, store_key: Optional[str] = None) -> Sweep:
+        """Open (or create) the sweep of ``fun``, named by its qualified name and ``store_key``.
+
+        The sweep records ``fun``'s identity: a digest of its code and one of the values
+        it captures (see ``ezpool.store.identity``). If the sweep holds outcomes of
+        another identity, this raises ``StoreMismatch`` saying what changed, rather
+        than mix old outcomes with new ones. A ``store_key`` keeps a separate set of
+        outcomes (say, one per version of your code or data); its identity is recorded
+        and checked all the same, so when you change the code, change the key too, or
+        use another file.
+        """
+        if store_key is not None and (not isinstance(store_key, str) or not store_key):
+            raise TypeError(f"store_key must be a non-empty string or None, got {store_key!r}")
+        name, now = sweep_name(fun), identity(fun)
+        named = label(name, store_key)
+        with self._connection.transaction(write=not self.readonly) as db:
+            row = db.execute(
+                "SELECT id, code, data FROM sweeps WHERE name = ? AND store_key = ?", (name, store_key or "")
+            ).fetchone()
+            if row is not None:
+                sweep_id = row[0]
+                _check_identity(self.path, named, store_key, Identity(row[1], row[2]), now)
+            elif self.readonly:
+                raise StoreError(f"{self.path} holds no sweep {named}")
+            else:
+                sweep_id = db.execute(
+                    "INSERT INTO sweeps (name, store_key, code, data, created) VALUES (?, ?, ?, ?, ?)",
+                    (name, store_key or "", now.code, now.data, time.time()),
+                ).lastrowid
+                logger.debug("%s: new sweep %s", self.path, named)
+        return self._add(Sweep(self._connection, int(sweep_id), name, store_key))
+
+    def find(self, name: Optional[str] = None) -> Sweep:
+        """The sweep called ``name`` (``name`` or ``name[store_key]``), or the only sweep.
+
+        Runs and checks nothing. Raises ``StoreError`` listing the sweeps when there is
+        no such sweep, or when ``name`` is not given and there are several (or none).
+        """
+        rows = self._connection.read("SELECT id, name, store_key FROM sweeps ORDER BY id")
+        sweeps = [(int(id_), name_, key or None) for id_, name_, key in rows]
+        if name is None:
+            matches = sweeps
+        else:
+            matches = [s for s in sweeps if label(s[1], s[2]) == name] or [s for s in sweeps if s[1] == name]
+        if len(matches) == 1:
+            return self._add(Sweep(self._connection, *matches[0]))
+        listed = ", ".join(label(s[1], s[2]) for s in sweeps) or "none"
+        if name is None and not sweeps:
+            raise StoreError(f"{self.path} holds no sweeps")
+        if name is None:
+            raise StoreError(f"{self.path} holds several sweeps; name one of: {listed}")
+        what = "several sweeps are" if matches else "no sweep is"
+        raise StoreError(f"in {self.path}, {what} called {name!r}; its sweeps: {listed}")
+
+    def sweeps(self) -> list[SweepInfo]:
+        """Every sweep in the file, oldest first, with its counts of outcomes."""
+        self._flush_all()
+        rows = self._connection.read("SELECT id, name, store_key, created FROM sweeps ORDER BY id")
+        infos = []
+        for sweep_id, name, key, created in rows:
+            opened = [sweep for sweep in self._sweeps if sweep._id == sweep_id]
+            sweep = opened[0] if opened else Sweep(self._connection, sweep_id, name, key or None)
+            infos.append(SweepInfo(name, key or None, created, *sweep._counts()))
+        return infos
+
+    def close(self) -> None:
+        """Commit what is buffered and close the file. Closing twice does nothing."""
+        with self._connection.lock:
+            if self._connection.closed:
+                return
+            try:
+                self._flush_all()
+            finally:
+                self._connection.close()
+
+    def _add(self, sweep: Sweep) -> Sweep:
+        with self._connection.lock:
+            self._sweeps.append(sweep)
+        return sweep
+
+    def _flush_all(self) -> None:
+        for sweep in self._sweeps:
+            sweep.flush()
+
+
+def open_store(path: PathLike, sweep: Optional[str] = None) -> Results:
+    """The stored ``Results`` of the store's only sweep, or of the one named; runs nothing.
+
+    ``sweep`` is a name as ``python -m ezpool.store PATH`` lists it: ``module.function``,
+    or ``module.function[store_key]``. The file is opened read-only. Raises
+    ``FileNotFoundError`` for a missing file, and ``StoreError`` for a file that is not
+    a store, for an unknown name, or when there are several sweeps and none is named
+    (each message lists the sweeps).
+    """
+    with Store(path, readonly=True) as store:
+        return store.find(sweep).results()
+
+
+def _check_identity(path: str, named: str, store_key: Optional[str], stored: Identity, now: Identity) -> None:
+    """Raise ``StoreMismatch`` when ``now`` is not the identity the sweep was stored with."""
+    changes = []
+    if stored.code != now.code:
+        changes.append("its code changed")
+    if stored.data and now.data and stored.data != now.data:
+        changes.append("the values it captures changed")
+    if not changes:
+        return
+    advice = "pass another store_key" if store_key else 'pass store_key="..." (say, store_key="v2")'
+    raise StoreMismatch(
+        f"{path} holds outcomes of another version of {named}: {' and '.join(changes)} since they "
+        f"were stored. To keep both sets of results apart, {advice}; or use another file."
+    )

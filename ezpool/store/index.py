@@ -1,0 +1,141 @@
+"""``Index``: where the latest outcome of each task of a sweep is, built in memory from its rows.
+
+Every task outcome read from the ``batches`` rows gets an *entry number*: entries
+are numbered in row id order, so that a row's entries are ``first .. first + n - 1``.
+The index maps each task key (``keys.task_key``) to the entry of its latest outcome:
+a later row wins, and the dict keeps the order in which each key was first seen,
+which is the order ``results`` lists tasks in. A ``forgotten`` row removes keys whose
+latest entry is in a row up to its ``upto`` id.
+
+The index remembers the last row and the last ``forgotten`` row it read, so that
+``refresh`` reads only what was written since, by this process or any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import sqlite3
+from array import array
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+from .batches import load_tasks, offsets
+from .keys import task_key, task_keys
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Index"]
+
+_NEW_BATCHES = """SELECT id, tasks, layout, elapsed, failed, worker, recorded FROM batches
+    WHERE sweep = ? AND id > ? ORDER BY id"""
+_NEW_FORGOTTEN = "SELECT id, upto, keys FROM forgotten WHERE sweep = ? AND id > ? ORDER BY id"
+
+
+class Index:
+    """The latest outcome of each task stored in one sweep: its row, offset, run time and state."""
+
+    def __init__(self, sweep_id: int, where: str) -> None:
+        self.sweep_id = sweep_id
+        self.where = where  # for log messages
+        #: task key -> entry number of its latest outcome, in the order first seen.
+        self.latest: dict[bytes, int] = {}
+        #: Entry numbers of failures.
+        self.failed: set[int] = set()
+        #: Run time of each entry, and the row it is in.
+        self.elapsed = array("d")
+        self.row_of = array("I")
+        #: Per row read (rows whose tasks cannot be loaded are left out): id, first entry,
+        #: worker, time recorded.
+        self.ids: list[int] = []
+        self.firsts: list[int] = []
+        self.workers: list[str] = []
+        self.recorded: list[float] = []
+        #: The ids of the last ``batches`` and ``forgotten`` rows read.
+        self.last_batch = 0
+        self.last_forgotten = 0
+
+    def refresh(self, db: sqlite3.Connection) -> None:
+        """Read the rows written since the last refresh (call it inside a transaction)."""
+        forgotten = db.execute(_NEW_FORGOTTEN, (self.sweep_id, self.last_forgotten)).fetchall()
+        pending = 0  # forgotten rows are applied once the index holds every batch up to their upto
+        for batch_id, *row in db.execute(_NEW_BATCHES, (self.sweep_id, self.last_batch)):
+            while pending < len(forgotten) and forgotten[pending][1] < batch_id:
+                self._forget_row(*forgotten[pending])
+                pending += 1
+            self._add(batch_id, *row)
+        for marker in forgotten[pending:]:
+            self._forget_row(*marker)
+
+    def locate(self, entry: int) -> tuple[int, int]:
+        """The row number (in ``ids``) and offset of an entry."""
+        row = self.row_of[entry]
+        return row, entry - self.firsts[row]
+
+    def failing(self) -> list[bytes]:
+        """The keys whose latest outcome is a failure."""
+        failed = self.failed
+        return [key for key, entry in self.latest.items() if entry in failed] if failed else []
+
+    def forget(self, keys: Iterable[bytes], upto: int) -> int:
+        """Remove the keys whose latest outcome is in a row up to id ``upto``; how many."""
+        latest, removed = self.latest, 0
+        for key in keys:
+            entry = latest.get(key)
+            if entry is not None and self.ids[self.locate(entry)[0]] <= upto:
+                del latest[key]
+                removed += 1
+        return removed
+
+    def _add(
+        self,
+        batch_id: int,
+        blob: bytes,
+        layout: int,
+        elapsed: bytes,
+        failed: bytes,
+        worker: str,
+        recorded: float,
+    ) -> None:
+        self.last_batch = batch_id
+        try:
+            tasks = load_tasks(blob, layout)
+            keys, complete = _keys(tasks, self.where)
+            if len(elapsed) != 8 * len(keys):
+                raise ValueError(f"{len(keys)} tasks but {len(elapsed) // 8} run times")
+        except Exception as exc:
+            logger.warning("%s: the tasks of a stored batch cannot be loaded, left out: %s", self.where, exc)
+            return
+        first = len(self.elapsed)
+        self.row_of += array("I", [len(self.ids)]) * len(keys)
+        self.ids.append(batch_id)
+        self.firsts.append(first)
+        self.workers.append(worker)
+        self.recorded.append(recorded)
+        self.elapsed.frombytes(elapsed)
+        if failed:
+            self.failed.update(first + offset for offset in offsets(failed))
+        if complete:
+            self.latest.update(zip(keys, range(first, first + len(keys))))  # type: ignore[arg-type]
+        else:
+            self.latest.update((key, first + offset) for offset, key in enumerate(keys) if key is not None)
+
+    def _forget_row(self, row_id: int, upto: int, blob: bytes) -> None:
+        self.last_forgotten = row_id
+        self.forget(pickle.loads(blob), upto)
+
+
+def _keys(tasks: list[Any], where: str) -> tuple[Sequence[Optional[bytes]], bool]:
+    """Each task's key (``None`` for a task that has none: it is never found), and whether all have one."""
+    try:
+        return task_keys(tasks)[0], True
+    except TypeError:
+        pass
+    keys: list[Optional[bytes]] = []
+    for task in tasks:
+        try:
+            keys.append(task_key(task)[0])
+        except TypeError as exc:
+            logger.warning("%s: a stored task has no key, it is never found: %s", where, exc)
+            keys.append(None)
+    return keys, False

@@ -1,0 +1,359 @@
+"""``Sweep``: the stored outcomes of one function: found, recorded, forgotten, summarised.
+
+``record`` appends one ``batches`` row a call (see ``batches``) and computes no
+task key: that is what keeps it cheap. Everything that reads (``lookup``,
+``results``, ``summary``, ``forget_failed``, the counts of ``Store.sweeps``) goes
+through an ``Index`` built in memory from the sweep's rows, the first time one is
+needed, and kept on the ``Sweep``: each later read first reads the rows written
+since (by this process or another) and keys their tasks, so a lookup after a
+record pays for keying what was recorded.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import pickle
+import time
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any, NamedTuple, Optional
+
+from ..backends.base import Batch
+from ..errors import StoreError
+from ..results import Results, ResultsBuilder
+from ..serialization import short_repr
+from .batches import Outcomes, encode, load_tasks
+from .connection import Connection
+from .index import Index
+from .keys import task_keys
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Sweep", "StoredOutcome"]
+
+#: Buffered outcomes are committed once this many seconds passed since the last commit...
+COMMIT_SECONDS = 0.2
+#: ...or once this many tasks' outcomes are buffered.
+COMMIT_ROWS = 20_000
+
+#: Rows per ``IN (...)`` read of the values a lookup found: under SQLite's old limit of
+#: 999 parameters a statement.
+LOOKUP_GROUP = 899
+
+#: A lookup that needs the values of at least this share of a sweep's rows reads them
+#: all, in order, instead of by id.
+SCAN_SHARE = 0.3
+
+_INSERT = """INSERT INTO batches (sweep, tasks, outcome, layout, elapsed, failed, worker, recorded)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+
+_ALL_ROWS = "SELECT id, tasks, outcome, layout FROM batches WHERE sweep = ? AND id <= ? ORDER BY id"
+_ALL_OUTCOMES = "SELECT id, outcome, layout FROM batches WHERE sweep = ? AND id <= ? ORDER BY id"
+
+
+#: In place of a value that cannot be loaded.
+_MISSING = object()
+
+
+class StoredOutcome(NamedTuple):
+    """A task's stored outcome: its value (or exception), run time, where it ran, whether it failed."""
+
+    value: Any
+    elapsed: float
+    worker: str
+    failed: bool
+
+
+class Sweep:
+    """The stored outcomes of one function (and ``store_key``) in a ``Store``.
+
+    Get one from ``Store.sweep`` (which checks the function's identity) or
+    ``Store.find`` (which does not).
+    """
+
+    def __init__(self, connection: Connection, sweep_id: int, name: str, store_key: Optional[str]) -> None:
+        self.name = name
+        self.store_key = store_key
+        self._connection = connection
+        self._id = sweep_id
+        self._rows: list[tuple[Any, ...]] = []
+        self._buffered = 0  # tasks in self._rows
+        self._last_commit = time.monotonic()
+        self._index: Optional[Index] = None
+
+    @property
+    def label(self) -> str:
+        """``name``, or ``name[store_key]``: how ``open_store`` and the command line name it."""
+        return label(self.name, self.store_key)
+
+    def __repr__(self) -> str:
+        return f"Sweep({self.label!r} in {self._connection.path!r})"
+
+    def known(self) -> bool:
+        """Whether anything was recorded in this sweep: if not, ``lookup`` would find nothing."""
+        with self._connection.lock:
+            if self._rows or (self._index is not None and self._index.last_batch):
+                return True
+            return bool(self._connection.read("SELECT 1 FROM batches WHERE sweep = ? LIMIT 1", (self._id,)))
+
+    def lookup(self, tasks: Sequence[Any]) -> dict[int, StoredOutcome]:
+        """The stored outcomes of ``tasks``, by position in ``tasks``; tasks not found are left out.
+
+        A task that holds a NaN is never found. Neither is one whose stored value cannot
+        be unpickled here, so that it runs again. Raises ``TypeError`` naming a task
+        that cannot be stored (see ``ezpool.store.keys``). The first lookup reads the
+        whole sweep; later ones read only what was recorded since.
+        """
+        self.flush()
+        keys, lost = task_keys(tasks)
+        with self._connection.transaction(write=False) as db:
+            index = self._refreshed(db)
+            entries = list(map(index.latest.get, keys))
+            for position in lost:
+                entries[position] = None
+            row_of = index.row_of
+            rows = {row_of[entry] for entry in entries if entry is not None}
+            if not rows:
+                return {}
+            values = self._values(db, index, rows)
+        failed, elapsed, workers, new = index.failed, index.elapsed, index.workers, tuple.__new__
+        found = {}
+        for position, entry in enumerate(entries):
+            if entry is not None:
+                value = values[entry]
+                if value is not _MISSING:  # a StoredOutcome, made without the call of its __new__
+                    outcome = (value, elapsed[entry], workers[row_of[entry]], entry in failed)
+                    found[position] = new(StoredOutcome, outcome)
+        return found
+
+    def record(
+        self,
+        tasks: Sequence[Any],
+        start: int,
+        values: list[Any],
+        elapsed: Sequence[float],
+        failed: Collection[int],
+        worker: str,
+    ) -> None:
+        """Record the outcomes of ``tasks[start + i]`` for each ``i`` in ``range(len(values))``.
+
+        ``failed`` holds the offsets ``i`` whose value is an exception; an exception is
+        stored with its traceback text. A value that cannot be pickled is stored as a
+        failure, ``ResultNotSerializable``, instead: this never raises for a value.
+        Outcomes are buffered, and committed once 0.2 s passed since the last commit
+        or 20 000 are buffered, and by ``flush`` and ``Store.close``. Recording a task
+        again replaces its outcome (it keeps its place in ``results``).
+        """
+        self._connection.check_writable()
+        if not values:
+            return
+        stop = start + len(values)
+        chunk = tasks[start:stop] if type(tasks) is list else [tasks[i] for i in range(start, stop)]
+        now, sweep = time.time(), self._id
+        rows = [(sweep, *encoded, worker, now) for encoded in encode(chunk, values, elapsed, failed)]
+        with self._connection.lock:
+            self._rows += rows
+            self._buffered += len(values)
+            due = time.monotonic() - self._last_commit >= COMMIT_SECONDS
+            if due or self._buffered >= COMMIT_ROWS:
+                self.flush()
+
+    def flush(self) -> None:
+        """Commit the buffered outcomes now."""
+        with self._connection.lock:
+            rows, buffered, self._rows, self._buffered = self._rows, self._buffered, [], 0
+            self._last_commit = time.monotonic()
+            if not rows:
+                return
+            try:
+                self._connection.write(_INSERT, rows)
+            except BaseException:
+                # kept for the next try
+                self._rows, self._buffered = rows + self._rows, buffered + self._buffered
+                raise
+
+    def forget_failed(self) -> int:
+        """Forget the tasks whose latest outcome is a failure, so that they run again; how many.
+
+        The rows stay; a ``forgotten`` row records the keys of the tasks forgotten.
+        """
+        self.flush()
+        with self._connection.transaction(write=True) as db:
+            index = self._refreshed(db)
+            keys = index.failing()
+            if not keys:
+                return 0
+            try:
+                row_id = db.execute(
+                    "INSERT INTO forgotten (sweep, upto, keys) VALUES (?, ?, ?)",
+                    (self._id, index.last_batch, pickle.dumps(keys, pickle.HIGHEST_PROTOCOL)),
+                ).lastrowid
+                index.last_forgotten = int(row_id or 0)
+                return index.forget(keys, index.last_batch)
+            except BaseException:
+                self._index = None  # read again from the file
+                raise
+
+    def results(self) -> Results:
+        """Everything stored, as ``Results`` in the order first recorded.
+
+        ``wall_time`` is the recorded span: from the start of the first task to the
+        end of the last. A stored value that cannot be unpickled here becomes a
+        ``StoreError`` in its task's slot; a task that cannot be is left out (logged).
+        """
+        self.flush()
+        with self._connection.transaction(write=False) as db:
+            index = self._refreshed(db)
+            places = [(entry, *index.locate(entry)) for entry in index.latest.values()]
+            needed = {row for _, row, _ in places}
+            rows = {batch_id: row for row, batch_id in enumerate(index.ids)}
+            loaded: dict[int, tuple[list[Any], Outcomes]] = {}
+            for batch_id, tasks_blob, blob, layout in db.execute(_ALL_ROWS, (self._id, index.last_batch)):
+                row = rows.get(batch_id)
+                if row in needed:
+                    loaded[row] = load_tasks(tasks_blob, layout), Outcomes(blob, layout)
+        failed, elapsed, workers, recorded = index.failed, index.elapsed, index.workers, index.recorded
+        tasks: list[Any] = []
+        values: list[Any] = []
+        times: list[float] = []
+        runs: list[tuple[int, str, set[int]]] = []  # (start, worker, failed offsets) of each run of rows
+        seen: set[Any] = set()
+        began, ended = float("inf"), float("-inf")
+        for entry, row, offset in places:
+            task_list, outcomes = loaded[row]
+            task = task_list[offset]
+            try:
+                hash(task)
+            except Exception as exc:
+                logger.warning("%s: a stored task cannot be loaded, left out: %s", self, exc)
+                continue
+            if task in seen:  # equal to a task stored under another key (see keys)
+                continue
+            seen.add(task)
+            is_failure = entry in failed
+            try:
+                value = outcomes.get(offset, is_failure)
+            except Exception as exc:
+                value = StoreError(f"the stored value of task {short_repr(task)} cannot be loaded: {exc}")
+                is_failure = True
+            worker = workers[row]
+            if not runs or runs[-1][1] != worker:
+                runs.append((len(tasks), worker, set()))
+            if is_failure:
+                runs[-1][2].add(len(tasks) - runs[-1][0])
+            tasks.append(task)
+            values.append(value)
+            took = elapsed[entry]
+            times.append(took)
+            began, ended = min(began, recorded[row] - took), max(ended, recorded[row])
+        builder = ResultsBuilder(tasks)
+        stops = [start for start, _, _ in runs[1:]] + [len(tasks)]
+        for (start, worker, offsets), stop in zip(runs, stops):
+            builder.add(Batch(start, values[start:stop], times[start:stop], offsets, worker))
+        return builder.finish(ended - began if tasks else 0.0)
+
+    def summary(self, slowest: int = 5) -> str:
+        """Several lines: the sweep's name, its counts, total task time, wall span, slowest tasks."""
+        self.flush()
+        with self._connection.transaction(write=False) as db:
+            ((created,),) = db.execute("SELECT created FROM sweeps WHERE id = ?", (self._id,)).fetchall()
+            index = self._refreshed(db)
+            entries = list(index.latest.values())
+            elapsed = index.elapsed
+            slow = heapq.nlargest(slowest, entries, key=elapsed.__getitem__)
+            slow_rows = {index.locate(entry)[0] for entry in slow}
+            loaded = {
+                row: (load_tasks(tasks_blob, layout), Outcomes(blob, layout))
+                for row in slow_rows
+                for tasks_blob, blob, layout in db.execute(
+                    "SELECT tasks, outcome, layout FROM batches WHERE id = ?", (index.ids[row],)
+                )
+            }
+        done, failed = len(entries), len(index.failed.intersection(entries))
+        busy = sum(elapsed[entry] for entry in entries)
+        lines = [
+            f"sweep {self.label} (created {_when(created)})",
+            f"  {done} tasks done, {failed} failed",
+            f"  task time {busy:.3f} s in all (mean {busy / done if done else 0.0:.6f} s)",
+        ]
+        if done:
+            began, ended = float("inf"), float("-inf")
+            for entry in entries:
+                recorded = index.recorded[index.locate(entry)[0]]
+                began, ended = min(began, recorded - elapsed[entry]), max(ended, recorded)
+            lines.append(f"  wall span {_when(began)} .. {_when(ended)} ({ended - began:.3f} s)")
+        if slow:
+            lines.append(f"  {len(slow)} slowest tasks:")
+        for entry in slow:
+            row, offset = index.locate(entry)
+            task_list, outcomes = loaded[row]
+            task = short_repr(task_list[offset], 60)
+            note = f"  failed: {outcomes.record(offset).type_name}" if entry in index.failed else ""
+            lines.append(f"    {elapsed[entry]:10.3f} s  {task}  on {index.workers[row]}{note}")
+        return "\n".join(lines)
+
+    def _counts(self) -> tuple[int, int]:
+        """How many tasks have an outcome, and how many of those failed."""
+        self.flush()
+        with self._connection.transaction(write=False) as db:
+            index = self._refreshed(db)
+            return len(index.latest), len(index.failed.intersection(index.latest.values()))
+
+    def _refreshed(self, db: Any) -> Index:
+        """The index, brought up to date with the file (call it inside a transaction)."""
+        if self._index is None:
+            self._index = Index(self._id, repr(self))
+        try:
+            self._index.refresh(db)
+        except BaseException:
+            self._index = None  # read again from the start next time
+            raise
+        return self._index
+
+    def _values(self, db: Any, index: Index, rows: set[int]) -> list[Any]:
+        """The value (or rebuilt exception) of every entry in ``rows``, by entry; ``_MISSING`` elsewhere.
+
+        Reads the rows' values by id, or, when they are many, all the sweep's rows in order.
+        """
+        values: list[Any] = [_MISSING] * len(index.elapsed)
+        if len(rows) >= SCAN_SHARE * len(index.ids):
+            found = {batch_id: row for row, batch_id in enumerate(index.ids)}
+            for batch_id, blob, layout in db.execute(_ALL_OUTCOMES, (self._id, index.last_batch)):
+                row = found.get(batch_id)
+                if row in rows:
+                    self._load_row(index, row, blob, layout, values)
+            return values
+        ids = [index.ids[row] for row in rows]
+        found = {index.ids[row]: row for row in rows}
+        for first in range(0, len(ids), LOOKUP_GROUP):
+            group = ids[first : first + LOOKUP_GROUP]
+            query = f"SELECT id, outcome, layout FROM batches WHERE id IN ({','.join('?' * len(group))})"
+            for batch_id, blob, layout in db.execute(query, group):
+                self._load_row(index, found[batch_id], blob, layout, values)
+        return values
+
+    def _load_row(self, index: Index, row: int, blob: bytes, layout: int, values: list[Any]) -> None:
+        """Put the values of one row into ``values`` at their entries (``_MISSING`` where one cannot load)."""
+        first = index.firsts[row]
+        stop = index.firsts[row + 1] if row + 1 < len(index.firsts) else len(index.elapsed)
+        outcomes = Outcomes(blob, layout)
+        plain, failed = outcomes.plain(), index.failed
+        todo: Iterable[int] = range(first, stop)
+        if plain is not None and len(plain) == stop - first:
+            values[first:stop] = plain
+            todo = [entry for entry in todo if entry in failed] if failed else ()
+        for entry in todo:
+            try:
+                values[entry] = outcomes.get(entry - first, entry in failed)
+            except Exception as exc:
+                logger.debug("%s: a stored value cannot be loaded (%s); it runs again", self, exc)
+                values[entry] = _MISSING
+
+
+def label(name: str, store_key: Optional[str]) -> str:
+    """How a sweep is named to people: ``name``, or ``name[store_key]``."""
+    return f"{name}[{store_key}]" if store_key else name
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
