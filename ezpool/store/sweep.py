@@ -16,7 +16,9 @@ import logging
 import pickle
 import time
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any, NamedTuple, Optional
+from itertools import compress, count, repeat
+from operator import is_not
+from typing import Any, NamedTuple, Optional, cast
 
 from ..backends.base import Batch
 from ..errors import StoreError
@@ -111,19 +113,25 @@ class Sweep:
             entries = list(map(index.latest.get, keys))
             for position in lost:
                 entries[position] = None
+            # The rest is written with map and zip, so that it loops in C: a loop in Python
+            # would cost more than the index it uses.
+            hits = list(map(is_not, entries, repeat(None)))
+            chosen = cast("list[int]", list(compress(entries, hits)))  # the entries found
             row_of = index.row_of
-            rows = {row_of[entry] for entry in entries if entry is not None}
+            rows = set(map(row_of.__getitem__, chosen))
             if not rows:
                 return {}
-            values = self._values(db, index, rows)
-        failed, elapsed, workers, new = index.failed, index.elapsed, index.workers, tuple.__new__
-        found = {}
-        for position, entry in enumerate(entries):
-            if entry is not None:
-                value = values[entry]
-                if value is not _MISSING:  # a StoredOutcome, made without the call of its __new__
-                    outcome = (value, elapsed[entry], workers[row_of[entry]], entry in failed)
-                    found[position] = new(StoredOutcome, outcome)
+            values, complete = self._values(db, index, rows)
+            outcomes = zip(
+                map(values.__getitem__, chosen),
+                map(index.elapsed.__getitem__, chosen),
+                map(index.workers.__getitem__, map(row_of.__getitem__, chosen)),
+                map(index.failed.__contains__, chosen),
+            )
+            # StoredOutcome(*outcome), without the call of its __new__
+            found = dict(zip(compress(count(), hits), map(tuple.__new__, repeat(StoredOutcome), outcomes)))
+        if not complete:
+            found = {position: outcome for position, outcome in found.items() if outcome[0] is not _MISSING}
         return found
 
     def record(
@@ -310,30 +318,32 @@ class Sweep:
             raise
         return self._index
 
-    def _values(self, db: Any, index: Index, rows: set[int]) -> list[Any]:
+    def _values(self, db: Any, index: Index, rows: set[int]) -> tuple[list[Any], bool]:
         """The value (or rebuilt exception) of every entry in ``rows``, by entry; ``_MISSING`` elsewhere.
 
-        Reads the rows' values by id, or, when they are many, all the sweep's rows in order.
+        Also whether all of them could be loaded. Reads the rows' values by id, or, when
+        they are many, all the sweep's rows in order.
         """
+        complete = True
         values: list[Any] = [_MISSING] * len(index.elapsed)
         if len(rows) >= SCAN_SHARE * len(index.ids):
             found = {batch_id: row for row, batch_id in enumerate(index.ids)}
             for batch_id, blob, layout in db.execute(_ALL_OUTCOMES, (self._id, index.last_batch)):
                 row = found.get(batch_id)
                 if row in rows:
-                    self._load_row(index, row, blob, layout, values)
-            return values
+                    complete = self._load_row(index, row, blob, layout, values) and complete
+            return values, complete
         ids = [index.ids[row] for row in rows]
         found = {index.ids[row]: row for row in rows}
         for first in range(0, len(ids), LOOKUP_GROUP):
             group = ids[first : first + LOOKUP_GROUP]
             query = f"SELECT id, outcome, layout FROM batches WHERE id IN ({','.join('?' * len(group))})"
             for batch_id, blob, layout in db.execute(query, group):
-                self._load_row(index, found[batch_id], blob, layout, values)
-        return values
+                complete = self._load_row(index, found[batch_id], blob, layout, values) and complete
+        return values, complete
 
-    def _load_row(self, index: Index, row: int, blob: bytes, layout: int, values: list[Any]) -> None:
-        """Put the values of one row into ``values`` at their entries (``_MISSING`` where one cannot load)."""
+    def _load_row(self, index: Index, row: int, blob: bytes, layout: int, values: list[Any]) -> bool:
+        """Put the values of one row into ``values`` at their entries; false if one cannot be loaded."""
         first = index.firsts[row]
         stop = index.firsts[row + 1] if row + 1 < len(index.firsts) else len(index.elapsed)
         outcomes = Outcomes(blob, layout)
@@ -342,12 +352,14 @@ class Sweep:
         if plain is not None and len(plain) == stop - first:
             values[first:stop] = plain
             todo = [entry for entry in todo if entry in failed] if failed else ()
+        loaded = True
         for entry in todo:
             try:
                 values[entry] = outcomes.get(entry - first, entry in failed)
             except Exception as exc:
                 logger.debug("%s: a stored value cannot be loaded (%s); it runs again", self, exc)
-                values[entry] = _MISSING
+                values[entry], loaded = _MISSING, False
+        return loaded
 
 
 def label(name: str, store_key: Optional[str]) -> str:
