@@ -332,6 +332,19 @@ def test_a_stored_value_that_cannot_be_loaded_runs_again_and_reads_as_a_store_er
     assert "the stored value of task 1 cannot be loaded" in str(results[1])
 
 
+def test_stored_tasks_that_cannot_be_loaded_are_left_out(tmp_path, caplog):
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        _record(store.sweep(h.square), [1, 2], [1, 4])
+        _record(store.sweep(h.square), [3], [9])
+    _sql(path, "UPDATE batches SET tasks = x'00' WHERE id = 1")
+    with Store(path) as store:
+        sweep_ = store.sweep(h.square)
+        assert sorted(sweep_.lookup([1, 2, 3])) == [2]  # 1 and 2 run again
+        assert sweep_.results() == {3: 9} and store.sweeps()[0].done == 1
+    assert "the tasks of a stored batch cannot be loaded, left out" in caplog.text
+
+
 def test_lookup_reads_in_groups_or_whole_and_finds_the_same(tmp_path, monkeypatch):
     tasks = list(range(300))
     wanted = [7, 7.0, -1, *range(100, 120), "missing"]

@@ -220,40 +220,40 @@ class Sweep:
                 row = rows.get(batch_id)
                 if row in needed:
                     loaded[row] = load_tasks(tasks_blob, layout), Outcomes(blob, layout)
-        failed, elapsed, workers, recorded = index.failed, index.elapsed, index.workers, index.recorded
-        tasks: list[Any] = []
-        values: list[Any] = []
-        times: list[float] = []
-        runs: list[tuple[int, str, set[int]]] = []  # (start, worker, failed offsets) of each run of rows
-        seen: set[Any] = set()
-        began, ended = float("inf"), float("-inf")
-        for entry, row, offset in places:
-            task_list, outcomes = loaded[row]
-            task = task_list[offset]
-            try:
-                hash(task)
-            except Exception as exc:
-                logger.warning("%s: a stored task cannot be loaded, left out: %s", self, exc)
-                continue
-            if task in seen:  # equal to a task stored under another key (see keys)
-                continue
-            seen.add(task)
-            is_failure = entry in failed
-            try:
-                value = outcomes.get(offset, is_failure)
-            except Exception as exc:
-                value = StoreError(f"the stored value of task {short_repr(task)} cannot be loaded: {exc}")
-                is_failure = True
-            worker = workers[row]
-            if not runs or runs[-1][1] != worker:
-                runs.append((len(tasks), worker, set()))
-            if is_failure:
-                runs[-1][2].add(len(tasks) - runs[-1][0])
-            tasks.append(task)
-            values.append(value)
-            took = elapsed[entry]
-            times.append(took)
-            began, ended = min(began, recorded[row] - took), max(ended, recorded[row])
+            failed, elapsed, workers, recorded = index.failed, index.elapsed, index.workers, index.recorded
+            tasks: list[Any] = []
+            values: list[Any] = []
+            times: list[float] = []
+            runs: list[tuple[int, str, set[int]]] = []  # (start, worker, failed offsets) of each run of rows
+            seen: set[Any] = set()
+            began, ended = float("inf"), float("-inf")
+            for entry, row, offset in places:
+                task_list, outcomes = loaded[row]
+                task = task_list[offset]
+                try:
+                    hash(task)
+                except Exception as exc:
+                    logger.warning("%s: a stored task cannot be loaded, left out: %s", self, exc)
+                    continue
+                if task in seen:  # equal to a task stored under another key (see keys)
+                    continue
+                seen.add(task)
+                is_failure = entry in failed
+                try:
+                    value = outcomes.get(offset, is_failure)
+                except Exception as exc:
+                    value = StoreError(f"the stored value of task {short_repr(task)} cannot be loaded: {exc}")
+                    is_failure = True
+                worker = workers[row]
+                if not runs or runs[-1][1] != worker:
+                    runs.append((len(tasks), worker, set()))
+                if is_failure:
+                    runs[-1][2].add(len(tasks) - runs[-1][0])
+                tasks.append(task)
+                values.append(value)
+                took = elapsed[entry]
+                times.append(took)
+                began, ended = min(began, recorded[row] - took), max(ended, recorded[row])
         builder = ResultsBuilder(tasks)
         stops = [start for start, _, _ in runs[1:]] + [len(tasks)]
         for (start, worker, offsets), stop in zip(runs, stops):
@@ -277,28 +277,29 @@ class Sweep:
                     "SELECT tasks, outcome, layout FROM batches WHERE id = ?", (index.ids[row],)
                 )
             }
-        done, failed = len(entries), len(index.failed.intersection(entries))
-        busy = sum(elapsed[entry] for entry in entries)
+            done, failed = len(entries), len(index.failed.intersection(entries))
+            busy = sum(elapsed[entry] for entry in entries)
+            began, ended = float("inf"), float("-inf")
+            for entry in entries:
+                recorded = index.recorded[index.locate(entry)[0]]
+                began, ended = min(began, recorded - elapsed[entry]), max(ended, recorded)
+            slowest_lines = []
+            for entry in slow:
+                row, offset = index.locate(entry)
+                task_list, outcomes = loaded[row]
+                task = short_repr(task_list[offset], 60)
+                note = f"  failed: {outcomes.record(offset).type_name}" if entry in index.failed else ""
+                slowest_lines.append(f"    {elapsed[entry]:10.3f} s  {task}  on {index.workers[row]}{note}")
         lines = [
             f"sweep {self.label} (created {_when(created)})",
             f"  {done} tasks done, {failed} failed",
             f"  task time {busy:.3f} s in all (mean {busy / done if done else 0.0:.6f} s)",
         ]
         if done:
-            began, ended = float("inf"), float("-inf")
-            for entry in entries:
-                recorded = index.recorded[index.locate(entry)[0]]
-                began, ended = min(began, recorded - elapsed[entry]), max(ended, recorded)
             lines.append(f"  wall span {_when(began)} .. {_when(ended)} ({ended - began:.3f} s)")
         if slow:
             lines.append(f"  {len(slow)} slowest tasks:")
-        for entry in slow:
-            row, offset = index.locate(entry)
-            task_list, outcomes = loaded[row]
-            task = short_repr(task_list[offset], 60)
-            note = f"  failed: {outcomes.record(offset).type_name}" if entry in index.failed else ""
-            lines.append(f"    {elapsed[entry]:10.3f} s  {task}  on {index.workers[row]}{note}")
-        return "\n".join(lines)
+        return "\n".join(lines + slowest_lines)
 
     def _counts(self) -> tuple[int, int]:
         """How many tasks have an outcome, and how many of those failed."""
