@@ -31,20 +31,22 @@ The file takes about 18 bytes a task for tiny ``int`` outcomes (against 87 with
 one row a task).
 
 Costs measured for 10**5 tiny tasks (``int`` tasks and values) recorded in batches
-of 2,000, on a loaded 2-core machine where a bare Python loop that fills a dict
-takes 0.3-0.5 µs an item (the figures scale with that); the layout of one row a
-task, measured on the same machine, in brackets:
+of 2,000, best of five, on a loaded 2-core machine where a bare Python loop that
+fills a dict takes 0.3-0.5 µs an item (the figures scale with that, and varied by
+up to half from run to run); the layout of one row a task, measured on the same
+machine, in brackets:
 
 - ``record`` (and the commits): 14-24 ms, about 0.2 µs a task (1.2 s);
-- ``lookup`` of all 10**5 from a fresh open: 0.28-0.37 s, of which building the
-  index is 0.1 s (0.48 s); with the index built: 0.18-0.27 s (0.67 s). Keying the
-  tasks is most of it: 2-tuple tasks of an ``int`` and a ``float`` take 1.3 s
-  fresh (1.4 s) and 0.65 s with the index built (1.3 s);
-- ``lookup`` on an empty sweep: 0.06 s, to key the tasks (0.13 s); ``known``:
-  60 µs, so a first run skips the lookup;
-- a lookup after 10**5 outcomes were recorded since the last one: 0.1 s more, and
+- ``lookup`` of all 10**5 from a fresh open: 0.23-0.37 s, of which building the
+  index is 0.1 s (0.48 s); with the index built: 0.17-0.27 s (0.67 s). Keying the
+  tasks is most of it: 2-tuple tasks of an ``int`` and a ``float`` take 1.3-1.9 s
+  fresh (1.4 s) and 0.65-1.05 s with the index built (1.3 s);
+- ``lookup`` on an empty sweep: 0.035-0.06 s, to key the tasks (0.13 s); ``known``:
+  50-90 µs, so a first run skips the lookup;
+- a lookup after 10**5 outcomes were recorded since the last one: 0.09-0.1 s more;
   0.1 ms when nothing was;
-- ``results`` from a fresh open: 0.39 s (0.57 s); 1.2 s for 2-tuple tasks (0.7 s).
+- ``results`` from a fresh open: 0.23-0.41 s (0.57 s); for the 2-tuple tasks
+  1.2-1.4 s (0.7 s): keying them costs more than the rows did.
 
 - ``keys``: a task is found by its key; tasks equal as dict keys share one.
 - ``identity``: a sweep is named by its function (and an optional ``store_key``) and
