@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ezpool.store.batches as batches_module
+import ezpool.store.index as index_module
 import ezpool.store.sweep as sweep_module
 from ezpool import BaseWorker, RemoteError, RemoteTraceback, ResultNotSerializable, Results, open_store
 from ezpool.errors import StoreError, StoreMismatch
@@ -331,6 +332,19 @@ def test_a_stored_value_that_cannot_be_loaded_runs_again_and_reads_as_a_store_er
     assert "the stored value of task 1 cannot be loaded" in str(results[1])
 
 
+def test_stored_tasks_that_cannot_be_loaded_are_left_out(tmp_path, caplog):
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        _record(store.sweep(h.square), [1, 2], [1, 4])
+        _record(store.sweep(h.square), [3], [9])
+    _sql(path, "UPDATE batches SET tasks = x'00' WHERE id = 1")
+    with Store(path) as store:
+        sweep_ = store.sweep(h.square)
+        assert sorted(sweep_.lookup([1, 2, 3])) == [2]  # 1 and 2 run again
+        assert sweep_.results() == {3: 9} and store.sweeps()[0].done == 1
+    assert "the tasks of a stored batch cannot be loaded, left out" in caplog.text
+
+
 def test_lookup_reads_in_groups_or_whole_and_finds_the_same(tmp_path, monkeypatch):
     tasks = list(range(300))
     wanted = [7, 7.0, -1, *range(100, 120), "missing"]
@@ -406,6 +420,93 @@ def test_forget_failed_deletes_only_the_failures(tmp_path):
         assert sorted(sweep_.lookup([0, 1, 2, 3])) == [0, 2]
         assert sweep_.forget_failed() == 0
         assert store.sweeps()[0][3:] == (2, 0)
+
+
+def test_forget_failed_forgets_the_task_not_only_its_last_outcome(tmp_path):
+    path = tmp_path / "s.db"
+    error = _raised(h.fail_on_odd, 1)
+    with Store(path) as store:
+        sweep_ = store.sweep(h.fail_on_odd)
+        _record(sweep_, [1, 2, 3], [10, error, error], failed={1, 2})
+        _record(sweep_, [1, 3], [error, 30], failed={0})  # 1 failed later, 3 succeeded later
+        assert sweep_.forget_failed() == 2  # 1 and 2: their latest outcomes failed
+        assert sorted(sweep_.lookup([1, 2, 3])) == [2]  # 1's earlier value does not come back
+        assert store.sweeps()[0][3:] == (1, 0)
+        _record(sweep_, [2, 1], [20, 11])
+        assert list(sweep_.results()) == [3, 2, 1]  # forgotten, then recorded again: last
+    with Store(path) as store:  # read again from the file: the same
+        sweep_ = store.sweep(h.fail_on_odd)
+        assert sweep_.results() == {3: 30, 2: 20, 1: 11} and list(sweep_.results()) == [3, 2, 1]
+        assert sweep_.forget_failed() == 0
+
+
+# --- the layout: one row per record call, an index built on reading ---
+
+
+def test_a_record_call_is_one_row_and_computes_no_task_key(tmp_path, monkeypatch):
+    def refused(*args):
+        raise AssertionError("a task key was computed while recording")
+
+    path = tmp_path / "s.db"
+    tasks = [*range(1000), *(f"task {n}" for n in range(500)), *((n, n / 2) for n in range(500))]
+    with Store(path) as store:
+        sweep_ = store.sweep(h.square)
+        with monkeypatch.context() as patch:
+            for module in (batches_module, index_module, sweep_module):
+                for name in ("task_key", "task_keys"):
+                    if hasattr(module, name):
+                        patch.setattr(module, name, refused)
+            for start in range(0, 2000, 500):
+                _record(sweep_, tasks, [str(task) for task in tasks[start : start + 500]], start=start)
+            sweep_.flush()
+        assert _sql(path, "SELECT count(*), sum(layout) FROM batches") == [(4, 0)]  # whole lists
+        found = sweep_.lookup(tasks)
+    assert {i: outcome.value for i, outcome in found.items()} == {i: str(t) for i, t in enumerate(tasks)}
+
+
+def test_known_says_whether_the_sweep_holds_anything(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_module, "COMMIT_SECONDS", 3600.0)
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        sweep_ = store.sweep(h.square)
+        assert not sweep_.known()
+        _record(sweep_, [1], [1])
+        assert sweep_.known()  # buffered counts too
+        assert not store.sweep(h.square, store_key="other").known()
+    with Store(path, readonly=True) as store:
+        assert store.find("tests._helpers.square").known()
+
+
+def test_lookups_see_what_was_recorded_since_by_this_store_and_by_others(tmp_path):
+    path = tmp_path / "s.db"
+    error = _raised(h.fail_on_odd, 1)
+    with Store(path) as store, Store(path) as other:
+        sweep_ = store.sweep(h.fail_on_odd)
+        _record(sweep_, [1, 2], [error, 2], failed={0})
+        assert sweep_.lookup([1, 2])[0].failed  # the index is built here
+        _record(sweep_, [1], [1])  # a later outcome replaces the failure
+        found = sweep_.lookup([1, 2])
+        assert found[0] == StoredOutcome(1, 0.01, "pid 1", False) and found[1].value == 2
+        elsewhere = other.sweep(h.fail_on_odd)
+        _record(elsewhere, [3, 2], [error, 22], failed={0}, worker="pid 2")
+        elsewhere.flush()
+        assert {i: o.value for i, o in sweep_.lookup([1, 2, 3]).items() if not o.failed} == {0: 1, 1: 22}
+        assert elsewhere.forget_failed() == 1
+        assert sorted(sweep_.lookup([1, 2, 3])) == [0, 1]
+        assert store.sweeps()[0][3:] == (2, 0) and sweep_.results() == {1: 1, 2: 22}
+
+
+def test_tasks_and_values_pickle_refuses_are_stored_one_by_one(tmp_path):
+    class Name(str):  # a local class: pickle refuses it, cloudpickle takes it
+        pass
+
+    with Store(tmp_path / "s.db") as store:
+        sweep_ = store.sweep(h.square)
+        _record(sweep_, [Name("a"), "b", "c"], [1, lambda: 2, threading.Lock()])
+        found = sweep_.lookup(["a", "b", "c"])
+        results = sweep_.results()
+    assert found[0].value == 1 and found[1].value() == 2 and isinstance(found[2].value, ResultNotSerializable)
+    assert list(results) == ["a", "b", "c"] and type(next(iter(results))).__name__ == "Name"
 
 
 # --- sweeps and the identity of their function ---

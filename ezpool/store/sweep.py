@@ -16,7 +16,9 @@ import logging
 import pickle
 import time
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any, NamedTuple, Optional
+from itertools import compress, count, repeat
+from operator import is_not
+from typing import Any, NamedTuple, Optional, cast
 
 from ..backends.base import Batch
 from ..errors import StoreError
@@ -111,19 +113,25 @@ class Sweep:
             entries = list(map(index.latest.get, keys))
             for position in lost:
                 entries[position] = None
+            # The rest is written with map and zip, so that it loops in C: a loop in Python
+            # would cost more than the index it uses.
+            hits = list(map(is_not, entries, repeat(None)))
+            chosen = cast("list[int]", list(compress(entries, hits)))  # the entries found
             row_of = index.row_of
-            rows = {row_of[entry] for entry in entries if entry is not None}
+            rows = set(map(row_of.__getitem__, chosen))
             if not rows:
                 return {}
-            values = self._values(db, index, rows)
-        failed, elapsed, workers, new = index.failed, index.elapsed, index.workers, tuple.__new__
-        found = {}
-        for position, entry in enumerate(entries):
-            if entry is not None:
-                value = values[entry]
-                if value is not _MISSING:  # a StoredOutcome, made without the call of its __new__
-                    outcome = (value, elapsed[entry], workers[row_of[entry]], entry in failed)
-                    found[position] = new(StoredOutcome, outcome)
+            values, complete = self._values(db, index, rows)
+            outcomes = zip(
+                map(values.__getitem__, chosen),
+                map(index.elapsed.__getitem__, chosen),
+                map(index.workers.__getitem__, map(row_of.__getitem__, chosen)),
+                map(index.failed.__contains__, chosen),
+            )
+            # StoredOutcome(*outcome), without the call of its __new__
+            found = dict(zip(compress(count(), hits), map(tuple.__new__, repeat(StoredOutcome), outcomes)))
+        if not complete:
+            found = {position: outcome for position, outcome in found.items() if outcome[0] is not _MISSING}
         return found
 
     def record(
@@ -212,40 +220,40 @@ class Sweep:
                 row = rows.get(batch_id)
                 if row in needed:
                     loaded[row] = load_tasks(tasks_blob, layout), Outcomes(blob, layout)
-        failed, elapsed, workers, recorded = index.failed, index.elapsed, index.workers, index.recorded
-        tasks: list[Any] = []
-        values: list[Any] = []
-        times: list[float] = []
-        runs: list[tuple[int, str, set[int]]] = []  # (start, worker, failed offsets) of each run of rows
-        seen: set[Any] = set()
-        began, ended = float("inf"), float("-inf")
-        for entry, row, offset in places:
-            task_list, outcomes = loaded[row]
-            task = task_list[offset]
-            try:
-                hash(task)
-            except Exception as exc:
-                logger.warning("%s: a stored task cannot be loaded, left out: %s", self, exc)
-                continue
-            if task in seen:  # equal to a task stored under another key (see keys)
-                continue
-            seen.add(task)
-            is_failure = entry in failed
-            try:
-                value = outcomes.get(offset, is_failure)
-            except Exception as exc:
-                value = StoreError(f"the stored value of task {short_repr(task)} cannot be loaded: {exc}")
-                is_failure = True
-            worker = workers[row]
-            if not runs or runs[-1][1] != worker:
-                runs.append((len(tasks), worker, set()))
-            if is_failure:
-                runs[-1][2].add(len(tasks) - runs[-1][0])
-            tasks.append(task)
-            values.append(value)
-            took = elapsed[entry]
-            times.append(took)
-            began, ended = min(began, recorded[row] - took), max(ended, recorded[row])
+            failed, elapsed, workers, recorded = index.failed, index.elapsed, index.workers, index.recorded
+            tasks: list[Any] = []
+            values: list[Any] = []
+            times: list[float] = []
+            runs: list[tuple[int, str, set[int]]] = []  # (start, worker, failed offsets) of each run of rows
+            seen: set[Any] = set()
+            began, ended = float("inf"), float("-inf")
+            for entry, row, offset in places:
+                task_list, outcomes = loaded[row]
+                task = task_list[offset]
+                try:
+                    hash(task)
+                except Exception as exc:
+                    logger.warning("%s: a stored task cannot be loaded, left out: %s", self, exc)
+                    continue
+                if task in seen:  # equal to a task stored under another key (see keys)
+                    continue
+                seen.add(task)
+                is_failure = entry in failed
+                try:
+                    value = outcomes.get(offset, is_failure)
+                except Exception as exc:
+                    value = StoreError(f"the stored value of task {short_repr(task)} cannot be loaded: {exc}")
+                    is_failure = True
+                worker = workers[row]
+                if not runs or runs[-1][1] != worker:
+                    runs.append((len(tasks), worker, set()))
+                if is_failure:
+                    runs[-1][2].add(len(tasks) - runs[-1][0])
+                tasks.append(task)
+                values.append(value)
+                took = elapsed[entry]
+                times.append(took)
+                began, ended = min(began, recorded[row] - took), max(ended, recorded[row])
         builder = ResultsBuilder(tasks)
         stops = [start for start, _, _ in runs[1:]] + [len(tasks)]
         for (start, worker, offsets), stop in zip(runs, stops):
@@ -269,28 +277,29 @@ class Sweep:
                     "SELECT tasks, outcome, layout FROM batches WHERE id = ?", (index.ids[row],)
                 )
             }
-        done, failed = len(entries), len(index.failed.intersection(entries))
-        busy = sum(elapsed[entry] for entry in entries)
+            done, failed = len(entries), len(index.failed.intersection(entries))
+            busy = sum(elapsed[entry] for entry in entries)
+            began, ended = float("inf"), float("-inf")
+            for entry in entries:
+                recorded = index.recorded[index.locate(entry)[0]]
+                began, ended = min(began, recorded - elapsed[entry]), max(ended, recorded)
+            slowest_lines = []
+            for entry in slow:
+                row, offset = index.locate(entry)
+                task_list, outcomes = loaded[row]
+                task = short_repr(task_list[offset], 60)
+                note = f"  failed: {outcomes.record(offset).type_name}" if entry in index.failed else ""
+                slowest_lines.append(f"    {elapsed[entry]:10.3f} s  {task}  on {index.workers[row]}{note}")
         lines = [
             f"sweep {self.label} (created {_when(created)})",
             f"  {done} tasks done, {failed} failed",
             f"  task time {busy:.3f} s in all (mean {busy / done if done else 0.0:.6f} s)",
         ]
         if done:
-            began, ended = float("inf"), float("-inf")
-            for entry in entries:
-                recorded = index.recorded[index.locate(entry)[0]]
-                began, ended = min(began, recorded - elapsed[entry]), max(ended, recorded)
             lines.append(f"  wall span {_when(began)} .. {_when(ended)} ({ended - began:.3f} s)")
         if slow:
             lines.append(f"  {len(slow)} slowest tasks:")
-        for entry in slow:
-            row, offset = index.locate(entry)
-            task_list, outcomes = loaded[row]
-            task = short_repr(task_list[offset], 60)
-            note = f"  failed: {outcomes.record(offset).type_name}" if entry in index.failed else ""
-            lines.append(f"    {elapsed[entry]:10.3f} s  {task}  on {index.workers[row]}{note}")
-        return "\n".join(lines)
+        return "\n".join(lines + slowest_lines)
 
     def _counts(self) -> tuple[int, int]:
         """How many tasks have an outcome, and how many of those failed."""
@@ -310,30 +319,32 @@ class Sweep:
             raise
         return self._index
 
-    def _values(self, db: Any, index: Index, rows: set[int]) -> list[Any]:
+    def _values(self, db: Any, index: Index, rows: set[int]) -> tuple[list[Any], bool]:
         """The value (or rebuilt exception) of every entry in ``rows``, by entry; ``_MISSING`` elsewhere.
 
-        Reads the rows' values by id, or, when they are many, all the sweep's rows in order.
+        Also whether all of them could be loaded. Reads the rows' values by id, or, when
+        they are many, all the sweep's rows in order.
         """
+        complete = True
         values: list[Any] = [_MISSING] * len(index.elapsed)
         if len(rows) >= SCAN_SHARE * len(index.ids):
             found = {batch_id: row for row, batch_id in enumerate(index.ids)}
             for batch_id, blob, layout in db.execute(_ALL_OUTCOMES, (self._id, index.last_batch)):
                 row = found.get(batch_id)
                 if row in rows:
-                    self._load_row(index, row, blob, layout, values)
-            return values
+                    complete = self._load_row(index, row, blob, layout, values) and complete
+            return values, complete
         ids = [index.ids[row] for row in rows]
         found = {index.ids[row]: row for row in rows}
         for first in range(0, len(ids), LOOKUP_GROUP):
             group = ids[first : first + LOOKUP_GROUP]
             query = f"SELECT id, outcome, layout FROM batches WHERE id IN ({','.join('?' * len(group))})"
             for batch_id, blob, layout in db.execute(query, group):
-                self._load_row(index, found[batch_id], blob, layout, values)
-        return values
+                complete = self._load_row(index, found[batch_id], blob, layout, values) and complete
+        return values, complete
 
-    def _load_row(self, index: Index, row: int, blob: bytes, layout: int, values: list[Any]) -> None:
-        """Put the values of one row into ``values`` at their entries (``_MISSING`` where one cannot load)."""
+    def _load_row(self, index: Index, row: int, blob: bytes, layout: int, values: list[Any]) -> bool:
+        """Put the values of one row into ``values`` at their entries; false if one cannot be loaded."""
         first = index.firsts[row]
         stop = index.firsts[row + 1] if row + 1 < len(index.firsts) else len(index.elapsed)
         outcomes = Outcomes(blob, layout)
@@ -342,12 +353,14 @@ class Sweep:
         if plain is not None and len(plain) == stop - first:
             values[first:stop] = plain
             todo = [entry for entry in todo if entry in failed] if failed else ()
+        loaded = True
         for entry in todo:
             try:
                 values[entry] = outcomes.get(entry - first, entry in failed)
             except Exception as exc:
                 logger.debug("%s: a stored value cannot be loaded (%s); it runs again", self, exc)
-                values[entry] = _MISSING
+                values[entry], loaded = _MISSING, False
+        return loaded
 
 
 def label(name: str, store_key: Optional[str]) -> str:
