@@ -134,15 +134,14 @@ def test_sigkill_loses_nothing_committed_and_a_rerun_resumes(tmp_path, core_chil
         eventually(lambda: _committed(store) >= 10, "ten outcomes committed", timeout=60)
         seen = _committed(store)
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        process.communicate(timeout=10)
     with sqlite3.connect(store) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert _committed(store) >= seen
-    rerun = _sweep(tmp_path, core_child_env)
+    rerun = _sweep(tmp_path, core_child_env, "--nap", "0.05")
     out, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
     resumed = int(out.split("resuming: ")[1].split()[0])
@@ -176,7 +175,7 @@ def test_ctrl_c_keeps_finished_outcomes_in_the_store_and_on_the_exception(tmp_pa
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+            process.communicate(timeout=10)
     assert "partial [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]" in out, err
     assert sorted(open_store(store)) == list(range(10))
 

@@ -75,7 +75,7 @@ from .sweep import StoredOutcome, Sweep, label
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Store", "Sweep", "SweepInfo", "StoredOutcome", "open_store"]
+__all__ = ["Store", "Sweep", "SweepInfo", "StoredOutcome", "open_store", "open_sweep"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -207,6 +207,21 @@ class Store:
     def _flush_all(self) -> None:
         for sweep in self._sweeps:
             sweep.flush()
+
+
+def open_sweep(path: PathLike, fun: Any, store_key: Optional[str] = None) -> Sweep:
+    """Open (or create) ``path`` and the sweep of ``fun`` in it, for one map call.
+
+    Closing the sweep commits what is buffered and closes the file.
+    """
+    store = Store(path)
+    try:
+        sweep = store.sweep(fun, store_key)
+    except BaseException:
+        store.close()
+        raise
+    sweep.on_close = store.close
+    return sweep
 
 
 def open_store(path: PathLike, sweep: Optional[str] = None) -> Results:

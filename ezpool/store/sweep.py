@@ -14,11 +14,12 @@ from __future__ import annotations
 import heapq
 import logging
 import pickle
+import threading
 import time
 from collections.abc import Collection, Iterable, Sequence
 from itertools import compress, count, repeat
 from operator import is_not
-from typing import Any, NamedTuple, Optional, cast
+from typing import Any, Callable, NamedTuple, Optional, cast
 
 from ..backends.base import Batch
 from ..errors import StoreError
@@ -82,6 +83,8 @@ class Sweep:
         self._buffered = 0  # tasks in self._rows
         self._last_commit = time.monotonic()
         self._index: Optional[Index] = None
+        self._timer: Optional[threading.Timer] = None  # commits what waits when no record comes
+        self.on_close: Optional[Callable[[], None]] = None  # what close() closes: the file, if it owns it
 
     @property
     def label(self) -> str:
@@ -165,10 +168,28 @@ class Sweep:
             due = time.monotonic() - self._last_commit >= COMMIT_SECONDS
             if due or self._buffered >= COMMIT_ROWS:
                 self.flush()
+            elif self._timer is None:
+                # Outcomes must not wait for the next one (which may come hours later).
+                self._timer = threading.Timer(COMMIT_SECONDS, self._flush_later)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _flush_later(self) -> None:
+        with self._connection.lock:
+            self._timer = None
+            if self._connection.closed:
+                return
+            try:
+                self.flush()
+            except Exception:  # the next record or close tries again, and raises there
+                logger.warning("could not commit outcomes to %s yet", self._connection.path, exc_info=True)
 
     def flush(self) -> None:
         """Commit the buffered outcomes now."""
         with self._connection.lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             rows, buffered, self._rows, self._buffered = self._rows, self._buffered, [], 0
             self._last_commit = time.monotonic()
             if not rows:
@@ -179,6 +200,14 @@ class Sweep:
                 # kept for the next try
                 self._rows, self._buffered = rows + self._rows, buffered + self._buffered
                 raise
+
+    def close(self) -> None:
+        """Commit what is buffered; close the file too if this sweep was opened on its own
+        (``open_sweep``)."""
+        if self.on_close is not None:
+            self.on_close()  # Store.close flushes every sweep, this one included
+        else:
+            self.flush()
 
     def forget_failed(self) -> int:
         """Forget the tasks whose latest outcome is a failure, so that they run again; how many.
