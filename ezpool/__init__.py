@@ -7,6 +7,9 @@
 {-2: 2, -1: 1, 0: 0}
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AuthenticationError,
     EzPoolError,
@@ -24,8 +27,13 @@ from .naming import list_workers
 from .options import Options
 from .pool import EzPool, Pool
 from .results import Results, TaskOutcome
-from .store import open_store
 from .worker import BaseWorker
+
+if TYPE_CHECKING:
+    from .store import open_store
+
+#: Names imported on first use, so that ``import ezpool`` stays light (no SQLite, no cloudpickle).
+_LAZY = {"open_store": ".store"}
 
 __version__ = "0.1.0"
 
@@ -50,3 +58,12 @@ __all__ = [
     "StoreMismatch",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ezpool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -14,8 +14,6 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
-import cloudpickle
-
 from .errors import RemoteError, RemoteTraceback, ResultNotSerializable
 
 logger = logging.getLogger(__name__)
@@ -49,11 +47,15 @@ def dumps(obj: Any) -> bytes:
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:
+        import cloudpickle  # imported when first needed: ``import ezpool`` stays light
+
         return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
 
 
 def dumps_function(fun: Any) -> bytes:
     """Pickle the function to run, or raise ``TypeError`` naming it."""
+    import cloudpickle
+
     try:
         return cloudpickle.dumps(fun, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
