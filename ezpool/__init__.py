@@ -18,6 +18,7 @@ from .errors import (
     WorkerCrashed,
     WorkerUnavailable,
 )
+from .executor import PoolExecutor
 from .naming import list_workers
 from .options import Options
 from .pool import EzPool, Pool
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Pool",
     "EzPool",
+    "PoolExecutor",
     "BaseWorker",
     "Options",
     "list_workers",

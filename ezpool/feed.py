@@ -16,6 +16,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable, Optional, Union, overload
 
@@ -23,11 +25,93 @@ from .backends.base import Batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Feed", "Lookup"]
+__all__ = ["Feed", "Live", "Lookup"]
 
 #: Given tasks just read, the outcomes already known for some of them, by index:
 #: ``{index: (value, elapsed, worker, failed)}``.
 Lookup = Callable[[Sequence[Any]], dict[int, Any]]
+
+
+class Live:
+    """A source of tasks that grows while a stream runs: what an executor submits.
+
+    ``put`` adds tasks from any thread and wakes the stream's backend; ``take``
+    hands out those waiting (skipping any that ``accept`` turns down, e.g. a
+    cancelled future's); the stream ends once ``close`` was called and nothing waits.
+    """
+
+    def __init__(self, accept: Optional[Callable[[Any], bool]] = None) -> None:
+        self._waiting: deque[Any] = deque()
+        self._cond = threading.Condition()
+        self._accept = accept
+        self._wakers: list[Callable[[], None]] = []
+        self.closed = False
+
+    def put(self, tasks: Iterable[Any]) -> None:
+        with self._cond:
+            if self.closed:
+                raise RuntimeError("this source of tasks is closed")
+            idle = not self._waiting  # else the reader was woken already and has not read yet
+            self._waiting.extend(tasks)
+            if not idle:
+                return
+            self._cond.notify_all()
+            wakers = list(self._wakers)
+        for wake in wakers:
+            wake()
+
+    def close(self) -> None:
+        """Take no more tasks; those already waiting are still handed out."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+            wakers = list(self._wakers)
+        for wake in wakers:
+            wake()
+
+    def peek(self) -> list[Any]:
+        """The tasks waiting, left where they are."""
+        with self._cond:
+            return list(self._waiting)
+
+    def drain(self) -> list[Any]:
+        """Remove and return every task still waiting (they will not run)."""
+        with self._cond:
+            left, self._waiting = list(self._waiting), deque()
+        return left
+
+    def take(self, count: int) -> list[Any]:
+        """Up to ``count`` waiting tasks, at once, without waiting for more."""
+        taken: list[Any] = []
+        with self._cond:
+            waiting, accept = self._waiting, self._accept
+            while waiting and len(taken) < count:
+                task = waiting.popleft()
+                if accept is None or accept(task):
+                    taken.append(task)
+        return taken
+
+    @property
+    def done(self) -> bool:
+        """Closed, and nothing is waiting: no task will ever come again."""
+        with self._cond:
+            return self.closed and not self._waiting
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Block until a task waits, the source is closed, or ``timeout`` passes."""
+        with self._cond:
+            if not self._waiting and not self.closed:
+                self._cond.wait(timeout)
+
+    def add_waker(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (from the putting thread) whenever tasks arrive or the source closes."""
+        with self._cond:
+            self._wakers.append(wake)
+
+    def remove_waker(self, wake: Callable[[], None]) -> None:
+        with self._cond:
+            if wake in self._wakers:
+                self._wakers.remove(wake)
 
 
 class Feed(Sequence[Any]):
@@ -45,7 +129,8 @@ class Feed(Sequence[Any]):
         if limit < 1:
             raise ValueError(f"limit must be positive, got {limit!r}")
         self._range = tasks if type(tasks) is range else None
-        self._source: Iterator[Any] = iter(tasks)
+        self.live = tasks if isinstance(tasks, Live) else None
+        self._source: Iterator[Any] = iter(()) if self.live is not None else iter(tasks)
         self._starts: list[int] = []  # first positions of the blocks held, ascending
         self._blocks: dict[int, Sequence[Any]] = {}  # first position -> the tasks read together
         self._unreleased: dict[int, int] = {}  # first position -> how many are not released yet
@@ -104,12 +189,15 @@ class Feed(Sequence[Any]):
         if count <= 0 or self.exhausted:
             return []
         first = self.read
-        if self._range is not None:
-            block: Sequence[Any] = self._range[first : first + count]
+        if self.live is not None:
+            block: Sequence[Any] = self.live.take(count)
+            self.exhausted = not block and self.live.done
+        elif self._range is not None:
+            block = self._range[first : first + count]
+            self.exhausted = len(block) < count
         else:
             block = list(itertools.islice(self._source, count))
-        if len(block) < count:
-            self.exhausted = True
+            self.exhausted = len(block) < count
         if not block:
             return []
         self._starts.append(first)
@@ -134,6 +222,11 @@ class Feed(Sequence[Any]):
             else:
                 runs.append((position, position + 1))
         return runs
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """For a live source with nothing to read: block until tasks arrive (or it closes)."""
+        if self.live is not None:
+            self.live.wait(timeout)
 
     def settled(self) -> list[Batch]:
         """Outcomes known when their tasks were read, not yet reported; each is returned once."""

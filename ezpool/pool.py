@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import backends
 from .backends.base import Batch
-from .feed import Feed
+from .feed import Feed, Live
 from .options import Options
 from .output import Relay
 from .progress import Progress
@@ -20,6 +20,7 @@ from .results import Results, ResultsBuilder, TaskOutcome
 from .tasks import unique_tasks
 
 if TYPE_CHECKING:
+    from .executor import PoolExecutor
     from .store import Sweep
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class Pool:
         self._check_open()
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be True or False, got {ordered!r}")
-        source = _iterate(tasks)
+        source = tasks if isinstance(tasks, Live) else _iterate(tasks)
         total = len(tasks) if isinstance(tasks, Sized) else None
         sweep = _open_sweep(settings, fun)
         try:
@@ -139,6 +140,15 @@ class Pool:
                 sweep.close()
             raise
         return self._stream(backend, fun, feed, total, ordered, settings, sweep)
+
+    def executor(self, **options: Any) -> PoolExecutor:
+        """A ``concurrent.futures.Executor`` in this pool's mode, with its options (and
+        ``options`` on top). It has processes and connections of its own; shut it
+        down (or use it in a ``with`` block) when done. See ``ezpool.PoolExecutor``."""
+        from .executor import PoolExecutor
+
+        self._check_open()
+        return PoolExecutor.of(self, **options)
 
     def shutdown(self) -> None:
         """Stop every process and worker this pool started. Safe to call twice."""

@@ -87,6 +87,9 @@ def _read(feed: Feed) -> Iterator[Union[Batch, tuple[int, Sequence[Any]]]]:
         for start, stop in runs:
             yield start, feed[start:stop]
         if not runs and not settled and not feed.exhausted:
-            raise EzPoolError(f"no room to read more tasks: {feed.held} are held")
+            if feed.live is None or not feed.room():
+                raise EzPoolError(f"no room to read more tasks: {feed.held} are held")
+            feed.wait()  # a live source: until more tasks arrive
+            continue
         quick = perf_counter() - began < _FLUSH_EVERY
         ahead = min(2 * ahead, _READ_AHEAD) if quick else max(1, ahead // 2)

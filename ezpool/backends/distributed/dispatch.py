@@ -22,6 +22,7 @@ settled before the thread ends, so no task is ever lost or reported twice.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -53,6 +54,7 @@ MAX_RETURNS = 8
 _JOIN_TIMEOUT = 5.0
 
 _EXIT = object()  # a worker thread's last word on the outbox
+_WAKE = object()  # tasks arrived in a live source: read them
 
 
 class Target(NamedTuple):
@@ -111,6 +113,10 @@ class Call:
         for thread in threads:
             thread.start()
         alive = len(threads)
+        live = self.pending.feed.live if self.pending.feed is not None else None
+        wake = functools.partial(self.outbox.put, _WAKE)
+        if live is not None:
+            live.add_waker(wake)
         try:
             yield from self._refill()
             while alive:
@@ -122,6 +128,8 @@ class Call:
                     continue
                 if item is _EXIT:
                     alive -= 1
+                elif item is _WAKE:
+                    yield from self._refill()
                 else:
                     yield item
                     if not self.pending.exhausted:
@@ -129,9 +137,11 @@ class Call:
                         yield from self._refill()
             while not self.outbox.empty():  # batches put after the last exit (none expected)
                 item = self.outbox.get()
-                if item is not _EXIT:
+                if item is not _EXIT and item is not _WAKE:
                     yield item
         finally:
+            if live is not None:
+                live.remove_waker(wake)
             self.stop.set()
             with self.cond:
                 self.cond.notify_all()
