@@ -163,21 +163,20 @@ class _Call:
         finished = False
         try:
             yield from pending.refill()
-            for _ in range(_DEPTH):
-                for proc in list(self.backend._processes):
-                    self._feed(proc, busy, depth=1)
+            self._feed_all(busy)
             while busy or pending or not pending.exhausted:
                 if not busy:  # nothing out: read more tasks (a feed), or send what is pending
                     settled = pending.refill()
                     yield from settled
-                    for proc in list(self.backend._processes):
-                        self._feed(proc, busy)
+                    self._feed_all(busy)
                     if not busy and not settled and not pending.exhausted:
                         if self.waker is None:
                             raise EzPoolError("no room to read more tasks, and none in flight")
                         self.waker.wait()  # a live source: until more tasks arrive
                     continue
-                handles = list(busy) if self.waker is None else [*busy, self.waker.handle]
+                handles = list(busy)
+                if self.waker is not None and self._wants_tasks():
+                    handles.append(self.waker.handle)
                 ready = wait(handles, self._wait_seconds(busy))
                 for handle in ready:
                     if self.waker is not None and handle is self.waker.handle:
@@ -203,8 +202,7 @@ class _Call:
                     for proc in self._overdue(busy):
                         yield from self._lost(proc, busy, timed_out=True)
                 yield from pending.refill()
-                for proc in list(self.backend._processes):  # work put back goes out again
-                    self._feed(proc, busy)
+                self._feed_all(busy)  # what was read, and work put back, goes out
             finished = True
         finally:
             if self.waker is not None:
@@ -213,6 +211,19 @@ class _Call:
                 stuck = [proc for proc in self.backend._processes if proc.chunks]
                 logger.debug("call abandoned: killing %d busy worker processes", len(stuck))
                 self.backend._discard(stuck)
+
+    def _wants_tasks(self) -> bool:
+        """Whether tasks arriving in a live source could go out now: nothing is pending and
+        a process has room. If not, they wait to be read with the next reply, many at
+        once, rather than each waking this loop."""
+        return not self.pending and any(len(proc.chunks) < _DEPTH for proc in self.backend._processes)
+
+    def _feed_all(self, busy: dict[Any, WorkerProcess]) -> None:
+        """Top every process up, one chunk each in turn: an idle one is served before a
+        busy one gets its second."""
+        for depth in range(1, _DEPTH + 1):
+            for proc in list(self.backend._processes):
+                self._feed(proc, busy, depth)
 
     def _feed(self, proc: WorkerProcess, busy: dict[Any, WorkerProcess], depth: int = _DEPTH) -> None:
         """Top a process up to ``depth`` chunks in flight, while work is pending."""

@@ -22,7 +22,6 @@ settled before the thread ends, so no task is ever lost or reported twice.
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
 import threading
@@ -114,7 +113,7 @@ class Call:
             thread.start()
         alive = len(threads)
         live = self.pending.feed.live if self.pending.feed is not None else None
-        wake = functools.partial(self.outbox.put, _WAKE)
+        wake = self._wake
         if live is not None:
             live.add_waker(wake)
         try:
@@ -155,6 +154,15 @@ class Call:
                 if thread.is_alive():
                     logger.debug("thread for %s still busy; it keeps its old connections", link.text)
                     link.reconnect(self.heartbeat)
+
+    def _wake(self) -> None:
+        """Tasks arrived in a live source: read them now if they could go out now (nothing
+        is pending and a worker holds no chunk). If not, they are read with the next
+        batch, many at once, rather than each waking the caller's thread. (Read without
+        the lock: a wake missed in a race is made good by that batch, or the outbox's
+        timeout.)"""
+        if not self.pending and len(self.held) < len(self.links):
+            self.outbox.put(_WAKE)
 
     def _refill(self) -> list[Batch]:
         """Read more tasks from a feed, here in the caller's thread, and wake the workers."""
