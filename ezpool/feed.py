@@ -25,91 +25,114 @@ from .backends.base import Batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Feed", "Live", "Lookup"]
+__all__ = ["Admit", "Feed", "Live", "Lookup"]
 
 #: Given tasks just read, the outcomes already known for some of them, by index:
 #: ``{index: (value, elapsed, worker, failed)}``.
 Lookup = Callable[[Sequence[Any]], dict[int, Any]]
 
 
+#: Turns the entry at the head of a ``Live`` source into the next task to run (``None``:
+#: nothing to run from it now) and whether the entry is spent (leaves the source). An
+#: entry that gives no task must be spent.
+Admit = Callable[[Any], tuple[Any, bool]]
+
+
 class Live:
     """A source of tasks that grows while a stream runs: what an executor submits.
 
-    ``put`` adds tasks from any thread and wakes the stream's backend; ``take``
-    hands out those waiting (skipping any that ``accept`` turns down, e.g. a
-    cancelled future's); the stream ends once ``close`` was called and nothing waits.
+    ``put`` adds entries from any thread and wakes the stream's backend; ``take``
+    hands out tasks made from the entries waiting, by ``admit`` (by default an entry
+    is a task), which may also skip one (a cancelled future's) or cut several tasks
+    from one (a slice at a time of a long ``map``). The stream ends once ``close``
+    was called and nothing waits.
     """
 
-    def __init__(self, accept: Optional[Callable[[Any], bool]] = None) -> None:
+    def __init__(self, admit: Optional[Admit] = None) -> None:
         self._waiting: deque[Any] = deque()
-        self._cond = threading.Condition()
-        self._accept = accept
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # for wait: entries came, or the close
+        self._admit = admit
         self._wakers: list[Callable[[], None]] = []
         self.closed = False
 
-    def put(self, tasks: Iterable[Any]) -> None:
-        with self._cond:
+    def put(self, entries: Iterable[Any]) -> None:
+        """Add entries at the back; refused once the source is closed."""
+        with self._lock:
             if self.closed:
                 raise RuntimeError("this source of tasks is closed")
-            idle = not self._waiting  # else the reader was woken already and has not read yet
-            self._waiting.extend(tasks)
-            if not idle:
-                return
-            self._cond.notify_all()
-            wakers = list(self._wakers)
-        for wake in wakers:
-            wake()
+            self._add(entries, self._waiting.extend)
+
+    def requeue(self, entries: Sequence[Any]) -> None:
+        """Put entries back at the front, closed or not: work taken once and not done."""
+        with self._lock:
+            self._add(reversed(entries), self._waiting.extendleft)
+
+    def _add(self, entries: Iterable[Any], add: Callable[[Iterable[Any]], None]) -> None:
+        idle = not self._waiting  # else the reader was woken already and has not read yet
+        add(entries)
+        if idle:
+            self._wake()
 
     def close(self) -> None:
-        """Take no more tasks; those already waiting are still handed out."""
-        with self._cond:
+        """Take no more entries; those already waiting are still handed out."""
+        with self._lock:
             self.closed = True
-            self._cond.notify_all()
-            wakers = list(self._wakers)
-        for wake in wakers:
+            self._wake()
+
+    def _wake(self) -> None:
+        self._cond.notify_all()
+        for wake in self._wakers:
             wake()
 
-    def peek(self) -> list[Any]:
-        """The tasks waiting, left where they are."""
-        with self._cond:
-            return list(self._waiting)
-
     def drain(self) -> list[Any]:
-        """Remove and return every task still waiting (they will not run)."""
-        with self._cond:
+        """Remove and return every entry still waiting (they will not run)."""
+        with self._lock:
             left, self._waiting = list(self._waiting), deque()
         return left
 
     def take(self, count: int) -> list[Any]:
-        """Up to ``count`` waiting tasks, at once, without waiting for more."""
+        """Up to ``count`` tasks from the entries waiting, at once, without waiting for more."""
         taken: list[Any] = []
-        with self._cond:
-            waiting, accept = self._waiting, self._accept
+        with self._lock:
+            waiting, admit = self._waiting, self._admit
+            if admit is None:
+                while waiting and len(taken) < count:
+                    taken.append(waiting.popleft())
+                return taken
             while waiting and len(taken) < count:
-                task = waiting.popleft()
-                if accept is None or accept(task):
+                task, spent = admit(waiting[0])
+                if spent:
+                    waiting.popleft()
+                if task is not None:
                     taken.append(task)
         return taken
 
     @property
+    def waiting(self) -> bool:
+        """Whether any entry waits."""
+        return bool(self._waiting)
+
+    @property
     def done(self) -> bool:
         """Closed, and nothing is waiting: no task will ever come again."""
-        with self._cond:
+        with self._lock:
             return self.closed and not self._waiting
 
     def wait(self, timeout: Optional[float] = None) -> None:
-        """Block until a task waits, the source is closed, or ``timeout`` passes."""
+        """Block until an entry waits, the source is closed, or ``timeout`` passes."""
         with self._cond:
             if not self._waiting and not self.closed:
                 self._cond.wait(timeout)
 
     def add_waker(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` (from the putting thread) whenever tasks arrive or the source closes."""
-        with self._cond:
+        """Call ``wake`` (with the source's lock held: it must not block) whenever entries
+        arrive or the source closes."""
+        with self._lock:
             self._wakers.append(wake)
 
     def remove_waker(self, wake: Callable[[], None]) -> None:
-        with self._cond:
+        with self._lock:
             if wake in self._wakers:
                 self._wakers.remove(wake)
 
