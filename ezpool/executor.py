@@ -28,6 +28,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -51,6 +52,13 @@ _SLICE_SECONDS = 0.001
 
 #: Most calls of a ``map`` in one slice.
 _SLICE_MOST = 64
+
+#: Calls of a ``map`` measured before slices hold more than one: a first call's
+#: time alone says little, and a quick call is not held back by a slow one next to it.
+_SLICE_PROBES = 4
+
+#: Longest wait of the constructor for the pool's processes or workers to start.
+_READY = 30.0
 
 #: Tasks the stream holds at once (read and not yet settled), unless ``buffersize`` says.
 _HELD = 4096
@@ -141,8 +149,8 @@ class _MapRun:
         self._seconds += seconds
 
     def slice_size(self) -> int:
-        """Calls in the next slice: one until a run time is known, then about ``_SLICE_SECONDS``."""
-        if not self._calls:
+        """Calls in the next slice: one until a few have run, then about ``_SLICE_SECONDS``."""
+        if self._calls < _SLICE_PROBES:
             return 1
         mean = self._seconds / self._calls
         return _SLICE_MOST if mean * _SLICE_MOST <= _SLICE_SECONDS else max(1, int(_SLICE_SECONDS / mean))
@@ -222,9 +230,17 @@ class _Dispatcher:
             if self.live.closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self.live.put(entries)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self.loop, name="ezpool-executor", daemon=True)
-                self.thread.start()
+            self._start()
+
+    def start(self) -> None:
+        """Start the stream now (its processes, its workers), before anything is submitted."""
+        with self.lock:
+            self._start()
+
+    def _start(self) -> None:
+        if self.thread is None and not self.live.closed:
+            self.thread = threading.Thread(target=self.loop, name="ezpool-executor", daemon=True)
+            self.thread.start()
 
     def close(self, wait: bool, cancel: bool = False) -> None:
         with self.lock:
@@ -290,6 +306,7 @@ class _Dispatcher:
             except BaseException as exc:  # the stream itself failed
                 logger.warning("the executor's stream of tasks failed: %r", exc)
                 self.fail_taken(exc)
+                self.live.reading.set()  # (the constructor waits no more)
             with self.lock:
                 if not self.live.waiting:
                     self.thread = None  # a later submit starts another
@@ -396,7 +413,8 @@ class PoolExecutor(concurrent.futures.Executor):
     is checked in every mode and used by the parallel one. Other keyword options
     are the ``Pool``'s (``timeout``, ``max_attempts``, ``hmac_key``, ...); a
     progress bar is off unless asked for. ``Pool.executor()`` makes one with a
-    pool's mode and options. The executor has a pool of its own, stopped by
+    pool's mode and options. The executor has a pool of its own, started by the
+    constructor (which returns once its processes or workers are up) and stopped by
     ``shutdown`` (or at interpreter exit, once the calls submitted have run); use
     it as a context manager.
     """
@@ -420,8 +438,11 @@ class PoolExecutor(concurrent.futures.Executor):
         self._by_value = pool.mode == "distributed"
         self._shipped: dict[int, tuple[weakref.ref[Any], _Code]] = {}  # id(fn) -> fn, its _Code
         # Collected unused: let the stream end, which stops the pool. At exit: finish first.
-        weakref.finalize(self, self._dispatcher.close, False)
-        _at_exit(functools.partial(_finish, weakref.ref(self._dispatcher)))
+        weakref.finalize(self, self._dispatcher.close, False).atexit = False  # _finish does that
+        _at_exit(functools.partial(_finish, weakref.ref(self._dispatcher), os.getpid()))
+        # Start the pool's processes or workers now; the first calls then start at once.
+        self._dispatcher.start()
+        self._dispatcher.live.reading.wait(_READY)
 
     @classmethod
     def of(cls, pool: Pool, **overrides: Any) -> PoolExecutor:
@@ -570,7 +591,9 @@ def _at_exit(hook: Callable[[], None]) -> None:
         atexit.register(hook)
 
 
-def _finish(ref: weakref.ref[_Dispatcher]) -> None:
+def _finish(ref: weakref.ref[_Dispatcher], pid: int) -> None:
+    """At exit: let the executor finish its calls and stop its pool. Not in a process
+    forked from the one that made it (a worker), which has a copy and no thread."""
     dispatcher = ref()
-    if dispatcher is not None:
+    if dispatcher is not None and os.getpid() == pid:
         dispatcher.close(wait=True)

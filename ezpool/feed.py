@@ -32,6 +32,9 @@ __all__ = ["Admit", "Feed", "Live", "Lookup"]
 Lookup = Callable[[Sequence[Any]], dict[int, Any]]
 
 
+#: Longest wait of ``Live.put`` for a waiting reader to take what it put.
+_HANDOFF = 0.005
+
 #: Turns the entry at the head of a ``Live`` source into the next task to run (``None``:
 #: nothing to run from it now) and whether the entry is spent (leaves the source). An
 #: entry that gives no task must be spent.
@@ -53,26 +56,41 @@ class Live:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # for wait: entries came, or the close
         self._admit = admit
-        self._wakers: list[Callable[[], None]] = []
+        self._wakers: list[Callable[[], bool]] = []
+        self.reading = threading.Event()  # set once a stream reads (or waits for) tasks
+        self._readers = 0  # threads in wait()
+        self._reader: Optional[int] = None  # the thread that last read
+        self._givers = 0  # threads in put() waiting for a reader to take what they put
         self.closed = False
 
     def put(self, entries: Iterable[Any]) -> None:
-        """Add entries at the back; refused once the source is closed."""
-        with self._lock:
+        """Add entries at the back; refused once the source is closed.
+
+        If the stream's thread was waiting for them, this waits (a moment at most) until
+        it has taken them: work given to an idle executor then starts at once, as with
+        a pool of threads, rather than after the giver's next puts. (Not when the
+        stream's own thread puts, e.g. from a future's done-callback.)
+        """
+        with self._cond:
             if self.closed:
                 raise RuntimeError("this source of tasks is closed")
-            self._add(entries, self._waiting.extend)
+            if self._add(entries, self._waiting.extend) and threading.get_ident() != self._reader:
+                self._givers += 1
+                try:
+                    self._cond.wait_for(lambda: not self._waiting or self.closed, _HANDOFF)
+                finally:
+                    self._givers -= 1
 
     def requeue(self, entries: Sequence[Any]) -> None:
         """Put entries back at the front, closed or not: work taken once and not done."""
         with self._lock:
             self._add(reversed(entries), self._waiting.extendleft)
 
-    def _add(self, entries: Iterable[Any], add: Callable[[Iterable[Any]], None]) -> None:
+    def _add(self, entries: Iterable[Any], add: Callable[[Iterable[Any]], None]) -> bool:
+        """Add entries; whether a reader waiting for them was woken."""
         idle = not self._waiting  # else the reader was woken already and has not read yet
         add(entries)
-        if idle:
-            self._wake()
+        return self._wake() if idle else False
 
     def close(self) -> None:
         """Take no more entries; those already waiting are still handed out."""
@@ -80,10 +98,12 @@ class Live:
             self.closed = True
             self._wake()
 
-    def _wake(self) -> None:
+    def _wake(self) -> bool:
         self._cond.notify_all()
+        woke = self._readers > 0
         for wake in self._wakers:
-            wake()
+            woke = wake() or woke
+        return woke
 
     def drain(self) -> list[Any]:
         """Remove and return every entry still waiting (they will not run)."""
@@ -94,6 +114,9 @@ class Live:
     def take(self, count: int) -> list[Any]:
         """Up to ``count`` tasks from the entries waiting, at once, without waiting for more."""
         taken: list[Any] = []
+        if not self.reading.is_set():
+            self.reading.set()
+        self._reader = threading.get_ident()
         with self._lock:
             waiting, admit = self._waiting, self._admit
             if admit is None:
@@ -106,6 +129,8 @@ class Live:
                     waiting.popleft()
                 if task is not None:
                     taken.append(task)
+            if self._givers and not waiting:
+                self._cond.notify_all()
         return taken
 
     @property
@@ -121,17 +146,23 @@ class Live:
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Block until an entry waits, the source is closed, or ``timeout`` passes."""
+        if not self.reading.is_set():
+            self.reading.set()
         with self._cond:
             if not self._waiting and not self.closed:
-                self._cond.wait(timeout)
+                self._readers += 1
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._readers -= 1
 
-    def add_waker(self, wake: Callable[[], None]) -> None:
+    def add_waker(self, wake: Callable[[], bool]) -> None:
         """Call ``wake`` (with the source's lock held: it must not block) whenever entries
-        arrive or the source closes."""
+        arrive or the source closes; it says whether it woke a reader waiting for tasks."""
         with self._lock:
             self._wakers.append(wake)
 
-    def remove_waker(self, wake: Callable[[], None]) -> None:
+    def remove_waker(self, wake: Callable[[], bool]) -> None:
         with self._lock:
             if wake in self._wakers:
                 self._wakers.remove(wake)

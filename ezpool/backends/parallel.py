@@ -177,7 +177,10 @@ class _Call:
                 handles = list(busy)
                 if self.waker is not None and self._wants_tasks():
                     handles.append(self.waker.handle)
+                    self.waker.watching = True
                 ready = wait(handles, self._wait_seconds(busy))
+                if self.waker is not None:
+                    self.waker.watching = False
                 for handle in ready:
                     if self.waker is not None and handle is self.waker.handle:
                         self.waker.clear()
@@ -383,11 +386,13 @@ class _Waker:
         self.handle, self._poke = socket.socketpair()
         self.handle.setblocking(False)
         self._poke.setblocking(False)
+        self.watching = False  # whether the caller's wait includes the handle now
         live.add_waker(self._wake)
 
-    def _wake(self) -> None:
+    def _wake(self) -> bool:
         with contextlib.suppress(OSError):  # full (it will wake anyway) or closed (the call ended)
             self._poke.send(b"!")
+        return self.watching
 
     def clear(self) -> None:
         try:

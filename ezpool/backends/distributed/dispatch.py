@@ -155,14 +155,16 @@ class Call:
                     logger.debug("thread for %s still busy; it keeps its old connections", link.text)
                     link.reconnect(self.heartbeat)
 
-    def _wake(self) -> None:
+    def _wake(self) -> bool:
         """Tasks arrived in a live source: read them now if they could go out now (nothing
         is pending and a worker holds no chunk). If not, they are read with the next
         batch, many at once, rather than each waking the caller's thread. (Read without
         the lock: a wake missed in a race is made good by that batch, or the outbox's
         timeout.)"""
-        if not self.pending and len(self.held) < len(self.links):
-            self.outbox.put(_WAKE)
+        if self.pending or len(self.held) >= len(self.links):
+            return False
+        self.outbox.put(_WAKE)
+        return True
 
     def _refill(self) -> list[Batch]:
         """Read more tasks from a feed, here in the caller's thread, and wake the workers."""
