@@ -36,9 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 
 from .backends.base import Batch
-from .code import ship, unpack
 from .feed import Live
-from .serialization import capture, dumps, rebuild
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -106,6 +104,8 @@ class _Raised:
         self.exc = exc
 
     def __reduce__(self) -> tuple[Any, ...]:
+        from .serialization import capture, rebuild
+
         return (rebuild, (capture(self.exc),))
 
 
@@ -121,6 +121,8 @@ class _Code:
     __slots__ = ("fid", "blob")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
+        from .code import ship  # (cloudpickle: imported when first needed)
+
         self.fid, self.blob = ship(fn)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -129,6 +131,8 @@ class _Code:
 
 @functools.lru_cache(maxsize=64)
 def _load(fid: str, blob: bytes) -> Callable[..., Any]:
+    from .code import unpack
+
     return cast(Callable[..., Any], unpack(blob))
 
 
@@ -384,6 +388,8 @@ def _fail(target: Target, first: int, count: int, error: BaseException) -> None:
 
 
 def _picklable(task: Any) -> bool:
+    from .serialization import dumps
+
     try:
         dumps(task)
     except Exception:
@@ -392,6 +398,8 @@ def _picklable(task: Any) -> bool:
 
 
 def _unpicklable(task: Any) -> TypeError:
+    from .serialization import dumps
+
     fn, calls, how = task
     try:
         dumps(task)
@@ -459,6 +467,8 @@ class PoolExecutor(concurrent.futures.Executor):
     # --- the Executor protocol ---------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; a ``Future`` of its value. In the distributed
+        mode ``fn`` may be a lambda or a function from ``__main__`` (it travels by value)."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -508,6 +518,8 @@ class PoolExecutor(concurrent.futures.Executor):
         return self._results(run, sent, how, len(first), more, buffersize, deadline)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more calls; those submitted still run (unless ``cancel_futures`` cancels
+        the ones not started), then the pool stops. ``wait`` waits for all that."""
         self._dispatcher.close(wait, cancel_futures)
 
     def __repr__(self) -> str:
