@@ -264,6 +264,17 @@ def test_a_map_call_that_kills_its_process_raises_there(make):
         next(results)
 
 
+def test_a_value_that_cannot_come_back_fails_its_own_call(make):
+    from ezpool import ResultNotSerializable
+
+    executor = make("parallel")
+    results = executor.map(h.lock_on, [150] * 300, range(300))  # 150 is in a slice of many calls
+    assert [next(results) for _ in range(150)] == [10 * n for n in range(150)]
+    with pytest.raises(ResultNotSerializable):
+        next(results)
+    assert executor.submit(h.lock_on, 1, 2).result(timeout=60) == 20
+
+
 def test_a_timeout_option_fails_the_slow_call_alone(make):
     executor = make("parallel", timeout=0.5)
     slow, quick = executor.submit(h.nap, 5.0), executor.submit(h.nap, 0.01)
