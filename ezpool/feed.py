@@ -17,6 +17,7 @@ import bisect
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable, Optional, Union, overload
@@ -34,6 +35,9 @@ Lookup = Callable[[Sequence[Any]], dict[int, Any]]
 
 #: Longest wait of ``Live.put`` for a waiting reader to take what it put.
 _HANDOFF = 0.005
+
+#: A reader that took no task for this long is idle: ``Live.put`` hands work to it.
+_IDLE = 0.001
 
 #: Turns the entry at the head of a ``Live`` source into the next task to run (``None``:
 #: nothing to run from it now) and whether the entry is spent (leaves the source). An
@@ -60,21 +64,23 @@ class Live:
         self.reading = threading.Event()  # set once a stream reads (or waits for) tasks
         self._readers = 0  # threads in wait()
         self._reader: Optional[int] = None  # the thread that last read
+        self._fed = 0.0  # when it last took tasks (time.monotonic)
         self._givers = 0  # threads in put() waiting for a reader to take what they put
         self.closed = False
 
     def put(self, entries: Iterable[Any]) -> None:
         """Add entries at the back; refused once the source is closed.
 
-        If the stream's thread was waiting for them, this waits (a moment at most) until
-        it has taken them: work given to an idle executor then starts at once, as with
-        a pool of threads, rather than after the giver's next puts. (Not when the
-        stream's own thread puts, e.g. from a future's done-callback.)
+        If the stream's thread was idle, waiting for them, this waits (a moment at most)
+        until it has taken them: work given to an idle executor then starts at once, as
+        with a pool of threads, rather than after the giver's next puts. (Not while
+        it is busy taking work, nor when it puts itself, e.g. from a done-callback.)
         """
         with self._cond:
             if self.closed:
                 raise RuntimeError("this source of tasks is closed")
-            if self._add(entries, self._waiting.extend) and threading.get_ident() != self._reader:
+            woke = self._add(entries, self._waiting.extend)
+            if woke and threading.get_ident() != self._reader and time.monotonic() - self._fed > _IDLE:
                 self._givers += 1
                 try:
                     self._cond.wait_for(lambda: not self._waiting or self.closed, _HANDOFF)
@@ -129,6 +135,8 @@ class Live:
                     waiting.popleft()
                 if task is not None:
                     taken.append(task)
+            if taken:
+                self._fed = time.monotonic()
             if self._givers and not waiting:
                 self._cond.notify_all()
         return taken
