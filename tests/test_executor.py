@@ -201,6 +201,26 @@ def test_shutdown_with_cancel_futures_cancels_what_waits_and_finishes_the_rest(m
         list(results)
 
 
+def test_callbacks_of_futures_cancelled_by_shutdown_may_call_the_executor(make, gate):
+    path, open_gate = gate
+    executor = make("serial")
+    blocker = executor.submit(h.wait_for, path, "first")
+    eventually(blocker.running, "a running first call")
+    heard: list[str] = []
+
+    def submit_again(future: cf.Future) -> None:
+        try:
+            executor.submit(h.square, 2)
+        except RuntimeError as exc:
+            heard.append(str(exc))
+
+    queued = executor.submit(h.square, 3)
+    queued.add_done_callback(submit_again)
+    threading.Timer(0.3, open_gate).start()
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert queued.cancelled() and heard == ["cannot schedule new futures after shutdown"]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_after_shutdown_without_waiting_the_results_still_arrive(make, mode):
     executor = make(mode)

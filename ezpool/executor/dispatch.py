@@ -155,9 +155,12 @@ class Dispatcher:
     def close(self, wait: bool, cancel: bool = False) -> None:
         with self.lock:
             self.live.close()
-            if cancel:
-                self.cancel(self.live.drain())
+            waiting = self.live.drain() if cancel else []
+            again = [entry for entry in waiting if type(entry) is Again]
+            if again:
+                self.live.requeue(again)  # running already: they cannot be cancelled
             thread = self.thread
+        self.cancel(waiting)  # (outside the lock: a future's callbacks may run here)
         if thread is None:
             self.pool.shutdown()
         elif wait and thread is not threading.current_thread():
@@ -165,9 +168,6 @@ class Dispatcher:
 
     def cancel(self, entries: list[Any]) -> None:
         """Cancel entries that were waiting: futures, and the map calls not cut yet."""
-        again = [entry for entry in entries if type(entry) is Again]
-        if again:
-            self.live.requeue(again)  # running already: they cannot be cancelled
         for entry in entries:
             if type(entry) is tuple:
                 entry[0].cancel()
