@@ -1,4 +1,5 @@
-"""Test sessions: ``python -m nox`` runs lint, the tests on this Python, and the docs.
+"""Test sessions: ``python -m nox`` runs lint, the tests on this Python, the docs, and
+CPython's own concurrent.futures tests against PoolExecutor (``futures``, on 3.13).
 
 ``python -m nox -s tests`` runs the tests on every supported Python that pyenv (or
 the PATH) has; ``python -m nox -s tests-3.12`` on one of them.
@@ -16,7 +17,10 @@ import nox
 PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
 HERE_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
-nox.options.sessions = ["lint", f"tests-{HERE_PYTHON}", "docs"]
+#: The Python whose ``test`` package (CPython's own test suite) the ``futures`` session uses.
+FUTURES_PYTHON = "3.13"
+
+nox.options.sessions = ["lint", f"tests-{HERE_PYTHON}", "docs", "futures"]
 nox.options.error_on_missing_interpreters = False
 
 
@@ -61,3 +65,21 @@ def docs(session: nox.Session) -> None:
     session.install("-e", ".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest")
+
+
+@nox.session(python=FUTURES_PYTHON)
+def futures(session: nox.Session) -> None:
+    """CPython's concurrent.futures tests (from the interpreter's own ``test`` package,
+    never copied here) run against PoolExecutor in every mode; prints what is left out."""
+    probe = (
+        "import importlib.util as u\n"
+        "try: print(u.find_spec('test.test_concurrent_futures') is not None)\n"
+        "except ImportError: print(False)"
+    )
+    if "True" not in str(session.run("python", "-c", probe, silent=True)):
+        session.skip(
+            f"Python {FUTURES_PYTHON} here has no 'test' package (CPython's test suite), "
+            "so there are no concurrent.futures tests to run"
+        )
+    session.install("-e", ".")
+    session.run("python", "-u", "-m", "tests.cpython_futures", *session.posargs)

@@ -30,16 +30,18 @@ from .results import Results, TaskOutcome
 from .worker import BaseWorker
 
 if TYPE_CHECKING:
+    from .executor import PoolExecutor
     from .store import open_store
 
 #: Names imported on first use, so that ``import ezpool`` stays light (no SQLite, no cloudpickle).
-_LAZY = {"open_store": ".store"}
+_LAZY = {"open_store": ".store", "PoolExecutor": ".executor"}
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Pool",
     "EzPool",
+    "PoolExecutor",
     "BaseWorker",
     "Options",
     "list_workers",

@@ -161,8 +161,11 @@ class ChunkQueue:
         while wanted > 0 and not feed.exhausted and feed.room():
             runs = feed.pull(min(wanted, piece * slots))
             for start, stop in runs:
-                for first in range(start, stop, piece):
-                    last = min(stop, first + piece)
+                size = piece
+                if feed.live is not None and not self._fixed:  # what came in is shared by every worker
+                    size = min(piece, math.ceil((stop - start) / slots))
+                for first in range(start, stop, size):
+                    last = min(stop, first + size)
                     self._pending.append(Chunk(first, last, (dumps_tasks(feed[first:last]),), False))
                     self._undispatched += last - first
                     wanted -= last - first
@@ -173,7 +176,10 @@ class ChunkQueue:
     def take(self) -> Chunk:
         """The next chunk: consecutive pieces adding up to about the right amount of work."""
         first = self._pending.popleft()
-        remaining = self._undispatched if self.exhausted else math.inf
+        # A live source (an executor's) may have little waiting now: share it out, not
+        # chunk it all for one worker.
+        live = self.feed is not None and self.feed.live is not None
+        remaining = self._undispatched if self.exhausted or live else math.inf
         limit = self.sizer.limit(remaining) if not self._fixed else 0
         if self._split and first.stop - first.start > limit:
             cut = first.start + limit

@@ -16,6 +16,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable, Optional, Union, overload
 
@@ -23,11 +26,154 @@ from .backends.base import Batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Feed", "Lookup"]
+__all__ = ["Admit", "Feed", "Live", "Lookup"]
 
 #: Given tasks just read, the outcomes already known for some of them, by index:
 #: ``{index: (value, elapsed, worker, failed)}``.
 Lookup = Callable[[Sequence[Any]], dict[int, Any]]
+
+
+#: Longest wait of ``Live.put`` for a waiting reader to take what it put.
+_HANDOFF = 0.005
+
+#: A reader that took no task for this long is idle: ``Live.put`` hands work to it.
+_IDLE = 0.001
+
+#: Turns the entry at the head of a ``Live`` source into the next task to run (``None``:
+#: nothing to run from it now) and whether the entry is spent (leaves the source). An
+#: entry that gives no task must be spent.
+Admit = Callable[[Any], tuple[Any, bool]]
+
+
+class Live:
+    """A source of tasks that grows while a stream runs: what an executor submits.
+
+    ``put`` adds entries from any thread and wakes the stream's backend; ``take``
+    hands out tasks made from the entries waiting, by ``admit`` (by default an entry
+    is a task), which may also skip one (a cancelled future's) or cut several tasks
+    from one (a slice at a time of a long ``map``). The stream ends once ``close``
+    was called and nothing waits.
+    """
+
+    def __init__(self, admit: Optional[Admit] = None) -> None:
+        self._waiting: deque[Any] = deque()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # for wait: entries came, or the close
+        self._admit = admit
+        self._wakers: list[Callable[[], bool]] = []
+        self.reading = threading.Event()  # set once a stream reads (or waits for) tasks
+        self._readers = 0  # threads in wait()
+        self._reader: Optional[int] = None  # the thread that last read
+        self._fed = 0.0  # when it last took tasks (time.monotonic)
+        self._givers = 0  # threads in put() waiting for a reader to take what they put
+        self.closed = False
+
+    def put(self, entries: Iterable[Any]) -> None:
+        """Add entries at the back; refused once the source is closed.
+
+        If the stream's thread was idle, waiting for them, this waits (a moment at most)
+        until it has taken them: work given to an idle executor then starts at once, as
+        with a pool of threads, rather than after the giver's next puts. (Not while
+        it is busy taking work, nor when it puts itself, e.g. from a done-callback.)
+        """
+        with self._cond:
+            if self.closed:
+                raise RuntimeError("this source of tasks is closed")
+            woke = self._add(entries, self._waiting.extend)
+            if woke and threading.get_ident() != self._reader and time.monotonic() - self._fed > _IDLE:
+                self._givers += 1
+                try:
+                    self._cond.wait_for(lambda: not self._waiting or self.closed, _HANDOFF)
+                finally:
+                    self._givers -= 1
+
+    def requeue(self, entries: Sequence[Any]) -> None:
+        """Put entries back at the front, closed or not: work taken once and not done."""
+        with self._lock:
+            self._add(reversed(entries), self._waiting.extendleft)
+
+    def _add(self, entries: Iterable[Any], add: Callable[[Iterable[Any]], None]) -> bool:
+        """Add entries; whether a reader waiting for them was woken."""
+        idle = not self._waiting  # else the reader was woken already and has not read yet
+        add(entries)
+        return self._wake() if idle else False
+
+    def close(self) -> None:
+        """Take no more entries; those already waiting are still handed out."""
+        with self._lock:
+            self.closed = True
+            self._wake()
+
+    def _wake(self) -> bool:
+        self._cond.notify_all()
+        woke = self._readers > 0
+        for wake in self._wakers:
+            woke = wake() or woke
+        return woke
+
+    def drain(self) -> list[Any]:
+        """Remove and return every entry still waiting (they will not run)."""
+        with self._lock:
+            left, self._waiting = list(self._waiting), deque()
+        return left
+
+    def take(self, count: int) -> list[Any]:
+        """Up to ``count`` tasks from the entries waiting, at once, without waiting for more."""
+        taken: list[Any] = []
+        if not self.reading.is_set():
+            self.reading.set()
+        self._reader = threading.get_ident()
+        with self._lock:
+            waiting, admit = self._waiting, self._admit
+            if admit is None:
+                while waiting and len(taken) < count:
+                    taken.append(waiting.popleft())
+                return taken
+            while waiting and len(taken) < count:
+                task, spent = admit(waiting[0])
+                if spent:
+                    waiting.popleft()
+                if task is not None:
+                    taken.append(task)
+            if taken:
+                self._fed = time.monotonic()
+            if self._givers and not waiting:
+                self._cond.notify_all()
+        return taken
+
+    @property
+    def waiting(self) -> bool:
+        """Whether any entry waits."""
+        return bool(self._waiting)
+
+    @property
+    def done(self) -> bool:
+        """Closed, and nothing is waiting: no task will ever come again."""
+        with self._lock:
+            return self.closed and not self._waiting
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Block until an entry waits, the source is closed, or ``timeout`` passes."""
+        if not self.reading.is_set():
+            self.reading.set()
+        with self._cond:
+            if not self._waiting and not self.closed:
+                self._readers += 1
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._readers -= 1
+
+    def add_waker(self, wake: Callable[[], bool]) -> None:
+        """Call ``wake`` (with the source's lock held: it must not block) whenever entries
+        arrive or the source closes; it says whether it woke a reader waiting for tasks."""
+        with self._lock:
+            self._wakers.append(wake)
+
+    def remove_waker(self, wake: Callable[[], bool]) -> None:
+        with self._lock:
+            if wake in self._wakers:
+                self._wakers.remove(wake)
 
 
 class Feed(Sequence[Any]):
@@ -45,7 +191,8 @@ class Feed(Sequence[Any]):
         if limit < 1:
             raise ValueError(f"limit must be positive, got {limit!r}")
         self._range = tasks if type(tasks) is range else None
-        self._source: Iterator[Any] = iter(tasks)
+        self.live = tasks if isinstance(tasks, Live) else None
+        self._source: Iterator[Any] = iter(()) if self.live is not None else iter(tasks)
         self._starts: list[int] = []  # first positions of the blocks held, ascending
         self._blocks: dict[int, Sequence[Any]] = {}  # first position -> the tasks read together
         self._unreleased: dict[int, int] = {}  # first position -> how many are not released yet
@@ -104,12 +251,15 @@ class Feed(Sequence[Any]):
         if count <= 0 or self.exhausted:
             return []
         first = self.read
-        if self._range is not None:
-            block: Sequence[Any] = self._range[first : first + count]
+        if self.live is not None:
+            block: Sequence[Any] = self.live.take(count)
+            self.exhausted = not block and self.live.done
+        elif self._range is not None:
+            block = self._range[first : first + count]
+            self.exhausted = len(block) < count
         else:
             block = list(itertools.islice(self._source, count))
-        if len(block) < count:
-            self.exhausted = True
+            self.exhausted = len(block) < count
         if not block:
             return []
         self._starts.append(first)
@@ -134,6 +284,11 @@ class Feed(Sequence[Any]):
             else:
                 runs.append((position, position + 1))
         return runs
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """For a live source with nothing to read: block until tasks arrive (or it closes)."""
+        if self.live is not None:
+            self.live.wait(timeout)
 
     def settled(self) -> list[Batch]:
         """Outcomes known when their tasks were read, not yet reported; each is returned once."""

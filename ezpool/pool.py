@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import backends
 from .backends.base import Batch
-from .feed import Feed
+from .feed import Feed, Live
 from .options import Options
 from .output import Relay
 from .progress import Progress
@@ -20,6 +20,7 @@ from .results import Results, ResultsBuilder, TaskOutcome
 from .tasks import unique_tasks
 
 if TYPE_CHECKING:
+    from .executor import PoolExecutor
     from .store import Sweep
 
 logger = logging.getLogger(__name__)
@@ -122,23 +123,19 @@ class Pool:
         runs twice (``map`` runs it once). Breaking out of the loop, or an exception
         in its body, stops the work. The arguments and options are those of ``map``.
         """
-        settings = self.options.replace(**_given(options, ncpu=ncpu, workers=workers))
-        self._check_open()
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be True or False, got {ordered!r}")
-        source = _iterate(tasks)
-        total = len(tasks) if isinstance(tasks, Sized) else None
-        sweep = _open_sweep(settings, fun)
-        try:
-            limit = settings.buffersize or _default_buffer(self.mode, settings)
-            lookup = sweep.lookup if sweep is not None and sweep.known() else None
-            feed = Feed(source, limit, lookup)
-            backend = self._backend(self.mode)
-        except BaseException:
-            if sweep is not None:
-                sweep.close()
-            raise
-        return self._stream(backend, fun, feed, total, ordered, settings, sweep)
+        feed, batches = self._open_stream(fun, tasks, _given(options, ncpu=ncpu, workers=workers))
+        return self._outcomes(feed, batches, ordered)
+
+    def executor(self, **options: Any) -> PoolExecutor:
+        """A ``concurrent.futures.Executor`` in this pool's mode, with its options (and
+        ``options`` on top). It has processes and connections of its own; shut it
+        down (or use it in a ``with`` block) when done. See ``ezpool.PoolExecutor``."""
+        from .executor import PoolExecutor
+
+        self._check_open()
+        return PoolExecutor.of(self, **options)
 
     def shutdown(self) -> None:
         """Stop every process and worker this pool started. Safe to call twice."""
@@ -230,34 +227,76 @@ class Pool:
             batches.close()
             progress.close()
 
-    def _stream(
+    def _open_stream(
+        self, fun: Any, tasks: Iterable[Any], overrides: dict[str, Any], eager: bool = False
+    ) -> tuple[Feed, Generator[tuple[Sequence[Any], Batch], None, None]]:
+        """Start a stream of ``fun`` over ``tasks`` in the pool's mode: its feed, and its batches.
+
+        Bad arguments are refused here, at the call. The batches (see ``_batches``) are
+        what ``imap`` and ``PoolExecutor`` consume; ``eager`` asks for every outcome as
+        soon as it is known, even where waiting would batch more.
+        """
+        settings = self.options.replace(**overrides)
+        self._check_open()
+        source = tasks if isinstance(tasks, Live) else _iterate(tasks)
+        total = len(tasks) if isinstance(tasks, Sized) else None
+        sweep = _open_sweep(settings, fun)
+        try:
+            limit = settings.buffersize or _default_buffer(self.mode, settings)
+            lookup = sweep.lookup if sweep is not None and sweep.known() else None
+            feed = Feed(source, limit, lookup)
+            backend = self._backend(self.mode)
+        except BaseException:
+            if sweep is not None:
+                sweep.close()
+            raise
+        return feed, self._batches(backend, fun, feed, total, settings, sweep, eager)
+
+    def _batches(
         self,
         backend: backends.Backend,
         fun: Any,
         feed: Feed,
         total: Optional[int],
-        ordered: bool,
         options: Options,
         sweep: Optional[Sweep],
-    ) -> Generator[TaskOutcome, None, None]:
-        """What ``imap`` returns: outcomes as they come, each task let go once handed on."""
+        eager: bool,
+    ) -> Generator[tuple[Sequence[Any], Batch], None, None]:
+        """Each batch of a stream with its tasks, once it was stored, relayed and counted.
+
+        The consumer lets the tasks go (``feed.release``) when it has handed them on.
+        """
         progress = Progress(options.progress, options.msg, feed, total)
         relay = Relay(feed, progress)
-        batches = backend.run(fun, feed, options, progress.per_task)
-        waiting: dict[int, list[TaskOutcome]] = {}
-        following = 0  # with ordered=True, the position of the next outcome to yield
+        batches = backend.run(fun, feed, options, progress.per_task or eager)
         try:
             for batch in batches:
-                start, count, failed, worker = batch.start, len(batch.values), batch.failed, batch.worker
+                start = batch.start
                 if sweep is not None and not batch.stored:
-                    sweep.record(feed, start, batch.values, batch.elapsed, failed, worker)
+                    sweep.record(feed, start, batch.values, batch.elapsed, batch.failed, batch.worker)
                 if batch.outputs:
                     relay.show(batch)
                 progress.update(batch)
+                yield feed[start : start + len(batch.values)], batch
+        finally:
+            batches.close()
+            progress.close()
+            if sweep is not None:
+                sweep.close()
+
+    def _outcomes(
+        self, feed: Feed, batches: Generator[tuple[Sequence[Any], Batch], None, None], ordered: bool
+    ) -> Generator[TaskOutcome, None, None]:
+        """What ``imap`` returns: outcomes as they come, each task let go once handed on."""
+        waiting: dict[int, list[TaskOutcome]] = {}
+        following = 0  # with ordered=True, the position of the next outcome to yield
+        try:
+            for tasks, batch in batches:
+                start, count, failed = batch.start, len(batch.values), batch.failed
                 flags: Iterable[bool] = repeat(False)
                 if failed:
                     flags = [offset in failed for offset in range(count)]
-                rows = zip(feed[start : start + count], batch.values, batch.elapsed, repeat(worker), flags)
+                rows = zip(tasks, batch.values, batch.elapsed, repeat(batch.worker), flags)
                 outcomes = list(map(_outcome, rows))
                 if not ordered:
                     yield from outcomes
@@ -272,9 +311,6 @@ class Pool:
                     following += len(run)
         finally:
             batches.close()
-            progress.close()
-            if sweep is not None:
-                sweep.close()
 
 #: The name the tutorial also uses for ``Pool``.
 EzPool = Pool

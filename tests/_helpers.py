@@ -221,3 +221,16 @@ def chatty(task: Any, nap: float = 0.0) -> Any:
     if task == "bad":
         raise ValueError(f"bad task {task}")
     return task
+
+
+def wait_for(path: str, value: Any = None, timeout: float = 60.0) -> Any:
+    """Block until the file ``path`` exists (or ``timeout`` passes), then return ``value``."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+def pid(_: Any = None) -> int:
+    """The id of the process that runs the task."""
+    return os.getpid()

@@ -69,6 +69,9 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
             conn.send_bytes(pack_chunk(first, outcome, outputs))
         except OSError:  # the parent is gone
             return
+        # Hold no task's arguments or values while waiting for the next chunk.
+        del message, request, pieces, outcome, outputs
+        tasks = None
 
 
 def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[bytes]]) -> None:

@@ -22,11 +22,13 @@ the processes live as long as the pool, so a second call pays no start-up.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 from collections.abc import Generator, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.util import Finalize
@@ -36,6 +38,7 @@ from typing import Any, Callable, Optional
 from ..chunking import ChunkQueue
 from ..errors import EzPoolError, ResultNotSerializable, TaskTimeout, WorkerCrashed
 from ..execution import unpack_chunk
+from ..feed import Live
 from ..options import Options
 from ..output import capture_level
 from ..serialization import dumps, dumps_function, rebuild
@@ -149,6 +152,8 @@ class _Call:
         self.attempts: dict[int, int] = {}
         self.token = token
         self.stillborn = 0  # processes that died before running anything, this call
+        live = pending.feed.live if pending.feed is not None else None
+        self.waker = _Waker(live) if live is not None else None
         for proc in backend._processes:
             proc.seen = (-1, 0.0)  # positions restart with every call
 
@@ -158,20 +163,28 @@ class _Call:
         finished = False
         try:
             yield from pending.refill()
-            for _ in range(_DEPTH):
-                for proc in list(self.backend._processes):
-                    self._feed(proc, busy, depth=1)
+            self._feed_all(busy)
             while busy or pending or not pending.exhausted:
                 if not busy:  # nothing out: read more tasks (a feed), or send what is pending
                     settled = pending.refill()
                     yield from settled
-                    for proc in list(self.backend._processes):
-                        self._feed(proc, busy)
+                    self._feed_all(busy)
                     if not busy and not settled and not pending.exhausted:
-                        raise EzPoolError("no room to read more tasks, and none in flight")
+                        if self.waker is None:
+                            raise EzPoolError("no room to read more tasks, and none in flight")
+                        self.waker.wait()  # a live source: until more tasks arrive
                     continue
-                ready = wait(list(busy), self._wait_seconds(busy))
+                handles = list(busy)
+                if self.waker is not None and self._wants_tasks():
+                    handles.append(self.waker.handle)
+                    self.waker.watching = True
+                ready = wait(handles, self._wait_seconds(busy))
+                if self.waker is not None:
+                    self.waker.watching = False
                 for handle in ready:
+                    if self.waker is not None and handle is self.waker.handle:
+                        self.waker.clear()
+                        continue
                     if handle not in busy:  # its pipe and its sentinel were both ready
                         continue
                     proc = busy[handle]
@@ -192,14 +205,28 @@ class _Call:
                     for proc in self._overdue(busy):
                         yield from self._lost(proc, busy, timed_out=True)
                 yield from pending.refill()
-                for proc in list(self.backend._processes):  # work put back goes out again
-                    self._feed(proc, busy)
+                self._feed_all(busy)  # what was read, and work put back, goes out
             finished = True
         finally:
+            if self.waker is not None:
+                self.waker.close()
             if not finished:
                 stuck = [proc for proc in self.backend._processes if proc.chunks]
                 logger.debug("call abandoned: killing %d busy worker processes", len(stuck))
                 self.backend._discard(stuck)
+
+    def _wants_tasks(self) -> bool:
+        """Whether tasks arriving in a live source could go out now: nothing is pending and
+        a process has room. If not, they wait to be read with the next reply, many at
+        once, rather than each waking this loop."""
+        return not self.pending and any(len(proc.chunks) < _DEPTH for proc in self.backend._processes)
+
+    def _feed_all(self, busy: dict[Any, WorkerProcess]) -> None:
+        """Top every process up, one chunk each in turn: an idle one is served before a
+        busy one gets its second."""
+        for depth in range(1, _DEPTH + 1):
+            for proc in list(self.backend._processes):
+                self._feed(proc, busy, depth)
 
     def _feed(self, proc: WorkerProcess, busy: dict[Any, WorkerProcess], depth: int = _DEPTH) -> None:
         """Top a process up to ``depth`` chunks in flight, while work is pending."""
@@ -349,6 +376,38 @@ class _Call:
             f"(attempt {tries} of {self.max_attempts})"
         )
         yield Batch(position, [error], [ran], {0}, worker)
+
+
+class _Waker:
+    """Wakes the caller's ``wait`` on the pipes when tasks arrive in a live source."""
+
+    def __init__(self, live: Live) -> None:
+        self.live = live
+        self.handle, self._poke = socket.socketpair()
+        self.handle.setblocking(False)
+        self._poke.setblocking(False)
+        self.watching = False  # whether the caller's wait includes the handle now
+        live.add_waker(self._wake)
+
+    def _wake(self) -> bool:
+        with contextlib.suppress(OSError):  # full (it will wake anyway) or closed (the call ended)
+            self._poke.send(b"!")
+        return self.watching
+
+    def clear(self) -> None:
+        try:
+            while self.handle.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def wait(self) -> None:
+        self.live.wait()
+
+    def close(self) -> None:
+        self.live.remove_waker(self._wake)
+        self.handle.close()
+        self._poke.close()
 
 
 def _sent_reply(conn: Connection) -> Optional[bytes]:

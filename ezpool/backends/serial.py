@@ -44,6 +44,7 @@ class SerialBackend(Backend):
                 yield run
             else:
                 yield from _compute(fun, *run, worker, per_task)
+            del run  # while a live source waits for more, hold none of these tasks
 
 
 def _compute(
@@ -77,8 +78,10 @@ def _read(feed: Feed) -> Iterator[Union[Batch, tuple[int, Sequence[Any]]]]:
 
     A run is one task at first, and twice as many each time the last took less than
     ``_FLUSH_EVERY``, so slow tasks are read one by one and fast ones by the thousand.
+    From a live source (an executor's) a task is read only when it is about to run:
+    until then, it may still be cancelled.
     """
-    ahead = 1
+    ahead, most = 1, 1 if feed.live is not None else _READ_AHEAD
     while not feed.exhausted:
         began = perf_counter()
         runs = feed.pull(ahead)
@@ -87,6 +90,9 @@ def _read(feed: Feed) -> Iterator[Union[Batch, tuple[int, Sequence[Any]]]]:
         for start, stop in runs:
             yield start, feed[start:stop]
         if not runs and not settled and not feed.exhausted:
-            raise EzPoolError(f"no room to read more tasks: {feed.held} are held")
+            if feed.live is None or not feed.room():
+                raise EzPoolError(f"no room to read more tasks: {feed.held} are held")
+            feed.wait()  # a live source: until more tasks arrive
+            continue
         quick = perf_counter() - began < _FLUSH_EVERY
-        ahead = min(2 * ahead, _READ_AHEAD) if quick else max(1, ahead // 2)
+        ahead = min(2 * ahead, most) if quick else max(1, ahead // 2)

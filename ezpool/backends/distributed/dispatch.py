@@ -53,6 +53,7 @@ MAX_RETURNS = 8
 _JOIN_TIMEOUT = 5.0
 
 _EXIT = object()  # a worker thread's last word on the outbox
+_WAKE = object()  # tasks arrived in a live source: read them
 
 
 class Target(NamedTuple):
@@ -111,6 +112,10 @@ class Call:
         for thread in threads:
             thread.start()
         alive = len(threads)
+        live = self.pending.feed.live if self.pending.feed is not None else None
+        wake = self._wake
+        if live is not None:
+            live.add_waker(wake)
         try:
             yield from self._refill()
             while alive:
@@ -122,6 +127,8 @@ class Call:
                     continue
                 if item is _EXIT:
                     alive -= 1
+                elif item is _WAKE:
+                    yield from self._refill()
                 else:
                     yield item
                     if not self.pending.exhausted:
@@ -129,9 +136,11 @@ class Call:
                         yield from self._refill()
             while not self.outbox.empty():  # batches put after the last exit (none expected)
                 item = self.outbox.get()
-                if item is not _EXIT:
+                if item is not _EXIT and item is not _WAKE:
                     yield item
         finally:
+            if live is not None:
+                live.remove_waker(wake)
             self.stop.set()
             with self.cond:
                 self.cond.notify_all()
@@ -145,6 +154,17 @@ class Call:
                 if thread.is_alive():
                     logger.debug("thread for %s still busy; it keeps its old connections", link.text)
                     link.reconnect(self.heartbeat)
+
+    def _wake(self) -> bool:
+        """Tasks arrived in a live source: read them now if they could go out now (nothing
+        is pending and a worker holds no chunk). If not, they are read with the next
+        batch, many at once, rather than each waking the caller's thread. (Read without
+        the lock: a wake missed in a race is made good by that batch, or the outbox's
+        timeout.)"""
+        if self.pending or len(self.held) >= len(self.links):
+            return False
+        self.outbox.put(_WAKE)
+        return True
 
     def _refill(self) -> list[Batch]:
         """Read more tasks from a feed, here in the caller's thread, and wake the workers."""

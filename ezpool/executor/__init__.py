@@ -1,0 +1,251 @@
+"""``PoolExecutor``: a ``concurrent.futures.Executor`` that runs on an EzPool pool of any mode.
+
+How calls flow (one stream per executor, run by one dispatcher thread)::
+
+    caller threads                   dispatcher thread                 where the mode runs tasks
+    ──────────────                   ─────────────────                 ─────────────────────────
+    submit(fn, *a) ─ (future, task) ─▶ Live ─ take ─▶ Pool stream
+    map(fn, *its) ── MapCalls ───────▶ (admit: skip cancelled futures; ── chunks ──▶ run_task:
+                                        cut a map into slices)                    each call
+    future.result() ◀─ set_result ◀── settle a whole batch at once;   ◀── (values, errors) a task
+    next(map) ◀─────── MapRun.ready ◀─ split a slice that failed as
+                                        a whole and retry its calls
+
+A task is ``(fn, calls, how)`` (``calls.run_task``): a ``submit`` is one call; a
+``map`` is cut into slices of consecutive calls (one at first, more once their run
+times are known), so that ten thousand tiny calls cost about what ``pmap`` pays for
+them. A call's exception travels in its task's value, with the worker's traceback
+as ``__cause__``. A task whose worker dies gets ``WorkerCrashed`` (a slice of several
+calls is first split and its calls retried alone); the executor goes on. A failure
+of the stream itself (no worker can be reached) fails the calls taken and waiting;
+the next ``submit`` starts a new stream. What waits, what was taken and where each
+outcome goes is ``dispatch``; what runs on the workers is ``calls``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from .calls import Code, unwrap
+from .dispatch import Calls, Dispatcher, MapCalls, MapRun
+
+if TYPE_CHECKING:
+    from ..pool import Pool
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PoolExecutor"]
+
+#: Longest wait of the constructor for the pool's processes or workers to start.
+_READY = 30.0
+
+#: Tasks the stream holds at once (read and not yet settled), unless ``buffersize`` says.
+_HELD = 4096
+
+
+class PoolExecutor(concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` whose calls run in an EzPool pool.
+
+    ``mode`` is ``'parallel'`` (processes on this machine, ``max_workers`` of them;
+    ``None``: one per CPU), ``'distributed'`` (generic workers named by ``workers``,
+    or started on this machine) or ``'serial'`` (one thread here); ``max_workers``
+    is checked in every mode and used by the parallel one. Other keyword options
+    are the ``Pool``'s (``timeout``, ``max_attempts``, ``hmac_key``, ...); a
+    progress bar is off unless asked for. ``Pool.executor()`` makes one with a
+    pool's mode and options. The executor has a pool of its own, started by the
+    constructor (which returns once its processes or workers are up) and stopped by
+    ``shutdown`` (or at interpreter exit, once the calls submitted have run); use
+    it as a context manager.
+    """
+
+    def __init__(self, mode: str = "parallel", max_workers: Optional[int] = None, **options: Any) -> None:
+        from ..pool import Pool
+
+        if max_workers is not None:
+            if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+                raise TypeError(f"max_workers must be a positive integer or None, got {max_workers!r}")
+            if max_workers <= 0:
+                raise ValueError(f"max_workers must be greater than 0, got {max_workers!r}")
+            if mode == "parallel":
+                options.setdefault("ncpu", max_workers)
+        options.setdefault("progress", False)
+        pool = Pool(mode, **options)
+        overrides = {} if pool.options.buffersize else {"buffersize": _HELD}
+        self._dispatcher = Dispatcher(pool, overrides)
+        self._max_workers = max_workers
+        # Where workers cannot import what this process can, functions travel by value.
+        self._by_value = pool.mode == "distributed"
+        self._shipped: dict[int, tuple[weakref.ref[Any], Code]] = {}  # id(fn) -> fn, its Code
+        # Collected unused: let the stream end, which stops the pool. At exit: finish first.
+        weakref.finalize(self, self._dispatcher.close, False).atexit = False  # _finish does that
+        _at_exit(functools.partial(_finish, weakref.ref(self._dispatcher), os.getpid()))
+        # Start the pool's processes or workers now; the first calls then start at once.
+        self._dispatcher.start()
+        self._dispatcher.live.reading.wait(_READY)
+
+    @classmethod
+    def of(cls, pool: Pool, **overrides: Any) -> PoolExecutor:
+        """An executor with ``pool``'s mode and options (its own processes and connections)."""
+        settings = pool.options
+        options = {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}
+        options.update(overrides)
+        return cls(pool.mode, **options)
+
+    @property
+    def mode(self) -> str:
+        return self._dispatcher.pool.mode
+
+    # --- the Executor protocol ---------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; a ``Future`` of its value. In the distributed
+        mode ``fn`` may be a lambda or a function from ``__main__`` (it travels by value)."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._dispatcher.put(((future, (self._sendable(fn), args, kwargs or False)),))
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: Optional[float] = None,
+        chunksize: int = 1,
+        buffersize: Optional[int] = None,
+    ) -> Iterator[Any]:
+        """Like ``Executor.map``: results in order, an exception raised where its call is.
+
+        Calls travel in slices sized from their measured run times, whatever
+        ``chunksize`` says (it is checked, as ``ProcessPoolExecutor`` does). With
+        ``buffersize`` (as in Python 3.14), at most that many calls are read from
+        the iterables ahead of the results consumed; without it they are all read now.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+            raise TypeError(f"chunksize must be a positive integer, got {chunksize!r}")
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, got {chunksize!r}")
+        if buffersize is not None:
+            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+                raise TypeError(f"buffersize must be an integer or None, got {buffersize!r}")
+            if buffersize < 1:
+                raise ValueError(f"buffersize must be None or > 0, got {buffersize!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Over one iterable each call is its item (a range stays a range: its slices travel
+        # as three numbers); over several, a tuple of arguments.
+        how = True if len(iterables) == 1 else None
+        calls: Iterator[Any] = iter(iterables[0]) if how else zip(*iterables)
+        if buffersize is None:
+            first: Calls = iterables[0] if how and type(iterables[0]) is range else list(calls)
+        else:
+            first = _take(calls, buffersize)
+        run = MapRun()
+        sent = self._sendable(fn)
+        if first:
+            self._dispatcher.put((MapCalls(run, sent, 0, first, how),))
+        more = calls if buffersize is not None else None
+        return self._results(run, sent, how, len(first), more, buffersize, deadline)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more calls; those submitted still run (unless ``cancel_futures`` cancels
+        the ones not started), then the pool stops. ``wait`` waits for all that."""
+        self._dispatcher.close(wait, cancel_futures)
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._dispatcher.live.closed else "open"
+        return f"PoolExecutor(mode={self.mode!r}, {state})"
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _results(
+        self, run: MapRun, sent: Any, how: Optional[bool], submitted: int, more: Optional[Iterator[Any]],
+        buffersize: Optional[int], deadline: Optional[float],
+    ) -> Iterator[Any]:
+        """Yield a map's results in order; with ``more``, read calls as results are consumed."""
+        index = 0  # the first position not taken from run.ready
+        values: list[Any] = []
+        try:
+            while index < submitted:
+                values, errors = run.next(index, deadline)
+                values.reverse()  # popped from the end: nothing keeps a value once it is yielded
+                index += len(values)
+                if errors is None and more is None:
+                    while values:
+                        yield values.pop()
+                    continue
+                for offset in range(len(values)):
+                    if more is not None and buffersize is not None:
+                        consumed = index - len(values)
+                        if submitted - consumed <= buffersize // 2 and not self._dispatcher.live.closed:
+                            extra = _take(more, consumed + buffersize - submitted)
+                            if extra:
+                                self._dispatcher.put((MapCalls(run, sent, submitted, extra, how),))
+                                submitted += len(extra)
+                    if errors is not None and offset in errors:
+                        values.clear()
+                        raise unwrap(errors[offset])
+                    yield values.pop()
+        finally:
+            if values or index < submitted:
+                run.cancelled = True  # what was not taken yet will not run
+
+    def _sendable(self, fn: Callable[..., Any]) -> Any:
+        """``fn`` as it goes into a task: itself, or (for distributed workers) a ``Code``."""
+        if not self._by_value:
+            return fn
+        found = self._shipped.get(id(fn))
+        if found is not None and found[0]() is fn:
+            return found[1]
+        code = Code(fn)
+        try:  # kept while fn lives: shipped once, however often it is submitted
+            ref = weakref.ref(fn, functools.partial(_forget, self._shipped, id(fn)))
+        except TypeError:  # not weakly referable (a builtin, a partial, ...)
+            return code
+        self._shipped[id(fn)] = (ref, code)
+        return code
+
+
+def _forget(shipped: dict[int, Any], key: int, ref: weakref.ref[Any]) -> None:
+    found = shipped.get(key)
+    if found is not None and found[0] is ref:
+        del shipped[key]
+
+
+def _take(calls: Iterator[Any], count: int) -> list[Any]:
+    taken: list[Any] = []
+    for args in calls:
+        taken.append(args)
+        if len(taken) >= count:
+            break
+    return taken
+
+
+def _at_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook`` when the interpreter exits, before it joins threads (as the stdlib
+    executors do), so that calls submitted and not waited for still run."""
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(hook)
+    else:  # pragma: no cover - not CPython
+        import atexit
+
+        atexit.register(hook)
+
+
+def _finish(ref: weakref.ref[Dispatcher], pid: int) -> None:
+    """At exit: let the executor finish its calls and stop its pool. Not in a process
+    forked from the one that made it (a worker), which has a copy and no thread."""
+    dispatcher = ref()
+    if dispatcher is not None and os.getpid() == pid:
+        dispatcher.close(wait=True)

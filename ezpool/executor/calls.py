@@ -1,0 +1,83 @@
+"""What runs where the pool runs tasks: an executor's task, and the code it carries.
+
+A task is ``(fn, calls, how)``, run by ``run_task``. A call's exception travels as a
+``Raised``, rebuilt by the caller with the worker's traceback as ``__cause__``. A
+function that workers cannot import travels as a ``Code`` (cloudpickle, by value).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Union, cast
+
+__all__ = ["run_task", "Raised", "unwrap", "Code", "load_code"]
+
+
+def run_task(fn: Callable[..., Any], calls: Any, how: Union[bool, dict[str, Any], None]) -> Any:
+    """Run one task where the pool runs tasks.
+
+    A ``submit`` is one call, ``fn(*calls, **how)`` (``how`` is ``False`` when there
+    are no keyword arguments): its value and ``None``, or ``None`` and its exception.
+    A slice of a ``map`` is ``calls``, each a tuple of arguments (``how`` is ``None``)
+    or the one argument (``how`` is ``True``, a map over one iterable): the values
+    (``None`` where a call raised) and ``None`` or, by offset, each call's exception.
+    Exceptions are wrapped so that they travel with their traceback.
+    """
+    if how is False or isinstance(how, dict):
+        try:
+            return (fn(*calls, **how) if how else fn(*calls)), None
+        except BaseException as exc:  # a call cannot end the worker, nor the stream
+            return None, Raised(exc)
+    values: list[Any] = []
+    errors: Optional[dict[int, Raised]] = None
+    alone = how is True
+    for call in calls:
+        try:
+            values.append(fn(call) if alone else fn(*call))
+        except BaseException as exc:
+            if errors is None:
+                errors = {}
+            errors[len(values)] = Raised(exc)
+            values.append(None)
+    return values, errors
+
+
+class Raised:
+    """An exception a call raised: itself here, rebuilt with its remote traceback elsewhere."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from ..serialization import capture, rebuild
+
+        return (rebuild, (capture(self.exc),))
+
+
+def unwrap(error: Any) -> BaseException:
+    return cast(BaseException, error.exc if type(error) is Raised else error)
+
+
+class Code:
+    """A function sent by value (cloudpickle) for workers that cannot import it, e.g. one
+    from ``__main__``. The same instance in many tasks is pickled once per chunk, and
+    loaded once per worker process (``load_code`` caches it by content id)."""
+
+    __slots__ = ("fid", "blob")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        from ..code import ship  # (cloudpickle: imported when first needed)
+
+        self.fid, self.blob = ship(fn)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (load_code, (self.fid, self.blob))
+
+
+@functools.lru_cache(maxsize=64)
+def load_code(fid: str, blob: bytes) -> Callable[..., Any]:
+    from ..code import unpack
+
+    return cast(Callable[..., Any], unpack(blob))

@@ -1,0 +1,318 @@
+"""The stream behind a ``PoolExecutor``: what waits, what was taken, where outcomes go.
+
+Submitted calls wait in a ``Live`` source as entries: ``(future, task)`` for a
+``submit``, ``MapCalls`` for the calls of a ``map`` (cut into slices when taken),
+``Again`` for a task sent again after its stream broke off. ``Dispatcher.loop`` runs
+one ``Pool`` stream over that source in a thread of its own and settles each batch:
+futures one by one, each map's slices at once (``MapRun``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
+
+from ..backends.base import Batch
+from ..feed import Live
+from .calls import run_task, unwrap
+
+if TYPE_CHECKING:
+    from ..pool import Pool
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Dispatcher", "MapRun", "MapCalls", "Calls", "Errors"]
+
+#: About how long one slice of a ``map`` should run, judged from the calls measured so far.
+SLICE_SECONDS = 0.001
+
+#: Most calls of a ``map`` in one slice.
+SLICE_MOST = 64
+
+#: Calls of a ``map`` measured before slices hold more than one: a first call's
+#: time alone says little, and a quick call is not held back by a slow one next to it.
+SLICE_PROBES = 4
+
+#: The calls of a map: tuples of arguments or, over one iterable, the arguments themselves.
+Calls = Sequence[Any]
+Errors = Optional[dict[int, BaseException]]
+
+
+class MapRun:
+    """The results of one ``map`` call: slices filled in any order, read in order."""
+
+    __slots__ = ("cond", "ready", "cancelled", "_calls", "_seconds")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.ready: dict[int, tuple[list[Any], Errors]] = {}  # first position -> values, errors
+        self.cancelled = False  # nobody reads the results any more: run nothing more
+        self._calls = 0  # measured by the dispatcher thread, for the size of the next slices
+        self._seconds = 0.0
+
+    def measure(self, calls: int, seconds: float) -> None:
+        self._calls += calls
+        self._seconds += seconds
+
+    def slice_size(self) -> int:
+        """Calls in the next slice: one until a few have run, then about ``SLICE_SECONDS``."""
+        if self._calls < SLICE_PROBES:
+            return 1
+        mean = self._seconds / self._calls
+        return SLICE_MOST if mean * SLICE_MOST <= SLICE_SECONDS else max(1, int(SLICE_SECONDS / mean))
+
+    def deliver(self, slices: dict[int, tuple[list[Any], Errors]]) -> None:
+        with self.cond:
+            self.ready.update(slices)
+            self.cond.notify_all()
+
+    def fail(self, first: int, count: int, error: BaseException) -> None:
+        """Calls ``first .. first + count - 1`` will not run; reading the first raises ``error``."""
+        self.deliver({first: ([None] * count, {0: error})})
+
+    def next(self, index: int, deadline: Optional[float]) -> tuple[list[Any], Errors]:
+        """The slice that starts at position ``index``, once it is there."""
+        with self.cond:
+            while index not in self.ready:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise concurrent.futures.TimeoutError()
+                self.cond.wait(left)
+            return self.ready.pop(index)
+
+
+class MapCalls:
+    """Consecutive calls of one ``map`` that wait in the source: cut into slices when taken."""
+
+    __slots__ = ("run", "fn", "first", "calls", "how", "offset", "single")
+
+    def __init__(
+        self, run: MapRun, fn: Any, first: int, calls: Calls, how: Optional[bool], single: bool = False
+    ) -> None:
+        self.run = run
+        self.fn = fn
+        self.first = first
+        self.calls = calls
+        self.how = how  # True: each call is one argument (see run_task)
+        self.offset = 0  # calls before it were taken
+        self.single = single  # one call a slice: retries of a slice that failed as a whole
+
+
+class Again:
+    """A task taken once and not run (its stream broke off): it goes again as it is."""
+
+    __slots__ = ("task", "target", "first")
+
+    def __init__(self, task: Any, target: Target, first: int) -> None:
+        self.task = task
+        self.target = target
+        self.first = first
+
+
+#: Where a task's outcome goes: a submitted call's future, or a map (with the position
+#: of the slice's first call).
+Target = Union["concurrent.futures.Future[Any]", MapRun]
+
+
+class Dispatcher:
+    """The stream of one executor and the thread that runs it.
+
+    The executor object itself is not referenced from here, so that an executor
+    nobody holds is collected (and its stream closed) like a ``ThreadPoolExecutor``.
+    ``taken`` is touched only by the thread that runs the stream.
+    """
+
+    def __init__(self, pool: Pool, overrides: dict[str, Any]) -> None:
+        self.pool = pool
+        self.overrides = overrides
+        self.live = Live(admit=self.admit)
+        self.lock = threading.Lock()  # guards thread, and put against close
+        self.thread: Optional[threading.Thread] = None
+        self.taken: dict[int, tuple[Any, Target, int]] = {}  # id(task) -> task, target, first
+        self.remote = pool.mode != "serial"
+
+    def put(self, entries: Sequence[Any]) -> None:
+        with self.lock:
+            if self.live.closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self.live.put(entries)
+            self._start()
+
+    def start(self) -> None:
+        """Start the stream now (its processes, its workers), before anything is submitted."""
+        with self.lock:
+            self._start()
+
+    def _start(self) -> None:
+        if self.thread is None and not self.live.closed:
+            self.thread = threading.Thread(target=self.loop, name="ezpool-executor", daemon=True)
+            self.thread.start()
+
+    def close(self, wait: bool, cancel: bool = False) -> None:
+        with self.lock:
+            self.live.close()
+            waiting = self.live.drain() if cancel else []
+            again = [entry for entry in waiting if type(entry) is Again]
+            if again:
+                self.live.requeue(again)  # running already: they cannot be cancelled
+            thread = self.thread
+        self.cancel(waiting)  # (outside the lock: a future's callbacks may run here)
+        if thread is None:
+            self.pool.shutdown()
+        elif wait and thread is not threading.current_thread():
+            thread.join()
+
+    def cancel(self, entries: list[Any]) -> None:
+        """Cancel entries that were waiting: futures, and the map calls not cut yet."""
+        for entry in entries:
+            if type(entry) is tuple:
+                entry[0].cancel()
+            elif type(entry) is MapCalls:
+                left = len(entry.calls) - entry.offset
+                entry.run.fail(entry.first + entry.offset, left, concurrent.futures.CancelledError())
+
+    # --- the thread that runs the stream ---------------------------------------------------
+
+    def admit(self, entry: Any) -> tuple[Any, bool]:
+        """The next task from an entry (called by the stream, with the source's lock held)."""
+        kind = type(entry)
+        if kind is tuple:  # (future, task) from submit
+            future, task = entry
+            if not future.set_running_or_notify_cancel():
+                return None, True
+            self.taken[id(task)] = (task, future, 0)
+            return task, True
+        if kind is Again:
+            self.taken[id(entry.task)] = (entry.task, entry.target, entry.first)
+            return entry.task, True
+        run = entry.run
+        if run.cancelled:
+            return None, True
+        size = 1 if entry.single else run.slice_size()
+        start, calls = entry.offset, entry.calls
+        piece = calls if start == 0 and size >= len(calls) else calls[start : start + size]
+        entry.offset = start + len(piece)
+        task = (entry.fn, piece, entry.how)
+        self.taken[id(task)] = (task, run, entry.first + start)
+        return task, entry.offset >= len(calls)
+
+    def loop(self) -> None:
+        """Run the stream; after a failure, run a new one for the calls still waiting."""
+        while True:
+            try:
+                source = cast(Iterable[Any], self.live)
+                feed, batches = self.pool._open_stream(run_task, source, self.overrides, eager=True)
+                try:
+                    for tasks, batch in batches:
+                        self.settle(tasks, batch)
+                        feed.release(batch.start, batch.start + len(tasks))
+                        del tasks, batch  # hold no call's arguments or values while waiting
+                finally:
+                    batches.close()
+            except BaseException as exc:  # the stream itself failed
+                logger.warning("the executor's stream of tasks failed: %r", exc)
+                self.fail_taken(exc)
+                self.live.reading.set()  # (the constructor waits no more)
+            with self.lock:
+                if not self.live.waiting:
+                    self.thread = None  # a later submit starts another
+                    finished = self.live.closed
+                    break
+        if finished:
+            self.pool.shutdown()
+            logger.debug("executor's pool shut down: %r", self.pool)
+
+    def settle(self, tasks: Sequence[Any], batch: Batch) -> None:
+        """Hand a batch's outcomes on: futures one by one, each map's slices at once."""
+        taken, values, failed, elapsed = self.taken, batch.values, batch.failed, batch.elapsed
+        slices: dict[MapRun, dict[int, tuple[list[Any], Errors]]] = {}
+        for offset, task in enumerate(tasks):
+            _, target, first = taken.pop(id(task))
+            if failed and offset in failed:  # the task as a whole: its worker died, it timed out...
+                self.failed(task, target, first, values[offset])
+                continue
+            results, errors = values[offset]
+            if isinstance(target, MapRun):
+                target.measure(len(results), elapsed[offset])
+                ready = slices.get(target)
+                if ready is None:
+                    ready = slices[target] = {}
+                ready[first] = (results, errors)
+            elif errors is not None:
+                target.set_exception(unwrap(errors))
+            else:
+                target.set_result(results)
+        for run, ready in slices.items():
+            run.deliver(ready)
+
+    def failed(self, task: Any, target: Target, first: int, error: BaseException) -> None:
+        """A task failed as a whole: a slice of several calls is retried call by call."""
+        fn, calls, how = task
+        if not isinstance(target, MapRun):
+            target.set_exception(error)
+        elif len(calls) > 1:
+            logger.debug("a slice of %d calls failed as a whole (%r); retrying them alone", len(calls), error)
+            self.live.requeue([MapCalls(target, fn, first, calls, how, single=True)])
+        else:
+            target.fail(first, 1, error)
+
+    def fail_taken(self, exc: BaseException) -> None:
+        """The stream broke off: fail what it had taken, and what waits, with ``exc``.
+
+        If it broke because some tasks cannot be pickled, only those fail (a slice of
+        several calls is split first to find the call); the others go again.
+        """
+        taken = list(self.taken.values())
+        self.taken.clear()
+        stuck = [] if not self.remote else [item for item in taken if not picklable(item[0])]
+        if stuck:
+            self.live.requeue([Again(*item) for item in taken if not any(item is bad for bad in stuck)])
+            for task, target, first in stuck:
+                self.failed(task, target, first, unpicklable_error(task))
+            return
+        for task, target, first in taken:
+            fail(target, first, len(task[1]), exc)  # (a future ignores the count)
+        for entry in self.live.drain():
+            if type(entry) is tuple:
+                if entry[0].set_running_or_notify_cancel():
+                    entry[0].set_exception(exc)
+            elif type(entry) is Again:
+                fail(entry.target, entry.first, len(entry.task[1]), exc)
+            else:
+                entry.run.fail(entry.first + entry.offset, len(entry.calls) - entry.offset, exc)
+
+
+def fail(target: Target, first: int, count: int, error: BaseException) -> None:
+    if isinstance(target, MapRun):
+        target.fail(first, count, error)
+    else:
+        target.set_exception(error)
+
+
+def picklable(task: Any) -> bool:
+    from ..serialization import dumps
+
+    try:
+        dumps(task)
+    except Exception:
+        return False
+    return True
+
+
+def unpicklable_error(task: Any) -> TypeError:
+    from ..serialization import dumps
+
+    fn, calls, how = task
+    try:
+        dumps(task)
+    except Exception as exc:
+        args = calls if how is False or isinstance(how, dict) else calls[0] if how is None else (calls[0],)
+        what = f"{fn!r} with arguments {args!r}" + (f" and {how!r}" if isinstance(how, dict) else "")
+        error = TypeError(f"cannot send the call of {what} to another process: {exc}")
+        error.__cause__ = exc
+        return error
+    return TypeError(f"cannot send {fn!r} to another process")
