@@ -20,8 +20,8 @@ worker processes, plus lambdas and closures (which travel by value).
 from __future__ import annotations
 
 import os
-import time
 import random
+import time
 import traceback
 from functools import partial
 from typing import Any, Callable

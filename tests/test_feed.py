@@ -47,7 +47,8 @@ def test_a_range_is_read_in_range_slices():
 
 
 def test_known_outcomes_are_settled_and_the_rest_is_run():
-    feed = Feed(iter("abcde"), limit=10, lookup=lambda block: {1: ("B", 0.5, "w", False), 3: ("D", 0, "w", True)})
+    known = {1: ("B", 0.5, "w", False), 3: ("D", 0, "w", True)}
+    feed = Feed(iter("abcde"), limit=10, lookup=lambda block: known)
     assert feed.pull(5) == [(0, 1), (2, 3), (4, 5)]
     settled = feed.settled()
     assert [(batch.start, batch.values, batch.failed, batch.stored) for batch in settled] == [
