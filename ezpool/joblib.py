@@ -40,8 +40,9 @@ import threading
 import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
+import cloudpickle
+
 try:
-    import cloudpickle
     import joblib
     from joblib.parallel import (
         AutoBatchingMixin,

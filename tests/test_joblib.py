@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -58,6 +60,18 @@ def _no_ezpool_processes() -> bool:
 
 
 # --- running -------------------------------------------------------------------------
+
+
+def test_only_ezpool_joblib_imports_joblib_and_says_how_to_install_it(core_child_env: dict[str, str]) -> None:
+    check = (
+        "import sys; import ezpool; assert 'joblib' not in sys.modules, 'import ezpool imported joblib'\n"
+        "sys.modules['joblib'] = None  # as if it were not installed\n"
+        "import ezpool.joblib"
+    )
+    done = subprocess.run([sys.executable, "-c", check], env=core_child_env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 1
+    assert "ImportError: ezpool.joblib needs joblib" in done.stderr and "pip install joblib" in done.stderr
 
 
 def test_import_registers_the_backend() -> None:
