@@ -1,5 +1,6 @@
-"""Test sessions: ``python -m nox`` runs lint, the tests on this Python, the docs, and
-CPython's own concurrent.futures tests against PoolExecutor (``futures``, on 3.13).
+"""Test sessions: ``python -m nox`` runs lint, the tests on this Python, joblib's tests
+on EzPool's joblib backend, the docs, and CPython's own concurrent.futures tests
+against PoolExecutor (``futures``, on 3.13).
 
 ``python -m nox -s tests`` runs the tests on every supported Python that pyenv (or
 the PATH) has; ``python -m nox -s tests-3.12`` on one of them.
@@ -20,7 +21,7 @@ HERE_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 #: The Python whose ``test`` package (CPython's own test suite) the ``futures`` session uses.
 FUTURES_PYTHON = "3.13"
 
-nox.options.sessions = ["lint", f"tests-{HERE_PYTHON}", "docs", "futures"]
+nox.options.sessions = ["lint", f"tests-{HERE_PYTHON}", "joblib", "docs", "futures"]
 nox.options.error_on_missing_interpreters = False
 
 
@@ -57,6 +58,24 @@ def lint(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("ruff", "check", ".")
     session.run("mypy")
+
+
+#: joblib's own test modules that exercise ``Parallel``, run on the "ezpool" backend.
+JOBLIB_TESTS = ["joblib.test.test_parallel", "joblib.test.test_config", "joblib.test.test_memory"]
+
+
+@nox.session(python=HERE_PYTHON)
+def joblib(session: nox.Session) -> None:
+    """joblib's own tests of Parallel with "ezpool" as joblib's default backend.
+
+    tests/joblib_plugin.py makes it the default and prints the tests it deselects,
+    with why; warnings are not errors in joblib's suite.
+    """
+    session.install("-e", ".", "joblib", "numpy", "threadpoolctl", "pytest>=7", "pytest-timeout>=2.1")
+    session.run(
+        "python", "-m", "pytest", "-p", "tests.joblib_plugin", "-q", "--pyargs", *JOBLIB_TESTS,
+        *session.posargs,
+    )
 
 
 @nox.session(python=HERE_PYTHON)

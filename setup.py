@@ -34,6 +34,9 @@ setup(
             "nbclient>=0.7",
             "nbformat>=5.1",
             "ipykernel>=6",
+            # tests/test_joblib.py and examples/sklearn_grid.py: the "ezpool" joblib backend.
+            "joblib>=1.3",
+            "scikit-learn>=1.3",
         ],
         "tls": ["cryptography>=41"],
         "docs": ["sphinx>=7"],

@@ -19,10 +19,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run_bench(*args: str, cwd: Path, timeout: float = 100.0) -> subprocess.CompletedProcess[str]:
+def _run_bench(
+    *args: str, cwd: Path, timeout: float = 100.0, module: str = "bench"
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -89,3 +91,19 @@ def test_unknown_workload_is_refused_by_name(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "nonesuch" in done.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.timeout(100)
+def test_joblib_bench_times_the_ezpool_backend_against_loky(tmp_path: Path) -> None:
+    pytest.importorskip("joblib")
+    out = tmp_path / "joblib.json"
+    done = _run_bench(
+        "--size", "2000", "--repeats", "1", "--json", str(out), cwd=tmp_path, module="bench.joblib_bench"
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    record = json.loads(out.read_text(encoding="utf-8"))["joblib"]
+    assert {entry["status"] for entry in record["contenders"].values()} == {"ok"}
+    ratios = {(r["ezpool"], r["peer"]): r["ratio"] for r in record["ratios"]}
+    assert set(ratios) == {("ezpool, pool kept", "loky"), ("ezpool, pool per call", "loky")}
+    assert all(math.isfinite(ratio) and ratio > 0 for ratio in ratios.values())
+    assert "ezpool, pool kept / loky" in done.stdout

@@ -137,3 +137,30 @@ def test_api_reference_covers_every_public_name() -> None:
     directive = r"^\.\. (?:autoclass|autoexception|autofunction|py:data|py:function):: ezpool\.(\w+)"
     documented = set(re.findall(directive, api, re.MULTILINE))
     assert set(ezpool.__all__) <= documented, sorted(set(ezpool.__all__) - documented)
+
+
+#: Each script of docs/interop.rst (found by a line of it) and a line it must print.
+INTEROP = {
+    "as_completed(futures)": "fib(25) = 75025",
+    "run_in_executor": "[6765, 10946, 17711, 28657, 46368]",
+    "delayed(sqrt)": "[0.0, 1.0, 1.4142135623730951, 1.7320508075688772, 2.0,",
+    "as parallel:": "9801 970299",
+    "GridSearchCV(SVC()": "{'C': 10, 'gamma': 0.001}",
+}
+
+
+@pytest.mark.parametrize("marker", list(INTEROP))
+def test_interop_scripts_run(marker: str, tmp_path: Path) -> None:
+    (source,) = [block for block in code_blocks(DOCS / "interop.rst", "python") if marker in block]
+    ports = [free_port(), free_port()]
+    source = source.replace("21000", str(ports[0])).replace("21001", str(ports[1]))
+    with no_servers_left(*ports):
+        done = run_script(source, tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert INTEROP[marker] in done.stdout, done.stdout
+
+
+def test_every_interop_script_is_run() -> None:
+    blocks = code_blocks(DOCS / "interop.rst", "python")
+    assert all(sum(marker in block for marker in INTEROP) == 1 for block in blocks)
+    assert len(blocks) == len(INTEROP)

@@ -266,3 +266,33 @@ def test_montecarlo_distributed() -> None:
             "--workers", f"PYRO:worker@localhost:{port}", timeout=90,
         )
         check_sweep(done)
+
+
+# --- examples/sklearn_grid.py: a scikit-learn grid search through the "ezpool" joblib backend ---
+
+#: What the search finds on the digits (SVC is deterministic, and so are the folds).
+SKLEARN_BEST = "best params: {'C': 10, 'gamma': 0.001}"
+
+
+@needs_distributed
+def test_sklearn_grid_on_workers_it_starts_itself() -> None:
+    done = run_example("examples/sklearn_grid.py", timeout=180)
+    named = re.search(r"^workers: (.+)$", done.stdout, re.MULTILINE)
+    ports = [int(uri.rsplit(":", 1)[1]) for uri in named.group(1).split()] if named else []
+    with no_servers_left(*ports):
+        assert done.returncode == 0, done.stderr
+        assert len(ports) == 2
+        assert done.stderr.count("starting one there for this pool") == 2, done.stderr
+        assert "18 fits in" in done.stdout and "(distributed)" in done.stdout
+        assert SKLEARN_BEST in done.stdout, done.stdout
+        deadline = time.monotonic() + 10
+        while any(map(answers, ports)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(map(answers, ports)), "an auto-started worker outlived the search"
+
+
+def test_sklearn_grid_parallel() -> None:
+    done = run_example("examples/sklearn_grid.py", "--mode", "parallel", "--n-jobs", "2", timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "18 fits in" in done.stdout and "(parallel)" in done.stdout
+    assert SKLEARN_BEST in done.stdout, done.stdout

@@ -1,0 +1,301 @@
+"""A joblib backend named ``"ezpool"``: joblib's ``Parallel`` (and so scikit-learn's
+``n_jobs``) on an EzPool pool, in the parallel or the distributed mode.
+
+Importing this module registers the backend with joblib; that registration is the
+whole point of the import, and the one side effect it has::
+
+    import joblib
+    import ezpool.joblib  # noqa: F401  (registers "ezpool")
+
+    with joblib.parallel_config(backend="ezpool", mode="distributed",
+                                workers=["PYRO:worker@host1:21000", "PYRO:worker@host2:21000"]):
+        results = joblib.Parallel()(joblib.delayed(f)(x) for x in xs)
+
+How a ``Parallel`` call flows::
+
+    joblib.Parallel (the caller's thread)            EzPoolBackend
+    ─────────────────────────────────────            ─────────────
+    configure(n_jobs)                          ──▶   a PoolExecutor of the mode and options
+    batches of delayed calls (auto-sized)      ──▶   submit: executor.submit(_run, _Batch(calls))
+        BatchedCalls, each cloudpickled                  (the executor streams them, chunked,
+        as it is sent                                     to processes or workers)
+    BatchCompletionCallBack ◀── future done ───      retrieve_result_callback: future.result()
+    dispatch the next batch                            (the task's own exception is raised)
+    ...
+    terminate() at the end of the call         ──▶   executor.shutdown(): processes stop,
+                                                     auto-started workers stop
+
+The mode and pool options are the backend's keyword arguments
+(``parallel_config(backend="ezpool", mode=..., **options)``); ``mode`` defaults to
+``"parallel"``. See ``docs/interop.rst`` for what is and is not supported.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import pickle
+import threading
+import warnings
+from typing import Any, Callable, NamedTuple, Optional
+
+import cloudpickle
+
+try:
+    import joblib
+    from joblib.parallel import (
+        AutoBatchingMixin,
+        FallbackToBackend,
+        ParallelBackendBase,
+        SequentialBackend,
+    )
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"ezpool.joblib needs joblib ({exc}); install it with: pip install joblib"
+    ) from exc
+
+from . import backends
+from .executor import PoolExecutor
+from .options import DEFAULT_WORKER, Options
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EzPoolBackend", "register", "BACKEND_NAME"]
+
+#: The name the backend is registered under.
+BACKEND_NAME = "ezpool"
+
+#: Keyword arguments joblib's ``Parallel`` hands every backend's ``configure``; they
+#: are about loky's memory mapping and process start, which an EzPool pool does not do.
+_JOBLIB_KWARGS = frozenset(
+    {"max_nbytes", "temp_folder", "mmap_mode", "verbose", "context", "prefer", "require"}
+)
+
+
+class _Call(NamedTuple):
+    """What a ``Parallel`` call asked for: the mode, and the pool options as given and checked."""
+
+    mode: str
+    options: dict[str, Any]
+    settings: Options
+
+
+class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib's backend interface over ``ezpool.PoolExecutor``.
+
+    ``mode`` is ``"parallel"`` (processes on this machine) or ``"distributed"``
+    (EzPool workers, named by the ``workers`` option, started here on
+    ``localhost`` when none answers); ``"serial"`` makes every call run in the
+    calling process, as joblib does with ``n_jobs=1``. Other keyword arguments are
+    ``Pool`` options (``ezpool.Options``): ``workers``, ``ncpu``, ``start_method``,
+    ``timeout``, ``max_attempts``, ``hmac_key``, ... Keyword arguments given to
+    ``Parallel`` itself (``mode`` included) override them for that call.
+
+    How many batches run at once (``effective_n_jobs``):
+
+    * parallel: ``n_jobs`` processes; a negative ``n_jobs`` counts back from the
+      CPUs (``ncpu`` if given, else those this process may use): ``-1`` is all of them.
+    * distributed: the number of workers, whatever ``n_jobs`` says (as with joblib's
+      dask backend), and at least 2, so that a single worker still gets the work
+      instead of joblib running it in the calling process.
+    * ``n_jobs=1`` in any mode: joblib runs the call in the calling process.
+    * no ``n_jobs`` (``None``): every worker in the distributed mode, 1 elsewhere.
+
+    Every ``Parallel`` call has a pool of its own, stopped when the call ends;
+    ``with Parallel(...) as parallel:`` keeps one pool for all the calls in the block.
+    """
+
+    supports_retrieve_callback = True
+    supports_return_generator = True
+    supports_timeout = True
+    supports_sharedmem = False
+    supports_inner_max_num_threads = False
+    uses_threads = False
+
+    def __init__(
+        self,
+        mode: str = "parallel",
+        nesting_level: Optional[int] = None,
+        inner_max_num_threads: Optional[int] = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        self.mode = backends.check_mode(mode)
+        self._options = dict(options)
+        # Checked now, so that a misspelt option fails at parallel_config(), not in a call.
+        self._call = _Call(self.mode, self._options, Options().replace(**options))
+        self._size = 1
+        self._executor: Optional[PoolExecutor] = None
+        self._made_for: Optional[tuple[_Call, int]] = None  # the call and size of the executor
+        self._lock = threading.Lock()  # joblib submits from its thread and from callbacks
+        self.parallel: Any = None
+
+    def __repr__(self) -> str:
+        shown = "".join(f", {name}={value!r}" for name, value in self._options.items() if name != "hmac_key")
+        return f"EzPoolBackend(mode={self.mode!r}{shown})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to another process, a backend takes its settings and leaves its pool behind.
+        return (_rebuild, (self.mode, self.nesting_level, self._options))
+
+    @property
+    def default_n_jobs(self) -> int:
+        """``n_jobs`` when none is given: every worker in the distributed mode (as with
+        joblib's dask backend); elsewhere 1, as with joblib's own backends."""
+        return -1 if self._call.mode == "distributed" else 1
+
+    # --- sizing -------------------------------------------------------------------------
+
+    def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
+        """How many batches run at once for ``n_jobs`` (see the class docstring)."""
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        mode, settings = self._call.mode, self._call.settings
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        if mode == "serial" or n_jobs == 1:
+            return 1
+        if mode == "distributed":
+            return max(2, len(settings.workers or (DEFAULT_WORKER,)))
+        if multiprocessing.current_process().daemon:
+            warnings.warn(
+                "the 'ezpool' joblib backend cannot start processes in a daemonic process; "
+                "setting n_jobs=1",
+                stacklevel=3,
+            )
+            return 1
+        if n_jobs < 0:
+            from .backends.parallel import available_cpus
+
+            cpus = settings.ncpu or available_cpus()
+            return max(cpus + 1 + n_jobs, 1)
+        return int(n_jobs)
+
+    def configure(
+        self,
+        n_jobs: int = 1,
+        parallel: Any = None,
+        prefer: Optional[str] = None,
+        require: Optional[str] = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        """Get ready for a ``Parallel`` call; the number of batches it runs at once.
+
+        joblib's own keyword arguments (about loky's memory mapping) are ignored;
+        any other is a pool option for this call.
+        """
+        extra = {name: value for name, value in backend_kwargs.items() if name not in _JOBLIB_KWARGS}
+        mode = backends.check_mode(extra.pop("mode", self.mode))
+        options = {**self._options, **extra}
+        self._call = _Call(mode, options, Options().replace(**options))
+        size = self.effective_n_jobs(n_jobs)
+        if size == 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self._size = size
+        self.parallel = parallel
+        with self._lock:
+            stale = self._made_for != (self._call, size)
+        if stale:  # a pool of another mode, options or size: the next submit makes a new one
+            self._stop(wait=True)
+        return size
+
+    # --- running ------------------------------------------------------------------------
+
+    def submit(self, func: Callable[[], Any], callback: Optional[Callable[[Any], None]] = None) -> Any:
+        """Run one joblib batch (a ``BatchedCalls``); ``callback`` gets its future when done."""
+        future = self._pool().submit(_run, _Batch(func))
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    def apply_async(self, func: Callable[[], Any], callback: Optional[Callable[[Any], None]] = None) -> Any:
+        """What joblib before 1.5 calls ``submit``."""
+        return self.submit(func, callback)
+
+    def retrieve_result_callback(self, out: concurrent.futures.Future[Any]) -> Any:
+        """The batch's list of results, or the exception a task raised (with the worker's
+        traceback as its ``__cause__``); ``WorkerCrashed`` if the process running it died."""
+        return out.result()
+
+    def retrieve_result(self, out: concurrent.futures.Future[Any], timeout: Optional[float] = None) -> Any:
+        """The same, waited for: what joblib calls when it does not use callbacks."""
+        return out.result(timeout=timeout)
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Drop the batches not handed to a process or worker yet, and let go of the pool.
+
+        Batches already handed out run to their end (the executor cannot stop them);
+        nothing waits for them, and the pool stops once they are done. The next
+        submit, if any (``ensure_ready``), starts a new pool.
+        """
+        self._stop(wait=False)
+
+    def terminate(self) -> None:
+        """Stop this call's pool: its processes, or the workers it started."""
+        self._stop(wait=True)
+        self.reset_batch_stats()
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _pool(self) -> PoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                call, size = self._call, self._size
+                options = {**call.options, "ncpu": size} if call.mode == "parallel" else call.options
+                self._executor = PoolExecutor(call.mode, **options)
+                self._made_for = (call, size)
+                logger.debug("started a %s executor for joblib (%d jobs)", call.mode, size)
+            return self._executor
+
+    def _stop(self, wait: bool) -> None:
+        with self._lock:
+            executor, self._executor, self._made_for = self._executor, None, None
+        if executor is not None:
+            executor.shutdown(wait=wait, cancel_futures=not wait)
+
+
+class _Batch:
+    """A joblib batch as it travels: cloudpickled when sent, so that functions from
+    ``__main__``, lambdas and closures reach any process or worker by value.
+
+    Unpickling it imports this module, which registers the backend there too, so a
+    task can start a ``Parallel(backend="ezpool")`` of its own.
+    """
+
+    __slots__ = ("calls",)
+
+    def __init__(self, calls: Callable[[], Any]) -> None:
+        self.calls = calls
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_batch, (cloudpickle.dumps(self.calls, pickle.HIGHEST_PROTOCOL),))
+
+    def __repr__(self) -> str:
+        items = getattr(self.calls, "items", None)
+        if not items:
+            return f"<joblib batch {self.calls!r}>"
+        names = sorted({getattr(func, "__qualname__", repr(func)) for func, _, _ in items})
+        return f"<joblib batch of {len(items)} call(s) to {', '.join(names)}>"
+
+
+def _load_batch(blob: bytes) -> _Batch:
+    return _Batch(pickle.loads(blob))
+
+
+def _run(batch: _Batch) -> Any:
+    """Run one joblib batch where the pool runs tasks: the list of its results."""
+    return batch.calls()
+
+
+def _rebuild(mode: str, nesting_level: Optional[int], options: dict[str, Any]) -> EzPoolBackend:
+    return EzPoolBackend(mode, nesting_level=nesting_level, **options)
+
+
+def register(make_default: bool = False) -> None:
+    """Register the ``"ezpool"`` backend with joblib (importing this module does it);
+    ``make_default=True`` makes ``Parallel`` use it when no backend is chosen."""
+    joblib.register_parallel_backend(BACKEND_NAME, EzPoolBackend, make_default=make_default)
+
+
+register()

@@ -1,0 +1,290 @@
+"""The "ezpool" joblib backend (``ezpool.joblib``): joblib's ``Parallel`` on an EzPool pool.
+
+Most tests run once per mode through ``ezpool_config``, a ``parallel_config`` that
+selects the backend: ``serial``, ``parallel`` with the ``fork`` and the ``spawn``
+start method, and ``distributed`` on two generic workers the pool starts itself on
+free local ports. joblib's own test suite runs on the backend in the ``joblib``
+nox session (``tests/joblib_plugin.py``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import joblib
+import pytest
+from joblib import Parallel, delayed, parallel_config
+
+from ezpool import RemoteTraceback, TaskTimeout, WorkerCrashed
+from ezpool.backends.parallel import available_cpus
+from ezpool.joblib import EzPoolBackend  # registers "ezpool" with joblib
+from tests import _helpers as h
+from tests.conftest import eventually, free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _local_workers(count: int) -> list[str]:
+    return [f"PYRO:worker@127.0.0.1:{free_port()}" for _ in range(count)]
+
+
+#: Backend keyword arguments of each mode the tests run in.
+MODES: dict[str, Callable[[], dict[str, Any]]] = {
+    "serial": lambda: {"mode": "serial"},
+    "fork": lambda: {"mode": "parallel", "start_method": "fork"},
+    "spawn": lambda: {"mode": "parallel", "start_method": "spawn"},
+    "distributed": lambda: {"mode": "distributed", "workers": _local_workers(2)},
+}
+
+
+@pytest.fixture(params=list(MODES))
+def ezpool_config(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """``ezpool_config(**more)``: a ``parallel_config`` of the "ezpool" backend in this mode."""
+    kwargs = MODES[request.param]()
+
+    def config(**more: Any) -> Any:
+        return parallel_config(backend="ezpool", **{**kwargs, **more})
+
+    config.mode = request.param  # type: ignore[attr-defined]
+    return config
+
+
+def _no_ezpool_processes() -> bool:
+    return not [p for p in multiprocessing.active_children() if p.name == "ezpool-worker"]
+
+
+# --- running -------------------------------------------------------------------------
+
+
+def test_only_ezpool_joblib_imports_joblib_and_says_how_to_install_it(core_child_env: dict[str, str]) -> None:
+    check = (
+        "import sys; import ezpool; assert 'joblib' not in sys.modules, 'import ezpool imported joblib'\n"
+        "sys.modules['joblib'] = None  # as if it were not installed\n"
+        "import ezpool.joblib"
+    )
+    done = subprocess.run([sys.executable, "-c", check], env=core_child_env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 1
+    assert "ImportError: ezpool.joblib needs joblib" in done.stderr and "pip install joblib" in done.stderr
+
+
+def test_import_registers_the_backend() -> None:
+    assert joblib.parallel.BACKENDS["ezpool"] is EzPoolBackend
+    with parallel_config(backend="ezpool"):
+        backend, _ = joblib.parallel.get_active_backend()
+    assert isinstance(backend, EzPoolBackend) and backend.mode == "parallel"
+
+
+def test_results_in_every_mode(ezpool_config: Any) -> None:
+    with ezpool_config(n_jobs=2):
+        squares = Parallel()(delayed(h.square)(x) for x in range(200))
+        shifted = Parallel()(delayed(lambda x, k=3: x + k)(x) for x in range(20))  # by value
+        keywords = Parallel()(delayed(h.add)(a=x, b=1) for x in range(5))
+    assert squares == [x * x for x in range(200)]
+    assert shifted == [x + 3 for x in range(20)]
+    assert keywords == [1, 2, 3, 4, 5]
+
+
+def test_tasks_run_where_the_mode_says(ezpool_config: Any) -> None:
+    with ezpool_config(n_jobs=2):
+        pids = set(Parallel()(delayed(h.pid_after_nap)(x, 0.01) for x in range(20)))
+    if ezpool_config.mode == "serial":
+        assert pids == {os.getpid()}
+    else:
+        assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+def test_no_process_outlives_the_call(ezpool_config: Any) -> None:
+    with ezpool_config(n_jobs=2):
+        assert Parallel()(delayed(h.square)(x) for x in range(10)) == [x * x for x in range(10)]
+        assert _no_ezpool_processes()
+
+
+def test_parallel_as_a_context_manager_keeps_one_pool() -> None:
+    with Parallel(n_jobs=2, backend="ezpool") as parallel:
+        first = set(parallel(delayed(h.pid_after_nap)(x, 0.02) for x in range(10)))
+        second = set(parallel(delayed(h.pid_after_nap)(x, 0.02) for x in range(10)))
+        assert second <= first  # the same processes
+    assert _no_ezpool_processes()
+
+
+def test_keyword_arguments_of_parallel_are_pool_options_for_that_call() -> None:
+    with parallel_config(backend="ezpool", n_jobs=2):
+        pids = set(Parallel(mode="serial")(delayed(h.pid_after_nap)(x, 0) for x in range(3)))
+        assert pids == {os.getpid()}
+        with pytest.raises(TypeError, match="unknown option 'ncpus'; did you mean 'ncpu'"):
+            Parallel(ncpus=2)(delayed(h.square)(x) for x in range(3))
+
+
+def test_options_are_checked_when_the_backend_is_chosen() -> None:
+    with pytest.raises(TypeError, match="unknown option 'worker'"):
+        parallel_config(backend="ezpool", worker="PYRO:worker@localhost:21000")
+    with pytest.raises(ValueError, match="unknown mode 'cluster'"):
+        parallel_config(backend="ezpool", mode="cluster")
+
+
+@pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
+def test_results_as_a_generator(return_as: str) -> None:
+    with parallel_config(backend="ezpool", n_jobs=2):
+        values = Parallel(return_as=return_as)(delayed(h.square)(x) for x in range(30))
+        assert not isinstance(values, list)
+        got = list(values)
+    if return_as == "generator":
+        assert got == [x * x for x in range(30)]
+    else:
+        assert sorted(got) == [x * x for x in range(30)]
+
+
+def test_many_tiny_tasks_are_batched() -> None:
+    with parallel_config(backend="ezpool", n_jobs=2):
+        parallel = Parallel()
+        assert parallel(delayed(abs)(-x) for x in range(20000)) == list(range(20000))
+    assert parallel.n_dispatched_batches < 2000  # joblib's auto-batching grew the batches
+
+
+# --- failures ------------------------------------------------------------------------
+
+
+def test_a_task_exception_is_raised_from_the_call(ezpool_config: Any) -> None:
+    calls = [delayed(h.square)(x) for x in range(10)]
+    calls[5] = delayed(h.raise_custom)("boom")
+    with ezpool_config(n_jobs=2), pytest.raises(h.CustomError, match="boom") as caught:
+        Parallel()(calls)
+    if ezpool_config.mode != "serial":
+        cause = caught.value.__cause__
+        assert isinstance(cause, RemoteTraceback) and "raise_custom" in cause.traceback_text
+
+
+def test_an_exception_from_the_task_iterator_is_raised(ezpool_config: Any) -> None:
+    def tasks() -> Iterator[Any]:
+        yield delayed(h.square)(1)
+        raise KeyError("no more tasks")
+
+    with ezpool_config(n_jobs=2), pytest.raises(KeyError, match="no more tasks"):
+        Parallel()(tasks())
+
+
+@pytest.mark.parametrize("mode", ["fork", "distributed"])
+def test_a_crashed_worker_process_gives_worker_crashed(mode: str) -> None:
+    with parallel_config(backend="ezpool", n_jobs=2, **MODES[mode]()), pytest.raises(WorkerCrashed):
+        Parallel()(delayed(h.exit_on)(3, x) for x in range(8))
+    eventually(_no_ezpool_processes, "end of the worker processes", timeout=10)
+
+
+def test_after_an_error_the_batches_running_finish_and_their_processes_stop() -> None:
+    began = time.monotonic()
+    with parallel_config(backend="ezpool", n_jobs=2), pytest.raises(h.CustomError):
+        Parallel()([delayed(h.raise_custom)("early"), *(delayed(h.nap)(1.0) for _ in range(5))])
+    assert time.monotonic() - began < 1.0  # raised without waiting for the naps
+    eventually(_no_ezpool_processes, "end of the worker processes", timeout=20)
+
+
+def test_parallel_timeout_raises_joblibs_timeout_error() -> None:
+    with parallel_config(backend="ezpool", n_jobs=2), pytest.raises(multiprocessing.TimeoutError):
+        Parallel(timeout=0.5)(delayed(h.nap)(x) for x in [0.01, 2.0, 0.01])
+    eventually(_no_ezpool_processes, "end of the worker processes", timeout=20)
+
+
+def test_the_pool_timeout_option_stops_a_task() -> None:
+    with parallel_config(backend="ezpool", n_jobs=2, timeout=0.5), pytest.raises(TaskTimeout):
+        Parallel()(delayed(h.nap)(x) for x in [0.01, 5.0, 0.01])
+
+
+# --- nesting -------------------------------------------------------------------------
+
+
+def _inner_sum(n: int) -> tuple[int, str]:
+    """A Parallel inside a task, on whatever backend joblib picks there."""
+    backend, _ = joblib.parallel.get_active_backend()
+    return sum(Parallel(n_jobs=2)(delayed(h.square)(x) for x in range(n))), type(backend).__name__
+
+
+def _inner_ezpool_sum(n: int) -> tuple[int, int]:
+    """A Parallel(backend="ezpool") inside a task: a pool of the task's own."""
+    pids = Parallel(n_jobs=2, backend="ezpool")(delayed(h.pid_after_nap)(x, 0.01) for x in range(n))
+    return len(set(pids)), os.getpid()
+
+
+@pytest.mark.parametrize("mode", ["fork", "spawn", "distributed"])
+def test_a_nested_parallel_runs_on_threads_of_the_worker(mode: str) -> None:
+    with parallel_config(backend="ezpool", n_jobs=2, **MODES[mode]()):
+        results = Parallel()(delayed(_inner_sum)(n) for n in range(1, 6))
+    assert results == [(sum(x * x for x in range(n)), "ThreadingBackend") for n in range(1, 6)]
+
+
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+def test_a_nested_ezpool_parallel_has_processes_of_its_own(mode: str) -> None:
+    with parallel_config(backend="ezpool", n_jobs=2, **MODES[mode]()):
+        results = Parallel()(delayed(_inner_ezpool_sum)(6) for _ in range(2))
+    for inner_processes, outer_pid in results:
+        assert inner_processes == 2 and outer_pid != os.getpid()
+
+
+# --- how many jobs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_jobs", "options", "expected"),
+    [
+        (3, {}, 3),
+        (-1, {}, available_cpus()),
+        (-2, {"ncpu": 4}, 3),
+        (-1, {"ncpu": 4}, 4),
+        (None, {}, 1),
+        (1, {}, 1),
+        (5, {"mode": "serial"}, 1),
+        (None, {"mode": "distributed", "workers": _local_workers(3)}, 3),
+        (-1, {"mode": "distributed", "workers": _local_workers(3)}, 3),
+        (8, {"mode": "distributed", "workers": _local_workers(3)}, 3),
+        (-1, {"mode": "distributed", "workers": _local_workers(1)}, 2),
+        (1, {"mode": "distributed"}, 1),
+    ],
+)
+def test_effective_n_jobs(n_jobs: Any, options: dict[str, Any], expected: int) -> None:
+    with parallel_config(backend="ezpool", **options):
+        assert joblib.effective_n_jobs(n_jobs) == expected
+    assert EzPoolBackend(**options).effective_n_jobs(n_jobs) == expected
+
+
+def test_n_jobs_zero_has_no_meaning() -> None:
+    with pytest.raises(ValueError, match="n_jobs == 0"):
+        EzPoolBackend().effective_n_jobs(0)
+
+
+def test_the_number_of_processes_is_n_jobs() -> None:
+    with parallel_config(backend="ezpool", n_jobs=3):
+        pids = set(Parallel()(delayed(h.pid_after_nap)(x, 0.2) for x in range(9)))
+    assert len(pids) == 3
+
+
+def test_the_backend_pickles_without_its_pool() -> None:
+    import pickle
+
+    backend = EzPoolBackend("distributed", workers=["PYRO:worker@localhost:21000"])
+    copy = pickle.loads(pickle.dumps(backend))
+    assert isinstance(copy, EzPoolBackend) and repr(copy) == repr(backend)
+    assert repr(backend) == "EzPoolBackend(mode='distributed', workers=['PYRO:worker@localhost:21000'])"
+
+
+# --- scikit-learn --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["fork", "distributed"])
+def test_grid_search_finds_what_it_finds_without_ezpool(mode: str) -> None:
+    datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    x, y = datasets.load_iris(return_X_y=True)
+    grid = {"C": [0.1, 1, 10], "gamma": ["scale", 0.1]}
+    alone = GridSearchCV(SVC(), grid, cv=3).fit(x, y)
+    with parallel_config(backend="ezpool", **MODES[mode]()):
+        shared = GridSearchCV(SVC(), grid, cv=3, n_jobs=2).fit(x, y)
+    assert shared.best_params_ == alone.best_params_
+    assert shared.cv_results_["mean_test_score"].tolist() == alone.cv_results_["mean_test_score"].tolist()
