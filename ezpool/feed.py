@@ -26,7 +26,7 @@ from .backends.base import Batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Admit", "Feed", "Live", "Lookup"]
+__all__ = ["Admit", "Feed", "Live", "Lookup", "stored_batches"]
 
 #: Given tasks just read, the outcomes already known for some of them, by index:
 #: ``{index: (value, elapsed, worker, failed)}``.
@@ -270,16 +270,13 @@ class Feed(Sequence[Any]):
         known = self._lookup(block) if self._lookup is not None else {}
         if not known:
             return [(first, self.read)]
+        self._settled.extend(stored_batches({first + index: found for index, found in known.items()}))
         runs: list[tuple[int, int]] = []
         for index in range(len(block)):
             position = first + index
-            found = known.get(index)
-            if found is not None:
-                value, elapsed, worker, failed = found
-                batch = Batch(position, [value], [elapsed], {0} if failed else set(), worker)
-                batch.stored = True
-                self._settled.append(batch)
-            elif runs and runs[-1][1] == position:
+            if index in known:
+                continue
+            if runs and runs[-1][1] == position:
                 runs[-1] = (runs[-1][0], position + 1)
             else:
                 runs.append((position, position + 1))
@@ -313,3 +310,24 @@ class Feed(Sequence[Any]):
         if index < 0 or position >= self.read:
             raise IndexError(f"task {position} is not held")
         return starts[index]
+
+
+def stored_batches(known: dict[int, Any]) -> Iterator[Batch]:
+    """Stored outcomes ``{position: (value, elapsed, worker, failed)}`` as batches: one per
+    run of consecutive positions from the same worker."""
+    run: list[int] = []
+    for position in sorted(known):
+        if run and (position != run[-1] + 1 or known[position][2] != known[run[0]][2]):
+            yield _stored_run(known, run)
+            run = []
+        run.append(position)
+    if run:
+        yield _stored_run(known, run)
+
+
+def _stored_run(known: dict[int, Any], run: list[int]) -> Batch:
+    found = [known[position] for position in run]
+    failed = {offset for offset, item in enumerate(found) if item[3]}
+    batch = Batch(run[0], [item[0] for item in found], [item[1] for item in found], failed, found[0][2])
+    batch.stored = True
+    return batch

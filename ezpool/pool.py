@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import backends
 from .backends.base import Batch
-from .feed import Feed, Live
+from .feed import Feed, Live, stored_batches
 from .options import Options
 from .output import Relay
 from .progress import Progress
 from .results import Results, ResultsBuilder, TaskOutcome
-from .tasks import unique_tasks
+from .tasks import iterate_tasks, unique_tasks
 
 if TYPE_CHECKING:
     from .executor import PoolExecutor
@@ -179,7 +179,7 @@ class Pool:
         try:
             backend = self._backend(mode)
             known = sweep.lookup(keys) if sweep is not None and sweep.known() else {}
-            for batch in _stored_batches(known):
+            for batch in stored_batches(known):
                 builder.add(batch)
             todo, where = _missing(keys, known)
             if known:
@@ -238,7 +238,7 @@ class Pool:
         """
         settings = self.options.replace(**overrides)
         self._check_open()
-        source = tasks if isinstance(tasks, Live) else _iterate(tasks)
+        source = tasks if isinstance(tasks, Live) else iterate_tasks(tasks)
         total = len(tasks) if isinstance(tasks, Sized) else None
         sweep = _open_sweep(settings, fun)
         try:
@@ -316,19 +316,6 @@ class Pool:
 EzPool = Pool
 
 
-def _iterate(tasks: Any) -> Iterator[Any]:
-    """An iterator over ``tasks``, or a ``TypeError`` saying what was given instead."""
-    if tasks is None or isinstance(tasks, (str, bytes)):
-        raise TypeError(
-            f"tasks must be an iterable of tasks, got {tasks!r}; "
-            "wrap a single task in a list, e.g. tasks=[task]"
-        )
-    try:
-        return iter(tasks)
-    except TypeError:
-        raise TypeError(f"tasks must be an iterable of tasks, got {type(tasks).__name__} {tasks!r}") from None
-
-
 def _default_buffer(mode: str, options: Options) -> int:
     """How many tasks ``imap`` may hold when ``buffersize`` is not given: in proportion
     to the workers, and enough that tiny tasks still travel by the thousand."""
@@ -367,25 +354,6 @@ def _missing(
         return keys, None
     where = [position for position in range(len(keys)) if position not in known]
     return [keys[position] for position in where], where
-
-
-def _stored_batches(known: dict[int, Any]) -> Iterator[Batch]:
-    """Stored outcomes ``{position: (value, elapsed, worker, failed)}`` as batches: one per
-    run of consecutive positions from the same worker."""
-    run: list[int] = []
-    for position in sorted(known):
-        if run and (position != run[-1] + 1 or known[position][2] != known[run[0]][2]):
-            yield _stored_run(known, run)
-            run = []
-        run.append(position)
-    if run:
-        yield _stored_run(known, run)
-
-
-def _stored_run(known: dict[int, Any], run: list[int]) -> Batch:
-    found = [known[position] for position in run]
-    failed = {offset for offset, item in enumerate(found) if item[3]}
-    return Batch(run[0], [item[0] for item in found], [item[1] for item in found], failed, found[0][2])
 
 
 def _placed(batch: Batch, where: list[int]) -> Iterator[Batch]:

@@ -8,12 +8,12 @@ anything else, strings and named tuples included, is passed as the one argument.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["unique_tasks", "call"]
+__all__ = ["unique_tasks", "iterate_tasks", "call"]
 
 
 def unique_tasks(tasks: Iterable[Hashable]) -> Sequence[Hashable]:
@@ -25,17 +25,7 @@ def unique_tasks(tasks: Iterable[Hashable]) -> Sequence[Hashable]:
     Raises ``TypeError`` naming the task when one is unhashable, or when ``tasks``
     is not an iterable of tasks, before any task runs.
     """
-    if tasks is None or isinstance(tasks, (str, bytes)):
-        raise TypeError(
-            f"tasks must be an iterable of tasks, got {tasks!r}; "
-            "wrap a single task in a list, e.g. tasks=[task]"
-        )
-    try:
-        items = tasks if isinstance(tasks, (list, tuple, range)) else list(tasks)
-    except TypeError:
-        raise TypeError(
-            f"tasks must be an iterable of tasks, got {type(tasks).__name__} {tasks!r}"
-        ) from None
+    items = tasks if isinstance(tasks, (list, tuple, range)) else list(iterate_tasks(tasks))
     if isinstance(items, range):
         return items
     try:
@@ -52,6 +42,19 @@ def unique_tasks(tasks: Iterable[Hashable]) -> Sequence[Hashable]:
                     "results, so use hashable tasks (e.g. a tuple instead of a list)"
                 ) from None
         raise
+
+
+def iterate_tasks(tasks: Any) -> Iterator[Any]:
+    """An iterator over ``tasks``, or a ``TypeError`` saying what was given instead."""
+    if tasks is None or isinstance(tasks, (str, bytes)):
+        raise TypeError(
+            f"tasks must be an iterable of tasks, got {tasks!r}; "
+            "wrap a single task in a list, e.g. tasks=[task]"
+        )
+    try:
+        return iter(tasks)
+    except TypeError:
+        raise TypeError(f"tasks must be an iterable of tasks, got {type(tasks).__name__} {tasks!r}") from None
 
 
 def call(fun: Callable[..., Any], task: Any) -> Any:
