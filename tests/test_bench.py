@@ -19,10 +19,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run_bench(*args: str, cwd: Path, timeout: float = 100.0) -> subprocess.CompletedProcess[str]:
+def _run_bench(
+    *args: str, cwd: Path, timeout: float = 100.0, module: str = "bench"
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -89,3 +91,17 @@ def test_unknown_workload_is_refused_by_name(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "nonesuch" in done.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.timeout(70)
+def test_the_stragglers_bench_runs_and_writes_its_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "stragglers.json"
+    args = ("--quick", "--tasks", "8", "--seconds", "0.02", "--slowdowns", "5", "--out", str(out))
+    done = _run_bench(*args, cwd=tmp_path, timeout=60, module="bench.stragglers")
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    assert {row["contender"] for row in rows} == {"dmap", "backup=False", "backup=False, chunksize=1"}
+    for row in rows:
+        assert row["slowdown"] == 5 and len(row["samples"]) == 1
+        assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+        assert math.isfinite(row["ratio_to_measured"]) and row["ratio_to_measured"] > 0
