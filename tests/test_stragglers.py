@@ -69,7 +69,7 @@ def _two_link_call(options: Options) -> tuple[Call, Link, Link]:
     tasks = [10, 11]
     links = [_link(1), _link(2)]
     pending = ChunkQueue(tasks, len(links), None, split=True)
-    call = Call(tasks, pending, links, Target("f", "", None), options, lambda link: False)  # type: ignore[arg-type]
+    call = Call(tasks, pending, links, Target("f", "", None), options, lambda link: False)
     return call, links[0], links[1]
 
 
