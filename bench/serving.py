@@ -18,8 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Optional
 
 from .harness import Skip
 
@@ -61,12 +62,15 @@ def child_environment() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def served_workers(module: str, arguments: Sequence[str], count: int) -> Iterator[list[str]]:
+def served_workers(
+    module: str, arguments: Sequence[str], count: int, extra_env: Optional[Mapping[str, str]] = None
+) -> Iterator[list[str]]:
     """Start ``count`` processes ``python -m module *arguments --host 127.0.0.1 --port P``.
 
     Yields the URIs they print, once every one of them has printed one.
+    ``extra_env``: variables added to their environment.
     """
-    env = child_environment()
+    env = {**child_environment(), **(extra_env or {})}
     with tempfile.TemporaryDirectory(prefix="ezpool-bench-") as scratch:
         processes: list[tuple[subprocess.Popen[bytes], Path]] = []
         try:

@@ -7,6 +7,7 @@ Keep this module light: it is imported by every worker process.
 
 from __future__ import annotations
 
+import os
 import time
 from time import perf_counter
 from typing import Any, Callable
@@ -19,12 +20,14 @@ __all__ = [
     "fib27",
     "spin",
     "nap",
+    "straggling_nap",
     "timed_call",
     "SquareWorker",
     "Fib27Worker",
     "NapWorker",
     "SPIN_SECONDS",
     "NAP_SECONDS",
+    "SLOWDOWN_VARIABLE",
     "CPU_N",
 ]
 
@@ -33,6 +36,9 @@ SPIN_SECONDS = 10e-6
 
 #: How long a task of the many-workers workload sleeps.
 NAP_SECONDS = 0.05
+
+#: Environment variable of a worker whose ``straggling_nap`` tasks sleep that many times longer.
+SLOWDOWN_VARIABLE = "EZPOOL_BENCH_SLOWDOWN"
 
 #: The Fibonacci number the CPU-bound workload computes in every task.
 CPU_N = 27
@@ -65,6 +71,12 @@ def nap(x: int) -> int:
     """Sleep 50 ms: a task that costs a worker time but no CPU."""
     time.sleep(NAP_SECONDS)
     return x
+
+
+def straggling_nap(seconds: float) -> float:
+    """Sleep ``seconds``, times ``$EZPOOL_BENCH_SLOWDOWN`` on a worker that has it."""
+    time.sleep(seconds * float(os.environ.get(SLOWDOWN_VARIABLE, "1")))
+    return seconds
 
 
 def timed_call(fun: Callable[[Any], Any], task: Any) -> tuple[Any, float]:

@@ -68,6 +68,11 @@ class ChunkSizer:
     def slots(self) -> int:
         return self._slots
 
+    @property
+    def mean(self) -> Optional[float]:
+        """The mean measured run time of a task so far (``None`` before any was measured)."""
+        return self._seconds / self._tasks if self._tasks else None
+
     def limit(self, remaining: float) -> int:
         """Most tasks the next chunk should hold when ``remaining`` tasks are left
         (``math.inf`` while more tasks may still be read).

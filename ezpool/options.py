@@ -66,6 +66,15 @@ class Options:
         max_attempts: how many times a task is tried when the process running it dies.
         heartbeat: in the distributed mode, seconds a busy worker may leave a check
             unanswered (a stopped process, a cut network) before its tasks go to others.
+        backup: in the distributed mode, when no task waits to be sent and a worker is
+            idle while another has held its chunk for twice the time its tasks were
+            expected to take (judged from the run times measured in the call, and at
+            least 0.2 s), the idle worker runs a backup copy of that chunk. The first
+            answer is kept; the other copy is broken off, and its worker stops after the
+            task it is running. So a slow but live worker does not hold up the end of a
+            call, but a task there may run twice: turn it off for tasks whose side
+            effects must not be repeated. ``max_attempts`` counts as before: a copy that
+            fails while the other still runs counts nothing. The other modes ignore it.
         capture_output: in the parallel and distributed modes, send back what each task
             writes to ``sys.stdout`` and ``sys.stderr`` and logs with ``logging``, and show
             it here, each line tagged ``[WORKER task TASK]``: text on this process's
@@ -104,6 +113,7 @@ class Options:
     ship_modules: Sequence[Union[str, ModuleType]] = ()
     max_attempts: int = 2
     heartbeat: float = 10.0
+    backup: bool = True
     capture_output: bool = False
     store: Optional[PathText] = None
     store_key: Optional[str] = None
@@ -127,6 +137,8 @@ class Options:
             raise TypeError(f"heartbeat must be a number of seconds, got {self.heartbeat!r}")
         if not self.heartbeat > 0:
             raise ValueError(f"heartbeat must be positive, got {self.heartbeat!r}")
+        if not isinstance(self.backup, bool):
+            raise TypeError(f"backup must be True or False, got {self.backup!r}")
         if self.start_method is not None:
             methods = multiprocessing.get_all_start_methods()
             if self.start_method not in methods:

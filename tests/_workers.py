@@ -130,3 +130,20 @@ class SquareNap(BaseWorker):
     def run(self, x: Any) -> Any:
         time.sleep(0.05)
         return x * x, os.getpid()
+
+
+#: Seconds a ``straggle`` task sleeps on a worker started with this variable set (else 0.01).
+SLOW_VARIABLE = "EZPOOL_TEST_SLOW"
+
+
+def straggle(task: Any) -> tuple[Any, int]:
+    """Sleep (long on a worker marked slow), say which task ran, return ``(task, pid)``."""
+    time.sleep(float(os.environ.get(SLOW_VARIABLE, "0.01")))
+    print(f"ran {task}")
+    return task, os.getpid()
+
+
+def straggle_and_fail(task: Any) -> None:
+    """Sleep as ``straggle`` does, then raise ``Oops`` naming the task and the process."""
+    time.sleep(float(os.environ.get(SLOW_VARIABLE, "0.01")))
+    raise Oops(f"task {task} failed in pid {os.getpid()}")

@@ -107,3 +107,17 @@ def test_joblib_bench_times_the_ezpool_backend_against_loky(tmp_path: Path) -> N
     assert set(ratios) == {("ezpool, pool kept", "loky"), ("ezpool, pool per call", "loky")}
     assert all(math.isfinite(ratio) and ratio > 0 for ratio in ratios.values())
     assert "ezpool, pool kept / loky" in done.stdout
+
+
+@pytest.mark.timeout(70)
+def test_the_stragglers_bench_runs_and_writes_its_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "stragglers.json"
+    args = ("--quick", "--tasks", "8", "--seconds", "0.02", "--slowdowns", "5", "--out", str(out))
+    done = _run_bench(*args, cwd=tmp_path, timeout=60, module="bench.stragglers")
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    assert {row["contender"] for row in rows} == {"dmap", "backup=False", "backup=False, chunksize=1"}
+    for row in rows:
+        assert row["slowdown"] == 5 and len(row["samples"]) == 1
+        assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+        assert math.isfinite(row["ratio_to_measured"]) and row["ratio_to_measured"] > 0

@@ -42,6 +42,8 @@ BAD_VALUES = [
     ("capture_output", "yes", TypeError),
     ("capture_output", 1, TypeError),
     ("capture_output", None, TypeError),
+    ("backup", "no", TypeError),
+    ("backup", 0, TypeError),
 ]
 
 IDS = [f"{name}={value!r}" for name, value, _ in BAD_VALUES]

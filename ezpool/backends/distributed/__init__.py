@@ -21,6 +21,8 @@ pool; a call adds one thread per worker)::
 
 Dynamic load balancing comes from the shared queue: a worker asks for its next
 chunk when it has sent back the last, so fast and slow machines both stay busy.
+When no chunk is left to send, an idle worker runs a backup copy of one that is
+late (see ``backups``), so that a slow but live worker does not hold up the end.
 A worker's states and the moves between them are in ``links``; what happens to
 a chunk, whatever went wrong, is decided in ``dispatch.Call.settle``.
 """

@@ -16,6 +16,11 @@ for the chunk's tasks:
     chunk: each task counts an attempt, and is retried on its own or, after
     ``max_attempts``, ends as ``WorkerCrashed``.
 
+When no task waits to be sent, an idle worker may run a backup copy of a chunk
+that is late (see ``backups``); a chunk is then held by two links. The first
+``done`` settles it, and the other copy is broken off and its answer dropped; a
+copy that fails while the other still runs is dropped too, counting nothing.
+
 Whatever a worker's thread meets, any exception included, the chunk it holds is
 settled before the thread ends, so no task is ever lost or reported twice.
 """
@@ -39,6 +44,7 @@ from ...output import capture_level
 from ...serialization import loads, rebuild
 from ...servant import GENERIC
 from ..base import Batch
+from .backups import Claim, pick
 from .connect import CONNECT_TIMEOUT, fits, hello, version_table
 from .links import Link, State
 
@@ -91,11 +97,12 @@ class Call:
         self.timeout = options.timeout
         self.heartbeat = options.heartbeat
         self.max_attempts = options.max_attempts
+        self.backup = options.backup
         # Sent only when wanted, so that a call without it is one any worker knows.
         level = capture_level(options)
         self.capture = [] if level is None else [level]
         self.restart = restart  # starts again a worker this pool started, if it died
-        self.held: dict[Link, Chunk] = {}
+        self.held: dict[Link, Claim] = {}  # a chunk with a backup copy is held by two links
         self.attempts: dict[int, int] = {}
         self.returns: dict[int, int] = {}
         self.cond = threading.Condition()
@@ -216,14 +223,37 @@ class Call:
             self.outbox.put(_EXIT)
 
     def _take(self, link: Link) -> Optional[Chunk]:
-        """The next chunk, waiting while other workers may still give some back."""
+        """The next chunk, or a backup copy of a late one when none waits to be sent;
+        waiting while other workers may still give some back."""
         with self.cond:
-            while not self.pending and (self.held or not self.pending.exhausted) and not self.stop.is_set():
-                self.cond.wait(0.5)
-            if not self.pending or self.stop.is_set():
-                return None
-            chunk = self.held[link] = self.pending.take()
-            return chunk
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if self.pending:
+                    chunk = self.pending.take()
+                    self.held[link] = Claim(chunk, link, now)
+                    return chunk
+                if not self.held and self.pending.exhausted:
+                    return None
+                pause = 0.5
+                if self.backup:
+                    claim, wait = pick(dict.fromkeys(self.held.values()), self.pending.sizer.mean, now)
+                    if claim is not None:
+                        logger.info("worker %s has held tasks %d..%d for %.1f s; %s runs a backup copy",
+                                    claim.links[0].text, claim.chunk.start, claim.chunk.stop - 1,
+                                    now - claim.since, link.text)
+                        claim.links.append(link)
+                        claim.since = now
+                        self.held[link] = claim
+                        return claim.chunk
+                    pause = min(pause, wait)
+                self.cond.wait(pause)
+            return None
+
+    def _superseded(self, link: Link) -> bool:
+        """Whether another copy of the chunk ``link`` holds has already settled it."""
+        with self.cond:
+            claim = self.held.get(link)
+            return claim is not None and claim.settled
 
     def _send(self, link: Link, chunk: Chunk) -> Verdict:
         """Run ``chunk`` on ``link``'s worker; never raises for what the network does."""
@@ -235,6 +265,9 @@ class Call:
             link.move(State.LOST, f"cannot connect: {_pyro.translate(exc, link.text)}")
             return Verdict("returned", reason=link.reason)
         link.move(State.RUNNING)
+        if self._superseded(link):  # from now on, settling the chunk breaks this connection off
+            link.move(State.READY)
+            return Verdict("returned", reason="another copy of the chunk answered first")
         fid, count = self.target.shipment.fid, chunk.stop - chunk.start
         try:
             if link.serves == GENERIC and fid not in link.loaded:
@@ -272,6 +305,9 @@ class Call:
             reason = f"it left a check unanswered for {self.heartbeat} s"
             link.move(State.LOST, reason)
             return Verdict("lost", reason=reason)
+        if self._superseded(link):  # broken off on purpose: the worker is fine
+            link.move(State.READY)
+            return Verdict("returned", reason="another copy of the chunk answered first")
         try:
             info = hello(link, min(CONNECT_TIMEOUT, self.heartbeat))
         except Exception as error:
@@ -329,10 +365,26 @@ class Call:
     # --- the one place a chunk's fate is decided -----------------------------------
 
     def settle(self, link: Link, chunk: Chunk, verdict: Verdict) -> None:
-        """Report or requeue every task of ``chunk``, exactly once."""
+        """Report or requeue every task of ``chunk``, exactly once, whichever copy answers."""
         with self.cond:
-            held = self.held.pop(link, None)
-            assert held is chunk, f"{link.text} settles a chunk it does not hold"
+            claim = self.held.pop(link, None)
+            assert claim is not None and claim.chunk is chunk, f"{link.text} settles a chunk it does not hold"
+            claim.links.remove(link)
+            if claim.settled or (verdict.kind != "done" and claim.links):
+                self.cond.notify_all()
+                dropped = "another copy answered first" if claim.settled else "another copy still runs"
+            else:
+                dropped = ""
+                claim.settled = True
+                for other in claim.links:  # they lost the race: their workers stop after this task
+                    if other.connection is not None:
+                        other.connection.abort()
+        if dropped:
+            logger.debug("dropped the %s answer of %s for tasks %d..%d: %s",
+                         verdict.kind, link.text, chunk.start, chunk.stop - 1, dropped)
+            if claim.settled and link.connection is not None:
+                link.connection.close()  # it may have been broken off just after answering
+            return
         batches: list[Batch] = []
         again: list[tuple[int, int, bool]] = []  # (start, stop, alone) to send again
         try:
