@@ -26,7 +26,8 @@ extensions = [
 exclude_patterns = ["_build"]
 html_theme = "furo"
 html_title = f"EzPool {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["ezpool.css"]
 
 # Nitpicky builds (``-n``, as the docs session and tests/test_docs.py run them)
 # flag every cross-reference that resolves to nothing. The builds are offline, so
