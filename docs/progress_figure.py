@@ -1,7 +1,7 @@
 """Draw ``docs/_static/progress.png``: a real ``pmap`` and its progress bar, as a terminal shows it.
 
-Run it from the root of a checkout (it needs matplotlib, from the ``bench`` or
-``docs`` extra)::
+Run it from the root of a checkout, on Linux or macOS (it needs matplotlib, which
+the ``bench`` extra installs)::
 
     python docs/progress_figure.py
 
