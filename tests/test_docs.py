@@ -201,7 +201,7 @@ def _docs_tools_or_skip() -> None:
         return
     message = (
         f"{' and '.join(missing)} not installed: python -m pip install -e \".[docs]\" "
-        "(the nox docs session installs them and runs this test)"
+        "(the nox docs session installs the docs extra and runs this test)"
     )
     if os.environ.get("EZPOOL_DOCS_REQUIRED"):
         pytest.fail(message)
