@@ -33,7 +33,9 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+#: Seconds for a test that builds: the first one fetches the build backend into an
+#: isolated environment and builds both archives (a minute or two here).
+BUILD_TIMEOUT = 600
 
 #: What a copy of the checkout leaves out: caches, builds and version control.
 _NOT_SOURCE = shutil.ignore_patterns(
@@ -122,12 +124,16 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_twine_check_strict_passes_on_both(built: Built) -> None:
     out = _run([sys.executable, "-m", "twine", "check", "--strict", str(built.sdist), str(built.wheel)],
                cwd=built.source, timeout=120)
     assert out.count("PASSED") == 2, out
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_the_sdist_carries_every_file_its_tests_docs_and_benchmarks_use(built: Built) -> None:
     files = built.sdist_files()
     for needed in [
@@ -143,6 +149,8 @@ def test_the_sdist_carries_every_file_its_tests_docs_and_benchmarks_use(built: B
     assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc")]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_tests_run_from_the_unpacked_sdist(unpacked_sdist: Path) -> None:
     env = dict(_clean_env(), PYTHONPATH=str(unpacked_sdist))
     chosen = "fib_serial or fib_parallel or montecarlo_serial or readme_example_runs"
@@ -152,6 +160,8 @@ def test_tests_run_from_the_unpacked_sdist(unpacked_sdist: Path) -> None:
     assert "4 passed" in out, out
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_the_wheel_metadata_is_what_pypi_shows(built: Built) -> None:
     with zipfile.ZipFile(built.wheel) as wheel:
         names = set(wheel.namelist())
@@ -174,6 +184,8 @@ def test_the_wheel_metadata_is_what_pypi_shows(built: Built) -> None:
     assert {name.split("/")[0] for name in names} == {"ezpool", dist_info}  # no tests, no examples
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_the_wheel_imports_from_a_fresh_venv_and_its_script_serves(wheel_venv: Path, tmp_path: Path) -> None:
     python, script = wheel_venv / "bin" / "python", wheel_venv / "bin" / "ezpool-serve"
     env = _clean_env()
@@ -202,6 +214,19 @@ def test_the_wheel_imports_from_a_fresh_venv_and_its_script_serves(wheel_venv: P
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
         worker.communicate(timeout=20)
+
+
+@pytest.mark.timeout(30)
+def test_the_changelog_has_this_version_and_an_unreleased_section() -> None:
+    import docutils.core
+    import docutils.utils
+
+    text = (ROOT / "CHANGELOG.rst").read_text(encoding="utf-8")
+    settings = {"halt_level": docutils.utils.Reporter.WARNING_LEVEL, "report_level": 5}
+    docutils.core.publish_doctree(text, settings_overrides=settings)  # valid reStructuredText, or it raises
+    headings = [line for line, under in zip(text.splitlines(), text.splitlines()[1:]) if set(under) == {"-"}]
+    assert headings[0] == "Unreleased"
+    assert headings[1].startswith(f"{ezpool.__version__} - ")
 
 
 def _until_started(worker: subprocess.Popen, timeout: float) -> tuple[str, str]:
