@@ -320,19 +320,20 @@ def _serve_many(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     if args.spec:
         load_target(args.spec)  # fail here, once, rather than in every process
-    children, uris = [], []
+    children, relays = [], []
     writing = threading.Lock()
     for index in range(args.procs):
         command = [sys.executable, "-m", "ezpool.serve", *_child_args(args, args.port + index)]
         child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         children.append(child)
-        uris.append(_Forward(child, writing))
+        relays.append(_Relay(child, writing))
+        relays[-1].start()
     status = 0
     announced = False
     try:
         while not stop.wait(0.2):
-            if not announced and all(forward.first.is_set() for forward in uris):
-                first, last = uris[0].line, uris[-1].line
+            if not announced and all(relay.first.is_set() for relay in relays):
+                first, last = relays[0].line, relays[-1].line
                 where = f"{first} to {last} ({args.procs} processes)"
                 _say_started(args, where, args.tls_cert is not None)
                 announced = True
@@ -356,7 +357,7 @@ def _serve_many(args: argparse.Namespace) -> int:
     return status
 
 
-class _Forward(threading.Thread):
+class _Relay(threading.Thread):
     """Copies a child's stdout to ours, line by line; ``first`` is set once its URI came."""
 
     def __init__(self, child: subprocess.Popen[str], writing: threading.Lock) -> None:
@@ -365,7 +366,6 @@ class _Forward(threading.Thread):
         self.writing = writing
         self.first = threading.Event()
         self.line = ""
-        self.start()
 
     def run(self) -> None:
         assert self.child.stdout is not None
