@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 #: Names imported on first use, so that ``import ezpool`` stays light (no SQLite, no cloudpickle).
 _LAZY = {"open_store": ".store", "PoolExecutor": ".executor"}
 
+#: The one place the version is written: pyproject.toml reads it for the package metadata.
 __version__ = "0.1.0"
 
 __all__ = [

@@ -1,11 +1,14 @@
-"""``python -m ezpool.serve [MODULE:NAME]``: host a worker for the distributed mode.
+"""``ezpool-serve [MODULE:NAME]`` (or ``python -m ezpool.serve``): host a worker for the distributed mode.
 
 Without ``MODULE:NAME`` the worker is *generic*: it runs whatever function or
 ``BaseWorker`` class an authenticated client sends (``ezpool.code``). With it, the
 worker serves that one ``BaseWorker`` subclass or function from ``MODULE`` (a
 dotted module name, or the path of a ``.py`` file) and refuses others. Each
-process prints the URI it serves, and stops cleanly on SIGINT or SIGTERM.
-``--procs N`` serves from N processes, on ports ``port`` to ``port + N - 1``.
+process prints the URI it serves on stdout, for programs to read, and stops
+cleanly on SIGINT or SIGTERM. ``--procs N`` serves from N processes, on ports
+``port`` to ``port + N - 1``. Started by a person (not by a pool or by ``--procs``,
+which pass ``--parent-pid``), it also says on stderr, in one line, what it serves,
+where, and that Ctrl-C stops it. ``-v`` logs what the worker does, to stderr.
 
 Security: workers unpickle what clients send, and unpickling can run code, so
 every connection needs the key (``ezpool.security``: ``--hmac-key-file``,
@@ -32,7 +35,8 @@ from typing import Any, Optional
 from .errors import SecurityError, ServeError
 from .worker import BaseWorker
 
-logger = logging.getLogger(__name__)
+#: Named in full: under ``python -m ezpool.serve``, ``__name__`` is ``"__main__"``, outside "ezpool".
+logger = logging.getLogger("ezpool.serve")
 
 __all__ = ["main", "load_target"]
 
@@ -48,21 +52,67 @@ _RESTART_GRACE = 0.3
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    parser = _parser(_prog(sys.argv[0] if sys.argv else ""))
+    args = parser.parse_args(argv)
     args.argv = argv
+    args.prog = parser.prog
+    if args.verbose:
+        _log_to_stderr(args.verbose)
     try:
         key, tls = _security(args)
         if args.procs > 1:
             return _serve_many(args)
         return _serve_one(args, key, tls)
     except ServeError as exc:
-        print(f"ezpool.serve: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
 
 
-def _parser() -> argparse.ArgumentParser:
+def _prog(argv0: str) -> str:
+    """How the user started this: ``python -m ezpool.serve`` or the ``ezpool-serve`` script."""
+    return "python -m ezpool.serve" if Path(argv0).name in ("serve.py", "__main__.py") else "ezpool-serve"
+
+
+_EPILOG = """\
+examples:
+  a generic worker on 127.0.0.1:21000, which runs any function or BaseWorker class
+  sent by a client that holds the key:
+
+    {prog}
+
+  FibWorker only, from 4 processes on ports 21000-21003, reachable from other
+  machines whose clients use the key in ~/.ezpool-key:
+
+    {prog} examples/fib.py:FibWorker --host 192.0.2.7 --procs 4 \\
+        --hmac-key-file ~/.ezpool-key
+
+environment:
+  {key_env}    the shared key, when --hmac-key-file is not given; without
+                     either, the per-user key file ({key_file_env}, else
+                     ezpool/key in your config directory), made on first use
+
+Each process prints its URI (PYRO:NAME@HOST:PORT) on stdout; give the URIs to
+dmap(..., workers=[...]). Ctrl-C or SIGTERM stops every process.
+"""
+
+
+def _parser(prog: str = "ezpool-serve") -> argparse.ArgumentParser:
+    from . import __version__
+    from .security import KEY_ENV, KEY_FILE_ENV
+
     parser = argparse.ArgumentParser(
-        prog="python -m ezpool.serve", description="Serve an EzPool worker over the network."
+        prog=prog,
+        description="Serve an EzPool worker over the network, for Pool.dmap.",
+        epilog=_EPILOG.format(prog=prog, key_env=KEY_ENV, key_file_env=f"${KEY_FILE_ENV}"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", help="show EzPool's version and exit",
+        version=f"ezpool {__version__} (Python {sys.version_info.major}.{sys.version_info.minor})",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0,
+        help="log what the worker does to stderr (-vv: Pyro4's log too)",
     )
     parser.add_argument(
         "spec", metavar="MODULE:NAME", nargs="?",
@@ -71,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=21000, help="port of the first process (default 21000)")
     parser.add_argument("--name", default="worker", help="object name in the URI (default 'worker')")
-    parser.add_argument("--procs", type=_positive, default=1, help="worker processes to start (default 1)")
+    parser.add_argument(
+        "--procs", type=_positive, default=1, metavar="N", help="worker processes to start (default 1)"
+    )
     parser.add_argument("--ns", metavar="HOST[:PORT]", help="register with this Pyro4 name server")
     parser.add_argument("--ns-prefix", default="ezpool.", help="prefix of registered names")
     parser.add_argument(
@@ -98,6 +150,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     return parser
+
+
+def _log_to_stderr(verbosity: int) -> None:
+    """``-v``: EzPool's debug log on stderr; ``-vv``: every library's too."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s [pid %(process)d] %(name)s %(levelname)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+    logging.getLogger("ezpool").setLevel(logging.DEBUG)
 
 
 def _positive(text: str) -> int:
@@ -212,6 +276,8 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl
                 raise ServeError(f"cannot register with the name server at {args.ns}: {exc}") from None
             registration = keeper
         print(server.uri, flush=True)
+        if not args.parent_pid:
+            _say_started(args, str(server.uri), tls is not None)
         logger.debug("serving %s at %s as %s", args.spec or "any function", server.uri, servant.identity)
         while not stop.wait(0.1) and not restart.is_set():
             pass
@@ -230,6 +296,15 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl
     return 0
 
 
+def _say_started(args: argparse.Namespace, where: str, tls: bool) -> None:
+    """The one line a person sees when the worker is up: what it serves, where, how to stop it."""
+    what = args.spec or "any function or BaseWorker class a client sends"
+    over = " over TLS" if tls else ""
+    registered = f", registered with the name server at {args.ns}" if args.ns else ""
+    line = f"{args.prog}: serving {what} at {where}{over}{registered}; Ctrl-C to stop"
+    print(line, file=sys.stderr, flush=True)
+
+
 def _replace_process(argv: list[str]) -> None:
     """Become a fresh worker with the same command line: the one way to stop a stuck task."""
     logger.warning("restarting to stop a task that overran its timeout")
@@ -245,13 +320,23 @@ def _serve_many(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     if args.spec:
         load_target(args.spec)  # fail here, once, rather than in every process
-    children = []
+    children, relays = [], []
+    writing = threading.Lock()
     for index in range(args.procs):
         command = [sys.executable, "-m", "ezpool.serve", *_child_args(args, args.port + index)]
-        children.append(subprocess.Popen(command))
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        children.append(child)
+        relays.append(_Relay(child, writing))
+        relays[-1].start()
     status = 0
+    announced = False
     try:
         while not stop.wait(0.2):
+            if not announced and all(relay.first.is_set() for relay in relays):
+                first, last = relays[0].line, relays[-1].line
+                where = f"{first} to {last} ({args.procs} processes)"
+                _say_started(args, where, args.tls_cert is not None)
+                announced = True
             failed = [child for child in children if child.poll() not in (None, 0)]
             if failed:
                 status = 1
@@ -272,6 +357,27 @@ def _serve_many(args: argparse.Namespace) -> int:
     return status
 
 
+class _Relay(threading.Thread):
+    """Copies a child's stdout to ours, line by line; ``first`` is set once its URI came."""
+
+    def __init__(self, child: subprocess.Popen[str], writing: threading.Lock) -> None:
+        super().__init__(daemon=True)
+        self.child = child
+        self.writing = writing
+        self.first = threading.Event()
+        self.line = ""
+
+    def run(self) -> None:
+        assert self.child.stdout is not None
+        for line in self.child.stdout:
+            with self.writing:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            if not self.first.is_set():
+                self.line = line.strip()
+                self.first.set()
+
+
 def _child_args(args: argparse.Namespace, port: int) -> list[str]:
     command = [*([args.spec] if args.spec else []), "--host", args.host, "--port", str(port)]
     command += ["--name", args.name]
@@ -287,6 +393,8 @@ def _child_args(args: argparse.Namespace, port: int) -> list[str]:
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.tls_require_client_cert:
         command.append("--tls-require-client-cert")
+    if args.verbose:
+        command.append("-" + "v" * args.verbose)
     return command
 
 

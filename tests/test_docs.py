@@ -116,6 +116,14 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert text.index(".. code-block:: bash") == first_block
 
 
+def test_readme_says_what_ezpool_is_and_how_to_install_it_before_any_command() -> None:
+    # PyPI shows the README: its opening is for people who have no checkout.
+    text = (ROOT / "README.rst").read_text(encoding="utf-8")
+    opening = text[: text.index(".. code-block::")]
+    assert opening.split("\n\n")[1].startswith("EzPool runs one function over many tasks")
+    assert "``python -m pip install ezpool``" in opening
+    assert opening.rstrip().endswith("run these two commands first:")
+
 
 def test_recipe_for_worker_output_runs_and_shows_what_it_says(tmp_path: Path) -> None:
     source = next(block for block in code_blocks(DOCS / "recipes.rst", "python") if "capture_output" in block)

@@ -247,3 +247,91 @@ def test_a_few_thousand_malformed_frames_leave_the_worker_serving(serve):
     with Pool(spawn=False) as pool:
         assert pool.dmap(Square, [6, 7], workers=served.uris) == {6: 36, 7: 49}
     assert served.process.poll() is None
+
+
+# --- the command line a person meets: help, version, the start line, -v ---
+
+
+def _stderr_line(process: subprocess.Popen, timeout: float = 20) -> str:
+    """The next line ``process`` writes on stderr, waiting at most ``timeout`` seconds."""
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stderr, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise AssertionError(f"nothing on stderr within {timeout} s")
+    return process.stderr.readline().rstrip("\n")
+
+
+def _stop_and_read_stderr(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGINT)
+    assert process.wait(15) == 0
+    return process.stderr.read()
+
+
+def test_help_names_the_command_as_started_with_two_examples_and_the_key_variable(core_child_env):
+    done = _run_serve("--help", env=core_child_env)
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("usage: python -m ezpool.serve ")
+    epilog = done.stdout[done.stdout.index("\nexamples:\n") :]
+    commands = [line for line in epilog.splitlines() if line.strip().startswith("python -m ezpool.serve")]
+    assert len(commands) == 2, epilog
+    assert "EZPOOL_HMAC_KEY" in epilog and "--verbose" in done.stdout and "--version" in done.stdout
+
+
+def test_the_program_name_is_how_it_was_started():
+    from ezpool.serve import _prog
+
+    assert _prog("/usr/lib/python3/site-packages/ezpool/serve.py") == "python -m ezpool.serve"
+    assert _prog("/home/me/venv/bin/ezpool-serve") == "ezpool-serve"
+
+
+def test_version_is_the_package_version(core_child_env):
+    import ezpool
+
+    done = _run_serve("--version", env=core_child_env)
+    assert done.returncode == 0
+    assert done.stdout.split()[:2] == ["ezpool", ezpool.__version__]
+
+
+def test_a_started_worker_says_in_one_line_what_it_serves_where_and_how_to_stop(serve):
+    served = serve("tests._workers:Square")
+    (uri,) = served.uris
+    line = _stderr_line(served.process)
+    assert line == f"python -m ezpool.serve: serving tests._workers:Square at {uri}; Ctrl-C to stop"
+    assert _stop_and_read_stderr(served.process) == ""  # that line was all, up to a clean stop
+    generic = serve("")
+    assert f"serving any function or BaseWorker class a client sends at {generic.uris[0]};" in _stderr_line(
+        generic.process
+    )
+
+
+def test_procs_say_it_once_for_every_process(serve):
+    port = free_port()
+    served = serve("tests._workers:Square", procs=2, port=port)
+    first, last = (f"PYRO:worker@127.0.0.1:{port + i}" for i in range(2))
+    line = _stderr_line(served.process)
+    assert line == (
+        f"python -m ezpool.serve: serving tests._workers:Square at {first} to {last} (2 processes); "
+        "Ctrl-C to stop"
+    )
+    assert _stop_and_read_stderr(served.process) == ""
+
+
+def test_a_worker_started_by_a_program_does_not_announce_itself(serve):
+    served = serve("tests._workers:Square", "--parent-pid", str(os.getpid()))
+    assert served.uris
+    assert _stop_and_read_stderr(served.process) == ""
+
+
+def test_verbose_logs_what_the_worker_does_to_stderr(serve):
+    port = free_port()
+    served = serve("tests._workers:Square", "-v", port=port)
+    with Pool(spawn=False) as pool:
+        assert pool.dmap(Square, [2], workers=served.uris) == {2: 4}
+    log = _stop_and_read_stderr(served.process)
+    assert f"ezpool.serve DEBUG: serving tests._workers:Square at PYRO:worker@127.0.0.1:{port}" in log
+    quiet = serve("tests._workers:Square")
+    with Pool(spawn=False) as pool:
+        assert pool.dmap(Square, [2], workers=quiet.uris) == {2: 4}
+    assert "DEBUG" not in _stop_and_read_stderr(quiet.process)
