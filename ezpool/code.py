@@ -166,6 +166,9 @@ def _functions(fun: Any, has_file: Callable[[str], bool]) -> Iterator[Any]:
         if id(item) in seen:
             continue
         seen.add(id(item))
+        if isinstance(item, functools.partial):  # a function or class with a context
+            todo.append(item.func)
+            continue
         if isinstance(item, type):
             for klass in item.__mro__[:-1]:  # every class but ``object``
                 for value in vars(klass).values():

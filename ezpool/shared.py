@@ -41,6 +41,7 @@ import contextlib
 import hashlib
 import logging
 import mmap
+import multiprocessing.util
 import os
 import pickle
 import sys
@@ -119,6 +120,8 @@ class Shelf:
         self._recent: collections.OrderedDict[str, tuple[_Segment, ...]] = collections.OrderedDict()
         self._segments: list[_Segment] = []
         self._shared = _can_share()
+        # A worker forked from this process must not keep these segments alive.
+        multiprocessing.util.register_after_fork(self, Shelf.close)
 
     def publish(self, fun: Callable[..., Any], workers: int) -> Parcel:
         """The parcel of ``fun`` for ``workers`` processes; ``TypeError`` naming ``fun``
