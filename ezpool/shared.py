@@ -45,6 +45,7 @@ import multiprocessing.util
 import os
 import pickle
 import sys
+import weakref
 from typing import Any, Callable, NamedTuple, Union
 
 logger = logging.getLogger(__name__)
@@ -118,8 +119,10 @@ class Shelf:
     def __init__(self) -> None:
         # fid -> the segments its function uses, newest first
         self._recent: collections.OrderedDict[str, tuple[_Segment, ...]] = collections.OrderedDict()
-        self._segments: list[_Segment] = []
+        self._segments: list[_Segment] = []  # changed in place only: the finalizer holds it
         self._shared = _can_share()
+        # Closed by close(), or when this shelf is garbage-collected (a pool never shut down).
+        self._finalizer = weakref.finalize(self, _close_all, self._segments)
         # A worker forked from this process must not keep these segments alive.
         multiprocessing.util.register_after_fork(self, Shelf.close)
 
@@ -154,9 +157,7 @@ class Shelf:
     def close(self) -> None:
         """Close every segment: the memory goes once the workers let go of it too."""
         self._recent.clear()
-        segments, self._segments = self._segments, []
-        for segment in segments:
-            segment.close()
+        _close_all(self._segments)
 
     def _segment_for(self, buffer: memoryview) -> _Segment:
         for segment in self._segments:
@@ -179,6 +180,12 @@ class Shelf:
         for segment in [s for s in self._segments if id(s) not in used]:
             self._segments.remove(segment)
             segment.close()
+
+
+def _close_all(segments: list[_Segment]) -> None:
+    """Close and forget every segment of ``segments``."""
+    while segments:
+        segments.pop().close()
 
 
 class Loader:
