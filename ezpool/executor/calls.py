@@ -78,7 +78,8 @@ class Code:
     def __init__(self, fn: Callable[..., Any]) -> None:
         from ..code import ship  # (cloudpickle: imported when first needed)
 
-        self.fid, self.blob = ship(fn)
+        shipment = ship(fn)
+        self.fid, self.blob = shipment.fid, shipment.blob
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (load_code, (self.fid, self.blob))
