@@ -133,7 +133,8 @@ class Shelf:
         digest = hashlib.sha256(blob)
         held: list[_Segment] = []
         parts: list[Union[Mapped, bytes]] = []
-        copy = sum(buffer.nbytes for buffer in buffers) * workers <= _available_memory() * COPY_SHARE
+        big = sum(buffer.nbytes for buffer in buffers)
+        copy = bool(buffers) and big * workers <= _available_memory() * COPY_SHARE
         for buffer in buffers:
             if self._shared:
                 segment = self._segment_for(buffer)
