@@ -18,9 +18,9 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
 
 The function, and what it captures, travels once to each process and stays
 there, cached by content (``ezpool.shared``): a second call with the same
-function sends a few bytes, and big arrays are mapped by every process rather
-than copied. The processes live as long as the pool, so a second call pays no
-start-up either.
+function sends a few bytes, and big arrays reach the processes through shared
+memory rather than the pipes. The processes live as long as the pool, so a
+second call pays no start-up either.
 """
 
 from __future__ import annotations
