@@ -194,15 +194,25 @@ class Loader:
 
     def __init__(self) -> None:
         self._functions: dict[str, Any] = {}
+        self._uses: dict[str, tuple[Mapped, ...]] = {}  # the segments each function reads
+        self._views: dict[Mapped, memoryview] = {}  # each opened once, whatever reads it
 
     def receive(self, parcel: Parcel) -> None:
         """Load ``parcel``'s function (an exception is kept and raised by ``get``)."""
         self._functions = {fid: self._functions[fid] for fid in parcel.keep if fid in self._functions}
+        mapped = tuple(part for part in parcel.buffers if isinstance(part, Mapped))
         try:
-            buffers = [_open(part) if isinstance(part, Mapped) else part for part in parcel.buffers]
+            for where in mapped:
+                if where not in self._views:
+                    self._views[where] = _open(where)
+            buffers = [self._views[part] if isinstance(part, Mapped) else part for part in parcel.buffers]
             self._functions[parcel.fid] = pickle.loads(parcel.blob, buffers=buffers)
         except Exception as exc:
             self._functions[parcel.fid] = _LoadFailed(exc)
+        self._uses[parcel.fid] = mapped
+        self._uses = {fid: self._uses[fid] for fid in self._functions}
+        used = {where for uses in self._uses.values() for where in uses}
+        self._views = {where: view for where, view in self._views.items() if where in used}
 
     def get(self, fid: str) -> Callable[..., Any]:
         """The function under ``fid``, or the exception that loading it raised."""

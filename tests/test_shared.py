@@ -203,6 +203,20 @@ def test_the_id_follows_the_content_and_a_loader_forgets_what_the_caller_dropped
         shelf.close()
 
 
+def test_functions_that_capture_the_same_array_share_one_copy_in_a_worker():
+    shelf = Shelf()
+    try:
+        big = numpy.zeros(BIG)
+        one, other = shelf.publish(lambda n: big, 2), shelf.publish(lambda n: (big, n)[0], 2)
+        assert one.fid != other.fid and one.buffers == other.buffers
+        loader = Loader()
+        loader.receive(one)
+        loader.receive(other)
+        assert numpy.shares_memory(loader.get(one.fid)(0), loader.get(other.fid)(0))
+    finally:
+        shelf.close()
+
+
 def test_without_segments_big_buffers_travel_in_the_parcel(monkeypatch):
     monkeypatch.setattr(shared_module, "_can_share", lambda: False)
     shelf = Shelf()
