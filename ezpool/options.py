@@ -97,10 +97,11 @@ class Options:
             (``None``: none). It travels to each worker process or distributed worker
             once, and stays there for the life of the pool (cached by content, like the
             function: give an equal object again and nothing is sent); in the serial
-            mode it is passed as it is. Big numpy arrays in it are mapped by the parallel
-            workers, read-only, rather than copied. A ``BaseWorker`` gets it as the first
-            argument of ``run``. Treat it as read-only: what a task changes in its
-            worker's copy is not seen elsewhere, and may or may not be seen by later tasks.
+            mode it is passed as it is. Big numpy arrays in it reach the parallel workers
+            through shared memory, not the pipes, and are read-only there. A
+            ``BaseWorker`` gets it as the first argument of ``run``. Treat it as
+            read-only: what a task changes in its worker's copy is not seen elsewhere,
+            and may or may not be seen by later tasks.
         buffersize: ``imap`` only: most tasks read from the iterable and not yet handed
             back, which bounds memory (``None``: in proportion to the workers). Fewer
             are read when tasks are slow.
