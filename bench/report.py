@@ -100,6 +100,8 @@ def derived(name: str, record: dict[str, Any]) -> dict[str, Any]:
             contender: {size: 1e6 * t / size for size, t in points.items()}
             for contender, points in medians.items()
         }
+    elif name == "captured":
+        out["workers_peak_rss_mib"] = dict(record["params"].get("workers_peak_rss_mib", {}))
     elif name == "cpu":
         # Medians, and best runs: when other work takes a core for a while, it slows
         # a parallel run far more than the serial one, so the best run is also shown.

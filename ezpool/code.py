@@ -2,11 +2,12 @@
 
 A function (or ``BaseWorker`` subclass) travels as one cloudpickle: by reference
 when the worker can import its module, by value otherwise (``__main__``, a notebook
-cell, a lambda) or when its module is listed in ``ship_modules``. The pickle's
-SHA-256 is its id, so a worker that has it already is sent nothing. Code that has
-no file (a notebook cell) carries its source lines, so a traceback from the worker
-still shows them. A *fingerprint* of source or bytecode tells a worker that serves
-one named class whether it runs the same code as the client.
+cell, a lambda) or when its module is listed in ``ship_modules``. A digest of its
+content is its id, so a worker that has it already is sent nothing (and the
+pickle is not even made). Code that has no file (a notebook cell) carries its
+source lines, so a traceback from the worker still shows them. A *fingerprint*
+of source or bytecode tells a worker that serves one named class whether it runs
+the same code as the client.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import linecache
 import logging
 import os
 import pickle
+import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, Optional, Union, cast
 
 import cloudpickle
 
@@ -32,29 +34,59 @@ __all__ = ["Shipment", "ship", "unpack", "fingerprint"]
 ModuleLike = Union[str, types.ModuleType]
 
 
-class Shipment(NamedTuple):
-    """A function ready to travel: its content id and its pickle."""
+class Shipment:
+    """A function ready to travel: its content id, and its pickle, made when first asked for.
 
-    fid: str
-    blob: bytes
+    A worker that has the id already is sent nothing, so a call whose workers all
+    hold the function never copies the big arrays it captures into a pickle.
+    """
+
+    __slots__ = ("fid", "_make", "_blob", "_lock")
+
+    def __init__(self, fid: str, make: Callable[[], bytes]) -> None:
+        self.fid = fid
+        self._make: Optional[Callable[[], bytes]] = make
+        self._blob: Optional[bytes] = None
+        self._lock = threading.Lock()  # the threads of a dmap call may ask at once
+
+    @property
+    def blob(self) -> bytes:
+        with self._lock:
+            if self._blob is None:
+                assert self._make is not None
+                self._blob, self._make = self._make(), None
+            return self._blob
 
 
 def ship(fun: Any, by_value: Sequence[ModuleLike] = ()) -> Shipment:
     """Pickle ``fun`` (with the source lines of file-less code) for a generic worker.
 
-    Raises ``TypeError`` naming ``fun`` when it cannot be pickled.
+    The id is a digest of a protocol-5 pickle whose big buffers (numpy arrays) are
+    hashed where they are, not copied; the pickle a worker loads is made only
+    when one needs it. Raises ``TypeError`` naming ``fun`` when it cannot be pickled.
     """
     modules = [importlib.import_module(m) if isinstance(m, str) else m for m in by_value]
-    for module in modules:
-        cloudpickle.register_pickle_by_value(module)
-    try:
-        blob = cloudpickle.dumps((fun, *_sources(fun)), pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise TypeError(f"cannot send {fun!r} to a worker: {exc}") from exc
-    finally:
+    content = (fun, *_sources(fun))
+
+    def dumps(**how: Any) -> bytes:
         for module in modules:
-            cloudpickle.unregister_pickle_by_value(module)
-    return Shipment(hashlib.sha256(blob).hexdigest()[:32], blob)
+            cloudpickle.register_pickle_by_value(module)
+        try:
+            return cast(bytes, cloudpickle.dumps(content, **how))
+        except Exception as exc:
+            raise TypeError(f"cannot send {fun!r} to a worker: {exc}") from exc
+        finally:
+            for module in modules:
+                cloudpickle.unregister_pickle_by_value(module)
+
+    buffers: list[pickle.PickleBuffer] = []
+    digest = hashlib.sha256(dumps(protocol=5, buffer_callback=buffers.append))
+    for buffer in buffers:
+        try:
+            digest.update(hashlib.sha256(buffer.raw()).digest())
+        except BufferError:  # not contiguous
+            digest.update(hashlib.sha256(memoryview(buffer).tobytes()).digest())
+    return Shipment(digest.hexdigest()[:32], functools.partial(dumps, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def unpack(blob: bytes) -> Any:
@@ -166,6 +198,9 @@ def _functions(fun: Any, has_file: Callable[[str], bool]) -> Iterator[Any]:
         if id(item) in seen:
             continue
         seen.add(id(item))
+        if isinstance(item, functools.partial):  # a function or class with a context
+            todo.append(item.func)
+            continue
         if isinstance(item, type):
             for klass in item.__mro__[:-1]:  # every class but ``object``
                 for value in vars(klass).values():

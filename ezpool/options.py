@@ -93,6 +93,15 @@ class Options:
             refuses to mix results of changed code under one name.
         retry_failed: with ``store``, run again the tasks whose stored outcome is an
             exception, instead of returning it.
+        context: an object every task gets as its first argument, ``fun(context, *args)``
+            (``None``: none). It travels to each worker process or distributed worker
+            once, and stays there for the life of the pool (cached by content, like the
+            function: give an equal object again and nothing is sent); in the serial
+            mode it is passed as it is. Big numpy arrays in it reach the parallel workers
+            through shared memory, not the pipes, and are read-only there. A
+            ``BaseWorker`` gets it as the first argument of ``run``. Treat it as
+            read-only: what a task changes in its worker's copy is not seen elsewhere,
+            and may or may not be seen by later tasks.
         buffersize: ``imap`` only: most tasks read from the iterable and not yet handed
             back, which bounds memory (``None``: in proportion to the workers). Fewer
             are read when tasks are slow.
@@ -120,6 +129,7 @@ class Options:
     store_key: Optional[str] = None
     retry_failed: bool = False
     buffersize: Optional[int] = None
+    context: Any = dataclasses.field(default=None, compare=False)  # may be a big array
 
     def __post_init__(self) -> None:
         if not (self.progress is None or isinstance(self.progress, bool) or callable(self.progress)):
@@ -183,10 +193,12 @@ class Options:
         return dataclasses.replace(self, **changes) if changes else self
 
     def __repr__(self) -> str:
-        shown = {k: v for k, v in dataclasses.asdict(self).items() if k != "hmac_key"}
+        shown = {field.name: repr(getattr(self, field.name)) for field in dataclasses.fields(self)}
         if self.hmac_key is not None:
             shown["hmac_key"] = "<hidden>"
-        return f"Options({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+        if self.context is not None:  # it may be big: its type is enough
+            shown["context"] = f"<{type(self.context).__name__}>"
+        return f"Options({', '.join(f'{k}={v}' for k, v in shown.items())})"
 
 
 def _check_count(name: str, value: Any, optional: bool = True) -> None:

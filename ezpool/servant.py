@@ -14,7 +14,9 @@ remote methods carry only strings, numbers, bytes and small dicts:
 ``load(fid, blob)``
     a generic worker (one started without ``MODULE:NAME``) keeps the function or
     ``BaseWorker`` class in the shipment ``blob`` (see ``ezpool.code``) under its
-    content id ``fid``; ``(status, reply)`` is ``("ok", b"")``, or ``("error",
+    content id ``fid``, for as long as it keeps ``FUNCTIONS_KEPT`` others (a
+    ``functools.partial`` of either carries a call's ``context``: its ``run`` or the
+    function gets it as first argument); ``(status, reply)`` is ``("ok", b"")``, or ``("error",
     pickled ExceptionRecord)`` when it cannot be loaded here.
 ``run_chunk(identity, fid, first, count, payloads, timeout[, capture_level])``
     ``(status, reply)``. ``capture_level`` (sent only when the client wants it) is
@@ -37,6 +39,7 @@ client that hangs up makes the runner stop after the task it is running.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import platform
@@ -72,6 +75,10 @@ _WATCH_EVERY = 0.05
 def served_name(target: Any) -> str:
     """The name a worker answers to: the class's or function's qualified name."""
     return str(getattr(target, "__qualname__", getattr(target, "__name__", repr(target))))
+
+
+def _is_worker_class(target: Any) -> bool:
+    return isinstance(target, type) and issubclass(target, BaseWorker)
 
 
 class Faults:
@@ -201,7 +208,10 @@ class Servant:
             self._retire(fid)
 
     def _prepare(self, fid: str, target: Any) -> Callable[..., Any]:
-        if isinstance(target, type) and issubclass(target, BaseWorker):
+        if isinstance(target, functools.partial) and _is_worker_class(target.func):
+            # A BaseWorker with a context (see ezpool.tasks.bind): run(context, *args).
+            return functools.partial(self._prepare(fid, target.func), *target.args)
+        if _is_worker_class(target):
             instance = target()
             instance.setup()
             self._instances[fid] = instance

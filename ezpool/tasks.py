@@ -3,17 +3,19 @@
 A task is any hashable object, because tasks are the keys of the result dict. A task
 that is exactly a ``tuple`` is unpacked into positional arguments (``fun(*task)``);
 anything else, strings and named tuples included, is passed as the one argument.
+With a ``context`` (an option), it comes first: ``fun(context, *task)``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["unique_tasks", "iterate_tasks", "call"]
+__all__ = ["unique_tasks", "iterate_tasks", "call", "bind"]
 
 
 def unique_tasks(tasks: Iterable[Hashable]) -> Sequence[Hashable]:
@@ -60,3 +62,8 @@ def iterate_tasks(tasks: Any) -> Iterator[Any]:
 def call(fun: Callable[..., Any], task: Any) -> Any:
     """Run one task: unpack an exact tuple into arguments, pass anything else whole."""
     return fun(*task) if type(task) is tuple else fun(task)
+
+
+def bind(fun: Callable[..., Any], context: Any) -> Callable[..., Any]:
+    """``fun`` with ``context`` as its first argument (``fun`` itself when ``context`` is ``None``)."""
+    return fun if context is None else functools.partial(fun, context)

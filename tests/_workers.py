@@ -147,3 +147,13 @@ def straggle_and_fail(task: Any) -> None:
     """Sleep as ``straggle`` does, then raise ``Oops`` naming the task and the process."""
     time.sleep(float(os.environ.get(SLOW_VARIABLE, "0.01")))
     raise Oops(f"task {task} failed in pid {os.getpid()}")
+
+
+class Scaled(BaseWorker):
+    """Takes a context: ``run(context, x)`` is ``context * x``; ``setup`` runs once."""
+
+    def setup(self) -> None:
+        self.setups = getattr(self, "setups", 0) + 1
+
+    def run(self, context: Any, x: Any) -> Any:
+        return (context * x, self.setups)

@@ -121,3 +121,20 @@ def test_the_stragglers_bench_runs_and_writes_its_ratios(tmp_path: Path) -> None
         assert row["slowdown"] == 5 and len(row["samples"]) == 1
         assert math.isfinite(row["ratio"]) and row["ratio"] > 0
         assert math.isfinite(row["ratio_to_measured"]) and row["ratio_to_measured"] > 0
+
+
+@pytest.mark.timeout(100)
+def test_the_captured_workload_reports_ratios_and_peak_memory(tmp_path: Path) -> None:
+    pytest.importorskip("numpy")
+    out = tmp_path / "out"
+    done = _run_bench("--quick", "--repeats", "1", "--only", "captured", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    record = json.loads((out / "results.json").read_text(encoding="utf-8"))["comparisons"]["captured"]
+    peer = "multiprocessing.Pool, fork global"
+    assert record["contenders"]["pmap"]["status"] == "ok" and record["contenders"][peer]["status"] == "ok"
+    ratios = {(r["ezpool"], r["peer"]): r["ratio"] for r in record["ratios"]}
+    for name in ("pmap", "pmap, context"):
+        assert math.isfinite(ratios[(name, peer)]) and ratios[(name, peer)] > 0
+    peaks = record["params"]["workers_peak_rss_mib"]
+    assert peaks["pmap"] > record["params"]["megabytes"] / 2  # each worker holds the data once
+    assert "workers_peak_rss_mib" in done.stdout

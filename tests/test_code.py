@@ -219,3 +219,18 @@ def test_unpacking_puts_the_lines_back(cells) -> None:
 
 def test_code_with_a_file_sends_no_lines() -> None:
     assert shipped_sources(shipped_sources) == {}
+
+
+def test_the_id_follows_captured_arrays_and_the_pickle_is_made_only_when_asked_for() -> None:
+    numpy = pytest.importorskip("numpy")
+    big = numpy.zeros(1 << 16)
+
+    def made():  # a new function each time, with the same code and data
+        return lambda n: float(big[n])
+
+    first, again = ship(made()), ship(made())
+    assert first.fid == again.fid
+    big[3] = 2.0  # changed in place
+    changed = ship(made())
+    assert changed.fid != first.fid
+    assert unpack(changed.blob)(3) == 2.0 and changed.blob is changed.blob  # made once

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 import traceback
 from functools import partial
@@ -396,3 +397,36 @@ def test_imap_progress_total_is_known_only_for_sized_tasks(mode_map):
     list(mode_map.imap(h.square, [1, 2, 3], progress=hook))
     list(mode_map.imap(h.square, (n for n in range(3)), progress=hook))
     assert totals == {3, None}
+
+
+# --- context: one object every call gets first --------------------------------------
+
+
+def test_the_context_is_the_first_argument_of_every_call(mode_map):
+    results = mode_map(h.arguments, [(1, 2), 3, "ab"], context="ctx")
+    assert results == {(1, 2): ("ctx", 1, 2), 3: ("ctx", 3), "ab": ("ctx", "ab")}
+
+
+def test_imap_gives_the_context_too(mode_map):
+    outcomes = list(mode_map.imap(h.add, [1, 2, 3], context=10, ordered=True))
+    assert [outcome.value for outcome in outcomes] == [11, 12, 13]
+
+
+def test_a_context_changed_between_calls_is_seen_by_the_next_call(mode_map):
+    scale = {"by": 2}
+    fun = lambda context, x: context["by"] * x  # noqa: E731
+    assert mode_map(fun, [1, 2], context=scale) == {1: 2, 2: 4}
+    scale["by"] = 3
+    assert mode_map(fun, [1, 2], context=scale) == {1: 3, 2: 6}
+    assert mode_map(h.square, [3]) == {3: 9}  # and a call without one has none
+
+
+def test_a_context_that_cannot_be_sent_is_refused_by_name_before_any_task_runs(mode_map, tmp_path):
+    lock = threading.Lock()
+    fun = partial(h.record_call, str(tmp_path))
+    if not mode_map.remote:  # the serial mode passes it as it is
+        assert mode_map(lambda context, x: context is lock, [1], context=lock) == {1: True}
+        return
+    with pytest.raises(TypeError, match=r"context <unlocked _thread\.lock"):
+        mode_map(lambda context, x: fun(x), [1, 2], context=lock)
+    assert list(tmp_path.iterdir()) == []

@@ -269,3 +269,24 @@ def test_a_task_that_cannot_be_sent_is_a_type_error_before_any_work(serve, tmp_p
     uris = serve("tests._workers:Mirror").uris
     with Pool() as pool, pytest.raises(TypeError, match="cannot send task"):
         pool.dmap(w.Mirror, [1, (threading.Lock(),)], workers=uris, spawn=False)
+
+
+def test_a_context_reaches_a_worker_class_and_a_function_on_generic_workers(serve):
+    uris = serve("").uris + serve("").uris
+    with Pool() as pool:
+        for scale in (10, 10, 3):  # a changed context is sent, an equal one is not
+            results = pool.dmap(w.Scaled, range(6), workers=uris, spawn=False, context=scale, chunksize=1)
+            assert results == {x: (scale * x, 1) for x in range(6)}
+        assert pool.dmap(lambda context, x: context + x, [1], workers=uris, spawn=False, context=5) == {1: 6}
+
+
+def test_a_context_is_refused_by_a_worker_that_serves_its_own_code(serve, tmp_path):
+    uris = serve("tests._workers:Square").uris
+    with Pool() as pool, pytest.raises(WorkerUnavailable, match="takes no context"):
+        pool.dmap(w.Square, [1], workers=uris, spawn=False, context=2)
+
+
+def test_a_context_that_cannot_be_sent_to_a_worker_is_named(serve):
+    uris = serve("").uris
+    with Pool() as pool, pytest.raises(TypeError, match="cannot send the context"):
+        pool.dmap(lambda context, x: x, [1], workers=uris, spawn=False, context=threading.Lock())

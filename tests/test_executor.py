@@ -377,3 +377,11 @@ def test_an_executor_nobody_holds_stops_its_processes():
         assert time.monotonic() < deadline, "the worker process outlived its executor"
         time.sleep(0.05)
     assert os.getpid()  # (nothing left running: the module fixture checks it too)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_context_is_the_first_argument_of_every_call(make, mode):
+    executor = make(mode, context=100)
+    assert executor.submit(h.add, 1).result(timeout=60) == 101
+    assert list(executor.map(h.add, [2, 3], timeout=60)) == [102, 103]
+    assert executor.submit(h.arguments, 1, 2).result(timeout=60) == (100, 1, 2)

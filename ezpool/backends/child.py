@@ -9,11 +9,12 @@ import signal
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ..execution import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 from ..output import TaskOutput
-from ..serialization import ExceptionRecord, capture, loads
+from ..serialization import capture, loads
+from ..shared import Loader
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +27,11 @@ _PARENT_CHECK_EVERY = 0.5
 def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
     """Serve chunks from ``conn`` until told to stop or the parent goes away.
 
-    A request is ``(token, function_blob_or_None, first, stop, pieces, capture_level)``
-    (``capture_level``: ``None``, or the lowest log level to keep with what the tasks
-    print, see ``ezpool.output``); the reply is what ``ezpool.execution.pack_chunk``
-    makes. ``None`` asks the loop to stop.
+    A request is ``(fid, parcel_or_None, first, stop, pieces, capture_level)``: the
+    function to run is the one cached under ``fid``, loaded from ``parcel`` when one
+    comes (see ``ezpool.shared``); ``capture_level`` is ``None``, or the lowest log
+    level to keep with what the tasks print, see ``ezpool.output``. The reply is what
+    ``ezpool.execution.pack_chunk`` makes. ``None`` asks the loop to stop.
     """
     # Ctrl-C is the parent's to handle: children stop when the parent says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -39,29 +41,25 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
     # the next chunk while this one runs and never blocks on a full pipe.
     requests: queue.SimpleQueue[Optional[bytes]] = queue.SimpleQueue()
     threading.Thread(target=_read_requests, args=(conn, requests), daemon=True).start()
-    fun: Optional[Callable[..., Any]] = None
-    load_error: Optional[ExceptionRecord] = None
+    functions = Loader()
     while True:
         message = requests.get()
         request = None if message is None else loads(message)
         if request is None:
             return
-        _token, blob, first, stop, pieces, level = request
+        fid, parcel, first, stop, pieces, level = request
+        del message, request  # a parcel may be big (where big buffers cannot be mapped)
+        if parcel is not None:
+            functions.receive(parcel)
+            parcel = None
         outputs: dict[int, TaskOutput] = {}
         try:
-            if blob is not None:
-                fun, load_error = None, None
-                fun = loads(blob)
+            fun = functions.get(fid)
             tasks = loads(pieces[0]) if len(pieces) == 1 else [t for p in pieces for t in loads(p)]
         except Exception as exc:
-            record = capture(exc)
-            if blob is not None:
-                load_error = record
-            outcome = failed_chunk(stop - first, record)
+            outcome = failed_chunk(stop - first, capture(exc))
         else:
-            if load_error is not None or fun is None:
-                outcome = failed_chunk(stop - first, load_error or capture(RuntimeError("no function")))
-            elif level is None:
+            if level is None:
                 outcome = run_chunk(fun, tasks, first, mark)
             else:
                 outcome = run_chunk_captured(fun, tasks, first, mark, level, outputs)
@@ -70,7 +68,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
         except OSError:  # the parent is gone
             return
         # Hold no task's arguments or values while waiting for the next chunk.
-        del message, request, pieces, outcome, outputs
+        del pieces, outcome, outputs
         tasks = None
 
 

@@ -4,9 +4,9 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
 
     calling process (ParallelBackend / _Call)          worker process (child.main)
     ─────────────────────────────────────────          ───────────────────────────
-    pickle the function once, tasks in pieces
+    publish the function (ezpool.shared), tasks in pieces
     each worker holds up to two chunks:                  a reader thread queues them;
-      ── (token, fun?, first, stop, pieces, level) ──▶  unpickle, run each task:
+      ── (fid, parcel?, first, stop, pieces, level) ─▶  unpickle, run each task:
                                                             mark = its position
     wait(pipes + process sentinels, timeout)  ◀── (first, values, times, failures,
                                                    [what tasks wrote, if captured])
@@ -16,14 +16,16 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
       └─ a timeout: a mark unchanged for ``timeout`` seconds: kill the process,
           the task gets TaskTimeout, the rest of its chunk is redone, a new one starts
 
-The function travels once per call to each process, never once per task, and
-the processes live as long as the pool, so a second call pays no start-up.
+The function, and what it captures, travels once to each process and stays
+there, cached by content (``ezpool.shared``): a second call with the same
+function sends a few bytes, and big arrays reach the processes through shared
+memory rather than the pipes. The processes live as long as the pool, so a
+second call pays no start-up either.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import multiprocessing
 import os
@@ -41,7 +43,9 @@ from ..execution import unpack_chunk
 from ..feed import Live
 from ..options import Options
 from ..output import capture_level
-from ..serialization import dumps, dumps_function, rebuild
+from ..serialization import dumps, rebuild, short_repr
+from ..shared import Parcel, Shelf
+from ..tasks import bind
 from .base import Backend, Batch
 from .processes import STOP_GRACE, WorkerProcess, stop_with
 
@@ -77,23 +81,27 @@ class ParallelBackend(Backend):
         self._finalizer: Optional[Finalize[None]] = None
         self._shape: Optional[tuple[int, Optional[str]]] = None
         self._context: Any = None
-        self._tokens = itertools.count(1)
+        self._shelf = Shelf()  # the functions sent to the processes, and their big buffers
 
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
     ) -> Generator[Batch, None, None]:
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {fun!r}")
-        blob = dumps_function(fun)
         ncpu = options.ncpu or available_cpus()
+        parcel = _publish(self._shelf, fun, options.context, ncpu)
         pending = ChunkQueue(tasks, ncpu, options.chunksize, depth=_DEPTH)
         if not pending and pending.exhausted:
             return
         self._start(ncpu, options.start_method)
-        call = _Call(self, tasks, blob, pending, options, next(self._tokens))
+        call = _Call(self, tasks, parcel, pending, options)
         yield from call.batches()
 
     def close(self) -> None:
+        self._stop()
+        self._shelf.close()
+
+    def _stop(self) -> None:
         if self._finalizer is not None:
             self._finalizer()  # stop_all(self._processes), once
             self._finalizer = None
@@ -102,7 +110,7 @@ class ParallelBackend(Backend):
     def _start(self, ncpu: int, start_method: Optional[str]) -> None:
         """Have ``ncpu`` live processes, reusing those of an earlier call."""
         if self._shape != (ncpu, start_method):
-            self.close()
+            self._stop()
             self._context = multiprocessing.get_context(start_method)
             self._shape = (ncpu, start_method)
         for proc in [proc for proc in self._processes if not proc.process.is_alive()]:
@@ -136,21 +144,19 @@ class _Call:
         self,
         backend: ParallelBackend,
         tasks: Sequence[Any],
-        blob: bytes,
+        parcel: Parcel,
         pending: ChunkQueue,
         options: Options,
-        token: int,
     ) -> None:
         self.backend = backend
         self.tasks = tasks
-        self.blob = blob
+        self.parcel = parcel
         self.pending = pending
         self.timeout = options.timeout
         self.max_attempts = options.max_attempts
         self.capture_level = capture_level(options)
         self.sizer = pending.sizer
         self.attempts: dict[int, int] = {}
-        self.token = token
         self.stillborn = 0  # processes that died before running anything, this call
         live = pending.feed.live if pending.feed is not None else None
         self.waker = _Waker(live) if live is not None else None
@@ -232,8 +238,9 @@ class _Call:
         """Top a process up to ``depth`` chunks in flight, while work is pending."""
         while self.pending and len(proc.chunks) < depth:
             piece = self.pending.take()
-            blob = self.blob if proc.token != self.token else None
-            request = dumps((self.token, blob, piece.start, piece.stop, piece.payloads, self.capture_level))
+            fid = self.parcel.fid
+            parcel = None if fid in proc.holds else self.parcel
+            request = dumps((fid, parcel, piece.start, piece.stop, piece.payloads, self.capture_level))
             try:
                 proc.conn.send_bytes(request)
             except OSError:  # it died: its sentinel will say so; put this chunk back
@@ -242,7 +249,8 @@ class _Call:
                     proc = self.backend._replace(proc)
                     continue
                 return
-            proc.token = self.token
+            if parcel is not None:  # what it keeps now, as child.main's Loader does
+                proc.holds = {held for held in proc.holds if held in parcel.keep} | {fid}
             proc.chunks.append((piece.start, piece.stop))
             busy[proc.conn] = proc
             busy[proc.process.sentinel] = proc
@@ -408,6 +416,22 @@ class _Waker:
         self.live.remove_waker(self._wake)
         self.handle.close()
         self._poke.close()
+
+
+def _publish(shelf: Shelf, fun: Callable[..., Any], context: Any, workers: int) -> Parcel:
+    """The parcel of ``fun`` bound to ``context``; a ``TypeError`` naming what cannot be sent."""
+    try:
+        return shelf.publish(bind(fun, context), workers)
+    except TypeError as exc:
+        if context is not None:
+            try:
+                dumps(context)
+            except Exception as error:
+                raise TypeError(
+                    f"cannot send the context {short_repr(context)} to another process: {error}"
+                ) from error
+            raise TypeError(f"cannot send {fun!r} to another process: {exc.__cause__}") from exc.__cause__
+        raise
 
 
 def _sent_reply(conn: Connection) -> Optional[bytes]:

@@ -44,7 +44,7 @@ _EXIT_PRIORITY = 10
 class WorkerProcess:
     """One worker process, seen from the calling process."""
 
-    __slots__ = ("process", "conn", "mark", "name", "token", "chunks", "seen", "served")
+    __slots__ = ("process", "conn", "mark", "name", "holds", "chunks", "seen", "served")
 
     def __init__(self, context: Any) -> None:
         parent_end, child_end = context.Pipe(duplex=True)
@@ -58,7 +58,7 @@ class WorkerProcess:
         self.mark = memoryview(buffer).cast("B").cast("q")
         self.mark[0] = -1
         self.name = f"pid {self.process.pid}"
-        self.token = 0  # the call whose function this process holds
+        self.holds: set[str] = set()  # the functions (fids) it keeps, see ezpool.shared
         self.chunks: deque[tuple[int, int]] = deque()  # (start, stop) in flight, oldest first
         self.seen = (-1, 0.0)  # (mark, when the caller first saw it), for timeouts
         self.served = False  # whether it ever sent a reply

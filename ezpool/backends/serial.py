@@ -11,7 +11,7 @@ from typing import Any, Callable, Union
 from ..errors import EzPoolError
 from ..feed import Feed
 from ..options import Options
-from ..tasks import call
+from ..tasks import bind, call
 from .base import Backend, Batch
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class SerialBackend(Backend):
             logger.debug("serial mode cannot stop a running task; timeout=%s ignored", options.timeout)
         if options.capture_output:
             logger.debug("serial mode: tasks write here directly; capture_output ignored")
+        fun = bind(fun, options.context)
         worker = f"pid {os.getpid()}"
         runs = _read(tasks) if isinstance(tasks, Feed) else iter([(0, tasks)])
         for run in runs:

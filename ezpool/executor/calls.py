@@ -1,8 +1,9 @@
 """What runs where the pool runs tasks: an executor's task, and the code it carries.
 
-A task is ``(fn, calls, how)``, run by ``run_task``. A call's exception travels as a
-``Raised``, rebuilt by the caller with the worker's traceback as ``__cause__``. A
-function that workers cannot import travels as a ``Code`` (cloudpickle, by value).
+A task is ``(fn, calls, how)``, run by ``run_task`` (by ``run_in_context`` when the
+executor has a ``context``, which the pool passes first). A call's exception travels
+as a ``Raised``, rebuilt by the caller with the worker's traceback as ``__cause__``.
+A function that workers cannot import travels as a ``Code`` (cloudpickle, by value).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional, Union, cast
 
-__all__ = ["run_task", "Raised", "unwrap", "Code", "load_code"]
+__all__ = ["run_task", "run_in_context", "Raised", "unwrap", "Code", "load_code"]
 
 
 def run_task(fn: Callable[..., Any], calls: Any, how: Union[bool, dict[str, Any], None]) -> Any:
@@ -42,6 +43,13 @@ def run_task(fn: Callable[..., Any], calls: Any, how: Union[bool, dict[str, Any]
     return values, errors
 
 
+def run_in_context(
+    context: Any, fn: Callable[..., Any], calls: Any, how: Union[bool, dict[str, Any], None]
+) -> Any:
+    """``run_task`` for an executor with a ``context``: each call is ``fn(context, *args)``."""
+    return run_task(functools.partial(fn, context), calls, how)
+
+
 class Raised:
     """An exception a call raised: itself here, rebuilt with its remote traceback elsewhere."""
 
@@ -70,7 +78,8 @@ class Code:
     def __init__(self, fn: Callable[..., Any]) -> None:
         from ..code import ship  # (cloudpickle: imported when first needed)
 
-        self.fid, self.blob = ship(fn)
+        shipment = ship(fn)
+        self.fid, self.blob = shipment.fid, shipment.blob
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (load_code, (self.fid, self.blob))

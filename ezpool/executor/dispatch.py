@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 from ..backends.base import Batch
 from ..feed import Live
-from .calls import run_task, unwrap
+from .calls import run_in_context, run_task, unwrap
 
 if TYPE_CHECKING:
     from ..pool import Pool
@@ -205,7 +205,9 @@ class Dispatcher:
         while True:
             try:
                 source = cast(Iterable[Any], self.live)
-                feed, batches = self.pool._open_stream(run_task, source, self.overrides, eager=True)
+                # With a context, the pool gives it to each task: run_in_context passes it on.
+                runner = run_task if self.pool.options.context is None else run_in_context
+                feed, batches = self.pool._open_stream(runner, source, self.overrides, eager=True)
                 try:
                     for tasks, batch in batches:
                         self.settle(tasks, batch)

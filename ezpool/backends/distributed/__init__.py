@@ -39,10 +39,12 @@ from typing import Any, Callable, Optional
 
 from ... import _pyro, security
 from ...chunking import ChunkQueue
-from ...code import fingerprint, ship
+from ...code import Shipment, fingerprint, ship
 from ...errors import AuthenticationError, WorkerUnavailable
 from ...options import DEFAULT_WORKER, Options
+from ...serialization import dumps, short_repr
 from ...servant import GENERIC
+from ...tasks import bind
 from ..base import Backend, Batch
 from .connect import can_start, fits, hello, name_of, start_worker, version_table
 from .dispatch import Call, Target
@@ -70,13 +72,21 @@ class DistributedBackend(Backend):
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
     ) -> Generator[Batch, None, None]:
-        target = Target(name_of(fun), fingerprint(fun), ship(fun, options.ship_modules))
+        target = Target(name_of(fun), fingerprint(fun), _shipment(fun, options))
         key = security.resolve_key(options.hmac_key, insecure=options.insecure)
         tls = self._tls_context(options)
         texts = list(dict.fromkeys(options.workers or (DEFAULT_WORKER,)))
         links = [self._link(text, key, tls) for text in texts]
         pending = ChunkQueue(tasks, len(links), options.chunksize, split=True)
         self._check(links, target, options.spawn)
+        if options.context is not None:
+            for link in links:
+                if link.state is State.READY and link.serves != GENERIC:
+                    raise WorkerUnavailable(
+                        f"worker {link.text} serves {link.serves!r} with code of its own, which "
+                        "takes no context: give context to generic workers (python -m ezpool.serve "
+                        "without MODULE:NAME), or load the data in the worker's setup()"
+                    )
         if not pending and pending.exhausted:
             return
         for link in links:
@@ -210,3 +220,19 @@ class DistributedBackend(Backend):
             return False
         link.admit(info)
         return True
+
+
+def _shipment(fun: Any, options: Options) -> Shipment:
+    """``fun`` (with the call's context, if any) ready for generic workers; a
+    ``TypeError`` naming what cannot be sent."""
+    try:
+        return ship(bind(fun, options.context), options.ship_modules)
+    except TypeError as exc:
+        if options.context is None:
+            raise
+        try:
+            dumps(options.context)
+        except Exception as error:
+            what = short_repr(options.context)
+            raise TypeError(f"cannot send the context {what} to a worker: {error}") from error
+        raise TypeError(f"cannot send {fun!r} to a worker: {exc.__cause__}") from exc.__cause__

@@ -1,0 +1,338 @@
+"""The function a parallel call runs, and what it captures: sent once, cached by content.
+
+How it travels (``Shelf`` in the calling process, ``Loader`` in each worker)::
+
+    calling process (Shelf.publish)                     worker process (Loader)
+    ───────────────────────────────                     ───────────────────────
+    cloudpickle, protocol 5: a small pickle, and
+    the big buffers it names (numpy arrays, ...)
+    each big buffer: equal, byte for byte, to a
+      segment made earlier? reuse it; else copy it
+      into a new segment (an anonymous memfd)
+    fid = digest(pickle, the segments' ids)
+    a worker that holds fid is sent only fid;     ──▶  fid known: the function it loaded
+    another gets a Parcel: fid, the pickle, where ──▶  else map each segment read-only
+      the segments are, the fids worth keeping          (/proc/CALLER/fd/N), unpickle with
+                                                        the mapped buffers; forget the fids
+                                                        the caller no longer keeps
+
+So a second call with the same function sends a few bytes, and every worker
+maps the same pages of a big array instead of holding its own copy. Captured
+data that changed between calls is always seen: each big buffer is compared
+with its segment (at memory speed, which beats any hash here), and the small
+pickle is hashed whole.
+
+A segment is a ``memfd``: a file with no name, which exists while a process
+keeps it open or mapped. The calling process holds it until ``Shelf.close``
+(``Pool.shutdown``) or its death; the workers map it while their cache holds a
+function that uses it, and exit with the caller. Nothing is left in
+``/dev/shm`` or anywhere else, whatever way the caller ends. Where memfd or
+``/proc`` is missing, big buffers travel in the parcel itself (still once per
+worker and content).
+
+Mapped buffers are read-only in the workers: a task cannot change the data
+that other workers and later calls share.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import logging
+import mmap
+import multiprocessing.util
+import os
+import pickle
+import sys
+import weakref
+from typing import Any, Callable, NamedTuple, Union
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Parcel", "Shelf", "Loader", "SHARED_LEAST"]
+
+#: Buffers at least this big travel through a segment; smaller ones stay in the pickle.
+SHARED_LEAST = 1 << 18
+
+#: Functions the calling process (and so each worker) keeps, newest first.
+KEPT = 8
+
+#: Bytes of segments kept for older functions; the newest function's are always kept.
+KEPT_BYTES = 1 << 28
+
+#: Big buffers are copied by each worker (rather than mapped, shared) while all the
+#: copies take at most this share of the memory available.
+COPY_SHARE = 0.25
+
+#: Bytes compared at a time (a bounded temporary when numpy does the comparing).
+_STEP = 1 << 22
+
+
+class Mapped(NamedTuple):
+    """Where a worker finds a segment (the caller's pid and descriptor, the file's inode
+    and size), and whether it copies it into memory of its own."""
+
+    pid: int
+    fd: int
+    inode: int
+    size: int
+    copy: bool
+
+
+class Parcel(NamedTuple):
+    """A function as it travels to a worker that does not hold it yet."""
+
+    fid: str
+    blob: bytes  # the pickle, protocol 5, without its big buffers
+    buffers: tuple[Union[Mapped, bytes], ...]  # each big buffer: a segment, or its bytes
+    keep: tuple[str, ...]  # the fids the caller keeps: a worker may forget the others
+
+
+class _Segment:
+    """A big buffer copied into an anonymous memory file that the workers map."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.size = data.nbytes
+        self.fd = os.memfd_create("ezpool-data", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, self.size)
+            self.map = mmap.mmap(self.fd, self.size)
+            self.map[:] = data
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.where = Mapped(os.getpid(), self.fd, os.fstat(self.fd).st_ino, self.size, False)
+
+    def holds(self, data: memoryview) -> bool:
+        return _same(data, memoryview(self.map))
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):  # a view still open: the mapping goes with it
+            self.map.close()
+        os.close(self.fd)
+
+
+class Shelf:
+    """The calling process's side: functions published to its workers, and their segments."""
+
+    def __init__(self) -> None:
+        # fid -> the segments its function uses, newest first
+        self._recent: collections.OrderedDict[str, tuple[_Segment, ...]] = collections.OrderedDict()
+        self._segments: list[_Segment] = []  # changed in place only: the finalizer holds it
+        self._shared = _can_share()
+        # Closed by close(), or when this shelf is garbage-collected (a pool never shut down).
+        self._finalizer = weakref.finalize(self, _close_all, self._segments)
+        # A worker forked from this process must not keep these segments alive.
+        multiprocessing.util.register_after_fork(self, Shelf.close)
+
+    def publish(self, fun: Callable[..., Any], workers: int) -> Parcel:
+        """The parcel of ``fun`` for ``workers`` processes; ``TypeError`` naming ``fun``
+        when it cannot be pickled."""
+        blob, buffers = _pickle(fun)
+        digest = hashlib.sha256(blob)
+        held: list[_Segment] = []
+        parts: list[Union[Mapped, bytes]] = []
+        big = sum(buffer.nbytes for buffer in buffers)
+        copy = bool(buffers) and big * workers <= _available_memory() * COPY_SHARE
+        for buffer in buffers:
+            if self._shared:
+                segment = self._segment_for(buffer)
+                held.append(segment)
+                where = segment.where._replace(copy=copy)
+                parts.append(where)
+                digest.update(repr(where).encode())
+            else:
+                data = bytes(buffer)
+                parts.append(data)
+                digest.update(hashlib.sha256(data).digest())
+        fid = digest.hexdigest()[:32]
+        if fid not in self._recent:
+            logger.debug("function %s: %d bytes pickled, %d big buffers (%d bytes)",
+                         fid, len(blob), len(buffers), sum(b.nbytes for b in buffers))
+        self._recent[fid] = tuple(held)
+        self._recent.move_to_end(fid, last=False)
+        self._trim()
+        return Parcel(fid, blob, tuple(parts), tuple(self._recent))
+
+    def close(self) -> None:
+        """Close every segment: the memory goes once the workers let go of it too."""
+        self._recent.clear()
+        _close_all(self._segments)
+
+    def _segment_for(self, buffer: memoryview) -> _Segment:
+        for segment in self._segments:
+            if segment.size == buffer.nbytes and segment.holds(buffer):
+                return segment
+        segment = _Segment(buffer)
+        self._segments.append(segment)
+        return segment
+
+    def _trim(self) -> None:
+        """Forget the oldest functions beyond ``KEPT`` or ``KEPT_BYTES``; close the
+        segments none of the others uses."""
+        total = 0
+        for rank, fid in enumerate(list(self._recent)):
+            size = sum(segment.size for segment in self._recent[fid])
+            total += size
+            if rank > 0 and (rank >= KEPT or total > KEPT_BYTES):
+                del self._recent[fid]
+        used = {id(segment) for segments in self._recent.values() for segment in segments}
+        for segment in [s for s in self._segments if id(s) not in used]:
+            self._segments.remove(segment)
+            segment.close()
+
+
+def _close_all(segments: list[_Segment]) -> None:
+    """Close and forget every segment of ``segments``."""
+    while segments:
+        segments.pop().close()
+
+
+class Loader:
+    """A worker's side: the functions it holds, by fid (or why one could not be loaded)."""
+
+    def __init__(self) -> None:
+        self._functions: dict[str, Any] = {}
+        self._uses: dict[str, tuple[Mapped, ...]] = {}  # the segments each function reads
+        self._views: dict[Mapped, memoryview] = {}  # each opened once, whatever reads it
+
+    def receive(self, parcel: Parcel) -> None:
+        """Load ``parcel``'s function (an exception is kept and raised by ``get``)."""
+        self._functions = {fid: self._functions[fid] for fid in parcel.keep if fid in self._functions}
+        mapped = tuple(part for part in parcel.buffers if isinstance(part, Mapped))
+        try:
+            for where in mapped:
+                if where not in self._views:
+                    self._views[where] = _open(where)
+            buffers = [self._views[part] if isinstance(part, Mapped) else part for part in parcel.buffers]
+            self._functions[parcel.fid] = pickle.loads(parcel.blob, buffers=buffers)
+        except Exception as exc:
+            self._functions[parcel.fid] = _LoadFailed(exc)
+        self._uses[parcel.fid] = mapped
+        self._uses = {fid: self._uses[fid] for fid in self._functions}
+        used = {where for uses in self._uses.values() for where in uses}
+        self._views = {where: view for where, view in self._views.items() if where in used}
+
+    def get(self, fid: str) -> Callable[..., Any]:
+        """The function under ``fid``, or the exception that loading it raised."""
+        found = self._functions.get(fid)
+        if found is None:
+            raise RuntimeError(f"function {fid} was never sent to this worker process")
+        if isinstance(found, _LoadFailed):
+            raise found.exc
+        return found
+
+
+class _LoadFailed:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+def _pickle(fun: Any) -> tuple[bytes, list[memoryview]]:
+    """``fun`` pickled (protocol 5) without its big buffers, and those buffers."""
+    import cloudpickle  # imported when first needed: ``import ezpool`` stays light
+
+    buffers: list[memoryview] = []
+
+    def aside(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: in the pickle
+            return True
+        if raw.nbytes < SHARED_LEAST:
+            return True
+        buffers.append(raw)
+        return False
+
+    try:
+        return cloudpickle.dumps(fun, 5, buffer_callback=aside), buffers
+    except Exception as exc:
+        raise TypeError(f"cannot send {fun!r} to another process: {exc}") from exc
+
+
+def _open(where: Mapped) -> memoryview:
+    """A read-only view of a segment of the calling process, or of a copy of it."""
+    fd = os.open(f"/proc/{where.pid}/fd/{where.fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        found = os.fstat(fd)
+        if found.st_ino != where.inode or found.st_size != where.size:
+            raise RuntimeError(f"shared segment {where} is gone from the calling process")
+        if where.size == 0:
+            return memoryview(b"")
+        shared = mmap.mmap(fd, where.size, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    if not where.copy:
+        return memoryview(shared)
+    return _copied(shared, where.size).toreadonly()
+
+
+def _copied(shared: mmap.mmap, size: int) -> memoryview:
+    """Private memory holding what ``shared`` holds.
+
+    Shared memory gets no huge pages on most systems (``shmem_enabled``), and
+    scattered reads of it miss the TLB far more often: private memory is read up
+    to twice as fast. The pages read are let go as the copy goes, so the process
+    never holds much more than the one copy.
+    """
+    private = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0x20))
+    with contextlib.suppress(AttributeError, OSError):
+        private.madvise(mmap.MADV_HUGEPAGE)
+    source, target = memoryview(shared), memoryview(private)
+    for start in range(0, size, _STEP):
+        stop = min(start + _STEP, size)
+        target[start:stop] = source[start:stop]
+        with contextlib.suppress(AttributeError, OSError):
+            shared.madvise(mmap.MADV_DONTNEED, start, stop - start)
+    source.release()
+    shared.close()
+    return target
+
+
+def _available_memory() -> int:
+    """Bytes of memory available for new data (``MemAvailable``), or all of it."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as lines:
+            for line in lines:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 0
+
+
+def _can_share() -> bool:
+    """Whether segments work here: memfd, and a worker may open the caller's ``/proc/PID/fd``."""
+    if not hasattr(os, "memfd_create"):
+        return False
+    try:
+        fd = os.memfd_create("ezpool-probe", os.MFD_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.close(os.open(f"/proc/{os.getpid()}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        logger.debug("no /proc/PID/fd here: big buffers travel through the pipes")
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _same(left: memoryview, right: memoryview) -> bool:
+    """Whether two byte buffers of the same size are equal, as fast as this process can tell."""
+    whole = left.nbytes - left.nbytes % 8
+    if left[whole:] != right[whole:]:  # the last few bytes, then 8 at a time
+        return False
+    words, others = left[:whole].cast("Q"), right[:whole].cast("Q")
+    numpy = sys.modules.get("numpy")  # a big buffer usually comes from numpy: it is loaded already
+    if numpy is None:
+        return words == others
+    a, b, step = numpy.frombuffer(words, numpy.uint64), numpy.frombuffer(others, numpy.uint64), _STEP // 8
+    return all(numpy.array_equal(a[i : i + step], b[i : i + step]) for i in range(0, len(a), step))
