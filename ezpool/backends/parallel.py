@@ -84,12 +84,18 @@ class ParallelBackend(Backend):
     ) -> Generator[Batch, None, None]:
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {fun!r}")
-        blob = dumps_function(fun)
         ncpu = options.ncpu or available_cpus()
         pending = ChunkQueue(tasks, ncpu, options.chunksize, depth=_DEPTH)
         if not pending and pending.exhausted:
             return
-        self._start(ncpu, options.start_method)
+        # A forked process inherits what pickling the function imported (cloudpickle),
+        # so fork after it; a spawned one boots for a while, so pickle meanwhile.
+        forks = multiprocessing.get_context(options.start_method).get_start_method() == "fork"
+        if not forks:
+            self._start(ncpu, options.start_method)
+        blob = dumps_function(fun)
+        if forks:
+            self._start(ncpu, options.start_method)
         call = _Call(self, tasks, blob, pending, options, next(self._tokens))
         yield from call.batches()
 
