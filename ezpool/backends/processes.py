@@ -10,8 +10,9 @@ may not have children. None of them outlives the pool that started it:
   when a process exits; this runs first, so a script that forgot ``shutdown()``
   still exits at once. It also runs when a worker process leaves, so the nested
   pools of a worker are stopped before the worker waits for them;
-- a worker whose parent dies, even by SIGKILL, exits within half a second on its
-  own (``child._exit_with_parent``); the processes of its own EzPool pools run the
+- a worker whose caller dies, even by SIGKILL, exits within half a second on its
+  own (``child._exit_with_parent``; under ``forkserver`` its parent is the server,
+  so it watches the caller's pid); the processes of its own EzPool pools run the
   same loop, so they follow it within another half second.
 
 Each process has a ``mark``: one 64-bit integer in memory shared with the caller,
