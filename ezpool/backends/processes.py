@@ -19,8 +19,9 @@ Each process has a ``mark``: one 64-bit integer in memory shared with the caller
 the position of the task it is running (-1: none), so that a crash or a timeout
 is blamed on that task. It is an anonymous shared page, which a forked process
 inherits; a ``spawn`` or ``forkserver`` process gets it as a memory file
-descriptor (``memfd``), sent with its start-up arguments. Neither needs
-``ctypes``, the ``multiprocessing`` heap, or a file.
+descriptor (``memfd``), sent with its start-up arguments (each side then holds
+the mapping's own descriptor while the process lives). Neither needs ``ctypes``,
+the ``multiprocessing`` heap, or a file.
 """
 
 from __future__ import annotations
