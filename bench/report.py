@@ -126,6 +126,12 @@ def derived(name: str, record: dict[str, Any]) -> dict[str, Any]:
             if size in longest and size in serial:
                 bound = max(longest[size], serial[size] / 2)
                 out[str(size)] = {"lower_bound": bound, "pmap_over_lower_bound": t / bound}
+    elif "megabytes_per_task" in record["params"]:
+        megabytes = record["params"]["megabytes_per_task"]
+        out["mb_per_s"] = {
+            contender: {size: size * megabytes / t for size, t in points.items()}
+            for contender, points in medians.items()
+        }
     elif name == "many":
         workers, seconds = record["params"]["workers"], record["params"]["task_seconds"]
         out["efficiency"] = {

@@ -16,7 +16,9 @@ from typing import Any, Callable
 from ezpool import BaseWorker, Pool
 
 from . import peers
+from .bigdata import big_arguments, big_results
 from .captured import captured
+from .coldstart import cold_start
 from .harness import Comparison, Contender, Runner, Settings, Timed, simple
 from .naive_pyro import naive_client
 from .serving import distributed_available, free_port, served_workers
@@ -237,7 +239,8 @@ def many(settings: Settings) -> list[Comparison]:
 
 
 def startup(settings: Settings) -> list[Comparison]:
-    """(6) Start-up: time to the first result, cold (pool created, clock running) and warm.
+    """(6) Start-up: time to the first result, cold (pool created, clock running) and warm;
+    then cold in a fresh interpreter, per start method (``bench/coldstart.py``).
 
     The clock starts before the pool is created, since some pools start their
     processes in the constructor and others on the first call; it stops when the
@@ -307,7 +310,8 @@ def startup(settings: Settings) -> list[Comparison]:
                 ("pmap cold", "ProcessPoolExecutor cold"),
                 ("pmap warm", "multiprocessing.Pool warm"),
             ],
-        )
+        ),
+        *cold_start(settings, NCPU),
     ]
 
 
@@ -319,4 +323,6 @@ WORKLOADS: dict[str, Callable[[Settings], list[Comparison]]] = {
     "many": many,
     "startup": startup,
     "captured": captured,
+    "results": lambda settings: big_results(settings, NCPU),
+    "arguments": lambda settings: big_arguments(settings, NCPU),
 }

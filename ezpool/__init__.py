@@ -23,7 +23,6 @@ from .errors import (
     WorkerCrashed,
     WorkerUnavailable,
 )
-from .naming import list_workers
 from .options import Options
 from .pool import EzPool, Pool
 from .results import Results, TaskOutcome
@@ -31,10 +30,12 @@ from .worker import BaseWorker
 
 if TYPE_CHECKING:
     from .executor import PoolExecutor
+    from .naming import list_workers
     from .store import open_store
 
-#: Names imported on first use, so that ``import ezpool`` stays light (no SQLite, no cloudpickle).
-_LAZY = {"open_store": ".store", "PoolExecutor": ".executor"}
+#: Names imported on first use, so that ``import ezpool`` stays light: no SQLite, no
+#: cloudpickle, and no ``ssl`` or ``hashlib`` (which ``list_workers`` needs for its key).
+_LAZY = {"open_store": ".store", "PoolExecutor": ".executor", "list_workers": ".naming"}
 
 #: The one place the version is written: pyproject.toml reads it for the package metadata.
 __version__ = "0.1.0"

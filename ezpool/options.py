@@ -8,9 +8,7 @@ so one argparse namespace can drive all three modes.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
-import multiprocessing
 import numbers
 import os
 from collections.abc import Sequence
@@ -151,6 +149,8 @@ class Options:
         if not isinstance(self.backup, bool):
             raise TypeError(f"backup must be True or False, got {self.backup!r}")
         if self.start_method is not None:
+            import multiprocessing  # here, not at the top: a serial pool never needs it
+
             methods = multiprocessing.get_all_start_methods()
             if self.start_method not in methods:
                 raise ValueError(
@@ -185,6 +185,8 @@ class Options:
         names = {field.name for field in dataclasses.fields(self)}
         for name in changes:
             if name not in names:
+                import difflib  # only to suggest a name for a mistyped one
+
                 close = difflib.get_close_matches(name, names, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise TypeError(

@@ -1,7 +1,9 @@
 """What crosses a process boundary: functions, task chunks, values and exceptions.
 
 Plain ``pickle`` is tried first because it is fast; ``cloudpickle`` takes over for
-what pickle refuses (lambdas, closures, classes defined in ``__main__``). An
+what pickle refuses (lambdas, closures, classes defined in ``__main__``). A function
+to run goes through cloudpickle, except a plain function that both would send by
+name: then neither side imports cloudpickle, a good part of a cold start. An
 exception travels as an ``ExceptionRecord`` that keeps its type name, message and
 formatted traceback, so even one that cannot be rebuilt loses nothing.
 """
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import pickle
+import sys
 import traceback
+import types
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
@@ -23,6 +27,7 @@ __all__ = [
     "dumps",
     "loads",
     "dumps_function",
+    "pickle_by_name",
     "dumps_tasks",
     "capture",
     "rebuild",
@@ -54,12 +59,39 @@ def dumps(obj: Any) -> bytes:
 
 def dumps_function(fun: Any) -> bytes:
     """Pickle the function to run, or raise ``TypeError`` naming it."""
+    blob = pickle_by_name(fun)
+    if blob is not None:
+        return blob
     import cloudpickle
 
     try:
         return cloudpickle.dumps(fun, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise TypeError(f"cannot send {fun!r} to another process: {exc}") from exc
+
+
+def pickle_by_name(fun: Any) -> Optional[bytes]:
+    """``fun`` pickled by plain pickle, when that is what cloudpickle would send too:
+    a function found by its module's name and ``__qualname__``, in a module that can
+    be imported (not ``__main__``); else ``None``.
+
+    Once cloudpickle is imported (a module may have been registered with it to travel
+    by value), this always answers ``None``, and cloudpickle decides.
+    """
+    if "cloudpickle" in sys.modules:
+        return None
+    if isinstance(fun, types.BuiltinFunctionType):
+        if not isinstance(fun.__self__, types.ModuleType):  # a method of some object
+            return None
+    elif not isinstance(fun, types.FunctionType):
+        return None
+    module = sys.modules.get(getattr(fun, "__module__", None) or "__main__")
+    if module is None or module.__name__ == "__main__" or getattr(module, "__spec__", None) is None:
+        return None
+    try:
+        return pickle.dumps(fun, pickle.HIGHEST_PROTOCOL)  # fails unless the name finds fun itself
+    except Exception:
+        return None
 
 
 def dumps_tasks(tasks: Sequence[Any]) -> bytes:

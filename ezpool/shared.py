@@ -48,6 +48,8 @@ import sys
 import weakref
 from typing import Any, Callable, NamedTuple, Union
 
+from .serialization import pickle_by_name
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Parcel", "Shelf", "Loader", "SHARED_LEAST"]
@@ -232,7 +234,14 @@ class _LoadFailed:
 
 
 def _pickle(fun: Any) -> tuple[bytes, list[memoryview]]:
-    """``fun`` pickled (protocol 5) without its big buffers, and those buffers."""
+    """``fun`` pickled (protocol 5) without its big buffers, and those buffers.
+
+    A function found by its module and name needs no cloudpickle (and has no
+    buffers): plain pickle sends what cloudpickle would, and neither side imports it.
+    """
+    blob = pickle_by_name(fun)
+    if blob is not None:
+        return blob, []
     import cloudpickle  # imported when first needed: ``import ezpool`` stays light
 
     buffers: list[memoryview] = []

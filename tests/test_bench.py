@@ -55,7 +55,8 @@ def test_quick_run_writes_results_with_ratios(tmp_path: Path) -> None:
         assert machine[key], key
     assert payload["settings"]["quick"] is True
     assert payload["settings"]["repeats"] >= 3
-    assert set(payload["comparisons"]) == {"tiny", "loop", "startup"}
+    cold = {f"startup_{method}" for method in ("fork", "spawn", "forkserver")}
+    assert set(payload["comparisons"]) == {"tiny", "loop", "startup", *cold}
 
     for name, record in payload["comparisons"].items():
         for contender, entry in record["contenders"].items():
@@ -74,6 +75,13 @@ def test_quick_run_writes_results_with_ratios(tmp_path: Path) -> None:
         assert math.isfinite(ratio) and ratio > 0
     assert payload["comparisons"]["loop"]["ratios"][0]["peer"] == "dict comprehension"
 
+    # Cold start in a fresh interpreter, per start method, against multiprocessing.Pool.
+    for name in cold:
+        for entry in payload["comparisons"][name]["ratios"]:
+            assert (entry["ezpool"], entry["peer"]) == ("pmap", "multiprocessing.Pool")
+            assert math.isfinite(entry["ratio"]) and entry["ratio"] > 0
+    assert payload["comparisons"]["startup_fork"]["ratios"], "fork is always there on Linux"
+
     dmap = payload["comparisons"]["startup"]["contenders"]["dmap auto-spawned worker"]
     if dmap["status"] == "skipped":
         assert "distributed mode not available" in dmap["reason"]
@@ -84,6 +92,25 @@ def test_quick_run_writes_results_with_ratios(tmp_path: Path) -> None:
         assert "plot skipped" in done.stdout
     else:
         assert (out / "results.png").stat().st_size > 0
+
+
+@pytest.mark.timeout(110)
+def test_the_big_data_workloads_report_mb_per_s_and_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ("--quick", "--repeats", "1", "--only", "results", "--only", "arguments", "--out", str(out))
+    done = _run_bench(*args, cwd=tmp_path)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    comparisons = json.loads((out / "results.json").read_text(encoding="utf-8"))["comparisons"]
+    assert set(comparisons) == {"results_1mb", "arguments_5mb"}
+    for record in comparisons.values():
+        assert record["contenders"]["pmap"]["status"] == "ok"
+        ratios = {(r["ezpool"], r["peer"]): r["ratio"] for r in record["ratios"]}
+        assert math.isfinite(ratios[("pmap", "multiprocessing.Pool.map")])
+        assert math.isfinite(ratios[("pmap", "ProcessPoolExecutor.map")])
+        speeds = record["derived"]["mb_per_s"]
+        assert set(speeds) == {n for n, e in record["contenders"].items() if e["status"] == "ok"}
+        assert all(v > 0 for points in speeds.values() for v in points.values())
+    assert "mb_per_s" in done.stdout
 
 
 def test_unknown_workload_is_refused_by_name(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def cleanup():
         proc.communicate(timeout=10)  # reaps it and closes its pipes
 
 
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 def test_ctrl_c_reaches_caller_and_stops_every_worker(tmp_path, cleanup, start_method):
     proc, workers = _start(tmp_path, start_method)
     cleanup.append(proc)
@@ -116,7 +116,7 @@ def test_ctrl_c_to_whole_process_group(tmp_path, cleanup):
     assert _wait_gone(workers, 5) == []
 
 
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 def test_workers_exit_when_the_caller_is_killed(tmp_path, cleanup, start_method):
     proc, workers = _start(tmp_path, start_method)
     cleanup.append(proc)

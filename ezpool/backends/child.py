@@ -82,8 +82,26 @@ def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[bytes]
 
 
 def _exit_with_parent(parent_pid: int) -> None:
-    """Leave as soon as the parent dies, even in the middle of a long task."""
-    while True:
-        time.sleep(_PARENT_CHECK_EVERY)
-        if os.getppid() != parent_pid:
-            os._exit(1)
+    """Leave as soon as the calling process dies, even in the middle of a long task.
+
+    A process that was forked or spawned is the caller's child: it sees its parent
+    change. One started by a fork server is the server's child, and asks after the
+    caller by its pid instead.
+    """
+    if os.getppid() == parent_pid:
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_CHECK_EVERY)
+    else:
+        while _exists(parent_pid):
+            time.sleep(_PARENT_CHECK_EVERY)
+    os._exit(1)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - a process of another user has the pid
+        return True
+    return True

@@ -89,11 +89,17 @@ class ParallelBackend(Backend):
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {fun!r}")
         ncpu = options.ncpu or available_cpus()
-        parcel = _publish(self._shelf, fun, options.context, ncpu)
         pending = ChunkQueue(tasks, ncpu, options.chunksize, depth=_DEPTH)
         if not pending and pending.exhausted:
             return
-        self._start(ncpu, options.start_method)
+        # A forked process inherits what pickling the function imported (cloudpickle),
+        # so fork after it; a spawned one boots for a while, so pickle meanwhile.
+        forks = multiprocessing.get_context(options.start_method).get_start_method() == "fork"
+        if not forks:
+            self._start(ncpu, options.start_method)
+        parcel = _publish(self._shelf, fun, options.context, ncpu)
+        if forks:
+            self._start(ncpu, options.start_method)
         call = _Call(self, tasks, parcel, pending, options)
         yield from call.batches()
 

@@ -10,18 +10,29 @@ may not have children. None of them outlives the pool that started it:
   when a process exits; this runs first, so a script that forgot ``shutdown()``
   still exits at once. It also runs when a worker process leaves, so the nested
   pools of a worker are stopped before the worker waits for them;
-- a worker whose parent dies, even by SIGKILL, exits within half a second on its
-  own (``child._exit_with_parent``); the processes of its own EzPool pools run the
+- a worker whose caller dies, even by SIGKILL, exits within half a second on its
+  own (``child._exit_with_parent``; under ``forkserver`` its parent is the server,
+  so it watches the caller's pid); the processes of its own EzPool pools run the
   same loop, so they follow it within another half second.
+
+Each process has a ``mark``: one 64-bit integer in memory shared with the caller,
+the position of the task it is running (-1: none), so that a crash or a timeout
+is blamed on that task. It is an anonymous shared page, which a forked process
+inherits; a ``spawn`` or ``forkserver`` process gets it as a memory file
+descriptor (``memfd``), sent with its start-up arguments (each side then holds
+the mapping's own descriptor while the process lives). Neither needs ``ctypes``,
+the ``multiprocessing`` heap, or a file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 from collections import deque
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import DupFd
 from multiprocessing.util import Finalize
 from time import monotonic
 from typing import Any
@@ -40,6 +51,9 @@ STOP_GRACE = 2.0
 #: children of an exiting process; ``multiprocessing.Pool`` uses 15 for the same reason.
 _EXIT_PRIORITY = 10
 
+#: Bytes of a mark: one signed 64-bit integer.
+_MARK_BYTES = 8
+
 
 class WorkerProcess:
     """One worker process, seen from the calling process."""
@@ -48,15 +62,19 @@ class WorkerProcess:
 
     def __init__(self, context: Any) -> None:
         parent_end, child_end = context.Pipe(duplex=True)
-        buffer = context.RawArray("q", 1)
-        self.process = context.Process(
-            target=child.main, args=(child_end, buffer, os.getpid()), daemon=False, name="ezpool-worker"
-        )
-        self.process.start()
-        child_end.close()
+        buffer, sent = _shared_mark(context)
+        try:
+            self.mark = memoryview(buffer).cast("B").cast("q")
+            self.mark[0] = -1
+            self.process = context.Process(
+                target=child.main, args=(child_end, sent, os.getpid()), daemon=False, name="ezpool-worker"
+            )
+            self.process.start()
+        finally:
+            child_end.close()
+            if isinstance(sent, _MarkFile):
+                os.close(sent.fd)  # the started process has its own copy
         self.conn: Connection = parent_end
-        self.mark = memoryview(buffer).cast("B").cast("q")
-        self.mark[0] = -1
         self.name = f"pid {self.process.pid}"
         self.holds: set[str] = set()  # the functions (fids) it keeps, see ezpool.shared
         self.chunks: deque[tuple[int, int]] = deque()  # (start, stop) in flight, oldest first
@@ -75,6 +93,48 @@ class WorkerProcess:
             self.process.kill()
         self.process.join(STOP_GRACE)
         self.conn.close()
+
+
+class _MarkFile:
+    """A mark's memory file, sent to a ``spawn`` or ``forkserver`` process as a descriptor."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, tuple[Any]]:
+        # DupFd works only while a process is being started: it hands the descriptor over.
+        return _map_mark, (DupFd(self.fd),)
+
+
+def _map_mark(handle: Any) -> mmap.mmap:
+    """In the started process: map the mark's memory file, then close the descriptor."""
+    fd = handle.detach()
+    try:
+        return mmap.mmap(fd, _MARK_BYTES)
+    finally:
+        os.close(fd)
+
+
+def _shared_mark(context: Any) -> tuple[Any, Any]:
+    """A mark for a process of ``context``: (the caller's buffer, what the process gets)."""
+    method = context.get_start_method()
+    if method == "fork":
+        page = mmap.mmap(-1, _MARK_BYTES)  # MAP_SHARED and anonymous: the child inherits it
+        return page, page
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None or method not in ("spawn", "forkserver"):  # pragma: no cover - not Linux
+        raw = context.RawArray("q", 1)
+        return raw, raw
+    fd = memfd_create("ezpool-mark", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, _MARK_BYTES)
+        page = mmap.mmap(fd, _MARK_BYTES)
+    except BaseException:
+        os.close(fd)
+        raise
+    return page, _MarkFile(fd)
 
 
 def stop_all(processes: list[WorkerProcess]) -> None:

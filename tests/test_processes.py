@@ -1,0 +1,114 @@
+"""ezpool.backends.processes: starting worker processes, and the mark that names the task
+a process is running, under every start method; what a cold start imports."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+from functools import partial
+
+import pytest
+
+from ezpool import Pool, TaskTimeout, WorkerCrashed
+from tests import _helpers as h
+
+START_METHODS = [m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
+
+
+@pytest.fixture(params=START_METHODS)
+def pool(request):
+    pool = Pool("parallel", start_method=request.param, progress=False)
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
+
+
+def _marks_held() -> list[str]:
+    """The descriptors of this process that are marks' memory files."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor listdir itself used, now closed
+            continue
+        if "ezpool-mark" in target:
+            found.append(target)
+    return found
+
+
+@pytest.mark.timeout(90)
+def test_a_crash_is_blamed_on_the_task_its_process_was_running(pool):
+    # Six tasks a chunk: only the mark tells which of them killed the process.
+    results = pool.pmap(partial(h.exit_on, 7), range(12), ncpu=2, chunksize=6, max_attempts=1)
+    assert list(results.errors) == [7]
+    assert isinstance(results[7], WorkerCrashed) and "task 7" in str(results[7])
+    assert {t: v for t, v in results.items() if t != 7} == {t: t * 10 for t in range(12) if t != 7}
+
+
+@pytest.mark.timeout(90)
+def test_a_timeout_is_blamed_on_the_task_that_overran(pool):
+    tasks = [0.01, 0.02, 30.0, 0.03, 0.04, 0.05]
+    results = pool.pmap(h.nap, tasks, ncpu=2, chunksize=3, timeout=1.0)
+    assert list(results.errors) == [30.0]
+    assert isinstance(results[30.0], TaskTimeout)
+    assert {t: results[t] for t in tasks if t != 30.0} == {t: t for t in tasks if t != 30.0}
+
+
+@pytest.mark.timeout(90)
+def test_a_task_longer_than_the_checks_on_the_caller_runs_to_its_end(pool):
+    # A worker checks every half second that its caller lives; under forkserver its
+    # parent is the server, not the caller, and that must not end it.
+    assert pool.pmap(h.nap, [1.5, 0.01], ncpu=2, max_attempts=1) == {1.5: 1.5, 0.01: 0.01}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_the_caller_holds_a_mark_per_live_process_and_none_after_shutdown(pool):
+    assert pool.pmap(h.square, range(8), ncpu=2) == {t: t * t for t in range(8)}
+    assert len(_marks_held()) <= 2  # the mapping of each process's mark, no more
+    pool.shutdown()
+    assert _marks_held() == []
+
+
+_COLD_SCRIPT = """
+import json, sys
+before = set(sys.modules)
+from ezpool import Pool
+imported = sorted(set(sys.modules) - before)
+from tests._startup import loaded
+
+if __name__ == "__main__":
+    with Pool(progress=False, start_method=sys.argv[1]) as pool:
+        results = pool.pmap(loaded, ["cloudpickle", "ctypes"], ncpu=1)
+    print(json.dumps({
+        "imported": imported,
+        "caller": {name: name in sys.modules for name in ("cloudpickle", "ctypes")},
+        "worker": dict(results),
+    }))
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("method", START_METHODS)
+def test_a_cold_start_imports_only_what_it_needs(method, tmp_path, core_python, core_child_env):
+    script = tmp_path / "cold.py"
+    script.write_text(_COLD_SCRIPT)
+    done = subprocess.run(
+        [core_python, "-W", "error", str(script), method],
+        env=core_child_env,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout)
+    heavy = ("ssl", "hashlib", "difflib", "multiprocessing", "cloudpickle", "Pyro4", "numpy")
+    assert [name for name in found["imported"] if name.split(".")[0] in heavy] == []
+    # A function found by name travels by name: cloudpickle stays out of both sides,
+    # and the mark needs no ctypes.
+    assert found["caller"] == {"cloudpickle": False, "ctypes": False}
+    assert found["worker"] == {"cloudpickle": False, "ctypes": False}
