@@ -22,7 +22,7 @@ from .serialization import dumps_tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plan_pieces", "ChunkSizer", "Chunk", "ChunkQueue", "TARGET_SECONDS"]
+__all__ = ["plan_pieces", "least_piece", "ChunkSizer", "Chunk", "ChunkQueue", "TARGET_SECONDS"]
 
 #: About how long one chunk should keep a worker busy.
 TARGET_SECONDS = 0.01
@@ -33,17 +33,41 @@ PIECES_PER_WORKER = 16
 #: Most tasks in one chunk when nothing else limits it (tasks that take no time).
 _MOST = 1 << 20
 
+#: Calls of at least this many tasks a worker never cut pieces or chunks below
+#: their first piece (see ``least_piece``).
+_LEAST_FROM = 256
 
-def plan_pieces(count: int, workers: int, chunksize: Optional[int] = None) -> list[tuple[int, int]]:
+#: Run times the sizer sums at most, from one reply (evenly spaced).
+_SAMPLED = 1024
+
+
+def least_piece(count: int, workers: int) -> int:
+    """The fewest tasks a piece or a fair-share chunk of a call of ``count`` tasks holds.
+
+    One for calls of fewer than ``_LEAST_FROM`` tasks a worker, so that the few
+    tasks of a small call, whose last ones may be by far the longest (``fib``
+    over ``range(32)``), end one by one. A large call keeps every piece at
+    ``1 / (16 * workers)`` of its tasks: each round trip to a worker costs the
+    calling process about as much as a few hundred tiny tasks, so a thousand
+    tiny tasks cut down to single ones cost 3-5 times their work in round trips.
+    """
+    if count < _LEAST_FROM * workers:
+        return 1
+    return count // (PIECES_PER_WORKER * workers)
+
+
+def plan_pieces(
+    count: int, workers: int, chunksize: Optional[int] = None, least: int = 1
+) -> list[tuple[int, int]]:
     """Cut positions ``0 .. count - 1`` into ``(start, stop)`` pieces.
 
     With ``chunksize`` the pieces are that size; otherwise they shrink from
-    ``count / (16 * workers)`` down to single tasks.
+    ``count / (16 * workers)`` down to ``least`` tasks.
     """
     pieces: list[tuple[int, int]] = []
     start = 0
     while start < count:
-        size = chunksize or math.ceil((count - start) / (PIECES_PER_WORKER * workers))
+        size = chunksize or max(least, math.ceil((count - start) / (PIECES_PER_WORKER * workers)))
         stop = min(count, start + max(1, size))
         pieces.append((start, stop))
         start = stop
@@ -53,16 +77,28 @@ def plan_pieces(count: int, workers: int, chunksize: Optional[int] = None) -> li
 class ChunkSizer:
     """Decides how many tasks the next chunk may hold, from the run times seen so far."""
 
-    def __init__(self, slots: int, target: float = TARGET_SECONDS) -> None:
+    def __init__(self, slots: int, target: float = TARGET_SECONDS, least: int = 1) -> None:
         self._slots = slots  # chunks in flight at once: workers x chunks each holds
         self._target = target
+        self._least = max(1, least)  # fewest tasks in a chunk cut for a fair share
         self._tasks = 0
         self._seconds = 0.0
 
     def record(self, times: Sequence[float]) -> None:
-        """Learn from the measured run times of finished tasks."""
-        self._tasks += len(times)
-        self._seconds += sum(times)
+        """Learn from the measured run times of finished tasks.
+
+        Of a long run of times, every ``len(times) // _SAMPLED``-th is summed: the
+        mean is all the sizer needs, and summing a million floats costs the calling
+        process more than a whole chunk of tiny tasks costs a worker.
+        """
+        count = len(times)
+        step = count // _SAMPLED
+        if step > 1:
+            sample = times[::step]
+            self._seconds += sum(sample) * count / len(sample)
+        else:
+            self._seconds += sum(times)
+        self._tasks += count
 
     @property
     def slots(self) -> int:
@@ -84,7 +120,12 @@ class ChunkSizer:
         mean = self._seconds / self._tasks
         if mean <= 0:  # instant tasks: all that is left may go at once
             return int(remaining) if remaining != math.inf else _MOST
-        fair_share = math.ceil(remaining / (2 * self._slots)) if remaining != math.inf else _MOST
+        fair_share = _MOST
+        if remaining != math.inf:
+            # A share of what is left for every chunk in flight; half that in a small
+            # call, whose tail may be far longer than its measured head.
+            shares = self._slots if self._least > 1 else 2 * self._slots
+            fair_share = min(int(remaining), max(math.ceil(remaining / shares), self._least))
         return max(1, min(int(self._target / mean), fair_share, _MOST))
 
 
@@ -120,7 +161,8 @@ class ChunkQueue:
         self._tasks = tasks
         self._fixed = chunksize is not None
         self._chunksize = chunksize
-        self.sizer = ChunkSizer(workers * depth)
+        least = 1 if isinstance(tasks, Feed) else least_piece(len(tasks), workers)
+        self.sizer = ChunkSizer(workers * depth, least=least)
         self._pending: deque[Chunk] = deque()
         self._undispatched = 0
         self.feed: Optional[Feed] = tasks if isinstance(tasks, Feed) else None
@@ -130,7 +172,7 @@ class ChunkQueue:
         # Whether a piece longer than the sizer's limit is cut: a worker's first chunk
         # is then one task, and slow tasks never travel by the hundred.
         self._split = split and not self._fixed
-        pieces = plan_pieces(len(tasks), workers, chunksize)
+        pieces = plan_pieces(len(tasks), workers, chunksize, least)
         if self._split and pieces:
             # Each worker's first chunk is one task: cut those off the first piece now,
             # rather than pickle the whole piece and cut it (and pickle it again) later.

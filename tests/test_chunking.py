@@ -170,3 +170,35 @@ def test_a_split_queue_covers_every_task_once_whatever_the_run_times(count, ncpu
         covered.extend(values)
         queue.sizer.record([seconds] * len(values))
     assert covered == list(range(count))
+
+
+@pytest.mark.timeout(30)
+@settings(deadline=None)
+@given(st.integers(0, 20_000), st.integers(1, 8))
+def test_pieces_of_a_large_call_never_shrink_below_its_least_piece(count, ncpu):
+    from ezpool.chunking import least_piece
+
+    least = least_piece(count, ncpu)
+    pieces = plan_pieces(count, ncpu, least=least)
+    assert [n for start, stop in pieces for n in range(start, stop)] == list(range(count))
+    assert all(stop - start >= least for start, stop in pieces[:-1])
+    if count < 256 * ncpu:  # a small call still ends on single tasks
+        assert least == 1 and (not pieces or pieces[-1][1] - pieces[-1][0] == 1)
+
+
+@pytest.mark.timeout(30)
+def test_a_large_call_of_tiny_tasks_is_not_cut_into_ever_smaller_chunks():
+    large = ChunkSizer(4, least=31)
+    large.record([3e-7] * 100)
+    assert large.limit(100) == 31  # the least piece, not a quarter of 100
+    assert large.limit(20) == 20
+    small = ChunkSizer(4)
+    small.record([3e-7] * 100)
+    assert small.limit(100) == math.ceil(100 / 8)
+
+
+@pytest.mark.timeout(30)
+def test_the_sizer_learns_the_mean_of_a_long_run_from_a_sample():
+    sizer = ChunkSizer(2)
+    sizer.record([1e-6] * 50_000 + [3e-6] * 50_000)
+    assert sizer.mean == pytest.approx(2e-6, rel=0.01)
