@@ -33,6 +33,11 @@ PIECES_PER_WORKER = 16
 #: Most tasks in one chunk when nothing else limits it (tasks that take no time).
 _MOST = 1 << 20
 
+#: Chunks are made at least this many times longer than what one costs beyond its
+#: tasks (when the backend measures its round trips), up to ``LONGEST_TARGET`` seconds.
+OVERHEAD_SHARE = 10
+LONGEST_TARGET = 0.25
+
 #: Calls of at least this many tasks a worker never cut pieces or chunks below
 #: their first piece (see ``least_piece``).
 _LEAST_FROM = 256
@@ -79,26 +84,37 @@ class ChunkSizer:
 
     def __init__(self, slots: int, target: float = TARGET_SECONDS, least: int = 1) -> None:
         self._slots = slots  # chunks in flight at once: workers x chunks each holds
-        self._target = target
+        self._base = self._target = target
+        self._cost: Optional[float] = None  # what a chunk costs beyond its tasks, smoothed
         self._least = max(1, least)  # fewest tasks in a chunk cut for a fair share
         self._tasks = 0
         self._seconds = 0.0
 
-    def record(self, times: Sequence[float]) -> None:
-        """Learn from the measured run times of finished tasks.
+    def record(self, times: Sequence[float], trip: Optional[float] = None) -> None:
+        """Learn from the measured run times of finished tasks, and from ``trip``, the
+        seconds from sending their chunk to having its answer, when it is known.
 
         Of a long run of times, every ``len(times) // _SAMPLED``-th is summed: the
         mean is all the sizer needs, and summing a million floats costs the calling
         process more than a whole chunk of tiny tasks costs a worker.
+
+        What a trip took beyond its tasks is the cost of a chunk (sending,
+        unpickling, answering); chunks are then made long enough that this cost
+        is at most ``1 / OVERHEAD_SHARE`` of their work, up to ``LONGEST_TARGET``.
         """
         count = len(times)
         step = count // _SAMPLED
         if step > 1:
             sample = times[::step]
-            self._seconds += sum(sample) * count / len(sample)
+            seconds = sum(sample) * count / len(sample)
         else:
-            self._seconds += sum(times)
+            seconds = sum(times)
+        self._seconds += seconds
         self._tasks += count
+        if trip is not None:
+            cost = max(0.0, trip - seconds)
+            self._cost = cost if self._cost is None else (self._cost + cost) / 2
+            self._target = min(LONGEST_TARGET, max(self._base, OVERHEAD_SHARE * self._cost))
 
     @property
     def slots(self) -> int:

@@ -202,3 +202,19 @@ def test_the_sizer_learns_the_mean_of_a_long_run_from_a_sample():
     sizer = ChunkSizer(2)
     sizer.record([1e-6] * 50_000 + [3e-6] * 50_000)
     assert sizer.mean == pytest.approx(2e-6, rel=0.01)
+
+
+@pytest.mark.timeout(30)
+def test_chunks_grow_until_their_round_trip_costs_a_tenth_of_their_work():
+    from ezpool.chunking import LONGEST_TARGET, OVERHEAD_SHARE
+
+    sizer = ChunkSizer(2)
+    sizer.record([1e-6] * 1000)
+    assert sizer.limit(math.inf) == pytest.approx(TARGET_SECONDS / 1e-6, rel=0.01)
+    sizer.record([1e-6] * 1000, trip=0.001 + 0.005)  # 5 ms beyond its 1 ms of tasks
+    assert sizer.limit(math.inf) == pytest.approx(OVERHEAD_SHARE * 0.005 / 1e-6, rel=0.01)
+    sizer.record([1e-6] * 1000, trip=10.0)  # a trip far longer than anything: capped
+    assert sizer.limit(math.inf) <= LONGEST_TARGET / 1e-6 * 1.01
+    cheap = ChunkSizer(2)
+    cheap.record([1e-6] * 1000, trip=0.001)  # nothing beyond the tasks: the usual target
+    assert cheap.limit(math.inf) == pytest.approx(TARGET_SECONDS / 1e-6, rel=0.01)
