@@ -1,4 +1,4 @@
-"""The six workloads: which contenders, over which sizes, checked how.
+"""The workloads: which contenders, over which sizes, checked how.
 
 Each workload is a function ``(settings) -> [Comparison, ...]``; ``WORKLOADS``
 maps the names ``--only`` accepts to them.
@@ -18,6 +18,7 @@ from ezpool import BaseWorker, Pool
 from . import peers
 from .harness import Comparison, Contender, Runner, Settings, Timed, simple
 from .naive_pyro import naive_client
+from .scale import scale
 from .serving import distributed_available, free_port, served_workers
 from .workloads import (
     CPU_N,
@@ -317,4 +318,5 @@ WORKLOADS: dict[str, Callable[[Settings], list[Comparison]]] = {
     "distributed": distributed,
     "many": many,
     "startup": startup,
+    "scale": scale,
 }
