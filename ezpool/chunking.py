@@ -38,6 +38,10 @@ _MOST = 1 << 20
 OVERHEAD_SHARE = 10
 LONGEST_TARGET = 0.25
 
+#: A large call never cuts a chunk below this much measured work for a fair share:
+#: the round trip it would save another worker costs more.
+LEAST_SECONDS = 0.001
+
 #: Calls of at least this many tasks a worker never cut pieces or chunks below
 #: their first piece (see ``least_piece``).
 _LEAST_FROM = 256
@@ -141,7 +145,10 @@ class ChunkSizer:
             # A share of what is left for every chunk in flight; half that in a small
             # call, whose tail may be far longer than its measured head.
             shares = self._slots if self._least > 1 else 2 * self._slots
-            fair_share = min(int(remaining), max(math.ceil(remaining / shares), self._least))
+            least = self._least
+            if least > 1:  # a large call: no chunk cut below LEAST_SECONDS of measured work
+                least = max(least, int(LEAST_SECONDS / mean))
+            fair_share = min(int(remaining), max(math.ceil(remaining / shares), least))
         return max(1, min(int(self._target / mean), fair_share, _MOST))
 
 

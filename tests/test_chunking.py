@@ -190,8 +190,11 @@ def test_pieces_of_a_large_call_never_shrink_below_its_least_piece(count, ncpu):
 def test_a_large_call_of_tiny_tasks_is_not_cut_into_ever_smaller_chunks():
     large = ChunkSizer(4, least=31)
     large.record([3e-7] * 100)
-    assert large.limit(100) == 31  # the least piece, not a quarter of 100
+    assert large.limit(900) == 900  # all of it: 900 tasks are less than LEAST_SECONDS of work
     assert large.limit(20) == 20
+    slower = ChunkSizer(4, least=31)
+    slower.record([1e-4] * 100)
+    assert slower.limit(100) == 31  # the least piece, not a quarter of 100
     small = ChunkSizer(4)
     small.record([3e-7] * 100)
     assert small.limit(100) == math.ceil(100 / 8)
