@@ -95,7 +95,7 @@ def derived(name: str, record: dict[str, Any]) -> dict[str, Any]:
         for contender, entry in record["contenders"].items()
     }
     out: dict[str, Any] = {}
-    if name in ("tiny", "distributed"):
+    if name in ("tiny", "distributed", "ray"):
         out["us_per_task"] = {
             contender: {size: 1e6 * t / size for size, t in points.items()}
             for contender, points in medians.items()
@@ -149,14 +149,21 @@ def _seconds(value: float) -> str:
     return f"{value:.2f} s"
 
 
+def _mib(value: float) -> str:
+    return f"{value:.0f} MiB"
+
+
 def table(name: str, record: dict[str, Any]) -> str:
     """A plain-text table of one comparison: medians, then ratios, then derived figures."""
     sizes = record["sizes"]
     labels = [*record["contenders"], *(f"{r['ezpool']} / {r['peer']}" for r in record["ratios"])]
     width = min(60, max(len(label) for label in [*labels, "ratio EzPool / peer"]) + 2)
+    # A comparison of something else than time says so in its params (see bench.scale).
+    in_mib = record.get("params", {}).get("measures") == "peak_mib"
+    show = _mib if in_mib else _seconds
     lines = [
         f"== {name}: {record['title']}",
-        f"{'median time':<{width}}" + "".join(f"{s:>12,}" for s in sizes),
+        f"{'median peak' if in_mib else 'median time':<{width}}" + "".join(f"{s:>12,}" for s in sizes),
     ]
     for contender, entry in record["contenders"].items():
         if entry["status"] != "ok" and not entry["sizes"]:
@@ -166,7 +173,7 @@ def table(name: str, record: dict[str, Any]) -> str:
         for size in sizes:
             point = entry["sizes"].get(size) or entry["sizes"].get(str(size)) or {}
             status = point.get("status")
-            cells.append(_seconds(point["median"]) if status == "ok" else (status or "-"))
+            cells.append(show(point["median"]) if status == "ok" else (status or "-"))
         lines.append(f"{contender:<{width}}" + "".join(f"{c:>12}" for c in cells))
     if record["ratios"]:
         lines.append(f"{'ratio EzPool / peer':<{width}}" + "".join(f"{s:>12,}" for s in sizes))
@@ -233,7 +240,11 @@ def plot(path: Path, records: dict[str, dict[str, Any]], info: dict[str, Any]) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {name: r for name, r in records.items() if len(r.get("sizes", ())) > 1}
+    curves = {
+        name: r
+        for name, r in records.items()
+        if len(r.get("sizes", ())) > 1 and not r.get("params", {}).get("measures")  # times only
+    }
     if not curves:
         return "plot skipped: no workload with more than one size was run"
     figure, axes = plt.subplots(1, len(curves), figsize=(7 * len(curves), 5), squeeze=False)

@@ -21,6 +21,7 @@ from .captured import captured
 from .coldstart import cold_start
 from .harness import Comparison, Contender, Runner, Settings, Timed, simple
 from .naive_pyro import naive_client
+from .scale import scale
 from .serving import distributed_available, free_port, served_workers
 from .workloads import (
     CPU_N,
@@ -325,4 +326,5 @@ WORKLOADS: dict[str, Callable[[Settings], list[Comparison]]] = {
     "captured": captured,
     "results": lambda settings: big_results(settings, NCPU),
     "arguments": lambda settings: big_arguments(settings, NCPU),
+    "scale": scale,
 }

@@ -22,7 +22,7 @@ from .serialization import dumps_tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plan_pieces", "ChunkSizer", "Chunk", "ChunkQueue", "TARGET_SECONDS"]
+__all__ = ["plan_pieces", "least_piece", "ChunkSizer", "Chunk", "ChunkQueue", "TARGET_SECONDS"]
 
 #: About how long one chunk should keep a worker busy.
 TARGET_SECONDS = 0.01
@@ -33,17 +33,50 @@ PIECES_PER_WORKER = 16
 #: Most tasks in one chunk when nothing else limits it (tasks that take no time).
 _MOST = 1 << 20
 
+#: Chunks are made at least this many times longer than what one costs beyond its
+#: tasks (when the backend measures its round trips), up to ``LONGEST_TARGET`` seconds.
+OVERHEAD_SHARE = 10
+LONGEST_TARGET = 0.25
 
-def plan_pieces(count: int, workers: int, chunksize: Optional[int] = None) -> list[tuple[int, int]]:
+#: A large call never cuts a chunk below this much measured work for a fair share:
+#: the round trip it would save another worker costs more.
+LEAST_SECONDS = 0.001
+
+#: Calls of at least this many tasks a worker never cut pieces or chunks below
+#: their first piece (see ``least_piece``).
+_LEAST_FROM = 256
+
+#: Run times the sizer sums at most, from one reply (evenly spaced).
+_SAMPLED = 1024
+
+
+def least_piece(count: int, workers: int) -> int:
+    """The fewest tasks a piece or a fair-share chunk of a call of ``count`` tasks holds.
+
+    One for calls of fewer than ``_LEAST_FROM`` tasks a worker, so that the few
+    tasks of a small call, whose last ones may be by far the longest (``fib``
+    over ``range(32)``), end one by one. A large call keeps every piece at
+    ``1 / (16 * workers)`` of its tasks: each round trip to a worker costs the
+    calling process about as much as a few hundred tiny tasks, so a thousand
+    tiny tasks cut down to single ones cost 3-5 times their work in round trips.
+    """
+    if count < _LEAST_FROM * workers:
+        return 1
+    return count // (PIECES_PER_WORKER * workers)
+
+
+def plan_pieces(
+    count: int, workers: int, chunksize: Optional[int] = None, least: int = 1
+) -> list[tuple[int, int]]:
     """Cut positions ``0 .. count - 1`` into ``(start, stop)`` pieces.
 
     With ``chunksize`` the pieces are that size; otherwise they shrink from
-    ``count / (16 * workers)`` down to single tasks.
+    ``count / (16 * workers)`` down to ``least`` tasks.
     """
     pieces: list[tuple[int, int]] = []
     start = 0
     while start < count:
-        size = chunksize or math.ceil((count - start) / (PIECES_PER_WORKER * workers))
+        size = chunksize or max(least, math.ceil((count - start) / (PIECES_PER_WORKER * workers)))
         stop = min(count, start + max(1, size))
         pieces.append((start, stop))
         start = stop
@@ -53,16 +86,39 @@ def plan_pieces(count: int, workers: int, chunksize: Optional[int] = None) -> li
 class ChunkSizer:
     """Decides how many tasks the next chunk may hold, from the run times seen so far."""
 
-    def __init__(self, slots: int, target: float = TARGET_SECONDS) -> None:
+    def __init__(self, slots: int, target: float = TARGET_SECONDS, least: int = 1) -> None:
         self._slots = slots  # chunks in flight at once: workers x chunks each holds
-        self._target = target
+        self._base = self._target = target
+        self._cost: Optional[float] = None  # what a chunk costs beyond its tasks, smoothed
+        self._least = max(1, least)  # fewest tasks in a chunk cut for a fair share
         self._tasks = 0
         self._seconds = 0.0
 
-    def record(self, times: Sequence[float]) -> None:
-        """Learn from the measured run times of finished tasks."""
-        self._tasks += len(times)
-        self._seconds += sum(times)
+    def record(self, times: Sequence[float], trip: Optional[float] = None) -> None:
+        """Learn from the measured run times of finished tasks, and from ``trip``, the
+        seconds from sending their chunk to having its answer, when it is known.
+
+        Of a long run of times, every ``len(times) // _SAMPLED``-th is summed: the
+        mean is all the sizer needs, and summing a million floats costs the calling
+        process more than a whole chunk of tiny tasks costs a worker.
+
+        What a trip took beyond its tasks is the cost of a chunk (sending,
+        unpickling, answering); chunks are then made long enough that this cost
+        is at most ``1 / OVERHEAD_SHARE`` of their work, up to ``LONGEST_TARGET``.
+        """
+        count = len(times)
+        step = count // _SAMPLED
+        if step > 1:
+            sample = times[::step]
+            seconds = sum(sample) * count / len(sample)
+        else:
+            seconds = sum(times)
+        self._seconds += seconds
+        self._tasks += count
+        if trip is not None:
+            cost = max(0.0, trip - seconds)
+            self._cost = cost if self._cost is None else (self._cost + cost) / 2
+            self._target = min(LONGEST_TARGET, max(self._base, OVERHEAD_SHARE * self._cost))
 
     @property
     def slots(self) -> int:
@@ -84,7 +140,15 @@ class ChunkSizer:
         mean = self._seconds / self._tasks
         if mean <= 0:  # instant tasks: all that is left may go at once
             return int(remaining) if remaining != math.inf else _MOST
-        fair_share = math.ceil(remaining / (2 * self._slots)) if remaining != math.inf else _MOST
+        fair_share = _MOST
+        if remaining != math.inf:
+            # A share of what is left for every chunk in flight; half that in a small
+            # call, whose tail may be far longer than its measured head.
+            shares = self._slots if self._least > 1 else 2 * self._slots
+            least = self._least
+            if least > 1:  # a large call: no chunk cut below LEAST_SECONDS of measured work
+                least = max(least, int(LEAST_SECONDS / mean))
+            fair_share = min(int(remaining), max(math.ceil(remaining / shares), least))
         return max(1, min(int(self._target / mean), fair_share, _MOST))
 
 
@@ -120,7 +184,8 @@ class ChunkQueue:
         self._tasks = tasks
         self._fixed = chunksize is not None
         self._chunksize = chunksize
-        self.sizer = ChunkSizer(workers * depth)
+        least = 1 if isinstance(tasks, Feed) else least_piece(len(tasks), workers)
+        self.sizer = ChunkSizer(workers * depth, least=least)
         self._pending: deque[Chunk] = deque()
         self._undispatched = 0
         self.feed: Optional[Feed] = tasks if isinstance(tasks, Feed) else None
@@ -130,7 +195,7 @@ class ChunkQueue:
         # Whether a piece longer than the sizer's limit is cut: a worker's first chunk
         # is then one task, and slow tasks never travel by the hundred.
         self._split = split and not self._fixed
-        pieces = plan_pieces(len(tasks), workers, chunksize)
+        pieces = plan_pieces(len(tasks), workers, chunksize, least)
         if self._split and pieces:
             # Each worker's first chunk is one task: cut those off the first piece now,
             # rather than pickle the whole piece and cut it (and pickle it again) later.

@@ -25,7 +25,8 @@ class TaskOutcome(NamedTuple):
     Attributes:
         task: the task, exactly as it was given.
         value: what the task returned or, if it failed, the exception.
-        elapsed: the task's run time in seconds, measured where it ran.
+        elapsed: the task's run time in seconds, measured where it ran (tasks under
+            100 µs share the time of their group, see ``ezpool.execution.run_chunk``).
         worker: where it ran (``"pid 1234"`` for local processes, a URI for workers).
         failed: whether ``value`` is an exception the task raised (or met).
     """
@@ -51,7 +52,8 @@ class Results(dict):
 
     Attributes:
         errors: the failed tasks only, each mapped to its exception.
-        elapsed: each task's run time in seconds, measured where it ran.
+        elapsed: each task's run time in seconds, measured where it ran (tasks under
+            100 µs share the time of their group, see ``ezpool.execution.run_chunk``).
         workers: where each task ran.
         wall_time: seconds the whole call took, as seen by the caller.
     """

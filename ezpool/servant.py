@@ -301,6 +301,9 @@ class Servant:
             self._lock.notify_all()
         offset = position - job.first
         values, times = job.values[:offset], array("d", job.times[:offset])
+        # Times are added a group at a time (see execution.run_chunk): the tasks of the
+        # unfinished group, all short ones, were not timed.
+        times.extend(array("d", bytes(8 * (offset - len(times)))))
         error = TaskTimeout(
             f"task {job.tasks[offset]!r} ran longer than its timeout of {timeout} s "
             f"on the worker (pid {os.getpid()}), which restarts to stop it"

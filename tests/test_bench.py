@@ -165,3 +165,45 @@ def test_the_captured_workload_reports_ratios_and_peak_memory(tmp_path: Path) ->
     peaks = record["params"]["workers_peak_rss_mib"]
     assert peaks["pmap"] > record["params"]["megabytes"] / 2  # each worker holds the data once
     assert "workers_peak_rss_mib" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_the_memory_workload_measures_each_callers_peak_in_a_fresh_process() -> None:
+    from bench.harness import Settings, measure
+    from bench.report import table
+    from bench.scale import memory
+
+    settings = Settings(quick=True, repeats=1, budget=120)
+    [comparison] = memory(settings, sizes=[3000])
+    record = measure(comparison, settings)
+    entries = record["contenders"]
+    assert set(entries) == {"pmap", "dmap", "plain dict of the results", "multiprocessing.Pool.map"}
+    for name, entry in entries.items():
+        if name == "dmap" and entry["status"] == "skipped":
+            assert "distributed mode not available" in entry["reason"]
+            continue
+        assert entry["status"] == "ok", (name, entry)
+        peak = entry["sizes"][3000]["median"]
+        assert 1 < peak < 10_000  # MiB of a whole interpreter, not seconds
+    ratios = {(r["ezpool"], r["peer"]): r["ratio"] for r in record["ratios"]}
+    assert math.isfinite(ratios[("pmap", "plain dict of the results")])
+    assert "MiB" in table("memory", record)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_the_ray_workload_times_dmap_against_ray() -> None:
+    pytest.importorskip("ray")
+    from bench.harness import Settings, measure
+    from bench.scale import ray
+
+    settings = Settings(quick=True, repeats=1, budget=120)
+    [comparison] = ray(settings, sizes=[2000])
+    record = measure(comparison, settings)
+    statuses = {name: entry["status"] for name, entry in record["contenders"].items()}
+    assert statuses["Ray, tasks batched by hand"] == "ok", record["contenders"]
+    assert statuses["ray.util.multiprocessing.Pool.map"] == "ok", record["contenders"]
+    if statuses["dmap"] == "ok":
+        pairs = {(r["ezpool"], r["peer"]) for r in record["ratios"]}
+        assert ("dmap", "Ray, tasks batched by hand") in pairs

@@ -170,3 +170,54 @@ def test_a_split_queue_covers_every_task_once_whatever_the_run_times(count, ncpu
         covered.extend(values)
         queue.sizer.record([seconds] * len(values))
     assert covered == list(range(count))
+
+
+@pytest.mark.timeout(30)
+@settings(deadline=None)
+@given(st.integers(0, 20_000), st.integers(1, 8))
+def test_pieces_of_a_large_call_never_shrink_below_its_least_piece(count, ncpu):
+    from ezpool.chunking import least_piece
+
+    least = least_piece(count, ncpu)
+    pieces = plan_pieces(count, ncpu, least=least)
+    assert [n for start, stop in pieces for n in range(start, stop)] == list(range(count))
+    assert all(stop - start >= least for start, stop in pieces[:-1])
+    if count < 256 * ncpu:  # a small call still ends on single tasks
+        assert least == 1 and (not pieces or pieces[-1][1] - pieces[-1][0] == 1)
+
+
+@pytest.mark.timeout(30)
+def test_a_large_call_of_tiny_tasks_is_not_cut_into_ever_smaller_chunks():
+    large = ChunkSizer(4, least=31)
+    large.record([3e-7] * 100)
+    assert large.limit(900) == 900  # all of it: 900 tasks are less than LEAST_SECONDS of work
+    assert large.limit(20) == 20
+    slower = ChunkSizer(4, least=31)
+    slower.record([1e-4] * 100)
+    assert slower.limit(100) == 31  # the least piece, not a quarter of 100
+    small = ChunkSizer(4)
+    small.record([3e-7] * 100)
+    assert small.limit(100) == math.ceil(100 / 8)
+
+
+@pytest.mark.timeout(30)
+def test_the_sizer_learns_the_mean_of_a_long_run_from_a_sample():
+    sizer = ChunkSizer(2)
+    sizer.record([1e-6] * 50_000 + [3e-6] * 50_000)
+    assert sizer.mean == pytest.approx(2e-6, rel=0.01)
+
+
+@pytest.mark.timeout(30)
+def test_chunks_grow_until_their_round_trip_costs_a_tenth_of_their_work():
+    from ezpool.chunking import LONGEST_TARGET, OVERHEAD_SHARE
+
+    sizer = ChunkSizer(2)
+    sizer.record([1e-6] * 1000)
+    assert sizer.limit(math.inf) == pytest.approx(TARGET_SECONDS / 1e-6, rel=0.01)
+    sizer.record([1e-6] * 1000, trip=0.001 + 0.005)  # 5 ms beyond its 1 ms of tasks
+    assert sizer.limit(math.inf) == pytest.approx(OVERHEAD_SHARE * 0.005 / 1e-6, rel=0.01)
+    sizer.record([1e-6] * 1000, trip=10.0)  # a trip far longer than anything: capped
+    assert sizer.limit(math.inf) <= LONGEST_TARGET / 1e-6 * 1.01
+    cheap = ChunkSizer(2)
+    cheap.record([1e-6] * 1000, trip=0.001)  # nothing beyond the tasks: the usual target
+    assert cheap.limit(math.inf) == pytest.approx(TARGET_SECONDS / 1e-6, rel=0.01)

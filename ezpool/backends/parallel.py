@@ -211,8 +211,11 @@ class _Call:
                     proc.served = True
                     if not proc.chunks:
                         _forget(busy, proc)
+                    # Decoded before the process is topped up, so that its next chunk is
+                    # sized with these run times too (it still has one to run meanwhile).
+                    decoded = list(self._batch(reply, start, stop, proc.name))
                     self._feed(proc, busy)
-                    yield from self._batch(reply, start, stop, proc.name)
+                    yield from decoded
                 if self.timeout is not None:
                     for proc in self._overdue(busy):
                         yield from self._lost(proc, busy, timed_out=True)

@@ -76,6 +76,7 @@ class Verdict(NamedTuple):
     kind: str  # "done", "returned" or "lost"
     reply: bytes = b""
     reason: str = ""
+    trip: Optional[float] = None  # for "done": seconds from sending the chunk to its answer
 
 
 class Call:
@@ -279,6 +280,7 @@ class Call:
                     link.move(State.READY)
                     return Verdict("done", reply=pack_chunk(chunk.start, failed_chunk(count, loads(reply))))
                 link.loaded.add(fid)
+            sent = time.monotonic()
             status, reply = connection.call(
                 "run_chunk", link.identity, fid, chunk.start, count, list(chunk.payloads), self.timeout,
                 *self.capture,
@@ -287,7 +289,7 @@ class Call:
             return self._broken(link, exc)
         if status == "ok":
             link.move(State.READY)
-            return Verdict("done", reply=reply)
+            return Verdict("done", reply=reply, trip=time.monotonic() - sent)
         if status == "need-function":  # it dropped the code from its cache: send it again
             link.loaded.discard(fid)
             link.move(State.READY)
@@ -392,7 +394,7 @@ class Call:
         again: list[tuple[int, int, bool]] = []  # (start, stop, alone) to send again
         try:
             if verdict.kind == "done":
-                self._accept(verdict.reply, chunk, link.text, batches, again)
+                self._accept(verdict.reply, chunk, link.text, batches, again, verdict.trip)
             elif verdict.kind == "returned":
                 self._strike(chunk, self.returns, MAX_RETURNS, link.text, verdict.reason, batches, again,
                              alone=False)
@@ -419,6 +421,7 @@ class Call:
         worker: str,
         batches: list[Batch],
         again: list[tuple[int, int, bool]],
+        trip: Optional[float] = None,
     ) -> None:
         try:
             first, values, times, failures, outputs = unpack_chunk(reply)
@@ -438,7 +441,7 @@ class Call:
             values[offset] = rebuild(record)
         if values:
             with self.cond:
-                self.pending.sizer.record(times)
+                self.pending.sizer.record(times, trip)
             batches.append(Batch(first, values, times, set(failures), worker, outputs))
         if first + len(values) < chunk.stop:  # it stopped early: the rest never ran
             again.append((first + len(values), chunk.stop, False))
