@@ -48,8 +48,12 @@ class Options:
             ``"forkserver"``; ``None``: the platform's default).
         workers: URIs of the distributed workers, e.g. ``"PYRO:worker@host:21000"``;
             one string or a sequence of them.
-        spawn: in the distributed mode, start a local worker that does not answer
-            (only on ``localhost``/``127.0.0.1``).
+        spawn: in the distributed mode, whether the pool starts a worker itself where
+            none answers. Only ever on this machine's loopback (``localhost``,
+            ``127.0.0.1``) and where nothing listens on the port. ``None`` (the
+            default): only at the default address, ``PYRO:worker@localhost:21000``,
+            so that a mistyped address is an error rather than a new worker;
+            ``True``: at any such address; ``False``: never.
         hmac_key: the shared secret of distributed workers, at least 16 bytes
             (``None``: ``$EZPOOL_HMAC_KEY``, else your per-user key file, made on
             first use; see ``ezpool.security``).
@@ -104,7 +108,7 @@ class Options:
     chunksize: Optional[int] = None
     start_method: Optional[str] = None
     workers: Union[str, Sequence[str], None] = None
-    spawn: bool = True
+    spawn: Optional[bool] = None
     hmac_key: Union[str, bytes, None] = None
     insecure: bool = False
     tls_ca: Optional[PathText] = None
@@ -146,8 +150,8 @@ class Options:
                     f"start_method {self.start_method!r} is not one of {', '.join(methods)}"
                 )
         object.__setattr__(self, "workers", _check_workers(self.workers))
-        if not isinstance(self.spawn, bool):
-            raise TypeError(f"spawn must be True or False, got {self.spawn!r}")
+        if self.spawn is not None and not isinstance(self.spawn, bool):
+            raise TypeError(f"spawn must be None, True or False, got {self.spawn!r}")
         if self.hmac_key is not None and not isinstance(self.hmac_key, (str, bytes)):
             raise TypeError(f"hmac_key must be a str, bytes or None, got {type(self.hmac_key).__name__}")
         if not isinstance(self.insecure, bool):

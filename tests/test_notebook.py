@@ -232,7 +232,7 @@ def test_code_from_other_cells_shows_its_lines(jupyter: Path) -> None:
 
     cells = [
         "from ezpool import BaseWorker, Pool\n"
-        f"pool = Pool(workers='PYRO:worker@127.0.0.1:{free_port()}')",
+        f"pool = Pool(workers='PYRO:worker@127.0.0.1:{free_port()}', spawn=True)",
         "def check(x):\n    if x < 0:\n        raise ValueError(f'negative: {x}')\n    return x",
         "def outer(x):\n    return check(x) + 1",
         "class Base(BaseWorker):\n    def run(self, x):\n        return check(x) * 2",
@@ -275,7 +275,7 @@ SCRIPT = textwrap.dedent(
                 out.write("torn down")
 
     workers = sys.argv[2:]
-    with Pool(workers=workers) as pool:
+    with Pool(workers=workers, spawn=True) as pool:
         results = pool.dmap(Scaled, [1, 2, 3, 4, -1])
     error = results.errors[-1]
     print(json.dumps({
