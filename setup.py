@@ -34,6 +34,8 @@ setup(
             "nbclient>=0.7",
             "nbformat>=5.1",
             "ipykernel>=6",
+            # ... and shows the default progress bar there as a widget (tests/test_notebook.py).
+            "ipywidgets>=8",
             # tests/test_joblib.py and examples/sklearn_grid.py: the "ezpool" joblib backend.
             "joblib>=1.3",
             "scikit-learn>=1.3",

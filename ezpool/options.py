@@ -33,7 +33,8 @@ class Options:
     """Keyword options of ``Pool``, ``map``, ``smap``, ``pmap`` and ``dmap``.
 
     Attributes:
-        progress: ``None`` shows a progress bar on stderr only when it is a terminal;
+        progress: ``None`` shows a progress bar on stderr only when it is a terminal, or
+            in a Jupyter notebook (a widget where ipywidgets is installed);
             ``True`` always, ``False`` never; a callable is called in the calling
             process once per finished task as ``progress(outcome, done, total)``.
         msg: the label of the progress bar.
