@@ -19,13 +19,27 @@ from typing import Any, Callable, Optional, Union
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Options", "DEFAULT_WORKER"]
+__all__ = ["Options", "DEFAULT_WORKER", "NOT_GIVEN", "given", "unknown_option"]
 
 #: The worker a distributed call uses when none is named.
 DEFAULT_WORKER = "PYRO:worker@localhost:21000"
 
 ProgressHook = Callable[[Any, int, Optional[int]], Any]
 PathText = Union[str, "os.PathLike[str]"]
+
+
+class _NotGiven:
+    def __repr__(self) -> str:
+        return "<not given>"
+
+    def __reduce__(self) -> str:
+        return "NOT_GIVEN"  # one object, even through pickle
+
+
+#: The default of every option parameter of ``Pool``'s methods: the option was not
+#: given, so the pool's value (or the default here, in ``Options``) applies. Typed
+#: ``Any`` so that each parameter can show the option's own type.
+NOT_GIVEN: Any = _NotGiven()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,14 +190,9 @@ class Options:
 
     def replace(self, **changes: Any) -> Options:
         """Return a copy with ``changes`` applied; an unknown name is a ``TypeError``."""
-        names = {field.name for field in dataclasses.fields(self)}
         for name in changes:
-            if name not in names:
-                close = difflib.get_close_matches(name, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise TypeError(
-                    f"unknown option {name!r}{hint} (options: {', '.join(sorted(names))})"
-                )
+            if name not in _NAMES:
+                raise unknown_option(name)
         return dataclasses.replace(self, **changes) if changes else self
 
     def __repr__(self) -> str:
@@ -230,3 +239,27 @@ def _check_workers(workers: Any) -> Optional[tuple[str, ...]]:
     if not uris:
         raise ValueError(f"workers is empty ({workers!r}): name at least one worker URI")
     return uris
+
+
+#: The option names, for ``given``.
+_NAMES = frozenset(field.name for field in dataclasses.fields(Options))
+
+
+def unknown_option(name: str) -> TypeError:
+    """The error for a keyword that is no option, suggesting the closest one."""
+    close = difflib.get_close_matches(name, _NAMES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return TypeError(f"unknown option {name!r}{hint} (options: {', '.join(sorted(_NAMES))})")
+
+
+def given(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The options among a method's ``arguments`` (its ``locals()``) that were given.
+
+    ``ncpu`` and ``workers`` are also positional parameters of some methods, where
+    ``None`` has always meant "not given", so ``None`` is left out for them.
+    """
+    return {
+        name: value
+        for name, value in arguments.items()
+        if name in _NAMES and value is not NOT_GIVEN and not (value is None and name in ("ncpu", "workers"))
+    }
