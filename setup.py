@@ -41,7 +41,7 @@ setup(
             "scikit-learn>=1.3",
         ],
         "tls": ["cryptography>=41"],
-        "docs": ["sphinx>=7"],
+        "docs": ["sphinx>=7", "furo>=2024.1.29"],
         "bench": [
             "matplotlib",
             "numpy",

@@ -75,9 +75,10 @@ class Options:
         insecure: use no key at all with distributed workers (they must be started
             with ``--insecure`` too). Anyone who can reach a worker can then run
             code in it, and in this process through its answers.
-        tls_ca, tls_cert, tls_key: files for TLS with distributed workers: the CA
-            that signed their certificates, and this client's certificate and key
-            where the workers require one (``python -m ezpool.tls`` makes all three).
+        tls_ca: for TLS with distributed workers, the CA file that signed their
+            certificates (``python -m ezpool.tls`` makes it).
+        tls_cert: this client's certificate file, where the workers require one.
+        tls_key: the private key file of ``tls_cert``.
         ship_modules: modules (or their names) whose functions and classes travel
             to generic distributed workers by value, for code the workers cannot
             import (e.g. your own project, not installed there). Code from other

@@ -4,12 +4,20 @@ The serial snippets are doctests, executed by ``sphinx-build -b doctest`` (the n
 ``docs`` session). The snippets that start processes are plain code blocks; here
 every one of them must at least compile, and the tutorial's complete scripts run
 as subprocesses, bounded in time, in their own process group.
+
+The HTML build runs here too, nitpicky and with warnings as errors, and every
+link between the built pages must lead to a page and an anchor that exist. It
+needs Sphinx and the furo theme (the ``docs`` extra): without them it skips,
+unless ``EZPOOL_DOCS_REQUIRED`` is set, as the nox ``docs`` session (which CI
+runs) sets it, where a missing theme is a failure.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import html.parser
+import importlib.util
 import os
 import re
 import signal
@@ -17,6 +25,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -164,3 +173,87 @@ def test_every_interop_script_is_run() -> None:
     blocks = code_blocks(DOCS / "interop.rst", "python")
     assert all(sum(marker in block for marker in INTEROP) == 1 for block in blocks)
     assert len(blocks) == len(INTEROP)
+
+
+#: Columns of a code block that furo shows without scrolling, at desktop widths.
+CODE_COLUMNS = 88
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.rst")))
+def test_code_blocks_fit_the_page(page: str) -> None:
+    path = DOCS / page
+    text = path.read_text(encoding="utf-8")
+    languages = set(re.findall(r"^\s*\.\. code-block:: (\w+)", text, re.MULTILINE))
+    too_wide = [
+        line
+        for language in languages
+        for block in code_blocks(path, language)
+        for line in block.splitlines()
+        if len(line) > CODE_COLUMNS
+    ]
+    assert not too_wide, f"lines over {CODE_COLUMNS} columns are cut off in the rendered page: {too_wide}"
+
+
+def _docs_tools_or_skip() -> None:
+    """Skip (or, where the docs are required, fail) without Sphinx and the furo theme."""
+    missing = [name for name in ("sphinx", "furo") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    message = (
+        f"{' and '.join(missing)} not installed: python -m pip install -e \".[docs]\" "
+        "(the nox docs session installs the docs extra and runs this test)"
+    )
+    if os.environ.get("EZPOOL_DOCS_REQUIRED"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class _Anchors(html.parser.HTMLParser):
+    """The ids a page defines and the links it makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("id", "name") and value:
+                self.ids.add(value)
+            if name in ("href", "src") and value and tag in ("a", "img", "link", "script"):
+                self.links.append(value)
+
+
+def _broken_links(site: Path) -> list[str]:
+    pages = {}
+    for page in site.rglob("*.html"):
+        parser = _Anchors()
+        parser.feed(page.read_text(encoding="utf-8"))
+        pages[page.resolve()] = parser
+    broken = []
+    for page, parser in pages.items():
+        for link in parser.links:
+            parts = urlsplit(link)
+            if parts.scheme or parts.netloc:
+                continue  # external: not checked offline
+            target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+            if not target.exists():
+                broken.append(f"{page.relative_to(site.resolve())}: {link} (no such file)")
+            elif parts.fragment and target in pages and unquote(parts.fragment) not in pages[target].ids:
+                broken.append(f"{page.relative_to(site.resolve())}: {link} (no such anchor)")
+    return broken
+
+
+@pytest.mark.slow
+def test_html_builds_without_warnings_or_broken_links(tmp_path: Path) -> None:
+    _docs_tools_or_skip()
+    site = tmp_path / "html"
+    command = [sys.executable, "-m", "sphinx", "-n", "-W", "--keep-going", "-q", "-b", "html"]
+    command += ["-d", str(tmp_path / "doctrees"), str(DOCS), str(site)]
+    built = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert built.returncode == 0, built.stderr
+    pages = {page.stem for page in DOCS.glob("*.rst")}
+    assert pages <= {page.stem for page in site.glob("*.html")}
+    assert "furo" in (site / "index.html").read_text(encoding="utf-8")
+    broken = _broken_links(site)
+    assert not broken, "\n".join(broken)

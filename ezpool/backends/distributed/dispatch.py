@@ -97,7 +97,10 @@ class Call:
         self.timeout = options.timeout
         self.heartbeat = options.heartbeat
         self.max_attempts = options.max_attempts
-        self.backup = options.backup
+        # Not for a live source (the executor): there an idle worker is waiting for the
+        # next call, and a copy of a late one would make that call wait behind it.
+        feed = pending.feed
+        self.backup = options.backup and (feed is None or feed.live is None)
         # Sent only when wanted, so that a call without it is one any worker knows.
         level = capture_level(options)
         self.capture = [] if level is None else [level]
