@@ -36,6 +36,7 @@ __all__ = [
     "version_table",
     "start_worker",
     "can_start",
+    "is_default",
     "may_start",
     "not_started",
 ]
