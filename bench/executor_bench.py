@@ -66,7 +66,7 @@ def _submit_all(executor: concurrent.futures.Executor, count: int) -> None:
 @contextlib.contextmanager
 def _distributed(workers: int) -> Iterator[PoolExecutor]:
     uris = [f"PYRO:worker@127.0.0.1:{free_port()}" for _ in range(workers)]
-    with PoolExecutor("distributed", workers=uris) as executor:  # the pool starts them
+    with PoolExecutor("distributed", workers=uris, spawn=True) as executor:  # the pool starts them
         yield executor
 
 

@@ -35,6 +35,11 @@ html_css_files = ["ezpool.css"]
 # hints are left unlinked on purpose, and only they are excused here.
 nitpick_ignore_regex = [
     ("py:class", r"(collections\.abc|os|types|concurrent\.futures(\._base)?)\.\w+"),
+    # The option parameters of Pool's methods are typed as in ezpool.options, whose
+    # aliases (and types.ModuleType, imported by name) show as written; R is the
+    # value type of Results, explained on Results itself.
+    ("py:class", r"ModuleType|PathText|ProgressHook|R"),
+    ("py:obj", r"ezpool\.results\.R"),
 ]
 
 # The code uses Google-style docstrings with "Attributes:" sections. Render them

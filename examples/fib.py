@@ -7,7 +7,8 @@ Run it from the root of a checkout::
     python examples/fib.py --mode distributed --tasks 1 2 3 4 5
 
 The distributed run starts a worker on ``localhost:21000`` by itself when none
-answers there. To use workers you started yourself, run in two other terminals::
+answers there (at other addresses only with ``--spawn``). To use workers you
+started yourself, run in two other terminals::
 
     python -m ezpool.serve examples/fib.py:FibWorker --port 21000
     python -m ezpool.serve examples/fib.py:FibWorker --port 21001
@@ -58,6 +59,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--workers", "-w", nargs="+", default=["PYRO:worker@localhost:21000"],
         help="worker URIs in distributed mode (default: PYRO:worker@localhost:21000)",
     )
+    parser.add_argument(
+        "--spawn", action="store_true",
+        help="start a worker at any named localhost address where none answers "
+        "(default: only at PYRO:worker@localhost:21000)",
+    )
     return parser
 
 
@@ -68,7 +74,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fun = FibWorker if args.mode == "distributed" else fib
 
     with Pool(mode=args.mode) as pool:
-        results = pool.map(fun=fun, tasks=args.tasks, ncpu=args.ncpu, workers=args.workers)
+        results = pool.map(
+            fun=fun, tasks=args.tasks, ncpu=args.ncpu, workers=args.workers, spawn=args.spawn or None
+        )
 
     for n, value in results.items():
         took = f"{results.elapsed[n]:.6f} s on {results.workers[n]}"

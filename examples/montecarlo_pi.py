@@ -12,7 +12,7 @@ the failures worth retrying::
     python examples/montecarlo_pi.py --mode distributed
 
 In distributed mode a worker is started on ``localhost:21000`` when none answers
-there; or serve one yourself with
+there (at other ``--workers`` addresses only with ``--spawn``); or serve one yourself with
 ``python -m ezpool.serve examples/montecarlo_pi.py:PiWorker --port 21000``.
 """
 
@@ -60,6 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", "-m", choices=("serial", "parallel", "distributed"), default="serial")
     parser.add_argument("--ncpu", "-n", type=int, default=None, help="processes in parallel mode")
     parser.add_argument("--workers", "-w", nargs="+", default=["PYRO:worker@localhost:21000"])
+    parser.add_argument("--spawn", action="store_true", help="start workers at other localhost addresses too")
     parser.add_argument("--bar", action="store_true", help="show a progress bar instead of one line per task")
     return parser
 
@@ -76,7 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tasks = [(samples, seed, args.glitch) for samples in args.samples for seed in range(args.seeds)]
     progress: Any = True if args.bar else report_progress
 
-    with Pool(mode=args.mode, ncpu=args.ncpu, workers=args.workers, progress=progress) as pool:
+    spawn = args.spawn or None
+    with Pool(mode=args.mode, ncpu=args.ncpu, workers=args.workers, progress=progress, spawn=spawn) as pool:
         results = pool.map(fun, tasks, msg="Sweep")
         print(f"first round: {results.summary()}")
 

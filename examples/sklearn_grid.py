@@ -64,6 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = {}
     if args.mode == "distributed":
         options["workers"] = args.workers or [free_local_uri(), free_local_uri()]
+        options["spawn"] = not args.workers  # start the two named here; never a mistyped one
         print("workers:", " ".join(options["workers"]))
 
     digits = load_digits()

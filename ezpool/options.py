@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Union
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Options", "DEFAULT_WORKER"]
+__all__ = ["Options", "DEFAULT_WORKER", "NOT_GIVEN", "given", "unknown_option"]
 
 #: The worker a distributed call uses when none is named.
 DEFAULT_WORKER = "PYRO:worker@localhost:21000"
@@ -26,12 +26,27 @@ ProgressHook = Callable[[Any, int, Optional[int]], Any]
 PathText = Union[str, "os.PathLike[str]"]
 
 
+class _NotGiven:
+    def __repr__(self) -> str:
+        return "<not given>"
+
+    def __reduce__(self) -> str:
+        return "NOT_GIVEN"  # one object, even through pickle
+
+
+#: The default of every option parameter of ``Pool``'s methods: the option was not
+#: given, so the pool's value (or the default here, in ``Options``) applies. Typed
+#: ``Any`` so that each parameter can show the option's own type.
+NOT_GIVEN: Any = _NotGiven()
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
     """Keyword options of ``Pool``, ``map``, ``smap``, ``pmap`` and ``dmap``.
 
     Attributes:
-        progress: ``None`` shows a progress bar on stderr only when it is a terminal;
+        progress: ``None`` shows a progress bar on stderr only when it is a terminal, or
+            in a Jupyter notebook (a widget where ipywidgets is installed);
             ``True`` always, ``False`` never; a callable is called in the calling
             process once per finished task as ``progress(outcome, done, total)``.
         msg: the label of the progress bar.
@@ -46,8 +61,12 @@ class Options:
             ``"forkserver"``; ``None``: the platform's default).
         workers: URIs of the distributed workers, e.g. ``"PYRO:worker@host:21000"``;
             one string or a sequence of them.
-        spawn: in the distributed mode, start a local worker that does not answer
-            (only on ``localhost``/``127.0.0.1``).
+        spawn: in the distributed mode, whether the pool starts a worker itself where
+            none answers. Only ever on this machine's loopback (``localhost``,
+            ``127.0.0.1``) and where nothing listens on the port. ``None`` (the
+            default): only at the default address, ``PYRO:worker@localhost:21000``,
+            so that a mistyped address is an error rather than a new worker;
+            ``True``: at any such address; ``False``: never.
         hmac_key: the shared secret of distributed workers, at least 16 bytes
             (``None``: ``$EZPOOL_HMAC_KEY``, else your per-user key file, made on
             first use; see ``ezpool.security``).
@@ -112,7 +131,7 @@ class Options:
     chunksize: Optional[int] = None
     start_method: Optional[str] = None
     workers: Union[str, Sequence[str], None] = None
-    spawn: bool = True
+    spawn: Optional[bool] = None
     hmac_key: Union[str, bytes, None] = None
     insecure: bool = False
     tls_ca: Optional[PathText] = None
@@ -157,8 +176,8 @@ class Options:
                     f"start_method {self.start_method!r} is not one of {', '.join(methods)}"
                 )
         object.__setattr__(self, "workers", _check_workers(self.workers))
-        if not isinstance(self.spawn, bool):
-            raise TypeError(f"spawn must be True or False, got {self.spawn!r}")
+        if self.spawn is not None and not isinstance(self.spawn, bool):
+            raise TypeError(f"spawn must be None, True or False, got {self.spawn!r}")
         if self.hmac_key is not None and not isinstance(self.hmac_key, (str, bytes)):
             raise TypeError(f"hmac_key must be a str, bytes or None, got {type(self.hmac_key).__name__}")
         if not isinstance(self.insecure, bool):
@@ -182,16 +201,9 @@ class Options:
 
     def replace(self, **changes: Any) -> Options:
         """Return a copy with ``changes`` applied; an unknown name is a ``TypeError``."""
-        names = {field.name for field in dataclasses.fields(self)}
         for name in changes:
-            if name not in names:
-                import difflib  # only to suggest a name for a mistyped one
-
-                close = difflib.get_close_matches(name, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise TypeError(
-                    f"unknown option {name!r}{hint} (options: {', '.join(sorted(names))})"
-                )
+            if name not in _NAMES:
+                raise unknown_option(name)
         return dataclasses.replace(self, **changes) if changes else self
 
     def __repr__(self) -> str:
@@ -240,3 +252,29 @@ def _check_workers(workers: Any) -> Optional[tuple[str, ...]]:
     if not uris:
         raise ValueError(f"workers is empty ({workers!r}): name at least one worker URI")
     return uris
+
+
+#: The option names, for ``given``.
+_NAMES = frozenset(field.name for field in dataclasses.fields(Options))
+
+
+def unknown_option(name: str) -> TypeError:
+    """The error for a keyword that is no option, suggesting the closest one."""
+    import difflib  # only to suggest a name for a mistyped one
+
+    close = difflib.get_close_matches(name, _NAMES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return TypeError(f"unknown option {name!r}{hint} (options: {', '.join(sorted(_NAMES))})")
+
+
+def given(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The options among a method's ``arguments`` (its ``locals()``) that were given.
+
+    ``ncpu`` and ``workers`` are also positional parameters of some methods, where
+    ``None`` has always meant "not given", so ``None`` is left out for them.
+    """
+    return {
+        name: value
+        for name, value in arguments.items()
+        if name in _NAMES and value is not NOT_GIVEN and not (value is None and name in ("ncpu", "workers"))
+    }

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Generator, Hashable, Iterable, Iterator, Sequence, Sized
 from itertools import repeat
 from time import perf_counter
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 
 from . import backends
 from .backends.base import Batch
 from .feed import Feed, Live, stored_batches
-from .options import Options
+from .options import NOT_GIVEN, Options, PathText, ProgressHook, given, unknown_option
 from .output import Relay
 from .progress import Progress
-from .results import Results, ResultsBuilder, TaskOutcome
+from .results import R, Results, ResultsBuilder, TaskOutcome
 from .tasks import iterate_tasks, unique_tasks
 
 if TYPE_CHECKING:
@@ -33,6 +34,24 @@ _SERIAL, _PARALLEL, _DISTRIBUTED = backends.MODES
 #: Makes a ``TaskOutcome`` from a tuple of its fields, without the keyword handling.
 _outcome = functools.partial(tuple.__new__, TaskOutcome)
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _suggesting(method: _Method) -> _Method:
+    """``method``, whose misspelt keyword is EzPool's ``TypeError`` suggesting the option
+    meant (``unknown option 'timout'; did you mean 'timeout'?``), not Python's bare one.
+    A type checker sees the method's own signature, and flags the typo before it runs."""
+    accepted = frozenset(inspect.signature(method).parameters)
+
+    @functools.wraps(method)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if not accepted.issuperset(kwargs):
+            raise unknown_option(next(name for name in kwargs if name not in accepted))
+        return method(*args, **kwargs)
+
+    return cast(_Method, checked)
+
+
 #: ``imap``'s default ``buffersize``: this many tasks per worker, and never fewer than the least.
 _BUFFER_PER_WORKER = 16384
 _BUFFER_LEAST = 65536
@@ -48,71 +67,220 @@ class Pool:
     Keyword options given here (see ``ezpool.Options``: ``progress``, ``msg``,
     ``timeout``, ``ncpu``, ``chunksize``, ``start_method``, ``workers``, ``spawn``,
     ``hmac_key``, ``max_attempts``, ``capture_output``, ...) are defaults for every call; a call may
-    override any of them. Use the pool as a context manager, or call
-    ``shutdown()``, to stop the processes and workers it started.
+    override any of them. Each method names every option as a keyword-only parameter,
+    so that a type checker catches a misspelt one; an option left out keeps the
+    pool's value (or ``Options``' default), whatever its default shows. Use the pool
+    as a context manager, or call ``shutdown()``, to stop the processes and workers
+    it started.
     """
 
-    def __init__(self, mode: str = "serial", **options: Any) -> None:
+    @_suggesting
+    def __init__(
+        self,
+        mode: str = "serial",
+        *,
+        progress: Union[bool, ProgressHook, None] = NOT_GIVEN,
+        msg: str = NOT_GIVEN,
+        timeout: Optional[float] = NOT_GIVEN,
+        ncpu: Optional[int] = NOT_GIVEN,
+        chunksize: Optional[int] = NOT_GIVEN,
+        start_method: Optional[str] = NOT_GIVEN,
+        workers: Union[str, Sequence[str], None] = NOT_GIVEN,
+        spawn: Optional[bool] = NOT_GIVEN,
+        hmac_key: Union[str, bytes, None] = NOT_GIVEN,
+        insecure: bool = NOT_GIVEN,
+        tls_ca: Optional[PathText] = NOT_GIVEN,
+        tls_cert: Optional[PathText] = NOT_GIVEN,
+        tls_key: Optional[PathText] = NOT_GIVEN,
+        ship_modules: Union[str, ModuleType, Sequence[Union[str, ModuleType]]] = NOT_GIVEN,
+        max_attempts: int = NOT_GIVEN,
+        heartbeat: float = NOT_GIVEN,
+        backup: bool = NOT_GIVEN,
+        context: Any = NOT_GIVEN,
+        capture_output: bool = NOT_GIVEN,
+        store: Optional[PathText] = NOT_GIVEN,
+        store_key: Optional[str] = NOT_GIVEN,
+        retry_failed: bool = NOT_GIVEN,
+        buffersize: Optional[int] = NOT_GIVEN,
+    ) -> None:
         self.mode = backends.check_mode(mode)
-        self.options = Options().replace(**options)
+        self.options = Options().replace(**given(locals()))
         self._backends: dict[str, backends.Backend] = {}
         self._closed = False
 
+    @_suggesting
     def map(
         self,
-        fun: Any,
+        fun: Callable[..., R],
         tasks: Iterable[Hashable],
         ncpu: Optional[int] = None,
-        workers: Any = None,
-        **options: Any,
-    ) -> Results:
+        workers: Union[str, Sequence[str], None] = None,
+        *,
+        progress: Union[bool, ProgressHook, None] = NOT_GIVEN,
+        msg: str = NOT_GIVEN,
+        timeout: Optional[float] = NOT_GIVEN,
+        chunksize: Optional[int] = NOT_GIVEN,
+        start_method: Optional[str] = NOT_GIVEN,
+        spawn: Optional[bool] = NOT_GIVEN,
+        hmac_key: Union[str, bytes, None] = NOT_GIVEN,
+        insecure: bool = NOT_GIVEN,
+        tls_ca: Optional[PathText] = NOT_GIVEN,
+        tls_cert: Optional[PathText] = NOT_GIVEN,
+        tls_key: Optional[PathText] = NOT_GIVEN,
+        ship_modules: Union[str, ModuleType, Sequence[Union[str, ModuleType]]] = NOT_GIVEN,
+        max_attempts: int = NOT_GIVEN,
+        heartbeat: float = NOT_GIVEN,
+        backup: bool = NOT_GIVEN,
+        context: Any = NOT_GIVEN,
+        capture_output: bool = NOT_GIVEN,
+        store: Optional[PathText] = NOT_GIVEN,
+        store_key: Optional[str] = NOT_GIVEN,
+        retry_failed: bool = NOT_GIVEN,
+        buffersize: Optional[int] = NOT_GIVEN,
+    ) -> Results[R]:
         """Run ``fun`` over ``tasks`` in the pool's mode.
 
         ``ncpu`` is used by the parallel mode and ``workers`` by the distributed
         one; each mode ignores what it has no use for.
         """
-        return self._run(self.mode, fun, tasks, _given(options, ncpu=ncpu, workers=workers))
+        return self._run(self.mode, fun, tasks, given(locals()))
 
-    def smap(self, fun: Callable[..., Any], tasks: Iterable[Hashable], **options: Any) -> Results:
+    @_suggesting
+    def smap(
+        self,
+        fun: Callable[..., R],
+        tasks: Iterable[Hashable],
+        *,
+        progress: Union[bool, ProgressHook, None] = NOT_GIVEN,
+        msg: str = NOT_GIVEN,
+        timeout: Optional[float] = NOT_GIVEN,
+        ncpu: Optional[int] = NOT_GIVEN,
+        chunksize: Optional[int] = NOT_GIVEN,
+        start_method: Optional[str] = NOT_GIVEN,
+        workers: Union[str, Sequence[str], None] = NOT_GIVEN,
+        spawn: Optional[bool] = NOT_GIVEN,
+        hmac_key: Union[str, bytes, None] = NOT_GIVEN,
+        insecure: bool = NOT_GIVEN,
+        tls_ca: Optional[PathText] = NOT_GIVEN,
+        tls_cert: Optional[PathText] = NOT_GIVEN,
+        tls_key: Optional[PathText] = NOT_GIVEN,
+        ship_modules: Union[str, ModuleType, Sequence[Union[str, ModuleType]]] = NOT_GIVEN,
+        max_attempts: int = NOT_GIVEN,
+        heartbeat: float = NOT_GIVEN,
+        backup: bool = NOT_GIVEN,
+        context: Any = NOT_GIVEN,
+        capture_output: bool = NOT_GIVEN,
+        store: Optional[PathText] = NOT_GIVEN,
+        store_key: Optional[str] = NOT_GIVEN,
+        retry_failed: bool = NOT_GIVEN,
+        buffersize: Optional[int] = NOT_GIVEN,
+    ) -> Results[R]:
         """Run ``fun`` over ``tasks`` one after the other, in this process."""
-        return self._run(_SERIAL, fun, tasks, options)
+        return self._run(_SERIAL, fun, tasks, given(locals()))
 
+    @_suggesting
     def pmap(
         self,
-        fun: Callable[..., Any],
+        fun: Callable[..., R],
         tasks: Iterable[Hashable],
         ncpu: Optional[int] = None,
-        **options: Any,
-    ) -> Results:
+        *,
+        progress: Union[bool, ProgressHook, None] = NOT_GIVEN,
+        msg: str = NOT_GIVEN,
+        timeout: Optional[float] = NOT_GIVEN,
+        chunksize: Optional[int] = NOT_GIVEN,
+        start_method: Optional[str] = NOT_GIVEN,
+        workers: Union[str, Sequence[str], None] = NOT_GIVEN,
+        spawn: Optional[bool] = NOT_GIVEN,
+        hmac_key: Union[str, bytes, None] = NOT_GIVEN,
+        insecure: bool = NOT_GIVEN,
+        tls_ca: Optional[PathText] = NOT_GIVEN,
+        tls_cert: Optional[PathText] = NOT_GIVEN,
+        tls_key: Optional[PathText] = NOT_GIVEN,
+        ship_modules: Union[str, ModuleType, Sequence[Union[str, ModuleType]]] = NOT_GIVEN,
+        max_attempts: int = NOT_GIVEN,
+        heartbeat: float = NOT_GIVEN,
+        backup: bool = NOT_GIVEN,
+        context: Any = NOT_GIVEN,
+        capture_output: bool = NOT_GIVEN,
+        store: Optional[PathText] = NOT_GIVEN,
+        store_key: Optional[str] = NOT_GIVEN,
+        retry_failed: bool = NOT_GIVEN,
+        buffersize: Optional[int] = NOT_GIVEN,
+    ) -> Results[R]:
         """Run ``fun`` over ``tasks`` on ``ncpu`` worker processes of this machine.
 
         ``fun`` may be a lambda, a closure or a function defined in ``__main__``.
         The processes live as long as the pool, so later calls reuse them.
         """
-        return self._run(_PARALLEL, fun, tasks, _given(options, ncpu=ncpu))
+        return self._run(_PARALLEL, fun, tasks, given(locals()))
 
+    @_suggesting
     def dmap(
         self,
-        fun: Any,
+        fun: Callable[..., R],
         tasks: Iterable[Hashable],
-        workers: Any = None,
-        **options: Any,
-    ) -> Results:
+        workers: Union[str, Sequence[str], None] = None,
+        *,
+        progress: Union[bool, ProgressHook, None] = NOT_GIVEN,
+        msg: str = NOT_GIVEN,
+        timeout: Optional[float] = NOT_GIVEN,
+        ncpu: Optional[int] = NOT_GIVEN,
+        chunksize: Optional[int] = NOT_GIVEN,
+        start_method: Optional[str] = NOT_GIVEN,
+        spawn: Optional[bool] = NOT_GIVEN,
+        hmac_key: Union[str, bytes, None] = NOT_GIVEN,
+        insecure: bool = NOT_GIVEN,
+        tls_ca: Optional[PathText] = NOT_GIVEN,
+        tls_cert: Optional[PathText] = NOT_GIVEN,
+        tls_key: Optional[PathText] = NOT_GIVEN,
+        ship_modules: Union[str, ModuleType, Sequence[Union[str, ModuleType]]] = NOT_GIVEN,
+        max_attempts: int = NOT_GIVEN,
+        heartbeat: float = NOT_GIVEN,
+        backup: bool = NOT_GIVEN,
+        context: Any = NOT_GIVEN,
+        capture_output: bool = NOT_GIVEN,
+        store: Optional[PathText] = NOT_GIVEN,
+        store_key: Optional[str] = NOT_GIVEN,
+        retry_failed: bool = NOT_GIVEN,
+        buffersize: Optional[int] = NOT_GIVEN,
+    ) -> Results[R]:
         """Run ``fun`` (a ``BaseWorker`` subclass, or a function) on distributed workers.
 
         ``workers`` are Pyro4 URIs such as ``'PYRO:worker@localhost:21000'``.
         """
-        return self._run(_DISTRIBUTED, fun, tasks, _given(options, workers=workers))
+        return self._run(_DISTRIBUTED, fun, tasks, given(locals()))
 
+    @_suggesting
     def imap(
         self,
-        fun: Any,
+        fun: Callable[..., Any],
         tasks: Iterable[Any],
         ncpu: Optional[int] = None,
-        workers: Any = None,
+        workers: Union[str, Sequence[str], None] = None,
         *,
         ordered: bool = False,
-        **options: Any,
+        progress: Union[bool, ProgressHook, None] = NOT_GIVEN,
+        msg: str = NOT_GIVEN,
+        timeout: Optional[float] = NOT_GIVEN,
+        chunksize: Optional[int] = NOT_GIVEN,
+        start_method: Optional[str] = NOT_GIVEN,
+        spawn: Optional[bool] = NOT_GIVEN,
+        hmac_key: Union[str, bytes, None] = NOT_GIVEN,
+        insecure: bool = NOT_GIVEN,
+        tls_ca: Optional[PathText] = NOT_GIVEN,
+        tls_cert: Optional[PathText] = NOT_GIVEN,
+        tls_key: Optional[PathText] = NOT_GIVEN,
+        ship_modules: Union[str, ModuleType, Sequence[Union[str, ModuleType]]] = NOT_GIVEN,
+        max_attempts: int = NOT_GIVEN,
+        heartbeat: float = NOT_GIVEN,
+        backup: bool = NOT_GIVEN,
+        context: Any = NOT_GIVEN,
+        capture_output: bool = NOT_GIVEN,
+        store: Optional[PathText] = NOT_GIVEN,
+        store_key: Optional[str] = NOT_GIVEN,
+        retry_failed: bool = NOT_GIVEN,
+        buffersize: Optional[int] = NOT_GIVEN,
     ) -> Iterator[TaskOutcome]:
         """Run ``fun`` over ``tasks`` in the pool's mode, yielding each ``TaskOutcome`` as it finishes.
 
@@ -125,17 +293,44 @@ class Pool:
         """
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be True or False, got {ordered!r}")
-        feed, batches = self._open_stream(fun, tasks, _given(options, ncpu=ncpu, workers=workers))
+        feed, batches = self._open_stream(fun, tasks, given(locals()))
         return self._outcomes(feed, batches, ordered)
 
-    def executor(self, **options: Any) -> PoolExecutor:
+    @_suggesting
+    def executor(
+        self,
+        *,
+        progress: Union[bool, ProgressHook, None] = NOT_GIVEN,
+        msg: str = NOT_GIVEN,
+        timeout: Optional[float] = NOT_GIVEN,
+        ncpu: Optional[int] = NOT_GIVEN,
+        chunksize: Optional[int] = NOT_GIVEN,
+        start_method: Optional[str] = NOT_GIVEN,
+        workers: Union[str, Sequence[str], None] = NOT_GIVEN,
+        spawn: Optional[bool] = NOT_GIVEN,
+        hmac_key: Union[str, bytes, None] = NOT_GIVEN,
+        insecure: bool = NOT_GIVEN,
+        tls_ca: Optional[PathText] = NOT_GIVEN,
+        tls_cert: Optional[PathText] = NOT_GIVEN,
+        tls_key: Optional[PathText] = NOT_GIVEN,
+        ship_modules: Union[str, ModuleType, Sequence[Union[str, ModuleType]]] = NOT_GIVEN,
+        max_attempts: int = NOT_GIVEN,
+        heartbeat: float = NOT_GIVEN,
+        backup: bool = NOT_GIVEN,
+        context: Any = NOT_GIVEN,
+        capture_output: bool = NOT_GIVEN,
+        store: Optional[PathText] = NOT_GIVEN,
+        store_key: Optional[str] = NOT_GIVEN,
+        retry_failed: bool = NOT_GIVEN,
+        buffersize: Optional[int] = NOT_GIVEN,
+    ) -> PoolExecutor:
         """A ``concurrent.futures.Executor`` in this pool's mode, with its options (and
-        ``options`` on top). It has processes and connections of its own; shut it
-        down (or use it in a ``with`` block) when done. See ``ezpool.PoolExecutor``."""
+        the options given here on top). It has processes and connections of its own; shut
+        it down (or use it in a ``with`` block) when done. See ``ezpool.PoolExecutor``."""
         from .executor import PoolExecutor
 
         self._check_open()
-        return PoolExecutor.of(self, **options)
+        return PoolExecutor.of(self, **given(locals()))
 
     def shutdown(self) -> None:
         """Stop every process and worker this pool started. Safe to call twice."""
@@ -370,7 +565,3 @@ def _placed(batch: Batch, where: list[int]) -> Iterator[Batch]:
         offset = end
 
 
-def _given(options: dict[str, Any], **arguments: Any) -> dict[str, Any]:
-    """Add the positional-or-keyword arguments that were actually given."""
-    options.update((name, value) for name, value in arguments.items() if value is not None)
-    return options

@@ -1,10 +1,19 @@
-"""Progress reporting: the per-task hook and the tqdm bar, fed once per batch."""
+"""Progress reporting: the per-task hook and the tqdm bar, fed once per batch.
+
+Where the bar goes: on a terminal, tqdm's text bar on stderr; in a Jupyter kernel,
+``tqdm.auto``'s choice (a widget where ipywidgets is installed, else the text bar
+in the cell's output). While a bar is shown, log records that would go to the
+console (EzPool's own warnings included) are written above it, through
+``tqdm.contrib.logging``, so that no line tears it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional, TextIO
 
@@ -20,8 +29,8 @@ __all__ = ["Progress"]
 class Progress:
     """Reports finished tasks to the user's hook and to a progress bar.
 
-    ``progress=None`` shows the bar only when stderr is a terminal, ``True`` always,
-    ``False`` never, and a callable is called once per finished task with a
+    ``progress=None`` shows the bar only when stderr is a terminal or this process is
+    a Jupyter kernel, ``True`` always, ``False`` never, and a callable is called once per finished task with a
     ``TaskOutcome``, the number of tasks done so far and the total (``None`` when
     streaming tasks whose number is not known).
     """
@@ -35,10 +44,15 @@ class Progress:
         self.done = 0
         self.failed = 0
         self._bar: Any = None
-        if option is True or (option is None and _stderr_is_terminal()):
-            self._bar = _bar_class()(
-                total=total, desc=msg, file=sys.stderr, unit="task", dynamic_ncols=True
-            )
+        self._logging: Optional[contextlib.ExitStack] = None
+        if option is True or option is None:
+            notebook = _in_notebook()
+            if option is True or notebook or _stderr_is_terminal():
+                self._bar = _bar_class(notebook)(
+                    total=total, desc=msg, file=sys.stderr, unit="task", dynamic_ncols=not notebook
+                )
+                self._logging = contextlib.ExitStack()
+                self._logging.enter_context(self.redirect_logging())
 
     @property
     def per_task(self) -> bool:
@@ -87,6 +101,9 @@ class Progress:
             yield
 
     def close(self) -> None:
+        if self._logging is not None:
+            self._logging.close()  # the console handlers are back before the bar goes
+            self._logging = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -99,12 +116,33 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
-def _bar_class() -> Any:
-    """tqdm, without its monitor thread: a thread left running would make every
-    later ``fork`` of a worker process unsafe (and a warning on Python 3.12+)."""
-    from tqdm import tqdm
+def _in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (notebook, lab, VS Code, Colab).
 
-    class Bar(tqdm):
+    Only looks at what is imported already: a kernel has imported IPython and
+    ipykernel long before any map call, and a plain script never pays for them.
+    """
+    if "ipykernel" not in sys.modules:
+        return False
+    ipython = sys.modules.get("IPython")
+    try:
+        shell = ipython.get_ipython() if ipython is not None else None
+    except Exception:
+        return False
+    return getattr(shell, "kernel", None) is not None
+
+
+def _bar_class(notebook: bool = False) -> Any:
+    """tqdm (``tqdm.auto``'s in a notebook), without its monitor thread: a thread left
+    running would make every later ``fork`` of a worker process unsafe (and a warning
+    on Python 3.12+)."""
+    with warnings.catch_warnings():
+        # Without ipywidgets tqdm.auto warns that it falls back to the text bar:
+        # that text bar is what EzPool means to show then.
+        warnings.simplefilter("ignore")
+        base: Any = importlib.import_module("tqdm.auto" if notebook else "tqdm").tqdm
+
+    class Bar(base):
         monitor_interval = 0
 
     return Bar

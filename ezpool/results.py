@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from array import array
 from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, TypeVar
 
 from .errors import EzPoolError
 
@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TaskOutcome", "Results", "ResultsBuilder"]
+__all__ = ["TaskOutcome", "Results", "ResultsBuilder", "R"]
+
+#: The type of what the function returns, and so of the values of its ``Results``.
+R = TypeVar("R")
 
 
 class TaskOutcome(NamedTuple):
@@ -45,10 +48,17 @@ class TaskOutcome(NamedTuple):
         )
 
 
-class Results(dict):
+class Results(Dict[Any, R]):
     """A ``dict`` from each task to its value or, if the task raised, to the exception.
 
     Keys are in the order the tasks were given, whatever order they finished in.
+
+    For a type checker, ``Results[R]`` maps tasks to ``R``, what the function is
+    annotated to return (``pool.map(fib, ...)`` with ``fib(n: int) -> int`` gives
+    ``Results[int]``; a ``BaseWorker`` class, or an unannotated function, gives
+    ``Results[Any]``). The slots of failed tasks hold exceptions instead: they are
+    exactly the keys of ``errors``, so check ``task in results.errors`` (or
+    ``results.errors`` being empty) before using a value as an ``R``.
 
     Attributes:
         errors: the failed tasks only, each mapped to its exception.
@@ -131,7 +141,7 @@ class ResultsBuilder:
             keys.extend(self._keys[start:stop])
             times.extend(self._times[start:stop])
         values = [value for start, stop, _ in spans for value in self._values[start:stop]]
-        results = Results(zip(keys, values))
+        results: Results[Any] = Results(zip(keys, values))
         failed = sorted(self._failed)
         results.errors = {self._keys[position]: self._values[position] for position in failed}
         results.wall_time = wall_time
@@ -142,7 +152,7 @@ class ResultsBuilder:
         """The finished ``Results``; every task must have been reported once."""
         if self._reported != len(self._keys):
             raise EzPoolError(f"{self._reported} outcomes were reported for {len(self._keys)} tasks")
-        results = Results(zip(self._keys, self._values))
+        results: Results[Any] = Results(zip(self._keys, self._values))
         failed_keys = [self._keys[position] for position in sorted(self._failed)]
         results.errors = {key: results[key] for key in failed_keys}
         results.wall_time = wall_time

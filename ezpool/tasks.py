@@ -39,11 +39,27 @@ def unique_tasks(tasks: Iterable[Hashable]) -> Sequence[Hashable]:
             try:
                 hash(task)
             except TypeError as exc:
-                raise TypeError(
-                    f"task {task!r} is unhashable ({exc}); tasks are the keys of the "
-                    "results, so use hashable tasks (e.g. a tuple instead of a list)"
-                ) from None
+                raise TypeError(_unhashable(task, exc)) from None
         raise
+
+
+def _unhashable(task: Any, error: TypeError) -> str:
+    """Why ``task`` cannot be a task, and the fix, with the tuple rule a fix must respect."""
+    said = f"task {task!r} is unhashable ({error}); tasks are the keys of the results"
+    if isinstance(task, list):
+        try:
+            hash(as_tuple := tuple(task))
+        except TypeError:
+            pass
+        else:
+            return (
+                f"{said}. A tuple is hashable, but a tuple task is spread into arguments "
+                f"(fun(*task)): to pass {as_tuple!r} as one argument, wrap it as ({as_tuple!r},)"
+            )
+    return (
+        f"{said}, so use hashable ones (a tuple for a list, a frozenset for a set). A tuple "
+        "task is spread into arguments (fun(*task)): wrap it as (t,) to pass one tuple t"
+    )
 
 
 def iterate_tasks(tasks: Any) -> Iterator[Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +17,12 @@ class BaseWorker:
     mode (a tuple becomes the positional arguments). ``setup`` and ``teardown``
     run once per worker process, e.g. to load data once.
     """
+
+    if TYPE_CHECKING:
+        # A worker class handed to map or dmap stands for the values its run returns,
+        # which a type checker cannot see through the class: calling it is typed Any,
+        # so that those calls give Results[Any], not Results[the worker class].
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any: ...
 
     def setup(self) -> None:
         """Prepare the worker before its first task (optional)."""

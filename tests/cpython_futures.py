@@ -113,7 +113,7 @@ class DistributedExecutor(PoolExecutor):
     def __init__(self, max_workers: Optional[int] = None, **options: Any) -> None:
         count = max_workers if isinstance(max_workers, int) and max_workers > 0 else 1
         workers = [f"PYRO:worker@127.0.0.1:{_free_port()}" for _ in range(min(count, _MOST_DISTRIBUTED))]
-        super().__init__("distributed", max_workers, workers=workers, **options)
+        super().__init__("distributed", max_workers, workers=workers, spawn=True, **options)
 
 
 def _free_port() -> int:

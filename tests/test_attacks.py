@@ -431,7 +431,7 @@ def test_another_user_cannot_run_code_in_a_worker_dmap_started(attacker, victim_
     port = free_port()
     uri = _worker_uri(port)
     tasks = [round(0.25 + i / 10_000, 4) for i in range(40)]  # ~10 s of work, one task per chunk
-    client = victim_client("tests._workers:Napper", tasks, [uri], chunksize=1)
+    client = victim_client("tests._workers:Napper", tasks, [uri], chunksize=1, spawn=True)
     attack = attacker.run("call", uri, "--markers", attacker.markers, "--wait-up", 30, "--steal", key_path)
     running = client.process.poll() is None
     outcome = client.outcome(timeout=90)
@@ -722,7 +722,7 @@ def test_the_pool_refuses_a_weak_key(weak, given, monkeypatch, tmp_path):
 
     def dmap() -> Any:
         with Pool(progress=False, **options) as pool:
-            return pool.dmap(Recorder, [(str(records), 1, 0.0)], workers=[_worker_uri(port)])
+            return pool.dmap(Recorder, [(str(records), 1, 0.0)], workers=[_worker_uri(port)], spawn=True)
 
     error, results = _raised(dmap)
     assert error is not None, f"dmap ran with the weak key {weak!r}: {results!r}; runs: {_runs(records)}"

@@ -130,9 +130,9 @@ SCRIPT = textwrap.dedent(
             return word.upper() + self.suffix
 
     if __name__ == "__main__":
-        with Pool() as pool:
-            results = pool.dmap(Shout, ["a", "b"], workers=[f"PYRO:worker@127.0.0.1:{sys.argv[1]}"])
-            also = pool.dmap(lambda x: x * 2, [4], workers=[f"PYRO:worker@127.0.0.1:{sys.argv[1]}"])
+        with Pool(workers=[f"PYRO:worker@127.0.0.1:{sys.argv[1]}"], spawn=True) as pool:
+            results = pool.dmap(Shout, ["a", "b"])
+            also = pool.dmap(lambda x: x * 2, [4])
         print(results["a"], results["b"], also[4])
     """
 )

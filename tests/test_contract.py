@@ -39,7 +39,8 @@ _POOLS: dict[str, Callable[[Any], Pool]] = {
     "spawn": lambda request: Pool("parallel", ncpu=2, start_method="spawn", progress=False),
     # Two generic workers, started by the pool itself (spawn=True) on free local ports.
     "distributed": lambda request: Pool(
-        "distributed", workers=[f"PYRO:worker@127.0.0.1:{free_port()}" for _ in range(2)], progress=False
+        "distributed", workers=[f"PYRO:worker@127.0.0.1:{free_port()}" for _ in range(2)], progress=False,
+        spawn=True,
     ),
 }
 

@@ -92,13 +92,70 @@ def test_only_loopback_workers_are_ever_started():
 
 def test_a_worker_that_does_not_answer_is_started_and_stopped_with_the_pool():
     port = free_port()
-    with Pool(workers=[f"PYRO:worker@127.0.0.1:{port}"]) as pool:
+    with Pool(workers=[f"PYRO:worker@127.0.0.1:{port}"], spawn=True) as pool:
         assert pool.dmap(w.Square, [2, 3]) == {2: 4, 3: 9}
         spawned = list(pool._backends["distributed"]._spawned.values())
         assert len(spawned) == 1 and spawned[0].poll() is None
         assert pool.dmap(w.Square, [4]) == {4: 16}  # reused, not started again
         assert list(pool._backends["distributed"]._spawned.values()) == spawned
     assert spawned[0].wait(10) is not None
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_mistyped_local_port_is_an_error_naming_it_not_a_new_worker(serve):
+    (real,) = serve("tests._workers:Square").uris
+    port = free_port()
+    typo = f"PYRO:worker@localhost:{port}"
+    with Pool(progress=False) as pool:
+        with pytest.raises(WorkerUnavailable) as caught:
+            pool.dmap(w.Square, [1, 2], workers=[typo])
+        assert not pool._backends["distributed"]._spawned and not _listens(port)
+    assert str(caught.value) == (
+        f"no worker answers at {typo} (connection refused), and EzPool starts one by itself only at "
+        "the default address PYRO:worker@localhost:21000: is the address mistyped? Start a worker "
+        f"there with python -m ezpool.serve --port {port}, or pass spawn=True to let the pool start one"
+    )
+    with Pool(progress=False) as pool:  # the same call on the right port runs
+        assert pool.dmap(w.Square, [1, 2], workers=[real]) == {1: 1, 2: 4}
+
+
+@pytest.mark.timeout(60)
+def test_only_the_default_address_or_spawn_true_lets_the_pool_start_a_worker(serve):
+    from ezpool._pyro import parse_uri
+    from ezpool.backends.distributed.connect import is_default, may_start
+    from ezpool.backends.distributed.links import Link
+
+    def link(text):
+        return Link(text, parse_uri(text), None)
+
+    for text in ("PYRO:worker@localhost:21000", "PYRO:worker@127.0.0.1:21000"):
+        assert is_default(link(text))
+    for text in ("PYRO:worker@localhost:21010", "PYRO:wrker@localhost:21000", "PYRO:worker@10.0.0.1:21000"):
+        assert not is_default(link(text))
+    free = link(f"PYRO:worker@127.0.0.1:{free_port()}")
+    assert may_start(free, True) and not may_start(free, None) and not may_start(free, False)
+    busy = link(serve("tests._workers:Square").uris[0])
+    assert not may_start(busy, True), "a port that answers never gets a second worker"
+    assert not may_start(link("PYRO:worker@10.0.0.1:21000"), True)
+
+
+@pytest.mark.timeout(60)
+def test_a_wrong_object_name_says_what_the_port_serves_in_one_line(serve):
+    (real,) = serve("tests._workers:Square").uris
+    port = int(real.rsplit(":", 1)[1])
+    wrong = f"PYRO:wrker@localhost:{port}"
+    for spawn in (None, True):
+        with Pool(progress=False, spawn=spawn) as pool:
+            with pytest.raises(WorkerUnavailable) as caught:
+                pool.dmap(w.Square, [1], workers=[wrong])
+            assert not pool._backends["distributed"]._spawned  # no doomed worker was started
+        assert str(caught.value) == f"{wrong}: port {port} answers, but serves 'worker', not 'wrker'"
 
 
 SCRIPT = textwrap.dedent(
@@ -116,7 +173,7 @@ SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         workers = [f"PYRO:worker@localhost:{sys.argv[1]}", f"PYRO:worker@localhost:{sys.argv[2]}"]
         with Pool() as pool:
-            results = pool.dmap(FibWorker, range(20), workers=workers)
+            results = pool.dmap(FibWorker, range(20), workers=workers, spawn=True)
         print(results[19], len(results), len(results.errors))
     """
 )

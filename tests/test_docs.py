@@ -137,7 +137,7 @@ def test_recipe_for_worker_output_runs_and_shows_what_it_says(tmp_path: Path) ->
 @needs_distributed
 def test_tutorial_distributed_example_runs_with_nothing_started(tmp_path: Path) -> None:
     second = code_blocks(DOCS / "tutorial.rst", "python")[1]
-    assert "pool.dmap(FibWorker, range(30), workers=workers)" in second
+    assert "pool.dmap(FibWorker, range(30), workers=workers, spawn=True)" in second
     ports = [free_port(), free_port()]
     source = second.replace("21000", str(ports[0])).replace("21001", str(ports[1]))
     source += "\n    print(results[29], len(results), len(results.errors))\n"

@@ -167,7 +167,7 @@ def test_fib_distributed_spawns_its_own_worker() -> None:
     with no_servers_left(port):
         done = run_example(
             "examples/fib.py", "--mode", "distributed", "--tasks", "1", "2", "3", "4", "5", "--workers", uri,
-            timeout=90,
+            "--spawn", timeout=90,
         )
         assert done.returncode == 0, done.stderr
         assert fib_lines(done.stdout) == FIRST_FIVE
@@ -263,7 +263,7 @@ def test_montecarlo_distributed() -> None:
     with no_servers_left(port):
         done = run_example(
             "examples/montecarlo_pi.py", "--mode", "distributed", "--retries", "40",
-            "--workers", f"PYRO:worker@localhost:{port}", timeout=90,
+            "--workers", f"PYRO:worker@localhost:{port}", "--spawn", timeout=90,
         )
         check_sweep(done)
 

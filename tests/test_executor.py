@@ -30,7 +30,7 @@ MODES = ["serial", "parallel", "distributed"]
 
 def _options(mode: str, workers: int = 2) -> dict[str, Any]:
     if mode == "distributed":
-        return {"workers": [f"PYRO:worker@127.0.0.1:{free_port()}" for _ in range(workers)]}
+        return {"workers": [f"PYRO:worker@127.0.0.1:{free_port()}" for _ in range(workers)], "spawn": True}
     return {"max_workers": workers} if mode == "parallel" else {}
 
 

@@ -15,7 +15,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SCRIPT = textwrap.dedent(
+#: The first lines of every child script: Ctrl-C must raise ``KeyboardInterrupt`` there
+#: even when the test run was started with SIGINT ignored (``nohup pytest &`` from a
+#: non-interactive shell), which children inherit, and Python then leaves alone.
+RESET_SIGINT = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+SCRIPT = RESET_SIGINT + textwrap.dedent(
     """
     import os, sys, time
     from ezpool import Pool
@@ -49,7 +54,43 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _start(tmp_path: Path, start_method: str) -> tuple[subprocess.Popen[str], list[int]]:
+class Started(list):  # type: ignore[type-arg]
+    """Callers the test started (each leads its own process group), and workers, which
+    may be outside those groups (a worker a pool starts has a session of its own)."""
+
+    workers: dict[int, str]  # pid: its start time, so that a reused pid is left alone
+
+    def add_workers(self, pids: list[int]) -> None:
+        self.workers.update((pid, _start_time(pid)) for pid in pids)
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[19]
+    except OSError:
+        return ""
+
+
+@pytest.fixture
+def cleanup():
+    """Kill whatever the test started, whatever happened: every caller's process group,
+    then every worker pid it recorded; reap the callers and close their pipes."""
+    started = Started()
+    started.workers = {}
+    yield started
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    for pid, began in started.workers.items():
+        if began and _start_time(pid) == began:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for proc in started:
+        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+            proc.communicate(timeout=10)
+
+
+def _start(tmp_path: Path, start_method: str, cleanup: Started) -> tuple[subprocess.Popen[str], list[int]]:
     script = tmp_path / "long_run.py"
     script.write_text(SCRIPT)
     pids_file = tmp_path / "pids"
@@ -62,10 +103,13 @@ def _start(tmp_path: Path, start_method: str) -> tuple[subprocess.Popen[str], li
         env=env,
         start_new_session=True,
     )
+    cleanup.append(proc)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.strip() == "ready", proc.stderr.read() if proc.stderr else ""
-    return proc, [int(pid) for pid in pids_file.read_text().split()]
+    workers = [int(pid) for pid in pids_file.read_text().split()]
+    cleanup.add_workers(workers)
+    return proc, workers
 
 
 def _wait_gone(pids: list[int], seconds: float) -> list[int]:
@@ -78,20 +122,9 @@ def _wait_gone(pids: list[int], seconds: float) -> list[int]:
     return [pid for pid in pids if _alive(pid)]
 
 
-@pytest.fixture
-def cleanup():
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=10)  # reaps it and closes its pipes
-
-
 @pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 def test_ctrl_c_reaches_caller_and_stops_every_worker(tmp_path, cleanup, start_method):
-    proc, workers = _start(tmp_path, start_method)
-    cleanup.append(proc)
+    proc, workers = _start(tmp_path, start_method, cleanup)
     time.sleep(0.5)  # let the long tasks start
     began = time.monotonic()
     proc.send_signal(signal.SIGINT)  # to the calling process only
@@ -106,8 +139,7 @@ def test_ctrl_c_reaches_caller_and_stops_every_worker(tmp_path, cleanup, start_m
 
 
 def test_ctrl_c_to_whole_process_group(tmp_path, cleanup):
-    proc, workers = _start(tmp_path, "fork")
-    cleanup.append(proc)
+    proc, workers = _start(tmp_path, "fork", cleanup)
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)  # a real terminal sends it to the whole group
     _, stderr = proc.communicate(timeout=20)
@@ -118,15 +150,14 @@ def test_ctrl_c_to_whole_process_group(tmp_path, cleanup):
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 def test_workers_exit_when_the_caller_is_killed(tmp_path, cleanup, start_method):
-    proc, workers = _start(tmp_path, start_method)
-    cleanup.append(proc)
+    proc, workers = _start(tmp_path, start_method, cleanup)
     time.sleep(0.5)
     proc.kill()  # SIGKILL: no cleanup code runs in the caller
     proc.wait(10)
     assert _wait_gone(workers, 10) == [], "worker processes outlived their killed caller"
 
 
-DMAP_SCRIPT = textwrap.dedent(
+DMAP_SCRIPT = RESET_SIGINT + textwrap.dedent(
     """
     import sys, time
     from ezpool import Pool, BaseWorker
@@ -138,7 +169,7 @@ DMAP_SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":
         ports = sys.argv[1:]
-        with Pool(workers=[f"PYRO:worker@127.0.0.1:{p}" for p in ports]) as pool:
+        with Pool(workers=[f"PYRO:worker@127.0.0.1:{p}" for p in ports], spawn=True) as pool:
             pool.dmap(Slow, [0.01, 0.02])  # starts both workers
             pids = [p.pid for p in pool._backends["distributed"]._spawned.values()]
             print(" ".join(map(str, pids)), flush=True)
@@ -161,6 +192,7 @@ def test_workers_the_pool_started_for_dmap_end_with_it(tmp_path, cleanup, how):
     cleanup.append(proc)
     assert proc.stdout is not None
     workers = [int(pid) for pid in proc.stdout.readline().split()]
+    cleanup.add_workers(workers)
     assert len(workers) == 2, proc.stderr.read() if proc.stderr else ""
     time.sleep(0.5)
     began = time.monotonic()

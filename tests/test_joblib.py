@@ -39,7 +39,7 @@ MODES: dict[str, Callable[[], dict[str, Any]]] = {
     "serial": lambda: {"mode": "serial"},
     "fork": lambda: {"mode": "parallel", "start_method": "fork"},
     "spawn": lambda: {"mode": "parallel", "start_method": "spawn"},
-    "distributed": lambda: {"mode": "distributed", "workers": _local_workers(2)},
+    "distributed": lambda: {"mode": "distributed", "workers": _local_workers(2), "spawn": True},
 }
 
 

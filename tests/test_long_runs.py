@@ -153,7 +153,8 @@ def test_sigkill_loses_nothing_committed_and_a_rerun_resumes(tmp_path, core_chil
 def test_ctrl_c_keeps_finished_outcomes_in_the_store_and_on_the_exception(tmp_path, core_child_env):
     script = tmp_path / "interrupted.py"
     script.write_text(
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # even if pytest runs with it ignored\n"
         "from ezpool import Pool\n"
         "def slow(n):\n"
         "    time.sleep(0.02 if n < 10 else 30)\n"

@@ -232,7 +232,7 @@ def test_code_from_other_cells_shows_its_lines(jupyter: Path) -> None:
 
     cells = [
         "from ezpool import BaseWorker, Pool\n"
-        f"pool = Pool(workers='PYRO:worker@127.0.0.1:{free_port()}')",
+        f"pool = Pool(workers='PYRO:worker@127.0.0.1:{free_port()}', spawn=True)",
         "def check(x):\n    if x < 0:\n        raise ValueError(f'negative: {x}')\n    return x",
         "def outer(x):\n    return check(x) + 1",
         "class Base(BaseWorker):\n    def run(self, x):\n        return check(x) * 2",
@@ -275,7 +275,7 @@ SCRIPT = textwrap.dedent(
                 out.write("torn down")
 
     workers = sys.argv[2:]
-    with Pool(workers=workers) as pool:
+    with Pool(workers=workers, spawn=True) as pool:
         results = pool.dmap(Scaled, [1, 2, 3, 4, -1])
     error = results.errors[-1]
     print(json.dumps({
@@ -315,3 +315,47 @@ def test_script_ships_a_main_module_worker_class(tmp_path: Path, core_child_env:
     torn_down = {int(path.name) for path in torn.iterdir()}
     assert len(torn_down) == 2 and pids <= torn_down
     assert all(gone(port) for port in ports)
+
+
+def bar_notebook(*first: str) -> Any:
+    """A notebook that runs ``first`` cells, then ``smap`` with the default progress (cell "run")."""
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    cells = [
+        *first,
+        "from ezpool import Pool\n"
+        "with Pool() as pool:\n    results = pool.smap(abs, range(40), msg='In a notebook')",
+        "len(results)",
+    ]
+    ids = [*(f"c{n}" for n in range(len(first))), "run", "count"]
+    return new_notebook(cells=[new_code_cell(source, id=i) for i, source in zip(ids, cells)])
+
+
+def test_the_default_progress_is_a_widget_in_a_notebook_with_ipywidgets(jupyter: Path) -> None:
+    pytest.importorskip("ipywidgets", reason="the widget bar needs ipywidgets (the 'test' extra)")
+    notebook = execute(jupyter, bar_notebook())
+
+    assert result(notebook, "count") == 40
+    (cell,) = (cell for cell in notebook.cells if cell.get("id") == "run")
+    shown = [output for output in cell.outputs if output.output_type == "display_data"]
+    assert len(shown) == 1 and "application/vnd.jupyter.widget-view+json" in shown[0].data, cell.outputs
+    assert cell_output(notebook, "run")["stderr"] == ""  # no text bar besides
+    # The widgets' last state, kept by nbclient: the label, and the bar full at 40 of 40.
+    state = notebook.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+    models = [model["state"] for model in state.values()]
+    assert any(m.get("_model_name") == "FloatProgressModel" and m.get("value") == m.get("max") == 40
+               for m in models), models
+    labels = [str(m.get("value", "")).replace("\u2007", " ") for m in models]  # tqdm pads with figure spaces
+    assert "In a notebook: 100%" in labels, labels
+
+
+def test_the_default_progress_is_one_text_line_in_a_notebook_without_ipywidgets(jupyter: Path) -> None:
+    hide = "import sys\nsys.modules['ipywidgets'] = None  # as if it were not installed"
+    notebook = execute(jupyter, bar_notebook(hide))
+
+    assert result(notebook, "count") == 40
+    text = cell_output(notebook, "run")["stderr"]
+    lines = [line for line in text.split("\n") if line]
+    # One line, redrawn with carriage returns, whose last drawing is the full bar.
+    assert len(lines) == 1, text
+    assert lines[0].split("\r")[-1].startswith("In a notebook: 100%") and "40/40" in lines[0], text

@@ -29,7 +29,7 @@ _POOLS: dict[str, Callable[[], Pool]] = {
     "spawn": lambda: Pool("parallel", ncpu=2, start_method="spawn", progress=False),
     # A generic worker, started by the pool itself on a free local port.
     "distributed": lambda: Pool(
-        "distributed", workers=[f"PYRO:worker@127.0.0.1:{free_port()}"], progress=False
+        "distributed", workers=[f"PYRO:worker@127.0.0.1:{free_port()}"], progress=False, spawn=True
     ),
 }
 

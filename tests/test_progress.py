@@ -127,3 +127,45 @@ def test_the_progress_hook_runs_in_the_calling_process_for_every_task():
             progress=lambda outcome, done, total: calls.append((os.getpid(), done, total)),
         )
     assert calls == [(os.getpid(), done, 20) for done in range(1, 21)]
+
+
+_LOGGING_SCRIPT = textwrap.dedent(
+    """
+    import logging, sys
+    from ezpool import Pool
+    from tests._helpers import square
+
+    with Pool(progress=True, msg="Label") as pool:
+        pool.dmap(square, range(20), workers=[sys.argv[1]], spawn=True)  # logs that it starts one
+    logging.getLogger("ezpool.test").warning("after the bar: handlers %s", logging.getLogger().handlers)
+    """
+)
+
+
+def rendered(text: str) -> list[str]:
+    """The lines a terminal shows for ``text``: a carriage return writes over the line."""
+    lines = []
+    for line in text.split("\n"):
+        shown = ""
+        for part in line.split("\r"):
+            shown = part + shown[len(part):]
+        lines.append(shown.rstrip())
+    return [line for line in lines if line]
+
+
+@pytest.mark.timeout(90)
+def test_ezpool_log_lines_go_above_the_bar_and_logging_is_restored_after(core_python, core_child_env):
+    from tests.conftest import free_port
+
+    uri = f"PYRO:worker@127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [core_python, "-c", _LOGGING_SCRIPT, uri],
+        capture_output=True, text=True, timeout=60, env=core_child_env, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = rendered(done.stderr)
+    # The warning is a line of its own, not glued to the bar drawn before it.
+    assert f"no worker answers at {uri}: starting one there for this pool" in lines, lines
+    assert any(line.startswith("Label: 100%") and "20/20" in line for line in lines), lines
+    # After the call the root logger has its handlers back (none), and logs as before.
+    assert lines[-1] == "after the bar: handlers []", lines

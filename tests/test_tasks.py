@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ezpool import Pool
 from ezpool.tasks import call, unique_tasks
 
 Pair = collections.namedtuple("Pair", "a b")
@@ -71,6 +72,28 @@ def test_an_unhashable_task_is_a_type_error_naming_it(bad):
     with pytest.raises(TypeError, match="unhashable") as info:
         unique_tasks(bad)
     assert repr(culprit) in str(info.value)
+
+
+@pytest.mark.timeout(10)
+def test_the_unhashable_advice_respects_the_tuple_rule_and_following_it_works():
+    with pytest.raises(TypeError) as info:
+        unique_tasks([[1, 2]])
+    assert str(info.value) == (
+        "task [1, 2] is unhashable (unhashable type: 'list'); tasks are the keys of the results. "
+        "A tuple is hashable, but a tuple task is spread into arguments (fun(*task)): to pass "
+        "(1, 2) as one argument, wrap it as ((1, 2),)"
+    )
+    advised = ((1, 2),)  # what the message says to write
+    with Pool() as pool:
+        assert pool.smap(len, [advised]) == {advised: 2}
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("bad", [{"a": 1}, {5}, [1, [2]]])
+def test_other_unhashable_tasks_get_the_tuple_rule_too(bad):
+    with pytest.raises(TypeError) as info:
+        unique_tasks([bad])
+    assert "wrap it as (t,) to pass one tuple t" in str(info.value) and repr(bad) in str(info.value)
 
 
 def test_an_unhashable_task_in_a_generator_is_named_too():

@@ -83,7 +83,7 @@ def test_a_binary_key_with_nul_bytes_works_from_a_key_file(serve, tmp_path):
 def test_a_worker_the_pool_starts_gets_a_key_of_its_own_never_on_its_command_line():
     port = free_port()
     with Pool() as pool:
-        assert pool.dmap(w.Square, [2], workers=[f"PYRO:worker@127.0.0.1:{port}"]) == {2: 4}
+        assert pool.dmap(w.Square, [2], workers=[f"PYRO:worker@127.0.0.1:{port}"], spawn=True) == {2: 4}
         (process,) = pool._backends["distributed"]._spawned.values()
         environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
         command = Path(f"/proc/{process.pid}/cmdline").read_bytes()

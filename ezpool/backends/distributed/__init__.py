@@ -46,7 +46,7 @@ from ...serialization import dumps, short_repr
 from ...servant import GENERIC
 from ...tasks import bind
 from ..base import Backend, Batch
-from .connect import can_start, fits, hello, name_of, start_worker, version_table
+from .connect import can_start, fits, hello, may_start, name_of, not_started, start_worker, version_table
 from .dispatch import Call, Target
 from .links import Link, State
 from .watch import Watcher
@@ -136,7 +136,7 @@ class DistributedBackend(Backend):
             context = self._tls[files] = security.client_tls_context(*files)
         return context
 
-    def _check(self, links: list[Link], target: Target, spawn: bool) -> None:
+    def _check(self, links: list[Link], target: Target, spawn: Optional[bool]) -> None:
         """Check every worker not known to be ready, at once: 32 workers cost one round trip.
 
         A worker that cannot run ``target`` (it serves something else, or other
@@ -167,7 +167,9 @@ class DistributedBackend(Backend):
             link.move(State.LOST, str(error))
             logger.warning("%s; the call goes on without it, and it gets work if it answers", error)
 
-    def _check_one(self, link: Link, target: Target, spawn: bool) -> tuple[Optional[Exception], bool]:
+    def _check_one(
+        self, link: Link, target: Target, spawn: Optional[bool]
+    ) -> tuple[Optional[Exception], bool]:
         """Check (or start) one worker: the error that leaves it out, if any, and
         whether that error must stop the call (a wrong key, a wrong worker, a bug)."""
         try:
@@ -175,8 +177,9 @@ class DistributedBackend(Backend):
         except WorkerUnavailable as exc:
             if isinstance(exc, AuthenticationError):
                 return exc, True
-            if not (spawn and can_start(link)):
-                return exc, False
+            if not may_start(link, spawn):
+                refused = can_start(link) and spawn is None and "refused" in str(exc)
+                return (not_started(link) if refused else exc), False
             try:
                 info = self._start(link)
             except Exception as error:

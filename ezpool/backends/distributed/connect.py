@@ -1,9 +1,17 @@
-"""Finding workers: resolving names, asking a worker who it is, starting local ones."""
+"""Finding workers: resolving names, asking a worker who it is, starting local ones.
+
+The rule for starting a worker (``may_start``): only on this machine's loopback,
+only where nothing listens on the port, and, unless the user passed
+``spawn=True``, only at the default address ``PYRO:worker@localhost:21000``.
+A mistyped port or object name is then an error that names the address, not a
+fresh worker that silently runs everything.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +19,7 @@ from typing import Any, Optional
 
 from ... import _pyro
 from ...errors import WorkerUnavailable
+from ...options import DEFAULT_WORKER
 from ...security import KEY_ENV, is_loopback_host
 from ...servant import GENERIC, served_name
 from ...worker import BaseWorker
@@ -27,6 +36,9 @@ __all__ = [
     "version_table",
     "start_worker",
     "can_start",
+    "is_default",
+    "may_start",
+    "not_started",
 ]
 
 #: Seconds to wait for a worker to answer a check.
@@ -51,6 +63,8 @@ def hello(link: Link, timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
     try:
         info = connection.call("hello")
     except _pyro.PyroError as exc:
+        if "unknown object" in str(exc):
+            raise WorkerUnavailable(_wrong_name(link, timeout)) from None
         raise _pyro.translate(exc, link.text) from None
     finally:
         connection.close()
@@ -59,6 +73,26 @@ def hello(link: Link, timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
     if info.get("restarting"):
         raise WorkerUnavailable(f"worker {link.text} is restarting (to stop a task past its timeout)")
     return dict(info)
+
+
+def _wrong_name(link: Link, timeout: float) -> str:
+    """The message for a port that answers but serves no object of ``link``'s name.
+
+    The daemon there lists its objects to a client with the key (the call is
+    Pyro4's own ``registered()``, not an EzPool call, so it needs no session).
+    """
+    address = link.address
+    asked = f"{link.text}: port {address.port} answers, but serves"
+    daemon = _pyro.parse_uri(f"PYRO:Pyro.Daemon@{address.host}:{address.port}")
+    connection = _pyro.Connection(daemon, link.key, timeout, link.tls, authenticate=False)
+    try:
+        names = [name for name in connection.call("registered") if name != "Pyro.Daemon"]
+    except Exception:  # an old or foreign daemon: say what is known
+        return f"{asked} no object named {address.object!r}"
+    finally:
+        connection.close()
+    served = ", ".join(repr(name) for name in sorted(names)) or "nothing"
+    return f"{asked} {served}, not {address.object!r}"
 
 
 def name_of(fun: Any) -> str:
@@ -152,6 +186,40 @@ def start_worker(link: Link) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
 
 
 def can_start(link: Link) -> bool:
-    """Whether a worker may be started for ``link``: only on this machine's loopback."""
+    """Whether a worker could be started for ``link``: only on this machine's loopback."""
     uri: Optional[Any] = link.address
     return uri is not None and uri.protocol == "PYRO" and is_loopback_host(str(uri.host))
+
+
+def is_default(link: Link) -> bool:
+    """Whether ``link`` names the default worker address (however the loopback host is written)."""
+    uri, default = link.address, _pyro.parse_uri(DEFAULT_WORKER)
+    return can_start(link) and (uri.object, uri.port) == (default.object, default.port)
+
+
+def may_start(link: Link, spawn: Optional[bool]) -> bool:
+    """Whether the pool starts a worker for ``link``, which did not answer (see the module's rule)."""
+    if not (spawn is not False and can_start(link) and (spawn or is_default(link))):
+        return False
+    return not _listening(str(link.address.host), int(link.address.port))
+
+
+def not_started(link: Link) -> WorkerUnavailable:
+    """No worker listens at ``link``: why the pool did not start one, and how to."""
+    address = link.address
+    name = "" if address.object == "worker" else f" --name {address.object}"
+    return WorkerUnavailable(
+        f"no worker answers at {link.text} (connection refused), and EzPool starts one by itself "
+        f"only at the default address {DEFAULT_WORKER}: is the address mistyped? Start a worker "
+        f"there with python -m ezpool.serve --port {address.port}{name}, or pass spawn=True to "
+        "let the pool start one"
+    )
+
+
+def _listening(host: str, port: int) -> bool:
+    """Whether something accepts connections at ``host:port`` (a quick local check)."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,117 @@
+"""The public typing: ``Results`` is generic in the value type, and misspelt options are
+caught by a type checker (mypy, run for real on a small file) and, at run time, by a
+``TypeError`` that suggests the option meant."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ezpool import Options, Pool
+from ezpool.options import NOT_GIVEN
+from tests import _helpers as h
+from tests.conftest import REPO_ROOT
+
+SAMPLE = textwrap.dedent(
+    """
+    from ezpool import BaseWorker, Pool
+
+
+    def fib(n: int) -> int:
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+    class FibWorker(BaseWorker):
+        def run(self, n: int) -> int:
+            return fib(n)
+
+
+    with Pool(progress=False) as pool:
+        results = pool.map(fib, range(5))
+        reveal_type(results)
+        reveal_type(results[3])
+        reveal_type(pool.pmap(fib, range(5), ncpu=2)[3])
+        reveal_type(pool.dmap(FibWorker, range(5))[3])
+        reveal_type(results.errors)
+        pool.smap(fib, range(5), timout=3)
+        pool.smap(fib, range(5), timeout="3")
+        Pool(progres=False)
+    """
+)
+
+#: What mypy must say of the SAMPLE line that holds each snippet, in order.
+EXPECTED = [
+    ("reveal_type(results)", 'Revealed type is "ezpool.results.Results[int]"'),
+    ("reveal_type(results[3])", 'Revealed type is "int"'),
+    ("ncpu=2)[3]", 'Revealed type is "int"'),
+    ("FibWorker, range(5))[3]", 'Revealed type is "Any"'),  # a worker class: its run is not seen
+    ("results.errors", 'Revealed type is "dict[Any, BaseException]"'),
+    ("timout=3", 'error: Unexpected keyword argument "timout" for "smap" of "Pool"; did you mean "timeout"?'),
+    ('timeout="3"', 'error: Argument "timeout" to "smap" of "Pool" has incompatible type "str"; '
+                    'expected "float | None"'),
+    ("progres=", 'error: Unexpected keyword argument "progres" for "Pool"; did you mean "progress"?'),
+]
+
+
+def _line_of(snippet: str) -> int:
+    (number,) = [n for n, line in enumerate(SAMPLE.splitlines(), 1) if snippet in line]
+    return number
+
+
+PUBLIC = [Pool.__init__, Pool.map, Pool.smap, Pool.pmap, Pool.dmap, Pool.imap, Pool.executor]
+
+
+@pytest.mark.timeout(120)
+def test_mypy_sees_the_value_type_and_catches_a_misspelt_option(tmp_path: Path) -> None:
+    pytest.importorskip("mypy", reason="the typing test needs mypy (the 'test' extra)")
+    sample = tmp_path / "sample.py"
+    sample.write_text(SAMPLE)
+    done = subprocess.run(  # from the checkout, so that mypy reads this ezpool and its config
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), str(sample)],
+        capture_output=True, text=True, timeout=110, cwd=REPO_ROOT,
+    )
+    said = [
+        (int(line.split(":")[1]), line.split(": ", 1)[1].replace("note: ", "").split("  [")[0])
+        for line in done.stdout.splitlines()
+        if line.startswith(str(sample)) and "defined in" not in line
+    ]
+    assert said == [(_line_of(snippet), message) for snippet, message in EXPECTED], done.stdout + done.stderr
+    assert done.returncode == 1
+
+
+@pytest.mark.parametrize("method", PUBLIC, ids=lambda method: method.__name__)
+def test_every_option_is_a_keyword_parameter_that_defaults_to_not_given(method) -> None:
+    parameters = inspect.signature(method).parameters
+    for field in dataclasses.fields(Options):
+        parameter = parameters.get(field.name)
+        assert parameter is not None, f"{method.__name__} has no parameter {field.name}"
+        if field.name in ("ncpu", "workers") and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+            assert parameter.default is None  # positional, where None means "not given"
+        else:
+            assert parameter.kind is parameter.KEYWORD_ONLY and parameter.default is NOT_GIVEN, parameter
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["map", "smap", "pmap", "dmap", "imap", "executor"])
+def test_a_misspelt_option_suggests_the_right_one_at_run_time(name: str) -> None:
+    with Pool() as pool:
+        method = getattr(pool, name)
+        arguments = () if name == "executor" else (h.square, [1])
+        with pytest.raises(TypeError, match=r"unknown option 'timout'; did you mean 'timeout'\?"):
+            method(*arguments, timout=3)
+
+
+@pytest.mark.timeout(30)
+def test_options_not_given_keep_the_pools_and_given_ones_override_them(capfd) -> None:
+    with Pool(progress=True, msg="Pool label", timeout=5.0) as pool:
+        pool.smap(h.square, range(2))
+        assert "Pool label" in capfd.readouterr().err
+        pool.smap(h.square, range(2), msg="Call label", timeout=None)
+        assert "Call label" in capfd.readouterr().err
+        assert pool.options.timeout == 5.0 and pool.options.msg == "Pool label"
