@@ -168,6 +168,10 @@ def _hung_up(sock: Optional[socket.socket]) -> bool:
     if sock is None:
         return True
     try:
+        if hasattr(select, "poll"):  # any file number, unlike select()
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True
