@@ -19,6 +19,7 @@ import pytest
 from ezpool import Pool, _pyro
 from ezpool.backends.base import Batch
 from ezpool.backends.distributed.backups import FLOOR, Claim, pick
+from ezpool.backends.distributed.crew import Crew
 from ezpool.backends.distributed.dispatch import Call, Target, Verdict
 from ezpool.backends.distributed.links import Link
 from ezpool.chunking import Chunk, ChunkQueue
@@ -69,7 +70,7 @@ def _two_link_call(options: Options) -> tuple[Call, Link, Link]:
     tasks = [10, 11]
     links = [_link(1), _link(2)]
     pending = ChunkQueue(tasks, len(links), None, split=True)
-    call = Call(tasks, pending, links, Target("f", "", None), options, lambda link: False)
+    call = Call(tasks, pending, links, Target("f", "", None), options, lambda link: False, Crew())
     return call, links[0], links[1]
 
 

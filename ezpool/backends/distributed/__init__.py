@@ -45,6 +45,7 @@ from ...options import DEFAULT_WORKER, Options
 from ...servant import GENERIC
 from ..base import Backend, Batch
 from .connect import can_start, fits, hello, name_of, start_worker, version_table
+from .crew import Crew
 from .dispatch import Call, Target
 from .links import Link, State
 from .watch import Watcher
@@ -72,6 +73,7 @@ class DistributedBackend(Backend):
         self._spawned: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()  # guards _spawned: worker threads restart workers
         self._watcher: Optional[Watcher] = None
+        self._crew = Crew()
 
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
@@ -94,13 +96,14 @@ class DistributedBackend(Backend):
                 link.pinger.timeout = options.heartbeat
         if self._watcher is None:
             self._watcher = Watcher(lambda: list(self._links.values()))
-        call = Call(tasks, pending, links, target, options, self._restart)
+        call = Call(tasks, pending, links, target, options, self._restart, self._crew)
         yield from call.batches()
 
     def close(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        self._crew.stop()
         for link in self._links.values():
             link.release()
         self._links = {}

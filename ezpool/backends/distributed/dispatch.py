@@ -1,6 +1,6 @@
 """One ``dmap`` call: chunks go out to workers, and each comes back exactly once.
 
-A thread per worker takes a chunk, sends it, and turns whatever happened into a
+A thread per worker (from the pool's ``crew``) takes a chunk, sends it, and turns whatever happened into a
 ``Verdict``; ``Call.settle`` is the one place that decides what a verdict means
 for the chunk's tasks:
 
@@ -46,6 +46,7 @@ from ...servant import GENERIC
 from ..base import Batch
 from .backups import Claim, pick
 from .connect import CONNECT_TIMEOUT, fits, hello, version_table
+from .crew import Crew
 from .links import Link, State
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Call:
         target: Target,
         options: Options,
         restart: Callable[[Link], bool],
+        crew: Crew,
     ) -> None:
         self.tasks = tasks
         self.pending = pending  # guarded by self.cond, like held and the counters
@@ -102,6 +104,7 @@ class Call:
         level = capture_level(options)
         self.capture = [] if level is None else [level]
         self.restart = restart  # starts again a worker this pool started, if it died
+        self.crew = crew  # the pool's threads, one drives each worker during the call
         self.held: dict[Link, Claim] = {}  # a chunk with a backup copy is held by two links
         self.attempts: dict[int, int] = {}
         self.returns: dict[int, int] = {}
@@ -112,13 +115,8 @@ class Call:
     # --- the caller's thread ---------------------------------------------------------
 
     def batches(self) -> Generator[Batch, None, None]:
-        threads = [
-            threading.Thread(target=self._drive, args=(link,), daemon=True, name=f"ezpool-{link.text}")
-            for link in self.links
-        ]
-        for thread in threads:
-            thread.start()
-        alive = len(threads)
+        ended = [self.crew.run(self._drive, link) for link in self.links]
+        alive = len(ended)
         live = self.pending.feed.live if self.pending.feed is not None else None
         wake = self._wake
         if live is not None:
@@ -156,9 +154,8 @@ class Call:
                 if link.connection is not None:
                     link.connection.abort()
             deadline = time.monotonic() + _JOIN_TIMEOUT
-            for link, thread in zip(self.links, threads):
-                thread.join(max(0.0, deadline - time.monotonic()))
-                if thread.is_alive():
+            for link, done in zip(self.links, ended):
+                if not done.wait(max(0.0, deadline - time.monotonic())):
                     logger.debug("thread for %s still busy; it keeps its old connections", link.text)
                     link.reconnect(self.heartbeat)
 
