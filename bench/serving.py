@@ -20,13 +20,13 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, ContextManager, Optional
 
 from .harness import Skip
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["free_port", "distributed_available", "served_workers", "child_environment"]
+__all__ = ["free_port", "distributed_available", "served_workers", "shared", "child_environment"]
 
 #: Seconds a worker process may take to print its URI (32 of them start at once on 2 cores).
 _START_TIMEOUT = 120.0
@@ -104,6 +104,30 @@ def served_workers(
         finally:
             for process in processes:
                 _stop(process)
+
+
+def shared(start: Callable[[], ContextManager[Any]]) -> Callable[[], ContextManager[Any]]:
+    """``start`` entered once for every contender that enters the returned context
+    manager (e.g. one set of served workers for a warm and a cold contender), and
+    left when the last of them leaves."""
+    state: dict[str, Any] = {"users": 0, "stack": None, "value": None}
+
+    @contextlib.contextmanager
+    def enter() -> Iterator[Any]:
+        if state["users"] == 0:
+            stack = contextlib.ExitStack()
+            state["value"] = stack.enter_context(start())
+            state["stack"] = stack
+        state["users"] += 1
+        try:
+            yield state["value"]
+        finally:
+            state["users"] -= 1
+            if state["users"] == 0:
+                state["stack"].close()
+                state["stack"] = state["value"] = None
+
+    return enter
 
 
 class _PortTaken(RuntimeError):

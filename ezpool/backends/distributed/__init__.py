@@ -85,11 +85,14 @@ class DistributedBackend(Backend):
         links = [self._link(text, key, tls) for text in texts]
         pending = ChunkQueue(tasks, len(links), options.chunksize, split=True)
         pending.sizer = ChunkSizer(len(links), chunk_target(len(links)))
+        for link in links:
+            link.heartbeat = options.heartbeat
+            if link.connection is None and link.address is not None:
+                link.reconnect(options.heartbeat)  # the check opens it, and chunks use it
         self._check(links, target, options.spawn)
         if not pending and pending.exhausted:
             return
         for link in links:
-            link.heartbeat = options.heartbeat
             if link.connection is None:
                 link.reconnect(options.heartbeat)
             if link.pinger is not None:
