@@ -1,9 +1,10 @@
 """The distributed mode: a Pyro4 client that feeds chunks to ``ezpool.serve`` workers.
 
-How data flows (the links, their connections and the watcher live as long as the
-pool; a call adds one thread per worker)::
+How data flows (the links, their connections, the threads that drive them and the
+watcher all live as long as the pool: a second call starts no thread, opens no
+connection and checks no worker that has not changed)::
 
-    caller thread (Call.batches)       worker threads (Call._drive)          ezpool.serve (Servant)
+    caller thread (Call.batches)       crew threads (Call._drive)            ezpool.serve (Servant)
     ────────────────────────────       ────────────────────────────          ──────────────────────
     pickle tasks in pieces; check
     each new worker: hello() ─────────────────────────────────────────────▶ identity, what it serves
@@ -18,6 +19,11 @@ pool; a call adds one thread per worker)::
                                        or fail each task, exactly once
     watcher thread (one per pool) ─── ping() every heartbeat/4 to each RUNNING worker;
                                        no answer for ``heartbeat`` s: break its call off
+
+A worker replaced since the last call is noticed by the chunk it is sent (it
+carries the identity the check saw), and is checked again then. With many
+workers a chunk holds more work (``chunk_target``): all their chunks pass through
+this one process, whose cost per chunk would otherwise grow into their wait.
 
 Dynamic load balancing comes from the shared queue: a worker asks for its next
 chunk when it has sent back the last, so fast and slow machines both stay busy.
