@@ -108,6 +108,9 @@ class Call:
         self.held: dict[Link, Claim] = {}  # a chunk with a backup copy is held by two links
         self.attempts: dict[int, int] = {}
         self.returns: dict[int, int] = {}
+        # Per worker (its text): tasks measured and their seconds, so that a slow
+        # worker's times do not make the others' chunks look slow (see ``_take``).
+        self.rates: dict[str, tuple[int, float]] = {}
         self.cond = threading.Condition()
         self.stop = threading.Event()
         self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -233,7 +236,7 @@ class Call:
                     return None
                 pause = 0.5
                 if self.backup:
-                    claim, wait = pick(dict.fromkeys(self.held.values()), self.pending.sizer.mean, now)
+                    claim, wait = pick(dict.fromkeys(self.held.values()), self._expected(link), now)
                     if claim is not None:
                         logger.info("worker %s has held tasks %d..%d for %.1f s; %s runs a backup copy",
                                     claim.links[0].text, claim.chunk.start, claim.chunk.stop - 1,
@@ -245,6 +248,14 @@ class Call:
                     pause = min(pause, wait)
                 self.cond.wait(pause)
             return None
+
+    def _expected(self, link: Link) -> Optional[float]:
+        """Seconds a task is expected to take, for judging whether ``link`` should copy a
+        late chunk: its own mean run time in this call once it has one (a copy is worth
+        running if it would finish well before the first), else the call's mean.
+        Called with ``cond`` held."""
+        tasks, seconds = self.rates.get(link.text, (0, 0.0))
+        return seconds / tasks if tasks else self.pending.sizer.mean
 
     def _superseded(self, link: Link) -> bool:
         """Whether another copy of the chunk ``link`` holds has already settled it."""
@@ -433,6 +444,8 @@ class Call:
         if values:
             with self.cond:
                 self.pending.sizer.record(times)
+                tasks, seconds = self.rates.get(worker, (0, 0.0))
+                self.rates[worker] = (tasks + len(times), seconds + sum(times))
             batches.append(Batch(first, values, times, set(failures), worker, outputs))
         if first + len(values) < chunk.stop:  # it stopped early: the rest never ran
             again.append((first + len(values), chunk.stop, False))
