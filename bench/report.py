@@ -132,7 +132,20 @@ def derived(name: str, record: dict[str, Any]) -> dict[str, Any]:
             contender: {size: size * megabytes / t for size, t in points.items()}
             for contender, points in medians.items()
         }
-    elif name == "many":
+    elif name == "stragglers":
+        params = record["params"]
+        slowdown, seconds = params["slowdown"], params["task_seconds"]
+        equal = medians.get(params["equal"], {})
+        for contender, points in medians.items():
+            if contender == params["equal"]:
+                continue
+            for size, t in points.items():
+                ideal = size * seconds * slowdown / (slowdown + 1)
+                out.setdefault("over_ideal", {}).setdefault(contender, {})[size] = t / ideal
+                if size in equal:  # the pool's own cost per task charged to the ideal
+                    measured = equal[size] * 2 * slowdown / (slowdown + 1)
+                    out.setdefault("over_measured_ideal", {}).setdefault(contender, {})[size] = t / measured
+    elif name.startswith("many"):
         workers, seconds = record["params"]["workers"], record["params"]["task_seconds"]
         out["efficiency"] = {
             contender: {size: (size * seconds / workers) / t for size, t in points.items()}

@@ -20,16 +20,19 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, ContextManager, Optional
 
 from .harness import Skip
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["free_port", "distributed_available", "served_workers", "child_environment"]
+__all__ = ["free_port", "distributed_available", "served_workers", "shared", "child_environment"]
 
 #: Seconds a worker process may take to print its URI (32 of them start at once on 2 cores).
 _START_TIMEOUT = 120.0
+
+#: Ports tried per worker: with many workers starting at once, a free port may be taken.
+_PORT_ATTEMPTS = 3
 
 _URI = re.compile(r"PYRO:[\w.\-]+@[\w.\-]+:\d+")
 
@@ -72,29 +75,63 @@ def served_workers(
     """
     env = {**child_environment(), **(extra_env or {})}
     with tempfile.TemporaryDirectory(prefix="ezpool-bench-") as scratch:
-        processes: list[tuple[subprocess.Popen[bytes], Path]] = []
+        processes: list[subprocess.Popen[bytes]] = []
+
+        def launch(index: int) -> tuple[subprocess.Popen[bytes], Path]:
+            log = Path(scratch, f"worker-{index}.out")
+            command = [sys.executable, "-m", module, *arguments, "--host", "127.0.0.1"]
+            command += ["--port", str(free_port())]
+            with open(log, "wb") as out:
+                process = subprocess.Popen(
+                    command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+            processes.append(process)
+            return process, log
+
         try:
-            for index in range(count):
-                log = Path(scratch, f"worker-{index}.out")
-                command = [
-                    sys.executable,
-                    "-m",
-                    module,
-                    *arguments,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(free_port()),
-                ]
-                with open(log, "wb") as out:
-                    process = subprocess.Popen(
-                        command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-                    )
-                processes.append((process, log))
-            yield [_wait_for_uri(process, log) for process, log in processes]
+            started = [launch(index) for index in range(count)]
+            uris = []
+            for index, (process, log) in enumerate(started):
+                for attempt in range(_PORT_ATTEMPTS):
+                    try:
+                        uris.append(_wait_for_uri(process, log))
+                        break
+                    except _PortTaken:  # another process took the free port first: try another
+                        if attempt == _PORT_ATTEMPTS - 1:
+                            raise
+                        process, log = launch(index)
+            yield uris
         finally:
-            for process, _ in processes:
+            for process in processes:
                 _stop(process)
+
+
+def shared(start: Callable[[], ContextManager[Any]]) -> Callable[[], ContextManager[Any]]:
+    """``start`` entered once for every contender that enters the returned context
+    manager (e.g. one set of served workers for a warm and a cold contender), and
+    left when the last of them leaves."""
+    state: dict[str, Any] = {"users": 0, "stack": None, "value": None}
+
+    @contextlib.contextmanager
+    def enter() -> Iterator[Any]:
+        if state["users"] == 0:
+            stack = contextlib.ExitStack()
+            state["value"] = stack.enter_context(start())
+            state["stack"] = stack
+        state["users"] += 1
+        try:
+            yield state["value"]
+        finally:
+            state["users"] -= 1
+            if state["users"] == 0:
+                state["stack"].close()
+                state["stack"] = state["value"] = None
+
+    return enter
+
+
+class _PortTaken(RuntimeError):
+    """A worker could not listen: its port was taken between ``free_port`` and its start."""
 
 
 def _wait_for_uri(process: subprocess.Popen[bytes], log: Path) -> str:
@@ -105,7 +142,8 @@ def _wait_for_uri(process: subprocess.Popen[bytes], log: Path) -> str:
             return found.group(0)
         if process.poll() is not None:
             output = log.read_text(errors="replace")
-            raise RuntimeError(f"worker {process.args!r} exited with {process.returncode}:\n{output}")
+            kind = _PortTaken if "already in use" in output else RuntimeError
+            raise kind(f"worker {process.args!r} exited with {process.returncode}:\n{output}")
         time.sleep(0.05)
     raise RuntimeError(f"worker {process.args!r} printed no URI within {_START_TIMEOUT:.0f} s")
 

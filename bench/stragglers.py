@@ -18,21 +18,25 @@ Contenders: ``dmap`` as it comes (backup copies on), ``backup=False``, and
 worker must have finished the task it was running (a chunk broken off stops
 after its running task), so that every run starts with both workers idle.
 Results go to ``bench/stragglers.json``.
+
+``python -m bench`` runs the 100x case as its ``stragglers`` workload (``workload``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 from ezpool import Pool
 
-from .serving import served_workers
+from .harness import Comparison, Contender, Runner, Settings, Timed
+from .serving import distributed_available, served_workers, shared
 from .workloads import SLOWDOWN_VARIABLE, straggling_nap
 
 HERE = Path(__file__).resolve().parent
@@ -94,6 +98,77 @@ def one_slowdown(slowdown: float, count: int, seconds: float, repeats: int) -> l
             "ratio_to_measured": median / measured_ideal,
         })
     return rows
+
+
+# -- the same case as a workload of ``python -m bench`` -------------------------------
+
+#: The case ``python -m bench`` reports: one worker of two this many times slower.
+WORKLOAD_SLOWDOWN = 100.0
+
+
+def workload(settings: Settings) -> list[Comparison]:
+    """``python -m bench``'s stragglers workload: the 100x case, as ``dmap`` comes and
+    (full run) with ``backup=False``, and two equal workers for the measured ideal.
+    Derived: each makespan over the ideal and over the measured ideal."""
+    count, seconds = (16, 0.02) if settings.quick else (64, 0.1)
+    slowdown = WORKLOAD_SLOWDOWN
+    settle = seconds * slowdown + 0.5
+    served = shared(lambda: _fast_and_slow({SLOWDOWN_VARIABLE: str(slowdown)}))
+
+    def straggling(options: dict[str, Any]) -> Callable[[], ContextManager[Runner]]:
+        @contextlib.contextmanager
+        def prepare() -> Iterator[Runner]:
+            distributed_available()
+            with served() as uris, Pool("distributed", workers=uris, spawn=False, progress=False) as pool:
+
+                def run(size: int) -> Timed:
+                    began = time.perf_counter()
+                    results = pool.map(straggling_nap, _tasks(size, seconds), **options)
+                    took = time.perf_counter() - began
+                    time.sleep(settle)  # untimed: the slow worker finishes a chunk broken off
+                    return Timed(took, results)
+
+                yield run
+
+        return prepare
+
+    @contextlib.contextmanager
+    def equal() -> Iterator[Runner]:
+        distributed_available()
+        with served_workers("ezpool.serve", [], 2) as uris, Pool(
+            "distributed", workers=uris, spawn=False, progress=False
+        ) as pool:
+            yield lambda size: pool.map(straggling_nap, _tasks(size, seconds))
+
+    contenders = [Contender("dmap", straggling({}), ezpool=True)]
+    if not settings.quick:
+        contenders.append(Contender("backup=False", straggling({"backup": False}), ezpool=True))
+    contenders.append(Contender("two equal workers", equal, ezpool=True))
+
+    def check(size: int, result: Any) -> None:
+        if len(result) != size or result.errors:
+            raise AssertionError(f"stragglers: {len(result)} of {size} tasks, errors {result.errors}")
+
+    return [
+        Comparison(
+            name="stragglers",
+            title=f"Stragglers: {count} tasks of {seconds} s over 2 workers, one {slowdown:g}x slower",
+            unit="tasks",
+            sizes=[count],
+            check=check,
+            contenders=contenders,
+            pairs=[],
+            params={"slowdown": slowdown, "task_seconds": seconds, "equal": "two equal workers"},
+        )
+    ]
+
+
+@contextlib.contextmanager
+def _fast_and_slow(slow_env: dict[str, str]) -> Iterator[list[str]]:
+    """One worker as it comes and one with ``slow_env``: their URIs."""
+    fast = served_workers("ezpool.serve", [], 1)
+    with fast as one, served_workers("ezpool.serve", [], 1, slow_env) as other:
+        yield [*one, *other]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -15,14 +15,14 @@ from typing import Any, Callable
 
 from ezpool import BaseWorker, Pool
 
-from . import peers
+from . import peers, stragglers
 from .bigdata import big_arguments, big_results
 from .captured import captured
 from .coldstart import cold_start
 from .harness import Comparison, Contender, Runner, Settings, Timed, simple
 from .naive_pyro import naive_client
 from .scale import scale
-from .serving import distributed_available, free_port, served_workers
+from .serving import distributed_available, free_port, served_workers, shared
 from .workloads import (
     CPU_N,
     NAP_SECONDS,
@@ -220,23 +220,51 @@ def distributed(settings: Settings) -> list[Comparison]:
     ]
 
 
+def _dmap_many(workers: int, with_dask: bool) -> Comparison:
+    """``dmap`` over ``workers`` local workers, warm (one pool for every run) and cold
+    (a new pool for each run: checking and connecting to every worker is timed)."""
+    served = shared(lambda: served_workers("ezpool.serve", ["bench.workloads:NapWorker"], workers))
+
+    @contextlib.contextmanager
+    def warm() -> Iterator[Runner]:
+        distributed_available()
+        with served() as uris, Pool() as pool:
+            yield lambda size: pool.dmap(NapWorker, _tasks(size), workers=uris, progress=False, spawn=False)
+
+    @contextlib.contextmanager
+    def cold() -> Iterator[Runner]:
+        distributed_available()
+        with served() as uris:
+
+            def run(size: int) -> Timed:
+                began = perf_counter()
+                with Pool() as pool:
+                    results = pool.dmap(NapWorker, _tasks(size), workers=uris, progress=False, spawn=False)
+                    return Timed(perf_counter() - began, results)
+
+            yield run
+
+    contenders = [Contender("dmap", warm, ezpool=True), Contender("dmap cold", cold, ezpool=True)]
+    if with_dask:
+        contenders.append(Contender("Dask LocalCluster", _dask(nap, workers)))
+    return Comparison(
+        name="many" if with_dask else f"many-{workers}",
+        title=f"Many workers: {workers} local workers, sleep({NAP_SECONDS}) tasks",
+        unit="tasks",
+        sizes=[20 * workers],
+        check=_check_identity,
+        contenders=contenders,
+        pairs=[("dmap", "Dask LocalCluster")] if with_dask else [("dmap cold", "dmap")],
+        params={"workers": workers, "task_seconds": NAP_SECONDS},
+    )
+
+
 def many(settings: Settings) -> list[Comparison]:
-    """(5) Many workers: 32 local workers, 20 tasks of 50 ms sleep each."""
-    workers = 8 if settings.quick else 32
-    return [
-        Comparison(
-            name="many",
-            title=f"Many workers: {workers} local workers, sleep({NAP_SECONDS}) tasks",
-            unit="tasks",
-            sizes=[20 * workers],
-            check=_check_identity,
-            contenders=[
-                Contender("dmap", _dmap(NapWorker, workers), ezpool=True),
-                Contender("Dask LocalCluster", _dask(nap, workers)),
-            ],
-            params={"workers": workers, "task_seconds": NAP_SECONDS},
-        )
-    ]
+    """(5) Many workers: 20 tasks of 50 ms sleep per worker, over 32 local workers
+    (against Dask) and 128 (``dmap`` alone, warm and cold); ``--quick``: 8 workers."""
+    if settings.quick:
+        return [_dmap_many(8, with_dask=True)]
+    return [_dmap_many(32, with_dask=True), _dmap_many(128, with_dask=False)]
 
 
 def startup(settings: Settings) -> list[Comparison]:
@@ -327,4 +355,5 @@ WORKLOADS: dict[str, Callable[[Settings], list[Comparison]]] = {
     "results": lambda settings: big_results(settings, NCPU),
     "arguments": lambda settings: big_arguments(settings, NCPU),
     "scale": scale,
+    "stragglers": stragglers.workload,
 }

@@ -104,7 +104,8 @@ class ChunkSizer:
 
         What a trip took beyond its tasks is the cost of a chunk (sending,
         unpickling, answering); chunks are then made long enough that this cost
-        is at most ``1 / OVERHEAD_SHARE`` of their work, up to ``LONGEST_TARGET``.
+        is at most ``1 / OVERHEAD_SHARE`` of their work, up to ``LONGEST_TARGET``
+        (never below the target the sizer was made with).
         """
         count = len(times)
         step = count // _SAMPLED
@@ -118,7 +119,7 @@ class ChunkSizer:
         if trip is not None:
             cost = max(0.0, trip - seconds)
             self._cost = cost if self._cost is None else (self._cost + cost) / 2
-            self._target = min(LONGEST_TARGET, max(self._base, OVERHEAD_SHARE * self._cost))
+            self._target = max(self._base, min(LONGEST_TARGET, OVERHEAD_SHARE * self._cost))
 
     @property
     def slots(self) -> int:
@@ -180,12 +181,13 @@ class ChunkQueue:
         chunksize: Optional[int],
         depth: int = 1,
         split: bool = False,
+        target: float = TARGET_SECONDS,
     ) -> None:
         self._tasks = tasks
         self._fixed = chunksize is not None
         self._chunksize = chunksize
         least = 1 if isinstance(tasks, Feed) else least_piece(len(tasks), workers)
-        self.sizer = ChunkSizer(workers * depth, least=least)
+        self.sizer = ChunkSizer(workers * depth, target, least=least)
         self._pending: deque[Chunk] = deque()
         self._undispatched = 0
         self.feed: Optional[Feed] = tasks if isinstance(tasks, Feed) else None

@@ -163,6 +163,8 @@ class Servant:
         """Who this worker is and what it serves."""
         import cloudpickle
 
+        logger.debug("a client checks who this worker is")
+
         from . import __version__
 
         versions = {

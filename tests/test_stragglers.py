@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import threading
 import time
 from array import array
 
@@ -19,6 +20,7 @@ import pytest
 from ezpool import Pool, _pyro
 from ezpool.backends.base import Batch
 from ezpool.backends.distributed.backups import FLOOR, Claim, pick
+from ezpool.backends.distributed.crew import Crew
 from ezpool.backends.distributed.dispatch import Call, Target, Verdict
 from ezpool.backends.distributed.links import Link
 from ezpool.chunking import Chunk, ChunkQueue
@@ -69,7 +71,7 @@ def _two_link_call(options: Options) -> tuple[Call, Link, Link]:
     tasks = [10, 11]
     links = [_link(1), _link(2)]
     pending = ChunkQueue(tasks, len(links), None, split=True)
-    call = Call(tasks, pending, links, Target("f", "", None), options, lambda link: False)
+    call = Call(tasks, pending, links, Target("f", "", None), options, lambda link: False, Crew())
     return call, links[0], links[1]
 
 
@@ -134,6 +136,34 @@ def test_the_last_copy_left_is_settled_as_a_lone_chunk_always_was():
     (batch,) = _reported(call)
     assert batch.start == 0 and batch.failed == {0} and "attempt 1 of 1" in str(batch.values[0])
     assert call.attempts == {0: 1} and call.returns == {}
+
+
+def test_the_slow_workers_run_times_do_not_delay_the_copies_of_the_fast_one():
+    tasks = [10, 11, 12]
+    slow, fast = _link(1), _link(2)
+    call = Call(tasks, ChunkQueue(tasks, 2, None, split=True), [slow, fast], Target("f", "", None),
+                Options(), lambda link: False, Crew())
+
+    def done_in(chunk: Chunk, seconds: float) -> Verdict:
+        return Verdict("done", reply=pack_chunk(chunk.start, ([0], array("d", [seconds]), {})))
+
+    first = call._take(fast)
+    second = call._take(slow)
+    assert first is not None and second is not None
+    call.settle(fast, first, done_in(first, 0.01))
+    call.settle(slow, second, done_in(second, 5.0))  # the slow worker: 500 times slower
+    last = call._take(slow)
+    assert last is not None and not call.pending
+    call.held[slow].since -= 0.5  # out for half a second: 50 times what the fast worker takes
+    # The call's mean (2.5 s a task) would wait 5 s; the fast worker's own, 0.01 s, does not.
+    assert call.pending.sizer.mean == pytest.approx(2.505)
+    timer = threading.Timer(2.0, call.stop.set)  # if it waited, _take would give None
+    timer.start()
+    try:
+        copy = call._take(fast)
+    finally:
+        timer.cancel()
+    assert copy is last and call.held[fast] is call.held[slow]
 
 
 # --- real workers, one of them slow -------------------------------------------------------

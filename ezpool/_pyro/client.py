@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import select
 import socket
 import ssl
 import threading
@@ -91,10 +92,17 @@ class Connection:
         return proxy is not None and proxy._pyroConnection is not None
 
     def open(self) -> None:
-        """Connect and authenticate now, if not connected; raises ``PyroError`` subclasses."""
+        """Connect and authenticate now, if not connected; raises ``PyroError`` subclasses.
+
+        A connection the worker has hung up on while it was idle (workers drop
+        connections silent for ``server.SERVER_IDLE_TIMEOUT``) is opened again here,
+        before anything is sent on it, rather than failing the next call.
+        """
         with self._lock:
             if self.is_open:
-                return
+                if not _hung_up(self._sock):
+                    return
+                logger.debug("%s hung up on an idle connection: connecting again", self.uri)
             self.close()
             sock = _connect_socket(self.uri, self._timeout, self._tls)
             try:
@@ -152,6 +160,22 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"Connection({str(self.uri)!r}, {'open' if self.is_open else 'closed'})"
+
+
+def _hung_up(sock: Optional[socket.socket]) -> bool:
+    """Whether ``sock``, between two calls, has become readable: the peer closed it, or
+    sent something no call asked for. Either way the connection is of no more use."""
+    if sock is None:
+        return True
+    try:
+        if hasattr(select, "poll"):  # any file number, unlike select()
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _connect_socket(uri: Any, timeout: Optional[float], tls: Optional[ssl.SSLContext]) -> socket.socket:

@@ -226,6 +226,7 @@ class ExposedServant:
             logger.debug("a client failed to authenticate")
             return _hang_up(connection)
         self._sessions.authenticated(session)
+        logger.debug("a client connected and authenticated")
         return sign(self._key, session.nonce, 0, "auth-ok", nonce)
 
     def call(self, method: Any, counter: Any, mac: Any, args: Any) -> Any:

@@ -1,9 +1,10 @@
 """The distributed mode: a Pyro4 client that feeds chunks to ``ezpool.serve`` workers.
 
-How data flows (the links, their connections and the watcher live as long as the
-pool; a call adds one thread per worker)::
+How data flows (the links, their connections, the threads that drive them and the
+watcher all live as long as the pool: a second call starts no thread, opens no
+connection and checks no worker that has not changed)::
 
-    caller thread (Call.batches)       worker threads (Call._drive)          ezpool.serve (Servant)
+    caller thread (Call.batches)       crew threads (Call._drive)            ezpool.serve (Servant)
     ────────────────────────────       ────────────────────────────          ──────────────────────
     pickle tasks in pieces; check
     each new worker: hello() ─────────────────────────────────────────────▶ identity, what it serves
@@ -18,6 +19,11 @@ pool; a call adds one thread per worker)::
                                        or fail each task, exactly once
     watcher thread (one per pool) ─── ping() every heartbeat/4 to each RUNNING worker;
                                        no answer for ``heartbeat`` s: break its call off
+
+A worker replaced since the last call is noticed by the chunk it is sent (it
+carries the identity the check saw), and is checked again then. With many
+workers a chunk holds more work (``chunk_target``): all their chunks pass through
+this one process, whose cost per chunk would otherwise grow into their wait.
 
 Dynamic load balancing comes from the shared queue: a worker asks for its next
 chunk when it has sent back the last, so fast and slow machines both stay busy.
@@ -38,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from ... import _pyro, security
-from ...chunking import ChunkQueue
+from ...chunking import TARGET_SECONDS, ChunkQueue
 from ...code import Shipment, fingerprint, ship
 from ...errors import AuthenticationError, WorkerUnavailable
 from ...options import DEFAULT_WORKER, Options
@@ -47,6 +53,7 @@ from ...servant import GENERIC
 from ...tasks import bind
 from ..base import Backend, Batch
 from .connect import can_start, fits, hello, may_start, name_of, not_started, start_worker, version_table
+from .crew import Crew
 from .dispatch import Call, Target
 from .links import Link, State
 from .watch import Watcher
@@ -58,6 +65,12 @@ __all__ = ["DistributedBackend"]
 #: Workers checked at once when a call starts.
 _CONNECTORS = 32
 
+#: Seconds of work a chunk should hold per worker of the call. Every chunk costs
+#: this process about half a millisecond of CPU (signing, sending, unpickling the
+#: answer), and all workers' chunks come back here: with chunks of ``w`` times this
+#: long, ``w`` workers keep the client busy about 10% of the time at most.
+CHUNK_SECONDS_PER_WORKER = 0.004
+
 
 class DistributedBackend(Backend):
     """Sends tasks to ``ezpool.serve`` workers; starts local ones that do not answer."""
@@ -68,6 +81,7 @@ class DistributedBackend(Backend):
         self._spawned: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()  # guards _spawned: worker threads restart workers
         self._watcher: Optional[Watcher] = None
+        self._crew = Crew()
 
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
@@ -77,7 +91,12 @@ class DistributedBackend(Backend):
         tls = self._tls_context(options)
         texts = list(dict.fromkeys(options.workers or (DEFAULT_WORKER,)))
         links = [self._link(text, key, tls) for text in texts]
-        pending = ChunkQueue(tasks, len(links), options.chunksize, split=True)
+        target = chunk_target(len(links))
+        pending = ChunkQueue(tasks, len(links), options.chunksize, split=True, target=target)
+        for link in links:
+            link.heartbeat = options.heartbeat
+            if link.connection is None and link.address is not None:
+                link.reconnect(options.heartbeat)  # the check opens it, and chunks use it
         self._check(links, target, options.spawn)
         if options.context is not None:
             for link in links:
@@ -90,20 +109,20 @@ class DistributedBackend(Backend):
         if not pending and pending.exhausted:
             return
         for link in links:
-            link.heartbeat = options.heartbeat
             if link.connection is None:
                 link.reconnect(options.heartbeat)
             if link.pinger is not None:
                 link.pinger.timeout = options.heartbeat
         if self._watcher is None:
             self._watcher = Watcher(lambda: list(self._links.values()))
-        call = Call(tasks, pending, links, target, options, self._restart)
+        call = Call(tasks, pending, links, target, options, self._restart, self._crew)
         yield from call.batches()
 
     def close(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        self._crew.stop()
         for link in self._links.values():
             link.release()
         self._links = {}
@@ -239,3 +258,14 @@ def _shipment(fun: Any, options: Options) -> Shipment:
             what = short_repr(options.context)
             raise TypeError(f"cannot send the context {what} to a worker: {error}") from error
         raise TypeError(f"cannot send {fun!r} to a worker: {exc.__cause__}") from exc.__cause__
+
+
+def chunk_target(workers: int) -> float:
+    """Seconds of work a chunk should hold when ``workers`` workers share one client.
+
+    Few workers take chunks of ``TARGET_SECONDS``, as every mode does; many take
+    longer ones, so that the client's cost per chunk does not grow into the time
+    every worker waits for its next one. The sizer still never gives a chunk more
+    than its share of what is left, so the end of a call is cut just as fine.
+    """
+    return max(TARGET_SECONDS, workers * CHUNK_SECONDS_PER_WORKER)

@@ -4,9 +4,12 @@ The heartbeat catches a worker that stops answering, not one that is alive but
 slow (an overloaded machine, a throttled VM): that worker keeps its chunk until
 it answers, and the others idle. So when no task waits to be sent, an idle
 worker takes a *backup copy* of the chunk held longest, once that chunk has been
-out for ``PATIENCE`` times the time its tasks were expected to take (the mean
-run time measured so far in the call, times its tasks) and at least ``FLOOR``
-seconds. Both copies run; ``Call.settle`` keeps the first answer and breaks the
+out for ``PATIENCE`` times the time its tasks were expected to take (the idle
+worker's own mean run time so far in the call, or the call's mean before it has
+one, times its tasks) and at least ``FLOOR`` seconds. The idle worker's own
+rate, not the call's: the slow worker's times would inflate a shared mean and
+delay the very copies meant to overtake it, and a copy pays only if the worker
+that runs it is fast. Both copies run; ``Call.settle`` keeps the first answer and breaks the
 other copy's connection off, and its worker stops after the task it is running::
 
     slow worker   ──[tasks 40..41 ............................ ✗ broken off]

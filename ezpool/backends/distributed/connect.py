@@ -59,15 +59,25 @@ def hello(link: Link, timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
             if link.address is None:
                 raise
             logger.debug("name server down; trying %s at its last address", link.text)
-    connection = _pyro.Connection(link.address, link.key, timeout, link.tls)
+    # The check travels on the connection chunks will take, when there is one: a
+    # worker then costs one connection, not one for the check and one for the work.
+    connection = link.connection
+    keep = connection is not None and connection.uri == link.address
+    if connection is None or not keep:
+        connection = _pyro.Connection(link.address, link.key, timeout, link.tls)
+    saved = connection.timeout
     try:
+        connection.timeout = timeout
         info = connection.call("hello")
     except _pyro.PyroError as exc:
         if "unknown object" in str(exc):
             raise WorkerUnavailable(_wrong_name(link, timeout)) from None
         raise _pyro.translate(exc, link.text) from None
     finally:
-        connection.close()
+        if keep:
+            connection.timeout = saved
+        else:
+            connection.close()
     if not isinstance(info, dict) or not info.get("identity"):
         raise WorkerUnavailable(f"worker {link.text} did not say who it is: is it an EzPool worker?")
     if info.get("restarting"):

@@ -1,6 +1,6 @@
 """One ``dmap`` call: chunks go out to workers, and each comes back exactly once.
 
-A thread per worker takes a chunk, sends it, and turns whatever happened into a
+A thread per worker (from the pool's ``crew``) takes a chunk, sends it, and turns whatever happened into a
 ``Verdict``; ``Call.settle`` is the one place that decides what a verdict means
 for the chunk's tasks:
 
@@ -46,6 +46,7 @@ from ...servant import GENERIC
 from ..base import Batch
 from .backups import Claim, pick
 from .connect import CONNECT_TIMEOUT, fits, hello, version_table
+from .crew import Crew
 from .links import Link, State
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Call:
         target: Target,
         options: Options,
         restart: Callable[[Link], bool],
+        crew: Crew,
     ) -> None:
         self.tasks = tasks
         self.pending = pending  # guarded by self.cond, like held and the counters
@@ -106,9 +108,13 @@ class Call:
         level = capture_level(options)
         self.capture = [] if level is None else [level]
         self.restart = restart  # starts again a worker this pool started, if it died
+        self.crew = crew  # the pool's threads, one drives each worker during the call
         self.held: dict[Link, Claim] = {}  # a chunk with a backup copy is held by two links
         self.attempts: dict[int, int] = {}
         self.returns: dict[int, int] = {}
+        # Per worker (its text): tasks measured and their seconds, so that a slow
+        # worker's times do not make the others' chunks look slow (see ``_take``).
+        self.rates: dict[str, tuple[int, float]] = {}
         self.cond = threading.Condition()
         self.stop = threading.Event()
         self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -116,13 +122,8 @@ class Call:
     # --- the caller's thread ---------------------------------------------------------
 
     def batches(self) -> Generator[Batch, None, None]:
-        threads = [
-            threading.Thread(target=self._drive, args=(link,), daemon=True, name=f"ezpool-{link.text}")
-            for link in self.links
-        ]
-        for thread in threads:
-            thread.start()
-        alive = len(threads)
+        ended = [self.crew.run(self._drive, link) for link in self.links]
+        alive = len(ended)
         live = self.pending.feed.live if self.pending.feed is not None else None
         wake = self._wake
         if live is not None:
@@ -160,9 +161,8 @@ class Call:
                 if link.connection is not None:
                     link.connection.abort()
             deadline = time.monotonic() + _JOIN_TIMEOUT
-            for link, thread in zip(self.links, threads):
-                thread.join(max(0.0, deadline - time.monotonic()))
-                if thread.is_alive():
+            for link, done in zip(self.links, ended):
+                if not done.wait(max(0.0, deadline - time.monotonic())):
                     logger.debug("thread for %s still busy; it keeps its old connections", link.text)
                     link.reconnect(self.heartbeat)
 
@@ -240,7 +240,7 @@ class Call:
                     return None
                 pause = 0.5
                 if self.backup:
-                    claim, wait = pick(dict.fromkeys(self.held.values()), self.pending.sizer.mean, now)
+                    claim, wait = pick(dict.fromkeys(self.held.values()), self._expected(link), now)
                     if claim is not None:
                         logger.info("worker %s has held tasks %d..%d for %.1f s; %s runs a backup copy",
                                     claim.links[0].text, claim.chunk.start, claim.chunk.stop - 1,
@@ -252,6 +252,14 @@ class Call:
                     pause = min(pause, wait)
                 self.cond.wait(pause)
             return None
+
+    def _expected(self, link: Link) -> Optional[float]:
+        """Seconds a task is expected to take, for judging whether ``link`` should copy a
+        late chunk: its own mean run time in this call once it has one (a copy is worth
+        running if it would finish well before the first), else the call's mean.
+        Called with ``cond`` held."""
+        tasks, seconds = self.rates.get(link.text, (0, 0.0))
+        return seconds / tasks if tasks else self.pending.sizer.mean
 
     def _superseded(self, link: Link) -> bool:
         """Whether another copy of the chunk ``link`` holds has already settled it."""
@@ -442,6 +450,8 @@ class Call:
         if values:
             with self.cond:
                 self.pending.sizer.record(times, trip)
+                tasks, seconds = self.rates.get(worker, (0, 0.0))
+                self.rates[worker] = (tasks + len(times), seconds + sum(times))
             batches.append(Batch(first, values, times, set(failures), worker, outputs))
         if first + len(values) < chunk.stop:  # it stopped early: the rest never ran
             again.append((first + len(values), chunk.stop, False))
