@@ -69,6 +69,12 @@ def record_call(directory: str, task: Any) -> Any:
     return task
 
 
+def nap_then_record(directory: str, task: Any, seconds: float) -> Any:
+    """Naps, then leaves ``record_call``'s file: a file per task that ran to its end."""
+    time.sleep(seconds)
+    return record_call(directory, task)
+
+
 def calls(directory: Any) -> collections.Counter:
     """How many times ``record_call`` ran each task (by repr)."""
     return collections.Counter(path.name.rsplit("-", 2)[0] for path in Path(directory).iterdir())
