@@ -347,3 +347,62 @@ def test_a_context_that_cannot_be_sent_to_a_worker_is_named(serve):
     uris = serve("").uris
     with Pool() as pool, pytest.raises(TypeError, match="cannot send the context"):
         pool.dmap(lambda context, x: x, [1], workers=uris, spawn=False, context=threading.Lock())
+
+
+class _DroppingRelay:
+    """A TCP relay to a worker that closes the first ``drops`` connections once they
+    have sent something, and forwards the later ones: a worker shedding connections."""
+
+    def __init__(self, upstream: tuple[str, int], drops: int) -> None:
+        self.upstream, self.drops = upstream, drops
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.sockets.append(client)
+            if self.drops > 0:
+                self.drops -= 1
+                client.recv(1)  # the handshake has begun: close it under the client
+                client.close()
+                continue
+            server = socket.create_connection(self.upstream)
+            self.sockets.append(server)
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                end.close()
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_check_whose_connection_is_closed_under_it_is_asked_again(serve):
+    uri = serve("tests._workers:Square").uris[0]
+    name, address = uri.split(":", 1)[1].split("@")
+    host, port = address.rsplit(":", 1)
+    relay = _DroppingRelay((host, int(port)), drops=2)
+    try:
+        relayed = f"PYRO:{name}@127.0.0.1:{relay.port}"
+        with Pool() as pool:
+            results = pool.dmap(w.Square, range(20), workers=relayed, spawn=False)
+        assert results == {n: n * n for n in range(20)} and relay.drops == 0
+    finally:
+        relay.close()

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CommunicationError",
+    "ConnectionClosed",
     "PyroTimeout",
     "PyroError",
     "Connection",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 CommunicationError = Pyro4.errors.CommunicationError
+ConnectionClosed = Pyro4.errors.ConnectionClosedError
 PyroTimeout = Pyro4.errors.TimeoutError
 PyroError = Pyro4.errors.PyroError
 

@@ -43,6 +43,9 @@ __all__ = [
 
 #: Seconds to wait for a worker to answer a check.
 CONNECT_TIMEOUT = 5.0
+
+#: Times a check is asked when the worker closes the connection under it.
+_HELLO_TRIES = 3
 #: Seconds to wait for an auto-started worker to answer.
 SPAWN_TIMEOUT = 30.0
 
@@ -59,30 +62,50 @@ def hello(link: Link, timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
             if link.address is None:
                 raise
             logger.debug("name server down; trying %s at its last address", link.text)
-    # The check travels on the connection chunks will take, when there is one: a
-    # worker then costs one connection, not one for the check and one for the work.
-    connection = link.connection
-    keep = connection is not None and connection.uri == link.address
-    if connection is None or not keep:
-        connection = _pyro.Connection(link.address, link.key, timeout, link.tls)
-    saved = connection.timeout
-    try:
-        connection.timeout = timeout
-        info = connection.call("hello")
-    except _pyro.PyroError as exc:
-        if "unknown object" in str(exc):
-            raise WorkerUnavailable(_wrong_name(link, timeout)) from None
-        raise _pyro.translate(exc, link.text) from None
-    finally:
-        if keep:
-            connection.timeout = saved
-        else:
-            connection.close()
+    for attempt in range(1, _HELLO_TRIES + 1):
+        try:
+            info = _ask(link, timeout)
+            break
+        except _pyro.ConnectionClosed as exc:
+            # Closed under us (a worker shedding a flood of connections, or one that
+            # just restarted): a fresh connection usually answers.
+            if attempt == _HELLO_TRIES:
+                raise _pyro.translate(exc, link.text) from None
+            logger.debug("worker %s closed the connection of its check (%s); asking again", link.text, exc)
+            time.sleep(0.2 * attempt)
+        except _pyro.PyroError as exc:
+            if "unknown object" in str(exc):
+                raise WorkerUnavailable(_wrong_name(link, timeout)) from None
+            raise _pyro.translate(exc, link.text) from None
     if not isinstance(info, dict) or not info.get("identity"):
         raise WorkerUnavailable(f"worker {link.text} did not say who it is: is it an EzPool worker?")
     if info.get("restarting"):
         raise WorkerUnavailable(f"worker {link.text} is restarting (to stop a task past its timeout)")
     return dict(info)
+
+
+def _ask(link: Link, timeout: float) -> Any:
+    """``hello`` on the connection chunks will take, when there is one: a worker then
+    costs one connection, not one for the check and one for the work. A connection
+    that fails is closed, so that the next attempt opens a fresh one."""
+    connection = link.connection
+    keep = connection is not None and connection.uri == link.address
+    if connection is None or not keep:
+        connection = _pyro.Connection(link.address, link.key, timeout, link.tls)
+    saved = connection.timeout
+    failed = True
+    try:
+        connection.timeout = timeout
+        info = connection.call("hello")
+        failed = False
+        return info
+    finally:
+        if keep:
+            connection.timeout = saved
+            if failed:
+                connection.close()
+        else:
+            connection.close()
 
 
 def _wrong_name(link: Link, timeout: float) -> str:
