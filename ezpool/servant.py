@@ -68,8 +68,14 @@ GENERIC = "*"
 #: Functions a generic worker keeps loaded (the least recently used goes first).
 FUNCTIONS_KEPT = 32
 
-#: Seconds between two looks at a running chunk (its client, its timeout).
+#: Seconds between two looks at a running chunk (its client, its timeout) at first...
 _WATCH_EVERY = 0.05
+
+#: ...and at most, once it has run a while: the gap doubles from one look to the next,
+#: so a short chunk is answered at once and a long one costs a few wakeups, not 20 a
+#: second (which 128 workers on one machine would pay together). A task's timeout
+#: is looked at ten times over, at least.
+_WATCH_MOST = 0.5
 
 
 def served_name(target: Any) -> str:
@@ -283,7 +289,10 @@ class Servant:
     def _watch(self, job: _Job, timeout: Optional[float], client_gone: Callable[[], bool]) -> ChunkOutcome:
         """Wait for the runner, stopping it when the client leaves or a task overruns."""
         seen, since = -1, time.monotonic()
-        while not job.done.wait(_WATCH_EVERY):
+        most = _WATCH_MOST if timeout is None else max(_WATCH_EVERY, min(_WATCH_MOST, timeout / 10))
+        every = _WATCH_EVERY
+        while not job.done.wait(every):
+            every = min(most, 2 * every)
             now = time.monotonic()
             position = job.mark[0]
             if position != seen:

@@ -22,6 +22,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import select
 import signal
 import ssl
 import subprocess
@@ -30,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import SecurityError, ServeError
 from .worker import BaseWorker
@@ -43,6 +44,13 @@ __all__ = ["main", "load_target"]
 
 #: The environment variable a test sets to make a worker misbehave (see ``servant.Faults``).
 FAULTS_ENV = "EZPOOL_TEST_FAULTS"
+
+#: Seconds the main thread of an idle worker sleeps between two looks at its events
+#: (a safety net: a signal or a restart wakes it at once).
+_IDLE_WAKE = 5.0
+
+#: Seconds between two looks at the parent, where no pidfd can wait for it.
+_PARENT_EVERY = 0.5
 
 #: Seconds a worker that restarts (to stop a task past its timeout) leaves for its
 #: last answers to go out before it replaces itself.
@@ -254,12 +262,22 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl
     if isinstance(instance, BaseWorker):
         instance.setup()
     _pyro.configure_worker_process()
-    stop, restart = threading.Event(), threading.Event()
+    # One event wakes the main thread, for whichever reason: an idle worker sleeps.
+    stop, restart, wake = threading.Event(), threading.Event(), threading.Event()
+
+    def ask_stop(*_: Any) -> None:
+        stop.set()
+        wake.set()
+
+    def ask_restart() -> None:
+        restart.set()
+        wake.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, ask_stop)
     if args.parent_pid:
-        threading.Thread(target=_stop_with_parent, args=(args.parent_pid, stop), daemon=True).start()
-    servant = Servant(instance, on_restart=restart.set, faults=faults)
+        threading.Thread(target=_stop_with_parent, args=(args.parent_pid, ask_stop), daemon=True).start()
+    servant = Servant(instance, on_restart=ask_restart, faults=faults)
     try:
         server = _pyro.Server(servant, args.host, args.port, args.name, key, tls)
     except OSError as exc:
@@ -279,7 +297,7 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl
         if not args.parent_pid:
             _say_started(args, str(server.uri), tls is not None)
         logger.debug("serving %s at %s as %s", args.spec or "any function", server.uri, servant.identity)
-        while not stop.wait(0.1) and not restart.is_set():
+        while not wake.wait(_IDLE_WAKE):
             pass
         if restart.is_set() and not stop.is_set():
             time.sleep(_RESTART_GRACE)
@@ -398,10 +416,42 @@ def _child_args(args: argparse.Namespace, port: int) -> list[str]:
     return command
 
 
-def _stop_with_parent(parent_pid: int, stop: threading.Event) -> None:
-    while not stop.wait(0.5):
-        if os.getppid() != parent_pid:
-            stop.set()
+def _stop_with_parent(parent_pid: int, ask_stop: Callable[[], None]) -> None:
+    """Call ``ask_stop`` once the process that started this one has gone.
+
+    Where Linux offers a pidfd, the thread sleeps in ``poll`` until the parent exits:
+    an idle worker (a pool may keep 128) then never wakes for it. Elsewhere it
+    looks every ``_PARENT_EVERY`` seconds.
+    """
+    watched = _parent_fd(parent_pid)
+    if watched is not None:
+        poller = select.poll()
+        poller.register(watched, select.POLLIN)
+        try:
+            while not poller.poll():
+                pass
+        finally:
+            os.close(watched)
+        ask_stop()
+        return
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_EVERY)
+    ask_stop()
+
+
+def _parent_fd(parent_pid: int) -> Optional[int]:
+    """A pidfd of ``parent_pid`` if it is still this process's parent (Linux 5.3+), else None."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        fd = int(opener(parent_pid))
+    except OSError:
+        return None
+    if os.getppid() != parent_pid:  # it exited before the pidfd was opened (and the pid may be reused)
+        os.close(fd)
+        return None
+    return fd
 
 
 if __name__ == "__main__":

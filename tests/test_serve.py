@@ -335,3 +335,58 @@ def test_verbose_logs_what_the_worker_does_to_stderr(serve):
     with Pool(spawn=False) as pool:
         assert pool.dmap(Square, [2], workers=quiet.uris) == {2: 4}
     assert "DEBUG" not in _stop_and_read_stderr(quiet.process)
+
+
+def _voluntary_switches(pid: int) -> int:
+    """Times the threads of ``pid`` have gone to sleep so far (each wakeup ends one)."""
+    total = 0
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{thread}/status") as status:
+            total += sum(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt"))
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="counts wakeups in /proc (Linux)")
+def test_an_idle_worker_sleeps_instead_of_polling(serve):
+    # A pool may keep 128 workers on one machine: together, a few looks a second
+    # each were a fifth of a core. The daemon's accept loop looks every 2 s, and the
+    # main thread every 5 s; the rest wait for an event. (Counts, not times: ~16 a
+    # second per worker before, about 1 now.)
+    served = serve("tests._workers:Square", "--parent-pid", str(os.getpid()))
+    with Pool() as pool:
+        assert pool.dmap(Square, [1, 2, 3], workers=served.uris, spawn=False) == {1: 1, 2: 4, 3: 9}
+    time.sleep(0.5)
+    before = _voluntary_switches(served.process.pid)
+    time.sleep(4)
+    assert _voluntary_switches(served.process.pid) - before < 16
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads process states in /proc (Linux)")
+def test_a_worker_stops_when_the_program_that_started_it_exits(core_child_env):
+    starter = (
+        "import os, subprocess, sys\n"
+        "command = [sys.executable, '-m', 'ezpool.serve', 'tests._workers:Square', '--port', sys.argv[1],\n"
+        "           '--parent-pid', str(os.getpid())]\n"
+        "worker = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)\n"
+        "worker.stdout.readline()\n"
+        "print(worker.pid, flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", starter, str(free_port())], capture_output=True, text=True,
+                          env=core_child_env, timeout=60, check=True)
+    pid = int(done.stdout)
+    try:
+        deadline = time.monotonic() + 20
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(pid)
+    finally:
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)

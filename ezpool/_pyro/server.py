@@ -89,12 +89,13 @@ class Server:
 
     def shutdown(self) -> None:
         self._stopped.set()
+        self._daemon.sessions.wake()
         self._daemon.shutdown()
         self._thread.join(5)
 
     def _sweep(self) -> None:
-        while not self._stopped.wait(0.25):
-            self._daemon.sessions.sweep()
+        while not self._stopped.is_set():
+            self._daemon.sessions.sweep(self._stopped)
 
 
 class _Session:
@@ -112,7 +113,7 @@ class _Sessions:
     """Every connection's nonce and counter, and the queue of those not yet authenticated."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # notified when a connection starts to wait
         self._all: dict[int, _Session] = {}
         self._waiting: collections.OrderedDict[int, _Session] = collections.OrderedDict()
 
@@ -121,6 +122,7 @@ class _Sessions:
         with self._lock:
             self._all[id(connection)] = session
             self._waiting[id(connection)] = session
+            self._lock.notify_all()
             evicted = []
             while len(self._waiting) > PREAUTH_CONNECTIONS:
                 evicted.append(self._waiting.popitem(last=False)[1])
@@ -142,11 +144,31 @@ class _Sessions:
             self._all.pop(id(connection), None)
             self._waiting.pop(id(connection), None)
 
-    def sweep(self) -> None:
-        """Hang up on connections that did not authenticate in time."""
-        now = time.monotonic()
+    def wake(self) -> None:
+        """End a ``sweep`` that is waiting (the server stops)."""
         with self._lock:
-            late = [session for session in self._waiting.values() if session.due < now]
+            self._lock.notify_all()
+
+    def sweep(self, stopped: threading.Event) -> None:
+        """Wait until a connection is past its time to authenticate (or ``stopped``), then
+        hang up on every such one.
+
+        While no connection waits, this sleeps until one comes: an idle worker (a
+        pool may keep 128) wakes for nothing.
+        """
+        with self._lock:
+            while not stopped.is_set():
+                now = time.monotonic()
+                late = [session for session in self._waiting.values() if session.due < now]
+                if late:
+                    for session in late:  # hung up on below: they wait for nothing more
+                        self._waiting.pop(id(session.connection), None)
+                    break
+                # The oldest waits longest: it is due first (all get the same time).
+                first = next(iter(self._waiting.values()), None)
+                self._lock.wait(None if first is None else first.due - now + 0.01)
+            else:
+                return
         for session in late:
             logger.debug("a connection did not authenticate within %s s: hanging up", PREAUTH_SECONDS)
             _hang_up(session.connection)
