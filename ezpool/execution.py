@@ -6,6 +6,7 @@ import logging
 from array import array
 from collections.abc import Iterator, Sequence
 from functools import partial
+from operator import mul
 from time import perf_counter
 from typing import Any, Callable, Optional, Union, overload
 
@@ -39,7 +40,11 @@ _GROUP_GROWTH = 16
 #: A decoded reply: first position, values, run times, failures, and what the
 #: tasks wrote by offset (``None`` when output was not captured, or none was written).
 ChunkReply = tuple[
-    int, list[Any], "array[float]", dict[int, ExceptionRecord], Optional[dict[int, TaskOutput]]
+    int,
+    list[Any],
+    "Union[array[float], GroupTimes]",
+    dict[int, ExceptionRecord],
+    Optional[dict[int, TaskOutput]],
 ]
 
 
@@ -73,6 +78,10 @@ class GroupTimes(Sequence[float]):
                 flat.extend(array("d", (seconds,)) * count)
             self._flat = flat
         return self._flat
+
+    def total(self) -> float:
+        """The run time of all the tasks together, without expanding them."""
+        return sum(map(mul, self.counts, self.seconds))
 
     def __len__(self) -> int:
         return sum(self.counts)
@@ -244,13 +253,12 @@ def pack_chunk(first: int, outcome: ChunkOutcome, outputs: Optional[dict[int, Ta
 def unpack_chunk(reply: bytes) -> ChunkReply:
     """Unpickle what ``pack_chunk`` made (raises whatever unpickling raises).
 
-    Run times kept per group come back one per task, as an ``array('d')``.
+    Run times kept per group stay a ``GroupTimes``: they are expanded to one per
+    task only where they are read one by one (most ``map`` calls never do).
     """
     decoded = loads(reply)
     first, values, times, failures = decoded[:4]
     outputs = decoded[4] if len(decoded) == 5 else None
-    if isinstance(times, GroupTimes):
-        times = times.expand()
     return first, values, times, failures, outputs
 
 

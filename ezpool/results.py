@@ -84,8 +84,12 @@ class Results(Dict[Any, R]):
         """Every task's run time in key order, put together from the batches' times on
         first use (building ``Results`` copies none: most calls never read them)."""
         if self._flat_times is None:
+            from .execution import GroupTimes  # here: ``import ezpool`` need not load the worker's loop
+
             flat = array("d", bytes(8 * len(self._keys)))
             for start, times in self._time_parts:
+                if isinstance(times, GroupTimes):
+                    times = times.expand()
                 flat[start : start + len(times)] = times if isinstance(times, array) else array("d", times)
             self._flat_times = flat
         return self._flat_times
