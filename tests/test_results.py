@@ -132,3 +132,13 @@ def test_partial_results_keep_the_run_times_of_what_was_reported():
     builder.add(Batch(2, [4, 9], [0.2, 0.3], set(), "w"))
     partial = builder.partial(0.5)
     assert dict(partial) == {2: 4, 3: 9} and partial.elapsed == {2: 0.2, 3: 0.3}
+
+
+@pytest.mark.parametrize("keys", [range(5), range(3, 8), range(10, 0, -2)])
+def test_results_of_a_range_pair_each_task_with_its_own_value(keys):
+    builder = ResultsBuilder(keys)
+    values = [key * key for key in keys]
+    builder.add(Batch(2, values[2:], [0.0] * 3, set(), "w"))
+    builder.add(Batch(0, values[:2], [0.0] * 2, set(), "w"))
+    results = builder.finish(0.1)
+    assert list(results.items()) == [(key, key * key) for key in keys]
