@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, Optional
 
 from .backends.base import Batch
+from .execution import GroupTimes
 from .feed import Feed
 from .serialization import dumps_tasks
 
@@ -109,7 +110,9 @@ class ChunkSizer:
         """
         count = len(times)
         step = count // _SAMPLED
-        if step > 1:
+        if isinstance(times, GroupTimes):
+            seconds = times.total()
+        elif step > 1:
             sample = times[::step]
             seconds = sum(sample) * count / len(sample)
         else:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 from functools import partial
 
 import pytest
 
 from ezpool import Pool, WorkerCrashed
-from ezpool.execution import GROUP_SECONDS, group_size, run_chunk
+from ezpool.execution import GROUP_SECONDS, GroupTimes, group_size, pack_chunk, run_chunk, unpack_chunk
 from tests import _helpers as h
 
 
@@ -102,3 +103,32 @@ def test_a_crash_among_thousands_of_tiny_tasks_costs_only_its_own_task(start_met
     assert isinstance(results[4321], WorkerCrashed) and "task 4321" in str(results[4321])
     assert all(results[n] == n * 10 for n in range(20_000) if n != 4321)
     assert all(seconds >= 0 for seconds in results.elapsed.values())
+
+
+@pytest.mark.timeout(30)
+def test_a_reply_carries_one_time_per_group_and_reads_as_one_per_task():
+    outcome = run_chunk(h.square, range(20_000), 7, [-1])
+    times = outcome[1]
+    assert isinstance(times, GroupTimes) and len(times.counts) < len(times) == 20_000
+    per_task = times.expand()
+    assert len(per_task) == 20_000 and sum(per_task) == pytest.approx(sum(times))
+    # Each group's tasks share its time; the first task is timed alone.
+    assert times.counts[0] == 1 and per_task[0] == times.seconds[0]
+    reply = pack_chunk(7, outcome)
+    assert len(reply) < 8 * 20_000  # far less than a double a task
+    first, values, unpacked, failures, _ = unpack_chunk(reply)
+    assert first == 7 and values == [n * n for n in range(20_000)] and failures == {}
+    assert isinstance(unpacked, GroupTimes) and list(unpacked.counts) == list(times.counts)
+    assert unpacked == per_task and unpacked.total() == pytest.approx(sum(per_task))
+    assert times[1:3] == per_task[1:3] and times == per_task
+
+
+def test_group_times_read_like_one_time_per_task():
+    times = GroupTimes()
+    times.add(1, 0.5)
+    times.add(3, 0.25)
+    assert len(times) == 4 and list(times) == [0.5, 0.25, 0.25, 0.25] and times[-1] == 0.25
+    times.add(2, 0.125)
+    assert list(times) == [0.5, 0.25, 0.25, 0.25, 0.125, 0.125]  # adding after reading
+    again = pickle.loads(pickle.dumps(times))
+    assert again == times and list(again.counts) == [1, 3, 2]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy as copy_module
 import pickle
+from array import array
 
 import pytest
 
 from ezpool import EzPoolError, Pool, Results, TaskOutcome
 from ezpool.backends.base import Batch
+from ezpool.execution import GroupTimes
 from ezpool.results import ResultsBuilder
 from tests import _helpers as h
 
@@ -107,3 +109,36 @@ def test_the_builder_refuses_missing_or_repeated_tasks():
         builder.add(Batch(0, [1, 2], [0.0, 0.0], set(), "w"))
         builder.add(Batch(0, [1, 2], [0.0, 0.0], set(), "w"))
         builder.finish(0.0)
+
+
+def test_run_times_are_put_in_task_order_only_when_read():
+    keys = ["a", "b", "c", "d", "e"]
+    grouped = GroupTimes()
+    grouped.add(1, 0.5)
+    grouped.add(2, 0.25)
+    builder = ResultsBuilder(keys)
+    builder.add(Batch(2, [2, 3, 4], grouped, set(), "w2"))
+    builder.add(Batch(0, [0, 1], array("d", [0.1, 0.2]), set(), "w1"))
+    results = builder.finish(1.0)
+    assert results._flat_times is None  # nothing assembled yet
+    assert results.elapsed == {"a": 0.1, "b": 0.2, "c": 0.5, "d": 0.25, "e": 0.25}
+    assert "5 tasks" in results.summary() and "task time 1.300 s" in results.summary()
+    again = pickle.loads(pickle.dumps(results))
+    assert again.elapsed == results.elapsed and again.workers["e"] == "w2"
+
+
+def test_partial_results_keep_the_run_times_of_what_was_reported():
+    builder = ResultsBuilder([0, 1, 2, 3])
+    builder.add(Batch(2, [4, 9], [0.2, 0.3], set(), "w"))
+    partial = builder.partial(0.5)
+    assert dict(partial) == {2: 4, 3: 9} and partial.elapsed == {2: 0.2, 3: 0.3}
+
+
+@pytest.mark.parametrize("keys", [range(5), range(3, 8), range(10, 0, -2)])
+def test_results_of_a_range_pair_each_task_with_its_own_value(keys):
+    builder = ResultsBuilder(keys)
+    values = [key * key for key in keys]
+    builder.add(Batch(2, values[2:], [0.0] * 3, set(), "w"))
+    builder.add(Batch(0, values[:2], [0.0] * 2, set(), "w"))
+    results = builder.finish(0.1)
+    assert list(results.items()) == [(key, key * key) for key in keys]

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, Optional
 import cloudpickle
 
 from ..errors import ResultNotSerializable
+from ..execution import GroupTimes
 from ..serialization import ExceptionRecord, capture, loads, rebuild, short_repr
 from .keys import task_key
 
@@ -66,6 +67,8 @@ def encode(
 
     Raises ``TypeError`` naming a task that cannot be stored; never raises for a value.
     """
+    if isinstance(elapsed, GroupTimes):
+        elapsed = elapsed.expand()
     if isinstance(elapsed, array) and elapsed.typecode == "d":
         times = elapsed.tobytes()
     else:  # the bytes of array("d", elapsed), made three times faster
