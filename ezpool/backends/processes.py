@@ -38,7 +38,7 @@ from time import monotonic
 from typing import Any
 
 from ..serialization import dumps
-from . import child
+from . import child, wire
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def stop_all(processes: list[WorkerProcess]) -> None:
     """
     for proc in processes:
         with contextlib.suppress(OSError):
-            proc.conn.send_bytes(dumps(None))
+            wire.send(proc.conn, [dumps(None)])
     deadline = monotonic() + STOP_GRACE
     for proc in processes:
         proc.process.join(max(0.0, deadline - monotonic()))

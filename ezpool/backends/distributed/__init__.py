@@ -91,8 +91,8 @@ class DistributedBackend(Backend):
         tls = self._tls_context(options)
         texts = list(dict.fromkeys(options.workers or (DEFAULT_WORKER,)))
         links = [self._link(text, key, tls) for text in texts]
-        target = chunk_target(len(links))
-        pending = ChunkQueue(tasks, len(links), options.chunksize, split=True, target=target)
+        seconds = chunk_target(len(links))
+        pending = ChunkQueue(tasks, len(links), options.chunksize, split=True, target=seconds)
         for link in links:
             link.heartbeat = options.heartbeat
             if link.connection is None and link.address is not None:
