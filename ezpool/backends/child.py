@@ -59,6 +59,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
         try:
             fun = functions.get(fid)
             tasks = loads(pieces[0]) if len(pieces) == 1 else [t for p in pieces for t in loads(p)]
+            pieces = ()  # their pickles go while the tasks run: one copy of a big argument
         except Exception as exc:
             outcome = failed_chunk(stop - first, capture(exc))
         else:
