@@ -9,7 +9,7 @@ from time import perf_counter
 from typing import Any, Callable, Optional
 
 from .output import Capture, TaskOutput
-from .serialization import ExceptionRecord, Pickled, capture, dumps_parts, loads, safe_values
+from .serialization import ExceptionRecord, capture, dumps, loads, safe_values
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,6 @@ __all__ = [
     "group_size",
     "GROUP_SECONDS",
     "pack_chunk",
-    "pack_chunk_parts",
     "unpack_chunk",
     "failed_chunk",
 ]
@@ -169,23 +168,16 @@ def pack_chunk(first: int, outcome: ChunkOutcome, outputs: Optional[dict[int, Ta
     The reply is ``(first, values, times, failures)``, with what the tasks wrote
     as a fifth element only when there is some.
     """
-    return b"".join(pack_chunk_parts(first, outcome, outputs))
-
-
-def pack_chunk_parts(
-    first: int, outcome: ChunkOutcome, outputs: Optional[dict[int, TaskOutput]] = None
-) -> Pickled:
-    """``pack_chunk`` in parts: a big ``bytes`` value is a part of its own, not copied."""
     values, times, failures = outcome
     extra = (outputs,) if outputs else ()
     try:
-        return dumps_parts((first, values, times, failures, *extra))
+        return dumps((first, values, times, failures, *extra))
     except Exception:
         safe_values(values, failures)
-        return dumps_parts((first, values, times, failures, *extra))
+        return dumps((first, values, times, failures, *extra))
 
 
-def unpack_chunk(reply: bytes | bytearray) -> ChunkReply:
+def unpack_chunk(reply: bytes | bytearray | memoryview) -> ChunkReply:
     """Unpickle what ``pack_chunk`` made (raises whatever unpickling raises)."""
     decoded = loads(reply)
     if len(decoded) == 4:

@@ -11,7 +11,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Optional
 
-from ..execution import failed_chunk, pack_chunk_parts, run_chunk, run_chunk_captured
+from ..execution import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 from ..output import TaskOutput
 from ..serialization import capture, loads
 from ..shared import Loader
@@ -68,7 +68,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
             else:
                 outcome = run_chunk_captured(fun, tasks, first, mark, level, outputs)
         try:
-            wire.send(conn, pack_chunk_parts(first, outcome, outputs))
+            wire.send(conn, [pack_chunk(first, outcome, outputs)])
         except OSError:  # the parent is gone
             return
         # Hold no task's arguments or values while waiting for the next chunk.
@@ -91,6 +91,8 @@ def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[tuple[
             requests.put(request)
     except (EOFError, OSError):
         pass
+    except Exception:  # not a request of this library's: stop, and the caller redoes the chunk
+        logger.exception("worker process %d could not read a request", os.getpid())
     requests.put(None)
 
 

@@ -21,8 +21,10 @@ and otherwise follows as a message of its own, written from its parts
 (``ezpool.serialization.Pickled``), each from the very ``bytes`` object of the
 task that holds it: a big argument is copied into the pipe and nowhere else in
 the calling process, and the worker reads it straight into one buffer and
-unpickles the tasks from there (``ezpool.backends.wire``). Replies travel the
-same way back, a 1 MB value written from the worker's own object.
+unpickles the tasks from there (``ezpool.backends.wire``). A reply is one
+pickle, read into a buffer the caller keeps for that worker. (Written from the
+values' own bytes, in parts, replies cost the worker more time than the copy
+they saved, in every measurement.)
 
 The function, and what it captures, travels once to each process and stays
 there, cached by content (``ezpool.shared``): a second call with the same
@@ -214,7 +216,7 @@ class _Call:
                         continue
                     proc = busy[handle]
                     try:
-                        reply = wire.receive(proc.conn) if handle is proc.conn else None
+                        reply = proc.inbox.receive(proc.conn) if handle is proc.conn else None
                     except (EOFError, OSError):
                         reply = None
                     if reply is None:
@@ -277,7 +279,7 @@ class _Call:
             busy[proc.conn] = proc
             busy[proc.process.sentinel] = proc
 
-    def _batch(self, reply: bytearray, start: int, stop: int, worker: str) -> Iterator[Batch]:
+    def _batch(self, reply: memoryview, start: int, stop: int, worker: str) -> Iterator[Batch]:
         """Decode a worker's reply; if it cannot be unpickled here, redo its tasks one by one."""
         try:
             first, values, times, failures, outputs = unpack_chunk(reply)
@@ -324,7 +326,7 @@ class _Call:
         proc.process.join(STOP_GRACE)
         # Replies it finished sending before it died are good: use them.
         while proc.chunks:
-            reply = _sent_reply(proc.conn)
+            reply = _sent_reply(proc)
             if reply is None:
                 break
             start, stop = proc.chunks.popleft()
@@ -468,10 +470,10 @@ def _send_request(
             wire.send(conn, parts)
 
 
-def _sent_reply(conn: Connection) -> Optional[bytearray]:
+def _sent_reply(proc: WorkerProcess) -> Optional[memoryview]:
     """A whole reply that a dead process left in its pipe, if there is one."""
     try:
-        return wire.receive(conn) if conn.poll(0) else None
+        return proc.inbox.receive(proc.conn) if proc.conn.poll(0) else None
     except (EOFError, OSError):
         return None
 

@@ -58,7 +58,7 @@ _MARK_BYTES = 8
 class WorkerProcess:
     """One worker process, seen from the calling process."""
 
-    __slots__ = ("process", "conn", "mark", "name", "holds", "chunks", "seen", "served")
+    __slots__ = ("process", "conn", "inbox", "mark", "name", "holds", "chunks", "seen", "served")
 
     def __init__(self, context: Any) -> None:
         parent_end, child_end = context.Pipe(duplex=True)
@@ -75,6 +75,7 @@ class WorkerProcess:
             if isinstance(sent, _MarkFile):
                 os.close(sent.fd)  # the started process has its own copy
         self.conn: Connection = parent_end
+        self.inbox = wire.Inbox()  # its replies are read into this (see ezpool.backends.wire)
         self.name = f"pid {self.process.pid}"
         self.holds: set[str] = set()  # the functions (fids) it keeps, see ezpool.shared
         self.chunks: deque[tuple[int, int]] = deque()  # (start, stop) in flight, oldest first
