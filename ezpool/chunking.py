@@ -6,6 +6,12 @@ no core idles while another finishes a long chunk. When a worker asks for work i
 gets one *chunk*: consecutive pieces adding up to about ``TARGET_SECONDS`` of work,
 judged from the run times measured so far, and never more than its share of
 what is left. Tiny tasks thus travel by the thousand, slow ones one by one.
+
+A chunk is also kept to about ``REPLY_BYTES`` of answer, judged from the sizes of
+the replies seen so far (when the backend reports them): the caller gets nothing
+of a chunk until all of it is done and sent, so tasks returning a megabyte each
+travel one or two at a time, and their results stream back while the next ones
+run. A piece that would answer with more than that is cut when it is taken.
 """
 
 from __future__ import annotations
@@ -19,11 +25,11 @@ from typing import Any, NamedTuple, Optional
 from .backends.base import Batch
 from .execution import GroupTimes
 from .feed import Feed
-from .serialization import dumps_tasks
+from .serialization import Pickled, dumps_tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plan_pieces", "least_piece", "ChunkSizer", "Chunk", "ChunkQueue", "TARGET_SECONDS"]
+__all__ = ["plan_pieces", "least_piece", "ChunkSizer", "Chunk", "ChunkQueue", "TARGET_SECONDS", "REPLY_BYTES"]
 
 #: About how long one chunk should keep a worker busy.
 TARGET_SECONDS = 0.01
@@ -46,6 +52,11 @@ LEAST_SECONDS = 0.001
 #: Calls of at least this many tasks a worker never cut pieces or chunks below
 #: their first piece (see ``least_piece``).
 _LEAST_FROM = 256
+
+#: About the most bytes one reply should carry. Moving a megabyte through a pipe
+#: takes about ten times what a round trip costs beyond its data, so smaller
+#: replies gain little, and larger ones hold results back.
+REPLY_BYTES = 1 << 20
 
 #: Run times the sizer sums at most, from one reply (evenly spaced).
 _SAMPLED = 1024
@@ -94,10 +105,15 @@ class ChunkSizer:
         self._least = max(1, least)  # fewest tasks in a chunk cut for a fair share
         self._tasks = 0
         self._seconds = 0.0
+        self._answered = 0  # tasks whose replies were measured in bytes
+        self._bytes = 0
 
-    def record(self, times: Sequence[float], trip: Optional[float] = None) -> None:
-        """Learn from the measured run times of finished tasks, and from ``trip``, the
-        seconds from sending their chunk to having its answer, when it is known.
+    def record(
+        self, times: Sequence[float], trip: Optional[float] = None, reply_bytes: Optional[int] = None
+    ) -> None:
+        """Learn from the measured run times of finished tasks, from ``trip``, the
+        seconds from sending their chunk to having its answer, and from
+        ``reply_bytes``, the size of that answer, when they are known.
 
         Of a long run of times, every ``len(times) // _SAMPLED``-th is summed: the
         mean is all the sizer needs, and summing a million floats costs the calling
@@ -119,6 +135,9 @@ class ChunkSizer:
             seconds = sum(times)
         self._seconds += seconds
         self._tasks += count
+        if reply_bytes is not None:
+            self._bytes += reply_bytes
+            self._answered += count
         if trip is not None:
             cost = max(0.0, trip - seconds)
             self._cost = cost if self._cost is None else (self._cost + cost) / 2
@@ -132,6 +151,13 @@ class ChunkSizer:
     def mean(self) -> Optional[float]:
         """The mean measured run time of a task so far (``None`` before any was measured)."""
         return self._seconds / self._tasks if self._tasks else None
+
+    def by_bytes(self) -> int:
+        """Most tasks whose replies add up to about ``REPLY_BYTES``, at the mean size
+        measured so far (``_MOST`` before any reply was measured)."""
+        if not self._bytes:
+            return _MOST
+        return max(1, min(_MOST, int(REPLY_BYTES * self._answered / self._bytes)))
 
     def limit(self, remaining: float) -> int:
         """Most tasks the next chunk should hold when ``remaining`` tasks are left
@@ -153,15 +179,16 @@ class ChunkSizer:
             if least > 1:  # a large call: no chunk cut below LEAST_SECONDS of measured work
                 least = max(least, int(LEAST_SECONDS / mean))
             fair_share = min(int(remaining), max(math.ceil(remaining / shares), least))
-        return max(1, min(int(self._target / mean), fair_share, _MOST))
+        return max(1, min(int(self._target / mean), fair_share, self.by_bytes(), _MOST))
 
 
 class Chunk(NamedTuple):
-    """Tasks ``start .. stop - 1`` of a call, pickled in one or more payloads."""
+    """Tasks ``start .. stop - 1`` of a call, pickled in one or more payloads (none
+    while a piece waits to be pickled when taken)."""
 
     start: int
     stop: int
-    payloads: tuple[bytes, ...]
+    payloads: tuple[Pickled, ...]
     alone: bool  # a suspect retried on its own, never joined with its neighbours
 
 
@@ -256,23 +283,27 @@ class ChunkQueue:
         live = self.feed is not None and self.feed.live is not None
         remaining = self._undispatched if self.exhausted or live else math.inf
         limit = self.sizer.limit(remaining) if not self._fixed else 0
-        if self._split and first.stop - first.start > limit:
-            cut = first.start + limit
+        # Any backend's piece is cut when its answer would be too big to wait for whole.
+        most = limit if self._split else self.sizer.by_bytes() if not self._fixed else _MOST
+        if first.stop - first.start > most:
+            cut = first.start + most
             self._pending.appendleft(Chunk(cut, first.stop, (), first.alone))
             first = Chunk(first.start, cut, (), first.alone)
-        if not first.payloads:  # a piece cut off by an earlier split
-            first = first._replace(payloads=(dumps_tasks(self._tasks[first.start : first.stop]),))
-        payloads, stop = [*first.payloads], first.stop
+        payloads, stop = [*self._pickled(first)], first.stop
         if not first.alone and not self._fixed:
             pending = self._pending
-            while pending and not pending[0].alone and pending[0].payloads and pending[0].start == stop:
+            while pending and not pending[0].alone and pending[0].start == stop:
                 if pending[0].stop - first.start > limit:
                     break
                 piece = pending.popleft()
-                payloads.extend(piece.payloads)
+                payloads.extend(self._pickled(piece))
                 stop = piece.stop
         self._undispatched -= stop - first.start
         return Chunk(first.start, stop, tuple(payloads), first.alone)
+
+    def _pickled(self, piece: Chunk) -> tuple[Pickled, ...]:
+        """The payloads of a piece, pickled now if it was cut off by an earlier split."""
+        return piece.payloads or (dumps_tasks(self._tasks[piece.start : piece.stop]),)
 
     def put_back(self, start: int, stop: int, alone: bool = False) -> None:
         """Send tasks ``start .. stop - 1`` again, ahead of everything else."""

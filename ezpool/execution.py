@@ -250,7 +250,7 @@ def pack_chunk(first: int, outcome: ChunkOutcome, outputs: Optional[dict[int, Ta
         return dumps((first, values, times, failures, *extra))
 
 
-def unpack_chunk(reply: bytes) -> ChunkReply:
+def unpack_chunk(reply: bytes | bytearray | memoryview) -> ChunkReply:
     """Unpickle what ``pack_chunk`` made (raises whatever unpickling raises).
 
     Run times kept per group stay a ``GroupTimes``: they are expanded to one per

@@ -6,6 +6,12 @@ to run goes through cloudpickle, except a plain function that both would send by
 name: then neither side imports cloudpickle, a good part of a cold start. An
 exception travels as an ``ExceptionRecord`` that keeps its type name, message and
 formatted traceback, so even one that cannot be rebuilt loses nothing.
+
+Tasks travel as ``Pickled`` parts: their pickle cut where a large ``bytes`` object
+sits in it, which stays a part of its own, the task's very object rather than a
+copy. Joined, the parts are the pickle; a process that sends them writes each
+into the pipe, so a 5 MB argument is never copied in the calling process, and
+the tasks are held once however many of them wait to be sent.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ __all__ = [
     "dumps_function",
     "pickle_by_name",
     "dumps_tasks",
+    "Pickled",
+    "dumps_parts",
+    "pickled_size",
     "capture",
     "rebuild",
     "safe_values",
@@ -94,10 +103,64 @@ def pickle_by_name(fun: Any) -> Optional[bytes]:
         return None
 
 
-def dumps_tasks(tasks: Sequence[Any]) -> bytes:
-    """Pickle a list of tasks, or raise ``TypeError`` naming the first task that fails."""
+#: A pickle in parts (see the module's docstring): joined, they are the pickle.
+Pickled = tuple[bytes, ...]
+
+#: A ``bytes`` object the pickler writes out that is at least this large is a part
+#: of its own, kept as it is; smaller writes are joined. Pickle writes a buffer of
+#: 64 KiB or more to its file directly, by reference, and its frames are below 128 KiB.
+_OWN_PART = 1 << 16
+
+
+class _Parts:
+    """A file for a pickler that keeps what is written as ``Pickled`` parts."""
+
+    __slots__ = ("parts", "_small")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self._small: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        if type(data) is bytes and len(data) >= _OWN_PART:  # immutable: safe to keep
+            self._join()
+            self.parts.append(data)
+        else:
+            self._small.append(bytes(data))  # a copy only of what may change (a view)
+        return len(data)
+
+    def _join(self) -> None:
+        if self._small:
+            self.parts.append(b"".join(self._small))  # one part is kept, not copied
+            self._small = []
+
+    def done(self) -> Pickled:
+        self._join()
+        return tuple(self.parts)
+
+
+def dumps_parts(obj: Any) -> Pickled:
+    """``dumps``, in parts (see the module's docstring)."""
+    sink = _Parts()
     try:
-        return dumps(tasks)
+        pickle.Pickler(sink, pickle.HIGHEST_PROTOCOL).dump(obj)
+    except Exception:
+        import cloudpickle
+
+        sink = _Parts()
+        cloudpickle.CloudPickler(sink, pickle.HIGHEST_PROTOCOL).dump(obj)
+    return sink.done()
+
+
+def pickled_size(pickled: Pickled) -> int:
+    """How many bytes the parts hold in all."""
+    return sum(map(len, pickled))
+
+
+def dumps_tasks(tasks: Sequence[Any]) -> Pickled:
+    """Pickle a list of tasks in parts, or raise ``TypeError`` naming the first task that fails."""
+    try:
+        return dumps_parts(tasks)
     except Exception:
         for task in tasks:
             try:

@@ -240,3 +240,31 @@ def wait_for(path: str, value: Any = None, timeout: float = 60.0) -> Any:
 def pid(_: Any = None) -> int:
     """The id of the process that runs the task."""
     return os.getpid()
+
+
+class Counted:
+    """A task that counts how often it is pickled in this process (``Counted.reduced``)."""
+
+    reduced = 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        Counted.reduced += 1
+        return Counted, (self.n,)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Counted) and other.n == self.n
+
+    def __hash__(self) -> int:
+        return hash(self.n)
+
+
+def counted_n(task: Counted) -> int:
+    return task.n
+
+
+def megabyte_from(n: int) -> bytes:
+    """1 MB of bytes, starting with ``n``."""
+    return n.to_bytes(8, "little") + bytes((1 << 20) - 8)

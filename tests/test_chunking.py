@@ -103,7 +103,7 @@ def test_chunk_queue_hands_out_every_task_once_and_puts_work_back_in_front():
     queue.sizer.record([1e-6] * 10)  # tiny tasks: chunks join many pieces
     first = queue.take()
     assert first.start == 0 and first.stop > 1 and not first.alone
-    tasks = [t for payload in first.payloads for t in pickle.loads(payload)]
+    tasks = [t for payload in first.payloads for t in pickle.loads(b"".join(payload))]
     assert tasks == list(range(first.start, first.stop))
     queue.put_back(3, 4, alone=True)
     queue.put_back(0, 3)
@@ -143,14 +143,14 @@ def test_a_split_queue_sends_one_task_first_and_slow_tasks_one_by_one():
     tasks = list(range(20_000))
     queue = ChunkQueue(tasks, 2, None, split=True)
     first = queue.take()
-    assert (first.start, first.stop) == (0, 1) and pickle.loads(first.payloads[0]) == [0]
+    assert (first.start, first.stop) == (0, 1) and pickle.loads(b"".join(first.payloads[0])) == [0]
     queue.sizer.record([1.0])  # one second a task: far above the target per chunk
     second = queue.take()
-    assert second.stop - second.start == 1 and pickle.loads(second.payloads[0]) == [1]
+    assert second.stop - second.start == 1 and pickle.loads(b"".join(second.payloads[0])) == [1]
     taken = [first, second]
     while queue:
         taken.append(queue.take())
-    covered = [t for chunk in taken for payload in chunk.payloads for t in pickle.loads(payload)]
+    covered = [t for chunk in taken for payload in chunk.payloads for t in pickle.loads(b"".join(payload))]
     assert covered == tasks, "splitting must cover every task once, in order"
 
 
@@ -165,7 +165,7 @@ def test_a_split_queue_covers_every_task_once_whatever_the_run_times(count, ncpu
     covered = []
     while queue:
         chunk = queue.take()
-        values = [t for payload in chunk.payloads for t in pickle.loads(payload)]
+        values = [t for payload in chunk.payloads for t in pickle.loads(b"".join(payload))]
         assert values == list(range(chunk.start, chunk.stop))
         covered.extend(values)
         queue.sizer.record([seconds] * len(values))
@@ -221,3 +221,41 @@ def test_chunks_grow_until_their_round_trip_costs_a_tenth_of_their_work():
     cheap = ChunkSizer(2)
     cheap.record([1e-6] * 1000, trip=0.001)  # nothing beyond the tasks: the usual target
     assert cheap.limit(math.inf) == pytest.approx(TARGET_SECONDS / 1e-6, rel=0.01)
+
+
+def test_a_chunk_is_cut_to_about_a_megabyte_of_reply():
+    import pickle
+
+    from ezpool.chunking import REPLY_BYTES, ChunkQueue
+
+    queue = ChunkQueue(range(10_000), workers=2, chunksize=None)  # pieces of 312 tasks
+    first = queue.take()
+    # Instant tasks answering 1 MB each: a piece of hundreds is cut down, task by task.
+    count = first.stop - first.start
+    queue.sizer.record([1e-7] * count, reply_bytes=REPLY_BYTES * count)
+    covered = list(range(first.start, first.stop))
+    while queue:
+        chunk = queue.take()
+        assert chunk.stop - chunk.start == 1
+        covered.extend(t for payload in chunk.payloads for t in pickle.loads(b"".join(payload)))
+        if len(covered) > 40:
+            break
+    assert covered == list(range(len(covered))), "cut pieces still cover every task once, in order"
+
+
+def test_small_replies_do_not_cut_chunks_of_tiny_tasks():
+    sizer = ChunkSizer(4)
+    sizer.record([1e-7] * 10_000, reply_bytes=12 * 10_000)  # about 12 bytes a task
+    assert sizer.by_bytes() > 80_000
+    assert sizer.limit(math.inf) == min(int(TARGET_SECONDS / 1e-7), sizer.by_bytes())
+
+
+def test_big_arguments_are_held_once_while_they_wait():
+    from ezpool.chunking import ChunkQueue
+
+    tasks = [n.to_bytes(8, "little") + bytes(1 << 20) for n in range(40)]
+    queue = ChunkQueue(tasks, workers=2, chunksize=None)
+    parts = [part for chunk in queue.drain() for payload in chunk.payloads for part in payload]
+    big = [part for part in parts if len(part) >= 1 << 20]
+    assert len(big) == len(tasks) and all(part is task for part, task in zip(big, tasks))
+    assert sum(len(part) for part in parts if len(part) < 1 << 20) < 4096

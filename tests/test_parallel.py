@@ -400,3 +400,29 @@ def test_a_script_that_never_shuts_down_its_pools_exits_promptly(
     pids = [int(pid) for pid in line.split()]
     assert len(pids) == 6  # two workers, two inner processes each
     assert _alive_after(pids, 10) == [], "processes outlived the script"
+
+
+def test_each_argument_is_pickled_once_in_the_calling_process():
+    tasks = [h.Counted(n) for n in range(300)]
+    before = h.Counted.reduced
+    with Pool() as pool:
+        results = pool.pmap(h.counted_n, tasks, ncpu=2, progress=False)
+    assert [results[task] for task in tasks] == list(range(300))
+    assert h.Counted.reduced - before == len(tasks)
+
+
+def test_big_results_come_back_a_megabyte_or_two_at_a_time():
+    from ezpool.backends.parallel import ParallelBackend
+    from ezpool.options import Options
+
+    backend = ParallelBackend()
+    try:
+        batches = list(backend.run(h.megabyte_from, range(64), Options(ncpu=2), per_task=False))
+    finally:
+        backend.close()
+    values = {batch.start + offset: value for batch in batches for offset, value in enumerate(batch.values)}
+    assert sorted(values) == list(range(64))
+    assert all(int.from_bytes(value[:8], "little") == n for n, value in values.items())
+    # Pieces of two before any reply was measured, single tasks after: never a chunk of many megabytes.
+    assert max(len(batch.values) for batch in batches) <= 2
+    assert len(batches) >= 40

@@ -104,7 +104,7 @@ def test_dumps_tasks_names_the_task_that_cannot_be_sent():
     with pytest.raises(TypeError, match="cannot send task") as info:
         dumps_tasks([1, 2, bad, 4])
     assert repr(bad) in str(info.value)
-    assert loads(dumps_tasks([1, (2, "x")])) == [1, (2, "x")]
+    assert loads(b"".join(dumps_tasks([1, (2, "x")]))) == [1, (2, "x")]
 
 
 def test_safe_values_replaces_only_what_cannot_be_pickled():
@@ -146,3 +146,18 @@ def test_safe_values_names_a_value_it_cannot_even_print():
     safe_values(values, failures)
     error = rebuild(failures[0])
     assert type(error) is ResultNotSerializable and "<_Opaque object>" in str(error)
+
+
+def test_pickled_parts_keep_big_bytes_by_reference_and_copy_what_may_change():
+    import pickle
+
+    from ezpool.serialization import dumps_parts
+
+    big = bytes(range(256)) * 4096  # 1 MB
+    changing = bytearray(big)
+    parts = dumps_parts([big, changing, 3])
+    assert any(part is big for part in parts)
+    assert all(part is not changing and type(part) is bytes for part in parts)
+    changing[0] = 9  # what was pickled does not change with it
+    assert pickle.loads(b"".join(parts)) == [big, bytearray(big), 3]
+    assert dumps_parts([1, 2]) == (pickle.dumps([1, 2], pickle.HIGHEST_PROTOCOL),)

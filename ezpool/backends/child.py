@@ -15,6 +15,7 @@ from ..execution import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 from ..output import TaskOutput
 from ..serialization import capture, loads
 from ..shared import Loader
+from . import wire
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +30,12 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
 
     A request is ``(fid, parcel_or_None, first, stop, pieces, capture_level)``: the
     function to run is the one cached under ``fid``, loaded from ``parcel`` when one
-    comes (see ``ezpool.shared``); ``capture_level`` is ``None``, or the lowest log
+    comes (see ``ezpool.shared``); each piece is the pickle of some of the tasks, or
+    ``None`` for one that follows the request as a message of its own;
+    ``capture_level`` is ``None``, or the lowest log
     level to keep with what the tasks print, see ``ezpool.output``. The reply is what
-    ``ezpool.execution.pack_chunk`` makes. ``None`` asks the loop to stop.
+    ``ezpool.execution.pack_chunk`` makes. ``None`` asks the loop to stop. Every
+    message is read and written as ``ezpool.backends.wire`` says.
     """
     # Ctrl-C is the parent's to handle: children stop when the parent says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -39,16 +43,15 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
     mark = memoryview(mark_buffer).cast("B").cast("q")
     # A reader thread drains the pipe as requests arrive, so the parent can queue
     # the next chunk while this one runs and never blocks on a full pipe.
-    requests: queue.SimpleQueue[Optional[bytes]] = queue.SimpleQueue()
+    requests: queue.SimpleQueue[Optional[tuple[Any, ...]]] = queue.SimpleQueue()
     threading.Thread(target=_read_requests, args=(conn, requests), daemon=True).start()
     functions = Loader()
     while True:
-        message = requests.get()
-        request = None if message is None else loads(message)
+        request = requests.get()
         if request is None:
             return
         fid, parcel, first, stop, pieces, level = request
-        del message, request  # a parcel may be big (where big buffers cannot be mapped)
+        del request  # a parcel may be big (where big buffers cannot be mapped)
         if parcel is not None:
             functions.receive(parcel)
             parcel = None
@@ -56,6 +59,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
         try:
             fun = functions.get(fid)
             tasks = loads(pieces[0]) if len(pieces) == 1 else [t for p in pieces for t in loads(p)]
+            pieces = ()  # their pickles go while the tasks run: one copy of a big argument
         except Exception as exc:
             outcome = failed_chunk(stop - first, capture(exc))
         else:
@@ -64,7 +68,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
             else:
                 outcome = run_chunk_captured(fun, tasks, first, mark, level, outputs)
         try:
-            conn.send_bytes(pack_chunk(first, outcome, outputs))
+            wire.send(conn, [pack_chunk(first, outcome, outputs)])
         except OSError:  # the parent is gone
             return
         # Hold no task's arguments or values while waiting for the next chunk.
@@ -72,13 +76,24 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
         tasks = None
 
 
-def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[bytes]]) -> None:
-    """Move requests from the pipe into ``requests``; ``None`` once the pipe closes."""
+def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[tuple[Any, ...]]]) -> None:
+    """Move requests from the pipe into ``requests``, unpickled, with the pieces that
+    follow them; ``None`` once told to stop, or the pipe closes."""
     try:
         while True:
-            requests.put(conn.recv_bytes())
+            request = loads(wire.receive(conn))
+            if request is None:
+                break
+            pieces = request[4]
+            for index, piece in enumerate(pieces):
+                if piece is None:
+                    pieces[index] = wire.receive(conn)
+            requests.put(request)
     except (EOFError, OSError):
-        requests.put(None)
+        pass
+    except Exception:  # not a request of this library's: stop, and the caller redoes the chunk
+        logger.exception("worker process %d could not read a request", os.getpid())
+    requests.put(None)
 
 
 def _exit_with_parent(parent_pid: int) -> None:

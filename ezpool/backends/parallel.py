@@ -7,7 +7,7 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
     publish the function (ezpool.shared), tasks in pieces
     each worker holds up to two chunks:                  a reader thread queues them;
       ── (fid, parcel?, first, stop, pieces, level) ─▶  unpickle, run each task:
-                                                            mark = its position
+      ── then each big piece, part by part ─▶               mark = its position
     wait(pipes + process sentinels, timeout)  ◀── (first, values, times, failures,
                                                    [what tasks wrote, if captured])
       ├─ a reply: top that worker up to two chunks, then yield a Batch
@@ -15,6 +15,16 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
       │   which gets WorkerCrashed (or one more try); the rest of its chunks is redone
       └─ a timeout: a mark unchanged for ``timeout`` seconds: kill the process,
           the task gets TaskTimeout, the rest of its chunk is redone, a new one starts
+
+A request is one small pickle; a piece of tasks rides in it when it is small,
+and otherwise follows as a message of its own, written from its parts
+(``ezpool.serialization.Pickled``), each from the very ``bytes`` object of the
+task that holds it: a big argument is copied into the pipe and nowhere else in
+the calling process, and the worker reads it straight into one buffer and
+unpickles the tasks from there (``ezpool.backends.wire``). A reply is one
+pickle, read into a buffer the caller keeps for that worker. (Written from the
+values' own bytes, in parts, replies cost the worker more time than the copy
+they saved, in every measurement.)
 
 The function, and what it captures, travels once to each process and stays
 there, cached by content (``ezpool.shared``): a second call with the same
@@ -43,9 +53,10 @@ from ..execution import unpack_chunk
 from ..feed import Live
 from ..options import Options
 from ..output import capture_level
-from ..serialization import dumps, rebuild, short_repr
+from ..serialization import Pickled, dumps, rebuild, short_repr
 from ..shared import Parcel, Shelf
 from ..tasks import bind
+from . import wire
 from .base import Backend, Batch
 from .processes import STOP_GRACE, WorkerProcess, stop_with
 
@@ -55,6 +66,10 @@ __all__ = ["ParallelBackend", "available_cpus"]
 
 #: Longest pause between two looks for overdue tasks when a timeout is set.
 _TIMEOUT_POLL = 0.1
+
+#: A piece of tasks in one part smaller than this rides inside the request; a
+#: larger one follows it, part by part (see ``_send_request``).
+_INLINE = 1 << 16
 
 #: Chunks a worker holds at once: one running, one waiting, so it never idles
 #: while the calling process is busy with another worker's results.
@@ -201,7 +216,7 @@ class _Call:
                         continue
                     proc = busy[handle]
                     try:
-                        reply = proc.conn.recv_bytes() if handle is proc.conn else None
+                        reply = proc.inbox.receive(proc.conn) if handle is proc.conn else None
                     except (EOFError, OSError):
                         reply = None
                     if reply is None:
@@ -249,9 +264,9 @@ class _Call:
             piece = self.pending.take()
             fid = self.parcel.fid
             parcel = None if fid in proc.holds else self.parcel
-            request = dumps((fid, parcel, piece.start, piece.stop, piece.payloads, self.capture_level))
             try:
-                proc.conn.send_bytes(request)
+                head = (fid, parcel, piece.start, piece.stop)
+                _send_request(proc.conn, head, piece.payloads, self.capture_level)
             except OSError:  # it died: its sentinel will say so; put this chunk back
                 self.pending.put_back(piece.start, piece.stop)
                 if not proc.chunks:
@@ -264,7 +279,7 @@ class _Call:
             busy[proc.conn] = proc
             busy[proc.process.sentinel] = proc
 
-    def _batch(self, reply: bytes, start: int, stop: int, worker: str) -> Iterator[Batch]:
+    def _batch(self, reply: memoryview, start: int, stop: int, worker: str) -> Iterator[Batch]:
         """Decode a worker's reply; if it cannot be unpickled here, redo its tasks one by one."""
         try:
             first, values, times, failures, outputs = unpack_chunk(reply)
@@ -283,7 +298,7 @@ class _Call:
             return
         for offset, record in failures.items():
             values[offset] = rebuild(record)
-        self.sizer.record(times)
+        self.sizer.record(times, reply_bytes=len(reply))
         yield Batch(first, values, times, set(failures), worker, outputs)
 
     def _wait_seconds(self, busy: dict[Any, WorkerProcess]) -> Optional[float]:
@@ -311,7 +326,7 @@ class _Call:
         proc.process.join(STOP_GRACE)
         # Replies it finished sending before it died are good: use them.
         while proc.chunks:
-            reply = _sent_reply(proc.conn)
+            reply = _sent_reply(proc)
             if reply is None:
                 break
             start, stop = proc.chunks.popleft()
@@ -443,10 +458,22 @@ def _publish(shelf: Shelf, fun: Callable[..., Any], context: Any, workers: int) 
         raise
 
 
-def _sent_reply(conn: Connection) -> Optional[bytes]:
+def _send_request(
+    conn: Connection, head: tuple[Any, ...], payloads: Sequence[Pickled], level: Optional[int]
+) -> None:
+    """Send a chunk as ``child.main`` reads it: ``(*head, pieces, level)``, where a piece
+    is its pickle when small, or else ``None``, and its pickle follows as a message."""
+    pieces = [parts[0] if len(parts) == 1 and len(parts[0]) < _INLINE else None for parts in payloads]
+    wire.send(conn, [dumps((*head, pieces, level))])
+    for parts, piece in zip(payloads, pieces):
+        if piece is None:
+            wire.send(conn, parts)
+
+
+def _sent_reply(proc: WorkerProcess) -> Optional[memoryview]:
     """A whole reply that a dead process left in its pipe, if there is one."""
     try:
-        return conn.recv_bytes() if conn.poll(0) else None
+        return proc.inbox.receive(proc.conn) if proc.conn.poll(0) else None
     except (EOFError, OSError):
         return None
 

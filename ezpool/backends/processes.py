@@ -38,7 +38,7 @@ from time import monotonic
 from typing import Any
 
 from ..serialization import dumps
-from . import child
+from . import child, wire
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ _MARK_BYTES = 8
 class WorkerProcess:
     """One worker process, seen from the calling process."""
 
-    __slots__ = ("process", "conn", "mark", "name", "holds", "chunks", "seen", "served")
+    __slots__ = ("process", "conn", "inbox", "mark", "name", "holds", "chunks", "seen", "served")
 
     def __init__(self, context: Any) -> None:
         parent_end, child_end = context.Pipe(duplex=True)
@@ -75,6 +75,7 @@ class WorkerProcess:
             if isinstance(sent, _MarkFile):
                 os.close(sent.fd)  # the started process has its own copy
         self.conn: Connection = parent_end
+        self.inbox = wire.Inbox()  # its replies are read into this (see ezpool.backends.wire)
         self.name = f"pid {self.process.pid}"
         self.holds: set[str] = set()  # the functions (fids) it keeps, see ezpool.shared
         self.chunks: deque[tuple[int, int]] = deque()  # (start, stop) in flight, oldest first
@@ -144,7 +145,7 @@ def stop_all(processes: list[WorkerProcess]) -> None:
     """
     for proc in processes:
         with contextlib.suppress(OSError):
-            proc.conn.send_bytes(dumps(None))
+            wire.send(proc.conn, [dumps(None)])
     deadline = monotonic() + STOP_GRACE
     for proc in processes:
         proc.process.join(max(0.0, deadline - monotonic()))

@@ -290,7 +290,8 @@ class Call:
                 link.loaded.add(fid)
             sent = time.monotonic()
             status, reply = connection.call(
-                "run_chunk", link.identity, fid, chunk.start, count, list(chunk.payloads), self.timeout,
+                "run_chunk", link.identity, fid, chunk.start, count,
+                [b"".join(parts) for parts in chunk.payloads], self.timeout,
                 *self.capture,
             )
         except Exception as exc:
