@@ -47,7 +47,7 @@ from ..serialization import dumps, rebuild, short_repr
 from ..shared import Parcel, Shelf
 from ..tasks import bind
 from .base import Backend, Batch
-from .processes import STOP_GRACE, WorkerProcess, stop_with
+from .processes import STOP_GRACE, WorkerProcess, preload, stop_with
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class ParallelBackend(Backend):
         if self._shape != (ncpu, start_method):
             self._stop()
             self._context = multiprocessing.get_context(start_method)
+            preload(self._context)
             self._shape = (ncpu, start_method)
         for proc in [proc for proc in self._processes if not proc.process.is_alive()]:
             proc.kill()
