@@ -46,7 +46,7 @@ import os
 import pickle
 import sys
 import weakref
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from .serialization import pickle_by_name
 
@@ -128,10 +128,10 @@ class Shelf:
         # A worker forked from this process must not keep these segments alive.
         multiprocessing.util.register_after_fork(self, Shelf.close)
 
-    def publish(self, fun: Callable[..., Any], workers: int) -> Parcel:
+    def publish(self, fun: Callable[..., Any], workers: int, main: Optional[str] = None) -> Parcel:
         """The parcel of ``fun`` for ``workers`` processes; ``TypeError`` naming ``fun``
-        when it cannot be pickled."""
-        blob, buffers = _pickle(fun)
+        when it cannot be pickled. ``main``: see ``serialization.pickle_by_name``."""
+        blob, buffers = _pickle(fun, main)
         digest = hashlib.sha256(blob)
         held: list[_Segment] = []
         parts: list[Union[Mapped, bytes]] = []
@@ -233,13 +233,13 @@ class _LoadFailed:
         self.exc = exc
 
 
-def _pickle(fun: Any) -> tuple[bytes, list[memoryview]]:
+def _pickle(fun: Any, main: Optional[str] = None) -> tuple[bytes, list[memoryview]]:
     """``fun`` pickled (protocol 5) without its big buffers, and those buffers.
 
     A function found by its module and name needs no cloudpickle (and has no
     buffers): plain pickle sends what cloudpickle would, and neither side imports it.
     """
-    blob = pickle_by_name(fun)
+    blob = pickle_by_name(fun, main)
     if blob is not None:
         return blob, []
     import cloudpickle  # imported when first needed: ``import ezpool`` stays light

@@ -113,3 +113,59 @@ def test_a_cold_start_imports_only_what_it_needs(method, tmp_path, core_python, 
     # and the mark needs no ctypes.
     assert found["caller"] == {"cloudpickle": False, "ctypes": False}
     assert found["worker"] == {"cloudpickle": False, "ctypes": False}
+
+
+_MAIN_SCRIPT = """
+import json, sys
+from ezpool import Pool
+
+
+def loaded(name):
+    return name in sys.modules
+
+
+def root(x):
+    return math.sqrt(x)
+
+
+def scaled(x):
+    return x * FACTOR
+
+
+if __name__ == "__main__":
+    import math
+
+    FACTOR = 3
+
+    def inner(x):
+        return x + 1
+
+    with Pool(progress=False, start_method=sys.argv[1]) as pool:
+        first = pool.pmap(loaded, ["cloudpickle"], ncpu=2)
+        again = pool.pmap(loaded, ["cloudpickle"], ncpu=2)
+        caller = "cloudpickle" in sys.modules
+        rest = [pool.pmap(f, [4], ncpu=2)[4] for f in (root, scaled, inner, lambda x: -x)]
+    print(json.dumps({"worker": [first["cloudpickle"], again["cloudpickle"]], "caller": caller, "rest": rest}))
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("method", START_METHODS)
+def test_a_function_of_the_script_travels_by_name_where_the_workers_have_it(
+    method, tmp_path, core_python, core_child_env
+):
+    # A plain function at the top of the script needs no cloudpickle on either side; one
+    # the workers may lack (defined or reading a global set under __main__) still works.
+    script = tmp_path / "main.py"
+    script.write_text(_MAIN_SCRIPT)
+    done = subprocess.run(
+        [core_python, "-W", "error", str(script), method],
+        env=core_child_env,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout)
+    assert found == {"worker": [False, False], "caller": False, "rest": [2.0, 12, 5, -4]}
