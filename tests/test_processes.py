@@ -82,10 +82,10 @@ from tests._startup import loaded
 
 if __name__ == "__main__":
     with Pool(progress=False, start_method=sys.argv[1]) as pool:
-        results = pool.pmap(loaded, ["cloudpickle", "ctypes"], ncpu=1)
+        results = pool.pmap(loaded, ["cloudpickle", "ctypes", "hashlib"], ncpu=1)
     print(json.dumps({
         "imported": imported,
-        "caller": {name: name in sys.modules for name in ("cloudpickle", "ctypes")},
+        "caller": {name: name in sys.modules for name in ("cloudpickle", "ctypes", "hashlib")},
         "worker": dict(results),
     }))
 """
@@ -110,9 +110,9 @@ def test_a_cold_start_imports_only_what_it_needs(method, tmp_path, core_python, 
     heavy += ("dataclasses", "inspect", "ast", "dis")  # a third of the import, once
     assert [name for name in found["imported"] if name.split(".")[0] in heavy] == []
     # A function found by name travels by name: cloudpickle stays out of both sides,
-    # and the mark needs no ctypes.
-    assert found["caller"] == {"cloudpickle": False, "ctypes": False}
-    assert found["worker"] == {"cloudpickle": False, "ctypes": False}
+    # the mark needs no ctypes, and a reference by name is its own fid (no hashlib).
+    assert found["caller"] == {"cloudpickle": False, "ctypes": False, "hashlib": False}
+    assert found["worker"] == {"cloudpickle": False, "ctypes": False, "hashlib": False}
 
 
 _MAIN_SCRIPT = """
@@ -145,7 +145,8 @@ if __name__ == "__main__":
         again = pool.pmap(loaded, ["cloudpickle"], ncpu=2)
         caller = "cloudpickle" in sys.modules
         rest = [pool.pmap(f, [4], ncpu=2)[4] for f in (root, scaled, inner, lambda x: -x)]
-    print(json.dumps({"worker": [first["cloudpickle"], again["cloudpickle"]], "caller": caller, "rest": rest}))
+    worker = [first["cloudpickle"], again["cloudpickle"]]
+    print(json.dumps({"worker": worker, "caller": caller, "rest": rest}))
 """
 
 
