@@ -7,7 +7,6 @@ so one argparse namespace can drive all three modes.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import numbers
 import os
@@ -40,7 +39,6 @@ class _NotGiven:
 NOT_GIVEN: Any = _NotGiven()
 
 
-@dataclasses.dataclass(frozen=True)
 class Options:
     """Keyword options of ``Pool``, ``map``, ``smap``, ``pmap`` and ``dmap``.
 
@@ -124,31 +122,71 @@ class Options:
             are read when tasks are slow.
     """
 
-    progress: Union[bool, ProgressHook, None] = None
-    msg: str = "Computing"
-    timeout: Optional[float] = None
-    ncpu: Optional[int] = None
-    chunksize: Optional[int] = None
-    start_method: Optional[str] = None
-    workers: Union[str, Sequence[str], None] = None
-    spawn: Optional[bool] = None
-    hmac_key: Union[str, bytes, None] = None
-    insecure: bool = False
-    tls_ca: Optional[PathText] = None
-    tls_cert: Optional[PathText] = None
-    tls_key: Optional[PathText] = None
-    ship_modules: Sequence[Union[str, ModuleType]] = ()
-    max_attempts: int = 2
-    heartbeat: float = 10.0
-    backup: bool = True
-    capture_output: bool = False
-    store: Optional[PathText] = None
-    store_key: Optional[str] = None
-    retry_failed: bool = False
-    buffersize: Optional[int] = None
-    context: Any = dataclasses.field(default=None, compare=False)  # may be a big array
+    # Frozen, compared and hashed like a dataclass(frozen=True), without importing
+    # dataclasses (and inspect, ast, dis with it): a good part of ``import ezpool``.
+    __slots__ = (
+        "progress", "msg", "timeout", "ncpu", "chunksize", "start_method", "workers", "spawn",
+        "hmac_key", "insecure", "tls_ca", "tls_cert", "tls_key", "ship_modules", "max_attempts",
+        "heartbeat", "backup", "capture_output", "store", "store_key", "retry_failed",
+        "buffersize", "context",
+    )
 
-    def __post_init__(self) -> None:
+    progress: Union[bool, ProgressHook, None]
+    msg: str
+    timeout: Optional[float]
+    ncpu: Optional[int]
+    chunksize: Optional[int]
+    start_method: Optional[str]
+    workers: Union[str, Sequence[str], None]
+    spawn: Optional[bool]
+    hmac_key: Union[str, bytes, None]
+    insecure: bool
+    tls_ca: Optional[PathText]
+    tls_cert: Optional[PathText]
+    tls_key: Optional[PathText]
+    ship_modules: Sequence[Union[str, ModuleType]]
+    max_attempts: int
+    heartbeat: float
+    backup: bool
+    capture_output: bool
+    store: Optional[PathText]
+    store_key: Optional[str]
+    retry_failed: bool
+    buffersize: Optional[int]
+    context: Any
+
+    def __init__(
+        self,
+        progress: Union[bool, ProgressHook, None] = None,
+        msg: str = "Computing",
+        timeout: Optional[float] = None,
+        ncpu: Optional[int] = None,
+        chunksize: Optional[int] = None,
+        start_method: Optional[str] = None,
+        workers: Union[str, Sequence[str], None] = None,
+        spawn: Optional[bool] = None,
+        hmac_key: Union[str, bytes, None] = None,
+        insecure: bool = False,
+        tls_ca: Optional[PathText] = None,
+        tls_cert: Optional[PathText] = None,
+        tls_key: Optional[PathText] = None,
+        ship_modules: Sequence[Union[str, ModuleType]] = (),
+        max_attempts: int = 2,
+        heartbeat: float = 10.0,
+        backup: bool = True,
+        capture_output: bool = False,
+        store: Optional[PathText] = None,
+        store_key: Optional[str] = None,
+        retry_failed: bool = False,
+        buffersize: Optional[int] = None,
+        context: Any = None,
+    ) -> None:
+        values = locals()
+        for name in Options.__slots__:
+            object.__setattr__(self, name, values[name])
+        self._check()
+
+    def _check(self) -> None:
         if not (self.progress is None or isinstance(self.progress, bool) or callable(self.progress)):
             raise TypeError(f"progress must be None, True, False or a callable, got {self.progress!r}")
         if not isinstance(self.msg, str):
@@ -204,10 +242,34 @@ class Options:
         for name in changes:
             if name not in _NAMES:
                 raise unknown_option(name)
-        return dataclasses.replace(self, **changes) if changes else self
+        if not changes:
+            return self
+        values = {name: getattr(self, name) for name in Options.__slots__}
+        return Options(**{**values, **changes})
+
+    def _key(self) -> tuple[Any, ...]:
+        # What equality and hashing compare: not ``context``, which may be a big array.
+        return tuple(getattr(self, name) for name in Options.__slots__ if name != "context")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")  # frozen, as a dataclass(frozen=True)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _rebuild, (tuple(getattr(self, name) for name in Options.__slots__),)
 
     def __repr__(self) -> str:
-        shown = {field.name: repr(getattr(self, field.name)) for field in dataclasses.fields(self)}
+        shown = {name: repr(getattr(self, name)) for name in Options.__slots__}
         if self.hmac_key is not None:
             shown["hmac_key"] = "<hidden>"
         if self.context is not None:  # it may be big: its type is enough
@@ -254,8 +316,12 @@ def _check_workers(workers: Any) -> Optional[tuple[str, ...]]:
     return uris
 
 
+def _rebuild(values: tuple[Any, ...]) -> Options:
+    return Options(*values)
+
+
 #: The option names, for ``given``.
-_NAMES = frozenset(field.name for field in dataclasses.fields(Options))
+_NAMES = frozenset(Options.__slots__)
 
 
 def unknown_option(name: str) -> TypeError:

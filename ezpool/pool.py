@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 from collections.abc import Generator, Hashable, Iterable, Iterator, Sequence, Sized
 from itertools import repeat
@@ -41,7 +40,8 @@ def _suggesting(method: _Method) -> _Method:
     """``method``, whose misspelt keyword is EzPool's ``TypeError`` suggesting the option
     meant (``unknown option 'timout'; did you mean 'timeout'?``), not Python's bare one.
     A type checker sees the method's own signature, and flags the typo before it runs."""
-    accepted = frozenset(inspect.signature(method).parameters)
+    code = method.__code__  # its parameters, without importing inspect (and ast, dis)
+    accepted = frozenset(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
 
     @functools.wraps(method)
     def checked(*args: Any, **kwargs: Any) -> Any:

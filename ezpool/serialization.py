@@ -3,7 +3,9 @@
 Plain ``pickle`` is tried first because it is fast; ``cloudpickle`` takes over for
 what pickle refuses (lambdas, closures, classes defined in ``__main__``). A function
 to run goes through cloudpickle, except a plain function that both would send by
-name: then neither side imports cloudpickle, a good part of a cold start. An
+name, or one of the main script that the worker processes hold as well (forked
+after it was defined, or defined again where they run the script): then neither
+side imports cloudpickle, a good part of a cold start. An
 exception travels as an ``ExceptionRecord`` that keeps its type name, message and
 formatted traceback, so even one that cannot be rebuilt loses nothing.
 
@@ -16,11 +18,15 @@ the tasks are held once however many of them wait to be sent.
 
 from __future__ import annotations
 
+import importlib
+import linecache
 import logging
+import os
 import pickle
 import sys
 import traceback
 import types
+import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
@@ -79,10 +85,17 @@ def dumps_function(fun: Any) -> bytes:
         raise TypeError(f"cannot send {fun!r} to another process: {exc}") from exc
 
 
-def pickle_by_name(fun: Any) -> Optional[bytes]:
+def pickle_by_name(fun: Any, main: Optional[str] = None) -> Optional[bytes]:
     """``fun`` pickled by plain pickle, when that is what cloudpickle would send too:
     a function found by its module's name and ``__qualname__``, in a module that can
-    be imported (not ``__main__``); else ``None``.
+    be imported; else ``None``.
+
+    A function of ``__main__`` travels by value (``None`` here) unless ``main`` says
+    how the receiving processes hold the caller's ``__main__``: ``"fork"``, they are
+    copies of this process made after now, so the name finds the same function;
+    ``"import"``, they run the main script again (``spawn``, ``forkserver``), and a
+    function the script defines the same way whatever its ``__name__`` travels by
+    name (see ``_defined_again``).
 
     Once cloudpickle is imported (a module may have been registered with it to travel
     by value), this always answers ``None``, and cloudpickle decides.
@@ -95,12 +108,96 @@ def pickle_by_name(fun: Any) -> Optional[bytes]:
     elif not isinstance(fun, types.FunctionType):
         return None
     module = sys.modules.get(getattr(fun, "__module__", None) or "__main__")
-    if module is None or module.__name__ == "__main__" or getattr(module, "__spec__", None) is None:
+    if module is not None and module.__name__ == "__main__" and main is not None:
+        if main == "import":
+            return _by_name_again(fun, module)
+    elif module is None or module.__name__ == "__main__" or getattr(module, "__spec__", None) is None:
         return None
     try:
         return pickle.dumps(fun, pickle.HIGHEST_PROTOCOL)  # fails unless the name finds fun itself
     except Exception:
         return None
+
+
+def _by_name_again(fun: Any, main: types.ModuleType) -> Optional[bytes]:
+    """A function of the main script, pickled for processes that run the script again:
+    a reference that finds it there by name, or ``None`` unless ``_defined_again``."""
+    modules = _defined_again(fun, main)
+    if modules is None:
+        return None
+    try:
+        return pickle.dumps(_FromMain(fun, modules), pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+
+
+def _defined_again(fun: Any, main: types.ModuleType) -> Optional[dict[str, str]]:
+    """Whether a process that runs the main script again defines ``fun`` as it is here:
+    a plain function whose ``def`` is a statement at the top of the script (so it runs
+    whatever ``__name__`` is), found under its name, with no attributes of its own, and
+    using no global of ``__main__`` but modules (those the script may import only under
+    ``if __name__ == "__main__":`` are imported there by name, as cloudpickle would).
+    The answer: those modules, by the name the function uses; ``None``: not so.
+    """
+    path = getattr(main, "__file__", None)
+    if not isinstance(fun, types.FunctionType) or fun.__dict__ or fun.__closure__ or path is None:
+        return None
+    code, named, spec = fun.__code__, main.__dict__.get(fun.__qualname__), getattr(main, "__spec__", None)
+    if spec is not None or fun.__globals__ is not main.__dict__ or named is not fun:
+        return None  # run with -m (its process may skip the script), or not found by name
+    if os.path.abspath(code.co_filename) != os.path.abspath(path):
+        return None
+    if not linecache.getline(code.co_filename, code.co_firstlineno).startswith("def "):
+        return None  # indented (under an if, in a class), or decorated
+    modules = {}
+    for name in _global_names(code):
+        value = main.__dict__.get(name, fun)
+        if isinstance(value, types.ModuleType):
+            modules[name] = value.__name__
+        elif value is not fun:  # the function itself, or a builtin
+            return None
+    return modules
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """The names ``code`` (and the code nested in it) may read as globals."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+class _FromMain:
+    """Pickles as a reference to a function of the main script, checked where it loads."""
+
+    def __init__(self, fun: types.FunctionType, modules: dict[str, str]) -> None:
+        self.name, self.modules, self.check = fun.__qualname__, modules, _checksum(fun.__code__)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _from_main, (self.name, self.modules, self.check)
+
+
+def _checksum(code: types.CodeType) -> int:
+    """A checksum of a function's own code: its bytecode, constants and names."""
+    consts = tuple(const for const in code.co_consts if not isinstance(const, types.CodeType))
+    return zlib.crc32(code.co_code + repr((consts, code.co_names)).encode())
+
+
+def _from_main(name: str, modules: dict[str, str], check: int) -> Any:
+    """In a process that ran the main script again: its function ``name``, with the
+    modules it uses as globals imported where the script did not import them."""
+    main = sys.modules["__main__"]
+    fun = getattr(main, name, None)
+    if not isinstance(fun, types.FunctionType) or _checksum(fun.__code__) != check:
+        raise RuntimeError(
+            f"{name} of {getattr(main, '__file__', '__main__')} is not the function the caller runs "
+            "(was the script changed since it started?)"
+        )
+    for used, module in modules.items():
+        if used not in fun.__globals__:
+            fun.__globals__[used] = importlib.import_module(module)
+    return fun
 
 
 #: A pickle in parts (see the module's docstring): joined, they are the pickle.

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import logging
 import mmap
 import multiprocessing.util
@@ -46,7 +45,7 @@ import os
 import pickle
 import sys
 import weakref
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from .serialization import pickle_by_name
 
@@ -56,6 +55,9 @@ __all__ = ["Parcel", "Shelf", "Loader", "SHARED_LEAST"]
 
 #: Buffers at least this big travel through a segment; smaller ones stay in the pickle.
 SHARED_LEAST = 1 << 18
+
+#: Pickles at most this long (a function found by name) are their own fid, unhashed.
+_NAMED = 128
 
 #: Functions the calling process (and so each worker) keeps, newest first.
 KEPT = 8
@@ -128,10 +130,14 @@ class Shelf:
         # A worker forked from this process must not keep these segments alive.
         multiprocessing.util.register_after_fork(self, Shelf.close)
 
-    def publish(self, fun: Callable[..., Any], workers: int) -> Parcel:
+    def publish(self, fun: Callable[..., Any], workers: int, main: Optional[str] = None) -> Parcel:
         """The parcel of ``fun`` for ``workers`` processes; ``TypeError`` naming ``fun``
-        when it cannot be pickled."""
-        blob, buffers = _pickle(fun)
+        when it cannot be pickled. ``main``: see ``serialization.pickle_by_name``."""
+        blob, buffers = _pickle(fun, main)
+        if not buffers and len(blob) <= _NAMED:  # a reference by name is its own fid: no hashlib
+            return self._keep("n" + blob.hex(), (), blob, ())
+        import hashlib  # here, not at the top: a worker never needs it (OpenSSL, ~5 ms)
+
         digest = hashlib.sha256(blob)
         held: list[_Segment] = []
         parts: list[Union[Mapped, bytes]] = []
@@ -152,10 +158,14 @@ class Shelf:
         if fid not in self._recent:
             logger.debug("function %s: %d bytes pickled, %d big buffers (%d bytes)",
                          fid, len(blob), len(buffers), sum(b.nbytes for b in buffers))
-        self._recent[fid] = tuple(held)
+        return self._keep(fid, tuple(held), blob, tuple(parts))
+
+    def _keep(self, fid: str, held: tuple[_Segment, ...], blob: bytes, parts: tuple[Any, ...]) -> Parcel:
+        """The parcel of ``fid``, now the newest function kept."""
+        self._recent[fid] = held
         self._recent.move_to_end(fid, last=False)
         self._trim()
-        return Parcel(fid, blob, tuple(parts), tuple(self._recent))
+        return Parcel(fid, blob, parts, tuple(self._recent))
 
     def close(self) -> None:
         """Close every segment: the memory goes once the workers let go of it too."""
@@ -233,13 +243,13 @@ class _LoadFailed:
         self.exc = exc
 
 
-def _pickle(fun: Any) -> tuple[bytes, list[memoryview]]:
+def _pickle(fun: Any, main: Optional[str] = None) -> tuple[bytes, list[memoryview]]:
     """``fun`` pickled (protocol 5) without its big buffers, and those buffers.
 
     A function found by its module and name needs no cloudpickle (and has no
     buffers): plain pickle sends what cloudpickle would, and neither side imports it.
     """
-    blob = pickle_by_name(fun)
+    blob = pickle_by_name(fun, main)
     if blob is not None:
         return blob, []
     import cloudpickle  # imported when first needed: ``import ezpool`` stays light

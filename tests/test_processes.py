@@ -82,10 +82,10 @@ from tests._startup import loaded
 
 if __name__ == "__main__":
     with Pool(progress=False, start_method=sys.argv[1]) as pool:
-        results = pool.pmap(loaded, ["cloudpickle", "ctypes"], ncpu=1)
+        results = pool.pmap(loaded, ["cloudpickle", "ctypes", "hashlib"], ncpu=1)
     print(json.dumps({
         "imported": imported,
-        "caller": {name: name in sys.modules for name in ("cloudpickle", "ctypes")},
+        "caller": {name: name in sys.modules for name in ("cloudpickle", "ctypes", "hashlib")},
         "worker": dict(results),
     }))
 """
@@ -107,8 +107,66 @@ def test_a_cold_start_imports_only_what_it_needs(method, tmp_path, core_python, 
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout)
     heavy = ("ssl", "hashlib", "difflib", "multiprocessing", "cloudpickle", "Pyro4", "numpy")
+    heavy += ("dataclasses", "inspect", "ast", "dis")  # a third of the import, once
     assert [name for name in found["imported"] if name.split(".")[0] in heavy] == []
     # A function found by name travels by name: cloudpickle stays out of both sides,
-    # and the mark needs no ctypes.
-    assert found["caller"] == {"cloudpickle": False, "ctypes": False}
-    assert found["worker"] == {"cloudpickle": False, "ctypes": False}
+    # the mark needs no ctypes, and a reference by name is its own fid (no hashlib).
+    assert found["caller"] == {"cloudpickle": False, "ctypes": False, "hashlib": False}
+    assert found["worker"] == {"cloudpickle": False, "ctypes": False, "hashlib": False}
+
+
+_MAIN_SCRIPT = """
+import json, sys
+from ezpool import Pool
+
+
+def loaded(name):
+    return name in sys.modules
+
+
+def root(x):
+    return math.sqrt(x)
+
+
+def scaled(x):
+    return x * FACTOR
+
+
+if __name__ == "__main__":
+    import math
+
+    FACTOR = 3
+
+    def inner(x):
+        return x + 1
+
+    with Pool(progress=False, start_method=sys.argv[1]) as pool:
+        first = pool.pmap(loaded, ["cloudpickle"], ncpu=2)
+        again = pool.pmap(loaded, ["cloudpickle"], ncpu=2)
+        caller = "cloudpickle" in sys.modules
+        rest = [pool.pmap(f, [4], ncpu=2)[4] for f in (root, scaled, inner, lambda x: -x)]
+    worker = [first["cloudpickle"], again["cloudpickle"]]
+    print(json.dumps({"worker": worker, "caller": caller, "rest": rest}))
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("method", START_METHODS)
+def test_a_function_of_the_script_travels_by_name_where_the_workers_have_it(
+    method, tmp_path, core_python, core_child_env
+):
+    # A plain function at the top of the script needs no cloudpickle on either side; one
+    # the workers may lack (defined or reading a global set under __main__) still works.
+    script = tmp_path / "main.py"
+    script.write_text(_MAIN_SCRIPT)
+    done = subprocess.run(
+        [core_python, "-W", "error", str(script), method],
+        env=core_child_env,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout)
+    assert found == {"worker": [False, False], "caller": False, "rest": [2.0, 12, 5, -4]}

@@ -4,7 +4,6 @@ caught by a type checker (mypy, run for real on a small file) and, at run time, 
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import subprocess
 import sys
@@ -88,10 +87,10 @@ def test_mypy_sees_the_value_type_and_catches_a_misspelt_option(tmp_path: Path) 
 @pytest.mark.parametrize("method", PUBLIC, ids=lambda method: method.__name__)
 def test_every_option_is_a_keyword_parameter_that_defaults_to_not_given(method) -> None:
     parameters = inspect.signature(method).parameters
-    for field in dataclasses.fields(Options):
-        parameter = parameters.get(field.name)
-        assert parameter is not None, f"{method.__name__} has no parameter {field.name}"
-        if field.name in ("ncpu", "workers") and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+    for name in Options.__slots__:
+        parameter = parameters.get(name)
+        assert parameter is not None, f"{method.__name__} has no parameter {name}"
+        if name in ("ncpu", "workers") and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
             assert parameter.default is None  # positional, where None means "not given"
         else:
             assert parameter.kind is parameter.KEYWORD_ONLY and parameter.default is NOT_GIVEN, parameter

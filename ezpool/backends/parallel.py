@@ -41,10 +41,12 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 from collections.abc import Generator, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.util import Finalize
 from time import perf_counter
+from types import FunctionType
 from typing import Any, Callable, Optional
 
 from ..chunking import ChunkQueue
@@ -58,7 +60,7 @@ from ..shared import Parcel, Shelf
 from ..tasks import bind
 from . import wire
 from .base import Backend, Batch
-from .processes import STOP_GRACE, WorkerProcess, stop_with
+from .processes import STOP_GRACE, WorkerProcess, preload, stop_with
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ class ParallelBackend(Backend):
         self._shape: Optional[tuple[int, Optional[str]]] = None
         self._context: Any = None
         self._shelf = Shelf()  # the functions sent to the processes, and their big buffers
+        self._forked_with: dict[Any, Any] = {}  # the functions of __main__ when they were forked
 
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
@@ -110,9 +113,15 @@ class ParallelBackend(Backend):
         # A forked process inherits what pickling the function imported (cloudpickle),
         # so fork after it; a spawned one boots for a while, so pickle meanwhile.
         forks = multiprocessing.get_context(options.start_method).get_start_method() == "fork"
+        # How the processes come by a function of __main__ (else it travels by value):
+        # they run the script again, or were all forked from here since it was there.
+        if forks and (not self._processes or self._shape != (ncpu, options.start_method)):
+            self._forked_with = _main_functions()  # the processes are all forked after now
+        named = self._forked_with.get(getattr(fun, "__qualname__", None)) is fun
+        main = "import" if not forks else "fork" if named else None
         if not forks:
             self._start(ncpu, options.start_method)
-        parcel = _publish(self._shelf, fun, options.context, ncpu)
+        parcel = _publish(self._shelf, fun, options.context, ncpu, main)
         if forks:
             self._start(ncpu, options.start_method)
         call = _Call(self, tasks, parcel, pending, options)
@@ -133,6 +142,7 @@ class ParallelBackend(Backend):
         if self._shape != (ncpu, start_method):
             self._stop()
             self._context = multiprocessing.get_context(start_method)
+            preload(self._context)
             self._shape = (ncpu, start_method)
         for proc in [proc for proc in self._processes if not proc.process.is_alive()]:
             proc.kill()
@@ -442,10 +452,18 @@ class _Waker:
         self._poke.close()
 
 
-def _publish(shelf: Shelf, fun: Callable[..., Any], context: Any, workers: int) -> Parcel:
+def _main_functions() -> dict[str, Any]:
+    """The functions of ``__main__`` now, by name."""
+    found = vars(sys.modules["__main__"]) if "__main__" in sys.modules else {}
+    return {name: value for name, value in found.items() if isinstance(value, FunctionType)}
+
+
+def _publish(
+    shelf: Shelf, fun: Callable[..., Any], context: Any, workers: int, main: Optional[str] = None
+) -> Parcel:
     """The parcel of ``fun`` bound to ``context``; a ``TypeError`` naming what cannot be sent."""
     try:
-        return shelf.publish(bind(fun, context), workers)
+        return shelf.publish(bind(fun, context), workers, main)
     except TypeError as exc:
         if context is not None:
             try:

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import mmap
 import os
+import sys
 from collections import deque
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import DupFd
@@ -42,7 +43,7 @@ from . import child, wire
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STOP_GRACE", "WorkerProcess", "stop_all", "stop_with"]
+__all__ = ["STOP_GRACE", "WorkerProcess", "preload", "stop_all", "stop_with"]
 
 #: Seconds to wait for processes to leave after being asked, before killing them.
 STOP_GRACE = 2.0
@@ -136,6 +137,25 @@ def _shared_mark(context: Any) -> tuple[Any, Any]:
         os.close(fd)
         raise
     return page, _MarkFile(fd)
+
+
+def preload(context: Any) -> None:
+    """Have the fork server of a ``forkserver`` context import the worker's modules
+    before it forks anything (if it has not started yet), so that each process it
+    forks starts with them, now and for every later pool; and cloudpickle with them,
+    where this process uses it. It keeps the modules it was asked to load (by default
+    ``__main__``)."""
+    if context.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if getattr(server, "_forkserver_pid", None) is not None:  # started: too late
+        return
+    modules = list(getattr(server, "_preload_modules", ["__main__"]))
+    wanted = [child.__name__] + (["cloudpickle"] if "cloudpickle" in sys.modules else [])
+    if any(name not in modules for name in wanted):
+        context.set_forkserver_preload(modules + [name for name in wanted if name not in modules])
 
 
 def stop_all(processes: list[WorkerProcess]) -> None:

@@ -25,7 +25,6 @@ outcome goes is ``dispatch``; what runs on the workers is ``calls``.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import functools
 import logging
 import os
@@ -35,6 +34,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ..options import Options
 from .calls import Code, unwrap
 from .dispatch import Calls, Dispatcher, MapCalls, MapRun
 
@@ -96,7 +96,7 @@ class PoolExecutor(concurrent.futures.Executor):
     def of(cls, pool: Pool, **overrides: Any) -> PoolExecutor:
         """An executor with ``pool``'s mode and options (its own processes and connections)."""
         settings = pool.options
-        options = {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}
+        options = {name: getattr(settings, name) for name in Options.__slots__}
         options.update(overrides)
         return cls(pool.mode, **options)
 
