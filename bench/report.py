@@ -131,6 +131,7 @@ def derived(name: str, record: dict[str, Any]) -> dict[str, Any]:
         out["mb_per_s"] = {
             contender: {size: size * megabytes / t for size, t in points.items()}
             for contender, points in medians.items()
+            if points  # a contender skipped (not installed, too slow) has no speed
         }
     elif name == "stragglers":
         params = record["params"]
