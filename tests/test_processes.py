@@ -91,21 +91,26 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.timeout(90)
-@pytest.mark.parametrize("method", START_METHODS)
-def test_a_cold_start_imports_only_what_it_needs(method, tmp_path, core_python, core_child_env):
-    script = tmp_path / "cold.py"
-    script.write_text(_COLD_SCRIPT)
+def _run_script(source: str, method: str, tmp_path, python: str, env: dict) -> dict:
+    """Run ``source`` as a fresh script under ``method`` (warnings as errors); what it printed, as JSON."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
     done = subprocess.run(
-        [core_python, "-W", "error", str(script), method],
-        env=core_child_env,
+        [python, "-W", "error", str(script), method],
+        env=env,
         capture_output=True,
         text=True,
         timeout=80,
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("method", START_METHODS)
+def test_a_cold_start_imports_only_what_it_needs(method, tmp_path, core_python, core_child_env):
+    found = _run_script(_COLD_SCRIPT, method, tmp_path, core_python, core_child_env)
     heavy = ("ssl", "hashlib", "difflib", "multiprocessing", "cloudpickle", "Pyro4", "numpy")
     heavy += ("dataclasses", "inspect", "ast", "dis")  # a third of the import, once
     assert [name for name in found["imported"] if name.split(".")[0] in heavy] == []
@@ -157,16 +162,5 @@ def test_a_function_of_the_script_travels_by_name_where_the_workers_have_it(
 ):
     # A plain function at the top of the script needs no cloudpickle on either side; one
     # the workers may lack (defined or reading a global set under __main__) still works.
-    script = tmp_path / "main.py"
-    script.write_text(_MAIN_SCRIPT)
-    done = subprocess.run(
-        [core_python, "-W", "error", str(script), method],
-        env=core_child_env,
-        capture_output=True,
-        text=True,
-        timeout=80,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout)
+    found = _run_script(_MAIN_SCRIPT, method, tmp_path, core_python, core_child_env)
     assert found == {"worker": [False, False], "caller": False, "rest": [2.0, 12, 5, -4]}
