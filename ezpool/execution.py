@@ -6,6 +6,7 @@ import logging
 from array import array
 from collections.abc import Iterator, Sequence
 from functools import partial
+from itertools import starmap
 from operator import mul
 from time import perf_counter
 from typing import Any, Callable, Optional, Union, overload
@@ -22,6 +23,8 @@ __all__ = [
     "run_chunk",
     "run_chunk_captured",
     "group_size",
+    "group_mark",
+    "read_mark",
     "GROUP_SECONDS",
     "pack_chunk",
     "unpack_chunk",
@@ -36,6 +39,11 @@ GROUP_SECONDS = 1e-4
 #: Most tasks in one group, and how many times larger a group may be than the last.
 _GROUP_MOST = 4096
 _GROUP_GROWTH = 16
+
+#: A mark holds a position in its low bits and, above these, how many more tasks
+#: its group holds (see ``group_mark``).
+_SPAN_SHIFT = 48
+_POSITION_BITS = (1 << _SPAN_SHIFT) - 1
 
 #: A decoded reply: first position, values, run times, failures, and what the
 #: tasks wrote by offset (``None`` when output was not captured, or none was written).
@@ -113,57 +121,58 @@ def run_chunk(
     mark: Any,
     into: Optional[ChunkOutcome] = None,
     stop: Any = None,
+    exact: bool = False,
 ) -> ChunkOutcome:
     """Run every task of a chunk; a failing task is recorded and the rest still run.
 
-    ``mark[0]`` (a shared ``memoryview`` of 64-bit ints, or any list) is set to each
-    task's position before it runs, and to -1 at the end, so that the parent can
-    tell which task a dying or hung process was running.
+    ``mark[0]`` (a shared ``memoryview`` of 64-bit ints, or any list) says which
+    tasks run now (see ``group_mark``), and is -1 at the end, so that the parent
+    can tell what a dying or hung process was running: with ``exact`` it names
+    each task before it runs; otherwise it names each *group* of tasks (below)
+    as it starts, and a crash is narrowed down to its task by running that group
+    again with ``exact`` (the parallel backend does). A timeout needs ``exact``.
     Returns the values (``None`` where a task failed), the run times (a
     ``GroupTimes``), and the failures by offset within the chunk; ``into`` (three
     empty containers, the times an ``array('d')`` or a ``GroupTimes``) receives
     them as they come, so that another thread can read what has finished. When
-    ``stop.cancel`` becomes true the chunk ends after the running task, short.
+    ``stop.cancel`` becomes true the chunk ends short: after the running task
+    with ``exact``, else after the running group.
 
     Run times are read in *groups* of consecutive tasks (see ``GROUP_SECONDS``):
     a task that takes ``GROUP_SECONDS`` or more is always timed alone, and tasks
     shorter than that share their group's time equally. Reading the clock costs
     about as much as a tiny task, so timing each of a million ``x*x`` alone would
-    double what they cost. The times of a group are added when it ends, so
-    ``into``'s times may trail its values by one group while the chunk runs.
+    double what they cost; and a group runs as one ``map`` over its tasks, which
+    costs half what a loop of Python statements a task does. The times of a group
+    are added when it ends, so ``into``'s times may trail its values by one group
+    while the chunk runs.
 
     Any exception a task raises is its outcome, ``SystemExit`` and
     ``KeyboardInterrupt`` included: a task cannot end the process that runs it.
     """
     values, times, failures = into if into is not None else ([], GroupTimes(), {})
-    add_value, clock = values.append, perf_counter
+    clock = perf_counter
     add_group: Callable[[int, float], None]
     if isinstance(times, GroupTimes):
         add_group = times.add
     else:
         def add_group(ran: int, each: float, extend: Any = times.extend) -> None:
             extend(array("d", (each,)) * ran)
+    spread = None if exact else _spreader(tasks)
     count = len(tasks)
+    offset = -len(values)  # what to add to len(values) for a task's offset in the chunk
     low = 0  # offset of the group's first task
     size = 1  # the first task of a chunk is timed alone
     began = clock()
     while low < count:
         high = min(count, low + size)
-        position = first + low
-        for task in tasks[low:high]:
-            mark[0] = position
-            try:
-                # The unpacking rule of ezpool.tasks.call, inlined: this is the hot loop.
-                value = fun(*task) if type(task) is tuple else fun(task)
-            except BaseException as exc:
-                value = None
-                failures[position - first] = capture(exc)
-            add_value(value)
-            position += 1
-            if stop is not None and stop.cancel:
-                break
+        if spread is None:
+            ran = _run_marked(fun, tasks[low:high], first + low, mark, values, failures, offset, stop)
+        else:
+            ran = high - low
+            mark[0] = group_mark(first + low, ran)
+            _run_group(spread, fun, tasks[low:high], values, failures, offset)
         finished = clock()
-        ran = position - first - low
         spent = finished - began
         add_group(ran, spent / ran)
         began = finished
@@ -173,6 +182,79 @@ def run_chunk(
         size = group_size(spent, ran, size)
     mark[0] = -1
     return values, times, failures
+
+
+def group_mark(position: int, count: int) -> int:
+    """A mark saying that tasks ``position .. position + count - 1`` run now."""
+    return position | (count - 1) << _SPAN_SHIFT
+
+
+def read_mark(mark: int) -> tuple[int, int]:
+    """What a mark says: the position of the first task running, and how many run
+    with it as one group (``(-1, 0)``: none)."""
+    if mark < 0:
+        return -1, 0
+    return mark & _POSITION_BITS, (mark >> _SPAN_SHIFT) + 1
+
+
+def _spreader(tasks: Sequence[Any]) -> Optional[Callable[..., Iterator[Any]]]:
+    """How a group of ``tasks`` runs as one call: ``map`` when none is a tuple, ``starmap``
+    when all are (the rule of ``ezpool.tasks.call``); ``None``: task by task."""
+    if type(tasks) is range:
+        return map
+    kinds = set(map(type, tasks))
+    if tuple not in kinds:
+        return map
+    return starmap if len(kinds) == 1 else None
+
+
+def _run_group(
+    spread: Callable[..., Iterator[Any]],
+    fun: Callable[..., Any],
+    group: Sequence[Any],
+    values: list[Any],
+    failures: dict[int, ExceptionRecord],
+    offset: int,
+) -> None:
+    """Run a group as one ``values.extend(map(fun, group))``. When a task raises, the
+    values before it are in ``values`` already, and the rest of the group goes on."""
+    remaining = iter(group)
+    while True:
+        try:
+            values.extend(spread(fun, remaining))
+            return
+        except BaseException as exc:
+            failures[len(values) + offset] = capture(exc)
+            values.append(None)
+
+
+def _run_marked(
+    fun: Callable[..., Any],
+    group: Sequence[Any],
+    position: int,
+    mark: Any,
+    values: list[Any],
+    failures: dict[int, ExceptionRecord],
+    offset: int,
+    stop: Any,
+) -> int:
+    """Run a group task by task, each marked as it starts; how many ran (fewer when
+    ``stop.cancel`` came)."""
+    add_value = values.append
+    ran = 0
+    for task in group:
+        mark[0] = position + ran
+        try:
+            # The unpacking rule of ezpool.tasks.call, inlined: this is a hot loop.
+            value = fun(*task) if type(task) is tuple else fun(task)
+        except BaseException as exc:
+            value = None
+            failures[len(values) + offset] = capture(exc)
+        add_value(value)
+        ran += 1
+        if stop is not None and stop.cancel:
+            break
+    return ran
 
 
 def group_size(spent: float, ran: int, size: int) -> int:

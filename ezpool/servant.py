@@ -116,17 +116,19 @@ class _Job:
     """One chunk handed to the runner thread, and what it has done so far."""
 
     __slots__ = (
-        "run", "tasks", "first", "level", "mark", "cancel", "done", "values", "times", "failures", "outputs",
+        "run", "tasks", "first", "level", "exact", "mark", "cancel", "done", "values", "times", "failures",
+        "outputs",
     )
 
     def __init__(
-        self, run: Callable[..., Any], tasks: Sequence[Any], first: int, level: Optional[int]
+        self, run: Callable[..., Any], tasks: Sequence[Any], first: int, level: Optional[int], exact: bool
     ) -> None:
         self.run = run
         self.tasks = tasks
         self.first = first
         self.level = level  # None, or the lowest log level to keep with what tasks print
-        self.mark = [-1]  # the position running now, -1 between tasks
+        self.exact = exact  # whether the mark names every task (for a timeout), see run_chunk
+        self.mark = [-1]  # what runs now (see execution.group_mark), -1 between tasks
         self.cancel = False  # set by the watching thread: stop after the current task
         self.done = threading.Event()
         # Filled by the runner as tasks finish, so that a timeout can answer with them.
@@ -277,7 +279,7 @@ class Servant:
                 tasks = [task for payload in payloads for task in loads(payload)]
             except BaseException as exc:
                 return "ok", pack_chunk(first, failed_chunk(count, capture(exc)))
-            job = self._job = _Job(run, tasks, first, capture_level)
+            job = self._job = _Job(run, tasks, first, capture_level, exact=timeout is not None)
             self._lock.notify_all()
         outcome = self._watch(job, timeout, client_gone)
         if call in self._faults.drop_reply:
@@ -337,7 +339,7 @@ class Servant:
                 job = self._job
             into = (job.values, job.times, job.failures)
             if job.level is None:
-                run_chunk(job.run, job.tasks, job.first, job.mark, into, job)
+                run_chunk(job.run, job.tasks, job.first, job.mark, into, job, job.exact)
             else:
                 run_chunk_captured(job.run, job.tasks, job.first, job.mark, job.level, job.outputs, into, job)
             with self._lock:

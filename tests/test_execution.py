@@ -9,7 +9,16 @@ from functools import partial
 import pytest
 
 from ezpool import Pool, WorkerCrashed
-from ezpool.execution import GROUP_SECONDS, GroupTimes, group_size, pack_chunk, run_chunk, unpack_chunk
+from ezpool.execution import (
+    GROUP_SECONDS,
+    GroupTimes,
+    group_mark,
+    group_size,
+    pack_chunk,
+    read_mark,
+    run_chunk,
+    unpack_chunk,
+)
 from tests import _helpers as h
 
 
@@ -47,10 +56,50 @@ def test_the_first_task_of_a_chunk_is_timed_alone():
 
 
 @pytest.mark.timeout(30)
-def test_every_task_is_marked_before_it_runs_even_in_groups():
+def test_with_exact_every_task_is_marked_before_it_runs_even_in_groups():
     marks = _Marks()
-    run_chunk(h.square, range(5000), 100, marks)
+    run_chunk(h.square, range(5000), 100, marks, exact=True)
     assert marks.seen == [*range(100, 5100), -1]
+
+
+@pytest.mark.timeout(30)
+def test_without_exact_each_group_is_marked_as_it_starts_and_the_marks_cover_every_task():
+    marks = _Marks()
+    values, times, _ = run_chunk(h.square, list(range(5000)), 100, marks)
+    assert values == [n * n for n in range(5000)]
+    assert marks.seen[-1] == -1
+    groups = [read_mark(mark) for mark in marks.seen[:-1]]
+    assert groups[0] == (100, 1)  # the first task of a chunk runs alone
+    assert len(groups) < 5000 and max(count for _, count in groups) > 1
+    covered = [position for start, count in groups for position in range(start, start + count)]
+    assert covered == list(range(100, 5100))
+    assert list(times.counts) == [count for _, count in groups]  # one time per group
+
+
+def test_a_mark_reads_back_as_its_position_and_group():
+    assert read_mark(-1) == (-1, 0)
+    assert read_mark(group_mark(7, 1)) == (7, 1) and group_mark(7, 1) == 7
+    assert read_mark(group_mark(123_456_789_012, 4096)) == (123_456_789_012, 4096)
+    assert group_mark(2**47, 4096) < 2**63  # fits the shared 64-bit slot
+
+
+def _add(a: int, b: int) -> int:
+    if a == 2500:
+        raise KeyboardInterrupt("a task's own")
+    return a + b
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("exact", [False, True])
+def test_tuple_tasks_are_spread_and_others_passed_whole_in_groups(exact):
+    pairs = [(n, 1) for n in range(5000)]
+    values, _, failures = run_chunk(_add, pairs, 0, [-1], exact=exact)
+    assert list(failures) == [2500] and failures[2500].type_name.endswith("KeyboardInterrupt")
+    assert values[:2500] == list(range(1, 2501)) and values[2501:] == list(range(2502, 5001))
+    # Mixed: a tuple is spread, a string (or a named tuple) is one argument.
+    mixed = [(n, 1) if n % 2 else str(n) for n in range(3000)]
+    values, _, failures = run_chunk(lambda *args: args, mixed, 0, [-1], exact=exact)
+    assert failures == {} and values == [(n, 1) if n % 2 else (str(n),) for n in range(3000)]
 
 
 def _fail_on_3000(n: int) -> int:
@@ -60,18 +109,34 @@ def _fail_on_3000(n: int) -> int:
 
 
 @pytest.mark.timeout(30)
-def test_a_failure_in_a_group_is_charged_to_its_own_task():
-    values, times, failures = run_chunk(_fail_on_3000, range(5000), 10, [-1])
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_failure_in_a_group_is_charged_to_its_own_task(exact):
+    values, times, failures = run_chunk(_fail_on_3000, range(5000), 10, [-1], exact=exact)
     assert list(failures) == [3000] and values[3000] is None and values[2999] == 2999
+    assert values[3001:] == list(range(3001, 5000))
     assert len(values) == len(times) == 5000
+
+
+class _Stop:
+    cancel = False
 
 
 @pytest.mark.timeout(30)
 def test_a_stop_request_ends_the_chunk_after_the_running_task_with_its_times():
-    class Stop:
-        cancel = False
+    stop = _Stop()
 
-    stop = Stop()
+    def task(n: int) -> int:
+        if n == 1234:
+            stop.cancel = True
+        return n
+
+    values, times, _ = run_chunk(task, range(5000), 0, [-1], stop=stop, exact=True)
+    assert values == list(range(1235)) and len(times) == 1235
+
+
+@pytest.mark.timeout(30)
+def test_without_exact_a_stop_request_ends_the_chunk_after_the_running_group():
+    stop = _Stop()
 
     def task(n: int) -> int:
         if n == 1234:
@@ -79,7 +144,8 @@ def test_a_stop_request_ends_the_chunk_after_the_running_task_with_its_times():
         return n
 
     values, times, _ = run_chunk(task, range(5000), 0, [-1], stop=stop)
-    assert values == list(range(1235)) and len(times) == 1235
+    assert 1235 <= len(values) < 5000 and values == list(range(len(values)))
+    assert len(times) == len(values)
 
 
 @pytest.mark.timeout(10)

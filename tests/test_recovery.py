@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from ezpool import Pool, ResultNotSerializable, TaskTimeout, WorkerCrashed
+from tests import _helpers as h
 
 START_METHODS = ["fork", "spawn"]
 
@@ -93,3 +95,15 @@ def test_the_timeout_clock_starts_afresh_in_every_call():
         # ...which must not count against the same positions in call 2.
         results = pool.pmap(time.sleep, [0.5, 0.51], ncpu=2, timeout=1)
     assert results.errors == {}
+
+
+@pytest.mark.timeout(120)
+def test_a_crash_in_a_group_of_tiny_tasks_is_run_again_marked_and_lands_on_its_task(caplog):
+    """Tiny tasks run in groups with one mark for the group: the group that died runs
+    again with every task marked, and only the crasher is charged (once)."""
+    with Pool(progress=False) as pool:
+        results = pool.pmap(partial(h.exit_on, 4321), range(20_000), ncpu=2, max_attempts=1)
+    assert list(results.errors) == [4321]
+    assert "attempt 1 of 1" in str(results[4321]) and "task 4321" in str(results[4321])
+    assert all(results[n] == n * 10 for n in range(20_000) if n != 4321)
+    assert any("one by one" in record.getMessage() for record in caplog.records)

@@ -28,9 +28,10 @@ _PARENT_CHECK_EVERY = 0.5
 def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
     """Serve chunks from ``conn`` until told to stop or the parent goes away.
 
-    A request is ``(fid, parcel_or_None, first, stop, pieces, capture_level)``: the
-    function to run is the one cached under ``fid``, loaded from ``parcel`` when one
-    comes (see ``ezpool.shared``); each piece is the pickle of some of the tasks, or
+    A request is ``(fid, parcel_or_None, first, stop, exact, pieces, capture_level)``:
+    the function to run is the one cached under ``fid``, loaded from ``parcel`` when
+    one comes (see ``ezpool.shared``); ``exact`` asks for every task to be marked as
+    it starts, not only each group (see ``run_chunk``); each piece is the pickle of some of the tasks, or
     ``None`` for one that follows the request as a message of its own;
     ``capture_level`` is ``None``, or the lowest log
     level to keep with what the tasks print, see ``ezpool.output``. The reply is what
@@ -50,7 +51,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
         request = requests.get()
         if request is None:
             return
-        fid, parcel, first, stop, pieces, level = request
+        fid, parcel, first, stop, exact, pieces, level = request
         del request  # a parcel may be big (where big buffers cannot be mapped)
         if parcel is not None:
             functions.receive(parcel)
@@ -64,7 +65,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
             outcome = failed_chunk(stop - first, capture(exc))
         else:
             if level is None:
-                outcome = run_chunk(fun, tasks, first, mark)
+                outcome = run_chunk(fun, tasks, first, mark, exact=exact)
             else:
                 outcome = run_chunk_captured(fun, tasks, first, mark, level, outputs)
         try:
@@ -84,7 +85,7 @@ def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[tuple[
             request = loads(wire.receive(conn))
             if request is None:
                 break
-            pieces = request[4]
+            pieces = request[5]
             for index, piece in enumerate(pieces):
                 if piece is None:
                     pieces[index] = wire.receive(conn)

@@ -6,13 +6,16 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
     ─────────────────────────────────────────          ───────────────────────────
     publish the function (ezpool.shared), tasks in pieces
     each worker holds up to two chunks:                  a reader thread queues them;
-      ── (fid, parcel?, first, stop, pieces, level) ─▶  unpickle, run each task:
-      ── then each big piece, part by part ─▶               mark = its position
+      ── (fid, parcel?, first, stop, exact, pieces, ─▶  unpickle, run each task:
+         level)
+      ── then each big piece, part by part ─▶               mark = its position (tiny
+                                                            ones: its group's, see run_chunk)
     wait(pipes + process sentinels, timeout)  ◀── (first, values, times, failures,
                                                    [what tasks wrote, if captured])
       ├─ a reply: top that worker up to two chunks, then yield a Batch
       ├─ a sentinel: the process died; ``mark`` names the task it was running,
-      │   which gets WorkerCrashed (or one more try); the rest of its chunks is redone
+      │   which gets WorkerCrashed (or one more try), or a group of tiny tasks, which
+      │   runs again with every task marked; the rest of its chunks is redone
       └─ a timeout: a mark unchanged for ``timeout`` seconds: kill the process,
           the task gets TaskTimeout, the rest of its chunk is redone, a new one starts
 
@@ -275,7 +278,9 @@ class _Call:
             fid = self.parcel.fid
             parcel = None if fid in proc.holds else self.parcel
             try:
-                head = (fid, parcel, piece.start, piece.stop)
+                # Every task is marked where a timeout must find it, or a crash is narrowed down.
+                exact = self.timeout is not None or piece.alone
+                head = (fid, parcel, piece.start, piece.stop, exact)
                 _send_request(proc.conn, head, piece.payloads, self.capture_level)
             except OSError:  # it died: its sentinel will say so; put this chunk back
                 self.pending.put_back(piece.start, piece.stop)
@@ -322,7 +327,7 @@ class _Call:
         now = perf_counter()
         late = []
         for proc in set(busy.values()):
-            position, since = proc.running(now)
+            position, _, since = proc.running(now)
             if position >= 0 and now - since > self.timeout:
                 late.append(proc)
         return late
@@ -330,7 +335,7 @@ class _Call:
     def _lost(self, proc: WorkerProcess, busy: dict[Any, WorkerProcess], timed_out: bool) -> Iterator[Batch]:
         """A process died (or was killed for a timeout) with chunks in flight."""
         _forget(busy, proc)
-        position, began = proc.running(perf_counter())
+        position, group, began = proc.running(perf_counter())
         if timed_out:
             proc.process.kill()
         proc.process.join(STOP_GRACE)
@@ -363,6 +368,17 @@ class _Call:
             logger.warning("worker process %s %s outside any task; retrying its chunk", proc.name, how)
             for spot in reversed(range(start, stop)):
                 yield from self._strike(spot, proc.name, how, 0.0, where="outside any task, holding")
+        elif group > 1 and not timed_out:
+            # It died in a group of tiny tasks, run without a mark each: the group runs
+            # again, every task marked, so that the next crash names its task. Nothing
+            # is counted against any of them yet.
+            start, stop = hit
+            end = min(stop, position + group)
+            logger.warning("worker process %s %s while running tasks %r .. %r; running them again "
+                           "one by one", proc.name, how, self.tasks[position], self.tasks[end - 1])
+            self.pending.put_back(end, stop)
+            self.pending.put_back(position, end, alone=True)
+            self.pending.put_back(start, position)
         else:
             start, stop = hit
             self.pending.put_back(position + 1, stop)

@@ -16,8 +16,9 @@ may not have children. None of them outlives the pool that started it:
   same loop, so they follow it within another half second.
 
 Each process has a ``mark``: one 64-bit integer in memory shared with the caller,
-the position of the task it is running (-1: none), so that a crash or a timeout
-is blamed on that task. It is an anonymous shared page, which a forked process
+the position of the task it is running, or of the group of tiny tasks (-1: none;
+see ``execution.group_mark``), so that a crash or a timeout is blamed on that
+task, or narrowed down to it. It is an anonymous shared page, which a forked process
 inherits; a ``spawn`` or ``forkserver`` process gets it as a memory file
 descriptor (``memfd``), sent with its start-up arguments (each side then holds
 the mapping's own descriptor while the process lives). Neither needs ``ctypes``,
@@ -38,6 +39,7 @@ from multiprocessing.util import Finalize
 from time import monotonic
 from typing import Any
 
+from ..execution import read_mark
 from ..serialization import dumps
 from . import child, wire
 
@@ -83,12 +85,14 @@ class WorkerProcess:
         self.seen = (-1, 0.0)  # (mark, when the caller first saw it), for timeouts
         self.served = False  # whether it ever sent a reply
 
-    def running(self, now: float) -> tuple[int, float]:
-        """The position of the task running now (-1: none) and since when, roughly."""
-        position = self.mark[0]
-        if position != self.seen[0]:
-            self.seen = (position, now)
-        return int(position), self.seen[1]
+    def running(self, now: float) -> tuple[int, int, float]:
+        """What runs now: the position of its first task (-1: none), how many tasks
+        run with it as one group (see ``execution.read_mark``), and since when, roughly."""
+        mark = int(self.mark[0])
+        if mark != self.seen[0]:
+            self.seen = (mark, now)
+        position, count = read_mark(mark)
+        return position, count, self.seen[1]
 
     def kill(self) -> None:
         if self.process.is_alive():
