@@ -134,6 +134,19 @@ def test_partial_results_keep_the_run_times_of_what_was_reported():
     assert dict(partial) == {2: 4, 3: 9} and partial.elapsed == {2: 0.2, 3: 0.3}
 
 
+def test_the_dict_fills_as_batches_come_in_order_and_partial_adds_the_early_ones():
+    builder = ResultsBuilder(range(6))
+    builder.add(Batch(0, [0, 1], [0.0, 0.0], set(), "w1"))
+    assert dict(builder._results) == {0: 0, 1: 1}  # in the dict before the call ends
+    builder.add(Batch(4, [16, 25], [0.0, 0.0], set(), "w2"))  # early: waits for 2..3
+    assert len(builder._results) == 2
+    partial = builder.partial(0.1)
+    assert list(partial.items()) == [(0, 0), (1, 1), (4, 16), (5, 25)]
+    builder.add(Batch(2, [4, ValueError("3")], [0.0, 0.0], {1}, "w1"))
+    results = builder.finish(0.2)
+    assert list(results) == list(range(6)) and results[5] == 25 and list(results.errors) == [3]
+
+
 @pytest.mark.parametrize("keys", [range(5), range(3, 8), range(10, 0, -2)])
 def test_results_of_a_range_pair_each_task_with_its_own_value(keys):
     builder = ResultsBuilder(keys)
