@@ -221,6 +221,9 @@ class ChunkQueue:
         self._pending: deque[Chunk] = deque()
         self._undispatched = 0
         self.feed: Optional[Feed] = tasks if isinstance(tasks, Feed) else None
+        # A slice of a range cannot fail to pickle, and pickles as three numbers whatever
+        # its length: it is pickled once a chunk is taken, whole (see ``take``).
+        self._range = isinstance(tasks, range)
         if self.feed is not None:
             self._split = False  # pieces are cut to the measured size as they are read
             return
@@ -235,7 +238,8 @@ class ChunkQueue:
             probes = [(n, n + 1) for n in range(start, min(stop - 1, start + workers))]
             pieces[:1] = [*probes, (probes[-1][1] if probes else start, stop)]
         self._pending.extend(
-            Chunk(start, stop, (dumps_tasks(tasks[start:stop]),), False) for start, stop in pieces
+            Chunk(start, stop, () if self._range else (dumps_tasks(tasks[start:stop]),), False)
+            for start, stop in pieces
         )
         self._undispatched = len(tasks)
 
@@ -289,17 +293,20 @@ class ChunkQueue:
             cut = first.start + most
             self._pending.appendleft(Chunk(cut, first.stop, (), first.alone))
             first = Chunk(first.start, cut, (), first.alone)
-        payloads, stop = [*self._pickled(first)], first.stop
+        pieces, stop = [first], first.stop
         if not first.alone and not self._fixed:
             pending = self._pending
             while pending and not pending[0].alone and pending[0].start == stop:
                 if pending[0].stop - first.start > limit:
                     break
-                piece = pending.popleft()
-                payloads.extend(self._pickled(piece))
-                stop = piece.stop
+                pieces.append(pending.popleft())
+                stop = pieces[-1].stop
         self._undispatched -= stop - first.start
-        return Chunk(first.start, stop, tuple(payloads), first.alone)
+        if self._range:  # one slice: the worker runs a range as it is (see execution.run_chunk)
+            payloads: tuple[Pickled, ...] = (dumps_tasks(self._tasks[first.start : stop]),)
+        else:
+            payloads = tuple(payload for piece in pieces for payload in self._pickled(piece))
+        return Chunk(first.start, stop, payloads, first.alone)
 
     def _pickled(self, piece: Chunk) -> tuple[Pickled, ...]:
         """The payloads of a piece, pickled now if it was cut off by an earlier split."""
