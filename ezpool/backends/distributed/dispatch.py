@@ -335,11 +335,14 @@ class Call:
             link.move(State.READY)
             return Verdict("returned", reason=str(exc))
         reason = f"its process was replaced while it held the chunk ({exc})"
-        logger.warning("lost worker %s: %s", link.text, reason)
         unfit = self._unfit(info)
         if unfit:
+            logger.warning("lost worker %s: %s; the process there now gets no work: %s",
+                           link.text, reason, unfit)
             link.move(State.LOST, unfit)
         else:
+            logger.warning("lost worker %s: %s; a new process answers there, and gets work",
+                           link.text, reason)
             link.admit(info)
         return Verdict("lost", reason=reason)
 
