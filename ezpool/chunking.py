@@ -16,6 +16,7 @@ run. A piece that would answer with more than that is cut when it is taken.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from collections import deque
@@ -29,7 +30,17 @@ from .serialization import Pickled, dumps_tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plan_pieces", "least_piece", "ChunkSizer", "Chunk", "ChunkQueue", "TARGET_SECONDS", "REPLY_BYTES"]
+__all__ = [
+    "plan_pieces",
+    "least_piece",
+    "ChunkSizer",
+    "Chunk",
+    "ChunkQueue",
+    "Prior",
+    "Priors",
+    "TARGET_SECONDS",
+    "REPLY_BYTES",
+]
 
 #: About how long one chunk should keep a worker busy.
 TARGET_SECONDS = 0.01
@@ -49,6 +60,9 @@ LONGEST_TARGET = 0.25
 #: the round trip it would save another worker costs more.
 LEAST_SECONDS = 0.001
 
+#: A small call's fair shares are halved when at most this many chunks are in flight.
+HALVED_UP_TO = 16
+
 #: Calls of at least this many tasks a worker never cut pieces or chunks below
 #: their first piece (see ``least_piece``).
 _LEAST_FROM = 256
@@ -57,6 +71,9 @@ _LEAST_FROM = 256
 #: takes about ten times what a round trip costs beyond its data, so smaller
 #: replies gain little, and larger ones hold results back.
 REPLY_BYTES = 1 << 20
+
+#: Functions whose measured run times a backend keeps for their next call.
+KEPT_PRIORS = 32
 
 #: Run times the sizer sums at most, from one reply (evenly spaced).
 _SAMPLED = 1024
@@ -95,10 +112,44 @@ def plan_pieces(
     return pieces
 
 
+class Prior(NamedTuple):
+    """What a sizer measured in an earlier call of the same function: seconds a task,
+    and bytes of reply a task (``None``: not measured)."""
+
+    seconds: float
+    reply_bytes: Optional[float]
+
+
+class Priors:
+    """The ``Prior`` of each function a backend ran lately, by its id (at most ``KEPT_PRIORS``).
+
+    A call of a function run before starts from what its last call measured, as Dask
+    starts a task from the mean duration of its kind: its first chunks are sized at
+    once, with no round of single-task probes while nothing is known.
+    """
+
+    def __init__(self) -> None:
+        self._kept: collections.OrderedDict[str, Prior] = collections.OrderedDict()
+
+    def get(self, key: str) -> Optional[Prior]:
+        return self._kept.get(key)
+
+    def keep(self, key: str, sizer: ChunkSizer) -> None:
+        prior = sizer.prior()
+        if prior is None:
+            return
+        self._kept[key] = prior
+        self._kept.move_to_end(key)
+        while len(self._kept) > KEPT_PRIORS:
+            self._kept.popitem(last=False)
+
+
 class ChunkSizer:
     """Decides how many tasks the next chunk may hold, from the run times seen so far."""
 
-    def __init__(self, slots: int, target: float = TARGET_SECONDS, least: int = 1) -> None:
+    def __init__(
+        self, slots: int, target: float = TARGET_SECONDS, least: int = 1, prior: Optional[Prior] = None
+    ) -> None:
         self._slots = slots  # chunks in flight at once: workers x chunks each holds
         self._base = self._target = target
         self._cost: Optional[float] = None  # what a chunk costs beyond its tasks, smoothed
@@ -106,7 +157,26 @@ class ChunkSizer:
         self._tasks = 0
         self._seconds = 0.0
         self._answered = 0  # tasks whose replies were measured in bytes
-        self._bytes = 0
+        self._bytes = 0.0
+        if prior is not None:
+            self.seed(prior)
+
+    def seed(self, prior: Prior) -> None:
+        """Start from what an earlier call measured, before anything is measured here.
+        It weighs as one task for every chunk in flight: the first replies outweigh it."""
+        if self._tasks:
+            return
+        self._tasks = self._slots
+        self._seconds = self._slots * prior.seconds
+        if prior.reply_bytes is not None:
+            self._answered, self._bytes = self._slots, self._slots * prior.reply_bytes
+
+    def prior(self) -> Optional[Prior]:
+        """What was measured, for the next call of the same function (``None``: nothing)."""
+        if not self._tasks:
+            return None
+        per_reply = self._bytes / self._answered if self._answered else None
+        return Prior(self._seconds / self._tasks, per_reply)
 
     def record(
         self, times: Sequence[float], trip: Optional[float] = None, reply_bytes: Optional[int] = None
@@ -173,8 +243,11 @@ class ChunkSizer:
         fair_share = _MOST
         if remaining != math.inf:
             # A share of what is left for every chunk in flight; half that in a small
-            # call, whose tail may be far longer than its measured head.
-            shares = self._slots if self._least > 1 else 2 * self._slots
+            # call on a few workers, whose tail may be far longer than its measured head.
+            # (Over many, a share is small already, and each chunk more is paid by the
+            # one caller they all answer to.)
+            halved = self._least == 1 and self._slots <= HALVED_UP_TO
+            shares = 2 * self._slots if halved else self._slots
             least = self._least
             if least > 1:  # a large call: no chunk cut below LEAST_SECONDS of measured work
                 least = max(least, int(LEAST_SECONDS / mean))
@@ -212,12 +285,13 @@ class ChunkQueue:
         depth: int = 1,
         split: bool = False,
         target: float = TARGET_SECONDS,
+        prior: Optional[Prior] = None,
     ) -> None:
         self._tasks = tasks
         self._fixed = chunksize is not None
         self._chunksize = chunksize
         least = 1 if isinstance(tasks, Feed) else least_piece(len(tasks), workers)
-        self.sizer = ChunkSizer(workers * depth, target, least=least)
+        self.sizer = ChunkSizer(workers * depth, target, least=least, prior=prior)
         self._pending: deque[Chunk] = deque()
         self._undispatched = 0
         self.feed: Optional[Feed] = tasks if isinstance(tasks, Feed) else None
@@ -231,9 +305,9 @@ class ChunkQueue:
         # is then one task, and slow tasks never travel by the hundred.
         self._split = split and not self._fixed
         pieces = plan_pieces(len(tasks), workers, chunksize, least)
-        if self._split and pieces:
-            # Each worker's first chunk is one task: cut those off the first piece now,
-            # rather than pickle the whole piece and cut it (and pickle it again) later.
+        if self._split and pieces and prior is None:
+            # While nothing is known, each worker's first chunk is one task: cut those off
+            # the first piece now, rather than pickle it whole, cut it and pickle it again.
             start, stop = pieces[0]
             probes = [(n, n + 1) for n in range(start, min(stop - 1, start + workers))]
             pieces[:1] = [*probes, (probes[-1][1] if probes else start, stop)]

@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ezpool.chunking import TARGET_SECONDS, ChunkSizer, plan_pieces
+from ezpool.chunking import (
+    HALVED_UP_TO,
+    KEPT_PRIORS,
+    TARGET_SECONDS,
+    ChunkQueue,
+    ChunkSizer,
+    Prior,
+    Priors,
+    plan_pieces,
+)
 
 counts = st.integers(0, 5000)
 workers = st.integers(1, 64)
@@ -73,7 +82,8 @@ def test_a_chunk_holds_about_the_target_of_work_and_at_least_one_task(slots, see
         work = limit * mean
         assert work <= TARGET_SECONDS * 1.000001
         # never more than a fair share of what is left, so no core idles at the end
-        assert limit <= math.ceil(remaining / (2 * slots))
+        # (half of one for a few workers)
+        assert limit <= math.ceil(remaining / (2 * slots if slots <= HALVED_UP_TO else slots))
 
 
 def test_slow_tasks_go_one_by_one_and_tiny_ones_by_the_thousand():
@@ -92,6 +102,17 @@ def test_cheap_first_tasks_do_not_hand_the_expensive_tail_to_one_worker():
     sizer = ChunkSizer(4)
     sizer.record([1e-6, 1e-6, 2e-6])
     assert sizer.limit(29) <= math.ceil(29 / 8)
+
+
+def test_a_small_call_over_many_workers_gets_whole_fair_shares():
+    # 128 workers of 50 ms tasks: halving the shares would double the chunks that the
+    # one caller handles, in bursts, for a tail that is a task long anyway.
+    sizer = ChunkSizer(128, target=5.0)
+    sizer.record([0.05] * 128)
+    assert sizer.limit(1152) == math.ceil(1152 / 128)
+    few = ChunkSizer(HALVED_UP_TO, target=5.0)
+    few.record([0.05] * 16)
+    assert few.limit(1152) == math.ceil(1152 / (2 * HALVED_UP_TO))
 
 
 def test_chunk_queue_hands_out_every_task_once_and_puts_work_back_in_front():
@@ -259,3 +280,36 @@ def test_big_arguments_are_held_once_while_they_wait():
     big = [part for part in parts if len(part) >= 1 << 20]
     assert len(big) == len(tasks) and all(part is task for part, task in zip(big, tasks))
     assert sum(len(part) for part in parts if len(part) < 1 << 20) < 4096
+
+
+def test_a_prior_sizes_the_first_chunks_and_the_first_replies_outweigh_it():
+    sizer = ChunkSizer(2)
+    assert sizer.prior() is None and sizer.limit(1000) == 1  # nothing known: one piece
+    sizer.record([1e-3] * 10, reply_bytes=800)
+    prior = sizer.prior()
+    assert prior == Prior(pytest.approx(1e-3), pytest.approx(80.0))
+    again = ChunkSizer(2, prior=prior)
+    assert again.limit(1_000_000) in (9, 10)  # about TARGET_SECONDS of work at once, from the prior
+    again.record([1e-5] * 1000)  # this call's tasks are far quicker: they count, not the prior
+    assert again.mean < 1.5e-5  # the prior weighs as two tasks here, against 1000 measured
+
+
+def test_priors_are_kept_by_function_for_the_most_recent_ones():
+    priors = Priors()
+    nothing = ChunkSizer(2)
+    priors.keep("unmeasured", nothing)
+    assert priors.get("unmeasured") is None
+    for n in range(KEPT_PRIORS + 1):
+        sizer = ChunkSizer(2)
+        sizer.record([float(n + 1)])
+        priors.keep(f"f{n}", sizer)
+    assert priors.get("f0") is None and priors.get(f"f{KEPT_PRIORS}") == Prior(KEPT_PRIORS + 1.0, None)
+
+
+def test_a_split_queue_with_a_prior_sends_no_single_task_probes():
+    tasks = list(range(1000))
+    probed = ChunkQueue(tasks, 4, None, split=True)
+    assert [probed.take().stop - start for start in range(4)] == [1, 1, 1, 1]
+    known = ChunkQueue(tasks, 4, None, split=True, prior=Prior(1e-4, None))
+    first = known.take()
+    assert first.stop - first.start > 1

@@ -52,7 +52,7 @@ from time import perf_counter
 from types import FunctionType
 from typing import Any, Callable, Optional
 
-from ..chunking import ChunkQueue
+from ..chunking import ChunkQueue, Priors
 from ..errors import EzPoolError, ResultNotSerializable, TaskTimeout, WorkerCrashed
 from ..execution import unpack_chunk
 from ..feed import Live
@@ -103,6 +103,7 @@ class ParallelBackend(Backend):
         self._context: Any = None
         self._shelf = Shelf()  # the functions sent to the processes, and their big buffers
         self._forked_with: dict[Any, Any] = {}  # the functions of __main__ when they were forked
+        self._priors = Priors()  # run times measured in earlier calls, by function
 
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
@@ -127,8 +128,14 @@ class ParallelBackend(Backend):
         parcel = _publish(self._shelf, fun, options.context, ncpu, main)
         if forks:
             self._start(ncpu, options.start_method)
+        prior = self._priors.get(parcel.fid)
+        if prior is not None:
+            pending.sizer.seed(prior)
         call = _Call(self, tasks, parcel, pending, options)
-        yield from call.batches()
+        try:
+            yield from call.batches()
+        finally:
+            self._priors.keep(parcel.fid, pending.sizer)
 
     def close(self) -> None:
         self._stop()

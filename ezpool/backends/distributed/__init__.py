@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from ... import _pyro, security
-from ...chunking import TARGET_SECONDS, ChunkQueue
+from ...chunking import TARGET_SECONDS, ChunkQueue, Priors
 from ...code import Shipment, fingerprint, ship
 from ...errors import AuthenticationError, WorkerUnavailable
 from ...options import DEFAULT_WORKER, Options
@@ -82,6 +82,7 @@ class DistributedBackend(Backend):
         self._lock = threading.Lock()  # guards _spawned: worker threads restart workers
         self._watcher: Optional[Watcher] = None
         self._crew = Crew()
+        self._priors = Priors()  # run times measured in earlier calls, by function
 
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
@@ -92,7 +93,10 @@ class DistributedBackend(Backend):
         texts = list(dict.fromkeys(options.workers or (DEFAULT_WORKER,)))
         links = [self._link(text, key, tls) for text in texts]
         seconds = chunk_target(len(links))
-        pending = ChunkQueue(tasks, len(links), options.chunksize, split=True, target=seconds)
+        fid = target.shipment.fid
+        pending = ChunkQueue(
+            tasks, len(links), options.chunksize, split=True, target=seconds, prior=self._priors.get(fid)
+        )
         for link in links:
             link.heartbeat = options.heartbeat
             if link.connection is None and link.address is not None:
@@ -116,7 +120,10 @@ class DistributedBackend(Backend):
         if self._watcher is None:
             self._watcher = Watcher(lambda: list(self._links.values()))
         call = Call(tasks, pending, links, target, options, self._restart, self._crew)
-        yield from call.batches()
+        try:
+            yield from call.batches()
+        finally:
+            self._priors.keep(fid, pending.sizer)
 
     def close(self) -> None:
         if self._watcher is not None:
