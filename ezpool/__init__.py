@@ -23,19 +23,31 @@ from .errors import (
     WorkerCrashed,
     WorkerUnavailable,
 )
-from .options import Options
-from .pool import EzPool, Pool
-from .results import Results, TaskOutcome
-from .worker import BaseWorker
 
 if TYPE_CHECKING:
     from .executor import PoolExecutor
     from .naming import list_workers
+    from .options import Options
+    from .pool import EzPool, Pool
+    from .results import Results, TaskOutcome
     from .store import open_store
+    from .worker import BaseWorker
 
-#: Names imported on first use, so that ``import ezpool`` stays light: no SQLite, no
-#: cloudpickle, and no ``ssl`` or ``hashlib`` (which ``list_workers`` needs for its key).
-_LAZY = {"open_store": ".store", "PoolExecutor": ".executor", "list_workers": ".naming"}
+#: Names imported on first use, from the module that holds them. ``import ezpool``
+#: loads only the errors: a worker process, which imports ``ezpool.backends.child``
+#: or ``ezpool.serve``, never loads the ``Pool`` side; and the caller has no SQLite,
+#: no cloudpickle, and no ``ssl`` or ``hashlib`` (which ``list_workers`` needs).
+_LAZY = {
+    "Pool": ".pool",
+    "EzPool": ".pool",
+    "Options": ".options",
+    "Results": ".results",
+    "TaskOutcome": ".results",
+    "BaseWorker": ".worker",
+    "open_store": ".store",
+    "PoolExecutor": ".executor",
+    "list_workers": ".naming",
+}
 
 #: The one place the version is written: pyproject.toml reads it for the package metadata.
 __version__ = "0.1.0"
@@ -62,6 +74,10 @@ __all__ = [
     "StoreMismatch",
     "open_store",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def __getattr__(name: str) -> Any:

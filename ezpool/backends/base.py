@@ -13,9 +13,8 @@ import logging
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..options import Options
-
 if TYPE_CHECKING:
+    from ..options import Options
     from ..output import TaskOutput
 
 logger = logging.getLogger(__name__)
