@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import subprocess
+import sys
 from functools import partial
 
 import pytest
@@ -164,3 +165,20 @@ def test_a_function_of_the_script_travels_by_name_where_the_workers_have_it(
     # the workers may lack (defined or reading a global set under __main__) still works.
     found = _run_script(_MAIN_SCRIPT, method, tmp_path, core_python, core_child_env)
     assert found == {"worker": [False, False], "caller": False, "rest": [2.0, 12, 5, -4]}
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_process_module_does_not_load_the_pool_side():
+    # What a spawned worker imports by itself (its script aside): not the Pool, its
+    # options, results or progress bar; the public names still load on first use.
+    probe = (
+        "import sys, ezpool.backends.child\n"
+        "loaded = sorted(m for m in ('ezpool.pool', 'ezpool.options', 'ezpool.results', 'ezpool.progress')"
+        " if m in sys.modules)\n"
+        "import ezpool\n"
+        "print(loaded, ezpool.Pool.__module__, 'Pool' in dir(ezpool))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=25, check=True
+    )
+    assert found.stdout.split() == ["[]", "ezpool.pool", "True"]
