@@ -180,7 +180,7 @@ class ChunkSizer:
 
     def record(
         self, times: Sequence[float], trip: Optional[float] = None, reply_bytes: Optional[int] = None
-    ) -> None:
+    ) -> float:
         """Learn from the measured run times of finished tasks, from ``trip``, the
         seconds from sending their chunk to having its answer, and from
         ``reply_bytes``, the size of that answer, when they are known.
@@ -192,7 +192,8 @@ class ChunkSizer:
         What a trip took beyond its tasks is the cost of a chunk (sending,
         unpickling, answering); chunks are then made long enough that this cost
         is at most ``1 / OVERHEAD_SHARE`` of their work, up to ``LONGEST_TARGET``
-        (never below the target the sizer was made with).
+        (never below the target the sizer was made with). Returns the seconds the
+        tasks took together (estimated from the sample for a long run).
         """
         count = len(times)
         step = count // _SAMPLED
@@ -212,6 +213,7 @@ class ChunkSizer:
             cost = max(0.0, trip - seconds)
             self._cost = cost if self._cost is None else (self._cost + cost) / 2
             self._target = max(self._base, min(LONGEST_TARGET, OVERHEAD_SHARE * self._cost))
+        return seconds
 
     @property
     def slots(self) -> int:

@@ -453,9 +453,9 @@ class Call:
             values[offset] = rebuild(record)
         if values:
             with self.cond:
-                self.pending.sizer.record(times, trip)
+                took = self.pending.sizer.record(times, trip, reply_bytes=len(reply))
                 tasks, seconds = self.rates.get(worker, (0, 0.0))
-                self.rates[worker] = (tasks + len(times), seconds + sum(times))
+                self.rates[worker] = (tasks + len(times), seconds + took)
             batches.append(Batch(first, values, times, set(failures), worker, outputs))
         if first + len(values) < chunk.stop:  # it stopped early: the rest never ran
             again.append((first + len(values), chunk.stop, False))
