@@ -276,7 +276,10 @@ class Servant:
             if self._restarting:
                 return "restarting", b""
             try:
-                tasks = [task for payload in payloads for task in loads(payload)]
+                # One payload stays as it comes: a range is run as a range (see run_chunk).
+                tasks = loads(payloads[0]) if len(payloads) == 1 else [
+                    task for payload in payloads for task in loads(payload)
+                ]
             except BaseException as exc:
                 return "ok", pack_chunk(first, failed_chunk(count, capture(exc)))
             job = self._job = _Job(run, tasks, first, capture_level, exact=timeout is not None)
