@@ -11,7 +11,8 @@ interpreter's own start-up, the same for every contender, is left out. Two clock
 - ``... incl. import``: from before the import statement (``from ezpool import Pool``,
   ``import multiprocessing``) to the same point (not with ``--quick``).
 
-Shutting the pool down is not timed. One comparison per start method, each EzPool
+Shutting the pool down is not timed. Each contender runs at least 15 times (not
+with ``--quick``). One comparison per start method, each EzPool
 figure over the standard library's under the same method.
 
 Compiled bytecode is kept (in a scratch ``PYTHONPYCACHEPREFIX``, even where
@@ -41,6 +42,11 @@ START_METHODS = ("fork", "spawn", "forkserver")
 
 #: The value of the one task, ``square(3)``.
 _EXPECTED = 9
+
+#: Timed runs of each contender at least (not with ``--quick``): a fresh interpreter
+#: varies by tens of milliseconds from run to run, and each run costs a fraction of a
+#: second.
+_LEAST_REPEATS = 15
 
 #: Seconds a fresh interpreter may take to give its result (spawn, on a loaded machine).
 _RUN_TIMEOUT = 120.0
@@ -157,6 +163,7 @@ def cold_start(settings: Settings, ncpu: int) -> list[Comparison]:
                 contenders=contenders,
                 pairs=pairs,
                 params={"start_method": method},
+                least_repeats=0 if settings.quick else _LEAST_REPEATS,
             )
         )
     return comparisons

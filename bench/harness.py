@@ -88,6 +88,9 @@ class Comparison:
     pairs: Optional[Sequence[tuple[str, str]]] = None
     #: Facts about the workload that its derived figures need (e.g. worker counts).
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: The fewest timed runs, whatever ``--repeats`` says: for quick but noisy runs
+    #: (a fresh interpreter each), whose median needs more samples to settle.
+    least_repeats: int = 0
 
     def ratio_pairs(self) -> list[tuple[str, str]]:
         if self.pairs is not None:
@@ -131,7 +134,8 @@ def measure(comparison: Comparison, settings: Settings) -> dict[str, Any]:
         for size in comparison.sizes:
             active = _affordable(runners, previous, size, settings, contenders)
             samples: dict[str, list[float]] = {name: [] for name in active}
-            for repeat in range(-1, settings.repeats):  # -1: the warm-up round, checked, not timed
+            repeats = max(settings.repeats, comparison.least_repeats)
+            for repeat in range(-1, repeats):  # -1: the warm-up round, checked, not timed
                 order = list(active)
                 shift = repeat % len(order) if order and repeat > 0 else 0
                 for name in order[shift:] + order[:shift]:
