@@ -31,10 +31,10 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
     A request is ``(fid, parcel_or_None, first, stop, exact, pieces, capture_level)``:
     the function to run is the one cached under ``fid``, loaded from ``parcel`` when
     one comes (see ``ezpool.shared``); ``exact`` asks for every task to be marked as
-    it starts, not only each group (see ``run_chunk``); each piece is the pickle of some of the tasks, or
-    ``None`` for one that follows the request as a message of its own;
-    ``capture_level`` is ``None``, or the lowest log
-    level to keep with what the tasks print, see ``ezpool.output``. The reply is what
+    it starts, not only each group (see ``run_chunk``); each piece is the pickle of
+    some of the tasks, or ``None`` for one that follows the request as a message of
+    its own; ``capture_level`` is ``None``, or the lowest log level to keep with
+    what the tasks print, see ``ezpool.output``. The reply is what
     ``ezpool.execution.pack_chunk`` makes. ``None`` asks the loop to stop. Every
     message is read and written as ``ezpool.backends.wire`` says.
     """
