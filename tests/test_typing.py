@@ -49,7 +49,9 @@ EXPECTED = [
     ("reveal_type(results)", 'Revealed type is "ezpool.results.Results[int]"'),
     ("reveal_type(results[3])", 'Revealed type is "int"'),
     ("ncpu=2)[3]", 'Revealed type is "int"'),
-    ("FibWorker, range(5))[3]", 'Revealed type is "Any"'),  # a worker class: its run is not seen
+    # A worker class: its run is not seen (mypy 2); mypy 1, the last for Python 3.9,
+    # takes the class for a function returning an instance.
+    ("FibWorker, range(5))[3]", ('Revealed type is "Any"', 'Revealed type is "sample.FibWorker"')),
     ("results.errors", 'Revealed type is "dict[Any, BaseException]"'),
     ("timout=3", 'error: Unexpected keyword argument "timout" for "smap" of "Pool"; did you mean "timeout"?'),
     ('timeout="3"', 'error: Argument "timeout" to "smap" of "Pool" has incompatible type "str"; '
@@ -76,11 +78,18 @@ def test_mypy_sees_the_value_type_and_catches_a_misspelt_option(tmp_path: Path) 
         capture_output=True, text=True, timeout=110, cwd=REPO_ROOT,
     )
     said = [
-        (int(line.split(":")[1]), line.split(": ", 1)[1].replace("note: ", "").split("  [")[0])
+        # Older mypy (the last for Python 3.9) spells builtins out: "builtins.int" for "int".
+        (int(line.split(":")[1]), line.split(": ", 1)[1].replace("note: ", "").split("  [")[0]
+         .replace("builtins.", ""))
         for line in done.stdout.splitlines()
         if line.startswith(str(sample)) and "defined in" not in line
     ]
-    assert said == [(_line_of(snippet), message) for snippet, message in EXPECTED], done.stdout + done.stderr
+    expected = [(_line_of(snippet), message) for snippet, message in EXPECTED]
+    assert len(said) == len(expected), done.stdout + done.stderr
+    for (line, message), (want_line, wanted) in zip(said, expected):
+        assert line == want_line and message in (wanted if isinstance(wanted, tuple) else (wanted,)), (
+            done.stdout + done.stderr
+        )
     assert done.returncode == 1
 
 
