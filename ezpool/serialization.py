@@ -41,6 +41,7 @@ __all__ = [
     "dumps_function",
     "pickle_by_name",
     "dumps_tasks",
+    "loads_tasks",
     "Pickled",
     "dumps_parts",
     "pickled_size",
@@ -265,6 +266,14 @@ def dumps_tasks(tasks: Sequence[Any]) -> Pickled:
             except Exception as exc:
                 raise TypeError(f"cannot send task {task!r} to another process: {exc}") from exc
         raise
+
+
+def loads_tasks(pieces: Sequence[Any]) -> Sequence[Any]:
+    """The tasks of a chunk from the pickles of its pieces (each what ``dumps_tasks``
+    made). One piece stays as it comes: a range of tasks is run as a range."""
+    if len(pieces) == 1:
+        return loads(pieces[0])
+    return [task for piece in pieces for task in loads(piece)]
 
 
 def capture(exc: BaseException) -> ExceptionRecord:

@@ -55,7 +55,7 @@ from .code import fingerprint, unpack
 from .errors import TaskTimeout
 from .execution import ChunkOutcome, failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 from .output import TaskOutput
-from .serialization import ExceptionRecord, capture, dumps, loads
+from .serialization import ExceptionRecord, capture, dumps, loads_tasks
 from .worker import BaseWorker
 
 logger = logging.getLogger(__name__)
@@ -276,10 +276,7 @@ class Servant:
             if self._restarting:
                 return "restarting", b""
             try:
-                # One payload stays as it comes: a range is run as a range (see run_chunk).
-                tasks = loads(payloads[0]) if len(payloads) == 1 else [
-                    task for payload in payloads for task in loads(payload)
-                ]
+                tasks = loads_tasks(payloads)
             except BaseException as exc:
                 return "ok", pack_chunk(first, failed_chunk(count, capture(exc)))
             job = self._job = _Job(run, tasks, first, capture_level, exact=timeout is not None)

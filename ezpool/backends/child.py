@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from ..execution import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 from ..output import TaskOutput
-from ..serialization import capture, loads
+from ..serialization import capture, loads, loads_tasks
 from ..shared import Loader
 from . import wire
 
@@ -59,7 +59,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
         outputs: dict[int, TaskOutput] = {}
         try:
             fun = functions.get(fid)
-            tasks = loads(pieces[0]) if len(pieces) == 1 else [t for p in pieces for t in loads(p)]
+            tasks = loads_tasks(pieces)
             pieces = ()  # their pickles go while the tasks run: one copy of a big argument
         except Exception as exc:
             outcome = failed_chunk(stop - first, capture(exc))
@@ -74,7 +74,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
             return
         # Hold no task's arguments or values while waiting for the next chunk.
         del pieces, outcome, outputs
-        tasks = None
+        tasks = ()
 
 
 def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[tuple[Any, ...]]]) -> None:
