@@ -53,7 +53,7 @@ from typing import Any, Callable, Optional, cast
 
 from .code import fingerprint, unpack
 from .errors import TaskTimeout
-from .execution import ChunkOutcome, failed_chunk, pack_chunk, run_chunk, run_chunk_captured
+from .execution import ChunkOutcome, GroupTimes, failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 from .output import TaskOutput
 from .serialization import ExceptionRecord, capture, dumps, loads_tasks
 from .worker import BaseWorker
@@ -132,8 +132,9 @@ class _Job:
         self.cancel = False  # set by the watching thread: stop after the current task
         self.done = threading.Event()
         # Filled by the runner as tasks finish, so that a timeout can answer with them.
+        # Times by group: a reply carries 16 bytes a group, not 8 a task.
         self.values: list[Any] = []
-        self.times = array("d")
+        self.times = GroupTimes()
         self.failures: dict[int, ExceptionRecord] = {}
         self.outputs: dict[int, TaskOutput] = {}
 
