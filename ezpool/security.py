@@ -413,8 +413,23 @@ def sign(key: Optional[bytes], nonce: bytes, counter: int, label: str, payload: 
     if not key:
         return b""
     mac = hmac.new(key, _PREFIX, hashlib.sha256)
-    _feed(mac, (nonce, counter, label, payload))
+    parts: list[bytes] = []
+    _encode((nonce, counter, label, payload), parts)
+    small: list[bytes] = []  # joined into one update: a call is mostly short fields
+    for part in parts:
+        if len(part) < _JOIN_BELOW:
+            small.append(part)
+            continue
+        if small:
+            mac.update(b"".join(small))
+            small.clear()
+        mac.update(part)  # a payload: hashed where it lies, not copied
+    mac.update(b"".join(small))
     return mac.digest()
+
+
+#: Parts of an encoding shorter than this are joined before they are hashed.
+_JOIN_BELOW = 4096
 
 
 def same(given: Any, expected: bytes) -> bool:
@@ -422,36 +437,39 @@ def same(given: Any, expected: bytes) -> bool:
     return isinstance(given, bytes) and hmac.compare_digest(given, expected)
 
 
-def _feed(mac: Any, obj: Any) -> None:
-    """Feed ``obj`` to ``mac`` with a type tag and a length, so no two values read alike."""
-    if obj is None:
-        mac.update(b"N")
-    elif isinstance(obj, bool):
-        mac.update(b"T" if obj else b"F")
-    elif isinstance(obj, int):
-        _text(mac, b"i", repr(int(obj)))
-    elif isinstance(obj, float):
-        _text(mac, b"f", repr(float(obj)))
+def _encode(obj: Any, out: list[bytes]) -> None:
+    """Append ``obj`` to ``out`` with a type tag and a length, so no two values read alike."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        data = obj if type(obj) is bytes else bytes(obj)
+        out.append(b"b" + _LENGTH.pack(len(data)))
+        out.append(data)
     elif isinstance(obj, str):
-        _text(mac, b"s", obj)
-    elif isinstance(obj, (bytes, bytearray, memoryview)):
-        data = bytes(obj)
-        mac.update(b"b" + struct.pack("!Q", len(data)))
-        mac.update(data)
+        _text(out, b"s", obj)
+    elif obj is None:
+        out.append(b"N")
+    elif isinstance(obj, bool):
+        out.append(b"T" if obj else b"F")
+    elif isinstance(obj, int):
+        _text(out, b"i", repr(int(obj)))
+    elif isinstance(obj, float):
+        _text(out, b"f", repr(float(obj)))
     elif isinstance(obj, (list, tuple)):
-        mac.update(b"l" + struct.pack("!Q", len(obj)))
+        out.append(b"l" + _LENGTH.pack(len(obj)))
         for item in obj:
-            _feed(mac, item)
+            _encode(item, out)
     elif isinstance(obj, dict):
-        mac.update(b"d" + struct.pack("!Q", len(obj)))
+        out.append(b"d" + _LENGTH.pack(len(obj)))
         for key in sorted(obj, key=repr):
-            _feed(mac, key)
-            _feed(mac, obj[key])
+            _encode(key, out)
+            _encode(obj[key], out)
     else:
         raise TypeError(f"cannot sign a {type(obj).__name__}")
 
 
-def _text(mac: Any, tag: bytes, text: str) -> None:
+_LENGTH = struct.Struct("!Q")
+
+
+def _text(out: list[bytes], tag: bytes, text: str) -> None:
     data = text.encode("utf-8", "surrogatepass")
-    mac.update(tag + struct.pack("!Q", len(data)))
-    mac.update(data)
+    out.append(tag + _LENGTH.pack(len(data)))
+    out.append(data)
