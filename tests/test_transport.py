@@ -197,3 +197,53 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+# --- calls sent before the last is answered -------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_call_sent_behind_another_is_answered_in_order_even_when_neither_fits_a_socket(serve):
+    """A second call waits at the worker while the first runs. Both carry 8 MB and the
+    first answers 8 MB: were the second sent whole at once, the client would wait for
+    the worker to read it while the worker waits for the client to read its answer."""
+    from ezpool import _pyro
+    from ezpool.execution import unpack_chunk
+    from ezpool.security import resolve_key
+    from ezpool.serialization import dumps_tasks
+
+    (uri,) = serve("tests._workers:Mirror").uris
+    connection = _pyro.Connection(_pyro.parse_uri(uri), resolve_key(), None)
+    try:
+        identity = connection.call("hello")["identity"]
+        big = [bytes([n]) * (8 << 20) for n in (1, 2)]
+        tickets = [
+            connection.send("run_chunk", identity, "", n, 1, [b"".join(dumps_tasks([big[n]]))], None,
+                            queued=n > 0)
+            for n in (0, 1)
+        ]
+        answers = [connection.receive(ticket) for ticket in tickets]
+        for n, (status, reply) in enumerate(answers):
+            first, values, _, failures, _ = unpack_chunk(reply)
+            assert (status, first, failures) == ("ok", n, {}) and values == [big[n]]
+        assert connection.call("ping")[0] == identity  # and the connection is still in step
+    finally:
+        connection.close()
+
+
+def test_an_answer_asked_for_out_of_order_closes_the_connection(serve):
+    from ezpool import _pyro
+    from ezpool.security import resolve_key
+
+    (uri,) = serve("tests._workers:Square").uris
+    connection = _pyro.Connection(_pyro.parse_uri(uri), resolve_key(), None)
+    try:
+        first = connection.send("ping")
+        second = connection.send("ping", queued=True)
+        with pytest.raises(_pyro.ConnectionClosed):
+            connection.receive(second)
+        assert not connection.is_open
+        with pytest.raises(_pyro.ConnectionClosed):
+            connection.receive(first)  # lost with the connection: never a stale answer
+    finally:
+        connection.close()

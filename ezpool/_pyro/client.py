@@ -1,10 +1,10 @@
 """The client side of a connection: EzPool's own handshake, then signed calls.
 
 Pyro4's own proxy connects by itself and, in its handshake, unpickles whatever
-serializer the server names. EzPool never lets it: a ``Connection`` opens the
+serializer the server names. EzPool uses no proxy: a ``Connection`` opens the
 socket (TLS if asked), sends Pyro4's connect message itself, refuses any answer
-that is not in the ``marshal`` serializer *before* decoding it, and only then hands
-the socket to a proxy, which it never lets reconnect on its own::
+that is not in the ``marshal`` serializer *before* decoding it, and then sends
+and reads Pyro4's call messages itself, never connecting again on its own::
 
     client                                   worker (server.Daemon)
     ──────                                   ──────────────────────
@@ -24,6 +24,7 @@ worker, or twice, is refused. Pyro4's own HMAC-SHA1 stays on as an outer layer.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import secrets
@@ -31,7 +32,7 @@ import select
 import socket
 import ssl
 import threading
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import Pyro4
 import Pyro4.errors
@@ -51,6 +52,15 @@ _SERIALIZER = "marshal"
 class Connection:
     """One connection to one Pyro4 object: opened on first use, and again after a break.
 
+    ``call`` sends a call and waits for its answer. ``send`` and ``receive`` split
+    the two, so that a second call can wait at the worker while the first runs
+    (the daemon answers a connection's calls one by one, in the order sent): the
+    worker starts it the moment it has answered the first, with no round trip
+    between. A call sent this way never blocks on a full socket: what the socket
+    does not take at once goes out after the answer before it has been read (a
+    worker reads the next call only once it has answered, so waiting to send it
+    while that answer waits to be read would stall both sides).
+
     ``authenticate=False`` is for Pyro4's own name server, which knows nothing of
     EzPool's calls: the handshake is still EzPool's, and the HMAC key still applies.
     """
@@ -68,10 +78,13 @@ class Connection:
         self._timeout = timeout
         self._tls = tls
         self._authenticate = authenticate
-        self._proxy: Any = None
+        self._connection: Any = None  # Pyro4's SocketConnection, once open
         self._sock: Optional[socket.socket] = None
         self._nonce = b""
-        self._counter = 0
+        self._counter = 0  # of EzPool's signed calls on this connection
+        self._seq = 0  # Pyro4's message sequence number
+        self._sent: collections.deque[_Sent] = collections.deque()  # calls not answered yet, in order
+        self._unsent = b""  # the tail of the last call sent, once the answer before it is read
         self._lock = threading.RLock()
 
     @property
@@ -81,15 +94,14 @@ class Connection:
     @timeout.setter
     def timeout(self, value: Optional[float]) -> None:
         self._timeout = value
-        proxy = self._proxy
-        if proxy is not None:
-            with contextlib.suppress(Exception):
-                proxy._pyroTimeout = value
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(value)
 
     @property
     def is_open(self) -> bool:
-        proxy = self._proxy
-        return proxy is not None and proxy._pyroConnection is not None
+        return self._connection is not None
 
     def open(self) -> None:
         """Connect and authenticate now, if not connected; raises ``PyroError`` subclasses.
@@ -100,50 +112,114 @@ class Connection:
         """
         with self._lock:
             if self.is_open:
-                if not _hung_up(self._sock):
+                if self._sent or not _hung_up(self._sock):
                     return
                 logger.debug("%s hung up on an idle connection: connecting again", self.uri)
             self.close()
             sock = _connect_socket(self.uri, self._timeout, self._tls)
             try:
-                connection, nonce, meta = _handshake(sock, self.uri, self._key)
-                proxy = Pyro4.Proxy(self.uri)
-                proxy._pyroHmacKey = self._key
-                proxy._pyroSerializer = _SERIALIZER
-                proxy._pyroConnection = connection
-                proxy._pyroTimeout = self._timeout
-                proxy._pyroMethods = set(meta.get("methods", ()))
-                proxy._pyroAttrs = set(meta.get("attrs", ()))
-                proxy._pyroOneway = set(meta.get("oneway", ()))
+                connection, nonce = _handshake(sock, self.uri, self._key)
+                self._connection, self._sock, self._nonce, self._counter = connection, sock, nonce, 0
                 if self._authenticate:
-                    _authenticate(proxy, self._key, nonce)
+                    self._prove(nonce)
             except BaseException:
+                self.close()
                 with contextlib.suppress(OSError):
                     sock.close()
                 raise
-            self._proxy, self._sock, self._nonce, self._counter = proxy, sock, nonce, 0
 
     def call(self, method: str, *args: Any) -> Any:
         """Call ``method`` remotely; any failure closes the connection and is raised."""
         with self._lock:
-            self.open()
-            proxy = self._proxy
+            return self.receive(self.send(method, *args))
+
+    def send(self, method: str, *args: Any, queued: bool = False) -> object:
+        """Send a call to ``method`` and return its ticket for ``receive``, without waiting.
+
+        ``queued``: calls sent before it may still be unanswered; the connection is
+        then not opened again (their answers would be lost), and what the socket
+        cannot take at once is sent after their answers are read.
+        """
+        with self._lock:
+            if not queued or not self._sent:
+                self.open()
+            elif not self.is_open:
+                raise Pyro4.errors.ConnectionClosedError(f"connection to {self.uri} is closed")
+            if not self._authenticate:
+                return self._post(method, list(args), 0, queued)
+            self._counter += 1
+            counter = self._counter
+            mac = sign(self._key, self._nonce, counter, method, list(args))
+            return self._post("call", [method, counter, mac, list(args)], counter, queued)
+
+    def _post(self, name: str, values: list[Any], counter: int, queued: bool) -> _Sent:
+        serializer = Pyro4.util.get_serializer(_SERIALIZER)
+        data, _ = serializer.serializeCall(self._connection.objectId, name, values, {}, compress=False)
+        self._seq = (self._seq + 1) & 0xFFFF
+        message = Pyro4.message.Message(Pyro4.message.MSG_INVOKE, data, serializer.serializer_id, 0,
+                                         self._seq, {}, self._key)
+        ticket = _Sent(self._seq, counter, name if not counter else str(values[0]))
+        try:
+            if queued and self._unsent:  # behind a tail still to go: in order, after it
+                self._unsent += message.to_bytes()
+            elif queued and self._sent:
+                self._unsent = _send_now(self._sock, message.to_bytes())
+            else:
+                self._connection.send(message.to_bytes())
+        except BaseException:
+            self.close()
+            raise
+        self._sent.append(ticket)
+        return ticket
+
+    def receive(self, ticket: object) -> Any:
+        """The answer to the call ``ticket``; calls are answered in the order they were sent.
+        Any failure closes the connection (every call still unanswered is lost) and is raised."""
+        with self._lock:
+            if not self._sent or self._sent[0] is not ticket:
+                self.close()
+                raise Pyro4.errors.ConnectionClosedError(f"{self.uri}: closed before the answer came")
             try:
-                if not self._authenticate:
-                    return proxy._pyroInvoke(method, args, {})
-                self._counter += 1
-                counter = self._counter
-                mac = sign(self._key, self._nonce, counter, method, list(args))
-                answer = proxy._pyroInvoke("call", (method, counter, mac, list(args)), {})
-                if not isinstance(answer, (list, tuple)) or len(answer) != 2:
-                    raise Pyro4.errors.ProtocolError(f"{self.uri} answered {method} with no signature")
-                result, proof = answer
-                if self._key and not same(proof, sign(self._key, self._nonce, counter, "reply", result)):
-                    raise Pyro4.errors.SecurityError(f"{self.uri} answered {method} with a bad signature")
-                return result
+                answer = self._answer(self._sent[0])
+                self._sent.popleft()
+                if self._unsent:  # the next call's tail: the worker reads it now
+                    unsent, self._unsent = self._unsent, b""
+                    self._connection.send(unsent)
+                return answer
             except BaseException:
                 self.close()
                 raise
+
+    def _prove(self, nonce: bytes) -> None:
+        """Prove this side holds the key, for this connection only; check the worker does too."""
+        if not nonce:
+            raise Pyro4.errors.ProtocolError("the server gave no nonce: is it an EzPool worker?")
+        mine = secrets.token_bytes(16)
+        proof = self.receive(self._post("auth", [mine, sign(self._key, nonce, 0, "auth", mine)], 0, False))
+        if self._key and not same(proof, sign(self._key, nonce, 0, "auth-ok", mine)):
+            raise Pyro4.errors.SecurityError("the worker could not prove it holds the key")
+
+    def _answer(self, sent: _Sent) -> Any:
+        message = Pyro4.message
+        serializer = Pyro4.util.get_serializer(_SERIALIZER)
+        reply = message.Message.recv(self._connection, [message.MSG_RESULT], hmac_key=self._key)
+        if reply.seq != sent.seq:
+            raise Pyro4.errors.ProtocolError(f"{self.uri} answered call {reply.seq}, expected {sent.seq}")
+        if reply.serializer_id != serializer.serializer_id:
+            raise Pyro4.errors.ProtocolError(
+                f"{self.uri} answered in serializer {reply.serializer_id}, which EzPool never decodes"
+            )
+        answer = serializer.deserializeData(reply.data, compressed=reply.flags & message.FLAGS_COMPRESSED)
+        if reply.flags & message.FLAGS_EXCEPTION:
+            raise answer if isinstance(answer, BaseException) else Pyro4.errors.ProtocolError(repr(answer))
+        if not sent.counter:  # not one of EzPool's signed calls
+            return answer
+        if not isinstance(answer, (list, tuple)) or len(answer) != 2:
+            raise Pyro4.errors.ProtocolError(f"{self.uri} answered {sent.method} with no signature")
+        result, proof = answer
+        if self._key and not same(proof, sign(self._key, self._nonce, sent.counter, "reply", result)):
+            raise Pyro4.errors.SecurityError(f"{self.uri} answered {sent.method} with a bad signature")
+        return result
 
     def abort(self) -> None:
         """Break off a call another thread is waiting on (safe from any thread)."""
@@ -153,13 +229,56 @@ class Connection:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        proxy, self._proxy, self._sock = self._proxy, None, None
-        if proxy is not None:
+        connection, self._connection, self._sock = self._connection, None, None
+        self._sent.clear()
+        self._unsent = b""
+        if connection is not None:
             with contextlib.suppress(Exception):
-                proxy._pyroRelease()
+                connection.close()
 
     def __repr__(self) -> str:
         return f"Connection({str(self.uri)!r}, {'open' if self.is_open else 'closed'})"
+
+
+class _Sent(NamedTuple):
+    """A call sent and not yet answered: Pyro4's sequence number, EzPool's counter, the method."""
+
+    seq: int
+    counter: int
+    method: str
+
+
+#: What a queued call may send at once over TLS (a TLS socket cannot be written in
+#: part without blocking): far less than any socket's buffers hold.
+_TLS_AT_ONCE = 64 * 1024
+
+
+def _send_now(sock: Any, data: bytes) -> bytes:
+    """Send what ``sock`` takes without blocking; return the rest, to send later."""
+    if isinstance(sock, ssl.SSLSocket):
+        if len(data) > _TLS_AT_ONCE:
+            return data
+        Pyro4.socketutil.sendData(sock, data)
+        return b""
+    sent = 0
+    try:
+        if _DONTWAIT:
+            sent = sock.send(data, _DONTWAIT)
+        else:  # no such flag here: the socket itself does not block, for this one send
+            timeout = sock.gettimeout()
+            try:
+                sock.setblocking(False)
+                sent = sock.send(data)
+            finally:
+                sock.settimeout(timeout)
+    except BlockingIOError:
+        pass
+    except OSError as exc:
+        raise Pyro4.errors.ConnectionClosedError(f"sending: connection lost: {exc}") from None
+    return data[sent:]
+
+
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def _hung_up(sock: Optional[socket.socket]) -> bool:
@@ -193,13 +312,13 @@ def _connect_socket(uri: Any, timeout: Optional[float], tls: Optional[ssl.SSLCon
         raise Pyro4.errors.SecurityError(f"TLS with {uri.host}:{uri.port} failed: {exc}") from None
 
 
-def _handshake(sock: socket.socket, uri: Any, key: Optional[bytes]) -> tuple[Any, bytes, dict[str, Any]]:
+def _handshake(sock: socket.socket, uri: Any, key: Optional[bytes]) -> tuple[Any, bytes]:
     """Pyro4's connect handshake, refusing any answer not in ``marshal`` before decoding it."""
     connection = Pyro4.socketutil.SocketConnection(sock, uri.object)
     serializer = Pyro4.util.get_serializer(_SERIALIZER)
     data, _ = serializer.serializeData({"handshake": "ezpool", "object": uri.object}, False)
     message = Pyro4.message
-    flags = message.FLAGS_META_ON_CONNECT
+    flags = 0
     hello = message.Message(message.MSG_CONNECT, data, serializer.serializer_id, flags, 0, {}, key)
     connection.send(hello.to_bytes())
     reply = message.Message.recv(connection, [message.MSG_CONNECTOK, message.MSG_CONNECTFAIL], hmac_key=key)
@@ -210,18 +329,7 @@ def _handshake(sock: socket.socket, uri: Any, key: Optional[bytes]) -> tuple[Any
     answer = serializer.deserializeData(reply.data, compressed=reply.flags & message.FLAGS_COMPRESSED)
     if reply.type == message.MSG_CONNECTFAIL:
         raise Pyro4.errors.CommunicationError(f"connection to {uri.host}:{uri.port} rejected: {answer}")
-    meta: dict[str, Any] = {}
     if reply.flags & message.FLAGS_META_ON_CONNECT and isinstance(answer, dict):
-        meta, answer = answer.get("meta") or {}, answer.get("handshake")
+        answer = answer.get("handshake")
     nonce = answer.get("nonce", b"") if isinstance(answer, dict) else b""
-    return connection, bytes(nonce) if isinstance(nonce, (bytes, bytearray)) else b"", meta
-
-
-def _authenticate(proxy: Any, key: Optional[bytes], nonce: bytes) -> None:
-    """Prove this side holds the key, for this connection only; check the worker does too."""
-    if not nonce:
-        raise Pyro4.errors.ProtocolError("the server gave no nonce: is it an EzPool worker?")
-    mine = secrets.token_bytes(16)
-    proof = proxy._pyroInvoke("auth", (mine, sign(key, nonce, 0, "auth", mine)), {})
-    if key and not same(proof, sign(key, nonce, 0, "auth-ok", mine)):
-        raise Pyro4.errors.SecurityError("the worker could not prove it holds the key")
+    return connection, bytes(nonce) if isinstance(nonce, (bytes, bytearray)) else b""
