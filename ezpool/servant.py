@@ -39,11 +39,13 @@ client that hangs up makes the runner stop after the task it is running.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import os
 import platform
 import secrets
+import select
 import sys
 import threading
 import time
@@ -76,6 +78,17 @@ _WATCH_EVERY = 0.05
 #: second (which 128 workers on one machine would pay together). A task's timeout
 #: is looked at ten times over, at least.
 _WATCH_MOST = 0.5
+
+
+#: ``client_gone(seconds, wake)``: see ``Servant.run_chunk``.
+ClientGone = Callable[[float, Optional[int]], bool]
+
+
+def _stays(seconds: float = 0.0, wake: Optional[int] = None) -> bool:
+    """A client that never goes: wait ``seconds``, or until ``wake`` becomes readable."""
+    if seconds:
+        select.select([] if wake is None else [wake], [], [], seconds)
+    return False
 
 
 def served_name(target: Any) -> str:
@@ -165,6 +178,11 @@ class Servant:
         self._lock = threading.Condition()
         self._job: Optional[_Job] = None  # the chunk the runner holds, guarded by _lock
         self._restarting = False
+        # The runner writes a byte here when a chunk is done, so that the thread waiting
+        # for the client to hang up (see ``_watch``) wakes at once.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
         self._runner = threading.Thread(target=self._run_jobs, daemon=True, name="ezpool-runner")
         self._runner.start()
 
@@ -256,9 +274,15 @@ class Servant:
         payloads: list[bytes],
         timeout: Optional[float],
         capture_level: Optional[int] = None,
-        client_gone: Callable[[], bool] = lambda: False,
+        client_gone: Optional[ClientGone] = None,
     ) -> tuple[str, bytes]:
-        """Run a chunk for the client that checked this process; see the module docstring."""
+        """Run a chunk for the client that checked this process; see the module docstring.
+
+        ``client_gone(seconds, wake)`` says whether the client has hung up, waiting up
+        to ``seconds`` for it to, or for the file ``wake`` to become readable (the
+        runner writes to it when a chunk is done); without it, the client never goes.
+        """
+        client_gone = client_gone or _stays
         if identity != self.identity:
             return "wrong-worker", self.identity.encode()
         if capture_level is not None and type(capture_level) is not int:
@@ -271,7 +295,7 @@ class Servant:
             self._calls += 1
             call = self._calls
             while self._job is not None and not self._restarting:
-                if client_gone():
+                if client_gone(0.0, None):
                     return "gone", b""
                 self._lock.wait(_WATCH_EVERY)
             if self._restarting:
@@ -289,18 +313,22 @@ class Servant:
         ran = len(outcome[0])  # a timed-out chunk answers for fewer tasks than the runner holds
         return "ok", pack_chunk(first, outcome, {k: v for k, v in list(job.outputs.items()) if k < ran})
 
-    def _watch(self, job: _Job, timeout: Optional[float], client_gone: Callable[[], bool]) -> ChunkOutcome:
+    def _watch(self, job: _Job, timeout: Optional[float], client_gone: ClientGone) -> ChunkOutcome:
         """Wait for the runner, stopping it when the client leaves or a task overruns."""
         seen, since = -1, time.monotonic()
         most = _WATCH_MOST if timeout is None else max(_WATCH_EVERY, min(_WATCH_MOST, timeout / 10))
         every = _WATCH_EVERY
-        while not job.done.wait(every):
+        while not job.done.is_set():
+            gone = not job.cancel and client_gone(every, self._wake_read)
+            self._drain()
+            if job.done.is_set():
+                break
             every = min(most, 2 * every)
             now = time.monotonic()
             position = job.mark[0]
             if position != seen:
                 seen, since = position, now
-            if not job.cancel and client_gone():
+            if gone:
                 job.cancel = True
                 logger.info("client gone: the chunk from task %d stops after the running task", job.first)
             if timeout is not None and position >= 0 and now - since > timeout:
@@ -348,3 +376,11 @@ class Servant:
                 if not self._restarting:
                     self._job = None
                 self._lock.notify_all()
+            with contextlib.suppress(OSError):  # full: a wake is waiting already
+                os.write(self._wake_write, b"\0")
+
+    def _drain(self) -> None:
+        """Read the wakes the runner wrote (the watching thread looks at its job after)."""
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_read, 4096):
+                pass

@@ -70,10 +70,13 @@ def test_a_chunk_whose_client_hung_up_stops_after_the_running_task(tmp_path):
         time.sleep(0.1)
         return task
 
+    def client_gone(seconds, wake):
+        return gone.wait(seconds)
+
     servant = Servant(slow_record)
     threading.Timer(0.25, gone.set).start()
     status, reply = servant.run_chunk(
-        servant.identity, "", 0, 50, _payload(range(50)), None, client_gone=gone.is_set
+        servant.identity, "", 0, 50, _payload(range(50)), None, client_gone=client_gone
     )
     _, values, _, _ = _decode(reply)
     assert status == "ok" and len(values) <= 5

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import secrets
 import select
@@ -268,7 +269,8 @@ class ExposedServant:
 
     def _run_chunk(self, connection: Any, *args: Any) -> Any:
         # args: identity, fid, first, count, payloads, timeout[, capture_level]
-        status, reply = self._servant.run_chunk(*args, client_gone=lambda: _peer_closed(connection))
+        gone = functools.partial(_peer_closed, connection)
+        status, reply = self._servant.run_chunk(*args, client_gone=gone)
         if status == "drop":  # a fault a test asked for: hang up without an answer
             _hang_up(connection)
         return status, reply
@@ -282,14 +284,31 @@ def _hang_up(connection: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _peer_closed(connection: Any) -> bool:
-    """Whether the client at the other end of ``connection`` has hung up."""
+def _peer_closed(connection: Any, seconds: float = 0.0, wake: Optional[int] = None) -> bool:
+    """Whether the client at the other end of ``connection`` has hung up, waiting up to
+    ``seconds`` for it to, or for the file ``wake`` to become readable.
+
+    A client may have sent its next call already (see ``client.Connection.send``),
+    so unread bytes do not mean it is there: where the system says whether the
+    peer has closed its side (``POLLRDHUP``, Linux) that is asked, and the wait
+    ends the moment it does; elsewhere, after the wait, a peek at the raw TCP
+    stream that finds no bytes at all.
+    """
     sock = getattr(connection, "sock", None)
     if sock is None:
         return True
     try:
+        hangup = getattr(select, "POLLRDHUP", 0)
+        if hangup:
+            poller = select.poll()
+            poller.register(sock, hangup | select.POLLHUP | select.POLLERR)
+            if wake is not None:
+                poller.register(wake, select.POLLIN)
+            events = poller.poll(int(seconds * 1000))
+            return any(fd != wake for fd, _ in events)
+        if seconds:
+            select.select([] if wake is None else [wake], [], [], seconds)
         readable, _, _ = select.select([sock], [], [], 0)
-        # Peek at the raw TCP stream (under TLS too): no bytes at all means it closed.
         return bool(readable) and socket.socket.recv(sock, 1, socket.MSG_PEEK) == b""
     except (OSError, ValueError):
         return True
