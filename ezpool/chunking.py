@@ -158,6 +158,8 @@ class ChunkSizer:
         self._seconds = 0.0
         self._answered = 0  # tasks whose replies were measured in bytes
         self._bytes = 0.0
+        self._round = 0  # fair shares left in the current round (over many slots, see ``limit``)
+        self._share = 0  # the fair share of the current round
         if prior is not None:
             self.seed(prior)
 
@@ -233,7 +235,8 @@ class ChunkSizer:
 
     def limit(self, remaining: float) -> int:
         """Most tasks the next chunk should hold when ``remaining`` tasks are left
-        (``math.inf`` while more tasks may still be read).
+        (``math.inf`` while more tasks may still be read). Each call with a finite
+        ``remaining`` is one chunk taken.
 
         Before anything was measured, a chunk is a single piece (the limit is 1).
         """
@@ -244,16 +247,22 @@ class ChunkSizer:
             return int(remaining) if remaining != math.inf else _MOST
         fair_share = _MOST
         if remaining != math.inf:
-            # A share of what is left for every chunk in flight; half that in a small
-            # call on a few workers, whose tail may be far longer than its measured head.
-            # (Over many, a share is small already, and each chunk more is paid by the
-            # one caller they all answer to.)
-            halved = self._least == 1 and self._slots <= HALVED_UP_TO
-            shares = 2 * self._slots if halved else self._slots
             least = self._least
             if least > 1:  # a large call: no chunk cut below LEAST_SECONDS of measured work
                 least = max(least, int(LEAST_SECONDS / mean))
-            fair_share = min(int(remaining), max(math.ceil(remaining / shares), least))
+            if self._least == 1 and self._slots <= HALVED_UP_TO:
+                # A share of what is left for every chunk in flight, halved: a small call
+                # on a few workers may have a tail far longer than its measured head.
+                fair_share = min(int(remaining), max(math.ceil(remaining / (2 * self._slots)), least))
+            else:
+                # Over many, what is left goes out in rounds of one equal share a slot
+                # (as "factoring" schedulers do). A share recomputed at every chunk would
+                # shrink through the round, and those who took late would need another
+                # round, each chunk of it paid by the one caller they all answer to.
+                if self._round <= 0 or self._share > remaining:
+                    self._round, self._share = self._slots, max(math.ceil(remaining / self._slots), least)
+                self._round -= 1
+                fair_share = min(int(remaining), self._share)
         return max(1, min(int(self._target / mean), fair_share, self.by_bytes(), _MOST))
 
 

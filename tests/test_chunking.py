@@ -115,6 +115,23 @@ def test_a_small_call_over_many_workers_gets_whole_fair_shares():
     assert few.limit(1152) == math.ceil(1152 / (2 * HALVED_UP_TO))
 
 
+
+def test_over_many_slots_what_is_left_goes_out_in_rounds_of_equal_shares():
+    # 128 workers holding two chunks each, 2,560 tasks of 50 ms: a share recomputed at
+    # every chunk would shrink through the round, and the last takers would need a third.
+    sizer = ChunkSizer(256, target=5.0)
+    sizer.record([0.05] * 256)
+    sizes, remaining = [], 2560
+    while remaining:
+        sizes.append(sizer.limit(remaining))
+        remaining -= sizes[-1]
+    assert sizes == [10] * 256
+    # A round never hands out more than was left when it began, and a new one starts
+    # when what is left falls below its share.
+    sizer = ChunkSizer(64, target=5.0)
+    sizer.record([0.05] * 64)
+    assert [sizer.limit(n) for n in (100, 98, 96, 1)] == [2, 2, 2, 1]
+
 def test_chunk_queue_hands_out_every_task_once_and_puts_work_back_in_front():
     import pickle
 
