@@ -187,6 +187,18 @@ def test_a_dropped_reply_from_a_live_worker_is_sent_again_at_no_cost(serve, core
     assert any("still answers" in r.message for r in caplog.records)
 
 
+def test_a_chunk_waiting_behind_one_whose_worker_died_is_sent_again_at_no_cost(serve, caplog):
+    """A worker holds the chunk it runs and the next one, sent behind it. When it dies,
+    only the first counts an attempt: the second never started there."""
+    uris = serve("tests._workers:Killer").uris + serve("tests._workers:Killer").uris
+    tasks = ["die", *range(1, 12)]
+    with caplog.at_level(logging.DEBUG, logger="ezpool"), Pool(heartbeat=2) as pool:
+        results = pool.dmap(w.Killer, tasks, workers=uris, spawn=False, chunksize=1, max_attempts=1)
+    assert list(results.errors) == ["die"]
+    assert all(results[n] == n for n in range(1, 12))
+    assert any("they go back" in r.message for r in caplog.records)
+
+
 PAUSED_CLIENT = textwrap.dedent(
     """
     import sys

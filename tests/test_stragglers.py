@@ -96,10 +96,10 @@ def _straggle(call: Call, slow: Link, fast: Link) -> Chunk:
     other = call._take(fast)
     assert other is not None and other.start == 1
     call.settle(fast, other, _done(other, 1))
-    call.held[slow].since -= 10  # sent long ago
+    call.held[slow][0].since -= 10  # sent long ago
     copy = call._take(fast)
     assert copy is chunk
-    assert call.held[slow] is call.held[fast]
+    assert call.held[slow] == call.held[fast]
     return chunk
 
 
@@ -154,7 +154,7 @@ def test_the_slow_workers_run_times_do_not_delay_the_copies_of_the_fast_one():
     call.settle(slow, second, done_in(second, 5.0))  # the slow worker: 500 times slower
     last = call._take(slow)
     assert last is not None and not call.pending
-    call.held[slow].since -= 0.5  # out for half a second: 50 times what the fast worker takes
+    call.held[slow][0].since -= 0.5  # out for half a second: 50 times what the fast worker takes
     # The call's mean (2.5 s a task) would wait 5 s; the fast worker's own, 0.01 s, does not.
     assert call.pending.sizer.mean == pytest.approx(2.505)
     timer = threading.Timer(2.0, call.stop.set)  # if it waited, _take would give None
@@ -163,7 +163,7 @@ def test_the_slow_workers_run_times_do_not_delay_the_copies_of_the_fast_one():
         copy = call._take(fast)
     finally:
         timer.cancel()
-    assert copy is last and call.held[fast] is call.held[slow]
+    assert copy is last and call.held[fast] == call.held[slow]
 
 
 # --- real workers, one of them slow -------------------------------------------------------

@@ -11,6 +11,7 @@ connection and checks no worker that has not changed)::
       (start a local one that does not answer)
                                        take a chunk (shared queue, sized
                                        by the run times seen so far)   ──▶ run_chunk(identity, ...)
+                                       and send the next behind it     ──▶ (waits at the worker)
                                                                              runs it in its runner
                                                                              thread; stops a task
                                                                              past ``timeout``
@@ -25,8 +26,9 @@ carries the identity the check saw), and is checked again then. With many
 workers a chunk holds more work (``chunk_target``): all their chunks pass through
 this one process, whose cost per chunk would otherwise grow into their wait.
 
-Dynamic load balancing comes from the shared queue: a worker asks for its next
-chunk when it has sent back the last, so fast and slow machines both stay busy.
+Dynamic load balancing comes from the shared queue: a worker holds at most two
+chunks (the one it runs and the next), and asks for another when it has sent
+back one, so fast and slow machines both stay busy.
 When no chunk is left to send, an idle worker runs a backup copy of one that is
 late (see ``backups``), so that a slow but live worker does not hold up the end.
 A worker's states and the moves between them are in ``links``; what happens to
@@ -54,7 +56,7 @@ from ...tasks import bind
 from ..base import Backend, Batch
 from .connect import can_start, fits, hello, may_start, name_of, not_started, start_worker, version_table
 from .crew import Crew
-from .dispatch import Call, Target
+from .dispatch import PIPELINE, Call, Target
 from .links import Link, State
 from .watch import Watcher
 
@@ -95,7 +97,8 @@ class DistributedBackend(Backend):
         seconds = chunk_target(len(links))
         fid = target.shipment.fid
         pending = ChunkQueue(
-            tasks, len(links), options.chunksize, split=True, target=seconds, prior=self._priors.get(fid)
+            tasks, len(links), options.chunksize, depth=PIPELINE, split=True, target=seconds,
+            prior=self._priors.get(fid),
         )
         for link in links:
             link.heartbeat = options.heartbeat

@@ -1,8 +1,14 @@
 """One ``dmap`` call: chunks go out to workers, and each comes back exactly once.
 
-A thread per worker (from the pool's ``crew``) takes a chunk, sends it, and turns whatever happened into a
-``Verdict``; ``Call.settle`` is the one place that decides what a verdict means
-for the chunk's tasks:
+A thread per worker (from the pool's ``crew``) takes a chunk, sends it, and turns
+whatever happened into a ``Verdict``. While the worker runs it, the thread sends
+the next chunk too (``PIPELINE``): it waits at the worker's end of the connection
+and starts the moment the first is answered, with no round trip between. A
+worker takes a connection's calls one at a time, so a chunk sent behind another
+has not started until the one ahead was answered: if the connection breaks, the
+one ahead is judged as below and those behind it are ``returned``.
+``Call.settle`` is the one place that decides what a verdict means for the
+chunk's tasks:
 
 ``done``
     the worker answered: its outcomes become a ``Batch``; tasks it did not run
@@ -16,8 +22,8 @@ for the chunk's tasks:
     chunk: each task counts an attempt, and is retried on its own or, after
     ``max_attempts``, ends as ``WorkerCrashed``.
 
-When no task waits to be sent, an idle worker may run a backup copy of a chunk
-that is late (see ``backups``); a chunk is then held by two links. The first
+When no task waits to be sent, an idle worker (one holding nothing) may run a
+backup copy of a chunk that is late (see ``backups``); a chunk is then held by two links. The first
 ``done`` settles it, and the other copy is broken off and its answer dropped; a
 copy that fails while the other still runs is dropped too, counting nothing.
 
@@ -31,6 +37,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Generator, Sequence
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -56,6 +63,11 @@ __all__ = ["Call", "Target", "Verdict", "MAX_RETURNS"]
 #: Times a task may come back unfinished from a live worker before it counts as crashed.
 MAX_RETURNS = 8
 
+#: Chunks a worker holds at once: the one it runs, and the next, which waits at the
+#: worker's end of the connection so that it starts the moment the first is answered
+#: (no round trip between, nor a wait for this process to be free to send it).
+PIPELINE = 2
+
 #: Seconds a finished call waits for its worker threads before leaving them behind.
 _JOIN_TIMEOUT = 5.0
 
@@ -69,6 +81,14 @@ class Target(NamedTuple):
     name: str
     code: str
     shipment: Shipment
+
+
+class _Flight(NamedTuple):
+    """A chunk sent to a worker and not answered yet."""
+
+    chunk: Chunk
+    ticket: object  # the connection's, for its answer
+    sent: float  # when it was sent, or when the one ahead of it was answered
 
 
 class Verdict(NamedTuple):
@@ -109,7 +129,8 @@ class Call:
         self.capture = [] if level is None else [level]
         self.restart = restart  # starts again a worker this pool started, if it died
         self.crew = crew  # the pool's threads, one drives each worker during the call
-        self.held: dict[Link, Claim] = {}  # a chunk with a backup copy is held by two links
+        # What each link holds, the one it runs first; a chunk with a backup copy is held by two links.
+        self.held: dict[Link, list[Claim]] = {}
         self.attempts: dict[int, int] = {}
         self.returns: dict[int, int] = {}
         # Per worker (its text): tasks measured and their seconds, so that a slow
@@ -117,6 +138,11 @@ class Call:
         self.rates: dict[str, tuple[int, float]] = {}
         self.cond = threading.Condition()
         self.stop = threading.Event()
+        # Set once every worker has been sent its first chunk (or given up): until
+        # then the threads send no second chunks, so that the last worker to get
+        # one does not wait behind them.
+        self.started = threading.Event()
+        self._starting = len(links)
         self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     # --- the caller's thread ---------------------------------------------------------
@@ -205,26 +231,67 @@ class Call:
     # --- one thread per worker -------------------------------------------------------
 
     def _drive(self, link: Link) -> None:
-        """Feed one worker until the work runs out; settle whatever chunk it holds."""
-        chunk: Optional[Chunk] = None
+        """Feed one worker until the work runs out; settle every chunk it holds.
+
+        While the worker runs a chunk, the next one (if one waits to be sent) is
+        already on its way and waits at the worker (see ``PIPELINE``).
+        """
+        flight: deque[_Flight] = deque()  # sent to this worker, to be answered in this order
+        taken: Optional[Chunk] = None  # taken and not yet sent nor settled
+        starting = True
         try:
             while not self.stop.is_set():
-                if link.state is State.LOST and not self._rejoin(link):
-                    return
-                chunk = self._take(link)
-                if chunk is None:
-                    return
-                verdict = self._send(link, chunk)
-                self.settle(link, chunk, verdict)
-                chunk = None
+                if not flight:
+                    if link.state is State.LOST and not self._rejoin(link):
+                        return
+                    taken = self._take(link)
+                    if taken is None:
+                        return
+                    self._launch(link, taken, flight)
+                    taken = None
+                    if starting:
+                        starting = self._started()
+                    if not flight:  # it could not go, and was settled
+                        continue
+                if len(flight) < PIPELINE and link.state is State.RUNNING and self._may_queue(flight[0]):
+                    taken = self._take_queued(link)
+                    if taken is not None:
+                        self._launch(link, taken, flight)
+                        taken = None
+                self._land(link, flight)
         except BaseException as exc:  # a bug or an interpreter shutting down: lose no task
             logger.exception("the thread feeding worker %s failed", link.text)
-            if chunk is not None:
-                self.settle(link, chunk, Verdict("lost", reason=f"the client thread failed: {exc!r}"))
+            reason = f"the client thread failed: {exc!r}"
+            if flight:  # the first may have run; those behind it had not started
+                self.settle(link, flight.popleft().chunk, Verdict("lost", reason=reason))
+            for item in flight:
+                self.settle(link, item.chunk, Verdict("returned", reason=reason))
+            if taken is not None:
+                self.settle(link, taken, Verdict("returned", reason=reason))
             if link.state is not State.LOST:
-                link.move(State.LOST, f"the client thread failed: {exc!r}")
+                link.move(State.LOST, reason)
         finally:
+            if starting:
+                self._started()
             self.outbox.put(_EXIT)
+
+    def _started(self) -> bool:
+        """This thread has sent its worker's first chunk, or will send none; always False."""
+        with self.cond:
+            self._starting -= 1
+            if self._starting <= 0:
+                self.started.set()
+        return False
+
+    def _may_queue(self, head: _Flight) -> bool:
+        """Whether a chunk may be sent to wait behind ``head`` now: once every worker has
+        its first, or once ``head`` is half done (by the run times measured so far)."""
+        if self.started.is_set():
+            return True
+        mean = self.pending.sizer.mean
+        expected = (head.chunk.stop - head.chunk.start) * mean if mean is not None else 0.0
+        self.started.wait(max(0.0, head.sent + expected / 2 - time.monotonic()))
+        return True
 
     def _take(self, link: Link) -> Optional[Chunk]:
         """The next chunk, or a backup copy of a late one when none waits to be sent;
@@ -234,24 +301,35 @@ class Call:
                 now = time.monotonic()
                 if self.pending:
                     chunk = self.pending.take()
-                    self.held[link] = Claim(chunk, link, now)
+                    self.held.setdefault(link, []).append(Claim(chunk, link, now))
                     return chunk
                 if not self.held and self.pending.exhausted:
                     return None
                 pause = 0.5
                 if self.backup:
-                    claim, wait = pick(dict.fromkeys(self.held.values()), self._expected(link), now)
+                    claims = dict.fromkeys(claim for claims in self.held.values() for claim in claims)
+                    claim, wait = pick(claims, self._expected(link), now)
                     if claim is not None:
                         logger.info("worker %s has held tasks %d..%d for %.1f s; %s runs a backup copy",
                                     claim.links[0].text, claim.chunk.start, claim.chunk.stop - 1,
                                     now - claim.since, link.text)
                         claim.links.append(link)
                         claim.since = now
-                        self.held[link] = claim
+                        self.held.setdefault(link, []).append(claim)
                         return claim.chunk
                     pause = min(pause, wait)
                 self.cond.wait(pause)
             return None
+
+    def _take_queued(self, link: Link) -> Optional[Chunk]:
+        """A chunk to wait at a worker behind the one it runs, if one waits to be sent
+        now (never a backup copy: those go to idle workers)."""
+        with self.cond:
+            if self.stop.is_set() or not self.pending:
+                return None
+            chunk = self.pending.take()
+            self.held.setdefault(link, []).append(Claim(chunk, link, time.monotonic()))
+            return chunk
 
     def _expected(self, link: Link) -> Optional[float]:
         """Seconds a task is expected to take, for judging whether ``link`` should copy a
@@ -261,14 +339,45 @@ class Call:
         tasks, seconds = self.rates.get(link.text, (0, 0.0))
         return seconds / tasks if tasks else self.pending.sizer.mean
 
-    def _superseded(self, link: Link) -> bool:
-        """Whether another copy of the chunk ``link`` holds has already settled it."""
+    def _claim(self, link: Link, chunk: Chunk) -> Optional[Claim]:
+        """The claim by which ``link`` holds ``chunk``. Called with ``cond`` held."""
+        return next((claim for claim in self.held.get(link, ()) if claim.chunk is chunk), None)
+
+    def _superseded(self, link: Link, chunk: Chunk) -> bool:
+        """Whether another copy of ``chunk``, which ``link`` holds, has already settled it."""
         with self.cond:
-            claim = self.held.get(link)
+            claim = self._claim(link, chunk)
             return claim is not None and claim.settled
 
-    def _send(self, link: Link, chunk: Chunk) -> Verdict:
-        """Run ``chunk`` on ``link``'s worker; never raises for what the network does."""
+    def _launch(self, link: Link, chunk: Chunk, flight: deque[_Flight]) -> None:
+        """Send ``chunk`` to ``link``'s worker, behind those in ``flight``; settle it at
+        once if it cannot go. Never raises for what the network does."""
+        queued = bool(flight)
+        if not queued:
+            verdict = self._prepare(link, chunk)
+            if verdict is not None:
+                self.settle(link, chunk, verdict)
+                return
+        connection = link.connection
+        assert connection is not None
+        try:
+            ticket = connection.send(
+                "run_chunk", link.identity, self.target.shipment.fid, chunk.start, chunk.stop - chunk.start,
+                [b"".join(parts) for parts in chunk.payloads], self.timeout, *self.capture, queued=queued,
+            )
+        except Exception as exc:
+            if queued:  # the chunk ahead of it finds the connection broken, and judges the worker
+                logger.debug("worker %s: tasks %d..%d could not be sent behind another; they go back (%s)",
+                             link.text, chunk.start, chunk.stop - 1, exc)
+                self.settle(link, chunk, Verdict("returned", reason=f"it could not be sent: {exc}"))
+            else:
+                self.settle(link, chunk, self._broken(link, chunk, exc))
+            return
+        flight.append(_Flight(chunk, ticket, time.monotonic()))
+
+    def _prepare(self, link: Link, chunk: Chunk) -> Optional[Verdict]:
+        """Make ``link`` ready to run the first of its chunks: connected, RUNNING, and
+        holding the call's code. A verdict when ``chunk`` cannot go there now."""
         connection = link.connection
         assert connection is not None
         try:
@@ -277,39 +386,86 @@ class Call:
             link.move(State.LOST, f"cannot connect: {_pyro.translate(exc, link.text)}")
             return Verdict("returned", reason=link.reason)
         link.move(State.RUNNING)
-        if self._superseded(link):  # from now on, settling the chunk breaks this connection off
+        if self._superseded(link, chunk):  # from now on, settling the chunk breaks this connection off
             link.move(State.READY)
             return Verdict("returned", reason="another copy of the chunk answered first")
-        fid, count = self.target.shipment.fid, chunk.stop - chunk.start
+        fid = self.target.shipment.fid
+        if link.serves != GENERIC or fid in link.loaded:
+            return None
         try:
-            if link.serves == GENERIC and fid not in link.loaded:
-                status, reply = connection.call("load", fid, self.target.shipment.blob)
-                if status != "ok":  # the code cannot run there: every task says why
-                    link.move(State.READY)
-                    return Verdict("done", reply=pack_chunk(chunk.start, failed_chunk(count, loads(reply))))
-                link.loaded.add(fid)
-            sent = time.monotonic()
-            status, reply = connection.call(
-                "run_chunk", link.identity, fid, chunk.start, count,
-                [b"".join(parts) for parts in chunk.payloads], self.timeout,
-                *self.capture,
-            )
+            status, reply = connection.call("load", fid, self.target.shipment.blob)
         except Exception as exc:
-            return self._broken(link, exc)
+            return self._broken(link, chunk, exc)
+        if status != "ok":  # the code cannot run there: every task says why
+            link.move(State.READY)
+            failed = failed_chunk(chunk.stop - chunk.start, loads(reply))
+            return Verdict("done", reply=pack_chunk(chunk.start, failed))
+        link.loaded.add(fid)
+        return None
+
+    def _land(self, link: Link, flight: deque[_Flight]) -> None:
+        """Wait for the answer to the first chunk in ``flight`` and settle it. If the
+        connection broke, or the worker is no longer fit to run them, those behind it
+        go back to be sent again (they never started: a worker takes a connection's
+        calls one at a time)."""
+        head = flight.popleft()
+        connection = link.connection
+        if connection is not None and connection.is_open:
+            verdict = self._receive(link, head, last=not flight)
+        else:  # closed since it was sent (it lost a race, and was broken off)
+            verdict = self._broken(link, head.chunk, ConnectionError("the connection was closed"))
+        behind: list[_Flight] = []
+        if flight:
+            connection = link.connection
+            if link.state is not State.RUNNING or connection is None or not connection.is_open:
+                behind = list(flight)
+                flight.clear()
+                if connection is not None:
+                    connection.close()
+                if link.state is State.RUNNING:
+                    link.move(State.READY)
+            else:  # the next one starts now: its trip and its lateness count from here
+                now = time.monotonic()
+                flight[0] = flight[0]._replace(sent=now)
+                with self.cond:
+                    claim = self._claim(link, flight[0].chunk)
+                    if claim is not None and claim.links[-1] is link:
+                        claim.since = now
+        self.settle(link, head.chunk, verdict)
+        if behind:
+            logger.debug("worker %s: the chunks sent behind tasks %d..%d never started; they go back (%s)",
+                         link.text, head.chunk.start, head.chunk.stop - 1, verdict.reason or verdict.kind)
+        for item in behind:
+            self.settle(link, item.chunk, Verdict("returned", reason=f"it waited behind a chunk that did not "
+                                                  f"come back ({verdict.reason or verdict.kind})"))
+
+    def _receive(self, link: Link, item: _Flight, last: bool) -> Verdict:
+        """The answer to ``item``; the link leaves RUNNING only with the ``last`` in flight."""
+        connection = link.connection
+        assert connection is not None
+        try:
+            status, reply = connection.receive(item.ticket)
+        except Exception as exc:
+            return self._broken(link, item.chunk, exc)
+        now = time.monotonic()
         if status == "ok":
-            link.move(State.READY)
-            return Verdict("done", reply=reply, trip=time.monotonic() - sent)
+            if last:
+                link.move(State.READY)
+            else:
+                link.alive_at = now
+            return Verdict("done", reply=reply, trip=now - item.sent)
         if status == "need-function":  # it dropped the code from its cache: send it again
-            link.loaded.discard(fid)
-            link.move(State.READY)
+            link.loaded.discard(self.target.shipment.fid)
+            if last:
+                link.move(State.READY)
         elif status == "restarting":
             link.move(State.LOST, "it restarts to stop a task that overran its timeout")
         else:  # "wrong-worker": another process answers at its address; nothing ran
             link.move(State.LOST, "another process answers at its address")
         return Verdict("returned", reason=link.reason)
 
-    def _broken(self, link: Link, exc: Exception) -> Verdict:
-        """The call on ``link`` broke: was the worker lost, or only its connection?"""
+    def _broken(self, link: Link, chunk: Chunk, exc: Exception) -> Verdict:
+        """The call that sent ``chunk`` on ``link`` broke: was the worker lost, or only its connection?"""
         if link.connection is not None:
             link.connection.close()
         if self.stop.is_set():
@@ -319,7 +475,7 @@ class Call:
             reason = f"it left a check unanswered for {self.heartbeat} s"
             link.move(State.LOST, reason)
             return Verdict("lost", reason=reason)
-        if self._superseded(link):  # broken off on purpose: the worker is fine
+        if self._superseded(link, chunk):  # broken off on purpose: the worker is fine
             link.move(State.READY)
             return Verdict("returned", reason="another copy of the chunk answered first")
         try:
@@ -384,8 +540,12 @@ class Call:
     def settle(self, link: Link, chunk: Chunk, verdict: Verdict) -> None:
         """Report or requeue every task of ``chunk``, exactly once, whichever copy answers."""
         with self.cond:
-            claim = self.held.pop(link, None)
-            assert claim is not None and claim.chunk is chunk, f"{link.text} settles a chunk it does not hold"
+            claim = self._claim(link, chunk)
+            assert claim is not None, f"{link.text} settles a chunk it does not hold"
+            claims = self.held[link]
+            claims.remove(claim)
+            if not claims:
+                del self.held[link]
             claim.links.remove(link)
             if claim.settled or (verdict.kind != "done" and claim.links):
                 self.cond.notify_all()
@@ -422,7 +582,13 @@ class Call:
         with self.cond:
             for start, stop, alone in reversed(again):
                 self.pending.put_back(start, stop, alone=alone)
-            self.cond.notify_all()
+            # Idle threads wait for work, or for the last chunk to be settled (then they
+            # end). Woken all for every chunk, 128 of them would cost a burst of wakeups:
+            # one is enough to see whether what was learnt makes a backup copy due.
+            if again or not self.held:
+                self.cond.notify_all()
+            elif self.backup:
+                self.cond.notify()
         for batch in batches:
             self.outbox.put(batch)
 
