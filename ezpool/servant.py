@@ -294,10 +294,14 @@ class Servant:
         with self._lock:
             self._calls += 1
             call = self._calls
-            while self._job is not None and not self._restarting:
-                if client_gone(0.0, None):
-                    return "gone", b""
+            # A client may have sent this chunk behind another and hung up since: it
+            # would never read the answer, so nothing runs.
+            while not client_gone(0.0, None):
+                if self._job is None or self._restarting:
+                    break
                 self._lock.wait(_WATCH_EVERY)
+            else:
+                return "gone", b""
             if self._restarting:
                 return "restarting", b""
             try:

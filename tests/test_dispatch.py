@@ -329,6 +329,27 @@ def test_a_worker_stops_a_chunk_soon_after_its_client_is_killed(serve, tmp_path,
         }
 
 
+
+@pytest.mark.timeout(30)
+def test_a_chunk_sent_behind_another_never_runs_once_its_client_has_hung_up(serve, tmp_path):
+    from ezpool import _pyro
+    from ezpool.security import resolve_key
+    from ezpool.serialization import dumps_tasks
+
+    (uri,) = serve("tests._workers:Recorder").uris
+    connection = _pyro.Connection(_pyro.parse_uri(uri), resolve_key(), None)
+    identity = connection.call("hello")["identity"]
+    for n, (name, seconds) in enumerate([("ahead", 0.5), ("behind", 0.0)]):
+        payload = b"".join(dumps_tasks([(str(tmp_path), name, seconds)]))
+        connection.send("run_chunk", identity, "", n, 1, [payload], None, queued=n > 0)
+    deadline = time.monotonic() + 10
+    while not list(tmp_path.iterdir()):  # the first has started
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    connection.close()
+    time.sleep(1.5)  # the first ends, and the worker reads the second
+    assert sorted(path.name.split("-")[0] for path in tmp_path.iterdir()) == ["ahead"]
+
 # --- 8. a silent worker is found within ``heartbeat`` seconds ---------------------------
 
 
