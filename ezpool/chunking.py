@@ -332,6 +332,11 @@ class ChunkQueue:
         return bool(self._pending)
 
     @property
+    def waiting(self) -> int:
+        """How many of the tasks read so far wait to be sent."""
+        return self._undispatched
+
+    @property
     def exhausted(self) -> bool:
         """Whether every task has been read (always, for a list of tasks)."""
         return self.feed is None or self.feed.exhausted

@@ -90,7 +90,10 @@ class Options:
             task it is running. So a slow but live worker does not hold up the end of a
             call, but a task there may run twice: turn it off for tasks whose side
             effects must not be repeated. ``max_attempts`` counts as before: a copy that
-            fails while the other still runs counts nothing. The other modes ignore it.
+            fails while the other still runs counts nothing. With it on, a worker is
+            also sent its next chunk while it runs the last (a copy rescues one that
+            waits behind a slow worker's); off, it holds one at a time. The other
+            modes ignore it.
         capture_output: in the parallel and distributed modes, send back what each task
             writes to ``sys.stdout`` and ``sys.stderr`` and logs with ``logging``, and show
             it here, each line tagged ``[WORKER task TASK]``: text on this process's

@@ -166,6 +166,33 @@ def test_the_slow_workers_run_times_do_not_delay_the_copies_of_the_fast_one():
     assert copy is last and call.held[fast] == call.held[slow]
 
 
+
+# --- a chunk sent behind another --------------------------------------------------------
+
+
+def test_no_chunk_is_sent_behind_another_while_an_idle_worker_could_run_it():
+    call, busy, idle = _two_link_call(Options())
+    first = call._take(busy)
+    assert first is not None and first.start == 0
+    assert call._take_queued(busy) is None  # task 1 is the idle worker's
+    second = call._take(idle)
+    assert second is not None and second.start == 1
+
+
+def test_a_worker_holds_two_chunks_only_where_backup_copies_can_overtake_them():
+    tasks = list(range(40))
+    options = Options(chunksize=5)
+    call = Call(tasks, ChunkQueue(tasks, 2, 5, depth=2, split=True), [_link(1), _link(2)],
+                Target("f", "", None), options, lambda link: False, Crew())
+    link = call.links[0]
+    assert call.depth == 2
+    assert call._take(link) is not None
+    queued = call._take_queued(link)
+    assert queued is not None and call.held[link][1].chunk is queued
+    # Without backups a chunk behind a slow worker's would wait as long as it does.
+    assert Call(tasks, ChunkQueue(tasks, 2, 5, split=True), [_link(1), _link(2)], Target("f", "", None),
+                Options(backup=False), lambda link: False, Crew()).depth == 1
+
 # --- real workers, one of them slow -------------------------------------------------------
 
 

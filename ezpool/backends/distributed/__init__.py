@@ -49,6 +49,7 @@ from ... import _pyro, security
 from ...chunking import TARGET_SECONDS, ChunkQueue, Priors
 from ...code import Shipment, fingerprint, ship
 from ...errors import AuthenticationError, WorkerUnavailable
+from ...feed import Feed
 from ...options import DEFAULT_WORKER, Options
 from ...serialization import dumps, short_repr
 from ...servant import GENERIC
@@ -56,7 +57,7 @@ from ...tasks import bind
 from ..base import Backend, Batch
 from .connect import can_start, fits, hello, may_start, name_of, not_started, start_worker, version_table
 from .crew import Crew
-from .dispatch import PIPELINE, Call, Target
+from .dispatch import Call, Target, held_at_once
 from .links import Link, State
 from .watch import Watcher
 
@@ -96,9 +97,10 @@ class DistributedBackend(Backend):
         links = [self._link(text, key, tls) for text in texts]
         seconds = chunk_target(len(links))
         fid = target.shipment.fid
+        feed = tasks if isinstance(tasks, Feed) else None
         pending = ChunkQueue(
-            tasks, len(links), options.chunksize, depth=PIPELINE, split=True, target=seconds,
-            prior=self._priors.get(fid),
+            tasks, len(links), options.chunksize, depth=held_at_once(options, feed), split=True,
+            target=seconds, prior=self._priors.get(fid),
         )
         for link in links:
             link.heartbeat = options.heartbeat

@@ -2,8 +2,9 @@
 
 A thread per worker (from the pool's ``crew``) takes a chunk, sends it, and turns
 whatever happened into a ``Verdict``. While the worker runs it, the thread sends
-the next chunk too (``PIPELINE``): it waits at the worker's end of the connection
-and starts the moment the first is answered, with no round trip between. A
+the next chunk too (``PIPELINE``, where backup copies run: see ``held_at_once``):
+it waits at the worker's end of the connection and starts the moment the first
+is answered, with no round trip between. A
 worker takes a connection's calls one at a time, so a chunk sent behind another
 has not started until the one ahead was answered: if the connection breaks, the
 one ahead is judged as below and those behind it are ``returned``.
@@ -46,6 +47,7 @@ from ...chunking import Chunk, ChunkQueue
 from ...code import Shipment
 from ...errors import ResultNotSerializable, WorkerCrashed
 from ...execution import failed_chunk, pack_chunk, unpack_chunk
+from ...feed import Feed
 from ...options import Options
 from ...output import capture_level
 from ...serialization import loads, rebuild
@@ -58,7 +60,7 @@ from .links import Link, State
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Call", "Target", "Verdict", "MAX_RETURNS"]
+__all__ = ["Call", "Target", "Verdict", "MAX_RETURNS", "PIPELINE", "backups", "held_at_once"]
 
 #: Times a task may come back unfinished from a live worker before it counts as crashed.
 MAX_RETURNS = 8
@@ -120,10 +122,8 @@ class Call:
         self.timeout = options.timeout
         self.heartbeat = options.heartbeat
         self.max_attempts = options.max_attempts
-        # Not for a live source (the executor): there an idle worker is waiting for the
-        # next call, and a copy of a late one would make that call wait behind it.
-        feed = pending.feed
-        self.backup = options.backup and (feed is None or feed.live is None)
+        self.backup = backups(options, pending.feed)
+        self.depth = held_at_once(options, pending.feed)
         # Sent only when wanted, so that a call without it is one any worker knows.
         level = capture_level(options)
         self.capture = [] if level is None else [level]
@@ -242,8 +242,11 @@ class Call:
         try:
             while not self.stop.is_set():
                 if not flight:
-                    if link.state is State.LOST and not self._rejoin(link):
-                        return
+                    if link.state is State.LOST:
+                        if starting:  # no one waits for a lost worker to start
+                            starting = self._started()
+                        if not self._rejoin(link):
+                            return
                     taken = self._take(link)
                     if taken is None:
                         return
@@ -253,7 +256,8 @@ class Call:
                         starting = self._started()
                     if not flight:  # it could not go, and was settled
                         continue
-                if len(flight) < PIPELINE and link.state is State.RUNNING and self._may_queue(flight[0]):
+                if len(flight) < self.depth and link.state is State.RUNNING:
+                    self._wait_to_queue(flight[0])
                     taken = self._take_queued(link)
                     if taken is not None:
                         self._launch(link, taken, flight)
@@ -283,15 +287,14 @@ class Call:
                 self.started.set()
         return False
 
-    def _may_queue(self, head: _Flight) -> bool:
-        """Whether a chunk may be sent to wait behind ``head`` now: once every worker has
-        its first, or once ``head`` is half done (by the run times measured so far)."""
+    def _wait_to_queue(self, head: _Flight) -> None:
+        """Wait until a chunk may be sent behind ``head``: once every worker has its
+        first, or once ``head`` is half done (by the run times measured so far)."""
         if self.started.is_set():
-            return True
+            return
         mean = self.pending.sizer.mean
         expected = (head.chunk.stop - head.chunk.start) * mean if mean is not None else 0.0
         self.started.wait(max(0.0, head.sent + expected / 2 - time.monotonic()))
-        return True
 
     def _take(self, link: Link) -> Optional[Chunk]:
         """The next chunk, or a backup copy of a late one when none waits to be sent;
@@ -326,6 +329,9 @@ class Call:
         now (never a backup copy: those go to idle workers)."""
         with self.cond:
             if self.stop.is_set() or not self.pending:
+                return None
+            idle = sum(1 for other in self.links if other not in self.held and other.state is not State.LOST)
+            if self.pending.waiting <= idle:  # an idle worker will want it: leave it
                 return None
             chunk = self.pending.take()
             self.held.setdefault(link, []).append(Claim(chunk, link, time.monotonic()))
@@ -654,6 +660,25 @@ class Call:
             again.extend((position, position + 1, True) for position in retry)
         else:
             again.extend(_runs(retry, chunk.alone))
+
+
+def backups(options: Options, feed: Optional[Feed]) -> bool:
+    """Whether idle workers run backup copies of late chunks in a call with ``options``.
+
+    Not for a live source (the executor): there an idle worker is waiting for the
+    next call, and a copy of a late one would make that call wait behind it.
+    """
+    return options.backup and (feed is None or feed.live is None)
+
+
+def held_at_once(options: Options, feed: Optional[Feed]) -> int:
+    """Chunks a worker holds at once: ``PIPELINE`` where backup copies run, else one.
+
+    A chunk sent behind one that a slow worker runs waits as long as it does; only a
+    backup copy on an idle worker gets it done sooner. Without backups (``backup=False``
+    or a live source) a worker holds only the chunk it runs.
+    """
+    return PIPELINE if backups(options, feed) else 1
 
 
 def _runs(positions: list[int], alone: bool) -> list[tuple[int, int, bool]]:
