@@ -304,7 +304,7 @@ class Call:
                 now = time.monotonic()
                 if self.pending:
                     chunk = self.pending.take()
-                    self.held.setdefault(link, []).append(Claim(chunk, link, now))
+                    self._hold(link, Claim(chunk, link, now))
                     return chunk
                 if not self.held and self.pending.exhausted:
                     return None
@@ -318,7 +318,7 @@ class Call:
                                     now - claim.since, link.text)
                         claim.links.append(link)
                         claim.since = now
-                        self.held.setdefault(link, []).append(claim)
+                        self._hold(link, claim)
                         return claim.chunk
                     pause = min(pause, wait)
                 self.cond.wait(pause)
@@ -330,12 +330,18 @@ class Call:
         with self.cond:
             if self.stop.is_set() or not self.pending:
                 return None
-            idle = sum(1 for other in self.links if other not in self.held and other.state is not State.LOST)
-            if self.pending.waiting <= idle:  # an idle worker will want it: leave it
+            waiting = self.pending.waiting
+            if waiting <= len(self.links) - len(self.held) and waiting <= sum(
+                1 for other in self.links if other not in self.held and other.state is not State.LOST
+            ):  # an idle worker will want it: leave it
                 return None
             chunk = self.pending.take()
-            self.held.setdefault(link, []).append(Claim(chunk, link, time.monotonic()))
+            self._hold(link, Claim(chunk, link, time.monotonic()))
             return chunk
+
+    def _hold(self, link: Link, claim: Claim) -> None:
+        """``link`` now holds ``claim``'s chunk, behind any it holds. Called with ``cond`` held."""
+        self.held.setdefault(link, []).append(claim)
 
     def _expected(self, link: Link) -> Optional[float]:
         """Seconds a task is expected to take, for judging whether ``link`` should copy a
