@@ -64,13 +64,24 @@ def _core_no_worker_left_behind():
 # --- distributed: real ezpool.serve daemons and a real Pyro4 name server on 127.0.0.1 ---
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
+def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
+    """A TCP port on ``host`` that nothing uses right now, and the ``count - 1`` after it
+    too (``serve --procs N`` listens on N consecutive ports)."""
+    import contextlib
     import socket
 
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    for _ in range(100):
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(socket.socket())
+            first.bind((host, 0))
+            port = int(first.getsockname()[1])
+            try:
+                for offset in range(1, count):
+                    stack.enter_context(socket.socket()).bind((host, port + offset))
+            except (OSError, OverflowError):  # a neighbour is taken (a client's ephemeral port, say)
+                continue
+            return port
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")
 
 
 def read_lines(process, count, command, timeout=30.0):
@@ -185,7 +196,7 @@ def serve(start_daemon):
     """
 
     def run(spec, *flags, procs=1, port=None, env=None):
-        port = port or free_port()
+        port = port or free_port(count=procs)
         command = [sys.executable, "-m", "ezpool.serve", *([spec] if spec else [])]
         command += ["--port", str(port), *flags]
         if procs > 1:
