@@ -323,7 +323,11 @@ class Servant:
         most = _WATCH_MOST if timeout is None else max(_WATCH_EVERY, min(_WATCH_MOST, timeout / 10))
         every = _WATCH_EVERY
         while not job.done.is_set():
-            gone = not job.cancel and client_gone(every, self._wake_read)
+            gone = False
+            if job.cancel:  # the client left (a hang-up stays visible): wait for the running task
+                job.done.wait(every)
+            else:
+                gone = client_gone(every, self._wake_read)
             self._drain()
             if job.done.is_set():
                 break

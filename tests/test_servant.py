@@ -84,6 +84,31 @@ def test_a_chunk_whose_client_hung_up_stops_after_the_running_task(tmp_path):
     assert not servant.busy()
 
 
+
+def test_once_its_client_hung_up_a_chunk_stops_asking_and_waits_for_the_running_task():
+    # A hang-up stays visible: asked again while a long task ends, it would answer at
+    # once, over and over, and the watching thread would spin.
+    asked = []
+
+    def client_gone(seconds, wake):  # there when the chunk starts, gone from then on
+        asked.append(seconds)
+        return len(asked) > 1
+
+    def long_task(task):
+        time.sleep(0.6)
+        return task
+
+    servant = Servant(long_task)
+    looks = []  # the watching thread reads the runner's wakes once per look at the chunk
+    drain = servant._drain
+    servant._drain = lambda: looks.append(drain())
+    status, reply = servant.run_chunk(servant.identity, "", 0, 3, _payload(range(3)), None,
+                                      client_gone=client_gone)
+    _, values, _, _ = _decode(reply)
+    assert status == "ok" and values == [0]
+    assert len(asked) == 2  # before the chunk starts, and once while it runs
+    assert len(looks) < 20, f"{len(looks)} looks while one task of 0.6 s ended"
+
 def test_faults_are_named_or_refused():
     assert Faults("drop_reply=2, drop_reply=5").drop_reply == {2, 5}
     with pytest.raises(ValueError, match="unknown fault 'explode'"):
