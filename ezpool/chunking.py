@@ -17,7 +17,6 @@ run. A piece that would answer with more than that is cut when it is taken.
 from __future__ import annotations
 
 import collections
-import logging
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -26,9 +25,10 @@ from typing import Any, NamedTuple, Optional
 from .backends.base import Batch
 from .execution import GroupTimes
 from .feed import Feed
+from .logs import get_logger
 from .serialization import Pickled, dumps_tasks
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = [
     "plan_pieces",

@@ -17,7 +17,6 @@ import hashlib
 import importlib
 import inspect
 import linecache
-import logging
 import os
 import pickle
 import threading
@@ -27,7 +26,9 @@ from typing import Any, Optional, Union, cast
 
 import cloudpickle
 
-logger = logging.getLogger(__name__)
+from .logs import get_logger
+
+logger = get_logger(__name__)
 
 __all__ = ["Shipment", "ship", "unpack", "fingerprint"]
 

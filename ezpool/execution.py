@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from array import array
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -11,10 +10,11 @@ from operator import mul
 from time import perf_counter
 from typing import Any, Callable, Optional, Union, overload
 
-from .output import Capture, TaskOutput
+from .logs import get_logger
+from .output import TaskOutput
 from .serialization import ExceptionRecord, capture, dumps, loads, safe_values
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = [
     "ChunkOutcome",
@@ -293,6 +293,8 @@ def run_chunk_captured(
     add_value, clock = values.append, perf_counter
     add_time = partial(times.add, 1) if isinstance(times, GroupTimes) else times.append
     position = first
+    from .capture import Capture  # needs ``logging``: only a run that captures pays for it
+
     with Capture(level) as kept:
         began = clock()
         for task in tasks:

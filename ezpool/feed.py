@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import logging
 import threading
 import time
 from collections import deque
@@ -23,8 +22,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable, Optional, Union, overload
 
 from .backends.base import Batch
+from .logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Admit", "Feed", "Live", "Lookup", "stored_batches"]
 

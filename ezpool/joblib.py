@@ -33,7 +33,6 @@ The mode and pool options are the backend's keyword arguments
 from __future__ import annotations
 
 import concurrent.futures
-import logging
 import multiprocessing
 import pickle
 import threading
@@ -57,9 +56,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import backends
 from .executor import PoolExecutor
+from .logs import get_logger
 from .options import DEFAULT_WORKER, Options
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["EzPoolBackend", "register", "BACKEND_NAME"]
 

@@ -11,7 +11,6 @@ can reach it list, add or overwrite names.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -19,8 +18,9 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import SecurityError
+from .logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["main"]
 

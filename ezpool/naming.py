@@ -11,14 +11,14 @@ are nobody's to judge and are always listed.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 from typing import Optional, Union
 
+from .logs import get_logger
 from .security import resolve_key
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["list_workers", "DEFAULT_REFRESH", "TTL_REFRESHES", "stamped", "is_stale", "last_seen"]
 

@@ -7,14 +7,15 @@ so one argparse namespace can drive all three modes.
 
 from __future__ import annotations
 
-import logging
 import numbers
 import os
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Callable, Optional, Union
 
-logger = logging.getLogger(__name__)
+from .logs import get_logger
+
+logger = get_logger(__name__)
 
 __all__ = ["Options", "DEFAULT_WORKER", "NOT_GIVEN", "given", "unknown_option"]
 

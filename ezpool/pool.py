@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Generator, Hashable, Iterable, Iterator, Sequence, Sized
 from itertools import repeat
 from time import perf_counter
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 from . import backends
 from .backends.base import Batch
 from .feed import Feed, Live, stored_batches
+from .logs import get_logger
 from .options import NOT_GIVEN, Options, PathText, ProgressHook, given, unknown_option
 from .output import Relay
 from .progress import Progress
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .executor import PoolExecutor
     from .store import Sweep
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Pool", "EzPool"]
 

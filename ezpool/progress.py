@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional, TextIO
 
 from .backends.base import Batch
+from .logs import get_logger
 from .options import ProgressHook
 from .results import TaskOutcome
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Progress"]
 

@@ -22,9 +22,10 @@ from typing import Optional
 
 from . import _pyro
 from .errors import WorkerUnavailable
+from .logs import get_logger
 from .naming import DEFAULT_REFRESH, NS_TIMEOUT, is_stale, last_seen, stamped
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Registration"]
 

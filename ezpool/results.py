@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from array import array
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, TypeVar
 
 from .errors import EzPoolError
+from .logs import get_logger
 
 if TYPE_CHECKING:
     from .backends.base import Batch
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["TaskOutcome", "Results", "ResultsBuilder", "R"]
 

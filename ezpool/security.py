@@ -30,7 +30,6 @@ import errno
 import hashlib
 import hmac
 import ipaddress
-import logging
 import os
 import secrets
 import socket
@@ -42,8 +41,9 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import SecurityError
+from .logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = [
     "KEY_ENV",

@@ -41,7 +41,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import logging
 import os
 import platform
 import secrets
@@ -56,11 +55,12 @@ from typing import Any, Callable, Optional, cast
 from .code import fingerprint, unpack
 from .errors import TaskTimeout
 from .execution import ChunkOutcome, GroupTimes, failed_chunk, pack_chunk, run_chunk, run_chunk_captured
+from .logs import get_logger
 from .output import TaskOutput
 from .serialization import ExceptionRecord, capture, dumps, loads_tasks
 from .worker import BaseWorker
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Servant", "served_name", "Faults", "GENERIC"]
 

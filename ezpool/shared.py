@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import mmap
 import multiprocessing.util
 import os
@@ -47,9 +46,10 @@ import sys
 import weakref
 from typing import Any, Callable, NamedTuple, Optional, Union
 
+from .logs import get_logger
 from .serialization import pickle_by_name
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Parcel", "Shelf", "Loader", "SHARED_LEAST"]
 

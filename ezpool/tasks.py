@@ -9,11 +9,12 @@ With a ``context`` (an option), it comes first: ``fun(context, *task)``.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import Any, Callable
 
-logger = logging.getLogger(__name__)
+from .logs import get_logger
+
+logger = get_logger(__name__)
 
 __all__ = ["unique_tasks", "iterate_tasks", "call", "bind"]
 

@@ -83,10 +83,10 @@ from tests._startup import loaded
 
 if __name__ == "__main__":
     with Pool(progress=False, start_method=sys.argv[1]) as pool:
-        results = pool.pmap(loaded, ["cloudpickle", "ctypes", "hashlib"], ncpu=1)
+        results = pool.pmap(loaded, ["cloudpickle", "ctypes", "hashlib", "logging", "traceback"], ncpu=1)
     print(json.dumps({
         "imported": imported,
-        "caller": {name: name in sys.modules for name in ("cloudpickle", "ctypes", "hashlib")},
+        "caller": {name: name in sys.modules for name in ("cloudpickle", "ctypes", "hashlib", "logging", "traceback")},
         "worker": dict(results),
     }))
 """
@@ -114,11 +114,14 @@ def test_a_cold_start_imports_only_what_it_needs(method, tmp_path, core_python, 
     found = _run_script(_COLD_SCRIPT, method, tmp_path, core_python, core_child_env)
     heavy = ("ssl", "hashlib", "difflib", "multiprocessing", "cloudpickle", "Pyro4", "numpy")
     heavy += ("dataclasses", "inspect", "ast", "dis")  # a third of the import, once
+    heavy += ("logging", "traceback", "linecache", "string")  # a quarter: see ezpool.logs
     assert [name for name in found["imported"] if name.split(".")[0] in heavy] == []
     # A function found by name travels by name: cloudpickle stays out of both sides,
     # the mark needs no ctypes, and a reference by name is its own fid (no hashlib).
-    assert found["caller"] == {"cloudpickle": False, "ctypes": False, "hashlib": False}
-    assert found["worker"] == {"cloudpickle": False, "ctypes": False, "hashlib": False}
+    # A run that logs nothing and in which no task fails needs no logging or traceback.
+    unused = {"cloudpickle": False, "ctypes": False, "hashlib": False, "logging": False, "traceback": False}
+    assert found["caller"] == unused
+    assert found["worker"] == unused
 
 
 _MAIN_SCRIPT = """

@@ -14,18 +14,18 @@ and are opened only after the call that carries them was authenticated.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import Pyro4
 import Pyro4.errors
 
 from ..errors import AuthenticationError, WorkerUnavailable
+from ..logs import get_logger
 from .client import Connection
 from .names import NS_PORT, NameServer, NameServerProcess, name_server_uri, resolve
 from .server import Server, configure_worker_process
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = [
     "CommunicationError",

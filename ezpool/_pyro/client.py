@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import secrets
 import select
 import socket
@@ -40,9 +39,10 @@ import Pyro4.message
 import Pyro4.socketutil
 import Pyro4.util
 
+from ..logs import get_logger
 from ..security import same, sign
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Connection"]
 

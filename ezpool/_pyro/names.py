@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any, Optional
 
@@ -11,9 +10,10 @@ import Pyro4.constants
 import Pyro4.errors
 
 from ..errors import WorkerUnavailable
+from ..logs import get_logger
 from .client import Connection
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["NS_PORT", "name_server_uri", "NameServer", "NameServerProcess", "resolve"]
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import logging
 import secrets
 import select
 import socket
@@ -28,9 +27,10 @@ import Pyro4
 import Pyro4.errors
 import Pyro4.socketutil
 
+from ..logs import get_logger
 from ..security import same, sign
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = [
     "Server",

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import logging
 from types import MappingProxyType
 
+from ..logs import get_logger
 from .base import Backend, Batch
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Backend", "Batch", "MODES", "check_mode", "create"]
 

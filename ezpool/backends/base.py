@@ -9,15 +9,16 @@ does all of that once, for every backend.
 from __future__ import annotations
 
 import abc
-import logging
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from ..logs import get_logger
 
 if TYPE_CHECKING:
     from ..options import Options
     from ..output import TaskOutput
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Backend", "Batch"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import signal
@@ -12,12 +11,13 @@ from multiprocessing.connection import Connection
 from typing import Any, Optional
 
 from ..execution import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
+from ..logs import get_logger
 from ..output import TaskOutput
 from ..serialization import capture, loads, loads_tasks
 from ..shared import Loader
 from . import wire
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["main"]
 

@@ -39,7 +39,6 @@ second call pays no start-up either.
 from __future__ import annotations
 
 import contextlib
-import logging
 import multiprocessing
 import os
 import signal
@@ -56,6 +55,7 @@ from ..chunking import ChunkQueue, Priors
 from ..errors import EzPoolError, ResultNotSerializable, TaskTimeout, WorkerCrashed
 from ..execution import unpack_chunk
 from ..feed import Live
+from ..logs import get_logger
 from ..options import Options
 from ..output import capture_level
 from ..serialization import Pickled, dumps, rebuild, short_repr
@@ -65,7 +65,7 @@ from . import wire
 from .base import Backend, Batch
 from .processes import STOP_GRACE, WorkerProcess, preload, stop_with
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["ParallelBackend", "available_cpus"]
 

@@ -28,7 +28,6 @@ the ``multiprocessing`` heap, or a file.
 from __future__ import annotations
 
 import contextlib
-import logging
 import mmap
 import os
 import sys
@@ -40,10 +39,11 @@ from time import monotonic
 from typing import Any
 
 from ..execution import read_mark
+from ..logs import get_logger
 from ..serialization import dumps
 from . import child, wire
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["STOP_GRACE", "WorkerProcess", "preload", "stop_all", "stop_with"]
 

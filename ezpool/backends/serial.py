@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Generator, Iterator, Sequence
 from time import perf_counter
@@ -10,11 +9,12 @@ from typing import Any, Callable, Union
 
 from ..errors import EzPoolError
 from ..feed import Feed
+from ..logs import get_logger
 from ..options import Options
 from ..tasks import bind, call
 from .base import Backend, Batch
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["SerialBackend"]
 

@@ -16,14 +16,15 @@ is zeroed and faulted in page by page, which cost about as much as reading it.
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from ..logs import get_logger
+
+logger = get_logger(__name__)
 
 __all__ = ["send", "receive", "Inbox"]
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import logging
 import os
 import threading
 import time
@@ -34,6 +33,7 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ..logs import get_logger
 from ..options import Options
 from .calls import Code, unwrap
 from .dispatch import Calls, Dispatcher, MapCalls, MapRun
@@ -41,7 +41,7 @@ from .dispatch import Calls, Dispatcher, MapCalls, MapRun
 if TYPE_CHECKING:
     from ..pool import Pool
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["PoolExecutor"]
 

@@ -10,7 +10,6 @@ futures one by one, each map's slices at once (``MapRun``).
 from __future__ import annotations
 
 import concurrent.futures
-import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -18,12 +17,13 @@ from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 from ..backends.base import Batch
 from ..feed import Live
+from ..logs import get_logger
 from .calls import run_in_context, run_task, unwrap
 
 if TYPE_CHECKING:
     from ..pool import Pool
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Dispatcher", "MapRun", "MapCalls", "Calls", "Errors"]
 

@@ -62,18 +62,18 @@ machine, in brackets:
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from typing import Any, NamedTuple, Optional, Union
 
 from ..errors import StoreError, StoreMismatch
+from ..logs import get_logger
 from ..results import Results
 from .connection import Connection
 from .identity import Identity, identity, sweep_name
 from .sweep import StoredOutcome, Sweep, label
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Store", "Sweep", "SweepInfo", "StoredOutcome", "open_store", "open_sweep"]
 

@@ -9,14 +9,14 @@ is missing or is not a store.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional
 
 from ..errors import StoreError
+from ..logs import get_logger
 from . import Store
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["main"]
 

@@ -22,7 +22,6 @@ passes SQLite's limit of 10**9 bytes.
 
 from __future__ import annotations
 
-import logging
 import pickle
 import struct
 from array import array
@@ -33,10 +32,11 @@ import cloudpickle
 
 from ..errors import ResultNotSerializable
 from ..execution import GroupTimes
+from ..logs import get_logger
 from ..serialization import ExceptionRecord, capture, loads, rebuild, short_repr
 from .keys import task_key
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Encoded", "encode", "load_tasks", "Outcomes", "offsets", "TASKS_EACH", "VALUES_EACH"]
 

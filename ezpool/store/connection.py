@@ -10,7 +10,6 @@ ezpool store and ``PRAGMA user_version`` holds its format, checked on opening.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import sqlite3
 import threading
@@ -20,8 +19,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import StoreError
+from ..logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Connection"]
 

@@ -23,7 +23,6 @@ import functools
 import hashlib
 import inspect
 import io
-import logging
 import pickle
 import types
 from typing import Any, NamedTuple
@@ -31,8 +30,9 @@ from typing import Any, NamedTuple
 import cloudpickle
 
 from ..code import fingerprint
+from ..logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Identity", "sweep_name", "identity"]
 

@@ -13,17 +13,17 @@ The index remembers the last row and the last ``forgotten`` row it read, so that
 
 from __future__ import annotations
 
-import logging
 import pickle
 import sqlite3
 from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
+from ..logs import get_logger
 from .batches import load_tasks, offsets
 from .keys import task_key, task_keys
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Index"]
 

@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import decimal
 import hashlib
-import logging
 import math
 import numbers
 import pickle
 from collections.abc import Iterable
 from typing import Any
 
+from ..logs import get_logger
 from ..serialization import short_repr
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["task_key", "task_keys"]
 

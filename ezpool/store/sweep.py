@@ -12,7 +12,6 @@ record pays for keying what was recorded.
 from __future__ import annotations
 
 import heapq
-import logging
 import pickle
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any, Callable, NamedTuple, Optional, cast
 
 from ..backends.base import Batch
 from ..errors import StoreError
+from ..logs import get_logger
 from ..results import Results, ResultsBuilder
 from ..serialization import short_repr
 from .batches import Outcomes, encode, load_tasks
@@ -30,7 +30,7 @@ from .connection import Connection
 from .index import Index
 from .keys import task_keys
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Sweep", "StoredOutcome"]
 

@@ -37,7 +37,6 @@ a chunk, whatever went wrong, is decided in ``dispatch.Call.settle``.
 
 from __future__ import annotations
 
-import logging
 import ssl
 import subprocess
 import threading
@@ -50,6 +49,7 @@ from ...chunking import TARGET_SECONDS, ChunkQueue, Priors
 from ...code import Shipment, fingerprint, ship
 from ...errors import AuthenticationError, WorkerUnavailable
 from ...feed import Feed
+from ...logs import get_logger
 from ...options import DEFAULT_WORKER, Options
 from ...serialization import dumps, short_repr
 from ...servant import GENERIC
@@ -61,7 +61,7 @@ from .dispatch import Call, Target, held_at_once
 from .links import Link, State
 from .watch import Watcher
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["DistributedBackend"]
 

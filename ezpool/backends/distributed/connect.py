@@ -9,7 +9,6 @@ fresh worker that silently runs everything.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import subprocess
@@ -19,13 +18,14 @@ from typing import Any, Optional
 
 from ... import _pyro
 from ...errors import WorkerUnavailable
+from ...logs import get_logger
 from ...options import DEFAULT_WORKER
 from ...security import KEY_ENV, is_loopback_host
 from ...servant import GENERIC, served_name
 from ...worker import BaseWorker
 from .links import Link
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = [
     "CONNECT_TIMEOUT",

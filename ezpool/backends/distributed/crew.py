@@ -9,12 +9,13 @@ busiest call, and a second call starts none.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from typing import Any, Callable
 
-logger = logging.getLogger(__name__)
+from ...logs import get_logger
+
+logger = get_logger(__name__)
 
 __all__ = ["Crew"]
 

@@ -34,7 +34,6 @@ settled before the thread ends, so no task is ever lost or reported twice.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -48,6 +47,7 @@ from ...code import Shipment
 from ...errors import ResultNotSerializable, WorkerCrashed
 from ...execution import failed_chunk, pack_chunk, unpack_chunk
 from ...feed import Feed
+from ...logs import get_logger
 from ...options import Options
 from ...output import capture_level
 from ...serialization import loads, rebuild
@@ -58,7 +58,7 @@ from .connect import CONNECT_TIMEOUT, fits, hello, version_table
 from .crew import Crew
 from .links import Link, State
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Call", "Target", "Verdict", "MAX_RETURNS", "PIPELINE", "backups", "held_at_once"]
 

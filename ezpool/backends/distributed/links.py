@@ -18,15 +18,15 @@ worker: the link goes back to READY and its chunk is sent again at no cost.
 from __future__ import annotations
 
 import enum
-import logging
 import ssl
 import threading
 import time
 from typing import Any, Optional
 
 from ... import _pyro
+from ...logs import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["State", "MOVES", "Link"]
 

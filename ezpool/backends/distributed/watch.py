@@ -13,16 +13,16 @@ judged on the time it lost: every worker gets a fresh window.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from ...logs import get_logger
 from .links import Link, State
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["Watcher"]
 
