@@ -81,12 +81,13 @@ _WATCH_MOST = 0.5
 
 
 #: ``client_gone(seconds, wake)``: see ``Servant.run_chunk``.
-ClientGone = Callable[[float, Optional[int]], bool]
+ClientGone = Callable[[Optional[float], Optional[int]], bool]
 
 
-def _stays(seconds: float = 0.0, wake: Optional[int] = None) -> bool:
-    """A client that never goes: wait ``seconds``, or until ``wake`` becomes readable."""
-    if seconds:
+def _stays(seconds: Optional[float] = 0.0, wake: Optional[int] = None) -> bool:
+    """A client that never goes: wait ``seconds`` (``None``: no end), or until ``wake``
+    becomes readable."""
+    if seconds is None or seconds > 0:
         select.select([] if wake is None else [wake], [], [], seconds)
     return False
 
@@ -281,6 +282,8 @@ class Servant:
         ``client_gone(seconds, wake)`` says whether the client has hung up, waiting up
         to ``seconds`` for it to, or for the file ``wake`` to become readable (the
         runner writes to it when a chunk is done); without it, the client never goes.
+        ``seconds=None``: wait for one of the two for as long as it takes, where the
+        system can see a hang-up while waiting (else, a look now and then).
         """
         client_gone = client_gone or _stays
         if identity != self.identity:
@@ -318,7 +321,12 @@ class Servant:
         return "ok", pack_chunk(first, outcome, {k: v for k, v in list(job.outputs.items()) if k < ran})
 
     def _watch(self, job: _Job, timeout: Optional[float], client_gone: ClientGone) -> ChunkOutcome:
-        """Wait for the runner, stopping it when the client leaves or a task overruns."""
+        """Wait for the runner, stopping it when the client leaves or a task overruns.
+
+        Without a timeout, nothing needs looking at while the client stays: the wait
+        ends when the chunk is done or the client hangs up, with no wakeups between
+        (128 workers on one machine would pay for them together).
+        """
         seen, since = -1, time.monotonic()
         most = _WATCH_MOST if timeout is None else max(_WATCH_EVERY, min(_WATCH_MOST, timeout / 10))
         every = _WATCH_EVERY
@@ -327,7 +335,7 @@ class Servant:
             if job.cancel:  # the client left (a hang-up stays visible): wait for the running task
                 job.done.wait(every)
             else:
-                gone = client_gone(every, self._wake_read)
+                gone = client_gone(every if timeout is not None else None, self._wake_read)
             self._drain()
             if job.done.is_set():
                 break

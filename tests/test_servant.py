@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import select
 import threading
 import time
 
@@ -108,6 +109,40 @@ def test_once_its_client_hung_up_a_chunk_stops_asking_and_waits_for_the_running_
     assert status == "ok" and values == [0]
     assert len(asked) == 2  # before the chunk starts, and once while it runs
     assert len(looks) < 20, f"{len(looks)} looks while one task of 0.6 s ended"
+
+def _waiting_for_the_wake(asked):
+    """A client that stays: it waits as ``Servant.run_chunk`` says, noting each ``seconds``."""
+
+    def client_gone(seconds, wake):
+        asked.append(seconds)
+        if seconds is None or seconds > 0:
+            select.select([wake], [], [], seconds)
+        return False
+
+    return client_gone
+
+
+def test_without_a_timeout_a_chunk_is_watched_by_one_wait_that_its_end_cuts_short():
+    asked = []
+    servant = Servant(h.nap)
+    began = time.monotonic()
+    status, reply = servant.run_chunk(servant.identity, "", 0, 3, _payload([0.2] * 3), None,
+                                      client_gone=_waiting_for_the_wake(asked))
+    _, values, _, _ = _decode(reply)
+    assert status == "ok" and values == [0.2] * 3
+    # Before the chunk starts, then one endless wait that the runner's wake ends.
+    assert asked == [0.0, None]
+    assert time.monotonic() - began < 5.0
+
+
+def test_with_a_timeout_a_chunk_is_looked_at_again_and_again():
+    asked = []
+    servant = Servant(h.nap)
+    status, _ = servant.run_chunk(servant.identity, "", 0, 3, _payload([0.2] * 3), 10.0,
+                                  client_gone=_waiting_for_the_wake(asked))
+    assert status == "ok"
+    assert asked[0] == 0.0 and None not in asked and len(asked) >= 3
+
 
 def test_faults_are_named_or_refused():
     assert Faults("drop_reply=2, drop_reply=5").drop_reply == {2, 5}
