@@ -199,6 +199,100 @@ def test_a_chunk_waiting_behind_one_whose_worker_died_is_sent_again_at_no_cost(s
     assert any("they go back" in r.message for r in caplog.records)
 
 
+# --- a warm call's first chunks go out from the caller's thread -------------------------
+
+
+def _spy_on_sends(monkeypatch, fail_first_from=None, interrupt_at=None):
+    """Note each ``run_chunk`` sent: (thread name, connection, queued). With
+    ``fail_first_from``, the first one that thread sends fails as a broken socket would;
+    with ``interrupt_at=N``, the Nth one the caller's thread sends meets a Ctrl-C."""
+    from ezpool._pyro import client
+
+    sends, send = [], client.Connection.send
+    caller = threading.current_thread().name
+
+    def spy(self, method, *args, queued=False):
+        if method == "run_chunk":
+            thread = threading.current_thread().name
+            if thread == fail_first_from and not any(each[0] == thread for each in sends):
+                sends.append((thread, id(self), queued))
+                self.close()
+                raise ConnectionResetError("connection reset (injected)")
+            sends.append((thread, id(self), queued))
+            if thread == caller and sum(each[0] == caller for each in sends) == interrupt_at:
+                raise KeyboardInterrupt
+        return send(self, method, *args, queued=queued)
+
+    monkeypatch.setattr(client.Connection, "send", spy)
+    return sends
+
+
+def _first_sends(sends):
+    firsts = {}
+    for thread, connection, _ in sends:
+        firsts.setdefault(connection, thread)
+    return firsts
+
+
+@pytest.mark.timeout(90)
+def test_a_warm_calls_first_chunks_go_out_from_the_callers_thread(serve, monkeypatch):
+    uris = serve("tests._workers:Square").uris + serve("tests._workers:Square").uris
+    with Pool() as pool:
+        assert pool.dmap(w.Square, range(40), workers=uris, spawn=False) == {n: n * n for n in range(40)}
+        sends = _spy_on_sends(monkeypatch)
+        results = pool.dmap(w.Square, range(40), workers=uris, spawn=False)
+    assert results == {n: n * n for n in range(40)} and results.errors == {}
+    firsts = _first_sends(sends)
+    assert len(firsts) == 2 and set(firsts.values()) == {threading.current_thread().name}
+    # Each worker's thread sends the rest.
+    assert {thread for thread, _, _ in sends} - {threading.current_thread().name}
+
+
+@pytest.mark.timeout(90)
+def test_a_first_chunk_too_big_to_send_at_once_goes_from_its_workers_thread(serve, monkeypatch):
+    uris = serve("tests._workers:Mirror").uris
+    tasks = [bytes([n]) * 100_000 for n in range(6)]  # over 64 KiB in any chunk
+    with Pool() as pool:
+        pool.dmap(w.Mirror, tasks[:2], workers=uris, spawn=False)
+        sends = _spy_on_sends(monkeypatch)
+        results = pool.dmap(w.Mirror, tasks, workers=uris, spawn=False)
+    assert results.errors == {} and all(results[task] == task for task in tasks)
+    assert threading.current_thread().name not in _first_sends(sends).values()
+
+
+@pytest.mark.timeout(90)
+def test_a_first_chunk_that_fails_to_go_out_is_sent_again_at_no_cost(serve, monkeypatch, caplog):
+    uris = serve("tests._workers:Square").uris + serve("tests._workers:Square").uris
+    with Pool() as pool:
+        pool.dmap(w.Square, range(4), workers=uris, spawn=False)
+        sends = _spy_on_sends(monkeypatch, fail_first_from=threading.current_thread().name)
+        with caplog.at_level(logging.INFO, logger="ezpool"):
+            results = pool.dmap(w.Square, range(40), workers=uris, spawn=False, max_attempts=1)
+    # The worker still answers: its chunk was returned, not charged an attempt.
+    assert results == {n: n * n for n in range(40)} and results.errors == {}
+    assert sends[0][0] == threading.current_thread().name
+    assert any("still answers" in r.message for r in caplog.records)
+
+
+@pytest.mark.timeout(90)
+def test_a_ctrl_c_while_the_first_chunks_go_out_leaves_the_workers_ready(serve, monkeypatch):
+    uris = [uri for _ in range(3) for uri in serve("tests._workers:Square").uris]
+    with Pool() as pool:
+        pool.dmap(w.Square, range(6), workers=uris, spawn=False)
+        with monkeypatch.context() as patch:
+            sends = _spy_on_sends(patch, interrupt_at=2)
+            with pytest.raises(KeyboardInterrupt):
+                pool.dmap(w.Square, range(60), workers=uris, spawn=False)
+        assert len(sends) == 2  # one first chunk went out, then the Ctrl-C came
+        links = pool._backends["distributed"]._links.values()
+        assert sorted(link.state.value for link in links) == ["ready"] * 3
+        began = time.monotonic()
+        again = pool.dmap(w.Square, range(60), workers=uris, spawn=False, max_attempts=1)
+        took = time.monotonic() - began
+    assert again == {n: n * n for n in range(60)} and again.errors == {}
+    assert took < 30, f"the next call took {took:.0f} s"
+
+
 PAUSED_CLIENT = textwrap.dedent(
     """
     import sys

@@ -103,6 +103,13 @@ class Connection:
     def is_open(self) -> bool:
         return self._connection is not None
 
+    @property
+    def idle(self) -> bool:
+        """Open, with no call unanswered, and not hung up on: a call sent now goes
+        straight out on this connection, with no connecting first."""
+        with self._lock:
+            return self.is_open and not self._sent and not _hung_up(self._sock)
+
     def open(self) -> None:
         """Connect and authenticate now, if not connected; raises ``PyroError`` subclasses.
 
