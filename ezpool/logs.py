@@ -44,6 +44,8 @@ class _Deferred:
         self._logger: Optional[logging.Logger] = None
 
     def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__"):  # copy and pickle asking for hooks: not a Logger's business
+            raise AttributeError(attribute)
         logger = self._logger
         if logger is None:
             if attribute in _BELOW_WARNING and "logging" not in sys.modules:
@@ -52,6 +54,9 @@ class _Deferred:
 
             logger = self._logger = logging.getLogger(self.name)
         return getattr(logger, attribute)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return get_logger, (self.name,)  # as a Logger pickles: by its name
 
     def __repr__(self) -> str:
         return f"<logger {self.name} (deferred)>"

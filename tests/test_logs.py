@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import pickle
 import subprocess
 import sys
 
@@ -53,7 +55,8 @@ def test_records_name_the_caller_and_honour_levels(caplog):
     with caplog.at_level(logging.DEBUG, logger="ezpool.tests.logs"):
         line = _record_here(logger)
     [record] = caplog.records
-    assert (record.name, record.levelno, record.getMessage()) == ("ezpool.tests.logs", logging.DEBUG, "from here")
+    assert (record.name, record.levelno) == ("ezpool.tests.logs", logging.DEBUG)
+    assert record.getMessage() == "from here"
     assert (record.funcName, record.lineno, record.pathname) == ("_record_here", line, __file__)
 
 
@@ -67,3 +70,11 @@ def test_it_stands_for_the_logger_of_its_name():
     finally:
         logging.getLogger("ezpool.tests.same").setLevel(logging.NOTSET)
     assert "ezpool.tests.same" in repr(logger)
+
+
+@pytest.mark.timeout(10)
+def test_it_copies_and_pickles_as_the_logger_of_its_name():
+    logger = get_logger("ezpool.tests.pickled")
+    for again in (pickle.loads(pickle.dumps(logger)), copy.copy(logger), copy.deepcopy(logger)):
+        assert again.name == "ezpool.tests.pickled"
+        assert again.getEffectiveLevel() == logging.getLogger("ezpool.tests.pickled").getEffectiveLevel()

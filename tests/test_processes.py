@@ -81,12 +81,14 @@ from ezpool import Pool
 imported = sorted(set(sys.modules) - before)
 from tests._startup import loaded
 
+UNUSED = ["cloudpickle", "ctypes", "hashlib", "logging", "traceback"]
+
 if __name__ == "__main__":
     with Pool(progress=False, start_method=sys.argv[1]) as pool:
-        results = pool.pmap(loaded, ["cloudpickle", "ctypes", "hashlib", "logging", "traceback"], ncpu=1)
+        results = pool.pmap(loaded, UNUSED, ncpu=1)
     print(json.dumps({
         "imported": imported,
-        "caller": {name: name in sys.modules for name in ("cloudpickle", "ctypes", "hashlib", "logging", "traceback")},
+        "caller": {name: name in sys.modules for name in UNUSED},
         "worker": dict(results),
     }))
 """
