@@ -785,3 +785,29 @@ def test_the_command_line_exits_2_with_one_line_for_a_bad_file(tmp_path, core_py
         assert done.stderr.startswith("ezpool.store: error:") and name in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
 
+
+
+@pytest.mark.timeout(60)
+def test_a_new_store_opened_by_many_threads_at_once_opens_in_every_one(tmp_path):
+    # Switching a new file to WAL from several connections at once makes SQLite say
+    # "database is locked" without waiting; it met one try in twelve of six threads.
+    from ezpool.store.connection import Connection
+
+    failures: list[BaseException] = []
+    for trial in range(100):
+        path = str(tmp_path / f"store-{trial}.sqlite")
+        start = threading.Barrier(6)
+
+        def open_it(path: str = path, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                Connection(path, readonly=False).close()
+            except BaseException as exc:  # pragma: no cover - reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert failures == []
