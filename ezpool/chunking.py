@@ -102,14 +102,48 @@ def plan_pieces(
     With ``chunksize`` the pieces are that size; otherwise they shrink from
     ``count / (16 * workers)`` down to ``least`` tasks.
     """
-    pieces: list[tuple[int, int]] = []
-    start = 0
-    while start < count:
-        size = chunksize or max(least, math.ceil((count - start) / (PIECES_PER_WORKER * workers)))
-        stop = min(count, start + max(1, size))
-        pieces.append((start, stop))
-        start = stop
-    return pieces
+    plan = _Plan(count, workers, chunksize, least)
+    return [plan.pop() for _ in iter(plan.__bool__, False)]
+
+
+class _Plan:
+    """The pieces of ``plan_pieces``, cut one at a time as they are taken.
+
+    A range of tasks needs nothing pickled up front, so its pieces are never all
+    made: 2,560 tasks over 128 workers are ~2,300 pieces, whose making cost the
+    start of every call ~4 ms.
+    """
+
+    __slots__ = ("next", "_count", "_chunksize", "_least", "_parts")
+
+    def __init__(self, count: int, workers: int, chunksize: Optional[int], least: int) -> None:
+        self.next = 0  # the start of the next piece
+        self._count = count
+        self._chunksize = chunksize
+        self._least = least
+        self._parts = PIECES_PER_WORKER * workers
+
+    def __bool__(self) -> bool:
+        return self.next < self._count
+
+    def _stop(self, start: int) -> int:
+        size = self._chunksize or max(self._least, -(-(self._count - start) // self._parts))
+        return min(self._count, start + max(1, size))
+
+    def pop(self) -> tuple[int, int]:
+        """The next piece."""
+        start = self.next
+        self.next = self._stop(start)
+        return start, self.next
+
+    def join(self, bound: int) -> int:
+        """Take the whole pieces that end at or before ``bound``; where they end."""
+        while self.next < self._count:
+            stop = self._stop(self.next)
+            if stop > bound:
+                break
+            self.next = stop
+        return self.next
 
 
 class Prior(NamedTuple):
@@ -304,6 +338,7 @@ class ChunkQueue:
         least = 1 if isinstance(tasks, Feed) else least_piece(len(tasks), workers)
         self.sizer = ChunkSizer(workers * depth, target, least=least, prior=prior)
         self._pending: deque[Chunk] = deque()
+        self._plan: Optional[_Plan] = None  # pieces not yet cut, after those pending (a range's)
         self._undispatched = 0
         self.feed: Optional[Feed] = tasks if isinstance(tasks, Feed) else None
         # A slice of a range cannot fail to pickle, and pickles as three numbers whatever
@@ -315,21 +350,29 @@ class ChunkQueue:
         # Whether a piece longer than the sizer's limit is cut: a worker's first chunk
         # is then one task, and slow tasks never travel by the hundred.
         self._split = split and not self._fixed
-        pieces = plan_pieces(len(tasks), workers, chunksize, least)
-        if self._split and pieces and prior is None:
+        plan = _Plan(len(tasks), workers, chunksize, least)
+        if self._split and plan and prior is None:
             # While nothing is known, each worker's first chunk is one task: cut those off
             # the first piece now, rather than pickle it whole, cut it and pickle it again.
-            start, stop = pieces[0]
+            start, stop = plan.pop()
             probes = [(n, n + 1) for n in range(start, min(stop - 1, start + workers))]
-            pieces[:1] = [*probes, (probes[-1][1] if probes else start, stop)]
-        self._pending.extend(
-            Chunk(start, stop, () if self._range else (dumps_tasks(tasks[start:stop]),), False)
-            for start, stop in pieces
-        )
+            self._add([*probes, (probes[-1][1] if probes else start, stop)])
+        if self._range:  # nothing to pickle now: the rest is cut as it is taken
+            self._plan = plan
+        else:
+            self._add([plan.pop() for _ in iter(plan.__bool__, False)])
         self._undispatched = len(tasks)
 
+    def _add(self, pieces: list[tuple[int, int]]) -> None:
+        """Queue ``pieces``, pickled now unless the tasks are a range (see ``take``)."""
+        tasks, pickled = self._tasks, not self._range
+        self._pending.extend(
+            Chunk(start, stop, (dumps_tasks(tasks[start:stop]),) if pickled else (), False)
+            for start, stop in pieces
+        )
+
     def __bool__(self) -> bool:
-        return bool(self._pending)
+        return bool(self._pending) or bool(self._plan)
 
     @property
     def waiting(self) -> int:
@@ -371,7 +414,7 @@ class ChunkQueue:
 
     def take(self) -> Chunk:
         """The next chunk: consecutive pieces adding up to about the right amount of work."""
-        first = self._pending.popleft()
+        first = self._pending.popleft() if self._pending else self._cut()
         # A live source (an executor's) may have little waiting now: share it out, not
         # chunk it all for one worker.
         live = self.feed is not None and self.feed.live is not None
@@ -391,12 +434,20 @@ class ChunkQueue:
                     break
                 pieces.append(pending.popleft())
                 stop = pieces[-1].stop
+            if not pending and self._plan is not None and self._plan.next == stop:
+                stop = self._plan.join(first.start + limit)  # a range's: nothing to join but positions
         self._undispatched -= stop - first.start
         if self._range:  # one slice: the worker runs a range as it is (see execution.run_chunk)
             payloads: tuple[Pickled, ...] = (dumps_tasks(self._tasks[first.start : stop]),)
         else:
             payloads = tuple(payload for piece in pieces for payload in self._pickled(piece))
         return Chunk(first.start, stop, payloads, first.alone)
+
+    def _cut(self) -> Chunk:
+        """The next piece of the plan (a range's, whose pieces are cut as they are taken)."""
+        assert self._plan is not None
+        start, stop = self._plan.pop()
+        return Chunk(start, stop, (), False)
 
     def _pickled(self, piece: Chunk) -> tuple[Pickled, ...]:
         """The payloads of a piece, pickled now if it was cut off by an earlier split."""
@@ -411,7 +462,7 @@ class ChunkQueue:
 
     def drain(self) -> Iterator[Chunk]:
         """Take every chunk left, as it is (for tasks that will not be sent at all)."""
-        while self._pending:
-            chunk = self._pending.popleft()
+        while self:
+            chunk = self._pending.popleft() if self._pending else self._cut()
             self._undispatched -= chunk.stop - chunk.start
             yield chunk

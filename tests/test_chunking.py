@@ -210,6 +210,46 @@ def test_a_split_queue_covers_every_task_once_whatever_the_run_times(count, ncpu
     assert covered == list(range(count))
 
 
+@settings(deadline=None, max_examples=60)
+@given(st.integers(0, 3000), st.integers(1, 200), st.sampled_from([None, 3]), st.floats(1e-6, 0.2),
+       st.booleans())
+def test_a_range_is_cut_as_it_is_taken_into_the_chunks_of_the_same_list(count, ncpu, chunksize, seconds,
+                                                                         split):
+    lazy = ChunkQueue(range(count), ncpu, chunksize, depth=2, split=split)
+    eager = ChunkQueue(list(range(count)), ncpu, chunksize, depth=2, split=split)
+    taken = 0
+    while eager:
+        assert lazy and lazy.waiting == eager.waiting
+        one, two = lazy.take(), eager.take()
+        assert (one.start, one.stop) == (two.start, two.stop)
+        taken += 1
+        if taken % 5 == 0:  # some work comes back, to be sent again ahead of the rest
+            lazy.put_back(one.start, one.stop)
+            eager.put_back(two.start, two.stop)
+        else:
+            for queue in (lazy, eager):
+                queue.sizer.record([seconds] * (one.stop - one.start))
+        if taken == 40:  # and what is left is given up on
+            assert [(c.start, c.stop) for c in lazy.drain()] == [(c.start, c.stop) for c in eager.drain()]
+    assert not lazy and lazy.waiting == 0
+
+
+def test_a_range_over_many_workers_holds_no_pieces_before_they_are_taken():
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        # ~10^6 pieces if made up front (each a tuple of a few hundred bytes in all)
+        queue = ChunkQueue(range(10**7), 100_000, None, depth=2, split=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10**6, f"{peak} bytes to queue a range"
+    first = queue.take()
+    assert (first.start, first.stop) == (0, 1)  # the first chunks are single-task probes
+    assert [piece for piece, _ in zip(plan_pieces(10**7, 100_000), range(3))] == [(0, 7), (7, 14), (14, 21)]
+
+
 @pytest.mark.timeout(30)
 @settings(deadline=None)
 @given(st.integers(0, 20_000), st.integers(1, 8))
