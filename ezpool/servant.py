@@ -29,11 +29,15 @@ remote methods carry only strings, numbers, bytes and small dicts:
     serves one named target runs it whatever ``fid`` says (the client checked it
     at ``hello``).
 
-One chunk runs at a time, whoever sends it, in a runner thread of its own. The
-thread that received the request watches it: a task that runs past ``timeout``
-(measured here, from the moment the task starts) gets ``TaskTimeout``, the chunk
-is answered with what ran, and the process is restarted to stop that task; a
-client that hangs up makes the runner stop after the task it is running.
+One chunk runs at a time, whoever sends it. Without a ``timeout`` it runs in the
+thread that received the request, which looks for the client's hang-up between
+groups of tasks (at most every ``_WATCH_EVERY`` seconds): nothing is handed to
+another thread, and no thread wakes to watch it. With a ``timeout`` it runs in a
+runner thread of its own, and the thread that received the request watches it:
+a task that runs past ``timeout`` (measured here, from the moment the task
+starts) gets ``TaskTimeout``, the chunk is answered with what ran, and the
+process is restarted to stop that task. Either way, a client that hangs up makes
+the chunk stop after the task it is running.
 """
 
 from __future__ import annotations
@@ -70,7 +74,8 @@ GENERIC = "*"
 #: Functions a generic worker keeps loaded (the least recently used goes first).
 FUNCTIONS_KEPT = 32
 
-#: Seconds between two looks at a running chunk (its client, its timeout) at first...
+#: Seconds between two looks at a running chunk (its client, its timeout) at first
+#: (at most, for a chunk without a timeout)...
 _WATCH_EVERY = 0.05
 
 #: ...and at most, once it has run a while: the gap doubles from one look to the next,
@@ -81,13 +86,12 @@ _WATCH_MOST = 0.5
 
 
 #: ``client_gone(seconds, wake)``: see ``Servant.run_chunk``.
-ClientGone = Callable[[Optional[float], Optional[int]], bool]
+ClientGone = Callable[[float, Optional[int]], bool]
 
 
-def _stays(seconds: Optional[float] = 0.0, wake: Optional[int] = None) -> bool:
-    """A client that never goes: wait ``seconds`` (``None``: no end), or until ``wake``
-    becomes readable."""
-    if seconds is None or seconds > 0:
+def _stays(seconds: float = 0.0, wake: Optional[int] = None) -> bool:
+    """A client that never goes: wait ``seconds``, or until ``wake`` becomes readable."""
+    if seconds > 0:
         select.select([] if wake is None else [wake], [], [], seconds)
     return False
 
@@ -127,7 +131,8 @@ class Faults:
 
 
 class _Job:
-    """One chunk handed to the runner thread, and what it has done so far."""
+    """One chunk, run by the request's thread or handed to the runner thread, and what
+    it has done so far."""
 
     __slots__ = (
         "run", "tasks", "first", "level", "exact", "mark", "cancel", "done", "values", "times", "failures",
@@ -141,7 +146,7 @@ class _Job:
         self.tasks = tasks
         self.first = first
         self.level = level  # None, or the lowest log level to keep with what tasks print
-        self.exact = exact  # whether the mark names every task (for a timeout), see run_chunk
+        self.exact = exact  # whether the mark names every task: for a timeout, run by the runner
         self.mark = [-1]  # what runs now (see execution.group_mark), -1 between tasks
         self.cancel = False  # set by the watching thread: stop after the current task
         self.done = threading.Event()
@@ -282,8 +287,6 @@ class Servant:
         ``client_gone(seconds, wake)`` says whether the client has hung up, waiting up
         to ``seconds`` for it to, or for the file ``wake`` to become readable (the
         runner writes to it when a chunk is done); without it, the client never goes.
-        ``seconds=None``: wait for one of the two for as long as it takes, where the
-        system can see a hang-up while waiting (else, a look now and then).
         """
         client_gone = client_gone or _stays
         if identity != self.identity:
@@ -312,30 +315,46 @@ class Servant:
             except BaseException as exc:
                 return "ok", pack_chunk(first, failed_chunk(count, capture(exc)))
             job = self._job = _Job(run, tasks, first, capture_level, exact=timeout is not None)
-            self._lock.notify_all()
-        outcome = self._watch(job, timeout, client_gone)
+            if job.exact:
+                self._lock.notify_all()  # for the runner
+        if timeout is None:
+            outcome = self._run_here(job, client_gone)
+        else:
+            outcome = self._watch(job, timeout, client_gone)
         if call in self._faults.drop_reply:
             logger.warning("fault injected: hanging up instead of answering call %d", call)
             return "drop", b""
         ran = len(outcome[0])  # a timed-out chunk answers for fewer tasks than the runner holds
         return "ok", pack_chunk(first, outcome, {k: v for k, v in list(job.outputs.items()) if k < ran})
 
-    def _watch(self, job: _Job, timeout: Optional[float], client_gone: ClientGone) -> ChunkOutcome:
-        """Wait for the runner, stopping it when the client leaves or a task overruns.
+    def _run_here(self, job: _Job, client_gone: ClientGone) -> ChunkOutcome:
+        """Run a chunk without a timeout in this, the request's thread.
 
-        Without a timeout, nothing needs looking at while the client stays: the wait
-        ends when the chunk is done or the client hangs up, with no wakeups between
-        (128 workers on one machine would pay for them together).
+        Handed to the runner, a chunk cost two thread wakeups more (the runner's, and
+        this thread's when it was done), which 128 workers on one machine paid
+        together at every chunk. The client's hang-up is looked for between groups.
         """
+        try:
+            _execute(job, _Hangup(client_gone, job.first))
+        finally:
+            with self._lock:
+                job.done.set()
+                if self._job is job:
+                    self._job = None
+                self._lock.notify_all()
+        return job.values, job.times, job.failures
+
+    def _watch(self, job: _Job, timeout: float, client_gone: ClientGone) -> ChunkOutcome:
+        """Wait for the runner, stopping it when the client leaves or a task overruns."""
         seen, since = -1, time.monotonic()
-        most = _WATCH_MOST if timeout is None else max(_WATCH_EVERY, min(_WATCH_MOST, timeout / 10))
+        most = max(_WATCH_EVERY, min(_WATCH_MOST, timeout / 10))
         every = _WATCH_EVERY
         while not job.done.is_set():
             gone = False
             if job.cancel:  # the client left (a hang-up stays visible): wait for the running task
                 job.done.wait(every)
             else:
-                gone = client_gone(every if timeout is not None else None, self._wake_read)
+                gone = client_gone(every, self._wake_read)
             self._drain()
             if job.done.is_set():
                 break
@@ -347,7 +366,7 @@ class Servant:
             if gone:
                 job.cancel = True
                 logger.info("client gone: the chunk from task %d stops after the running task", job.first)
-            if timeout is not None and position >= 0 and now - since > timeout:
+            if position >= 0 and now - since > timeout:
                 job.cancel = True
                 return self._timed_out(job, position, now - since, timeout)
         return job.values, job.times, job.failures
@@ -376,17 +395,14 @@ class Servant:
         return values, times, failures
 
     def _run_jobs(self) -> None:
-        """The runner thread: run each job handed over, one at a time, for the process's life."""
+        """The runner thread: run each job handed over (those with a timeout), one at a
+        time, for the process's life."""
         while True:
             with self._lock:
-                while self._job is None or self._job.done.is_set():
+                while self._job is None or self._job.done.is_set() or not self._job.exact:
                     self._lock.wait()
                 job = self._job
-            into = (job.values, job.times, job.failures)
-            if job.level is None:
-                run_chunk(job.run, job.tasks, job.first, job.mark, into, job, job.exact)
-            else:
-                run_chunk_captured(job.run, job.tasks, job.first, job.mark, job.level, job.outputs, into, job)
+            _execute(job, job)
             with self._lock:
                 job.done.set()
                 if not self._restarting:
@@ -400,3 +416,38 @@ class Servant:
         with contextlib.suppress(OSError):
             while os.read(self._wake_read, 4096):
                 pass
+
+
+def _execute(job: _Job, stop: Any) -> None:
+    """Run ``job``'s tasks into it; ``stop.cancel`` ends it after the running task or group."""
+    into = (job.values, job.times, job.failures)
+    if job.level is None:
+        run_chunk(job.run, job.tasks, job.first, job.mark, into, stop, job.exact)
+    else:
+        run_chunk_captured(job.run, job.tasks, job.first, job.mark, job.level, job.outputs, into, stop)
+
+
+class _Hangup:
+    """``stop`` for a chunk run in the request's thread: ``cancel`` is whether its client
+    has hung up, looked at when a group of tasks ends, at most every ``_WATCH_EVERY``
+    seconds (a chunk shorter than that never looks). Once gone, a client stays gone."""
+
+    __slots__ = ("_client_gone", "_first", "_next", "_gone")
+
+    def __init__(self, client_gone: ClientGone, first: int) -> None:
+        self._client_gone = client_gone
+        self._first = first
+        self._next = time.monotonic() + _WATCH_EVERY
+        self._gone = False
+
+    @property
+    def cancel(self) -> bool:
+        if not self._gone:
+            now = time.monotonic()
+            if now >= self._next:
+                self._next = now + _WATCH_EVERY
+                self._gone = self._client_gone(0.0, None)
+                if self._gone:
+                    logger.info("client gone: the chunk from task %d stops after the running task",
+                                self._first)
+        return self._gone

@@ -63,7 +63,8 @@ def test_an_overrunning_task_is_answered_as_timeout_with_what_ran_and_a_restart_
     assert servant.run_chunk(servant.identity, "", 4, 1, _payload([0.01]), None) == ("restarting", b"")
 
 
-def test_a_chunk_whose_client_hung_up_stops_after_the_running_task(tmp_path):
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["run-here", "runner"])
+def test_a_chunk_whose_client_hung_up_stops_after_the_running_task(tmp_path, timeout):
     gone = threading.Event()
 
     def slow_record(task):
@@ -77,13 +78,12 @@ def test_a_chunk_whose_client_hung_up_stops_after_the_running_task(tmp_path):
     servant = Servant(slow_record)
     threading.Timer(0.25, gone.set).start()
     status, reply = servant.run_chunk(
-        servant.identity, "", 0, 50, _payload(range(50)), None, client_gone=client_gone
+        servant.identity, "", 0, 50, _payload(range(50)), timeout, client_gone=client_gone
     )
     _, values, _, _ = _decode(reply)
     assert status == "ok" and len(values) <= 5
     assert sum(h.calls(tmp_path).values()) == len(values)
     assert not servant.busy()
-
 
 
 def test_once_its_client_hung_up_a_chunk_stops_asking_and_waits_for_the_running_task():
@@ -103,12 +103,13 @@ def test_once_its_client_hung_up_a_chunk_stops_asking_and_waits_for_the_running_
     looks = []  # the watching thread reads the runner's wakes once per look at the chunk
     drain = servant._drain
     servant._drain = lambda: looks.append(drain())
-    status, reply = servant.run_chunk(servant.identity, "", 0, 3, _payload(range(3)), None,
+    status, reply = servant.run_chunk(servant.identity, "", 0, 3, _payload(range(3)), 30.0,
                                       client_gone=client_gone)
     _, values, _, _ = _decode(reply)
     assert status == "ok" and values == [0]
     assert len(asked) == 2  # before the chunk starts, and once while it runs
     assert len(looks) < 20, f"{len(looks)} looks while one task of 0.6 s ended"
+
 
 def _waiting_for_the_wake(asked):
     """A client that stays: it waits as ``Servant.run_chunk`` says, noting each ``seconds``."""
@@ -122,17 +123,66 @@ def _waiting_for_the_wake(asked):
     return client_gone
 
 
-def test_without_a_timeout_a_chunk_is_watched_by_one_wait_that_its_end_cuts_short():
-    asked = []
-    servant = Servant(h.nap)
-    began = time.monotonic()
-    status, reply = servant.run_chunk(servant.identity, "", 0, 3, _payload([0.2] * 3), None,
+def _napping_where(threads):
+    def nap(seconds):
+        threads.add(threading.get_ident())
+        time.sleep(seconds)
+        return seconds
+
+    return nap
+
+
+def test_without_a_timeout_a_chunk_runs_in_the_requests_thread_and_looks_without_waiting():
+    asked, threads = [], set()
+    servant = Servant(_napping_where(threads))
+    status, reply = servant.run_chunk(servant.identity, "", 0, 10, _payload([0.03] * 10), None,
                                       client_gone=_waiting_for_the_wake(asked))
     _, values, _, _ = _decode(reply)
-    assert status == "ok" and values == [0.2] * 3
-    # Before the chunk starts, then one endless wait that the runner's wake ends.
-    assert asked == [0.0, None]
-    assert time.monotonic() - began < 5.0
+    assert status == "ok" and values == [0.03] * 10
+    assert threads == {threading.get_ident()}, "no other thread ran the tasks"
+    # Before the chunk starts, then between tasks at most every 50 ms, never waiting.
+    assert set(asked) == {0.0} and 2 <= len(asked) <= 8, asked
+    assert not servant.busy()
+
+
+def test_with_a_timeout_a_chunk_runs_in_the_runner_thread_every_time():
+    threads = set()
+    servant = Servant(_napping_where(threads))
+    for first in (0, 2):
+        status, _ = servant.run_chunk(servant.identity, "", first, 2, _payload([0.01] * 2), 10.0)
+        assert status == "ok"
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+def test_a_chunk_run_in_the_requests_thread_is_busy_to_pings_and_one_runs_at_a_time():
+    running, most, lock = [0], [0], threading.Lock()
+
+    def counted(seconds):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(seconds)
+        with lock:
+            running[0] -= 1
+        return seconds
+
+    servant = Servant(counted)
+    answers = {}
+
+    def client(name, timeout):
+        answers[name] = servant.run_chunk(servant.identity, "", 0, 4, _payload([0.05] * 4), timeout)
+
+    clients = [threading.Thread(target=client, args=(name, timeout))
+               for name, timeout in (("a", None), ("b", None), ("c", 10.0))]
+    for thread in clients:
+        thread.start()
+    time.sleep(0.1)
+    assert servant.ping() == (servant.identity, True)
+    for thread in clients:
+        thread.join(30)
+    assert sorted(answers) == ["a", "b", "c"] and all(status == "ok" for status, _ in answers.values())
+    assert most[0] == 1, "two chunks ran at once"
+    assert servant.ping() == (servant.identity, False)
 
 
 def test_with_a_timeout_a_chunk_is_looked_at_again_and_again():

@@ -53,10 +53,6 @@ PREAUTH_SECONDS = 5.0
 #: The largest message read from a connection that has not authenticated.
 PREAUTH_BYTES = 64 * 1024
 
-#: Seconds between two looks for a client's hang-up during an endless wait, where the
-#: system cannot tell while waiting (no ``POLLRDHUP``): see ``_peer_closed``.
-_LOOK_EVERY = 0.5
-
 
 def configure_worker_process() -> None:
     """Harden this process's Pyro4 daemon against silent, slow or lying clients.
@@ -288,16 +284,15 @@ def _hang_up(connection: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _peer_closed(connection: Any, seconds: Optional[float] = 0.0, wake: Optional[int] = None) -> bool:
+def _peer_closed(connection: Any, seconds: float = 0.0, wake: Optional[int] = None) -> bool:
     """Whether the client at the other end of ``connection`` has hung up, waiting up to
-    ``seconds`` for it to, or for the file ``wake`` to become readable (``None``: for
-    as long as that takes).
+    ``seconds`` for it to, or for the file ``wake`` to become readable.
 
     A client may have sent its next call already (see ``client.Connection.send``),
     so unread bytes do not mean it is there: where the system says whether the
     peer has closed its side (``POLLRDHUP``, Linux) that is asked, and the wait
-    ends the moment it does; elsewhere, after the wait (at most ``_LOOK_EVERY``),
-    a peek at the raw TCP stream that finds no bytes at all.
+    ends the moment it does; elsewhere, after the wait, a peek at the raw TCP
+    stream that finds no bytes at all.
     """
     sock = getattr(connection, "sock", None)
     if sock is None:
@@ -309,10 +304,8 @@ def _peer_closed(connection: Any, seconds: Optional[float] = 0.0, wake: Optional
             poller.register(sock, hangup | select.POLLHUP | select.POLLERR)
             if wake is not None:
                 poller.register(wake, select.POLLIN)
-            events = poller.poll(None if seconds is None else int(seconds * 1000))
+            events = poller.poll(int(seconds * 1000))
             return any(fd != wake for fd, _ in events)
-        if seconds is None:  # a hang-up is seen only by looking: look now and then
-            seconds = _LOOK_EVERY
         if seconds:
             select.select([] if wake is None else [wake], [], [], seconds)
         readable, _, _ = select.select([sock], [], [], 0)

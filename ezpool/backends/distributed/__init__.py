@@ -12,9 +12,10 @@ connection and checks no worker that has not changed)::
                                        take a chunk (shared queue, sized
                                        by the run times seen so far)   ──▶ run_chunk(identity, ...)
                                        and send the next behind it     ──▶ (waits at the worker)
-                                                                             runs it in its runner
-                                                                             thread; stops a task
-                                                                             past ``timeout``
+                                                                             runs it (with a
+                                                                             ``timeout``: in its
+                                                                             runner thread, which
+                                                                             stops a task past it)
     outbox.get() ◀── Batch ─────────── settle(verdict) ◀───────────────── (status, outcomes)
       yield it                         done / returned / lost: requeue
                                        or fail each task, exactly once
