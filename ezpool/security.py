@@ -412,10 +412,12 @@ def sign(key: Optional[bytes], nonce: bytes, counter: int, label: str, payload: 
     """HMAC-SHA256 of ``(nonce, counter, label, payload)`` in a canonical encoding; ``b""`` without a key."""
     if not key:
         return b""
-    mac = hmac.new(key, _PREFIX, hashlib.sha256)
-    parts: list[bytes] = []
+    parts: list[bytes] = [_PREFIX]
     _encode((nonce, counter, label, payload), parts)
-    small: list[bytes] = []  # joined into one update: a call is mostly short fields
+    if max(map(len, parts)) < _JOIN_BELOW:  # a call is mostly short fields: hashed in one go
+        return hmac.digest(key, b"".join(parts), "sha256")
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    small: list[bytes] = []  # joined into one update
     for part in parts:
         if len(part) < _JOIN_BELOW:
             small.append(part)
@@ -439,6 +441,29 @@ def same(given: Any, expected: bytes) -> bool:
 
 def _encode(obj: Any, out: list[bytes]) -> None:
     """Append ``obj`` to ``out`` with a type tag and a length, so no two values read alike."""
+    # The types of every call and reply first, by their exact type: a worker signs two
+    # a chunk, and each look through the general case below costs it several checks.
+    kind = type(obj)
+    if kind is bytes:
+        out += (b"b" + _LENGTH.pack(len(obj)), obj)
+    elif kind is str:
+        data = obj.encode("utf-8", "surrogatepass")
+        out += (b"s" + _LENGTH.pack(len(data)), data)
+    elif kind is int:
+        data = repr(obj).encode()
+        out += (b"i" + _LENGTH.pack(len(data)), data)
+    elif kind is list or kind is tuple:
+        out.append(b"l" + _LENGTH.pack(len(obj)))
+        for item in obj:
+            _encode(item, out)
+    elif obj is None:
+        out.append(b"N")
+    else:
+        _encode_any(obj, out)
+
+
+def _encode_any(obj: Any, out: list[bytes]) -> None:
+    """``_encode`` for any other type, and for subclasses of those above."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
         data = obj if type(obj) is bytes else bytes(obj)
         out.append(b"b" + _LENGTH.pack(len(data)))

@@ -693,3 +693,37 @@ def test_importing_security_and_tls_loads_neither_pyro4_nor_cryptography() -> No
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# --- signatures of calls and replies ---------------------------------------------------
+
+
+def test_a_signature_is_the_same_from_version_to_version() -> None:
+    # Computed by the first version that signed calls; a client and a worker must agree.
+    from ezpool.security import sign
+
+    key, nonce = bytes(range(32)), bytes(range(16))
+    call = ["a" * 32, "fid", 120, 10, [b"p" * 60, b"q" * 5000], None, 20]
+    assert sign(key, nonce, 7, "run_chunk", call).hex() == (
+        "6c03c83d8aa02682783db47fd059b7b34daed313cdb38f2eaee8bf9d0071b1c9")
+    assert sign(key, nonce, 8, "reply", ("ok", b"r" * 300)).hex() == (
+        "9ab477934e04c50b07410b342b8452a15cb8ba35612450b5804624ededb912d4")
+    assert sign(key, nonce, 9, "x", [True, 1.5, {"k": (1, "v")}, bytearray(b"ab"), "\ud800"]).hex() == (
+        "99065f29e1d3c10a1e1509d3e95370b64a038b1d01dfd83aab8b9a1623c9c421")
+
+
+def test_values_that_print_alike_sign_differently() -> None:
+    import enum
+
+    from ezpool.security import sign
+
+    class Level(enum.IntEnum):
+        ONE = 1
+
+    key, nonce = b"k" * 32, b"n" * 16
+    values = [["ab"], ["a", "b"], [b"ab"], "ab", 1, True, "1", b"1", 1.0, None, [], [[]], [None]]
+    signatures = {sign(key, nonce, 1, "x", value) for value in values}
+    assert len(signatures) == len(values)
+    assert sign(key, nonce, 1, "x", Level.ONE) == sign(key, nonce, 1, "x", 1)
+    assert sign(key, nonce, 1, "x", [1]) != sign(key, nonce, 2, "x", [1]) != sign(key, nonce, 1, "y", [1])
+    assert sign(b"", nonce, 1, "x", [1]) == b""
