@@ -58,6 +58,18 @@ class Killer(BaseWorker):
         return task
 
 
+class LateKiller(BaseWorker):
+    """Kills its own process a second after it gets a task named ``die-...``; naps 10 ms
+    on any other task and returns it."""
+
+    def run(self, task: Any) -> Any:
+        if str(task).startswith("die"):
+            time.sleep(1.0)
+            os._exit(7)
+        time.sleep(0.01)
+        return task
+
+
 class Lifecycle(BaseWorker):
     """Writes its setup and teardown to the file named by EZPOOL_TEST_LIFECYCLE."""
 

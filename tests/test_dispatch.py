@@ -293,6 +293,54 @@ def test_a_ctrl_c_while_the_first_chunks_go_out_leaves_the_workers_ready(serve, 
     assert took < 30, f"the next call took {took:.0f} s"
 
 
+# --- idle threads leave when enough others wait, and come back for work given back ------
+
+
+def _spy_on_parking(monkeypatch):
+    """The text of each link whose thread left a call early, as it left."""
+    from ezpool.backends.distributed.dispatch import Call
+
+    parked, park = [], Call._park
+
+    def spy(self, link):
+        leaves = park(self, link)
+        if leaves:
+            parked.append(link.text)
+        return leaves
+
+    monkeypatch.setattr(Call, "_park", spy)
+    return parked
+
+
+@pytest.mark.timeout(90)
+def test_idle_threads_leave_a_call_once_enough_others_wait(serve, monkeypatch):
+    uris = [uri for _ in range(6) for uri in serve("tests._workers:Napper").uris]
+    parked = _spy_on_parking(monkeypatch)
+    tasks = [1.0] + [0.01 + n / 10**6 for n in range(60)]  # one long task holds up the end
+    with Pool() as pool:
+        results = pool.dmap(w.Napper, tasks, workers=uris, spawn=False, chunksize=1)
+    assert results.errors == {} and len(results) == len(tasks)
+    # One worker runs the long task, one thread waits in case it needs a copy: the others left.
+    assert len(parked) >= 4 and len(set(parked)) == len(parked)
+
+
+@pytest.mark.timeout(90)
+def test_work_given_back_after_idle_threads_left_is_still_run(serve, monkeypatch):
+    """Two workers die a second into their first task, after the two others ran every
+    other task and went idle: one of those waited, the other left. The two retries go to
+    both, so the one that left must be brought back."""
+    uris = [uri for _ in range(4) for uri in serve("tests._workers:LateKiller").uris]
+    parked = _spy_on_parking(monkeypatch)
+    tasks = ["die-0", "die-1", *range(2, 30)]
+    with Pool() as pool:
+        results = pool.dmap(w.LateKiller, tasks, workers=uris, spawn=False, chunksize=1, max_attempts=2,
+                            backup=False)
+    assert parked, "no thread left early: the case is not tested"
+    assert sorted(results.errors) == ["die-0", "die-1"]
+    assert all(type(results[task]).__name__ == "WorkerCrashed" for task in ("die-0", "die-1"))
+    assert all(results[n] == n for n in range(2, 30))
+
+
 PAUSED_CLIENT = textwrap.dedent(
     """
     import sys

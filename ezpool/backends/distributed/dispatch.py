@@ -81,6 +81,7 @@ _SENT_AT_ONCE = 64 * 1024
 
 _EXIT = object()  # a worker thread's last word on the outbox
 _WAKE = object()  # tasks arrived in a live source: read them
+_UNPARK = object()  # work came back while threads that could run it had left: start them again
 
 
 class Target(NamedTuple):
@@ -158,12 +159,18 @@ class Call:
         self.started = threading.Event()
         self._starting = len(links)
         self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Threads that wait in ``_take`` for work that may come back or a copy to run,
+        # and the links whose threads left instead, since enough others wait (see
+        # ``_park``); both guarded by cond.
+        self.lingering = 0
+        self.parked: list[Link] = []
 
     # --- the caller's thread ---------------------------------------------------------
 
     def batches(self) -> Generator[Batch, None, None]:
         starts: dict[Link, _Start] = {}
         ended: list[threading.Event] = []  # one per link, in order, once its thread runs
+        again: list[tuple[Link, threading.Event]] = []  # threads started again for parked links
         live = self.pending.feed.live if self.pending.feed is not None else None
         wake = self._wake
         if live is not None:
@@ -179,10 +186,13 @@ class Call:
                     item = self.outbox.get(timeout=0.25)
                 except queue.Empty:
                     self._give_up_if_all_lost()
+                    alive += self._unpark(again, only_if_stuck=True)
                     yield from self._refill()
                     continue
                 if item is _EXIT:
                     alive -= 1
+                elif item is _UNPARK:
+                    alive += self._unpark(again)
                 elif item is _WAKE:
                     yield from self._refill()
                 else:
@@ -192,7 +202,7 @@ class Call:
                         yield from self._refill()
             while not self.outbox.empty():  # batches put after the last exit (none expected)
                 item = self.outbox.get()
-                if item is not _EXIT and item is not _WAKE:
+                if item is not _EXIT and item is not _WAKE and item is not _UNPARK:
                     yield item
         finally:
             if live is not None:
@@ -211,7 +221,7 @@ class Call:
                 if link.state is State.RUNNING:
                     link.move(State.READY)
             deadline = time.monotonic() + _JOIN_TIMEOUT
-            for link, done in zip(self.links, ended):
+            for link, done in [*zip(self.links, ended), *again]:
                 if not done.wait(max(0.0, deadline - time.monotonic())):
                     logger.debug("thread for %s still busy; it keeps its old connections", link.text)
                     link.reconnect(self.heartbeat)
@@ -268,6 +278,17 @@ class Call:
                     if behind is None:
                         break
                     self._launch(link, behind, start.flight)
+
+    def _unpark(self, again: list[tuple[Link, threading.Event]], only_if_stuck: bool = False) -> int:
+        """Start again the threads of parked links, when work is waiting to be sent
+        (``only_if_stuck``: and no thread waits to take it); how many started."""
+        with self.cond:
+            if not self.parked or not self.pending or (only_if_stuck and self.lingering):
+                return 0
+            links, self.parked = self.parked, []
+        for link in links:
+            again.append((link, self.crew.run(self._drive, link, None)))
+        return len(links)
 
     def _wake(self) -> bool:
         """Tasks arrived in a live source: read them now if they could go out now (nothing
@@ -397,6 +418,8 @@ class Call:
                     return chunk
                 if not self.held and self.pending.exhausted:
                     return None
+                if self._park(link):
+                    return None
                 pause = 0.5
                 if self.backup:
                     claims = dict.fromkeys(claim for claims in self.held.values() for claim in claims)
@@ -410,8 +433,32 @@ class Call:
                         self._hold(link, claim)
                         return claim.chunk
                     pause = min(pause, wait)
-                self.cond.wait(pause)
+                self.lingering += 1
+                try:
+                    self.cond.wait(pause)
+                finally:
+                    self.lingering -= 1
             return None
+
+    def _park(self, link: Link) -> bool:
+        """Whether the idle ``link``'s thread should leave now, because enough others wait
+        for what may still come (work given back, a late chunk to copy). Called with
+        ``cond`` held.
+
+        Every idle thread used to wait to the end of the call: at 128 workers, the
+        tail woke dozens of them at every answer, on the cores the last chunks ran
+        on, and the end woke all of them at once. A copy needs at most one waiting
+        thread for each worker still holding chunks, and work given back one; more
+        is wasted. The link stays ready, and its thread is started again if work comes
+        back while none waits (``_unpark``).
+        """
+        if not self.pending.exhausted:  # more input may come: every thread waits for it
+            return False
+        wanted = max(1, len(self.held)) if self.backup else 1
+        if self.lingering < wanted:
+            return False
+        self.parked.append(link)
+        return True
 
     def _take_queued(self, link: Link) -> Optional[Chunk]:
         """A chunk to wait at a worker behind the one it runs, if one waits to be sent
@@ -694,8 +741,11 @@ class Call:
                 self.cond.notify_all()
             elif self.backup:
                 self.cond.notify()
+            unpark = bool(again) and bool(self.parked)
         for batch in batches:
             self.outbox.put(batch)
+        if unpark:
+            self.outbox.put(_UNPARK)
 
     def _accept(
         self,
