@@ -6,6 +6,7 @@ import collections
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -174,6 +175,22 @@ def test_no_segment_outlives_a_caller_killed_by_sigkill(tmp_path, core_child_env
 
 
 # --- the two sides, in one process ------------------------------------------------------
+
+
+@pytest.mark.parametrize("numpy_loaded", [True, False])
+def test_a_big_buffer_differing_in_any_one_byte_is_not_the_same(monkeypatch, numpy_loaded):
+    from ezpool.shared import _same
+
+    if not numpy_loaded:
+        monkeypatch.delitem(sys.modules, "numpy")
+    size = (1 << 23) + 5  # over one slice of the comparison, and not a whole number of words
+    original = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert _same(memoryview(original), memoryview(bytearray(original)))
+    for spot in (0, 7, 8, size // 2, (1 << 23) - 1, size - 6, size - 1):
+        changed = bytearray(original)
+        changed[spot] ^= 1
+        assert not _same(memoryview(original), memoryview(changed)), spot
+        assert not _same(memoryview(changed), memoryview(original)), spot
 
 
 def test_the_id_follows_the_content_and_a_loader_forgets_what_the_caller_dropped():
