@@ -102,8 +102,7 @@ def plan_pieces(
     With ``chunksize`` the pieces are that size; otherwise they shrink from
     ``count / (16 * workers)`` down to ``least`` tasks.
     """
-    plan = _Plan(count, workers, chunksize, least)
-    return [plan.pop() for _ in iter(plan.__bool__, False)]
+    return _Plan(count, workers, chunksize, least).rest()
 
 
 class _Plan:
@@ -135,6 +134,13 @@ class _Plan:
         start = self.next
         self.next = self._stop(start)
         return start, self.next
+
+    def rest(self) -> list[tuple[int, int]]:
+        """Every piece not yet taken."""
+        pieces = []
+        while self:
+            pieces.append(self.pop())
+        return pieces
 
     def join(self, bound: int) -> int:
         """Take the whole pieces that end at or before ``bound``; where they end."""
@@ -360,7 +366,7 @@ class ChunkQueue:
         if self._range:  # nothing to pickle now: the rest is cut as it is taken
             self._plan = plan
         else:
-            self._add([plan.pop() for _ in iter(plan.__bool__, False)])
+            self._add(plan.rest())
         self._undispatched = len(tasks)
 
     def _add(self, pieces: list[tuple[int, int]]) -> None:

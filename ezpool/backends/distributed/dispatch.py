@@ -449,8 +449,8 @@ class Call:
         tail woke dozens of them at every answer, on the cores the last chunks ran
         on, and the end woke all of them at once. A copy needs at most one waiting
         thread for each worker still holding chunks, and work given back one; more
-        is wasted. The link stays ready, and its thread is started again if work comes
-        back while none waits (``_unpark``).
+        is wasted. The link stays ready, and its thread is started again when work is
+        given back (``_unpark``), or found waiting with no thread to take it.
         """
         if not self.pending.exhausted:  # more input may come: every thread waits for it
             return False
