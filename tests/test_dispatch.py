@@ -341,6 +341,50 @@ def test_work_given_back_after_idle_threads_left_is_still_run(serve, monkeypatch
     assert all(results[n] == n for n in range(2, 30))
 
 
+@pytest.mark.timeout(90)
+def test_a_caller_that_leaves_while_answers_are_on_their_way_leaves_the_workers_ready(serve, monkeypatch):
+    from ezpool.backends.distributed.dispatch import Call
+
+    uris = serve("tests._workers:Napper").uris + serve("tests._workers:Napper").uris
+    settle = Call.settle
+
+    def settle_then_wait(self, link, chunk, verdict):
+        settle(self, link, chunk, verdict)
+        if verdict.kind == "done":  # a chunk is still on its way behind this one:
+            self.stop.wait(5)  # the caller leaves before this thread looks at it again
+
+    with Pool(mode="distributed") as pool:
+        with monkeypatch.context() as patch:
+            patch.setattr(Call, "settle", settle_then_wait)
+            for outcome in pool.imap(w.Napper, [0.05 + n / 1000 for n in range(20)], workers=uris,
+                                     spawn=False, chunksize=1):
+                assert not outcome.failed
+                break
+        links = pool._backends["distributed"]._links.values()
+        assert sorted(link.state.value for link in links) == ["ready"] * 2
+        again = pool.dmap(w.Napper, [0.01 + n / 1000 for n in range(8)], workers=uris, spawn=False)
+    assert again.errors == {} and len(again) == 8
+
+
+@pytest.mark.timeout(90)
+def test_tasks_left_when_every_thread_failed_are_reported_as_crashed(serve, monkeypatch, caplog):
+    from ezpool.backends.distributed.dispatch import Call
+
+    uris = serve("tests._workers:Square").uris
+    with Pool() as pool:
+        assert pool.dmap(w.Square, range(4), workers=uris, spawn=False) == {n: n * n for n in range(4)}
+
+        def broken(self, link, chunk, flight):
+            raise RuntimeError("a bug in the thread")
+
+        monkeypatch.setattr(Call, "_launch", broken)
+        monkeypatch.setattr(Call, "_first_round", lambda self, starts: None)
+        results = pool.dmap(w.Square, range(10, 20), workers=uris, spawn=False)
+    assert sorted(results.errors) == list(range(10, 20))
+    assert all(type(error).__name__ == "WorkerCrashed" for error in results.errors.values())
+    assert any("failed" in r.message for r in caplog.records if r.levelname == "ERROR")
+
+
 PAUSED_CLIENT = textwrap.dedent(
     """
     import sys

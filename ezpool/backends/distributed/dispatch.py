@@ -191,6 +191,8 @@ class Call:
                     continue
                 if item is _EXIT:
                     alive -= 1
+                    if not alive:  # work may be left, and links whose threads left early
+                        alive += self._unpark(again)
                 elif item is _UNPARK:
                     alive += self._unpark(again)
                 elif item is _WAKE:
@@ -204,6 +206,7 @@ class Call:
                 item = self.outbox.get()
                 if item is not _EXIT and item is not _WAKE and item is not _UNPARK:
                     yield item
+            yield from self._orphans()
         finally:
             if live is not None:
                 live.remove_waker(wake)
@@ -216,9 +219,9 @@ class Call:
                     link.connection.abort()
             for link in self.links[len(ended):]:  # interrupted before its thread ran
                 start = starts.get(link)
-                if start is not None and start.flight and link.connection is not None:
-                    link.connection.close()  # its answers would come to no one
-                if link.state is State.RUNNING:
+                if start is not None and start.flight:
+                    _abandon(link)
+                elif link.state is State.RUNNING:
                     link.move(State.READY)
             deadline = time.monotonic() + _JOIN_TIMEOUT
             for link, done in [*zip(self.links, ended), *again]:
@@ -278,6 +281,16 @@ class Call:
                     if behind is None:
                         break
                     self._launch(link, behind, start.flight)
+
+    def _orphans(self) -> Generator[Batch, None, None]:
+        """Fail what is left when every thread has ended with work not done (only a bug
+        in a thread, logged where it happened, leaves any): no task goes unreported."""
+        with self.cond:
+            left = list(self.pending.drain())
+        for chunk in left:
+            count = chunk.stop - chunk.start
+            error = WorkerCrashed("no thread was left to send this task (see the errors logged)")
+            yield Batch(chunk.start, [error] * count, [0.0] * count, set(range(count)), "")
 
     def _unpark(self, again: list[tuple[Link, threading.Event]], only_if_stuck: bool = False) -> int:
         """Start again the threads of parked links, when work is waiting to be sent
@@ -372,6 +385,8 @@ class Call:
                         self._launch(link, taken, flight)
                         taken = None
                 self._land(link, flight)
+            if flight:  # the caller left with answers on their way
+                _abandon(link)
         except BaseException as exc:  # a bug or an interpreter shutting down: lose no task
             logger.exception("the thread feeding worker %s failed", link.text)
             reason = f"the client thread failed: {exc!r}"
@@ -840,3 +855,12 @@ def _runs(positions: list[int], alone: bool) -> list[tuple[int, int, bool]]:
             runs.append((position, position + 1, alone))
     return runs
 
+
+def _abandon(link: Link) -> None:
+    """Give up the calls ``link``'s worker has not answered, as the caller left: close the
+    connection their answers would come back on (to no one), and make the link ready
+    for the next call."""
+    if link.connection is not None:
+        link.connection.close()
+    if link.state is State.RUNNING:
+        link.move(State.READY)
