@@ -463,25 +463,20 @@ def _encode(obj: Any, out: list[bytes]) -> None:
 
 
 def _encode_any(obj: Any, out: list[bytes]) -> None:
-    """``_encode`` for any other type, and for subclasses of those above."""
+    """``_encode`` for any other type; a subclass of a type above reads as that type."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        data = obj if type(obj) is bytes else bytes(obj)
-        out.append(b"b" + _LENGTH.pack(len(data)))
-        out.append(data)
+        _encode(bytes(obj), out)
     elif isinstance(obj, str):
-        _text(out, b"s", obj)
-    elif obj is None:
-        out.append(b"N")
+        _encode(str.__str__(obj), out)
     elif isinstance(obj, bool):
         out.append(b"T" if obj else b"F")
     elif isinstance(obj, int):
-        _text(out, b"i", repr(int(obj)))
+        _encode(int(obj), out)
     elif isinstance(obj, float):
-        _text(out, b"f", repr(float(obj)))
+        data = repr(float(obj)).encode()
+        out += (b"f" + _LENGTH.pack(len(data)), data)
     elif isinstance(obj, (list, tuple)):
-        out.append(b"l" + _LENGTH.pack(len(obj)))
-        for item in obj:
-            _encode(item, out)
+        _encode(list(obj), out)
     elif isinstance(obj, dict):
         out.append(b"d" + _LENGTH.pack(len(obj)))
         for key in sorted(obj, key=repr):
@@ -492,9 +487,3 @@ def _encode_any(obj: Any, out: list[bytes]) -> None:
 
 
 _LENGTH = struct.Struct("!Q")
-
-
-def _text(out: list[bytes], tag: bytes, text: str) -> None:
-    data = text.encode("utf-8", "surrogatepass")
-    out.append(tag + _LENGTH.pack(len(data)))
-    out.append(data)
