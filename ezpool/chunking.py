@@ -420,7 +420,7 @@ class ChunkQueue:
 
     def take(self) -> Chunk:
         """The next chunk: consecutive pieces adding up to about the right amount of work."""
-        first = self._pending.popleft() if self._pending else self._cut()
+        first = self._next_piece()
         # A live source (an executor's) may have little waiting now: share it out, not
         # chunk it all for one worker.
         live = self.feed is not None and self.feed.live is not None
@@ -449,8 +449,10 @@ class ChunkQueue:
             payloads = tuple(payload for piece in pieces for payload in self._pickled(piece))
         return Chunk(first.start, stop, payloads, first.alone)
 
-    def _cut(self) -> Chunk:
-        """The next piece of the plan (a range's, whose pieces are cut as they are taken)."""
+    def _next_piece(self) -> Chunk:
+        """The first piece pending, else the next of the plan (a range's, cut as taken)."""
+        if self._pending:
+            return self._pending.popleft()
         assert self._plan is not None
         start, stop = self._plan.pop()
         return Chunk(start, stop, (), False)
@@ -469,6 +471,6 @@ class ChunkQueue:
     def drain(self) -> Iterator[Chunk]:
         """Take every chunk left, as it is (for tasks that will not be sent at all)."""
         while self:
-            chunk = self._pending.popleft() if self._pending else self._cut()
+            chunk = self._next_piece()
             self._undispatched -= chunk.stop - chunk.start
             yield chunk

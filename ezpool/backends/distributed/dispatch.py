@@ -204,7 +204,7 @@ class Call:
                         yield from self._refill()
             while not self.outbox.empty():  # batches put after the last exit (none expected)
                 item = self.outbox.get()
-                if item is not _EXIT and item is not _WAKE and item is not _UNPARK:
+                if isinstance(item, Batch):  # not one of the markers
                     yield item
             yield from self._orphans()
         finally:
@@ -287,10 +287,9 @@ class Call:
         in a thread, logged where it happened, leaves any): no task goes unreported."""
         with self.cond:
             left = list(self.pending.drain())
+        error = WorkerCrashed("no thread was left to send this task (see the errors logged)")
         for chunk in left:
-            count = chunk.stop - chunk.start
-            error = WorkerCrashed("no thread was left to send this task (see the errors logged)")
-            yield Batch(chunk.start, [error] * count, [0.0] * count, set(range(count)), "")
+            yield _failed(chunk, error)
 
     def _unpark(self, again: list[tuple[Link, threading.Event]], only_if_stuck: bool = False) -> int:
         """Start again the threads of parked links, when work is waiting to be sent
@@ -334,10 +333,9 @@ class Call:
             left = list(self.pending.drain())
             self.cond.notify_all()
         reasons = "; ".join(f"{link.text}: {link.reason}" for link in self.links)
+        error = WorkerCrashed(f"every worker was lost before this task ran ({reasons})")
         for chunk in left:
-            count = chunk.stop - chunk.start
-            error = WorkerCrashed(f"every worker was lost before this task ran ({reasons})")
-            self.outbox.put(Batch(chunk.start, [error] * count, [0.0] * count, set(range(count)), ""))
+            self.outbox.put(_failed(chunk, error))
 
     # --- one thread per worker -------------------------------------------------------
 
@@ -742,10 +740,8 @@ class Call:
                              again, alone=True)
         except Exception as exc:  # never lose a chunk to a bug in deciding its fate
             logger.exception("could not settle tasks %d..%d", chunk.start, chunk.stop - 1)
-            count = chunk.stop - chunk.start
             error = WorkerCrashed(f"the outcome from {link.text} could not be handled: {exc!r}")
-            batches, again = [Batch(chunk.start, [error] * count, [0.0] * count, set(range(count)),
-                                    link.text)], []
+            batches, again = [_failed(chunk, error, link.text)], []
         with self.cond:
             for start, stop, alone in reversed(again):
                 self.pending.put_back(start, stop, alone=alone)
@@ -854,6 +850,12 @@ def _runs(positions: list[int], alone: bool) -> list[tuple[int, int, bool]]:
         else:
             runs.append((position, position + 1, alone))
     return runs
+
+
+def _failed(chunk: Chunk, error: Exception, worker: str = "") -> Batch:
+    """Every task of ``chunk`` ending with ``error``, none of them run."""
+    count = chunk.stop - chunk.start
+    return Batch(chunk.start, [error] * count, [0.0] * count, set(range(count)), worker)
 
 
 def _abandon(link: Link) -> None:
