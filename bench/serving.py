@@ -46,7 +46,7 @@ def free_port() -> int:
 
 def distributed_available() -> None:
     """Raise ``Skip`` unless this checkout of EzPool has its distributed mode."""
-    for module in ("ezpool.backends.distributed", "ezpool.serve"):
+    for module in ("ezpool._backends.distributed.backend", "ezpool.serve"):
         try:
             importlib.import_module(module)
         except ImportError as exc:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .worker import BaseWorker
 
 #: Names imported on first use, from the module that holds them. ``import ezpool``
-#: loads only the errors: a worker process, which imports ``ezpool.backends.child``
+#: loads only the errors: a worker process, which imports ``ezpool._backends.parallel.child``
 #: or ``ezpool.serve``, never loads the ``Pool`` side; and the caller has no SQLite,
 #: no cloudpickle, and no ``ssl`` or ``hashlib`` (which ``list_workers`` needs).
 _LAZY = {

@@ -54,9 +54,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"ezpool.joblib needs joblib ({exc}); install it with: pip install joblib"
     ) from exc
 
-from . import backends
+from . import _backends as backends
+from ._core.logs import get_logger
 from .executor import PoolExecutor
-from .logs import get_logger
 from .options import DEFAULT_WORKER, Options
 
 logger = get_logger(__name__)
@@ -166,7 +166,7 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
             )
             return 1
         if n_jobs < 0:
-            from .backends.parallel import available_cpus
+            from ._backends.parallel.backend import available_cpus
 
             cpus = settings.ncpu or available_cpus()
             return max(cpus + 1 + n_jobs, 1)

@@ -17,8 +17,8 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from ._core.logs import get_logger
 from .errors import SecurityError
-from .logs import get_logger
 
 logger = get_logger(__name__)
 

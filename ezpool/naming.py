@@ -1,7 +1,7 @@
 """Finding workers through a Pyro4 name server instead of listing their URIs.
 
 A worker started with ``serve --ns`` registers as ``<prefix><name>.<host>.<port>``
-and stamps its entry's metadata every few seconds (``ezpool.registration``):
+and stamps its entry's metadata every few seconds (``ezpool._worker.registration``):
 ``ezpool.seen=<unix time>`` says when it last did, ``ezpool.refresh=<seconds>``
 how often it does. An entry whose stamp is older than its TTL belongs to a worker
 that died without unregistering: ``list_workers`` leaves it out, and live workers
@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Optional, Union
 
-from .logs import get_logger
+from ._core.logs import get_logger
 from .security import resolve_key
 
 logger = get_logger(__name__)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Callable, Optional, Union
 
-from .logs import get_logger
+from ._core.logs import get_logger
 
 logger = get_logger(__name__)
 

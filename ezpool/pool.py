@@ -9,15 +9,15 @@ from time import perf_counter
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 
-from . import backends
-from .backends.base import Batch
-from .feed import Feed, Live, stored_batches
-from .logs import get_logger
+from . import _backends as backends
+from ._backends.base import Batch
+from ._core.feed import Feed, Live, stored_batches
+from ._core.logs import get_logger
+from ._core.progress import Progress
+from ._core.relay import Relay
+from ._core.tasks import iterate_tasks, unique_tasks
 from .options import NOT_GIVEN, Options, PathText, ProgressHook, given, unknown_option
-from .output import Relay
-from .progress import Progress
 from .results import R, Results, ResultsBuilder, TaskOutcome
-from .tasks import iterate_tasks, unique_tasks
 
 if TYPE_CHECKING:
     from .executor import PoolExecutor
@@ -515,7 +515,7 @@ def _default_buffer(mode: str, options: Options) -> int:
     """How many tasks ``imap`` may hold when ``buffersize`` is not given: in proportion
     to the workers, and enough that tiny tasks still travel by the thousand."""
     if mode == _PARALLEL:
-        from .backends.parallel import available_cpus
+        from ._backends.parallel.backend import available_cpus
 
         workers = options.ncpu or available_cpus()
     elif mode == _DISTRIBUTED:

@@ -6,11 +6,11 @@ from array import array
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, TypeVar
 
+from ._core.logs import get_logger
 from .errors import EzPoolError
-from .logs import get_logger
 
 if TYPE_CHECKING:
-    from .backends.base import Batch
+    from ._backends.base import Batch
 
 logger = get_logger(__name__)
 
@@ -29,7 +29,7 @@ class TaskOutcome(NamedTuple):
         task: the task, exactly as it was given.
         value: what the task returned or, if it failed, the exception.
         elapsed: the task's run time in seconds, measured where it ran (tasks under
-            100 µs share the time of their group, see ``ezpool.execution.run_chunk``).
+            100 µs share the time of their group, see ``ezpool._worker.running.run_chunk``).
         worker: where it ran (``"pid 1234"`` for local processes, a URI for workers).
         failed: whether ``value`` is an exception the task raised (or met).
     """
@@ -63,7 +63,7 @@ class Results(Dict[Any, R]):
     Attributes:
         errors: the failed tasks only, each mapped to its exception.
         elapsed: each task's run time in seconds, measured where it ran (tasks under
-            100 µs share the time of their group, see ``ezpool.execution.run_chunk``).
+            100 µs share the time of their group, see ``ezpool._worker.running.run_chunk``).
         workers: where each task ran.
         wall_time: seconds the whole call took, as seen by the caller.
     """
@@ -84,7 +84,7 @@ class Results(Dict[Any, R]):
         """Every task's run time in key order, put together from the batches' times on
         first use (building ``Results`` copies none: most calls never read them)."""
         if self._flat_times is None:
-            from .execution import GroupTimes  # here: ``import ezpool`` need not load the worker's loop
+            from ._worker.running import GroupTimes  # here: ``import ezpool`` need not load the worker's loop
 
             flat = array("d", bytes(8 * len(self._keys)))
             for start, times in self._time_parts:

@@ -40,8 +40,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ._core.logs import get_logger
 from .errors import SecurityError
-from .logs import get_logger
 
 logger = get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """``ezpool-serve [MODULE:NAME]`` (or ``python -m ezpool.serve``): host a worker for the distributed mode.
 
 Without ``MODULE:NAME`` the worker is *generic*: it runs whatever function or
-``BaseWorker`` class an authenticated client sends (``ezpool.code``). With it, the
+``BaseWorker`` class an authenticated client sends (``ezpool._core.shipping``). With it, the
 worker serves that one ``BaseWorker`` subclass or function from ``MODULE`` (a
 dotted module name, or the path of a ``.py`` file) and refuses others. Each
 process prints the URI it serves on stdout, for programs to read, and stops
@@ -249,9 +249,9 @@ def _import(module_part: str) -> ModuleType:
 
 def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl.SSLContext]) -> int:
     from . import _pyro
+    from ._worker.registration import Registration
+    from ._worker.servant import Faults, Servant
     from .errors import EzPoolError
-    from .registration import Registration
-    from .servant import Faults, Servant
 
     target = load_target(args.spec) if args.spec else None
     try:

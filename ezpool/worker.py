@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .logs import get_logger
+from ._core.logs import get_logger
 
 logger = get_logger(__name__)
 

@@ -201,7 +201,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from test import support
 
     # Each distributed test starts its workers; saying so every time is noise here.
-    logging.getLogger("ezpool.backends.distributed.connect").setLevel(logging.ERROR)
+    logging.getLogger("ezpool._backends.distributed.connect").setLevel(logging.ERROR)
     print_exclusions()
     cpython.setup_module()
     failed = False

@@ -1,4 +1,4 @@
-"""ezpool.chunking: pieces cover every task exactly once, and chunks fit the work."""
+"""ezpool._core.chunking: pieces cover every task exactly once, and chunks fit the work."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ezpool.chunking import (
+from ezpool._core.chunking import (
     HALVED_UP_TO,
     KEPT_PRIORS,
     TARGET_SECONDS,
@@ -135,7 +135,7 @@ def test_over_many_slots_what_is_left_goes_out_in_rounds_of_equal_shares():
 def test_chunk_queue_hands_out_every_task_once_and_puts_work_back_in_front():
     import pickle
 
-    from ezpool.chunking import ChunkQueue
+    from ezpool._core.chunking import ChunkQueue
 
     queue = ChunkQueue(list(range(100)), workers=2, chunksize=None)
     queue.sizer.record([1e-6] * 10)  # tiny tasks: chunks join many pieces
@@ -157,7 +157,7 @@ def test_chunk_queue_hands_out_every_task_once_and_puts_work_back_in_front():
 
 
 def test_chunk_queue_drain_takes_what_is_left_and_a_fixed_size_is_kept():
-    from ezpool.chunking import ChunkQueue
+    from ezpool._core.chunking import ChunkQueue
 
     queue = ChunkQueue(list(range(10)), workers=2, chunksize=3)
     assert (queue.take().start, queue.take().stop) == (0, 6)
@@ -167,7 +167,7 @@ def test_chunk_queue_drain_takes_what_is_left_and_a_fixed_size_is_kept():
 def test_chunk_queue_names_a_task_that_cannot_be_pickled():
     import threading
 
-    from ezpool.chunking import ChunkQueue
+    from ezpool._core.chunking import ChunkQueue
 
     with pytest.raises(TypeError, match="cannot send task"):
         ChunkQueue([1, (threading.Lock(),)], workers=1, chunksize=None)
@@ -176,7 +176,7 @@ def test_chunk_queue_names_a_task_that_cannot_be_pickled():
 def test_a_split_queue_sends_one_task_first_and_slow_tasks_one_by_one():
     import pickle
 
-    from ezpool.chunking import ChunkQueue
+    from ezpool._core.chunking import ChunkQueue
 
     tasks = list(range(20_000))
     queue = ChunkQueue(tasks, 2, None, split=True)
@@ -197,7 +197,7 @@ def test_a_split_queue_sends_one_task_first_and_slow_tasks_one_by_one():
 def test_a_split_queue_covers_every_task_once_whatever_the_run_times(count, ncpu, seconds):
     import pickle
 
-    from ezpool.chunking import ChunkQueue
+    from ezpool._core.chunking import ChunkQueue
 
     queue = ChunkQueue(range(count), ncpu, None, split=True)
     covered = []
@@ -254,7 +254,7 @@ def test_a_range_over_many_workers_holds_no_pieces_before_they_are_taken():
 @settings(deadline=None)
 @given(st.integers(0, 20_000), st.integers(1, 8))
 def test_pieces_of_a_large_call_never_shrink_below_its_least_piece(count, ncpu):
-    from ezpool.chunking import least_piece
+    from ezpool._core.chunking import least_piece
 
     least = least_piece(count, ncpu)
     pieces = plan_pieces(count, ncpu, least=least)
@@ -287,7 +287,7 @@ def test_the_sizer_learns_the_mean_of_a_long_run_from_a_sample():
 
 @pytest.mark.timeout(30)
 def test_chunks_grow_until_their_round_trip_costs_a_tenth_of_their_work():
-    from ezpool.chunking import LONGEST_TARGET, OVERHEAD_SHARE
+    from ezpool._core.chunking import LONGEST_TARGET, OVERHEAD_SHARE
 
     sizer = ChunkSizer(2)
     sizer.record([1e-6] * 1000)
@@ -304,7 +304,7 @@ def test_chunks_grow_until_their_round_trip_costs_a_tenth_of_their_work():
 def test_a_chunk_is_cut_to_about_a_megabyte_of_reply():
     import pickle
 
-    from ezpool.chunking import REPLY_BYTES, ChunkQueue
+    from ezpool._core.chunking import REPLY_BYTES, ChunkQueue
 
     queue = ChunkQueue(range(10_000), workers=2, chunksize=None)  # pieces of 312 tasks
     first = queue.take()
@@ -329,7 +329,7 @@ def test_small_replies_do_not_cut_chunks_of_tiny_tasks():
 
 
 def test_big_arguments_are_held_once_while_they_wait():
-    from ezpool.chunking import ChunkQueue
+    from ezpool._core.chunking import ChunkQueue
 
     tasks = [n.to_bytes(8, "little") + bytes(1 << 20) for n in range(40)]
     queue = ChunkQueue(tasks, workers=2, chunksize=None)

@@ -1,4 +1,4 @@
-"""ezpool.code and generic workers: code travels once, by name or by value, and is checked."""
+"""ezpool._core.shipping and generic workers: code travels once, by name or by value, and is checked."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 
 from ezpool import BaseWorker, Pool, WorkerUnavailable
-from ezpool.code import fingerprint, ship, unpack
+from ezpool._core.shipping import fingerprint, ship, unpack
 from tests import _helpers as h
 from tests.conftest import free_port
 

@@ -298,7 +298,7 @@ def test_a_ctrl_c_while_the_first_chunks_go_out_leaves_the_workers_ready(serve, 
 
 def _spy_on_parking(monkeypatch):
     """The text of each link whose thread left a call early, as it left."""
-    from ezpool.backends.distributed.dispatch import Call
+    from ezpool._backends.distributed.dispatch import Call
 
     parked, park = [], Call._park
 
@@ -343,7 +343,7 @@ def test_work_given_back_after_idle_threads_left_is_still_run(serve, monkeypatch
 
 @pytest.mark.timeout(90)
 def test_a_caller_that_leaves_while_answers_are_on_their_way_leaves_the_workers_ready(serve, monkeypatch):
-    from ezpool.backends.distributed.dispatch import Call
+    from ezpool._backends.distributed.dispatch import Call
 
     uris = serve("tests._workers:Napper").uris + serve("tests._workers:Napper").uris
     settle = Call.settle
@@ -368,7 +368,7 @@ def test_a_caller_that_leaves_while_answers_are_on_their_way_leaves_the_workers_
 
 @pytest.mark.timeout(90)
 def test_tasks_left_when_every_thread_failed_are_reported_as_crashed(serve, monkeypatch, caplog):
-    from ezpool.backends.distributed.dispatch import Call
+    from ezpool._backends.distributed.dispatch import Call
 
     uris = serve("tests._workers:Square").uris
     with Pool() as pool:
@@ -519,8 +519,8 @@ def test_a_worker_stops_a_chunk_soon_after_its_client_is_killed(serve, tmp_path,
 @pytest.mark.timeout(30)
 def test_a_chunk_sent_behind_another_never_runs_once_its_client_has_hung_up(serve, tmp_path):
     from ezpool import _pyro
+    from ezpool._core.serialization import dumps_tasks
     from ezpool.security import resolve_key
-    from ezpool.serialization import dumps_tasks
 
     (uri,) = serve("tests._workers:Recorder").uris
     connection = _pyro.Connection(_pyro.parse_uri(uri), resolve_key(), None)

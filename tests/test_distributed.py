@@ -127,9 +127,9 @@ def test_a_mistyped_local_port_is_an_error_naming_it_not_a_new_worker(serve):
 
 @pytest.mark.timeout(60)
 def test_only_the_default_address_or_spawn_true_lets_the_pool_start_a_worker(serve):
+    from ezpool._backends.distributed.connect import is_default, may_start
+    from ezpool._backends.distributed.links import Link
     from ezpool._pyro import parse_uri
-    from ezpool.backends.distributed.connect import is_default, may_start
-    from ezpool.backends.distributed.links import Link
 
     def link(text):
         return Link(text, parse_uri(text), None)

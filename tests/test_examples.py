@@ -26,13 +26,13 @@ EXAMPLES = ROOT / "examples"
 
 def _distributed_available() -> bool:
     try:
-        return importlib.util.find_spec("ezpool.backends.distributed") is not None
+        return importlib.util.find_spec("ezpool._backends.distributed.backend") is not None
     except ImportError:
         return False
 
 
 needs_distributed = pytest.mark.skipif(
-    not _distributed_available(), reason="ezpool.backends.distributed is not in this checkout yet"
+    not _distributed_available(), reason="ezpool._backends.distributed.backend is not in this checkout yet"
 )
 
 

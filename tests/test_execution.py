@@ -1,4 +1,4 @@
-"""ezpool.execution: the per-task loop of a worker, its grouped run times, and its marks."""
+"""ezpool._worker.running: the per-task loop of a worker, its grouped run times, and its marks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 
 from ezpool import Pool, WorkerCrashed
-from ezpool.execution import (
+from ezpool._worker.running import (
     GROUP_SECONDS,
     GroupTimes,
     group_mark,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ezpool.feed import Feed
+from ezpool._core.feed import Feed
 
 
 def test_reads_no_more_than_asked_and_no_more_than_the_limit():

@@ -22,7 +22,7 @@ import pytest
 from joblib import Parallel, delayed, parallel_config
 
 from ezpool import RemoteTraceback, TaskTimeout, WorkerCrashed
-from ezpool.backends.parallel import available_cpus
+from ezpool._backends.parallel.backend import available_cpus
 from ezpool.joblib import EzPoolBackend  # registers "ezpool" with joblib
 from tests import _helpers as h
 from tests.conftest import eventually, free_port

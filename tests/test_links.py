@@ -1,11 +1,11 @@
-"""ezpool.backends.distributed.links: a worker's states and the only moves between them."""
+"""ezpool._backends.distributed.links: a worker's states and the only moves between them."""
 
 from __future__ import annotations
 
 import pytest
 
 from ezpool import _pyro
-from ezpool.backends.distributed.links import MOVES, Link, State
+from ezpool._backends.distributed.links import MOVES, Link, State
 
 
 def _link() -> Link:

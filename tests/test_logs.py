@@ -1,4 +1,4 @@
-"""ezpool.logs: a module's logger, with ``logging`` imported only once something is logged."""
+"""ezpool._core.logs: a module's logger, with ``logging`` imported only once something is logged."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from ezpool.logs import get_logger
+from ezpool._core.logs import get_logger
 
 _FRESH = """
 import sys
-from ezpool.logs import get_logger
+from ezpool._core.logs import get_logger
 
 logger = get_logger("ezpool.fresh")
 logger.debug("not %s", "wanted")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from ezpool import Pool
+from ezpool._backends.distributed.crew import Crew
 from ezpool._pyro.server import SERVER_IDLE_TIMEOUT
-from ezpool.backends.distributed.crew import Crew
 from tests import _helpers as h
 from tests.conftest import eventually, free_port
 

@@ -1,4 +1,4 @@
-"""ezpool.output: what tasks print and log on workers reaches the caller with capture_output=True.
+"""ezpool._core.relay: what tasks print and log on workers reaches the caller with capture_output=True.
 
 The end-to-end tests run real worker processes: ``pmap`` with ``fork`` and
 ``spawn``, and ``dmap`` on a generic worker the pool starts itself (and, once, on
@@ -20,7 +20,7 @@ import pytest
 import tqdm
 
 from ezpool import Pool, Results, TaskTimeout
-from ezpool.execution import pack_chunk, run_chunk_captured, unpack_chunk
+from ezpool._worker.running import pack_chunk, run_chunk_captured, unpack_chunk
 from tests import _helpers as h
 from tests.conftest import free_port
 

@@ -1,4 +1,4 @@
-"""ezpool.backends.parallel: worker processes, their reuse, and what happens when one dies."""
+"""ezpool._backends.parallel.backend: worker processes, their reuse, and what happens when one dies."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ezpool import Pool, ResultNotSerializable, TaskTimeout, WorkerCrashed
-from ezpool.backends.parallel import available_cpus
+from ezpool._backends.parallel.backend import available_cpus
 from tests import _helpers as h
 
 START_METHODS = ["fork", "spawn"]
@@ -412,7 +412,7 @@ def test_each_argument_is_pickled_once_in_the_calling_process():
 
 
 def test_big_results_come_back_a_megabyte_or_two_at_a_time():
-    from ezpool.backends.parallel import ParallelBackend
+    from ezpool._backends.parallel.backend import ParallelBackend
     from ezpool.options import Options
 
     backend = ParallelBackend()

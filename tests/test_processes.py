@@ -1,4 +1,4 @@
-"""ezpool.backends.processes: starting worker processes, and the mark that names the task
+"""ezpool._backends.parallel.processes: starting worker processes, and the mark that names the task
 a process is running, under every start method; what a cold start imports."""
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def test_a_cold_start_imports_only_what_it_needs(method, tmp_path, core_python, 
     found = _run_script(_COLD_SCRIPT, method, tmp_path, core_python, core_child_env)
     heavy = ("ssl", "hashlib", "difflib", "multiprocessing", "cloudpickle", "Pyro4", "numpy")
     heavy += ("dataclasses", "inspect", "ast", "dis")  # a third of the import, once
-    heavy += ("logging", "traceback", "linecache", "string")  # a quarter: see ezpool.logs
+    heavy += ("logging", "traceback", "linecache", "string")  # a quarter: see ezpool._core.logs
     assert [name for name in found["imported"] if name.split(".")[0] in heavy] == []
     # A function found by name travels by name: cloudpickle stays out of both sides,
     # the mark needs no ctypes, and a reference by name is its own fid (no hashlib).
@@ -177,9 +177,9 @@ def test_a_worker_process_module_does_not_load_the_pool_side():
     # What a spawned worker imports by itself (its script aside): not the Pool, its
     # options, results or progress bar; the public names still load on first use.
     probe = (
-        "import sys, ezpool.backends.child\n"
-        "loaded = sorted(m for m in ('ezpool.pool', 'ezpool.options', 'ezpool.results', 'ezpool.progress')"
-        " if m in sys.modules)\n"
+        "import sys, ezpool._backends.parallel.child\n"
+        "pool_side = ('ezpool.pool', 'ezpool.options', 'ezpool.results', 'ezpool._core.progress')\n"
+        "loaded = sorted(m for m in pool_side if m in sys.modules)\n"
         "import ezpool\n"
         "print(loaded, ezpool.Pool.__module__, 'Pool' in dir(ezpool))"
     )

@@ -1,4 +1,4 @@
-"""ezpool.progress: the tqdm bar on stderr, and when it is shown."""
+"""ezpool._core.progress: the tqdm bar on stderr, and when it is shown."""
 
 from __future__ import annotations
 

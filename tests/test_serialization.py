@@ -1,4 +1,4 @@
-"""ezpool.serialization: what crosses a process boundary, and what happens when it cannot."""
+"""ezpool._core.serialization: what crosses a process boundary, and what happens when it cannot."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import traceback
 import pytest
 
 from ezpool import RemoteError, RemoteTraceback, ResultNotSerializable
-from ezpool.serialization import (
+from ezpool._core.serialization import (
     ExceptionRecord,
     capture,
     dumps,
@@ -151,7 +151,7 @@ def test_safe_values_names_a_value_it_cannot_even_print():
 def test_pickled_parts_keep_big_bytes_by_reference_and_copy_what_may_change():
     import pickle
 
-    from ezpool.serialization import dumps_parts
+    from ezpool._core.serialization import dumps_parts
 
     big = bytes(range(256)) * 4096  # 1 MB
     changing = bytearray(big)

@@ -1,4 +1,4 @@
-"""ezpool.servant: what a distributed worker does with a chunk, without the network."""
+"""ezpool._worker.servant: what a distributed worker does with a chunk, without the network."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 import pytest
 
 from ezpool import TaskTimeout
-from ezpool.serialization import rebuild
-from ezpool.servant import Faults, Servant
+from ezpool._core.serialization import rebuild
+from ezpool._worker.servant import Faults, Servant
 from tests import _helpers as h
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from ezpool import Pool
-from ezpool import shared as shared_module
-from ezpool.shared import Loader, Shelf
+from ezpool._core import parcels as shared_module
+from ezpool._core.parcels import Loader, Shelf
 from tests import _helpers as h
 from tests.conftest import eventually
 
@@ -135,7 +135,7 @@ _SCRIPT = textwrap.dedent(
     import os, sys, time
     import numpy
     from ezpool import Pool
-    from ezpool import shared
+    from ezpool._core import parcels as shared
     shared.COPY_SHARE = 0.0  # the workers map the segment
     big = numpy.arange({size}, dtype=numpy.float64)
     pool = Pool("parallel", ncpu=2, progress=False)
@@ -179,7 +179,7 @@ def test_no_segment_outlives_a_caller_killed_by_sigkill(tmp_path, core_child_env
 
 @pytest.mark.parametrize("numpy_loaded", [True, False])
 def test_a_big_buffer_differing_in_any_one_byte_is_not_the_same(monkeypatch, numpy_loaded):
-    from ezpool.shared import _same
+    from ezpool._core.parcels import _same
 
     if not numpy_loaded:
         monkeypatch.delitem(sys.modules, "numpy")

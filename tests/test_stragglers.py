@@ -18,17 +18,17 @@ from array import array
 import pytest
 
 from ezpool import Pool, _pyro
-from ezpool.backends.base import Batch
-from ezpool.backends.distributed.backups import FLOOR, Claim, pick
-from ezpool.backends.distributed.crew import Crew
-from ezpool.backends.distributed.dispatch import Call, Target, Verdict
-from ezpool.backends.distributed.links import Link
-from ezpool.chunking import Chunk, ChunkQueue
-from ezpool.execution import pack_chunk
+from ezpool._backends.base import Batch
+from ezpool._backends.distributed.backups import FLOOR, Claim, pick
+from ezpool._backends.distributed.crew import Crew
+from ezpool._backends.distributed.dispatch import Call, Target, Verdict
+from ezpool._backends.distributed.links import Link
+from ezpool._core.chunking import Chunk, ChunkQueue
+from ezpool._worker.running import pack_chunk
 from ezpool.options import Options
 from tests import _workers as w
 
-_LOGGER = "ezpool.backends.distributed.dispatch"
+_LOGGER = "ezpool._backends.distributed.dispatch"
 
 
 # --- which chunk is copied, and when --------------------------------------------------

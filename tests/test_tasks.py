@@ -1,4 +1,4 @@
-"""ezpool.tasks: which tasks are distinct, in what order, and how a task becomes arguments."""
+"""ezpool._core.tasks: which tasks are distinct, in what order, and how a task becomes arguments."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ezpool import Pool
-from ezpool.tasks import call, unique_tasks
+from ezpool._core.tasks import call, unique_tasks
 
 Pair = collections.namedtuple("Pair", "a b")
 

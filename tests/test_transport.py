@@ -208,9 +208,9 @@ def test_a_call_sent_behind_another_is_answered_in_order_even_when_neither_fits_
     first answers 8 MB: were the second sent whole at once, the client would wait for
     the worker to read it while the worker waits for the client to read its answer."""
     from ezpool import _pyro
-    from ezpool.execution import unpack_chunk
+    from ezpool._core.serialization import dumps_tasks
+    from ezpool._worker.running import unpack_chunk
     from ezpool.security import resolve_key
-    from ezpool.serialization import dumps_tasks
 
     (uri,) = serve("tests._workers:Mirror").uris
     connection = _pyro.Connection(_pyro.parse_uri(uri), resolve_key(), None)

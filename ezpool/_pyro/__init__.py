@@ -19,8 +19,8 @@ from typing import Any
 import Pyro4
 import Pyro4.errors
 
+from .._core.logs import get_logger
 from ..errors import AuthenticationError, WorkerUnavailable
-from ..logs import get_logger
 from .client import Connection
 from .names import NS_PORT, NameServer, NameServerProcess, name_server_uri, resolve
 from .server import Server, configure_worker_process

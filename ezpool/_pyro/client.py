@@ -39,7 +39,7 @@ import Pyro4.message
 import Pyro4.socketutil
 import Pyro4.util
 
-from ..logs import get_logger
+from .._core.logs import get_logger
 from ..security import same, sign
 
 logger = get_logger(__name__)

@@ -9,8 +9,8 @@ import Pyro4
 import Pyro4.constants
 import Pyro4.errors
 
+from .._core.logs import get_logger
 from ..errors import WorkerUnavailable
-from ..logs import get_logger
 from .client import Connection
 
 logger = get_logger(__name__)

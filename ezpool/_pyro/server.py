@@ -27,7 +27,7 @@ import Pyro4
 import Pyro4.errors
 import Pyro4.socketutil
 
-from ..logs import get_logger
+from .._core.logs import get_logger
 from ..security import same, sign
 
 logger = get_logger(__name__)

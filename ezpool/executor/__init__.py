@@ -33,10 +33,10 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..logs import get_logger
+from .._core.logs import get_logger
 from ..options import Options
-from .calls import Code, unwrap
-from .dispatch import Calls, Dispatcher, MapCalls, MapRun
+from ._calls import Code, unwrap
+from ._submitted import Calls, Dispatcher, MapCalls, MapRun
 
 if TYPE_CHECKING:
     from ..pool import Pool

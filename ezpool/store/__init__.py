@@ -66,10 +66,10 @@ import os
 import time
 from typing import Any, NamedTuple, Optional, Union
 
+from .._core.logs import get_logger
 from ..errors import StoreError, StoreMismatch
-from ..logs import get_logger
 from ..results import Results
-from .connection import Connection
+from .database import Connection
 from .identity import Identity, identity, sweep_name
 from .sweep import StoredOutcome, Sweep, label
 

@@ -12,8 +12,8 @@ import argparse
 import sys
 from typing import Optional
 
+from .._core.logs import get_logger
 from ..errors import StoreError
-from ..logs import get_logger
 from . import Store
 
 logger = get_logger(__name__)

@@ -30,10 +30,10 @@ from typing import Any, NamedTuple, Optional
 
 import cloudpickle
 
+from .._core.logs import get_logger
+from .._core.serialization import ExceptionRecord, capture, loads, rebuild, short_repr
+from .._worker.running import GroupTimes
 from ..errors import ResultNotSerializable
-from ..execution import GroupTimes
-from ..logs import get_logger
-from ..serialization import ExceptionRecord, capture, loads, rebuild, short_repr
 from .keys import task_key
 
 logger = get_logger(__name__)

@@ -4,7 +4,7 @@ A sweep is named by the function's qualified name (``module.qualname``; for a
 ``functools.partial``, that of the function it wraps; for a method, of the method;
 for a callable object, of its class). Its *identity* is two digests:
 
-- the code: ``ezpool.code.fingerprint`` of the function (or class), i.e. its source
+- the code: ``ezpool._core.shipping.fingerprint`` of the function (or class), i.e. its source
   text, or its bytecode when it has no source. Functions it calls are not part of it;
 - the data: the SHA-256 of a pickle of what the function captures: its closure
   cells, its default arguments, a partial's arguments, a bound method's object, a
@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
-from ..code import fingerprint
-from ..logs import get_logger
+from .._core.logs import get_logger
+from .._core.shipping import fingerprint
 
 logger = get_logger(__name__)
 

@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
-from ..logs import get_logger
+from .._core.logs import get_logger
 from .batches import load_tasks, offsets
 from .keys import task_key, task_keys
 

@@ -36,8 +36,8 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
-from ..logs import get_logger
-from ..serialization import short_repr
+from .._core.logs import get_logger
+from .._core.serialization import short_repr
 
 logger = get_logger(__name__)
 

@@ -20,13 +20,13 @@ from itertools import compress, count, repeat
 from operator import is_not
 from typing import Any, Callable, NamedTuple, Optional, cast
 
-from ..backends.base import Batch
+from .._backends.base import Batch
+from .._core.logs import get_logger
+from .._core.serialization import short_repr
 from ..errors import StoreError
-from ..logs import get_logger
 from ..results import Results, ResultsBuilder
-from ..serialization import short_repr
 from .batches import Outcomes, encode, load_tasks
-from .connection import Connection
+from .database import Connection
 from .index import Index
 from .keys import task_keys
 

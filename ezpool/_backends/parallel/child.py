@@ -10,12 +10,12 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Optional
 
-from ..execution import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
-from ..logs import get_logger
-from ..output import TaskOutput
-from ..serialization import capture, loads, loads_tasks
-from ..shared import Loader
-from . import wire
+from ..._core.logs import get_logger
+from ..._core.parcels import Loader
+from ..._core.relay import TaskOutput
+from ..._core.serialization import capture, loads, loads_tasks
+from ..._worker.running import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
+from . import pipes
 
 logger = get_logger(__name__)
 
@@ -30,13 +30,13 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
 
     A request is ``(fid, parcel_or_None, first, stop, exact, pieces, capture_level)``:
     the function to run is the one cached under ``fid``, loaded from ``parcel`` when
-    one comes (see ``ezpool.shared``); ``exact`` asks for every task to be marked as
+    one comes (see ``ezpool._core.parcels``); ``exact`` asks for every task to be marked as
     it starts, not only each group (see ``run_chunk``); each piece is the pickle of
     some of the tasks, or ``None`` for one that follows the request as a message of
     its own; ``capture_level`` is ``None``, or the lowest log level to keep with
-    what the tasks print, see ``ezpool.output``. The reply is what
-    ``ezpool.execution.pack_chunk`` makes. ``None`` asks the loop to stop. Every
-    message is read and written as ``ezpool.backends.wire`` says.
+    what the tasks print, see ``ezpool._core.relay``. The reply is what
+    ``ezpool._worker.running.pack_chunk`` makes. ``None`` asks the loop to stop. Every
+    message is read and written as ``ezpool._backends.parallel.pipes`` says.
     """
     # Ctrl-C is the parent's to handle: children stop when the parent says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -69,7 +69,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
             else:
                 outcome = run_chunk_captured(fun, tasks, first, mark, level, outputs)
         try:
-            wire.send(conn, [pack_chunk(first, outcome, outputs)])
+            pipes.send(conn, [pack_chunk(first, outcome, outputs)])
         except OSError:  # the parent is gone
             return
         # Hold no task's arguments or values while waiting for the next chunk.
@@ -82,13 +82,13 @@ def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[tuple[
     follow them; ``None`` once told to stop, or the pipe closes."""
     try:
         while True:
-            request = loads(wire.receive(conn))
+            request = loads(pipes.receive(conn))
             if request is None:
                 break
             pieces = request[5]
             for index, piece in enumerate(pieces):
                 if piece is None:
-                    pieces[index] = wire.receive(conn)
+                    pieces[index] = pipes.receive(conn)
             requests.put(request)
     except (EOFError, OSError):
         pass

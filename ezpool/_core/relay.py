@@ -3,7 +3,7 @@
 With ``capture_output=True`` (parallel and distributed modes)::
 
     worker process (execution.run_chunk_captured,
-                    with ezpool.capture.Capture)          calling process (Pool._run)
+                    with ezpool._worker.output.Capture)          calling process (Pool._run)
     ─────────────────────────────────────────────          ───────────────────────────
     for the whole chunk, a ``Capture``:
       sys.stdout, sys.stderr -> streams that keep what
@@ -21,7 +21,7 @@ With ``capture_output=True`` (parallel and distributed modes)::
                                                                       records -> your loggers
 
 This module holds the types and the calling side; the worker side is in
-``ezpool.capture``, imported only when a worker is asked to capture (it needs
+``ezpool._worker.output``, imported only when a worker is asked to capture (it needs
 :mod:`logging`, which a run that captures nothing never imports).
 
 Only the thread that runs the tasks is captured: the worker's own threads (its
@@ -39,8 +39,8 @@ from .logs import get_logger
 from .serialization import short_repr
 
 if TYPE_CHECKING:
-    from .backends.base import Batch
-    from .options import Options
+    from .._backends.base import Batch
+    from ..options import Options
     from .progress import Progress
 
 logger = get_logger(__name__)
@@ -49,7 +49,7 @@ __all__ = ["TaskOutput", "Relay", "capture_level"]
 
 #: What one task wrote, in order: ``("stdout", text)``, ``("stderr", text)`` and
 #: ``("log", fields)``, where ``fields`` are the ``LogRecord`` attributes that travel
-#: (``ezpool.capture``).
+#: (``ezpool._worker.output``).
 TaskOutput = list[tuple[str, Any]]
 
 def capture_level(options: Options) -> Optional[int]:

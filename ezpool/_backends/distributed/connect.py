@@ -17,11 +17,11 @@ import time
 from typing import Any, Optional
 
 from ... import _pyro
+from ..._core.logs import get_logger
+from ..._worker.servant import GENERIC, served_name
 from ...errors import WorkerUnavailable
-from ...logs import get_logger
 from ...options import DEFAULT_WORKER
 from ...security import KEY_ENV, is_loopback_host
-from ...servant import GENERIC, served_name
 from ...worker import BaseWorker
 from .links import Link
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import MappingProxyType
 
-from ..logs import get_logger
+from .._core.logs import get_logger
 from .base import Backend, Batch
 
 logger = get_logger(__name__)
@@ -15,9 +15,9 @@ __all__ = ["Backend", "Batch", "MODES", "check_mode", "create"]
 #: Mode name -> (module, class) of the backend that runs it.
 _BACKENDS = MappingProxyType(
     {
-        "serial": ("ezpool.backends.serial", "SerialBackend"),
-        "parallel": ("ezpool.backends.parallel", "ParallelBackend"),
-        "distributed": ("ezpool.backends.distributed", "DistributedBackend"),
+        "serial": ("ezpool._backends.serial", "SerialBackend"),
+        "parallel": ("ezpool._backends.parallel.backend", "ParallelBackend"),
+        "distributed": ("ezpool._backends.distributed.backend", "DistributedBackend"),
     }
 )
 

@@ -59,7 +59,7 @@ class Raised:
         self.exc = exc
 
     def __reduce__(self) -> tuple[Any, ...]:
-        from ..serialization import capture, rebuild
+        from .._core.serialization import capture, rebuild
 
         return (rebuild, (capture(self.exc),))
 
@@ -76,7 +76,7 @@ class Code:
     __slots__ = ("fid", "blob")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
-        from ..code import ship  # (cloudpickle: imported when first needed)
+        from .._core.shipping import ship  # (cloudpickle: imported when first needed)
 
         shipment = ship(fn)
         self.fid, self.blob = shipment.fid, shipment.blob
@@ -87,6 +87,6 @@ class Code:
 
 @functools.lru_cache(maxsize=64)
 def load_code(fid: str, blob: bytes) -> Callable[..., Any]:
-    from ..code import unpack
+    from .._core.shipping import unpack
 
     return cast(Callable[..., Any], unpack(blob))

@@ -29,7 +29,7 @@ import math
 from collections.abc import Iterable
 from typing import Optional
 
-from ...chunking import Chunk
+from ..._core.chunking import Chunk
 from .links import Link
 
 __all__ = ["Claim", "pick", "FLOOR", "PATIENCE", "COPIES"]

@@ -15,10 +15,10 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
-from ..backends.base import Batch
-from ..feed import Live
-from ..logs import get_logger
-from .calls import run_in_context, run_task, unwrap
+from .._backends.base import Batch
+from .._core.feed import Live
+from .._core.logs import get_logger
+from ._calls import run_in_context, run_task, unwrap
 
 if TYPE_CHECKING:
     from ..pool import Pool
@@ -296,7 +296,7 @@ def fail(target: Target, first: int, count: int, error: BaseException) -> None:
 
 
 def picklable(task: Any) -> bool:
-    from ..serialization import dumps
+    from .._core.serialization import dumps
 
     try:
         dumps(task)
@@ -306,7 +306,7 @@ def picklable(task: Any) -> bool:
 
 
 def unpicklable_error(task: Any) -> TypeError:
-    from ..serialization import dumps
+    from .._core.serialization import dumps
 
     fn, calls, how = task
     try:

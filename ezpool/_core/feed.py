@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable, Optional, Union, overload
 
-from .backends.base import Batch
+from .._backends.base import Batch
 from .logs import get_logger
 
 logger = get_logger(__name__)

@@ -13,7 +13,7 @@ remote methods carry only strings, numbers, bytes and small dicts:
     ``(identity, busy)``: the client's heartbeat, answered even while a chunk runs.
 ``load(fid, blob)``
     a generic worker (one started without ``MODULE:NAME``) keeps the function or
-    ``BaseWorker`` class in the shipment ``blob`` (see ``ezpool.code``) under its
+    ``BaseWorker`` class in the shipment ``blob`` (see ``ezpool._core.shipping``) under its
     content id ``fid``, for as long as it keeps ``FUNCTIONS_KEPT`` others (a
     ``functools.partial`` of either carries a call's ``context``: its ``run`` or the
     function gets it as first argument); ``(status, reply)`` is ``("ok", b"")``, or ``("error",
@@ -21,8 +21,8 @@ remote methods carry only strings, numbers, bytes and small dicts:
 ``run_chunk(identity, fid, first, count, payloads, timeout[, capture_level])``
     ``(status, reply)``. ``capture_level`` (sent only when the client wants it) is
     the lowest log level to keep with what each task prints, sent back with the
-    outcome (see ``ezpool.output``). ``status`` is ``"ok"`` (``reply`` is the
-    pickled outcome, see ``ezpool.execution.pack_chunk``), ``"wrong-worker"``
+    outcome (see ``ezpool._core.relay``). ``status`` is ``"ok"`` (``reply`` is the
+    pickled outcome, see ``ezpool._worker.running.pack_chunk``), ``"wrong-worker"``
     (this is not the process the client checked: nothing ran), ``"need-function"``
     (``fid`` is not loaded here: nothing ran), or ``"restarting"`` (a timed-out
     task is being stopped by restarting this process: nothing ran). A worker that
@@ -56,13 +56,13 @@ from array import array
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, cast
 
-from .code import fingerprint, unpack
-from .errors import TaskTimeout
-from .execution import ChunkOutcome, GroupTimes, failed_chunk, pack_chunk, run_chunk, run_chunk_captured
-from .logs import get_logger
-from .output import TaskOutput
-from .serialization import ExceptionRecord, capture, dumps, loads_tasks
-from .worker import BaseWorker
+from .._core.logs import get_logger
+from .._core.relay import TaskOutput
+from .._core.serialization import ExceptionRecord, capture, dumps, loads_tasks
+from .._core.shipping import fingerprint, unpack
+from ..errors import TaskTimeout
+from ..worker import BaseWorker
+from .running import ChunkOutcome, GroupTimes, failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 
 logger = get_logger(__name__)
 
@@ -198,7 +198,7 @@ class Servant:
 
         logger.debug("a client checks who this worker is")
 
-        from . import __version__
+        from .. import __version__
 
         versions = {
             "python": platform.python_version(),
@@ -244,7 +244,7 @@ class Servant:
 
     def _prepare(self, fid: str, target: Any) -> Callable[..., Any]:
         if isinstance(target, functools.partial) and _is_worker_class(target.func):
-            # A BaseWorker with a context (see ezpool.tasks.bind): run(context, *args).
+            # A BaseWorker with a context (see ezpool._core.tasks.bind): run(context, *args).
             return functools.partial(self._prepare(fid, target.func), *target.args)
         if _is_worker_class(target):
             instance = target()

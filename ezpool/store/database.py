@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
+from .._core.logs import get_logger
 from ..errors import StoreError
-from ..logs import get_logger
 
 logger = get_logger(__name__)
 

@@ -38,10 +38,11 @@ from multiprocessing.util import Finalize
 from time import monotonic
 from typing import Any
 
-from ..execution import read_mark
-from ..logs import get_logger
-from ..serialization import dumps
-from . import child, wire
+from ..._core.logs import get_logger
+from ..._core.serialization import dumps
+from ..._worker.running import read_mark
+from . import child
+from . import pipes
 
 logger = get_logger(__name__)
 
@@ -78,9 +79,9 @@ class WorkerProcess:
             if isinstance(sent, _MarkFile):
                 os.close(sent.fd)  # the started process has its own copy
         self.conn: Connection = parent_end
-        self.inbox = wire.Inbox()  # its replies are read into this (see ezpool.backends.wire)
+        self.inbox = pipes.Inbox()  # its replies are read into this (see ezpool._backends.parallel.pipes)
         self.name = f"pid {self.process.pid}"
-        self.holds: set[str] = set()  # the functions (fids) it keeps, see ezpool.shared
+        self.holds: set[str] = set()  # the functions (fids) it keeps, see ezpool._core.parcels
         self.chunks: deque[tuple[int, int]] = deque()  # (start, stop) in flight, oldest first
         self.seen = (-1, 0.0)  # (mark, when the caller first saw it), for timeouts
         self.served = False  # whether it ever sent a reply
@@ -169,7 +170,7 @@ def stop_all(processes: list[WorkerProcess]) -> None:
     """
     for proc in processes:
         with contextlib.suppress(OSError):
-            wire.send(proc.conn, [dumps(None)])
+            pipes.send(proc.conn, [dumps(None)])
     deadline = monotonic() + STOP_GRACE
     for proc in processes:
         proc.process.join(max(0.0, deadline - monotonic()))

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from ...logs import get_logger
+from ..._core.logs import get_logger
 from .links import Link, State
 
 logger = get_logger(__name__)

@@ -4,7 +4,7 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
 
     calling process (ParallelBackend / _Call)          worker process (child.main)
     ─────────────────────────────────────────          ───────────────────────────
-    publish the function (ezpool.shared), tasks in pieces
+    publish the function (ezpool._core.parcels), tasks in pieces
     each worker holds up to two chunks:                  a reader thread queues them;
       ── (fid, parcel?, first, stop, exact, pieces, ─▶  unpickle, run each task:
          level)
@@ -21,16 +21,16 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
 
 A request is one small pickle; a piece of tasks rides in it when it is small,
 and otherwise follows as a message of its own, written from its parts
-(``ezpool.serialization.Pickled``), each from the very ``bytes`` object of the
+(``ezpool._core.serialization.Pickled``), each from the very ``bytes`` object of the
 task that holds it: a big argument is copied into the pipe and nowhere else in
 the calling process, and the worker reads it straight into one buffer and
-unpickles the tasks from there (``ezpool.backends.wire``). A reply is one
+unpickles the tasks from there (``ezpool._backends.parallel.pipes``). A reply is one
 pickle, read into a buffer the caller keeps for that worker. (Written from the
 values' own bytes, in parts, replies cost the worker more time than the copy
 they saved, in every measurement.)
 
 The function, and what it captures, travels once to each process and stays
-there, cached by content (``ezpool.shared``): a second call with the same
+there, cached by content (``ezpool._core.parcels``): a second call with the same
 function sends a few bytes, and big arrays reach the processes through shared
 memory rather than the pipes. The processes live as long as the pool, so a
 second call pays no start-up either.
@@ -51,18 +51,18 @@ from time import perf_counter
 from types import FunctionType
 from typing import Any, Callable, Optional
 
-from ..chunking import ChunkQueue, Priors
-from ..errors import EzPoolError, ResultNotSerializable, TaskTimeout, WorkerCrashed
-from ..execution import unpack_chunk
-from ..feed import Live
-from ..logs import get_logger
-from ..options import Options
-from ..output import capture_level
-from ..serialization import Pickled, dumps, rebuild, short_repr
-from ..shared import Parcel, Shelf
-from ..tasks import bind
-from . import wire
-from .base import Backend, Batch
+from ..._core.chunking import ChunkQueue, Priors
+from ..._core.feed import Live
+from ..._core.logs import get_logger
+from ..._core.parcels import Parcel, Shelf
+from ..._core.relay import capture_level
+from ..._core.serialization import Pickled, dumps, rebuild, short_repr
+from ..._core.tasks import bind
+from ..._worker.running import unpack_chunk
+from ...errors import EzPoolError, ResultNotSerializable, TaskTimeout, WorkerCrashed
+from ...options import Options
+from ..base import Backend, Batch
+from . import pipes
 from .processes import STOP_GRACE, WorkerProcess, preload, stop_with
 
 logger = get_logger(__name__)
@@ -505,10 +505,10 @@ def _send_request(
     """Send a chunk as ``child.main`` reads it: ``(*head, pieces, level)``, where a piece
     is its pickle when small, or else ``None``, and its pickle follows as a message."""
     pieces = [parts[0] if len(parts) == 1 and len(parts[0]) < _INLINE else None for parts in payloads]
-    wire.send(conn, [dumps((*head, pieces, level))])
+    pipes.send(conn, [dumps((*head, pieces, level))])
     for parts, piece in zip(payloads, pieces):
         if piece is None:
-            wire.send(conn, parts)
+            pipes.send(conn, parts)
 
 
 def _sent_reply(proc: WorkerProcess) -> Optional[memoryview]:

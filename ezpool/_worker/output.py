@@ -1,7 +1,7 @@
 """The worker side of ``capture_output``: what the thread running a chunk writes and logs.
 
 ``execution.run_chunk_captured`` enters a ``Capture`` for the whole chunk; see
-``ezpool.output`` for the way back to the calling process.
+``ezpool._core.relay`` for the way back to the calling process.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Optional
 
-from .logs import get_logger
-from .output import TaskOutput
+from .._core.logs import get_logger
+from .._core.relay import TaskOutput
 
 logger = get_logger(__name__)
 

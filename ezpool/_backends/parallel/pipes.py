@@ -2,7 +2,7 @@
 
 A message is its size (8 bytes) and then its bytes, written from any number of
 parts in one ``writev``, each straight from its own buffer (a task's pickle in
-parts, ``ezpool.serialization.Pickled``, holds the very ``bytes`` of a big
+parts, ``ezpool._core.serialization.Pickled``, holds the very ``bytes`` of a big
 argument), and read straight into one buffer of the right size.
 ``multiprocessing.Connection.recv_bytes`` reads a big message a pipe's worth at
 a time, each time into a new object of what remains, then copies it all once
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..logs import get_logger
+from ..._core.logs import get_logger
 
 logger = get_logger(__name__)
 

@@ -20,10 +20,10 @@ import threading
 import time
 from typing import Optional
 
-from . import _pyro
-from .errors import WorkerUnavailable
-from .logs import get_logger
-from .naming import DEFAULT_REFRESH, NS_TIMEOUT, is_stale, last_seen, stamped
+from .. import _pyro
+from .._core.logs import get_logger
+from ..errors import WorkerUnavailable
+from ..naming import DEFAULT_REFRESH, NS_TIMEOUT, is_stale, last_seen, stamped
 
 logger = get_logger(__name__)
 

@@ -13,7 +13,7 @@ import queue
 import threading
 from typing import Any, Callable
 
-from ...logs import get_logger
+from ..._core.logs import get_logger
 
 logger = get_logger(__name__)
 

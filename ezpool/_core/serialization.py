@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
-from .errors import RemoteError, RemoteTraceback, ResultNotSerializable
+from ..errors import RemoteError, RemoteTraceback, ResultNotSerializable
 from .logs import get_logger
 
 logger = get_logger(__name__)

@@ -46,15 +46,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from ... import _pyro, security
-from ...chunking import TARGET_SECONDS, ChunkQueue, Priors
-from ...code import Shipment, fingerprint, ship
+from ..._core.chunking import TARGET_SECONDS, ChunkQueue, Priors
+from ..._core.feed import Feed
+from ..._core.logs import get_logger
+from ..._core.serialization import dumps, short_repr
+from ..._core.shipping import Shipment, fingerprint, ship
+from ..._core.tasks import bind
+from ..._worker.servant import GENERIC
 from ...errors import AuthenticationError, WorkerUnavailable
-from ...feed import Feed
-from ...logs import get_logger
 from ...options import DEFAULT_WORKER, Options
-from ...serialization import dumps, short_repr
-from ...servant import GENERIC
-from ...tasks import bind
 from ..base import Backend, Batch
 from .connect import can_start, fits, hello, may_start, name_of, not_started, start_worker, version_table
 from .crew import Crew

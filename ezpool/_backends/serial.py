@@ -7,11 +7,11 @@ from collections.abc import Generator, Iterator, Sequence
 from time import perf_counter
 from typing import Any, Callable, Union
 
+from .._core.feed import Feed
+from .._core.logs import get_logger
+from .._core.tasks import bind, call
 from ..errors import EzPoolError
-from ..feed import Feed
-from ..logs import get_logger
 from ..options import Options
-from ..tasks import bind, call
 from .base import Backend, Batch
 
 logger = get_logger(__name__)

@@ -44,16 +44,16 @@ from collections.abc import Generator, Sequence
 from typing import Any, Callable, NamedTuple, Optional
 
 from ... import _pyro
-from ...chunking import Chunk, ChunkQueue
-from ...code import Shipment
+from ..._core.chunking import Chunk, ChunkQueue
+from ..._core.feed import Feed
+from ..._core.logs import get_logger
+from ..._core.relay import capture_level
+from ..._core.serialization import loads, pickled_size, rebuild
+from ..._core.shipping import Shipment
+from ..._worker.running import failed_chunk, pack_chunk, unpack_chunk
+from ..._worker.servant import GENERIC
 from ...errors import ResultNotSerializable, WorkerCrashed
-from ...execution import failed_chunk, pack_chunk, unpack_chunk
-from ...feed import Feed
-from ...logs import get_logger
 from ...options import Options
-from ...output import capture_level
-from ...serialization import loads, pickled_size, rebuild
-from ...servant import GENERIC
 from ..base import Batch
 from .backups import Claim, pick
 from .connect import CONNECT_TIMEOUT, fits, hello, version_table

@@ -24,7 +24,7 @@ import time
 from typing import Any, Optional
 
 from ... import _pyro
-from ...logs import get_logger
+from ..._core.logs import get_logger
 
 logger = get_logger(__name__)
 

@@ -22,8 +22,8 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, Optional
 
-from .backends.base import Batch
-from .execution import GroupTimes
+from .._backends.base import Batch
+from .._worker.running import GroupTimes
 from .feed import Feed
 from .logs import get_logger
 from .serialization import Pickled, dumps_tasks

@@ -12,11 +12,11 @@ import abc
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..logs import get_logger
+from .._core.logs import get_logger
 
 if TYPE_CHECKING:
+    from .._core.relay import TaskOutput
     from ..options import Options
-    from ..output import TaskOutput
 
 logger = get_logger(__name__)
 
@@ -34,7 +34,7 @@ class Batch:
         failed: offsets (from ``start``) of the tasks whose value is an exception.
         worker: where these tasks ran.
         outputs: what tasks printed and logged, by offset, when the call asked for it
-            (``capture_output``); ``None`` otherwise. See ``ezpool.output``.
+            (``capture_output``); ``None`` otherwise. See ``ezpool._core.relay``.
         stored: whether these outcomes come from a store rather than from running.
     """
 

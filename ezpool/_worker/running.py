@@ -10,9 +10,9 @@ from operator import mul
 from time import perf_counter
 from typing import Any, Callable, Optional, Union, overload
 
-from .logs import get_logger
-from .output import TaskOutput
-from .serialization import ExceptionRecord, capture, dumps, loads, safe_values
+from .._core.logs import get_logger
+from .._core.relay import TaskOutput
+from .._core.serialization import ExceptionRecord, capture, dumps, loads, safe_values
 
 logger = get_logger(__name__)
 
@@ -199,7 +199,7 @@ def read_mark(mark: int) -> tuple[int, int]:
 
 def _spreader(tasks: Sequence[Any]) -> Optional[Callable[..., Iterator[Any]]]:
     """How a group of ``tasks`` runs as one call: ``map`` when none is a tuple, ``starmap``
-    when all are (the rule of ``ezpool.tasks.call``); ``None``: task by task."""
+    when all are (the rule of ``ezpool._core.tasks.call``); ``None``: task by task."""
     if type(tasks) is range:
         return map
     kinds = set(map(type, tasks))
@@ -245,7 +245,7 @@ def _run_marked(
     for task in group:
         mark[0] = position + ran
         try:
-            # The unpacking rule of ezpool.tasks.call, inlined: this is a hot loop.
+            # The unpacking rule of ezpool._core.tasks.call, inlined: this is a hot loop.
             value = fun(*task) if type(task) is tuple else fun(task)
         except BaseException as exc:
             value = None
@@ -283,7 +283,7 @@ def run_chunk_captured(
     into: Optional[ChunkOutcome] = None,
     stop: Any = None,
 ) -> ChunkOutcome:
-    """``run_chunk``, keeping what each task prints and logs (see ``ezpool.output``).
+    """``run_chunk``, keeping what each task prints and logs (see ``ezpool._core.relay``).
 
     A separate loop, so that ``run_chunk`` pays nothing when output is not wanted.
     What a task wrote lands in ``outputs`` under its offset as it finishes (tasks
@@ -293,7 +293,7 @@ def run_chunk_captured(
     add_value, clock = values.append, perf_counter
     add_time = partial(times.add, 1) if isinstance(times, GroupTimes) else times.append
     position = first
-    from .capture import Capture  # needs ``logging``: only a run that captures pays for it
+    from .output import Capture  # needs ``logging``: only a run that captures pays for it
 
     with Capture(level) as kept:
         began = clock()

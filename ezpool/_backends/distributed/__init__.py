@@ -1,0 +1,1 @@
+"""The distributed mode: a client of ``ezpool.serve`` workers (see ``backend``)."""

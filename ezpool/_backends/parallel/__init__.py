@@ -1,0 +1,1 @@
+"""The parallel mode: worker processes on this machine (see ``backend``)."""
