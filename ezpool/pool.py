@@ -10,10 +10,10 @@ from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 
 from . import _backends as backends
-from ._backends.base import Batch
 from ._core.feed import Feed, Live, stored_batches
 from ._core.logs import get_logger
 from ._core.progress import Progress
+from ._core.records import Batch
 from ._core.relay import Relay
 from ._core.tasks import iterate_tasks, unique_tasks
 from .options import NOT_GIVEN, Options, PathText, ProgressHook, given, unknown_option

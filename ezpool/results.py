@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, TypeVar
+from typing import Any, Dict, NamedTuple, Optional, TypeVar
 
 from ._core.logs import get_logger
+from ._core.records import Batch, GroupTimes
 from .errors import EzPoolError
-
-if TYPE_CHECKING:
-    from ._backends.base import Batch
 
 logger = get_logger(__name__)
 
@@ -84,8 +82,6 @@ class Results(Dict[Any, R]):
         """Every task's run time in key order, put together from the batches' times on
         first use (building ``Results`` copies none: most calls never read them)."""
         if self._flat_times is None:
-            from ._worker.running import GroupTimes  # here: ``import ezpool`` need not load the worker's loop
-
             flat = array("d", bytes(8 * len(self._keys)))
             for start, times in self._time_parts:
                 if isinstance(times, GroupTimes):

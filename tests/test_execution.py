@@ -9,16 +9,8 @@ from functools import partial
 import pytest
 
 from ezpool import Pool, WorkerCrashed
-from ezpool._worker.running import (
-    GROUP_SECONDS,
-    GroupTimes,
-    group_mark,
-    group_size,
-    pack_chunk,
-    read_mark,
-    run_chunk,
-    unpack_chunk,
-)
+from ezpool._core.records import ChunkReply, GroupTimes, group_mark, read_mark
+from ezpool._worker.running import GROUP_SECONDS, group_size, pack_chunk, run_chunk
 from tests import _helpers as h
 
 
@@ -182,7 +174,7 @@ def test_a_reply_carries_one_time_per_group_and_reads_as_one_per_task():
     assert times.counts[0] == 1 and per_task[0] == times.seconds[0]
     reply = pack_chunk(7, outcome)
     assert len(reply) < 8 * 20_000  # far less than a double a task
-    first, values, unpacked, failures, _ = unpack_chunk(reply)
+    first, values, unpacked, failures, _ = ChunkReply.decode(reply)
     assert first == 7 and values == [n * n for n in range(20_000)] and failures == {}
     assert isinstance(unpacked, GroupTimes) and list(unpacked.counts) == list(times.counts)
     assert unpacked == per_task and unpacked.total() == pytest.approx(sum(per_task))

@@ -20,7 +20,8 @@ import pytest
 import tqdm
 
 from ezpool import Pool, Results, TaskTimeout
-from ezpool._worker.running import pack_chunk, run_chunk_captured, unpack_chunk
+from ezpool._core.records import ChunkReply
+from ezpool._worker.running import pack_chunk, run_chunk_captured
 from tests import _helpers as h
 from tests.conftest import free_port
 
@@ -215,7 +216,7 @@ def test_a_reply_grows_a_fifth_element_only_when_tasks_wrote_something():
     outcome = ([1], array("d", [0.5]), {})
     assert len(pickle.loads(pack_chunk(3, outcome))) == 4
     assert len(pickle.loads(pack_chunk(3, outcome, {}))) == 4
-    assert unpack_chunk(pack_chunk(3, outcome)) == (3, [1], array("d", [0.5]), {}, None)
+    assert ChunkReply.decode(pack_chunk(3, outcome)) == (3, [1], array("d", [0.5]), {}, None)
     written = {0: [("stdout", "hi\n")]}
     assert len(pickle.loads(pack_chunk(3, outcome, written))) == 5
-    assert unpack_chunk(pack_chunk(3, outcome, written)) == (3, [1], array("d", [0.5]), {}, written)
+    assert ChunkReply.decode(pack_chunk(3, outcome, written)) == (3, [1], array("d", [0.5]), {}, written)

@@ -9,8 +9,7 @@ from array import array
 import pytest
 
 from ezpool import EzPoolError, Pool, Results, TaskOutcome
-from ezpool._backends.base import Batch
-from ezpool._worker.running import GroupTimes
+from ezpool._core.records import Batch, GroupTimes
 from ezpool.results import ResultsBuilder
 from tests import _helpers as h
 

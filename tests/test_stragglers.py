@@ -18,12 +18,12 @@ from array import array
 import pytest
 
 from ezpool import Pool, _pyro
-from ezpool._backends.base import Batch
 from ezpool._backends.distributed.backups import FLOOR, Claim, pick
 from ezpool._backends.distributed.crew import Crew
 from ezpool._backends.distributed.dispatch import Call, Target, Verdict
 from ezpool._backends.distributed.links import Link
 from ezpool._core.chunking import Chunk, ChunkQueue
+from ezpool._core.records import Batch
 from ezpool._worker.running import pack_chunk
 from ezpool.options import Options
 from tests import _workers as w

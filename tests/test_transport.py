@@ -208,8 +208,8 @@ def test_a_call_sent_behind_another_is_answered_in_order_even_when_neither_fits_
     first answers 8 MB: were the second sent whole at once, the client would wait for
     the worker to read it while the worker waits for the client to read its answer."""
     from ezpool import _pyro
+    from ezpool._core.records import ChunkReply
     from ezpool._core.serialization import dumps_tasks
-    from ezpool._worker.running import unpack_chunk
     from ezpool.security import resolve_key
 
     (uri,) = serve("tests._workers:Mirror").uris
@@ -224,7 +224,7 @@ def test_a_call_sent_behind_another_is_answered_in_order_even_when_neither_fits_
         ]
         answers = [connection.receive(ticket) for ticket in tickets]
         for n, (status, reply) in enumerate(answers):
-            first, values, _, failures, _ = unpack_chunk(reply)
+            first, values, _, failures, _ = ChunkReply.decode(reply)
             assert (status, first, failures) == ("ok", n, {}) and values == [big[n]]
         assert connection.call("ping")[0] == identity  # and the connection is still in step
     finally:

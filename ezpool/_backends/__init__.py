@@ -6,7 +6,8 @@ import importlib
 from types import MappingProxyType
 
 from .._core.logs import get_logger
-from .base import Backend, Batch
+from .._core.records import Batch
+from .base import Backend
 
 logger = get_logger(__name__)
 

@@ -10,58 +10,17 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Generator, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable
 
 from .._core.logs import get_logger
 
 if TYPE_CHECKING:
-    from .._core.relay import TaskOutput
+    from .._core.records import Batch
     from ..options import Options
 
 logger = get_logger(__name__)
 
-__all__ = ["Backend", "Batch"]
-
-
-class Batch:
-    """The outcomes of tasks ``start .. start + len(values) - 1`` of one call.
-
-    Attributes:
-        start: position of the first task in the call's list of distinct tasks.
-        values: one per task: its value or, where it failed, the exception.
-        elapsed: one per task: its run time in seconds, measured where it ran (a list or
-            an ``array('d')``).
-        failed: offsets (from ``start``) of the tasks whose value is an exception.
-        worker: where these tasks ran.
-        outputs: what tasks printed and logged, by offset, when the call asked for it
-            (``capture_output``); ``None`` otherwise. See ``ezpool._core.relay``.
-        stored: whether these outcomes come from a store rather than from running.
-    """
-
-    __slots__ = ("start", "values", "elapsed", "failed", "worker", "outputs", "stored")
-
-    def __init__(
-        self,
-        start: int,
-        values: list[Any],
-        elapsed: Sequence[float],
-        failed: frozenset[int] | set[int],
-        worker: str,
-        outputs: Optional[dict[int, TaskOutput]] = None,
-    ) -> None:
-        self.start = start
-        self.values = values
-        self.elapsed = elapsed
-        self.failed = failed
-        self.worker = worker
-        self.outputs = outputs
-        self.stored = False
-
-    def __repr__(self) -> str:
-        return (
-            f"Batch(start={self.start}, tasks={len(self.values)}, "
-            f"failed={len(self.failed)}, worker={self.worker!r})"
-        )
+__all__ = ["Backend"]
 
 
 class Backend(abc.ABC):

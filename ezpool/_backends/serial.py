@@ -9,10 +9,11 @@ from typing import Any, Callable, Union
 
 from .._core.feed import Feed
 from .._core.logs import get_logger
+from .._core.records import Batch
 from .._core.tasks import bind, call
 from ..errors import EzPoolError
 from ..options import Options
-from .base import Backend, Batch
+from .base import Backend
 
 logger = get_logger(__name__)
 

@@ -22,10 +22,9 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, Optional
 
-from .._backends.base import Batch
-from .._worker.running import GroupTimes
 from .feed import Feed
 from .logs import get_logger
+from .records import Batch, GroupTimes
 from .serialization import Pickled, dumps_tasks
 
 logger = get_logger(__name__)

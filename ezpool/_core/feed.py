@@ -21,8 +21,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable, Optional, Union, overload
 
-from .._backends.base import Batch
 from .logs import get_logger
+from .records import Batch
 
 logger = get_logger(__name__)
 

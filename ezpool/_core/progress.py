@@ -16,10 +16,10 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional, TextIO
 
-from .._backends.base import Batch
 from ..options import ProgressHook
 from ..results import TaskOutcome
 from .logs import get_logger
+from .records import Batch
 
 logger = get_logger(__name__)
 

@@ -39,18 +39,14 @@ from .logs import get_logger
 from .serialization import short_repr
 
 if TYPE_CHECKING:
-    from .._backends.base import Batch
     from ..options import Options
     from .progress import Progress
+    from .records import Batch
 
 logger = get_logger(__name__)
 
-__all__ = ["TaskOutput", "Relay", "capture_level"]
+__all__ = ["Relay", "capture_level"]
 
-#: What one task wrote, in order: ``("stdout", text)``, ``("stderr", text)`` and
-#: ``("log", fields)``, where ``fields`` are the ``LogRecord`` attributes that travel
-#: (``ezpool._worker.output``).
-TaskOutput = list[tuple[str, Any]]
 
 def capture_level(options: Options) -> Optional[int]:
     """What a worker is asked to capture: ``None`` (nothing), or the lowest log level to keep.

@@ -25,10 +25,11 @@ import sys
 import types
 import zlib
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 from ..errors import RemoteError, RemoteTraceback, ResultNotSerializable
 from .logs import get_logger
+from .records import ExceptionRecord
 
 logger = get_logger(__name__)
 
@@ -50,15 +51,6 @@ __all__ = [
 ]
 
 loads = pickle.loads
-
-
-class ExceptionRecord(NamedTuple):
-    """An exception as it travels: its pickle (if it had one) and its text."""
-
-    blob: Optional[bytes]
-    type_name: str
-    message: str
-    traceback_text: str
 
 
 def dumps(obj: Any) -> bytes:

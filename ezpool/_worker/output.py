@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, Optional
 
 from .._core.logs import get_logger
-from .._core.relay import TaskOutput
+from .._core.records import TaskOutput
 
 logger = get_logger(__name__)
 

@@ -6,32 +6,16 @@ from array import array
 from collections.abc import Iterator, Sequence
 from functools import partial
 from itertools import starmap
-from operator import mul
 from time import perf_counter
-from typing import Any, Callable, Optional, Union, overload
+from typing import Any, Callable, Optional
 
 from .._core.logs import get_logger
-from .._core.relay import TaskOutput
-from .._core.serialization import ExceptionRecord, capture, dumps, loads, safe_values
+from .._core.records import ChunkOutcome, ExceptionRecord, GroupTimes, TaskOutput, group_mark
+from .._core.serialization import capture, dumps, safe_values
 
 logger = get_logger(__name__)
 
-__all__ = [
-    "ChunkOutcome",
-    "GroupTimes",
-    "ChunkReply",
-    "run_chunk",
-    "run_chunk_captured",
-    "group_size",
-    "group_mark",
-    "read_mark",
-    "GROUP_SECONDS",
-    "pack_chunk",
-    "unpack_chunk",
-    "failed_chunk",
-]
-
-ChunkOutcome = tuple[list[Any], "Union[array[float], GroupTimes]", dict[int, ExceptionRecord]]
+__all__ = ["run_chunk", "run_chunk_captured", "group_size", "GROUP_SECONDS", "pack_chunk", "failed_chunk"]
 
 #: Tasks shorter than this are timed together, in groups that take about this long.
 GROUP_SECONDS = 1e-4
@@ -39,79 +23,6 @@ GROUP_SECONDS = 1e-4
 #: Most tasks in one group, and how many times larger a group may be than the last.
 _GROUP_MOST = 4096
 _GROUP_GROWTH = 16
-
-#: A mark holds a position in its low bits and, above these, how many more tasks
-#: its group holds (see ``group_mark``).
-_SPAN_SHIFT = 48
-_POSITION_BITS = (1 << _SPAN_SHIFT) - 1
-
-#: A decoded reply: first position, values, run times, failures, and what the
-#: tasks wrote by offset (``None`` when output was not captured, or none was written).
-ChunkReply = tuple[
-    int,
-    list[Any],
-    "Union[array[float], GroupTimes]",
-    dict[int, ExceptionRecord],
-    Optional[dict[int, TaskOutput]],
-]
-
-
-class GroupTimes(Sequence[float]):
-    """Run times of a chunk's tasks, kept one entry per *group* (see ``run_chunk``).
-
-    The tasks of a group share its time equally, so a group is stored as how many
-    tasks it held and the time of each; a reply then carries 16 bytes a group
-    rather than 8 a task (for a million ``x*x`` that is a few KB against 8 MB through
-    the pipe). Read as a sequence it gives one time per task, like ``array('d')``.
-    """
-
-    __slots__ = ("counts", "seconds", "_flat")
-
-    def __init__(self, counts: Optional[array[int]] = None, seconds: Optional[array[float]] = None) -> None:
-        self.counts = counts if counts is not None else array("q")
-        self.seconds = seconds if seconds is not None else array("d")
-        self._flat: Optional[array[float]] = None
-
-    def add(self, count: int, seconds: float) -> None:
-        """``count`` more tasks, each of which took ``seconds``."""
-        self.counts.append(count)
-        self.seconds.append(seconds)
-        self._flat = None
-
-    def expand(self) -> array[float]:
-        """One time per task, as an ``array('d')``."""
-        if self._flat is None:
-            flat = array("d")
-            for count, seconds in zip(self.counts, self.seconds):
-                flat.extend(array("d", (seconds,)) * count)
-            self._flat = flat
-        return self._flat
-
-    def total(self) -> float:
-        """The run time of all the tasks together, without expanding them."""
-        return sum(map(mul, self.counts, self.seconds))
-
-    def __len__(self) -> int:
-        return sum(self.counts)
-
-    @overload
-    def __getitem__(self, index: int) -> float: ...
-    @overload
-    def __getitem__(self, index: slice) -> array[float]: ...
-    def __getitem__(self, index: Union[int, slice]) -> Union[float, array[float]]:
-        return self.expand()[index]
-
-    def __iter__(self) -> Iterator[float]:
-        return iter(self.expand())
-
-    def __eq__(self, other: object) -> bool:
-        return self.expand() == (other.expand() if isinstance(other, GroupTimes) else other)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return GroupTimes, (self.counts, self.seconds)
-
-    def __repr__(self) -> str:
-        return f"GroupTimes({len(self.counts)} groups, {len(self)} tasks)"
 
 
 def run_chunk(
@@ -150,7 +61,7 @@ def run_chunk(
     Any exception a task raises is its outcome, ``SystemExit`` and
     ``KeyboardInterrupt`` included: a task cannot end the process that runs it.
     """
-    values, times, failures = into if into is not None else ([], GroupTimes(), {})
+    values, times, failures = into if into is not None else ChunkOutcome([], GroupTimes(), {})
     clock = perf_counter
     add_group: Callable[[int, float], None]
     if isinstance(times, GroupTimes):
@@ -181,20 +92,7 @@ def run_chunk(
         low += ran
         size = group_size(spent, ran, size)
     mark[0] = -1
-    return values, times, failures
-
-
-def group_mark(position: int, count: int) -> int:
-    """A mark saying that tasks ``position .. position + count - 1`` run now."""
-    return position | (count - 1) << _SPAN_SHIFT
-
-
-def read_mark(mark: int) -> tuple[int, int]:
-    """What a mark says: the position of the first task running, and how many run
-    with it as one group (``(-1, 0)``: none)."""
-    if mark < 0:
-        return -1, 0
-    return mark & _POSITION_BITS, (mark >> _SPAN_SHIFT) + 1
+    return ChunkOutcome(values, times, failures)
 
 
 def _spreader(tasks: Sequence[Any]) -> Optional[Callable[..., Iterator[Any]]]:
@@ -289,7 +187,7 @@ def run_chunk_captured(
     What a task wrote lands in ``outputs`` under its offset as it finishes (tasks
     that wrote nothing are left out); log records are kept from ``level`` up.
     """
-    values, times, failures = into if into is not None else ([], array("d"), {})
+    values, times, failures = into if into is not None else ChunkOutcome([], array("d"), {})
     add_value, clock = values.append, perf_counter
     add_time = partial(times.add, 1) if isinstance(times, GroupTimes) else times.append
     position = first
@@ -316,7 +214,7 @@ def run_chunk_captured(
             if stop is not None and stop.cancel:
                 break
     mark[0] = -1
-    return values, times, failures
+    return ChunkOutcome(values, times, failures)
 
 
 def pack_chunk(first: int, outcome: ChunkOutcome, outputs: Optional[dict[int, TaskOutput]] = None) -> bytes:
@@ -334,18 +232,6 @@ def pack_chunk(first: int, outcome: ChunkOutcome, outputs: Optional[dict[int, Ta
         return dumps((first, values, times, failures, *extra))
 
 
-def unpack_chunk(reply: bytes | bytearray | memoryview) -> ChunkReply:
-    """Unpickle what ``pack_chunk`` made (raises whatever unpickling raises).
-
-    Run times kept per group stay a ``GroupTimes``: they are expanded to one per
-    task only where they are read one by one (most ``map`` calls never do).
-    """
-    decoded = loads(reply)
-    first, values, times, failures = decoded[:4]
-    outputs = decoded[4] if len(decoded) == 5 else None
-    return first, values, times, failures, outputs
-
-
 def failed_chunk(count: int, record: ExceptionRecord) -> ChunkOutcome:
     """The outcome of a chunk that could not run at all: every task fails alike."""
-    return [None] * count, array("d", bytes(8 * count)), dict.fromkeys(range(count), record)
+    return ChunkOutcome([None] * count, array("d", bytes(8 * count)), dict.fromkeys(range(count), record))

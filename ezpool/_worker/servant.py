@@ -57,12 +57,12 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional, cast
 
 from .._core.logs import get_logger
-from .._core.relay import TaskOutput
-from .._core.serialization import ExceptionRecord, capture, dumps, loads_tasks
+from .._core.records import ChunkOutcome, ExceptionRecord, GroupTimes, TaskOutput
+from .._core.serialization import capture, dumps, loads_tasks
 from .._core.shipping import fingerprint, unpack
 from ..errors import TaskTimeout
 from ..worker import BaseWorker
-from .running import ChunkOutcome, GroupTimes, failed_chunk, pack_chunk, run_chunk, run_chunk_captured
+from .running import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 
 logger = get_logger(__name__)
 
@@ -342,7 +342,7 @@ class Servant:
                 if self._job is job:
                     self._job = None
                 self._lock.notify_all()
-        return job.values, job.times, job.failures
+        return ChunkOutcome(job.values, job.times, job.failures)
 
     def _watch(self, job: _Job, timeout: float, client_gone: ClientGone) -> ChunkOutcome:
         """Wait for the runner, stopping it when the client leaves or a task overruns."""
@@ -369,7 +369,7 @@ class Servant:
             if position >= 0 and now - since > timeout:
                 job.cancel = True
                 return self._timed_out(job, position, now - since, timeout)
-        return job.values, job.times, job.failures
+        return ChunkOutcome(job.values, job.times, job.failures)
 
     def _timed_out(self, job: _Job, position: int, ran: float, timeout: float) -> ChunkOutcome:
         """Answer with what ran; the overrunning task gets ``TaskTimeout``; restart to stop it."""
@@ -392,7 +392,7 @@ class Servant:
         logger.warning("task at position %d overran its timeout of %s s; restarting", position, timeout)
         if self._on_restart is not None:
             self._on_restart()
-        return values, times, failures
+        return ChunkOutcome(values, times, failures)
 
     def _run_jobs(self) -> None:
         """The runner thread: run each job handed over (those with a timeout), one at a
@@ -420,7 +420,7 @@ class Servant:
 
 def _execute(job: _Job, stop: Any) -> None:
     """Run ``job``'s tasks into it; ``stop.cancel`` ends it after the running task or group."""
-    into = (job.values, job.times, job.failures)
+    into = ChunkOutcome(job.values, job.times, job.failures)
     if job.level is None:
         run_chunk(job.run, job.tasks, job.first, job.mark, into, stop, job.exact)
     else:

@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
-from .._backends.base import Batch
 from .._core.feed import Live
 from .._core.logs import get_logger
+from .._core.records import Batch
 from ._calls import run_in_context, run_task, unwrap
 
 if TYPE_CHECKING:

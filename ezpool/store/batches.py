@@ -31,8 +31,8 @@ from typing import Any, NamedTuple, Optional
 import cloudpickle
 
 from .._core.logs import get_logger
-from .._core.serialization import ExceptionRecord, capture, loads, rebuild, short_repr
-from .._worker.running import GroupTimes
+from .._core.records import ExceptionRecord, GroupTimes
+from .._core.serialization import capture, loads, rebuild, short_repr
 from ..errors import ResultNotSerializable
 from .keys import task_key
 

@@ -20,8 +20,8 @@ from itertools import compress, count, repeat
 from operator import is_not
 from typing import Any, Callable, NamedTuple, Optional, cast
 
-from .._backends.base import Batch
 from .._core.logs import get_logger
+from .._core.records import Batch
 from .._core.serialization import short_repr
 from ..errors import StoreError
 from ..results import Results, ResultsBuilder

@@ -49,13 +49,14 @@ from ... import _pyro, security
 from ..._core.chunking import TARGET_SECONDS, ChunkQueue, Priors
 from ..._core.feed import Feed
 from ..._core.logs import get_logger
+from ..._core.records import Batch
 from ..._core.serialization import dumps, short_repr
 from ..._core.shipping import Shipment, fingerprint, ship
 from ..._core.tasks import bind
 from ..._worker.servant import GENERIC
 from ...errors import AuthenticationError, WorkerUnavailable
 from ...options import DEFAULT_WORKER, Options
-from ..base import Backend, Batch
+from ..base import Backend
 from .connect import can_start, fits, hello, may_start, name_of, not_started, start_worker, version_table
 from .crew import Crew
 from .dispatch import Call, Target, held_at_once

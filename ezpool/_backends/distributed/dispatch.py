@@ -47,14 +47,14 @@ from ... import _pyro
 from ..._core.chunking import Chunk, ChunkQueue
 from ..._core.feed import Feed
 from ..._core.logs import get_logger
+from ..._core.records import Batch, ChunkReply
 from ..._core.relay import capture_level
 from ..._core.serialization import loads, pickled_size, rebuild
 from ..._core.shipping import Shipment
-from ..._worker.running import failed_chunk, pack_chunk, unpack_chunk
+from ..._worker.running import failed_chunk, pack_chunk
 from ..._worker.servant import GENERIC
 from ...errors import ResultNotSerializable, WorkerCrashed
 from ...options import Options
-from ..base import Batch
 from .backups import Claim, pick
 from .connect import CONNECT_TIMEOUT, fits, hello, version_table
 from .crew import Crew
@@ -768,7 +768,7 @@ class Call:
         trip: Optional[float] = None,
     ) -> None:
         try:
-            first, values, times, failures, outputs = unpack_chunk(reply)
+            first, values, times, failures, outputs = ChunkReply.decode(reply)
         except Exception as exc:
             if chunk.stop - chunk.start > 1:
                 logger.warning("results of tasks %d..%d from %s could not be unpickled here (%s); "

@@ -51,17 +51,17 @@ from time import perf_counter
 from types import FunctionType
 from typing import Any, Callable, Optional
 
-from ..._core.chunking import ChunkQueue, Priors
+from ..._core.chunking import Chunk, ChunkQueue, Priors
 from ..._core.feed import Live
 from ..._core.logs import get_logger
 from ..._core.parcels import Parcel, Shelf
+from ..._core.records import Batch, ChunkReply, ChunkRequest
 from ..._core.relay import capture_level
-from ..._core.serialization import Pickled, dumps, rebuild, short_repr
+from ..._core.serialization import dumps, rebuild, short_repr
 from ..._core.tasks import bind
-from ..._worker.running import unpack_chunk
 from ...errors import EzPoolError, ResultNotSerializable, TaskTimeout, WorkerCrashed
 from ...options import Options
-from ..base import Backend, Batch
+from ..base import Backend
 from . import pipes
 from .processes import STOP_GRACE, WorkerProcess, preload, stop_with
 
@@ -287,8 +287,7 @@ class _Call:
             try:
                 # Every task is marked where a timeout must find it, or a crash is narrowed down.
                 exact = self.timeout is not None or piece.alone
-                head = (fid, parcel, piece.start, piece.stop, exact)
-                _send_request(proc.conn, head, piece.payloads, self.capture_level)
+                _send_request(proc.conn, fid, parcel, piece, exact, self.capture_level)
             except OSError:  # it died: its sentinel will say so; put this chunk back
                 self.pending.put_back(piece.start, piece.stop)
                 if not proc.chunks:
@@ -304,7 +303,7 @@ class _Call:
     def _batch(self, reply: memoryview, start: int, stop: int, worker: str) -> Iterator[Batch]:
         """Decode a worker's reply; if it cannot be unpickled here, redo its tasks one by one."""
         try:
-            first, values, times, failures, outputs = unpack_chunk(reply)
+            first, values, times, failures, outputs = ChunkReply.decode(reply)
         except Exception as exc:
             if stop - start > 1:
                 logger.warning("results of tasks %d..%d could not be unpickled (%s); redoing them one by one",
@@ -500,12 +499,15 @@ def _publish(
 
 
 def _send_request(
-    conn: Connection, head: tuple[Any, ...], payloads: Sequence[Pickled], level: Optional[int]
+    conn: Connection, fid: str, parcel: Optional[Parcel], chunk: Chunk, exact: bool, level: Optional[int]
 ) -> None:
-    """Send a chunk as ``child.main`` reads it: ``(*head, pieces, level)``, where a piece
-    is its pickle when small, or else ``None``, and its pickle follows as a message."""
+    """Send a chunk as ``child.main`` reads it: a ``ChunkRequest`` (as a tuple) whose
+    pieces are their pickles when small, or else ``None``, each pickle then following
+    as a message of its own."""
+    payloads = chunk.payloads
     pieces = [parts[0] if len(parts) == 1 and len(parts[0]) < _INLINE else None for parts in payloads]
-    pipes.send(conn, [dumps((*head, pieces, level))])
+    request = ChunkRequest(fid, parcel, chunk.start, chunk.stop, exact, pieces, level)
+    pipes.send(conn, [dumps(tuple(request))])
     for parts, piece in zip(payloads, pieces):
         if piece is None:
             pipes.send(conn, parts)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from ..._core.logs import get_logger
 from ..._core.parcels import Loader
-from ..._core.relay import TaskOutput
+from ..._core.records import ChunkRequest, TaskOutput
 from ..._core.serialization import capture, loads, loads_tasks
 from ..._worker.running import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 from . import pipes
@@ -28,15 +28,12 @@ _PARENT_CHECK_EVERY = 0.5
 def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
     """Serve chunks from ``conn`` until told to stop or the parent goes away.
 
-    A request is ``(fid, parcel_or_None, first, stop, exact, pieces, capture_level)``:
-    the function to run is the one cached under ``fid``, loaded from ``parcel`` when
-    one comes (see ``ezpool._core.parcels``); ``exact`` asks for every task to be marked as
-    it starts, not only each group (see ``run_chunk``); each piece is the pickle of
-    some of the tasks, or ``None`` for one that follows the request as a message of
-    its own; ``capture_level`` is ``None``, or the lowest log level to keep with
-    what the tasks print, see ``ezpool._core.relay``. The reply is what
-    ``ezpool._worker.running.pack_chunk`` makes. ``None`` asks the loop to stop. Every
-    message is read and written as ``ezpool._backends.parallel.pipes`` says.
+    A request is a ``ChunkRequest`` (``ezpool._core.records``): the function to run
+    is the one cached under its ``fid``, loaded from its ``parcel`` when one comes
+    (see ``ezpool._core.parcels``); a piece that is ``None`` follows the request as
+    a message of its own. The reply is what ``ezpool._worker.running.pack_chunk``
+    makes. ``None`` asks the loop to stop. Every message is read and written as
+    ``ezpool._backends.parallel.pipes`` says.
     """
     # Ctrl-C is the parent's to handle: children stop when the parent says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -44,7 +41,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
     mark = memoryview(mark_buffer).cast("B").cast("q")
     # A reader thread drains the pipe as requests arrive, so the parent can queue
     # the next chunk while this one runs and never blocks on a full pipe.
-    requests: queue.SimpleQueue[Optional[tuple[Any, ...]]] = queue.SimpleQueue()
+    requests: queue.SimpleQueue[Optional[ChunkRequest]] = queue.SimpleQueue()
     threading.Thread(target=_read_requests, args=(conn, requests), daemon=True).start()
     functions = Loader()
     while True:
@@ -60,7 +57,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
         try:
             fun = functions.get(fid)
             tasks = loads_tasks(pieces)
-            pieces = ()  # their pickles go while the tasks run: one copy of a big argument
+            pieces = []  # their pickles go while the tasks run: one copy of a big argument
         except Exception as exc:
             outcome = failed_chunk(stop - first, capture(exc))
         else:
@@ -77,15 +74,16 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
         tasks = ()
 
 
-def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[tuple[Any, ...]]]) -> None:
+def _read_requests(conn: Connection, requests: queue.SimpleQueue[Optional[ChunkRequest]]) -> None:
     """Move requests from the pipe into ``requests``, unpickled, with the pieces that
     follow them; ``None`` once told to stop, or the pipe closes."""
     try:
         while True:
-            request = loads(pipes.receive(conn))
-            if request is None:
+            sent = loads(pipes.receive(conn))
+            if sent is None:
                 break
-            pieces = request[5]
+            request = ChunkRequest(*sent)
+            pieces = request.pieces
             for index, piece in enumerate(pieces):
                 if piece is None:
                     pieces[index] = pipes.receive(conn)

@@ -39,10 +39,9 @@ from time import monotonic
 from typing import Any
 
 from ..._core.logs import get_logger
+from ..._core.records import read_mark
 from ..._core.serialization import dumps
-from ..._worker.running import read_mark
-from . import child
-from . import pipes
+from . import child, pipes
 
 logger = get_logger(__name__)
 
