@@ -49,17 +49,18 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.util import Finalize
 from time import perf_counter
 from types import FunctionType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from ..._core.chunking import Chunk, ChunkQueue, Priors
 from ..._core.feed import Live
+from ..._core.ledger import Answered, Garbled, Ledger, Lost, Settlement, TimedOut
 from ..._core.logs import get_logger
 from ..._core.parcels import Parcel, Shelf
 from ..._core.records import Batch, ChunkReply, ChunkRequest
 from ..._core.relay import capture_level
 from ..._core.serialization import dumps, rebuild, short_repr
 from ..._core.tasks import bind
-from ...errors import EzPoolError, ResultNotSerializable, TaskTimeout, WorkerCrashed
+from ...errors import EzPoolError, WorkerCrashed
 from ...options import Options
 from ..base import Backend
 from . import pipes
@@ -179,7 +180,12 @@ class ParallelBackend(Backend):
 
 
 class _Call:
-    """The state of one ``pmap`` call: what is pending, in flight, and retried."""
+    """One ``pmap`` call: the chunks that wait, and the processes they are sent to.
+
+    What becomes of a chunk, whatever its process does, is the ledger's to say
+    (``ezpool._core.ledger``); this loop does the I/O: it sends chunks, waits on the
+    pipes and the processes' sentinels, and tells the ledger what it saw.
+    """
 
     def __init__(
         self,
@@ -190,14 +196,12 @@ class _Call:
         options: Options,
     ) -> None:
         self.backend = backend
-        self.tasks = tasks
         self.parcel = parcel
         self.pending = pending
         self.timeout = options.timeout
-        self.max_attempts = options.max_attempts
         self.capture_level = capture_level(options)
         self.sizer = pending.sizer
-        self.attempts: dict[int, int] = {}
+        self.ledger = Ledger(tasks, options.max_attempts, name=lambda proc: proc.name)
         self.stillborn = 0  # processes that died before running anything, this call
         live = pending.feed.live if pending.feed is not None else None
         self.waker = _Waker(live) if live is not None else None
@@ -225,7 +229,7 @@ class _Call:
                 if self.waker is not None and self._wants_tasks():
                     handles.append(self.waker.handle)
                     self.waker.watching = True
-                ready = wait(handles, self._wait_seconds(busy))
+                ready = wait(handles, self._wait_seconds())
                 if self.waker is not None:
                     self.waker.watching = False
                 for handle in ready:
@@ -242,13 +246,12 @@ class _Call:
                     if reply is None:
                         yield from self._lost(proc, busy, timed_out=False)
                         continue
-                    start, stop = proc.chunks.popleft()
                     proc.served = True
-                    if not proc.chunks:
-                        _forget(busy, proc)
                     # Decoded before the process is topped up, so that its next chunk is
                     # sized with these run times too (it still has one to run meanwhile).
-                    decoded = list(self._batch(reply, start, stop, proc.name))
+                    decoded = self._answered(proc, reply)
+                    if not self.ledger.holds(proc):
+                        _forget(busy, proc)
                     self._feed(proc, busy)
                     yield from decoded
                 if self.timeout is not None:
@@ -261,7 +264,7 @@ class _Call:
             if self.waker is not None:
                 self.waker.close()
             if not finished:
-                stuck = [proc for proc in self.backend._processes if proc.chunks]
+                stuck = [proc for proc in self.backend._processes if self.ledger.holds(proc)]
                 logger.debug("call abandoned: killing %d busy worker processes", len(stuck))
                 self.backend._discard(stuck)
 
@@ -269,7 +272,8 @@ class _Call:
         """Whether tasks arriving in a live source could go out now: nothing is pending and
         a process has room. If not, they wait to be read with the next reply, many at
         once, rather than each waking this loop."""
-        return not self.pending and any(len(proc.chunks) < _DEPTH for proc in self.backend._processes)
+        held = self.ledger.holds
+        return not self.pending and any(len(held(proc)) < _DEPTH for proc in self.backend._processes)
 
     def _feed_all(self, busy: dict[Any, WorkerProcess]) -> None:
         """Top every process up, one chunk each in turn: an idle one is served before a
@@ -280,49 +284,50 @@ class _Call:
 
     def _feed(self, proc: WorkerProcess, busy: dict[Any, WorkerProcess], depth: int = _DEPTH) -> None:
         """Top a process up to ``depth`` chunks in flight, while work is pending."""
-        while self.pending and len(proc.chunks) < depth:
-            piece = self.pending.take()
+        while self.pending and len(self.ledger.holds(proc)) < depth:
+            chunk = self.pending.take()
             fid = self.parcel.fid
             parcel = None if fid in proc.holds else self.parcel
             try:
                 # Every task is marked where a timeout must find it, or a crash is narrowed down.
-                exact = self.timeout is not None or piece.alone
-                _send_request(proc.conn, fid, parcel, piece, exact, self.capture_level)
-            except OSError:  # it died: its sentinel will say so; put this chunk back
-                self.pending.put_back(piece.start, piece.stop)
-                if not proc.chunks:
+                exact = self.timeout is not None or chunk.alone
+                _send_request(proc.conn, fid, parcel, chunk, exact, self.capture_level)
+            except OSError:  # it died: its sentinel will say so; this chunk never left
+                self.pending.put_back(chunk.start, chunk.stop, alone=chunk.alone)
+                if not self.ledger.holds(proc):
                     proc = self.backend._replace(proc)
                     continue
                 return
             if parcel is not None:  # what it keeps now, as child.main's Loader does
                 proc.holds = {held for held in proc.holds if held in parcel.keep} | {fid}
-            proc.chunks.append((piece.start, piece.stop))
+            self.ledger.take(proc, chunk)
             busy[proc.conn] = proc
             busy[proc.process.sentinel] = proc
 
-    def _batch(self, reply: memoryview, start: int, stop: int, worker: str) -> Iterator[Batch]:
-        """Decode a worker's reply; if it cannot be unpickled here, redo its tasks one by one."""
+    def _answered(self, proc: WorkerProcess, reply: memoryview) -> list[Batch]:
+        """The outcomes of the reply to the oldest chunk ``proc`` holds; if the reply cannot
+        be unpickled here, the ledger has its tasks redone one by one."""
+        chunk = self.ledger.holds(proc)[0].chunk
         try:
-            first, values, times, failures, outputs = ChunkReply.decode(reply)
+            answer = ChunkReply.decode(reply)
         except Exception as exc:
-            if stop - start > 1:
-                logger.warning("results of tasks %d..%d could not be unpickled (%s); redoing them one by one",
-                               start, stop - 1, exc)
-                for spot in reversed(range(start, stop)):
-                    self.pending.put_back(spot, spot + 1, alone=True)
-                return
-            error = ResultNotSerializable(
-                f"the value of task {self.tasks[start]!r} reached the calling process "
-                f"but could not be unpickled there: {exc!r}"
-            )
-            yield Batch(start, [error], [0.0], {0}, worker)
-            return
-        for offset, record in failures.items():
+            return self._apply([self.ledger.settle(proc, chunk, Garbled(proc.name, exc))])
+        settled = self.ledger.settle(proc, chunk, Answered(len(answer.values)))
+        values = answer.values
+        for offset, record in answer.failures.items():
             values[offset] = rebuild(record)
-        self.sizer.record(times, reply_bytes=len(reply))
-        yield Batch(first, values, times, set(failures), worker, outputs)
+        self.sizer.record(answer.times, reply_bytes=len(reply))
+        batch = Batch(answer.first, values, answer.times, set(answer.failures), proc.name, answer.outputs)
+        return [*self._apply([settled]), batch]
 
-    def _wait_seconds(self, busy: dict[Any, WorkerProcess]) -> Optional[float]:
+    def _apply(self, settlements: list[Settlement]) -> list[Batch]:
+        """Put back what the ledger sends again, ahead of everything else and in the order
+        given; the tasks that failed, as batches."""
+        for piece in reversed([piece for settled in settlements for piece in settled.again]):
+            self.pending.put_back(*piece)
+        return [batch for settled in settlements for batch in settled.failed]
+
+    def _wait_seconds(self) -> Optional[float]:
         """How long to block: forever, or briefly enough to watch for overdue tasks."""
         if self.timeout is None:
             return None
@@ -346,66 +351,30 @@ class _Call:
             proc.process.kill()
         proc.process.join(STOP_GRACE)
         # Replies it finished sending before it died are good: use them.
-        while proc.chunks:
+        while self.ledger.holds(proc):
             reply = _sent_reply(proc)
             if reply is None:
                 break
-            start, stop = proc.chunks.popleft()
-            yield from self._batch(reply, start, stop, proc.name)
+            yield from self._answered(proc, reply)
         how = _how_it_ended(proc.process.exitcode)
-        ran = perf_counter() - began
-        chunks = list(proc.chunks)
         if not proc.served and position < 0 and not timed_out:
-            self._stillborn(proc, how, chunks, busy)
+            self._stillborn(proc, how, busy)
             return
-        replacement = self.backend._replace(proc)
-        hit = next((chunk for chunk in chunks if chunk[0] <= position < chunk[1]), None)
-        suspect = hit or (chunks[0] if chunks else None)
-        # The chunks it had not started go back whole, in order, ahead of everything else.
-        for start, stop in reversed(chunks):
-            if (start, stop) != suspect:
-                self.pending.put_back(start, stop)
-        if suspect is None:
-            pass
-        elif hit is None:
-            # It died between tasks (loading a chunk or sending results back):
-            # retry each task of its chunk on its own, counting an attempt each.
-            start, stop = suspect
-            logger.warning("worker process %s %s outside any task; retrying its chunk", proc.name, how)
-            for spot in reversed(range(start, stop)):
-                yield from self._strike(spot, proc.name, how, 0.0, where="outside any task, holding")
-        elif group > 1 and not timed_out:
-            # It died in a group of tiny tasks, run without a mark each: the group runs
-            # again, every task marked, so that the next crash names its task. Nothing
-            # is counted against any of them yet.
-            start, stop = hit
-            end = min(stop, position + group)
-            logger.warning("worker process %s %s while running tasks %r .. %r; running them again "
-                           "one by one", proc.name, how, self.tasks[position], self.tasks[end - 1])
-            self.pending.put_back(end, stop)
-            self.pending.put_back(position, end, alone=True)
-            self.pending.put_back(start, position)
+        event: Union[Lost, TimedOut]
+        if timed_out:
+            assert self.timeout is not None
+            what = f"worker process {proc.name} was killed and replaced"
+            event = TimedOut(what, position, perf_counter() - began, self.timeout)
         else:
-            start, stop = hit
-            self.pending.put_back(position + 1, stop)
-            if timed_out:
-                task = self.tasks[position]
-                error = TaskTimeout(
-                    f"task {task!r} ran longer than its timeout of {self.timeout} s; "
-                    f"worker process {proc.name} was killed and replaced"
-                )
-                yield Batch(position, [error], [ran], {0}, proc.name)
-            else:
-                logger.warning(
-                    "worker process %s %s while running task %r", proc.name, how, self.tasks[position]
-                )
-                yield from self._strike(position, proc.name, how, ran, where="while running")
-            self.pending.put_back(start, position)
+            mark = (position, group) if position >= 0 else None
+            event = Lost(f"worker process {proc.name} {how}", mark, perf_counter() - began)
+            if mark is None and self.ledger.holds(proc):
+                logger.warning("worker process %s %s outside any task; retrying its chunk", proc.name, how)
+        replacement = self.backend._replace(proc)
+        yield from self._apply(self.ledger.lose(proc, event))
         self._feed(replacement, busy)
 
-    def _stillborn(
-        self, proc: WorkerProcess, how: str, chunks: list[tuple[int, int]], busy: dict[Any, WorkerProcess]
-    ) -> None:
+    def _stillborn(self, proc: WorkerProcess, how: str, busy: dict[Any, WorkerProcess]) -> None:
         """A process died before running any task: blame its start, not the tasks.
 
         Its chunks go back whole. If fresh processes keep dying like that while none
@@ -422,24 +391,9 @@ class _Call:
                 "if __name__ == '__main__':"
             )
         logger.warning("worker process %s %s before running any task; its work is redone", proc.name, how)
-        for start, stop in reversed(chunks):
-            self.pending.put_back(start, stop)
+        self._apply(self.ledger.release(proc, f"its process {how} before running any task"))
         replacement = self.backend._replace(proc)
         self._feed(replacement, busy)
-
-    def _strike(self, position: int, worker: str, how: str, ran: float, where: str) -> Iterator[Batch]:
-        """Count a crash against a task: retry it alone, or give up on it."""
-        tries = self.attempts.get(position, 0) + 1
-        self.attempts[position] = tries
-        if tries < self.max_attempts:
-            self.pending.put_back(position, position + 1, alone=True)
-            return
-        task = self.tasks[position]
-        error = WorkerCrashed(
-            f"worker process {worker} {how} {where} task {task!r} "
-            f"(attempt {tries} of {self.max_attempts})"
-        )
-        yield Batch(position, [error], [ran], {0}, worker)
 
 
 class _Waker:

@@ -31,7 +31,6 @@ import contextlib
 import mmap
 import os
 import sys
-from collections import deque
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import DupFd
 from multiprocessing.util import Finalize
@@ -61,7 +60,7 @@ _MARK_BYTES = 8
 class WorkerProcess:
     """One worker process, seen from the calling process."""
 
-    __slots__ = ("process", "conn", "inbox", "mark", "name", "holds", "chunks", "seen", "served")
+    __slots__ = ("process", "conn", "inbox", "mark", "name", "holds", "seen", "served")
 
     def __init__(self, context: Any) -> None:
         parent_end, child_end = context.Pipe(duplex=True)
@@ -81,7 +80,6 @@ class WorkerProcess:
         self.inbox = pipes.Inbox()  # its replies are read into this (see ezpool._backends.parallel.pipes)
         self.name = f"pid {self.process.pid}"
         self.holds: set[str] = set()  # the functions (fids) it keeps, see ezpool._core.parcels
-        self.chunks: deque[tuple[int, int]] = deque()  # (start, stop) in flight, oldest first
         self.seen = (-1, 0.0)  # (mark, when the caller first saw it), for timeouts
         self.served = False  # whether it ever sent a reply
 

@@ -1,0 +1,471 @@
+"""The fate of every chunk of a call, decided in one place, without I/O.
+
+Both the parallel and the distributed backends hand out chunks to workers (a
+process, a connection: a *holder*) and tell the ledger what became of each: the
+worker answered, gave it back untouched, was lost with it, timed out on a task,
+or answered with bytes that cannot be read here. The ledger keeps no socket,
+thread or clock of its own: it is fed events and says what becomes of every task
+of the chunk, so it is tested by feeding it events (``tests/test_ledger.py``).
+
+A chunk's life is one table, ``CLAIMS``, in the manner of h11's ``_state.py``:
+the state of the claim and what happened to one copy of it give its next state
+and the *fate* of its tasks::
+
+    taken ──▶ HELD ──a copy taken (backups)──▶ COPIED
+               │                                  │
+               │ answered / returned / lost /     │ answered: REPORT, the other copy
+               │ timed out / garbled              │   is broken off; anything else:
+               ▼                                  │   DROP, back to HELD (the other
+            SETTLED ◀─────────────────────────────┘   copy decides)
+               (anything more: DROP)
+
+The fates, per task:
+
+``REPORT``
+    the answer's outcomes are reported; tasks it did not run (a worker that
+    stopped early) go back at no cost.
+``REQUEUE``
+    nothing is known to have run: the chunk goes back at no cost (a task given
+    back ``MAX_RETURNS`` times ends as ``WorkerCrashed``).
+``CHARGE``
+    its worker died holding it. The worker's *mark* (what it was running, see
+    ``ezpool._worker.running.group_mark``) says which task: that one counts an
+    attempt, and the others go back at no cost. A mark on a group of tiny tasks
+    sends the group back to run again, each task marked, counting nothing yet.
+    Without a mark every task counts an attempt. A task retried runs on its own;
+    after ``max_attempts`` it ends as ``WorkerCrashed``.
+``TIME_OUT``
+    the marked task ran past its timeout and ends as ``TaskTimeout``; the
+    others go back at no cost.
+``SPLIT``
+    the answer came but cannot be read here: its tasks run again one by one,
+    at no cost; a single task ends as ``ResultNotSerializable``.
+``DROP``
+    another copy decides: nothing happens to the tasks.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any, NamedTuple, Optional, Union
+
+from ..errors import ResultNotSerializable, TaskTimeout, WorkerCrashed
+from .chunking import Chunk
+from .logs import get_logger
+from .records import Batch
+
+logger = get_logger(__name__)
+
+__all__ = [
+    "Answered",
+    "Claim",
+    "CLAIMS",
+    "COPIES",
+    "Event",
+    "Fate",
+    "Garbled",
+    "Happened",
+    "Held",
+    "Ledger",
+    "Lost",
+    "MAX_RETURNS",
+    "Piece",
+    "Returned",
+    "Settlement",
+    "TimedOut",
+]
+
+#: Times a task may be given back untouched before it counts as crashed.
+MAX_RETURNS = 8
+
+#: Most copies of one chunk running at once (the first included; see ``Ledger.late``).
+COPIES = 2
+
+#: A chunk may be copied once it has been out this many times its expected run time...
+PATIENCE = 2.0
+
+#: ...and at least this many seconds.
+FLOOR = 0.2
+
+
+class Held(enum.Enum):
+    """The state of a chunk that a worker took."""
+
+    HELD = "held"  # one worker runs it
+    COPIED = "copied"  # two run it: the first answer decides
+    SETTLED = "settled"  # decided: any other copy's news is dropped
+
+
+class Happened(enum.Enum):
+    """What one copy of a chunk came to."""
+
+    COPY = "a copy taken"
+    ANSWERED = "answered"
+    RETURNED = "returned"
+    LOST = "lost"
+    TIMED_OUT = "timed out"
+    GARBLED = "garbled"
+
+
+class Fate(enum.Enum):
+    """What becomes of the tasks of a chunk (see the module's text)."""
+
+    NONE = "none"
+    REPORT = "report"
+    REQUEUE = "requeue"
+    CHARGE = "charge"
+    TIME_OUT = "time out"
+    SPLIT = "split"
+    DROP = "drop"
+
+
+_H, _C, _S = Held.HELD, Held.COPIED, Held.SETTLED
+
+#: (state of the claim, what happened to one copy) -> (next state, fate of the tasks).
+#: A pair that is not here is a bug in the caller.
+CLAIMS: dict[tuple[Held, Happened], tuple[Held, Fate]] = {
+    (_H, Happened.COPY): (_C, Fate.NONE),
+    (_H, Happened.ANSWERED): (_S, Fate.REPORT),
+    (_H, Happened.RETURNED): (_S, Fate.REQUEUE),
+    (_H, Happened.LOST): (_S, Fate.CHARGE),
+    (_H, Happened.TIMED_OUT): (_S, Fate.TIME_OUT),
+    (_H, Happened.GARBLED): (_S, Fate.SPLIT),
+    (_C, Happened.ANSWERED): (_S, Fate.REPORT),
+    (_C, Happened.RETURNED): (_H, Fate.DROP),
+    (_C, Happened.LOST): (_H, Fate.DROP),
+    (_C, Happened.TIMED_OUT): (_H, Fate.DROP),
+    (_C, Happened.GARBLED): (_H, Fate.DROP),
+    (_S, Happened.ANSWERED): (_S, Fate.DROP),
+    (_S, Happened.RETURNED): (_S, Fate.DROP),
+    (_S, Happened.LOST): (_S, Fate.DROP),
+    (_S, Happened.TIMED_OUT): (_S, Fate.DROP),
+    (_S, Happened.GARBLED): (_S, Fate.DROP),
+}
+
+
+# --- the events ------------------------------------------------------------------------
+
+
+class Answered(NamedTuple):
+    """The worker answered for the first ``ran`` tasks of the chunk (all, unless it stopped early)."""
+
+    ran: int
+    kind: Happened = Happened.ANSWERED
+
+
+class Returned(NamedTuple):
+    """Nothing of the chunk is known to have run (it never started, or the same process
+    still answers after its connection broke): ``reason`` says why it came back."""
+
+    reason: str
+    kind: Happened = Happened.RETURNED
+
+
+class Lost(NamedTuple):
+    """The worker died, or was replaced or went silent, holding the chunk.
+
+    ``what`` says so as the start of a sentence ("worker process pid 7 was killed by
+    SIGKILL"). ``mark`` is what it was running, ``(position, count)`` (see
+    ``ezpool._worker.running.read_mark``), or ``None`` when nothing is known;
+    ``seconds`` how long the marked task ran.
+    """
+
+    what: str
+    mark: Optional[tuple[int, int]] = None
+    seconds: float = 0.0
+    kind: Happened = Happened.LOST
+
+
+class TimedOut(NamedTuple):
+    """The task at ``position`` ran ``seconds`` past the call's ``timeout``; its worker was
+    stopped (``what`` says how)."""
+
+    what: str
+    position: int
+    seconds: float
+    timeout: float
+    kind: Happened = Happened.TIMED_OUT
+
+
+class Garbled(NamedTuple):
+    """The answer came from ``worker`` but cannot be read here (``error``)."""
+
+    worker: str
+    error: BaseException
+    kind: Happened = Happened.GARBLED
+
+
+Event = Union[Answered, Returned, Lost, TimedOut, Garbled]
+
+#: ``(start, stop, alone)``: tasks to send again; ``alone``: never joined with others,
+#: and every task marked as it starts.
+Piece = tuple[int, int, bool]
+
+
+class Settlement(NamedTuple):
+    """What one event means for a chunk's tasks.
+
+    Attributes:
+        fate: the fate of its tasks (see ``Fate``).
+        failed: batches of tasks that end here with an error (``WorkerCrashed``,
+            ``TaskTimeout``, ``ResultNotSerializable``).
+        again: pieces to send again, ahead of everything else, in this order.
+        break_off: the holders of another copy, which lost the race: stop them.
+    """
+
+    fate: Fate
+    failed: list[Batch]
+    again: list[Piece]
+    break_off: list[Any]
+
+
+class Claim:
+    """A chunk that workers took, and who runs a copy of it now.
+
+    Attributes:
+        chunk: the tasks.
+        holders: the holders running a copy now, the first taken first.
+        since: when the latest copy was sent (the caller's clock, given to ``take``).
+        state: see ``Held``.
+    """
+
+    __slots__ = ("chunk", "holders", "since", "state")
+
+    def __init__(self, chunk: Chunk, holder: Hashable, since: float) -> None:
+        self.chunk = chunk
+        self.holders = [holder]
+        self.since = since
+        self.state = Held.HELD
+
+    def __repr__(self) -> str:
+        return f"Claim({self.chunk.start}..{self.chunk.stop - 1}, {self.state.name}, {self.holders!r})"
+
+
+class Ledger:
+    """Every chunk of one call from the moment a worker takes it until it is settled.
+
+    ``tasks`` are the call's tasks (read only, to name them in errors). A holder is
+    any hashable object; ``name(holder)`` is the worker's name that results show.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Any],
+        max_attempts: int,
+        name: Any = str,
+        max_returns: int = MAX_RETURNS,
+    ) -> None:
+        self.tasks = tasks
+        self.max_attempts = max_attempts
+        self.max_returns = max_returns
+        self._name = name
+        self.attempts: dict[int, int] = {}  # position -> crashes counted
+        self.returns: dict[int, int] = {}  # position -> times given back untouched
+        self._held: dict[Any, list[Claim]] = {}  # holder -> its claims, in the order taken
+
+    # --- taking ------------------------------------------------------------------------
+
+    def take(self, holder: Hashable, chunk: Chunk, now: float = 0.0) -> Claim:
+        """``holder`` takes ``chunk``, behind any it holds."""
+        claim = Claim(chunk, holder, now)
+        self._held.setdefault(holder, []).append(claim)
+        return claim
+
+    def copy(self, holder: Hashable, claim: Claim, now: float = 0.0) -> None:
+        """``holder`` runs a backup copy of ``claim``'s chunk too."""
+        claim.state, _ = CLAIMS[(claim.state, Happened.COPY)]
+        claim.holders.append(holder)
+        claim.since = now
+        self._held.setdefault(holder, []).append(claim)
+
+    def holds(self, holder: Hashable) -> list[Claim]:
+        """What ``holder`` holds, in the order it took it."""
+        return self._held.get(holder, [])
+
+    def claim(self, holder: Hashable, chunk: Chunk) -> Optional[Claim]:
+        """The claim by which ``holder`` holds ``chunk``, if it does."""
+        return next((claim for claim in self._held.get(holder, ()) if claim.chunk is chunk), None)
+
+    @property
+    def busy(self) -> int:
+        """How many holders hold something."""
+        return len(self._held)
+
+    def claims(self) -> Iterable[Claim]:
+        """Every chunk held, once each."""
+        return dict.fromkeys(claim for claims in self._held.values() for claim in claims)
+
+    def superseded(self, holder: Hashable, chunk: Chunk) -> bool:
+        """Whether another copy of ``chunk``, which ``holder`` holds, settled it already."""
+        claim = self.claim(holder, chunk)
+        return claim is not None and claim.state is Held.SETTLED
+
+    def late(self, expected: Optional[float], now: float) -> tuple[Optional[Claim], float]:
+        """The chunk an idle worker should copy now, held longest; else ``None`` and the
+        seconds until one may be due (``math.inf``: none will be without news).
+
+        A chunk is late once out ``PATIENCE`` times the ``expected`` run time of its
+        tasks (the idle worker's own mean, so that a slow worker's times do not delay
+        the very copies meant to overtake it), and at least ``FLOOR`` seconds. Nothing
+        is copied before a task was measured: until then no chunk can be told late.
+        """
+        if expected is None:
+            return None, math.inf
+        best: Optional[Claim] = None
+        wait = math.inf
+        for claim in self.claims():
+            if claim.state is not Held.HELD or len(claim.holders) >= COPIES:
+                continue
+            due = claim.since + max(FLOOR, PATIENCE * expected * (claim.chunk.stop - claim.chunk.start))
+            if due > now:
+                wait = min(wait, due - now)
+            elif best is None or claim.since < best.since:
+                best = claim
+        return best, 0.0 if best is not None else wait
+
+    # --- settling ----------------------------------------------------------------------
+
+    def settle(self, holder: Hashable, chunk: Chunk, event: Event) -> Settlement:
+        """What ``event``, which happened to ``holder``'s copy of ``chunk``, means for its tasks."""
+        claim = self.claim(holder, chunk)
+        if claim is None:
+            raise AssertionError(f"{self._name(holder)} settles tasks {chunk.start}..{chunk.stop - 1}, "
+                                 "which it does not hold")
+        claims = self._held[holder]
+        claims.remove(claim)
+        if not claims:
+            del self._held[holder]
+        claim.holders.remove(holder)
+        claim.state, fate = CLAIMS[(claim.state, event.kind)]
+        failed: list[Batch] = []
+        again: list[Piece] = []
+        break_off: list[Any] = []
+        if fate is Fate.REPORT:
+            break_off = list(claim.holders)
+            if isinstance(event, Answered) and chunk.start + event.ran < chunk.stop:
+                again.append((chunk.start + event.ran, chunk.stop, False))  # it stopped early
+        elif fate is Fate.REQUEUE:
+            assert isinstance(event, Returned)
+            self._requeue(holder, chunk, event.reason, failed, again)
+        elif fate is Fate.CHARGE:
+            assert isinstance(event, Lost)
+            self._charge(holder, chunk, event, failed, again)
+        elif fate is Fate.TIME_OUT:
+            assert isinstance(event, TimedOut)
+            self._time_out(holder, chunk, event, failed, again)
+        elif fate is Fate.SPLIT:
+            assert isinstance(event, Garbled)
+            self._split(chunk, event, failed, again)
+        return Settlement(fate, failed, again, break_off)
+
+    def lose(self, holder: Hashable, event: Union[Lost, TimedOut]) -> list[Settlement]:
+        """``holder`` is gone with everything it holds: the chunk it was running (the
+        one its mark is in, else the first) meets ``event``; those behind it never
+        started, and go back at no cost."""
+        claims = list(self.holds(holder))
+        if not claims:
+            return []
+        position = event.mark[0] if isinstance(event, Lost) and event.mark is not None else (
+            event.position if isinstance(event, TimedOut) else -1)
+        running = next((c for c in claims if c.chunk.start <= position < c.chunk.stop), claims[0])
+        settled = []
+        for claim in claims:
+            happened: Event = event if claim is running else Returned(f"it waited behind tasks "
+                                                                    f"{running.chunk.start}.."
+                                                                    f"{running.chunk.stop - 1}")
+            settled.append(self.settle(holder, claim.chunk, happened))
+        return settled
+
+    def release(self, holder: Hashable, reason: str) -> list[Settlement]:
+        """``holder`` gives back everything it holds, none of it started (``reason``)."""
+        return [self.settle(holder, claim.chunk, Returned(reason)) for claim in list(self.holds(holder))]
+
+    def _requeue(
+        self, holder: Any, chunk: Chunk, reason: str, failed: list[Batch], again: list[Piece]
+    ) -> None:
+        retry = []
+        for position in range(chunk.start, chunk.stop):
+            count = self.returns[position] = self.returns.get(position, 0) + 1
+            if count < self.max_returns:
+                retry.append(position)
+            else:
+                error = WorkerCrashed(
+                    f"worker {self._name(holder)} kept giving back task {self.tasks[position]!r} unfinished "
+                    f"(attempt {count} of {self.max_returns}): {reason}"
+                )
+                failed.append(_failure(position, error, 0.0, self._name(holder)))
+        again.extend(_runs(retry, chunk.alone))
+
+    def _charge(
+        self, holder: Any, chunk: Chunk, event: Lost, failed: list[Batch], again: list[Piece]
+    ) -> None:
+        start, stop = chunk.start, chunk.stop
+        position, count = event.mark if event.mark is not None else (-1, 0)
+        if not start <= position < stop:  # nothing says which task ran: each counts
+            for spot in range(start, stop):
+                self._strike(holder, spot, event.what, "while holding", 0.0, failed, again)
+            return
+        end = min(stop, position + count)
+        again.append((start, position, False))
+        if end - position > 1:  # a group of tiny tasks: again, each task marked, nothing counted yet
+            logger.warning("%s while running tasks %r .. %r; running them again one by one",
+                           event.what, self.tasks[position], self.tasks[end - 1])
+            again.append((position, end, True))
+        else:
+            logger.warning("%s while running task %r", event.what, self.tasks[position])
+            self._strike(holder, position, event.what, "while running", event.seconds, failed, again)
+        again.append((end, stop, False))
+
+    def _strike(
+        self, holder: Any, position: int, what: str, where: str, seconds: float, failed: list[Batch],
+        again: list[Piece],
+    ) -> None:
+        """Count a crash against a task: run it again on its own, or give up on it."""
+        tries = self.attempts[position] = self.attempts.get(position, 0) + 1
+        if tries < self.max_attempts:
+            again.append((position, position + 1, True))
+            return
+        error = WorkerCrashed(
+            f"{what} {where} task {self.tasks[position]!r} (attempt {tries} of {self.max_attempts})"
+        )
+        failed.append(_failure(position, error, seconds, self._name(holder)))
+
+    def _time_out(
+        self, holder: Any, chunk: Chunk, event: TimedOut, failed: list[Batch], again: list[Piece]
+    ) -> None:
+        position = event.position
+        again.append((chunk.start, position, False))
+        error = TaskTimeout(
+            f"task {self.tasks[position]!r} ran longer than its timeout of {event.timeout} s; {event.what}"
+        )
+        failed.append(_failure(position, error, event.seconds, self._name(holder)))
+        again.append((position + 1, chunk.stop, False))
+
+    def _split(self, chunk: Chunk, event: Garbled, failed: list[Batch], again: list[Piece]) -> None:
+        if chunk.stop - chunk.start > 1:
+            logger.warning("results of tasks %d..%d from %s could not be unpickled here (%s); "
+                           "redoing them one by one", chunk.start, chunk.stop - 1, event.worker, event.error)
+            again.extend((spot, spot + 1, True) for spot in range(chunk.start, chunk.stop))
+            return
+        error = ResultNotSerializable(
+            f"the value of task {self.tasks[chunk.start]!r} came back from {event.worker} "
+            f"but could not be unpickled here: {event.error!r}"
+        )
+        failed.append(_failure(chunk.start, error, 0.0, event.worker))
+
+
+def _failure(position: int, error: BaseException, seconds: float, worker: str) -> Batch:
+    return Batch(position, [error], [seconds], {0}, worker)
+
+
+def _runs(positions: list[int], alone: bool) -> list[Piece]:
+    """Consecutive positions joined into pieces (each alone, where ``alone``)."""
+    runs: list[Piece] = []
+    for position in positions:
+        if runs and runs[-1][1] == position and not alone:
+            runs[-1] = (runs[-1][0], position + 1, alone)
+        else:
+            runs.append((position, position + 1, alone))
+    return runs
