@@ -297,15 +297,15 @@ def test_a_ctrl_c_while_the_first_chunks_go_out_leaves_the_workers_ready(serve, 
 
 
 def _spy_on_parking(monkeypatch):
-    """The text of each link whose thread left a call early, as it left."""
-    from ezpool._backends.distributed.dispatch import Call
+    """The name of each worker whose driver left a call early, as it left."""
+    from ezpool._backends.distributed.call import Call
 
     parked, park = [], Call._park
 
-    def spy(self, link):
-        leaves = park(self, link)
+    def spy(self, driver):
+        leaves = park(self, driver)
         if leaves:
-            parked.append(link.text)
+            parked.append(driver.name)
         return leaves
 
     monkeypatch.setattr(Call, "_park", spy)
@@ -343,14 +343,15 @@ def test_work_given_back_after_idle_threads_left_is_still_run(serve, monkeypatch
 
 @pytest.mark.timeout(90)
 def test_a_caller_that_leaves_while_answers_are_on_their_way_leaves_the_workers_ready(serve, monkeypatch):
-    from ezpool._backends.distributed.dispatch import Call
+    from ezpool._backends.distributed.call import Call
+    from ezpool._core.ledger import Answered
 
     uris = serve("tests._workers:Napper").uris + serve("tests._workers:Napper").uris
     settle = Call.settle
 
-    def settle_then_wait(self, link, chunk, verdict):
-        settle(self, link, chunk, verdict)
-        if verdict.kind == "done":  # a chunk is still on its way behind this one:
+    def settle_then_wait(self, driver, chunk, event, reply=b"", trip=None):
+        settle(self, driver, chunk, event, reply, trip)
+        if isinstance(event, Answered):  # a chunk is still on its way behind this one:
             self.stop.wait(5)  # the caller leaves before this thread looks at it again
 
     with Pool(mode="distributed") as pool:
@@ -368,17 +369,18 @@ def test_a_caller_that_leaves_while_answers_are_on_their_way_leaves_the_workers_
 
 @pytest.mark.timeout(90)
 def test_tasks_left_when_every_thread_failed_are_reported_as_crashed(serve, monkeypatch, caplog):
-    from ezpool._backends.distributed.dispatch import Call
+    from ezpool._backends.distributed.call import Call
+    from ezpool._backends.distributed.drivers import PushDriver
 
     uris = serve("tests._workers:Square").uris
     with Pool() as pool:
         assert pool.dmap(w.Square, range(4), workers=uris, spawn=False) == {n: n * n for n in range(4)}
 
-        def broken(self, link, chunk, flight):
+        def broken(self, chunk):
             raise RuntimeError("a bug in the thread")
 
-        monkeypatch.setattr(Call, "_launch", broken)
-        monkeypatch.setattr(Call, "_first_round", lambda self, starts: None)
+        monkeypatch.setattr(PushDriver, "_launch", broken)
+        monkeypatch.setattr(Call, "_first_round", lambda self: None)
         results = pool.dmap(w.Square, range(10, 20), workers=uris, spawn=False)
     assert sorted(results.errors) == list(range(10, 20))
     assert all(type(error).__name__ == "WorkerCrashed" for error in results.errors.values())

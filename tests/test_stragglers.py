@@ -2,82 +2,75 @@
 
 The first tests drive ``Call`` by hand (no network): which chunk gets copied, and
 that whichever copy answers first settles its tasks while the other counts
-nothing. The others run two real ``ezpool.serve`` workers, one of them slow
-(started with ``EZPOOL_TEST_SLOW`` in its environment, which ``straggle`` sleeps).
+nothing (the ledger's own tests are in ``test_ledger``). The others run two real
+``ezpool.serve`` workers, one of them slow (started with ``EZPOOL_TEST_SLOW`` in
+its environment, which ``straggle`` sleeps).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
 from array import array
+from typing import Optional
 
 import pytest
 
-from ezpool import Pool, _pyro
-from ezpool._backends.distributed.backups import FLOOR, Claim, pick
+from ezpool import Pool
+from ezpool._backends.distributed.call import Call
 from ezpool._backends.distributed.crew import Crew
-from ezpool._backends.distributed.dispatch import Call, Target, Verdict
-from ezpool._backends.distributed.links import Link
+from ezpool._backends.distributed.drivers import Driver
 from ezpool._core.chunking import Chunk, ChunkQueue
-from ezpool._core.records import Batch
+from ezpool._core.ledger import Answered, Lost, Returned
+from ezpool._core.records import Batch, ChunkOutcome
 from ezpool._worker.running import pack_chunk
 from ezpool.options import Options
 from tests import _workers as w
 
-_LOGGER = "ezpool._backends.distributed.dispatch"
+_LOGGER = "ezpool._backends.distributed.call"
 
 
-# --- which chunk is copied, and when --------------------------------------------------
+class _Hand(Driver):
+    """A driver moved by the test itself: it takes and settles what the test says."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def lost_since(self) -> Optional[float]:
+        return None
+
+    @property
+    def reason(self) -> str:
+        return ""
+
+    def run(self) -> None:
+        raise AssertionError("driven by hand")
 
 
-def _link(port: int) -> Link:
-    text = f"PYRO:worker@127.0.0.1:{port}"
-    return Link(text, _pyro.parse_uri(text), None)
+def _call(tasks: list[int], options: Options, pending: ChunkQueue) -> tuple[Call, _Hand, _Hand]:
+    """A call over two drivers that the test moves itself."""
+    call = Call(tasks, pending, options, Crew())
+    first, second = _Hand("w1"), _Hand("w2")
+    call.add(first)
+    call.add(second)
+    return call, first, second
 
 
-def _claim(start: int, stop: int, since: float, port: int = 1) -> Claim:
-    return Claim(Chunk(start, stop, (), False), _link(port), since)
-
-
-def test_nothing_is_copied_before_a_task_of_the_call_was_measured():
-    assert pick([_claim(0, 1, since=0.0)], None, now=100.0) == (None, math.inf)
-
-
-def test_a_chunk_is_copied_once_late_for_its_size_and_the_oldest_first():
-    young, old = _claim(0, 1, since=10.0), _claim(1, 2, since=5.0)
-    # Tasks of 1 s: one-task chunks are due 2 s after they were sent.
-    assert pick([young], 1.0, now=11.0) == (None, pytest.approx(1.0))
-    assert pick([young, old], 1.0, now=12.5) == (old, 0.0)
-    # Tiny tasks: a chunk is never late before FLOOR seconds.
-    assert pick([young], 1e-6, now=10.0 + FLOOR / 2) == (None, pytest.approx(FLOOR / 2))
-
-
-def test_a_chunk_already_copied_or_settled_is_not_copied_again():
-    copied, settled = _claim(0, 1, since=0.0), _claim(1, 2, since=0.0)
-    copied.links.append(_link(2))
-    settled.settled = True
-    assert pick([copied, settled], 0.01, now=100.0) == (None, math.inf)
-
-
-# --- the first answer settles the chunk -------------------------------------------------
-
-
-def _two_link_call(options: Options) -> tuple[Call, Link, Link]:
-    """A call of two tasks over two links that are never connected: ``Call`` driven by hand."""
+def _two_driver_call(options: Options) -> tuple[Call, _Hand, _Hand]:
     tasks = [10, 11]
-    links = [_link(1), _link(2)]
-    pending = ChunkQueue(tasks, len(links), None, split=True)
-    call = Call(tasks, pending, links, Target("f", "", None), options, lambda link: False, Crew())
-    return call, links[0], links[1]
+    return _call(tasks, options, ChunkQueue(tasks, 2, None, split=True))
 
 
-def _done(chunk: Chunk, value: int) -> Verdict:
+def _reply(chunk: Chunk, value: int, seconds: float = 0.01) -> bytes:
     count = chunk.stop - chunk.start
-    return Verdict("done", reply=pack_chunk(chunk.start, ([value] * count, array("d", [0.01] * count), {})))
+    return pack_chunk(chunk.start, ChunkOutcome([value] * count, array("d", [seconds] * count), {}))
+
+
+def _answer(call: Call, driver: _Hand, chunk: Chunk, value: int, seconds: float = 0.01) -> None:
+    call.settle(driver, chunk, Answered(chunk.stop - chunk.start), _reply(chunk, value, seconds))
 
 
 def _reported(call: Call) -> list[Batch]:
@@ -89,109 +82,99 @@ def _reported(call: Call) -> list[Batch]:
             return batches
 
 
-def _straggle(call: Call, slow: Link, fast: Link) -> Chunk:
+def _straggle(call: Call, slow: _Hand, fast: _Hand) -> Chunk:
     """``slow`` holds task 0 for long, ``fast`` finishes task 1 and takes a copy of task 0."""
-    chunk = call._take(slow)
+    chunk = call.take(slow)
     assert chunk is not None and chunk.start == 0
-    other = call._take(fast)
+    other = call.take(fast)
     assert other is not None and other.start == 1
-    call.settle(fast, other, _done(other, 1))
-    call.held[slow][0].since -= 10  # sent long ago
-    copy = call._take(fast)
+    _answer(call, fast, other, 1)
+    call.ledger.holds(slow)[0].since -= 10  # sent long ago
+    copy = call.take(fast)
     assert copy is chunk
-    assert call.held[slow] == call.held[fast]
+    assert call.ledger.holds(slow) == call.ledger.holds(fast)
     return chunk
 
 
 def test_the_copy_that_answers_first_settles_and_the_late_answer_is_dropped():
-    call, slow, fast = _two_link_call(Options())
+    call, slow, fast = _two_driver_call(Options())
     chunk = _straggle(call, slow, fast)
     assert [b.start for b in _reported(call)] == [1]
-    call.settle(fast, chunk, _done(chunk, 100))
-    call.settle(slow, chunk, Verdict("returned", reason="broken off"))
+    _answer(call, fast, chunk, 100)
+    call.settle(slow, chunk, Returned("broken off"))
     (batch,) = _reported(call)
-    assert (batch.start, batch.values, batch.worker) == (0, [100], fast.text)
-    assert call.held == {} and call.returns == {} and call.attempts == {}
+    assert (batch.start, batch.values, batch.worker) == (0, [100], fast.name)
+    assert call.ledger.busy == 0 and call.ledger.returns == {} and call.ledger.attempts == {}
     assert not call.pending
 
 
 def test_a_copy_that_fails_while_the_other_runs_counts_nothing():
-    call, slow, fast = _two_link_call(Options())
+    call, slow, fast = _two_driver_call(Options())
     chunk = _straggle(call, slow, fast)
     _reported(call)
-    call.settle(fast, chunk, Verdict("lost", reason="its process died"))
-    assert _reported(call) == [] and call.attempts == {} and not call.pending
-    call.settle(slow, chunk, _done(chunk, 7))
+    call.settle(fast, chunk, Lost("its process died"))
+    assert _reported(call) == [] and call.ledger.attempts == {} and not call.pending
+    _answer(call, slow, chunk, 7)
     (batch,) = _reported(call)
-    assert (batch.start, batch.values, batch.worker) == (0, [7], slow.text)
-    assert call.held == {}
+    assert (batch.start, batch.values, batch.worker) == (0, [7], slow.name)
+    assert call.ledger.busy == 0
 
 
 def test_the_last_copy_left_is_settled_as_a_lone_chunk_always_was():
-    call, slow, fast = _two_link_call(Options(max_attempts=1))
+    call, slow, fast = _two_driver_call(Options(max_attempts=1))
     chunk = _straggle(call, slow, fast)
     _reported(call)
-    call.settle(slow, chunk, Verdict("returned", reason="connection broke"))
-    call.settle(fast, chunk, Verdict("lost", reason="its process died"))
+    call.settle(slow, chunk, Returned("connection broke"))
+    call.settle(fast, chunk, Lost("its process died"))
     (batch,) = _reported(call)
     assert batch.start == 0 and batch.failed == {0} and "attempt 1 of 1" in str(batch.values[0])
-    assert call.attempts == {0: 1} and call.returns == {}
+    assert call.ledger.attempts == {0: 1} and call.ledger.returns == {}
 
 
 def test_the_slow_workers_run_times_do_not_delay_the_copies_of_the_fast_one():
     tasks = [10, 11, 12]
-    slow, fast = _link(1), _link(2)
-    call = Call(tasks, ChunkQueue(tasks, 2, None, split=True), [slow, fast], Target("f", "", None),
-                Options(), lambda link: False, Crew())
-
-    def done_in(chunk: Chunk, seconds: float) -> Verdict:
-        return Verdict("done", reply=pack_chunk(chunk.start, ([0], array("d", [seconds]), {})))
-
-    first = call._take(fast)
-    second = call._take(slow)
+    call, slow, fast = _call(tasks, Options(), ChunkQueue(tasks, 2, None, split=True))
+    first = call.take(fast)
+    second = call.take(slow)
     assert first is not None and second is not None
-    call.settle(fast, first, done_in(first, 0.01))
-    call.settle(slow, second, done_in(second, 5.0))  # the slow worker: 500 times slower
-    last = call._take(slow)
+    _answer(call, fast, first, 0, seconds=0.01)
+    _answer(call, slow, second, 0, seconds=5.0)  # the slow worker: 500 times slower
+    last = call.take(slow)
     assert last is not None and not call.pending
-    call.held[slow][0].since -= 0.5  # out for half a second: 50 times what the fast worker takes
+    call.ledger.holds(slow)[0].since -= 0.5  # out for half a second: 50 times what the fast worker takes
     # The call's mean (2.5 s a task) would wait 5 s; the fast worker's own, 0.01 s, does not.
     assert call.pending.sizer.mean == pytest.approx(2.505)
-    timer = threading.Timer(2.0, call.stop.set)  # if it waited, _take would give None
+    timer = threading.Timer(2.0, call.stop.set)  # if it waited, take would give None
     timer.start()
     try:
-        copy = call._take(fast)
+        copy = call.take(fast)
     finally:
         timer.cancel()
-    assert copy is last and call.held[fast] == call.held[slow]
-
+    assert copy is last and call.ledger.holds(fast) == call.ledger.holds(slow)
 
 
 # --- a chunk sent behind another --------------------------------------------------------
 
 
 def test_no_chunk_is_sent_behind_another_while_an_idle_worker_could_run_it():
-    call, busy, idle = _two_link_call(Options())
-    first = call._take(busy)
+    call, busy, idle = _two_driver_call(Options())
+    first = call.take(busy)
     assert first is not None and first.start == 0
-    assert call._take_queued(busy) is None  # task 1 is the idle worker's
-    second = call._take(idle)
+    assert call.take_behind(busy) is None  # task 1 is the idle worker's
+    second = call.take(idle)
     assert second is not None and second.start == 1
 
 
 def test_a_worker_holds_two_chunks_only_where_backup_copies_can_overtake_them():
     tasks = list(range(40))
-    options = Options(chunksize=5)
-    call = Call(tasks, ChunkQueue(tasks, 2, 5, depth=2, split=True), [_link(1), _link(2)],
-                Target("f", "", None), options, lambda link: False, Crew())
-    link = call.links[0]
+    call, driver, _ = _call(tasks, Options(chunksize=5), ChunkQueue(tasks, 2, 5, depth=2, split=True))
     assert call.depth == 2
-    assert call._take(link) is not None
-    queued = call._take_queued(link)
-    assert queued is not None and call.held[link][1].chunk is queued
+    assert call.take(driver) is not None
+    queued = call.take_behind(driver)
+    assert queued is not None and call.ledger.holds(driver)[1].chunk is queued
     # Without backups a chunk behind a slow worker's would wait as long as it does.
-    assert Call(tasks, ChunkQueue(tasks, 2, 5, split=True), [_link(1), _link(2)], Target("f", "", None),
-                Options(backup=False), lambda link: False, Crew()).depth == 1
+    assert _call(tasks, Options(backup=False), ChunkQueue(tasks, 2, 5, split=True))[0].depth == 1
+
 
 # --- real workers, one of them slow -------------------------------------------------------
 

@@ -235,7 +235,7 @@ class Claim:
 
     def __init__(self, chunk: Chunk, holder: Hashable, since: float) -> None:
         self.chunk = chunk
-        self.holders = [holder]
+        self.holders: list[Any] = [holder]
         self.since = since
         self.state = Held.HELD
 

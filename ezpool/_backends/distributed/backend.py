@@ -57,10 +57,11 @@ from ..._worker.servant import GENERIC
 from ...errors import AuthenticationError, WorkerUnavailable
 from ...options import DEFAULT_WORKER, Options
 from ..base import Backend
+from .call import Call, held_at_once
 from .connect import can_start, fits, hello, may_start, name_of, not_started, start_worker, version_table
 from .crew import Crew
-from .dispatch import Call, Target, held_at_once
-from .links import Link, State
+from .drivers import PushDriver, Target
+from .links import Link, LinkEvent, State
 from .watch import Watcher
 
 logger = get_logger(__name__)
@@ -126,7 +127,9 @@ class DistributedBackend(Backend):
                 link.pinger.timeout = options.heartbeat
         if self._watcher is None:
             self._watcher = Watcher(lambda: list(self._links.values()))
-        call = Call(tasks, pending, links, target, options, self._restart, self._crew)
+        call = Call(tasks, pending, options, self._crew)
+        for link in links:
+            call.add(PushDriver(call, link, target, self._restart))
         try:
             yield from call.batches()
         finally:
@@ -197,7 +200,7 @@ class DistributedBackend(Backend):
         if len(missing) == len(links):
             raise missing[0][1]
         for link, error in missing:
-            link.move(State.LOST, str(error))
+            link.on(LinkEvent.UNREACHABLE, str(error))
             logger.warning("%s; the call goes on without it, and it gets work if it answers", error)
 
     def _check_one(

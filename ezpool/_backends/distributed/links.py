@@ -1,18 +1,20 @@
 """A worker as the client sees it: its address, its identity, and its state.
 
-Every state a worker can be in, and every move between them, is in ``MOVES``;
-``Link.move`` refuses any other, so the dispatcher's code only ever asks "what
-now?" of a state it can name::
+A link's state changes only through ``Link.on(event)``: the driver, the watcher
+and the backend report what they saw, and ``MOVES`` (in the manner of h11's
+``_state.py``) says what state follows. Nothing else writes a state; a pair that
+is not in the table is a bug::
 
-    NEW ──check──▶ READY ──chunk sent──▶ RUNNING ──reply──▶ READY
-     │               ▲                    │  │
-     │               │ answers again      │  └─ no sign of life for ``heartbeat`` s ─▶ SILENT
-     └─▶ LOST ◀──────┼────────────────────┘      (the watcher breaks the call off)      │
-          ▲          │   connection broken and the process gone or replaced            │
-          └──────────┴─────────────────────────────────────────────────────────────────┘
+    NEW ──CHECKED──▶ READY ──SENT──▶ RUNNING ──IDLE (its last answer)──▶ READY
+     │                 ▲              │  │
+     │                 │ CHECKED      │  └─ SILENT: no answered check for ``heartbeat`` s ─▶ SILENT
+     └─▶ LOST ◀────────┼──────────────┘     (the watcher breaks the call off)                │
+          ▲            │   UNREACHABLE, UNFIT, REPLACED, RESTARTING, FAILED                   │
+          └────────────┴──────────────── BROKEN (its connection, while SILENT) ◀─────────────┘
 
-A connection that breaks while the *same* process still answers is not a lost
-worker: the link goes back to READY and its chunk is sent again at no cost.
+A connection that breaks while RUNNING leaves the link RUNNING: the driver then
+asks the worker who it is, and reports what it learnt (IDLE if the same process
+answers: its chunk goes again at no cost; UNREACHABLE, REPLACED or CHECKED if not).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..._core.logs import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["State", "MOVES", "Link"]
+__all__ = ["State", "LinkEvent", "MOVES", "Link"]
 
 
 class State(enum.Enum):
@@ -39,13 +41,44 @@ class State(enum.Enum):
     LOST = "lost"  # unreachable, replaced, restarting or serving something else
 
 
-#: The only moves a link may make.
-MOVES: dict[State, frozenset[State]] = {
-    State.NEW: frozenset({State.READY, State.LOST}),
-    State.READY: frozenset({State.RUNNING, State.READY, State.LOST}),
-    State.RUNNING: frozenset({State.READY, State.SILENT, State.LOST}),
-    State.SILENT: frozenset({State.LOST, State.READY}),
-    State.LOST: frozenset({State.READY, State.LOST}),
+class LinkEvent(enum.Enum):
+    """What the driver, the watcher or the backend saw of a worker."""
+
+    CHECKED = "answered a check, and may run the call"
+    UNFIT = "answered a check, but may not run the call"
+    UNREACHABLE = "a connection or a check failed"
+    SENT = "a chunk was sent"
+    ANSWERED = "answered a chunk, and holds more"
+    IDLE = "holds nothing any more"
+    SILENT = "left a check unanswered for heartbeat seconds"
+    BROKEN = "its connection broke"
+    RESTARTING = "restarts to stop a task past its timeout"
+    REPLACED = "another process answers at its address"
+    FAILED = "the thread driving it failed"
+
+
+_N, _R, _U, _S, _L = State.NEW, State.READY, State.RUNNING, State.SILENT, State.LOST
+_E = LinkEvent
+
+#: Every state, and what each event there leads to.
+MOVES: dict[State, dict[LinkEvent, State]] = {
+    _N: {_E.CHECKED: _R, _E.UNFIT: _L, _E.UNREACHABLE: _L, _E.FAILED: _L},
+    _R: {
+        _E.CHECKED: _R, _E.SENT: _U, _E.IDLE: _R, _E.SILENT: _R, _E.BROKEN: _R, _E.UNREACHABLE: _L,
+        _E.UNFIT: _L, _E.RESTARTING: _L, _E.REPLACED: _L, _E.FAILED: _L,
+    },
+    _U: {
+        _E.SENT: _U, _E.ANSWERED: _U, _E.IDLE: _R, _E.CHECKED: _R, _E.SILENT: _S, _E.BROKEN: _U,
+        _E.UNREACHABLE: _L, _E.UNFIT: _L, _E.RESTARTING: _L, _E.REPLACED: _L, _E.FAILED: _L,
+    },
+    _S: {
+        _E.ANSWERED: _S, _E.IDLE: _R, _E.SILENT: _S, _E.BROKEN: _L, _E.CHECKED: _R, _E.UNREACHABLE: _L,
+        _E.UNFIT: _L, _E.RESTARTING: _L, _E.REPLACED: _L, _E.FAILED: _L,
+    },
+    _L: {
+        _E.CHECKED: _R, _E.IDLE: _L, _E.SILENT: _L, _E.BROKEN: _L, _E.UNREACHABLE: _L, _E.UNFIT: _L,
+        _E.RESTARTING: _L, _E.REPLACED: _L, _E.FAILED: _L,
+    },
 }
 
 
@@ -88,36 +121,32 @@ class Link:
     def serves(self) -> str:
         return str(self.info.get("serves", ""))
 
-    def move(self, state: State, reason: str = "") -> bool:
-        """Enter ``state``; returns whether it changed. A move not in ``MOVES`` is a bug."""
+    def on(self, event: LinkEvent, reason: str = "") -> State:
+        """What happened to the worker: the table moves the link; the state it is in now.
+        ``reason`` says why, where the link is LOST after it."""
         with self._lock:
-            if state not in MOVES[self.state]:
-                raise AssertionError(f"worker {self.text}: no move from {self.state.name} to {state.name}")
-            changed = state is not self.state
-            self.state, self.since = state, time.monotonic()
-            if state is State.RUNNING:
-                self.alive_at = self.since
-            self.reason = reason if state is State.LOST else ""
+            before = self.state
+            after = MOVES[before].get(event)
+            if after is None:
+                raise AssertionError(f"worker {self.text}: {event.name} cannot happen while {before.name}")
+            now = time.monotonic()
+            changed = after is not before
+            if changed or (after is State.LOST and reason):  # a lost worker's latest news counts
+                self.state, self.since = after, now
+                self.reason = reason if after is State.LOST else ""
+            if event in (LinkEvent.SENT, LinkEvent.ANSWERED):
+                self.alive_at = now
         if changed:
-            logger.debug("worker %s: %s%s", self.text, state.name, f" ({reason})" if reason else "")
-        return changed
-
-    def silence(self) -> bool:
-        """The watcher's verdict: RUNNING with no sign of life; break the call off."""
-        with self._lock:
-            if self.state is not State.RUNNING:
-                return False
-            self.state, self.since = State.SILENT, time.monotonic()
-        if self.connection is not None:
-            self.connection.abort()
-        return True
+            logger.debug("worker %s: %s (%s)%s", self.text, after.name, event.value,
+                         f": {reason}" if reason else "")
+        return after
 
     def admit(self, info: dict[str, Any]) -> None:
-        """It answered a check: remember who it is, and make it READY."""
+        """It answered a check as a worker that may run the call: remember who it is."""
         if info.get("identity") != self.identity:
             self.loaded = set()  # a new process has none of the code the old one had
         self.info = info
-        self.move(State.READY)
+        self.on(LinkEvent.CHECKED)
 
     def reconnect(self, timeout: Optional[float]) -> None:
         """New connections, for a new key or after a straggling thread kept the old ones."""

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from ..._core.logs import get_logger
-from .links import Link, State
+from .links import Link, LinkEvent, State
 
 logger = get_logger(__name__)
 
@@ -73,7 +73,9 @@ class Watcher:
             if answered:
                 link.alive_at = max(link.alive_at, sent)
         if now - link.alive_at >= link.heartbeat:
-            if link.silence():
+            if link.on(LinkEvent.SILENT) is State.SILENT:
+                if link.connection is not None:
+                    link.connection.abort()  # its driver finds the call broken off
                 logger.warning(
                     "worker %s left a check unanswered for %s s; its chunk goes to the others",
                     link.text, link.heartbeat,

@@ -1,0 +1,441 @@
+"""Drivers: each feeds one worker during a call, from a thread of the pool's crew.
+
+A driver asks its call (``call.Call``) for work and tells it what became of each
+chunk; it does the I/O and nothing else. ``Driver`` is what every driver offers;
+``PushDriver`` is the one for a worker this client dials (a ``PYRO:`` or
+``PYRONAME:`` address): it sends chunks over the link's connection and, while
+the worker runs one, sends the next behind it (``PIPELINE``)::
+
+    PushDriver.run                                    ezpool.serve (Servant)
+    ──────────────                                    ──────────────────────
+    call.take() ─▶ load the code if it lacks it ────▶ load(fid, blob)
+                   run_chunk(ChunkCall) ────────────▶ runs it
+    call.take_behind() ─▶ run_chunk(ChunkCall) ─────▶ (waits at the worker)
+    receive the first answer ◀──────────────────────  (Status, reply)
+    call.settle(chunk, Answered | Returned | Lost)
+
+A worker takes a connection's calls one at a time, so a chunk sent behind another
+has not started until the one ahead was answered: if the connection breaks, the
+one ahead is judged (was the worker lost, or only its connection?) and those
+behind it go back at no cost. A worker that dials in would get its own driver,
+asked for chunks by its worker rather than pushing them; the call and the ledger
+stay as they are.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+
+from ... import _pyro
+from ..._core.chunking import Chunk
+from ..._core.ledger import Answered, Event, Lost, Returned
+from ..._core.logs import get_logger
+from ..._core.records import ChunkCall, Status
+from ..._core.serialization import loads, pickled_size
+from ..._core.shipping import Shipment
+from ..._worker.running import failed_chunk, pack_chunk
+from ..._worker.servant import GENERIC
+from .connect import CONNECT_TIMEOUT, fits, hello, version_table
+from .links import Link, LinkEvent, State
+
+if TYPE_CHECKING:
+    from .call import Call
+
+logger = get_logger(__name__)
+
+__all__ = ["Driver", "PushDriver", "Target"]
+
+#: Bytes of tasks in a first chunk that the caller's thread sends itself: far less than
+#: a socket's buffers hold, so that the send never waits for a worker to read it.
+_SENT_AT_ONCE = 64 * 1024
+
+
+class Target(NamedTuple):
+    """What a call runs: its name, the fingerprint of its code, and its shipment."""
+
+    name: str
+    code: str
+    shipment: Shipment
+
+
+class Driver(abc.ABC):
+    """Feeds one worker for one call. ``name`` names the worker in results and errors;
+    ``lost_since`` is when it was lost (``None``: it is not), ``reason`` why."""
+
+    name: str
+
+    @property
+    @abc.abstractmethod
+    def lost_since(self) -> Optional[float]: ...
+
+    @property
+    @abc.abstractmethod
+    def reason(self) -> str: ...
+
+    @abc.abstractmethod
+    def run(self) -> None:
+        """Feed the worker until the call's work runs out, settling every chunk it holds
+        before returning, whatever happens; then ``call.exit()``. May run again in the
+        same call (after it left, when work comes back)."""
+
+    def claim_first(self) -> bool:
+        """In the caller's thread, with the call's lock held: take a first chunk to send
+        from there, if this driver can; whether it did."""
+        return False
+
+    def send_first(self) -> bool:
+        """In the caller's thread: send the chunk ``claim_first`` took, if it can go from
+        there without waiting; whether it was tried."""
+        return False
+
+    def send_behind(self) -> bool:
+        """In the caller's thread: send a second chunk behind the first; whether one went."""
+        return False
+
+    def break_off(self) -> None:  # noqa: B027 - a driver without a connection has nothing to break
+        """Stop the worker's current chunk (another copy answered, or the caller left)."""
+
+    def abandon(self) -> None:  # noqa: B027
+        """The caller left before this driver's thread ran: give up what was sent."""
+
+    def left_behind(self) -> None:  # noqa: B027
+        """The call ended while this driver's thread still ran: it keeps what it has."""
+
+
+class _Flight(NamedTuple):
+    """A chunk sent to a worker and not answered yet."""
+
+    chunk: Chunk
+    ticket: object  # the connection's, for its answer
+    sent: float  # when it was sent, or when the one ahead of it was answered
+
+
+class PushDriver(Driver):
+    """Feeds a worker this client dials, over ``link``'s connection."""
+
+    def __init__(self, call: Call, link: Link, target: Target, restart: Callable[[Link], bool]) -> None:
+        self.call = call
+        self.link = link
+        self.name = link.text
+        self.target = target
+        self.restart = restart  # starts again a worker this pool started, if it died
+        self._flight: deque[_Flight] = deque()  # sent, to be answered in this order
+        self._first: Optional[Chunk] = None  # taken by the caller's thread, not sent yet
+        self._first_error: Optional[Exception] = None  # why the caller's thread could not send it
+        self._counted = False  # whether it told the call that its first chunk went out
+
+    @property
+    def lost_since(self) -> Optional[float]:
+        return self.link.since if self.link.state is State.LOST else None
+
+    @property
+    def reason(self) -> str:
+        return self.link.reason
+
+    def __repr__(self) -> str:
+        return f"PushDriver({self.link!r})"
+
+    # --- from the caller's thread ------------------------------------------------------
+
+    def claim_first(self) -> bool:
+        link, fid = self.link, self.target.shipment.fid
+        if not (link.state is State.READY and link.connection is not None and link.connection.idle
+                and (link.serves != GENERIC or fid in link.loaded)):
+            return False  # connecting, or loading code, could make the caller's thread wait
+        self._first = self.call.pending.take()
+        self.call.ledger.take(self, self._first, time.monotonic())
+        return True
+
+    def send_first(self) -> bool:
+        first = self._first
+        if first is None or sum(map(pickled_size, first.payloads)) > _SENT_AT_ONCE:
+            return False  # too big: its own thread sends it
+        self._count()
+        self.link.on(LinkEvent.SENT)
+        try:
+            ticket = self._send(first, queued=False)
+        except Exception as exc:
+            self._first_error = exc
+        else:
+            self._flight.append(_Flight(first, ticket, time.monotonic()))
+            self._first = None
+        return True
+
+    def send_behind(self) -> bool:
+        if not self._flight or self.link.state is not State.RUNNING:
+            return True  # nothing to send behind here: try the next worker
+        behind = self.call.take_behind(self)
+        if behind is None:
+            return False
+        self._launch(behind)
+        return True
+
+    # --- its own thread ------------------------------------------------------------------
+
+    def run(self) -> None:
+        call, link = self.call, self.link
+        try:
+            self._start()
+            while not call.stop.is_set():
+                if not self._flight:
+                    if link.state is State.LOST:
+                        self._count()  # no one waits for a lost worker to start
+                        if not self._rejoin():
+                            return
+                    chunk = call.take(self)
+                    if chunk is None:
+                        return
+                    self._launch(chunk)
+                    self._count()
+                    if not self._flight:  # it could not go, and was settled
+                        continue
+                if len(self._flight) < call.depth and link.state is State.RUNNING:
+                    call.wait_to_queue(self._flight[0].sent, self._flight[0].chunk)
+                    behind = call.take_behind(self)
+                    if behind is not None:
+                        self._launch(behind)
+                self._land()
+            if self._flight:  # the caller left with answers on their way
+                self.abandon()
+        except BaseException as exc:  # a bug or an interpreter shutting down: lose no task
+            logger.exception("the thread feeding worker %s failed", link.text)
+            reason = f"the client thread failed: {exc!r}"
+            sent, self._first = bool(self._flight), None
+            self._flight.clear()
+            if sent:  # the first may have run; those behind it had not started
+                call.lose(self, Lost(f"worker {link.text} was given up ({reason})"))
+            else:
+                call.release(self, reason)
+            link.on(LinkEvent.FAILED, reason)
+        finally:
+            self._count()
+            call.exit()
+
+    def _start(self) -> None:
+        """Go on from what the caller's thread did for this worker, if anything."""
+        first, error = self._first, self._first_error
+        self._first = self._first_error = None
+        if first is None:
+            return
+        if error is not None:
+            self._settle(first, self._broken(first, error))
+        else:  # too big to send from the caller's thread
+            self._launch(first)
+            self._count()
+
+    def _count(self) -> None:
+        if not self._counted:
+            self._counted = True
+            self.call.started_one()
+
+    def _settle(self, chunk: Chunk, event: Event, reply: Any = b"", trip: Optional[float] = None) -> None:
+        self.call.settle(self, chunk, event, reply, trip)
+
+    def _launch(self, chunk: Chunk) -> None:
+        """Send ``chunk``, behind those in flight; settle it at once if it cannot go.
+        Never raises for what the network does."""
+        queued = bool(self._flight)
+        if not queued:
+            refused = self._prepare(chunk)
+            if refused is not None:
+                self._settle(chunk, *refused)
+                return
+        try:
+            ticket = self._send(chunk, queued)
+        except Exception as exc:
+            if queued:  # the chunk ahead of it finds the connection broken, and judges the worker
+                logger.debug("worker %s: tasks %d..%d could not be sent behind another; they go back (%s)",
+                             self.name, chunk.start, chunk.stop - 1, exc)
+                self._settle(chunk, Returned(f"it could not be sent: {exc}"))
+            else:
+                self._settle(chunk, self._broken(chunk, exc))
+            return
+        self._flight.append(_Flight(chunk, ticket, time.monotonic()))
+
+    def _send(self, chunk: Chunk, queued: bool) -> object:
+        """Send ``chunk`` to the worker; the ticket for its answer."""
+        connection = self.link.connection
+        assert connection is not None
+        payloads = [b"".join(parts) for parts in chunk.payloads]
+        call = ChunkCall(self.link.identity, self.target.shipment.fid, chunk.start, chunk.stop - chunk.start,
+                         payloads, self.call.timeout, self.call.capture)
+        return connection.send("run_chunk", *call.wire(), queued=queued)
+
+    def _prepare(self, chunk: Chunk) -> Optional[tuple[Event, bytes]]:
+        """Make the worker ready to run the first of its chunks: connected, RUNNING, and
+        holding the call's code. What became of ``chunk`` when it cannot go there now."""
+        link = self.link
+        connection = link.connection
+        assert connection is not None
+        try:
+            connection.open()
+        except Exception as exc:  # nothing was sent
+            link.on(LinkEvent.UNREACHABLE, f"cannot connect: {_pyro.translate(exc, link.text)}")
+            return Returned(link.reason), b""
+        link.on(LinkEvent.SENT)
+        if self.call.superseded(self, chunk):  # from now on, settling it breaks this connection off
+            link.on(LinkEvent.IDLE)
+            return Returned("another copy of the chunk answered first"), b""
+        fid = self.target.shipment.fid
+        if link.serves != GENERIC or fid in link.loaded:
+            return None
+        try:
+            status, reply = connection.call("load", fid, self.target.shipment.blob)
+        except Exception as exc:
+            return self._broken(chunk, exc), b""
+        if Status(status) is not Status.OK:  # the code cannot run there: every task says why
+            link.on(LinkEvent.IDLE)
+            failed = failed_chunk(chunk.stop - chunk.start, loads(reply))
+            return Answered(chunk.stop - chunk.start), pack_chunk(chunk.start, failed)
+        link.loaded.add(fid)
+        return None
+
+    def _land(self) -> None:
+        """Wait for the answer to the first chunk in flight and settle it. If the connection
+        broke, or the worker is no longer fit to run them, those behind it go back to be
+        sent again (they never started: a worker takes a connection's calls one at a time)."""
+        link, flight = self.link, self._flight
+        head = flight.popleft()
+        connection = link.connection
+        reply: Any = b""
+        trip = None
+        if connection is not None and connection.is_open:
+            event, reply, trip = self._receive(head, last=not flight)
+        else:  # closed since it was sent (it lost a race, and was broken off)
+            event = self._broken(head.chunk, ConnectionError("the connection was closed"))
+        behind: list[_Flight] = []
+        if flight:
+            connection = link.connection
+            if link.state is not State.RUNNING or connection is None or not connection.is_open:
+                behind = list(flight)
+                flight.clear()
+                if connection is not None:
+                    connection.close()
+                link.on(LinkEvent.IDLE)
+            else:  # the next one starts now: its trip and its lateness count from here
+                now = time.monotonic()
+                flight[0] = flight[0]._replace(sent=now)
+                self.call.restart_clock(self, flight[0].chunk, now)
+        self._settle(head.chunk, event, reply, trip)
+        why = getattr(event, "reason", "") or getattr(event, "what", "") or event.kind.value
+        if behind:
+            logger.debug("worker %s: the chunks sent behind tasks %d..%d never started; they go back (%s)",
+                         link.text, head.chunk.start, head.chunk.stop - 1, why)
+        for item in behind:
+            self._settle(item.chunk, Returned(f"it waited behind a chunk that did not come back ({why})"))
+
+    def _receive(self, item: _Flight, last: bool) -> tuple[Event, Any, Optional[float]]:
+        """The answer to ``item``; the link leaves RUNNING only with the ``last`` in flight."""
+        link = self.link
+        connection = link.connection
+        assert connection is not None
+        try:
+            status, reply = connection.receive(item.ticket)
+        except Exception as exc:
+            return self._broken(item.chunk, exc), b"", None
+        now = time.monotonic()
+        answered = Status(status)
+        if answered is Status.OK:
+            link.on(LinkEvent.IDLE if last else LinkEvent.ANSWERED)
+            return Answered(item.chunk.stop - item.chunk.start), reply, now - item.sent
+        if answered is Status.NEED_FUNCTION:  # it dropped the code from its cache: send it again
+            link.loaded.discard(self.target.shipment.fid)
+            if last:
+                link.on(LinkEvent.IDLE)
+        elif answered is Status.RESTARTING:
+            link.on(LinkEvent.RESTARTING, "it restarts to stop a task that overran its timeout")
+        else:  # WRONG_WORKER: another process answers at its address; nothing ran
+            link.on(LinkEvent.REPLACED, "another process answers at its address")
+        return Returned(link.reason or answered.value), b"", None
+
+    def _broken(self, chunk: Chunk, exc: Exception) -> Event:
+        """The call that sent ``chunk`` broke: was the worker lost, or only its connection?"""
+        link, call = self.link, self.call
+        if link.connection is not None:
+            link.connection.close()
+        if call.stop.is_set():
+            link.on(LinkEvent.IDLE)
+            return Returned("the call was stopped")
+        silent = f"it left a check unanswered for {call.heartbeat} s"
+        if link.on(LinkEvent.BROKEN, silent) is State.LOST:
+            return Lost(f"worker {link.text} was lost ({silent})")
+        if call.superseded(self, chunk):  # broken off on purpose: the worker is fine
+            link.on(LinkEvent.IDLE)
+            return Returned("another copy of the chunk answered first")
+        try:
+            info = hello(link, min(CONNECT_TIMEOUT, call.heartbeat))
+        except Exception as error:
+            reason = f"{exc} (and then: {error})"
+            link.on(LinkEvent.UNREACHABLE, reason)
+            logger.warning("lost worker %s (%s); its tasks go to the others", link.text, exc)
+            return Lost(f"worker {link.text} was lost ({reason})")
+        if info["identity"] == link.identity:
+            logger.info("connection to worker %s broke (%s); it still answers, so its chunk is resent",
+                        link.text, exc)
+            link.on(LinkEvent.IDLE)
+            return Returned(str(exc))
+        reason = f"its process was replaced while it held the chunk ({exc})"
+        unfit = self._unfit(info)
+        if unfit:
+            logger.warning("lost worker %s: %s; the process there now gets no work: %s",
+                           link.text, reason, unfit)
+            link.on(LinkEvent.UNFIT, unfit)
+        else:
+            logger.warning("lost worker %s: %s; a new process answers there, and gets work",
+                           link.text, reason)
+            link.admit(info)
+        return Lost(f"worker {link.text} was lost ({reason})")
+
+    def _rejoin(self) -> bool:
+        """Check a lost worker again and again while there is work it could do."""
+        link, call = self.link, self.call
+        pause = min(1.0, call.heartbeat / 2)
+        wrong = ""
+        while True:
+            if call.stop.is_set() or call.finished():
+                return False
+            if self.restart(link):
+                return True
+            try:
+                info = hello(link, max(pause, 0.5))
+            except Exception as exc:
+                logger.debug("worker %s still does not answer: %s", link.text, exc)
+            else:
+                unfit = self._unfit(info)
+                if not unfit:
+                    replaced = info["identity"] != link.identity
+                    link.admit(info)
+                    logger.warning("worker %s answers again%s; it gets work again",
+                                   link.text, " (a new process)" if replaced else "")
+                    return True
+                if unfit != wrong:
+                    wrong = unfit
+                    logger.warning("worker %s answers, but %s; it gets no work", link.text, unfit)
+            if call.stop.wait(pause):
+                return False
+
+    def _unfit(self, info: dict[str, Any]) -> str:
+        """Why the worker that said ``info`` may not run this call's code ("" if it may)."""
+        refusal, _ = version_table(info, info.get("serves") == GENERIC)
+        return fits(info, self.target.name, self.target.code) or refusal or ""
+
+    # --- when the call ends ----------------------------------------------------------------
+
+    def break_off(self) -> None:
+        if self.link.connection is not None and self.call.ledger.holds(self):
+            self.link.connection.abort()
+
+    def abandon(self) -> None:
+        """Give up the calls the worker has not answered, as the caller left: close the
+        connection their answers would come back on (to no one), and make the link
+        ready for the next call."""
+        if self.link.connection is not None and self._flight:
+            self.link.connection.close()
+        self._flight.clear()
+        self.link.on(LinkEvent.IDLE)
+
+    def left_behind(self) -> None:
+        self.link.reconnect(self.call.heartbeat)
