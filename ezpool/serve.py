@@ -42,9 +42,6 @@ logger = logging.getLogger("ezpool.serve")
 __all__ = ["main", "load_target"]
 
 
-#: The environment variable a test sets to make a worker misbehave (see ``servant.Faults``).
-FAULTS_ENV = "EZPOOL_TEST_FAULTS"
-
 #: Seconds the main thread of an idle worker sleeps between two looks at its events
 #: (a safety net: a signal or a restart wakes it at once).
 _IDLE_WAKE = 5.0
@@ -249,13 +246,14 @@ def _import(module_part: str) -> ModuleType:
 
 def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl.SSLContext]) -> int:
     from . import _pyro
+    from ._worker.faults import FAULTS_ENV, Faults
     from ._worker.registration import Registration
-    from ._worker.servant import Faults, Servant
+    from ._worker.servant import Servant
     from .errors import EzPoolError
 
     target = load_target(args.spec) if args.spec else None
     try:
-        faults = Faults(os.environ.get(FAULTS_ENV, ""))
+        faults = Faults.from_environment(os.environ)
     except ValueError as exc:
         raise ServeError(f"{FAULTS_ENV}: {exc}") from None
     instance = target() if isinstance(target, type) else target

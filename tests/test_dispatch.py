@@ -298,9 +298,9 @@ def test_a_ctrl_c_while_the_first_chunks_go_out_leaves_the_workers_ready(serve, 
 
 def _spy_on_parking(monkeypatch):
     """The name of each worker whose driver left a call early, as it left."""
-    from ezpool._backends.distributed.call import Call
+    from ezpool._backends.distributed.work import Work
 
-    parked, park = [], Call._park
+    parked, park = [], Work._park
 
     def spy(self, driver):
         leaves = park(self, driver)
@@ -308,7 +308,7 @@ def _spy_on_parking(monkeypatch):
             parked.append(driver.name)
         return leaves
 
-    monkeypatch.setattr(Call, "_park", spy)
+    monkeypatch.setattr(Work, "_park", spy)
     return parked
 
 
@@ -343,11 +343,11 @@ def test_work_given_back_after_idle_threads_left_is_still_run(serve, monkeypatch
 
 @pytest.mark.timeout(90)
 def test_a_caller_that_leaves_while_answers_are_on_their_way_leaves_the_workers_ready(serve, monkeypatch):
-    from ezpool._backends.distributed.call import Call
+    from ezpool._backends.distributed.work import Work
     from ezpool._core.ledger import Answered
 
     uris = serve("tests._workers:Napper").uris + serve("tests._workers:Napper").uris
-    settle = Call.settle
+    settle = Work.settle
 
     def settle_then_wait(self, driver, chunk, event, reply=b"", trip=None):
         settle(self, driver, chunk, event, reply, trip)
@@ -356,7 +356,7 @@ def test_a_caller_that_leaves_while_answers_are_on_their_way_leaves_the_workers_
 
     with Pool(mode="distributed") as pool:
         with monkeypatch.context() as patch:
-            patch.setattr(Call, "settle", settle_then_wait)
+            patch.setattr(Work, "settle", settle_then_wait)
             for outcome in pool.imap(w.Napper, [0.05 + n / 1000 for n in range(20)], workers=uris,
                                      spawn=False, chunksize=1):
                 assert not outcome.failed

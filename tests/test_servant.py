@@ -12,7 +12,8 @@ import pytest
 
 from ezpool import TaskTimeout
 from ezpool._core.serialization import rebuild
-from ezpool._worker.servant import Faults, Servant
+from ezpool._worker.faults import Faults
+from ezpool._worker.servant import Servant
 from tests import _helpers as h
 
 
@@ -195,9 +196,19 @@ def test_with_a_timeout_a_chunk_is_looked_at_again_and_again():
 
 
 def test_faults_are_named_or_refused():
-    assert Faults("drop_reply=2, drop_reply=5").drop_reply == {2, 5}
+    faults = Faults("drop_reply=2, drop_reply=5, python=3.0.1")
+    assert [call for call in range(1, 7) if faults.at("reply", b"reply", call=call) is None] == [2, 5]
+    assert faults.at("hello", {"python": "3.11.7", "pid": 1}) == {"python": "3.0.1", "pid": 1}
     with pytest.raises(ValueError, match="unknown fault 'explode'"):
         Faults("explode")
+
+
+def test_a_reply_a_test_asked_to_drop_is_no_answer_at_all():
+    servant = Servant(h.square, faults=Faults("drop_reply=1"))
+    status, reply = servant.run_chunk(servant.identity, "", 0, 2, _payload([1, 2]), None)
+    assert (status, reply) == ("gone", b"")
+    status, _ = servant.run_chunk(servant.identity, "", 0, 2, _payload([1, 2]), None)
+    assert status == "ok"
 
 
 def test_a_chunk_asked_to_capture_answers_with_what_each_task_wrote():

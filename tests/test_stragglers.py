@@ -1,6 +1,6 @@
 """A slow but live worker does not hold up the end of a ``dmap`` call: backup copies.
 
-The first tests drive ``Call`` by hand (no network): which chunk gets copied, and
+The first tests drive a call's ``Work`` by hand (no network): which chunk gets copied, and
 that whichever copy answers first settles its tasks while the other counts
 nothing (the ledger's own tests are in ``test_ledger``). The others run two real
 ``ezpool.serve`` workers, one of them slow (started with ``EZPOOL_TEST_SLOW`` in
@@ -19,9 +19,7 @@ from typing import Optional
 import pytest
 
 from ezpool import Pool
-from ezpool._backends.distributed.call import Call
-from ezpool._backends.distributed.crew import Crew
-from ezpool._backends.distributed.drivers import Driver
+from ezpool._backends.distributed.work import Driver, Work
 from ezpool._core.chunking import Chunk, ChunkQueue
 from ezpool._core.ledger import Answered, Lost, Returned
 from ezpool._core.records import Batch, ChunkOutcome
@@ -29,7 +27,7 @@ from ezpool._worker.running import pack_chunk
 from ezpool.options import Options
 from tests import _workers as w
 
-_LOGGER = "ezpool._backends.distributed.call"
+_LOGGER = "ezpool._backends.distributed.work"
 
 
 class _Hand(Driver):
@@ -50,16 +48,16 @@ class _Hand(Driver):
         raise AssertionError("driven by hand")
 
 
-def _call(tasks: list[int], options: Options, pending: ChunkQueue) -> tuple[Call, _Hand, _Hand]:
-    """A call over two drivers that the test moves itself."""
-    call = Call(tasks, pending, options, Crew())
+def _call(tasks: list[int], options: Options, pending: ChunkQueue) -> tuple[Work, _Hand, _Hand]:
+    """A call's work over two drivers that the test moves itself."""
+    work = Work(tasks, pending, options)
     first, second = _Hand("w1"), _Hand("w2")
-    call.add(first)
-    call.add(second)
-    return call, first, second
+    work.add(first)
+    work.add(second)
+    return work, first, second
 
 
-def _two_driver_call(options: Options) -> tuple[Call, _Hand, _Hand]:
+def _two_driver_call(options: Options) -> tuple[Work, _Hand, _Hand]:
     tasks = [10, 11]
     return _call(tasks, options, ChunkQueue(tasks, 2, None, split=True))
 
@@ -69,11 +67,11 @@ def _reply(chunk: Chunk, value: int, seconds: float = 0.01) -> bytes:
     return pack_chunk(chunk.start, ChunkOutcome([value] * count, array("d", [seconds] * count), {}))
 
 
-def _answer(call: Call, driver: _Hand, chunk: Chunk, value: int, seconds: float = 0.01) -> None:
+def _answer(call: Work, driver: _Hand, chunk: Chunk, value: int, seconds: float = 0.01) -> None:
     call.settle(driver, chunk, Answered(chunk.stop - chunk.start), _reply(chunk, value, seconds))
 
 
-def _reported(call: Call) -> list[Batch]:
+def _reported(call: Work) -> list[Batch]:
     batches = []
     while True:
         try:
@@ -82,7 +80,7 @@ def _reported(call: Call) -> list[Batch]:
             return batches
 
 
-def _straggle(call: Call, slow: _Hand, fast: _Hand) -> Chunk:
+def _straggle(call: Work, slow: _Hand, fast: _Hand) -> Chunk:
     """``slow`` holds task 0 for long, ``fast`` finishes task 1 and takes a copy of task 0."""
     chunk = call.take(slow)
     assert chunk is not None and chunk.start == 0

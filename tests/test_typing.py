@@ -12,14 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from ezpool import Options, Pool
-from ezpool.options import NOT_GIVEN
+from ezpool import Options, Pool, PoolExecutor
+from ezpool.options import (
+    OPTIONS,
+    DistributedOptions,
+    ImapOptions,
+    MapOptions,
+    ParallelOptions,
+    PoolOptions,
+    SerialOptions,
+)
 from tests import _helpers as h
 from tests.conftest import REPO_ROOT
 
 SAMPLE = textwrap.dedent(
     """
-    from ezpool import BaseWorker, Pool
+    from ezpool import BaseWorker, Pool, PoolExecutor
 
 
     def fib(n: int) -> int:
@@ -38,9 +46,12 @@ SAMPLE = textwrap.dedent(
         reveal_type(pool.pmap(fib, range(5), ncpu=2)[3])
         reveal_type(pool.dmap(FibWorker, range(5))[3])
         reveal_type(results.errors)
-        pool.smap(fib, range(5), timout=3)
-        pool.smap(fib, range(5), timeout="3")
+        pool.pmap(fib, range(5), timout=3)
+        pool.pmap(fib, range(5), timeout="3")
+        pool.pmap(fib, range(5), workers="PYRO:worker@localhost:21000")
+        pool.dmap(fib, range(5), ncpu=2)
         Pool(progres=False)
+        PoolExecutor("parallel", timout=2)
     """
 )
 
@@ -53,10 +64,14 @@ EXPECTED = [
     # takes the class for a function returning an instance.
     ("FibWorker, range(5))[3]", ('Revealed type is "Any"', 'Revealed type is "sample.FibWorker"')),
     ("results.errors", 'Revealed type is "dict[Any, BaseException]"'),
-    ("timout=3", 'error: Unexpected keyword argument "timout" for "smap" of "Pool"; did you mean "timeout"?'),
-    ('timeout="3"', 'error: Argument "timeout" to "smap" of "Pool" has incompatible type "str"; '
+    ("timout=3", 'error: Unexpected keyword argument "timout" for "pmap" of "Pool"; did you mean "timeout"?'),
+    ('timeout="3"', 'error: Argument "timeout" to "pmap" of "Pool" has incompatible type "str"; '
                     'expected "float | None"'),
+    # An option of another mode is a type error too: pmap has no workers, dmap no ncpu.
+    ("workers=", 'error: Unexpected keyword argument "workers" for "pmap" of "Pool"'),
+    ("dmap(fib, range(5), ncpu=2", 'error: Unexpected keyword argument "ncpu" for "dmap" of "Pool"'),
     ("progres=", 'error: Unexpected keyword argument "progres" for "Pool"; did you mean "progress"?'),
+    ("timout=2", 'error: Unexpected keyword argument "timout" for "PoolExecutor"; did you mean "timeout"?'),
 ]
 
 
@@ -65,7 +80,17 @@ def _line_of(snippet: str) -> int:
     return number
 
 
-PUBLIC = [Pool.__init__, Pool.map, Pool.smap, Pool.pmap, Pool.dmap, Pool.imap, Pool.executor]
+#: Each method, and the options it takes beside its own parameters.
+PUBLIC = {
+    Pool.__init__: PoolOptions,
+    Pool.map: MapOptions,
+    Pool.smap: SerialOptions,
+    Pool.pmap: ParallelOptions,
+    Pool.dmap: DistributedOptions,
+    Pool.imap: ImapOptions,
+    Pool.executor: PoolOptions,
+    PoolExecutor.__init__: PoolOptions,
+}
 
 
 @pytest.mark.timeout(120)
@@ -93,16 +118,39 @@ def test_mypy_sees_the_value_type_and_catches_a_misspelt_option(tmp_path: Path) 
     assert done.returncode == 1
 
 
-@pytest.mark.parametrize("method", PUBLIC, ids=lambda method: method.__name__)
-def test_every_option_is_a_keyword_parameter_that_defaults_to_not_given(method) -> None:
+@pytest.mark.parametrize("method", list(PUBLIC), ids=lambda method: method.__qualname__)
+def test_each_method_takes_its_modes_options_and_lists_them_in_its_help(method) -> None:
+    group = PUBLIC[method]
     parameters = inspect.signature(method).parameters
-    for name in Options.__slots__:
-        parameter = parameters.get(name)
-        assert parameter is not None, f"{method.__name__} has no parameter {name}"
-        if name in ("ncpu", "workers") and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
-            assert parameter.default is None  # positional, where None means "not given"
-        else:
-            assert parameter.kind is parameter.KEYWORD_ONLY and parameter.default is NOT_GIVEN, parameter
+    options = [p for p in parameters.values() if p.kind is p.VAR_KEYWORD]
+    assert [p.annotation for p in options] == [f"Unpack[{group.__name__}]"]
+    named = set(parameters) & set(OPTIONS)  # ncpu, workers: parameters of their own
+    assert named.isdisjoint(group.__annotations__)
+    if group is PoolOptions:  # every option: Options lists them all
+        assert set(group.__annotations__) == set(OPTIONS)
+    else:
+        for name in group.__annotations__:
+            assert f"\n    {name}: " in (method.__doc__ or ""), f"{method.__qualname__} does not list {name}"
+
+
+def test_every_option_is_written_once_with_its_default_and_its_meaning() -> None:
+    assert list(Options.__slots__) == list(OPTIONS)
+    for name, option in OPTIONS.items():
+        assert getattr(Options(), name) == option.default
+        assert option.meaning and "\n" not in option.meaning
+    # Every mode's options are those of map, and only those, with ncpu and workers.
+    modes = set(SerialOptions.__annotations__) | set(ParallelOptions.__annotations__)
+    assert modes | set(DistributedOptions.__annotations__) == set(MapOptions.__annotations__)
+
+
+@pytest.mark.timeout(60)
+def test_help_of_pmap_fits_on_a_screen_and_names_what_pmap_takes() -> None:
+    import pydoc
+
+    text = pydoc.render_doc(Pool.pmap, renderer=pydoc.plaintext).splitlines()
+    assert len(text) <= 60 and max(map(len, text)) <= 200
+    assert any(line.strip().startswith("timeout:") for line in text)
+    assert not any(line.strip().startswith(("workers:", "heartbeat:", "hmac_key:")) for line in text)
 
 
 @pytest.mark.timeout(30)

@@ -187,12 +187,14 @@ class Feed(Sequence[Any]):
     which travel to workers as three numbers.
     """
 
-    def __init__(self, tasks: Iterable[Any], limit: int, lookup: Optional[Lookup] = None) -> None:
+    def __init__(
+        self, tasks: Union[Iterable[Any], Live], limit: int, lookup: Optional[Lookup] = None
+    ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be positive, got {limit!r}")
         self._range = tasks if type(tasks) is range else None
         self.live = tasks if isinstance(tasks, Live) else None
-        self._source: Iterator[Any] = iter(()) if self.live is not None else iter(tasks)
+        self._source: Iterator[Any] = iter(()) if isinstance(tasks, Live) else iter(tasks)
         self._starts: list[int] = []  # first positions of the blocks held, ascending
         self._blocks: dict[int, Sequence[Any]] = {}  # first position -> the tasks read together
         self._unreleased: dict[int, int] = {}  # first position -> how many are not released yet

@@ -21,7 +21,7 @@ import Pyro4.errors
 
 from .._core.logs import get_logger
 from ..errors import AuthenticationError, WorkerUnavailable
-from .client import Connection
+from .client import Connection, ConnectionRefused
 from .names import NS_PORT, NameServer, NameServerProcess, name_server_uri, resolve
 from .server import Server, configure_worker_process
 
@@ -29,6 +29,9 @@ logger = get_logger(__name__)
 
 __all__ = [
     "CommunicationError",
+    "ConnectionRefused",
+    "DaemonError",
+    "NothingListens",
     "ConnectionClosed",
     "PyroTimeout",
     "PyroError",
@@ -48,6 +51,8 @@ CommunicationError = Pyro4.errors.CommunicationError
 ConnectionClosed = Pyro4.errors.ConnectionClosedError
 PyroTimeout = Pyro4.errors.TimeoutError
 PyroError = Pyro4.errors.PyroError
+#: What a daemon answers a call to an object it does not serve.
+DaemonError = Pyro4.errors.DaemonError
 
 def parse_uri(text: Any) -> Any:
     """Check a worker URI (``PYRO:name@host:port`` or ``PYRONAME:name[@ns_host:port]``).
@@ -67,21 +72,30 @@ def parse_uri(text: Any) -> Any:
     return uri
 
 
+class NothingListens(WorkerUnavailable):
+    """Nothing accepts connections at a worker's address: no worker runs there."""
+
+
 def translate(exc: BaseException, uri: str, what: str = "worker") -> Exception:
-    """Turn a Pyro4 error into EzPool's own, naming the ``what`` (worker, name server) at ``uri``."""
-    text = str(exc)
-    if "hmac" in text.lower():
-        if "not symmetric" in text:
-            return AuthenticationError(
-                f"{what} {uri} and this client disagree on having an HMAC key: one side has "
-                "none; set the same EZPOOL_HMAC_KEY (or hmac_key=) on both"
-            )
-        return AuthenticationError(f"{what} {uri} rejected this client's HMAC key: the key is wrong")
-    if "refused" in text.lower():
-        return WorkerUnavailable(
+    """Turn a Pyro4 error into EzPool's own, naming the ``what`` (worker, name server) at ``uri``.
+
+    Told apart by type, never by text: Pyro4 attaches the message it refused to the
+    ``SecurityError`` it raises for an HMAC it cannot verify, and the message says
+    which side had a key (``_pyro.client`` raises ``ConnectionRefused`` itself).
+    """
+    refused = getattr(exc, "pyroMsg", None)
+    if isinstance(exc, Pyro4.errors.SecurityError) and refused is not None:
+        if "HMAC" in refused.annotations and refused.hmac_key:
+            return AuthenticationError(f"{what} {uri} rejected this client's HMAC key: the key is wrong")
+        return AuthenticationError(
+            f"{what} {uri} and this client disagree on having an HMAC key: one side has "
+            "none; set the same EZPOOL_HMAC_KEY (or hmac_key=) on both"
+        )
+    if isinstance(exc, ConnectionRefused):
+        return NothingListens(
             f"{what} {uri} cannot be reached: connection refused. Check that it runs, "
             "that it listens on an address this machine can reach (python -m ezpool.serve "
             "listens on 127.0.0.1 unless given --host), that both sides use the same key, "
             "and that no firewall blocks the port"
         )
-    return WorkerUnavailable(f"{what} {uri} cannot be reached: {text}")
+    return WorkerUnavailable(f"{what} {uri} cannot be reached: {exc}")

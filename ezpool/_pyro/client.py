@@ -44,9 +44,13 @@ from ..security import same, sign
 
 logger = get_logger(__name__)
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "ConnectionRefused"]
 
 _SERIALIZER = "marshal"
+
+
+class ConnectionRefused(Pyro4.errors.CommunicationError):
+    """Nothing accepts connections at the address (the system refused the connection)."""
 
 
 class Connection:
@@ -307,6 +311,8 @@ def _hung_up(sock: Optional[socket.socket]) -> bool:
 def _connect_socket(uri: Any, timeout: Optional[float], tls: Optional[ssl.SSLContext]) -> socket.socket:
     try:
         sock = socket.create_connection((uri.host, uri.port), timeout)
+    except ConnectionRefusedError as exc:
+        raise ConnectionRefused(f"cannot connect to {uri.host}:{uri.port}: {exc}") from None
     except OSError as exc:
         raise Pyro4.errors.CommunicationError(f"cannot connect to {uri.host}:{uri.port}: {exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -28,6 +28,7 @@ import Pyro4.errors
 import Pyro4.socketutil
 
 from .._core.logs import get_logger
+from .._core.records import Status
 from ..security import same, sign
 
 logger = get_logger(__name__)
@@ -268,10 +269,10 @@ class ExposedServant:
         return result, sign(self._key, session.nonce, counter, "reply", result)
 
     def _run_chunk(self, connection: Any, *args: Any) -> Any:
-        # args: identity, fid, first, count, payloads, timeout[, capture_level]
+        # args: a ChunkCall as it travels (ezpool._core.records)
         gone = functools.partial(_peer_closed, connection)
         status, reply = self._servant.run_chunk(*args, client_gone=gone)
-        if status == "drop":  # a fault a test asked for: hang up without an answer
+        if status == Status.GONE.value:  # the servant has no answer: hang up
             _hang_up(connection)
         return status, reply
 

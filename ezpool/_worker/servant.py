@@ -57,16 +57,17 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional, cast
 
 from .._core.logs import get_logger
-from .._core.records import ChunkOutcome, ExceptionRecord, GroupTimes, TaskOutput
+from .._core.records import ChunkCall, ChunkOutcome, ExceptionRecord, GroupTimes, Status, TaskOutput
 from .._core.serialization import capture, dumps, loads_tasks
 from .._core.shipping import fingerprint, unpack
 from ..errors import TaskTimeout
 from ..worker import BaseWorker
+from .faults import NO_FAULTS, Faults
 from .running import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 
 logger = get_logger(__name__)
 
-__all__ = ["Servant", "served_name", "Faults", "GENERIC"]
+__all__ = ["Servant", "served_name", "GENERIC"]
 
 #: What a generic worker says it serves: whatever a client sends.
 GENERIC = "*"
@@ -105,31 +106,6 @@ def _is_worker_class(target: Any) -> bool:
     return isinstance(target, type) and issubclass(target, BaseWorker)
 
 
-class Faults:
-    """Failures a test can ask a worker to show, read by ``serve`` from its environment only.
-
-    ``EZPOOL_TEST_FAULTS="drop_reply=3"`` makes the third ``run_chunk`` run its
-    chunk and then hang up instead of answering; ``python=3.0.1`` (or
-    ``cloudpickle=``, ``ezpool=``) makes ``hello`` report that version. Clients
-    cannot reach this.
-    """
-
-    _VERSIONS = ("python", "cloudpickle", "ezpool")
-
-    def __init__(self, text: str = "") -> None:
-        self.drop_reply: set[int] = set()
-        self.versions: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in text.split(","))):
-            name, _, value = item.partition("=")
-            if name == "drop_reply" and value.isdigit():
-                self.drop_reply.add(int(value))
-            elif name in self._VERSIONS and value:
-                self.versions[name] = value
-            else:
-                known = "drop_reply=N, python=, cloudpickle=, ezpool="
-                raise ValueError(f"unknown fault {item!r} (known: {known})")
-
-
 class _Job:
     """One chunk, run by the request's thread or handed to the runner thread, and what
     it has done so far."""
@@ -165,7 +141,7 @@ class Servant:
         self,
         target: Any = None,
         on_restart: Optional[Callable[[], None]] = None,
-        faults: Optional[Faults] = None,
+        faults: Faults = NO_FAULTS,
     ) -> None:
         """``target``: a ``BaseWorker`` instance or a function to serve; ``None``: run what clients send."""
         self.identity = secrets.token_hex(16)
@@ -179,7 +155,7 @@ class Servant:
         self._functions: collections.OrderedDict[str, Callable[..., Any]] = collections.OrderedDict()
         self._instances: dict[str, BaseWorker] = {}  # BaseWorker instances this process set up
         self._on_restart = on_restart
-        self._faults = faults or Faults()
+        self._faults = faults
         self._calls = 0
         self._lock = threading.Condition()
         self._job: Optional[_Job] = None  # the chunk the runner holds, guarded by _lock
@@ -204,9 +180,8 @@ class Servant:
             "python": platform.python_version(),
             "cloudpickle": cloudpickle.__version__,
             "ezpool": __version__,
-            **self._faults.versions,
         }
-        return {
+        info = {
             "identity": self.identity,
             "serves": self._name,
             "fingerprint": self._fingerprint,
@@ -216,26 +191,27 @@ class Servant:
             "platform": sys.platform,
             **versions,
         }
+        return dict(self._faults.at("hello", info))
 
     def load(self, fid: str, blob: bytes) -> tuple[str, bytes]:
         """Keep the function in a shipment under ``fid``; ``("error", record)`` if it cannot load."""
         if self._pinned:
-            return "error", dumps(capture(TypeError(f"this worker serves only {self._name!r}")))
+            return Status.ERROR.value, dumps(capture(TypeError(f"this worker serves only {self._name!r}")))
         with self._lock:
             if fid in self._functions:
                 self._functions.move_to_end(fid)
-                return "ok", b""
+                return Status.OK.value, b""
         try:
             target = unpack(blob)
             run = self._prepare(fid, target)
         except BaseException as exc:
-            return "error", dumps(capture(exc))
+            return Status.ERROR.value, dumps(capture(exc))
         with self._lock:
             self._functions[fid] = run
             while len(self._functions) > FUNCTIONS_KEPT:
                 old, _ = self._functions.popitem(last=False)
                 self._retire(old)
-        return "ok", b""
+        return Status.OK.value, b""
 
     def close(self) -> None:
         """Tear down every ``BaseWorker`` this process set up for clients."""
@@ -271,35 +247,31 @@ class Servant:
         """Whether a chunk is running now."""
         return self._job is not None
 
-    def run_chunk(
-        self,
-        identity: str,
-        fid: str,
-        first: int,
-        count: int,
-        payloads: list[bytes],
-        timeout: Optional[float],
-        capture_level: Optional[int] = None,
-        client_gone: Optional[ClientGone] = None,
-    ) -> tuple[str, bytes]:
-        """Run a chunk for the client that checked this process; see the module docstring.
+    def run_chunk(self, *wire: Any, client_gone: Optional[ClientGone] = None) -> tuple[str, bytes]:
+        """Run a chunk for the client that checked this process: ``wire`` is a
+        ``ChunkCall`` as it travels; the answer is a ``Status`` (its text) and a reply
+        (see the module docstring).
 
         ``client_gone(seconds, wake)`` says whether the client has hung up, waiting up
         to ``seconds`` for it to, or for the file ``wake`` to become readable (the
         runner writes to it when a chunk is done); without it, the client never goes.
         """
-        client_gone = client_gone or _stays
-        if identity != self.identity:
-            return "wrong-worker", self.identity.encode()
-        if capture_level is not None and type(capture_level) is not int:
-            error = TypeError(f"capture_level must be a log level or None, got {capture_level!r}")
-            return "ok", pack_chunk(first, failed_chunk(count, capture(error)))
-        run = self._run if self._pinned else self._functions.get(fid)
+        status, reply = self._run_call(ChunkCall(*wire), client_gone or _stays)
+        return status.value, reply
+
+    def _run_call(self, call: ChunkCall, client_gone: ClientGone) -> tuple[Status, bytes]:
+        if call.identity != self.identity:
+            return Status.WRONG_WORKER, self.identity.encode()
+        first, count = call.first, call.size
+        if call.level is not None and type(call.level) is not int:
+            error = TypeError(f"capture_level must be a log level or None, got {call.level!r}")
+            return Status.OK, pack_chunk(first, failed_chunk(count, capture(error)))
+        run = self._run if self._pinned else self._functions.get(call.fid)
         if run is None:
-            return "need-function", b""
+            return Status.NEED_FUNCTION, b""
         with self._lock:
             self._calls += 1
-            call = self._calls
+            number = self._calls
             # A client may have sent this chunk behind another and hung up since: it
             # would never read the answer, so nothing runs.
             while not client_gone(0.0, None):
@@ -307,25 +279,26 @@ class Servant:
                     break
                 self._lock.wait(_WATCH_EVERY)
             else:
-                return "gone", b""
+                return Status.GONE, b""
             if self._restarting:
-                return "restarting", b""
+                return Status.RESTARTING, b""
             try:
-                tasks = loads_tasks(payloads)
+                tasks = loads_tasks(call.payloads)
             except BaseException as exc:
-                return "ok", pack_chunk(first, failed_chunk(count, capture(exc)))
-            job = self._job = _Job(run, tasks, first, capture_level, exact=timeout is not None)
+                return Status.OK, pack_chunk(first, failed_chunk(count, capture(exc)))
+            job = self._job = _Job(run, tasks, first, call.level, exact=call.timeout is not None)
             if job.exact:
                 self._lock.notify_all()  # for the runner
-        if timeout is None:
+        if call.timeout is None:
             outcome = self._run_here(job, client_gone)
         else:
-            outcome = self._watch(job, timeout, client_gone)
-        if call in self._faults.drop_reply:
-            logger.warning("fault injected: hanging up instead of answering call %d", call)
-            return "drop", b""
-        ran = len(outcome[0])  # a timed-out chunk answers for fewer tasks than the runner holds
-        return "ok", pack_chunk(first, outcome, {k: v for k, v in list(job.outputs.items()) if k < ran})
+            outcome = self._watch(job, call.timeout, client_gone)
+        ran = len(outcome.values)  # a timed-out chunk answers for fewer tasks than the runner holds
+        reply = pack_chunk(first, outcome, {k: v for k, v in list(job.outputs.items()) if k < ran})
+        if self._faults.at("reply", reply, call=number) is None:
+            logger.warning("fault injected: hanging up instead of answering call %d", number)
+            return Status.GONE, b""
+        return Status.OK, reply
 
     def _run_here(self, job: _Job, client_gone: ClientGone) -> ChunkOutcome:
         """Run a chunk without a timeout in this, the request's thread.

@@ -1,10 +1,10 @@
 """``PoolExecutor``: a ``concurrent.futures.Executor`` that runs on an EzPool pool of any mode.
 
-How calls flow (one stream per executor, run by one dispatcher thread)::
+How calls flow (one stream per executor, run by one thread of its own)::
 
-    caller threads                   dispatcher thread                 where the mode runs tasks
+    caller threads                   the stream's thread               where the mode runs tasks
     ──────────────                   ─────────────────                 ─────────────────────────
-    submit(fn, *a) ─ (future, task) ─▶ Live ─ take ─▶ Pool stream
+    submit(fn, *a) ─ (future, task) ─▶ Live ─ take ─▶ the stream
     map(fn, *its) ── MapCalls ───────▶ (admit: skip cancelled futures; ── chunks ──▶ run_task:
                                         cut a map into slices)                    each call
     future.result() ◀─ set_result ◀── settle a whole batch at once;   ◀── (values, errors) a task
@@ -19,7 +19,8 @@ as ``__cause__``. A task whose worker dies gets ``WorkerCrashed`` (a slice of se
 calls is first split and its calls retried alone); the executor goes on. A failure
 of the stream itself (no worker can be reached) fails the calls taken and waiting;
 the next ``submit`` starts a new stream. What waits, what was taken and where each
-outcome goes is ``dispatch``; what runs on the workers is ``calls``.
+outcome goes is ``_submitted``; what runs on the workers is ``_calls``; the stream
+is the one every call of a pool goes through (``ezpool._core.stream``).
 """
 
 from __future__ import annotations
@@ -31,15 +32,25 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
+from .. import _backends as backends
 from .._core.logs import get_logger
 from ..options import Options
 from ._calls import Code, unwrap
-from ._submitted import Calls, Dispatcher, MapCalls, MapRun
+from ._submitted import Calls, MapCalls, MapRun, Submitted
 
 if TYPE_CHECKING:
-    from ..pool import Pool
+    from typing_extensions import Unpack
+
+    from ..options import PoolOptions
+
+
+class _HasOptions(Protocol):
+    """What ``PoolExecutor.of`` reads of a pool: its mode and its options."""
+
+    mode: str
+    options: Options
 
 logger = get_logger(__name__)
 
@@ -61,15 +72,15 @@ class PoolExecutor(concurrent.futures.Executor):
     is checked in every mode and used by the parallel one. Other keyword options
     are the ``Pool``'s (``timeout``, ``max_attempts``, ``hmac_key``, ...); a
     progress bar is off unless asked for. ``Pool.executor()`` makes one with a
-    pool's mode and options. The executor has a pool of its own, started by the
-    constructor (which returns once its processes or workers are up) and stopped by
+    pool's mode and options. The executor has processes or workers of its own,
+    started by the constructor (which returns once they are up) and stopped by
     ``shutdown`` (or at interpreter exit, once the calls submitted have run); use
     it as a context manager.
     """
 
-    def __init__(self, mode: str = "parallel", max_workers: Optional[int] = None, **options: Any) -> None:
-        from ..pool import Pool
-
+    def __init__(
+        self, mode: str = "parallel", max_workers: Optional[int] = None, **options: Unpack[PoolOptions]
+    ) -> None:
         if max_workers is not None:
             if isinstance(max_workers, bool) or not isinstance(max_workers, int):
                 raise TypeError(f"max_workers must be a positive integer or None, got {max_workers!r}")
@@ -78,31 +89,29 @@ class PoolExecutor(concurrent.futures.Executor):
             if mode == "parallel":
                 options.setdefault("ncpu", max_workers)
         options.setdefault("progress", False)
-        pool = Pool(mode, **options)
-        overrides = {} if pool.options.buffersize else {"buffersize": _HELD}
-        self._dispatcher = Dispatcher(pool, overrides)
+        settings = Options(**options)
+        if settings.buffersize is None:
+            settings = settings.replace(buffersize=_HELD)
+        self._submitted = Submitted(backends.check_mode(mode), settings)
         self._max_workers = max_workers
         # Where workers cannot import what this process can, functions travel by value.
-        self._by_value = pool.mode == "distributed"
+        self._by_value = mode == "distributed"
         self._shipped: dict[int, tuple[weakref.ref[Any], Code]] = {}  # id(fn) -> fn, its Code
         # Collected unused: let the stream end, which stops the pool. At exit: finish first.
-        weakref.finalize(self, self._dispatcher.close, False).atexit = False  # _finish does that
-        _at_exit(functools.partial(_finish, weakref.ref(self._dispatcher), os.getpid()))
+        weakref.finalize(self, self._submitted.close, False).atexit = False  # _finish does that
+        _at_exit(functools.partial(_finish, weakref.ref(self._submitted), os.getpid()))
         # Start the pool's processes or workers now; the first calls then start at once.
-        self._dispatcher.start()
-        self._dispatcher.live.reading.wait(_READY)
+        self._submitted.start()
+        self._submitted.live.reading.wait(_READY)
 
     @classmethod
-    def of(cls, pool: Pool, **overrides: Any) -> PoolExecutor:
+    def of(cls, pool: _HasOptions, **overrides: Unpack[PoolOptions]) -> PoolExecutor:
         """An executor with ``pool``'s mode and options (its own processes and connections)."""
-        settings = pool.options
-        options = {name: getattr(settings, name) for name in Options.__slots__}
-        options.update(overrides)
-        return cls(pool.mode, **options)
+        return cls(pool.mode, **{**pool.options.values(), **overrides})
 
     @property
     def mode(self) -> str:
-        return self._dispatcher.pool.mode
+        return self._submitted.mode
 
     # --- the Executor protocol ---------------------------------------------------------
 
@@ -112,7 +121,7 @@ class PoolExecutor(concurrent.futures.Executor):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._dispatcher.put(((future, (self._sendable(fn), args, kwargs or False)),))
+        self._submitted.put(((future, (self._sendable(fn), args, kwargs or False)),))
         return future
 
     def map(
@@ -153,17 +162,17 @@ class PoolExecutor(concurrent.futures.Executor):
         run = MapRun()
         sent = self._sendable(fn)
         if first:
-            self._dispatcher.put((MapCalls(run, sent, 0, first, how),))
+            self._submitted.put((MapCalls(run, sent, 0, first, how),))
         more = calls if buffersize is not None else None
         return self._results(run, sent, how, len(first), more, buffersize, deadline)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no more calls; those submitted still run (unless ``cancel_futures`` cancels
         the ones not started), then the pool stops. ``wait`` waits for all that."""
-        self._dispatcher.close(wait, cancel_futures)
+        self._submitted.close(wait, cancel_futures)
 
     def __repr__(self) -> str:
-        state = "shut down" if self._dispatcher.live.closed else "open"
+        state = "shut down" if self._submitted.live.closed else "open"
         return f"PoolExecutor(mode={self.mode!r}, {state})"
 
     # --- helpers -------------------------------------------------------------------------
@@ -187,10 +196,10 @@ class PoolExecutor(concurrent.futures.Executor):
                 for offset in range(len(values)):
                     if more is not None and buffersize is not None:
                         consumed = index - len(values)
-                        if submitted - consumed <= buffersize // 2 and not self._dispatcher.live.closed:
+                        if submitted - consumed <= buffersize // 2 and not self._submitted.live.closed:
                             extra = _take(more, consumed + buffersize - submitted)
                             if extra:
-                                self._dispatcher.put((MapCalls(run, sent, submitted, extra, how),))
+                                self._submitted.put((MapCalls(run, sent, submitted, extra, how),))
                                 submitted += len(extra)
                     if errors is not None and offset in errors:
                         values.clear()
@@ -243,7 +252,7 @@ def _at_exit(hook: Callable[[], None]) -> None:
         atexit.register(hook)
 
 
-def _finish(ref: weakref.ref[Dispatcher], pid: int) -> None:
+def _finish(ref: weakref.ref[Submitted], pid: int) -> None:
     """At exit: let the executor finish its calls and stop its pool. Not in a process
     forked from the one that made it (a worker), which has a copy and no thread."""
     dispatcher = ref()

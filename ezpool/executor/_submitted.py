@@ -12,20 +12,20 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union, cast
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
+from .. import _backends as backends
 from .._core.feed import Live
 from .._core.logs import get_logger
 from .._core.records import Batch
+from .._core.stream import open_feed, open_sweep, stream
+from ..options import Options
 from ._calls import run_in_context, run_task, unwrap
-
-if TYPE_CHECKING:
-    from ..pool import Pool
 
 logger = get_logger(__name__)
 
-__all__ = ["Dispatcher", "MapRun", "MapCalls", "Calls", "Errors"]
+__all__ = ["Submitted", "MapRun", "MapCalls", "Calls", "Errors"]
 
 #: About how long one slice of a ``map`` should run, judged from the calls measured so far.
 SLICE_SECONDS = 0.001
@@ -118,22 +118,24 @@ class Again:
 Target = Union["concurrent.futures.Future[Any]", MapRun]
 
 
-class Dispatcher:
-    """The stream of one executor and the thread that runs it.
+class Submitted:
+    """What an executor was given to run, the stream that runs it, and that stream's thread.
 
     The executor object itself is not referenced from here, so that an executor
     nobody holds is collected (and its stream closed) like a ``ThreadPoolExecutor``.
-    ``taken`` is touched only by the thread that runs the stream.
+    ``taken`` is touched only by the thread that runs the stream. The backend lives
+    as long as this, and is closed with it.
     """
 
-    def __init__(self, pool: Pool, overrides: dict[str, Any]) -> None:
-        self.pool = pool
-        self.overrides = overrides
+    def __init__(self, mode: str, options: Options) -> None:
+        self.mode = mode
+        self.options = options
+        self.backend = backends.create(mode)
         self.live = Live(admit=self.admit)
         self.lock = threading.Lock()  # guards thread, and put against close
         self.thread: Optional[threading.Thread] = None
         self.taken: dict[int, tuple[Any, Target, int]] = {}  # id(task) -> task, target, first
-        self.remote = pool.mode != "serial"
+        self.remote = mode != "serial"
 
     def put(self, entries: Sequence[Any]) -> None:
         with self.lock:
@@ -162,7 +164,7 @@ class Dispatcher:
             thread = self.thread
         self.cancel(waiting)  # (outside the lock: a future's callbacks may run here)
         if thread is None:
-            self.pool.shutdown()
+            self.backend.close()
         elif wait and thread is not threading.current_thread():
             thread.join()
 
@@ -204,17 +206,7 @@ class Dispatcher:
         """Run the stream; after a failure, run a new one for the calls still waiting."""
         while True:
             try:
-                source = cast(Iterable[Any], self.live)
-                # With a context, the pool gives it to each task: run_in_context passes it on.
-                runner = run_task if self.pool.options.context is None else run_in_context
-                feed, batches = self.pool._open_stream(runner, source, self.overrides, eager=True)
-                try:
-                    for tasks, batch in batches:
-                        self.settle(tasks, batch)
-                        feed.release(batch.start, batch.start + len(tasks))
-                        del tasks, batch  # hold no call's arguments or values while waiting
-                finally:
-                    batches.close()
+                self.run_stream()
             except BaseException as exc:  # the stream itself failed
                 logger.warning("the executor's stream of tasks failed: %r", exc)
                 self.fail_taken(exc)
@@ -225,8 +217,28 @@ class Dispatcher:
                     finished = self.live.closed
                     break
         if finished:
-            self.pool.shutdown()
-            logger.debug("executor's pool shut down: %r", self.pool)
+            self.backend.close()
+            logger.debug("the executor's %s backend is closed", self.mode)
+
+    def run_stream(self) -> None:
+        """One stream over what waits, until the source is closed and drained."""
+        # With a context, the stream gives it to each task: run_in_context passes it on.
+        runner = run_task if self.options.context is None else run_in_context
+        sweep = open_sweep(self.options, runner)
+        try:
+            feed = open_feed(self.live, self.options.buffersize, sweep)
+            batches = stream(self.backend, runner, feed, self.options, sweep, eager=True)
+            try:
+                for batch in batches:
+                    stop = batch.start + len(batch.values)
+                    self.settle(feed[batch.start : stop], batch)
+                    feed.release(batch.start, stop)
+                    del batch  # hold no call's arguments or values while waiting
+            finally:
+                batches.close()
+        finally:
+            if sweep is not None:
+                sweep.close()
 
     def settle(self, tasks: Sequence[Any], batch: Batch) -> None:
         """Hand a batch's outcomes on: futures one by one, each map's slices at once."""

@@ -183,10 +183,23 @@ def _use_wal(db: sqlite3.Connection) -> None:
             db.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "database is locked" not in str(exc) or time.monotonic() + pause > deadline:
+            if not _busy(exc) or time.monotonic() + pause > deadline:
                 raise
         time.sleep(pause)
         pause = min(2 * pause, 0.05)
+
+
+#: SQLite's result code for a lock held by another connection (``SQLITE_BUSY``).
+_SQLITE_BUSY = 5
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused for a lock another connection holds. Python 3.11 and later
+    give the result code; before, the message is all SQLite's module says."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == _SQLITE_BUSY)
+    return str(exc) == "database is locked"  # pragma: no cover - Python 3.9 and 3.10
 
 
 def _check_schema(db: sqlite3.Connection, path: str, readonly: bool) -> None:

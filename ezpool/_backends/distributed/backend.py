@@ -57,12 +57,13 @@ from ..._worker.servant import GENERIC
 from ...errors import AuthenticationError, WorkerUnavailable
 from ...options import DEFAULT_WORKER, Options
 from ..base import Backend
-from .call import Call, held_at_once
+from .call import Call
 from .connect import can_start, fits, hello, may_start, name_of, not_started, start_worker, version_table
 from .crew import Crew
 from .drivers import PushDriver, Target
 from .links import Link, LinkEvent, State
 from .watch import Watcher
+from .work import Work, held_at_once
 
 logger = get_logger(__name__)
 
@@ -127,9 +128,10 @@ class DistributedBackend(Backend):
                 link.pinger.timeout = options.heartbeat
         if self._watcher is None:
             self._watcher = Watcher(lambda: list(self._links.values()))
-        call = Call(tasks, pending, options, self._crew)
+        work = Work(tasks, pending, options)
+        call = Call(work, self._crew)
         for link in links:
-            call.add(PushDriver(call, link, target, self._restart))
+            call.add(PushDriver(work, link, target, self._restart))
         try:
             yield from call.batches()
         finally:
@@ -210,11 +212,11 @@ class DistributedBackend(Backend):
         whether that error must stop the call (a wrong key, a wrong worker, a bug)."""
         try:
             info = hello(link)
+        except AuthenticationError as exc:
+            return exc, True
         except WorkerUnavailable as exc:
-            if isinstance(exc, AuthenticationError):
-                return exc, True
             if not may_start(link, spawn):
-                refused = can_start(link) and spawn is None and "refused" in str(exc)
+                refused = can_start(link) and spawn is None and isinstance(exc, _pyro.NothingListens)
                 return (not_started(link) if refused else exc), False
             try:
                 info = self._start(link)

@@ -13,8 +13,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ... import _pyro
 from ..._core.logs import get_logger
@@ -74,7 +75,7 @@ def hello(link: Link, timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
             logger.debug("worker %s closed the connection of its check (%s); asking again", link.text, exc)
             time.sleep(0.2 * attempt)
         except _pyro.PyroError as exc:
-            if "unknown object" in str(exc):
+            if isinstance(exc, _pyro.DaemonError):  # no object of that name there
                 raise WorkerUnavailable(_wrong_name(link, timeout)) from None
             raise _pyro.translate(exc, link.text) from None
     if not isinstance(info, dict) or not info.get("identity"):
@@ -153,6 +154,45 @@ def fits(info: dict[str, Any], name: str, code: str) -> Optional[str]:
             "worker started?): restart it"
         )
     return None
+
+
+def unfit_for(info: dict[str, Any], name: str, code: str) -> str:
+    """Why the worker that said ``info`` may not run ``name`` (whose fingerprint is
+    ``code``), its versions included ("" if it may)."""
+    refusal, _ = version_table(info, info.get("serves") == GENERIC)
+    return fits(info, name, code) or refusal or ""
+
+
+def rejoin(
+    link: Link, name: str, code: str, restart: Callable[[Link], bool], finished: Callable[[], bool],
+    stop: threading.Event,
+) -> bool:
+    """Check a lost worker again and again, until it may run ``name`` again (whether it
+    does), the work is ``finished`` or the call stops; ``restart`` starts again a
+    worker the pool started, if its process died."""
+    pause = min(1.0, link.heartbeat / 2)
+    wrong = ""
+    while not (stop.is_set() or finished()):
+        if restart(link):
+            return True
+        try:
+            info = hello(link, max(pause, 0.5))
+        except Exception as exc:
+            logger.debug("worker %s still does not answer: %s", link.text, exc)
+        else:
+            unfit = unfit_for(info, name, code)
+            if not unfit:
+                replaced = info["identity"] != link.identity
+                link.admit(info)
+                logger.warning("worker %s answers again%s; it gets work again",
+                               link.text, " (a new process)" if replaced else "")
+                return True
+            if unfit != wrong:
+                wrong = unfit
+                logger.warning("worker %s answers, but %s; it gets no work", link.text, unfit)
+        if stop.wait(pause):
+            break
+    return False
 
 
 def version_table(info: dict[str, Any], generic: bool) -> tuple[Optional[str], Optional[str]]:

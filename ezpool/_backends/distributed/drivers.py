@@ -1,18 +1,18 @@
 """Drivers: each feeds one worker during a call, from a thread of the pool's crew.
 
-A driver asks its call (``call.Call``) for work and tells it what became of each
-chunk; it does the I/O and nothing else. ``Driver`` is what every driver offers;
-``PushDriver`` is the one for a worker this client dials (a ``PYRO:`` or
+A driver asks its call's ``Work`` (``work``) for chunks and tells it what became of
+each; it does the I/O and nothing else. ``work.Driver`` is what every driver
+offers; ``PushDriver`` is the one for a worker this client dials (a ``PYRO:`` or
 ``PYRONAME:`` address): it sends chunks over the link's connection and, while
 the worker runs one, sends the next behind it (``PIPELINE``)::
 
     PushDriver.run                                    ezpool.serve (Servant)
     ──────────────                                    ──────────────────────
-    call.take() ─▶ load the code if it lacks it ────▶ load(fid, blob)
+    work.take() ─▶ load the code if it lacks it ────▶ load(fid, blob)
                    run_chunk(ChunkCall) ────────────▶ runs it
-    call.take_behind() ─▶ run_chunk(ChunkCall) ─────▶ (waits at the worker)
+    work.take_behind() ─▶ run_chunk(ChunkCall) ─────▶ (waits at the worker)
     receive the first answer ◀──────────────────────  (Status, reply)
-    call.settle(chunk, Answered | Returned | Lost)
+    work.settle(chunk, Answered | Returned | Lost)
 
 A worker takes a connection's calls one at a time, so a chunk sent behind another
 has not started until the one ahead was answered: if the connection breaks, the
@@ -24,10 +24,9 @@ stay as they are.
 
 from __future__ import annotations
 
-import abc
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from ... import _pyro
 from ..._core.chunking import Chunk
@@ -38,15 +37,13 @@ from ..._core.serialization import loads, pickled_size
 from ..._core.shipping import Shipment
 from ..._worker.running import failed_chunk, pack_chunk
 from ..._worker.servant import GENERIC
-from .connect import CONNECT_TIMEOUT, fits, hello, version_table
+from .connect import CONNECT_TIMEOUT, hello, rejoin, unfit_for
 from .links import Link, LinkEvent, State
-
-if TYPE_CHECKING:
-    from .call import Call
+from .work import Driver, Work
 
 logger = get_logger(__name__)
 
-__all__ = ["Driver", "PushDriver", "Target"]
+__all__ = ["PushDriver", "Target"]
 
 #: Bytes of tasks in a first chunk that the caller's thread sends itself: far less than
 #: a socket's buffers hold, so that the send never waits for a worker to read it.
@@ -61,50 +58,6 @@ class Target(NamedTuple):
     shipment: Shipment
 
 
-class Driver(abc.ABC):
-    """Feeds one worker for one call. ``name`` names the worker in results and errors;
-    ``lost_since`` is when it was lost (``None``: it is not), ``reason`` why."""
-
-    name: str
-
-    @property
-    @abc.abstractmethod
-    def lost_since(self) -> Optional[float]: ...
-
-    @property
-    @abc.abstractmethod
-    def reason(self) -> str: ...
-
-    @abc.abstractmethod
-    def run(self) -> None:
-        """Feed the worker until the call's work runs out, settling every chunk it holds
-        before returning, whatever happens; then ``call.exit()``. May run again in the
-        same call (after it left, when work comes back)."""
-
-    def claim_first(self) -> bool:
-        """In the caller's thread, with the call's lock held: take a first chunk to send
-        from there, if this driver can; whether it did."""
-        return False
-
-    def send_first(self) -> bool:
-        """In the caller's thread: send the chunk ``claim_first`` took, if it can go from
-        there without waiting; whether it was tried."""
-        return False
-
-    def send_behind(self) -> bool:
-        """In the caller's thread: send a second chunk behind the first; whether one went."""
-        return False
-
-    def break_off(self) -> None:  # noqa: B027 - a driver without a connection has nothing to break
-        """Stop the worker's current chunk (another copy answered, or the caller left)."""
-
-    def abandon(self) -> None:  # noqa: B027
-        """The caller left before this driver's thread ran: give up what was sent."""
-
-    def left_behind(self) -> None:  # noqa: B027
-        """The call ended while this driver's thread still ran: it keeps what it has."""
-
-
 class _Flight(NamedTuple):
     """A chunk sent to a worker and not answered yet."""
 
@@ -116,8 +69,8 @@ class _Flight(NamedTuple):
 class PushDriver(Driver):
     """Feeds a worker this client dials, over ``link``'s connection."""
 
-    def __init__(self, call: Call, link: Link, target: Target, restart: Callable[[Link], bool]) -> None:
-        self.call = call
+    def __init__(self, work: Work, link: Link, target: Target, restart: Callable[[Link], bool]) -> None:
+        self.work = work
         self.link = link
         self.name = link.text
         self.target = target
@@ -145,8 +98,8 @@ class PushDriver(Driver):
         if not (link.state is State.READY and link.connection is not None and link.connection.idle
                 and (link.serves != GENERIC or fid in link.loaded)):
             return False  # connecting, or loading code, could make the caller's thread wait
-        self._first = self.call.pending.take()
-        self.call.ledger.take(self, self._first, time.monotonic())
+        self._first = self.work.pending.take()
+        self.work.ledger.take(self, self._first, time.monotonic())
         return True
 
     def send_first(self) -> bool:
@@ -167,7 +120,7 @@ class PushDriver(Driver):
     def send_behind(self) -> bool:
         if not self._flight or self.link.state is not State.RUNNING:
             return True  # nothing to send behind here: try the next worker
-        behind = self.call.take_behind(self)
+        behind = self.work.take_behind(self)
         if behind is None:
             return False
         self._launch(behind)
@@ -176,25 +129,25 @@ class PushDriver(Driver):
     # --- its own thread ------------------------------------------------------------------
 
     def run(self) -> None:
-        call, link = self.call, self.link
+        work, link = self.work, self.link
         try:
             self._start()
-            while not call.stop.is_set():
+            while not work.stop.is_set():
                 if not self._flight:
                     if link.state is State.LOST:
                         self._count()  # no one waits for a lost worker to start
                         if not self._rejoin():
                             return
-                    chunk = call.take(self)
+                    chunk = work.take(self)
                     if chunk is None:
                         return
                     self._launch(chunk)
                     self._count()
                     if not self._flight:  # it could not go, and was settled
                         continue
-                if len(self._flight) < call.depth and link.state is State.RUNNING:
-                    call.wait_to_queue(self._flight[0].sent, self._flight[0].chunk)
-                    behind = call.take_behind(self)
+                if len(self._flight) < work.depth and link.state is State.RUNNING:
+                    work.wait_to_queue(self._flight[0].sent, self._flight[0].chunk)
+                    behind = work.take_behind(self)
                     if behind is not None:
                         self._launch(behind)
                 self._land()
@@ -206,13 +159,13 @@ class PushDriver(Driver):
             sent, self._first = bool(self._flight), None
             self._flight.clear()
             if sent:  # the first may have run; those behind it had not started
-                call.lose(self, Lost(f"worker {link.text} was given up ({reason})"))
+                work.lose(self, Lost(f"worker {link.text} was given up ({reason})"))
             else:
-                call.release(self, reason)
+                work.release(self, reason)
             link.on(LinkEvent.FAILED, reason)
         finally:
             self._count()
-            call.exit()
+            work.exit()
 
     def _start(self) -> None:
         """Go on from what the caller's thread did for this worker, if anything."""
@@ -229,10 +182,10 @@ class PushDriver(Driver):
     def _count(self) -> None:
         if not self._counted:
             self._counted = True
-            self.call.started_one()
+            self.work.started_one()
 
     def _settle(self, chunk: Chunk, event: Event, reply: Any = b"", trip: Optional[float] = None) -> None:
-        self.call.settle(self, chunk, event, reply, trip)
+        self.work.settle(self, chunk, event, reply, trip)
 
     def _launch(self, chunk: Chunk) -> None:
         """Send ``chunk``, behind those in flight; settle it at once if it cannot go.
@@ -261,7 +214,7 @@ class PushDriver(Driver):
         assert connection is not None
         payloads = [b"".join(parts) for parts in chunk.payloads]
         call = ChunkCall(self.link.identity, self.target.shipment.fid, chunk.start, chunk.stop - chunk.start,
-                         payloads, self.call.timeout, self.call.capture)
+                         payloads, self.work.timeout, self.work.capture)
         return connection.send("run_chunk", *call.wire(), queued=queued)
 
     def _prepare(self, chunk: Chunk) -> Optional[tuple[Event, bytes]]:
@@ -276,7 +229,7 @@ class PushDriver(Driver):
             link.on(LinkEvent.UNREACHABLE, f"cannot connect: {_pyro.translate(exc, link.text)}")
             return Returned(link.reason), b""
         link.on(LinkEvent.SENT)
-        if self.call.superseded(self, chunk):  # from now on, settling it breaks this connection off
+        if self.work.superseded(self, chunk):  # from now on, settling it breaks this connection off
             link.on(LinkEvent.IDLE)
             return Returned("another copy of the chunk answered first"), b""
         fid = self.target.shipment.fid
@@ -318,7 +271,7 @@ class PushDriver(Driver):
             else:  # the next one starts now: its trip and its lateness count from here
                 now = time.monotonic()
                 flight[0] = flight[0]._replace(sent=now)
-                self.call.restart_clock(self, flight[0].chunk, now)
+                self.work.restart_clock(self, flight[0].chunk, now)
         self._settle(head.chunk, event, reply, trip)
         why = getattr(event, "reason", "") or getattr(event, "what", "") or event.kind.value
         if behind:
@@ -353,20 +306,20 @@ class PushDriver(Driver):
 
     def _broken(self, chunk: Chunk, exc: Exception) -> Event:
         """The call that sent ``chunk`` broke: was the worker lost, or only its connection?"""
-        link, call = self.link, self.call
+        link, work = self.link, self.work
         if link.connection is not None:
             link.connection.close()
-        if call.stop.is_set():
+        if work.stop.is_set():
             link.on(LinkEvent.IDLE)
             return Returned("the call was stopped")
-        silent = f"it left a check unanswered for {call.heartbeat} s"
+        silent = f"it left a check unanswered for {work.heartbeat} s"
         if link.on(LinkEvent.BROKEN, silent) is State.LOST:
             return Lost(f"worker {link.text} was lost ({silent})")
-        if call.superseded(self, chunk):  # broken off on purpose: the worker is fine
+        if work.superseded(self, chunk):  # broken off on purpose: the worker is fine
             link.on(LinkEvent.IDLE)
             return Returned("another copy of the chunk answered first")
         try:
-            info = hello(link, min(CONNECT_TIMEOUT, call.heartbeat))
+            info = hello(link, min(CONNECT_TIMEOUT, work.heartbeat))
         except Exception as error:
             reason = f"{exc} (and then: {error})"
             link.on(LinkEvent.UNREACHABLE, reason)
@@ -378,7 +331,7 @@ class PushDriver(Driver):
             link.on(LinkEvent.IDLE)
             return Returned(str(exc))
         reason = f"its process was replaced while it held the chunk ({exc})"
-        unfit = self._unfit(info)
+        unfit = unfit_for(info, self.target.name, self.target.code)
         if unfit:
             logger.warning("lost worker %s: %s; the process there now gets no work: %s",
                            link.text, reason, unfit)
@@ -391,41 +344,13 @@ class PushDriver(Driver):
 
     def _rejoin(self) -> bool:
         """Check a lost worker again and again while there is work it could do."""
-        link, call = self.link, self.call
-        pause = min(1.0, call.heartbeat / 2)
-        wrong = ""
-        while True:
-            if call.stop.is_set() or call.finished():
-                return False
-            if self.restart(link):
-                return True
-            try:
-                info = hello(link, max(pause, 0.5))
-            except Exception as exc:
-                logger.debug("worker %s still does not answer: %s", link.text, exc)
-            else:
-                unfit = self._unfit(info)
-                if not unfit:
-                    replaced = info["identity"] != link.identity
-                    link.admit(info)
-                    logger.warning("worker %s answers again%s; it gets work again",
-                                   link.text, " (a new process)" if replaced else "")
-                    return True
-                if unfit != wrong:
-                    wrong = unfit
-                    logger.warning("worker %s answers, but %s; it gets no work", link.text, unfit)
-            if call.stop.wait(pause):
-                return False
-
-    def _unfit(self, info: dict[str, Any]) -> str:
-        """Why the worker that said ``info`` may not run this call's code ("" if it may)."""
-        refusal, _ = version_table(info, info.get("serves") == GENERIC)
-        return fits(info, self.target.name, self.target.code) or refusal or ""
+        work, target = self.work, self.target
+        return rejoin(self.link, target.name, target.code, self.restart, work.finished, work.stop)
 
     # --- when the call ends ----------------------------------------------------------------
 
     def break_off(self) -> None:
-        if self.link.connection is not None and self.call.ledger.holds(self):
+        if self.link.connection is not None and self.work.ledger.holds(self):
             self.link.connection.abort()
 
     def abandon(self) -> None:
@@ -438,4 +363,4 @@ class PushDriver(Driver):
         self.link.on(LinkEvent.IDLE)
 
     def left_behind(self) -> None:
-        self.link.reconnect(self.call.heartbeat)
+        self.link.reconnect(self.work.heartbeat)

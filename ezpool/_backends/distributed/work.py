@@ -1,0 +1,342 @@
+"""The work of one ``dmap`` call as its drivers see it: what they share, and all they may ask.
+
+A *driver* feeds one worker (``drivers``): it asks ``Work`` for chunks and tells it
+what became of each; the ledger (``ezpool._core.ledger``) says what that means for
+the tasks, and what must go again is put back in front of the chunks that wait::
+
+    driver threads (Driver.run, one per worker)          Work (guarded by ``cond``)
+    ───────────────────────────────────────────          ──────────────────────────
+    take() ────────────────────────────────────────────▶ a chunk that waits, or a backup
+                                                           copy of a late one when none
+                                                           does; or wait; or None: leave
+    take_behind() ─────────────────────────────────────▶ the next, to send behind the one
+                                                           the worker runs (PIPELINE)
+    settle(chunk, Answered | Returned | Lost | ...) ───▶ the ledger decides; batches go to
+                                                           the outbox, for the caller
+                                                           (``call.Call``)
+
+A driver whose worker holds nothing, and may get nothing more soon, leaves (``take``
+parks it) once enough others wait for what may still come; the caller's thread
+starts it again when work comes back. Whatever a driver meets, every chunk it holds
+is settled before it leaves, so no task is lost or reported twice.
+"""
+
+from __future__ import annotations
+
+import abc
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from ..._core.chunking import Chunk, ChunkQueue
+from ..._core.feed import Feed
+from ..._core.ledger import Answered, Event, Fate, Garbled, Ledger, Lost, Returned, Settlement
+from ..._core.logs import get_logger
+from ..._core.records import Batch, ChunkReply
+from ..._core.relay import capture_level
+from ..._core.serialization import rebuild
+from ...errors import WorkerCrashed
+from ...options import Options
+
+logger = get_logger(__name__)
+
+__all__ = ["Driver", "Work", "PIPELINE", "EXIT", "UNPARK", "backups", "held_at_once", "failed"]
+
+#: Chunks a worker holds at once: the one it runs, and the next, which waits at the
+#: worker's end of the connection so that it starts the moment the first is answered
+#: (no round trip between, nor a wait for this process to be free to send it).
+PIPELINE = 2
+
+EXIT = object()  # a driver's last word on the outbox
+UNPARK = object()  # work came back while drivers that could run it had left: start them again
+
+
+class Driver(abc.ABC):
+    """Feeds one worker for one call. ``name`` names the worker in results and errors;
+    ``lost_since`` is when it was lost (``None``: it is not), ``reason`` why."""
+
+    name: str
+
+    @property
+    @abc.abstractmethod
+    def lost_since(self) -> Optional[float]: ...
+
+    @property
+    @abc.abstractmethod
+    def reason(self) -> str: ...
+
+    @abc.abstractmethod
+    def run(self) -> None:
+        """Feed the worker until the call's work runs out, settling every chunk it holds
+        before returning, whatever happens; then ``work.exit()``. May run again in the
+        same call (after it left, when work comes back)."""
+
+    def claim_first(self) -> bool:
+        """In the caller's thread, with the call's lock held: take a first chunk to send
+        from there, if this driver can; whether it did."""
+        return False
+
+    def send_first(self) -> bool:
+        """In the caller's thread: send the chunk ``claim_first`` took, if it can go from
+        there without waiting; whether it was tried."""
+        return False
+
+    def send_behind(self) -> bool:
+        """In the caller's thread: send a second chunk behind the first; whether one went."""
+        return False
+
+    def break_off(self) -> None:  # noqa: B027 - a driver without a connection has nothing to break
+        """Stop the worker's current chunk (another copy answered, or the caller left)."""
+
+    def abandon(self) -> None:  # noqa: B027
+        """The caller left before this driver's thread ran: give up what was sent."""
+
+    def left_behind(self) -> None:  # noqa: B027
+        """The call ended while this driver's thread still ran: it keeps what it has."""
+
+
+class Work:
+    """The chunks of one call that wait, the ledger of those out, and the outbox of batches."""
+
+    def __init__(self, tasks: Sequence[Any], pending: ChunkQueue, options: Options) -> None:
+        self.pending = pending  # guarded by cond, like the ledger and the counters
+        self.drivers: list[Driver] = []
+        self.heartbeat = options.heartbeat
+        self.timeout = options.timeout
+        self.backup = backups(options, pending.feed)
+        self.depth = held_at_once(options, pending.feed)
+        self.capture = capture_level(options)  # sent only when set: a call without it is one any worker knows
+        self.ledger = Ledger(tasks, options.max_attempts, name=lambda driver: driver.name)
+        # Per worker (its name): tasks measured and their seconds, so that a slow
+        # worker's times do not make the others' chunks look slow (see ``take``).
+        self.rates: dict[str, tuple[int, float]] = {}
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        # Set once every worker has been sent its first chunk (or given up): until then
+        # no second chunk goes out, so that the last worker to get one does not wait
+        # behind them. Each driver counts itself once (``started_one``).
+        self.started = threading.Event()
+        self._starting = 0
+        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Drivers waiting in ``take`` for work that may come back or a copy to run, and
+        # those that left instead, since enough others wait (see ``_park``); both
+        # guarded by cond.
+        self.lingering = 0
+        self.parked: list[Driver] = []
+
+    def add(self, driver: Driver) -> None:
+        """A worker for this call, before it runs: it counts itself once started (``started_one``)."""
+        self.drivers.append(driver)
+        self._starting += 1
+
+    def finished(self) -> bool:
+        """Whether no task is left anywhere: none waits, none is out, none will be read."""
+        with self.cond:
+            return not self.pending and not self.ledger.busy and self.pending.exhausted
+
+    def started_one(self) -> None:
+        """A driver has sent its worker's first chunk, or will send none."""
+        with self.cond:
+            self._starting -= 1
+            if self._starting <= 0:
+                self.started.set()
+
+    def wait_to_queue(self, sent: float, chunk: Chunk) -> None:
+        """Wait until a chunk may be sent behind ``chunk`` (sent at ``sent``): once every
+        worker has its first, or once ``chunk`` is half done (by the run times so far)."""
+        if self.started.is_set():
+            return
+        mean = self.pending.sizer.mean
+        expected = (chunk.stop - chunk.start) * mean if mean is not None else 0.0
+        self.started.wait(max(0.0, sent + expected / 2 - time.monotonic()))
+
+    def take(self, driver: Driver) -> Optional[Chunk]:
+        """The next chunk, or a backup copy of a late one when none waits to be sent;
+        waiting while other workers may still give some back. ``None``: nothing more
+        for this driver (the work is done, the call stopped, or it leaves for now)."""
+        ledger = self.ledger
+        with self.cond:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if self.pending:
+                    chunk = self.pending.take()
+                    ledger.take(driver, chunk, now)
+                    return chunk
+                if not ledger.busy and self.pending.exhausted:
+                    return None
+                if self._park(driver):
+                    return None
+                pause = 0.5
+                if self.backup:
+                    claim, wait = ledger.late(self._expected(driver), now)
+                    if claim is not None:
+                        logger.info("worker %s has held tasks %d..%d for %.1f s; %s runs a backup copy",
+                                    claim.holders[0].name, claim.chunk.start, claim.chunk.stop - 1,
+                                    now - claim.since, driver.name)
+                        ledger.copy(driver, claim, now)
+                        return claim.chunk
+                    pause = min(pause, wait)
+                self.lingering += 1
+                try:
+                    self.cond.wait(pause)
+                finally:
+                    self.lingering -= 1
+            return None
+
+    def take_behind(self, driver: Driver) -> Optional[Chunk]:
+        """A chunk to wait at a worker behind the one it runs, if one waits to be sent
+        now (never a backup copy: those go to idle workers)."""
+        with self.cond:
+            if self.stop.is_set() or not self.pending:
+                return None
+            idle = [other for other in self.drivers if not self.ledger.holds(other)]
+            waiting = self.pending.waiting
+            if waiting <= len(idle) and waiting <= sum(1 for other in idle if other.lost_since is None):
+                return None  # an idle worker will want it: leave it
+            chunk = self.pending.take()
+            self.ledger.take(driver, chunk, time.monotonic())
+            return chunk
+
+    def restart_clock(self, driver: Driver, chunk: Chunk, now: float) -> None:
+        """The chunk ``driver`` holds behind another starts now: its lateness counts from here."""
+        with self.cond:
+            claim = self.ledger.claim(driver, chunk)
+            if claim is not None and claim.holders[-1] is driver:
+                claim.since = now
+
+    def superseded(self, driver: Driver, chunk: Chunk) -> bool:
+        """Whether another copy of ``chunk``, which ``driver`` holds, has settled it already."""
+        with self.cond:
+            return self.ledger.superseded(driver, chunk)
+
+    def settle(
+        self, driver: Driver, chunk: Chunk, event: Event, reply: Any = b"", trip: Optional[float] = None
+    ) -> None:
+        """What became of ``driver``'s copy of ``chunk``: the ledger decides what it means for
+        each task, exactly once whichever copy answers. An ``Answered`` event comes with
+        the worker's ``reply`` and the ``trip``, seconds from sending to answer."""
+        answer = None
+        if isinstance(event, Answered):
+            try:
+                answer = ChunkReply.decode(reply)
+            except Exception as exc:
+                event = Garbled(driver.name, exc)
+            else:
+                event = Answered(len(answer.values))
+                for offset, record in answer.failures.items():
+                    answer.values[offset] = rebuild(record)
+        self._apply(driver, chunk, event, answer, len(reply), trip)
+
+    def lose(self, driver: Driver, event: Lost) -> None:
+        """``driver``'s worker is gone with all it holds: the chunk it ran first meets
+        ``event``; those behind it had not started, and go back at no cost."""
+        with self.cond:
+            chunks = [claim.chunk for claim in self.ledger.holds(driver)]
+        behind = Returned(f"it waited behind a chunk that did not come back ({event.what})")
+        for index, chunk in enumerate(chunks):
+            self._apply(driver, chunk, event if index == 0 else behind, None, 0, None)
+
+    def release(self, driver: Driver, reason: str) -> None:
+        """``driver`` gives back all it holds, none of it started."""
+        with self.cond:
+            chunks = [claim.chunk for claim in self.ledger.holds(driver)]
+        for chunk in chunks:
+            self._apply(driver, chunk, Returned(reason), None, 0, None)
+
+    def _apply(
+        self, driver: Driver, chunk: Chunk, event: Event, answer: Optional[ChunkReply], size: int,
+        trip: Optional[float],
+    ) -> None:
+        batches: list[Batch] = []
+        with self.cond:
+            try:
+                settled = self.ledger.settle(driver, chunk, event)
+            except Exception as exc:  # never lose a chunk to a bug in deciding its fate
+                logger.exception("could not settle tasks %d..%d", chunk.start, chunk.stop - 1)
+                error = WorkerCrashed(f"the outcome from {driver.name} could not be handled: {exc!r}")
+                settled = Settlement(Fate.NONE, [failed(chunk, error, driver.name)], [], [])
+            batches.extend(settled.failed)
+            if settled.fate is Fate.REPORT and answer is not None and answer.values:
+                took = self.pending.sizer.record(answer.times, trip, reply_bytes=size)
+                tasks, seconds = self.rates.get(driver.name, (0, 0.0))
+                self.rates[driver.name] = (tasks + len(answer.times), seconds + took)
+                batches.append(Batch(answer.first, answer.values, answer.times, set(answer.failures),
+                                     driver.name, answer.outputs))
+            for piece in reversed(settled.again):
+                self.pending.put_back(*piece)
+            # Idle drivers wait for work, or for the last chunk to be settled (then they
+            # end). Woken all for every chunk, 128 of them would cost a burst of wakeups:
+            # one is enough to see whether what was learnt makes a backup copy due.
+            if settled.again or not self.ledger.busy:
+                self.cond.notify_all()
+            elif self.backup:
+                self.cond.notify()
+            unpark = bool(settled.again) and bool(self.parked)
+        for other in settled.break_off:  # they lost the race: their workers stop after this task
+            other.break_off()
+        if settled.fate is Fate.DROP:
+            logger.debug("dropped what %s said of tasks %d..%d: another copy decides",
+                         driver.name, chunk.start, chunk.stop - 1)
+        for batch in batches:
+            self.outbox.put(batch)
+        if unpark:
+            self.outbox.put(UNPARK)
+
+    def exit(self) -> None:
+        """A driver's thread leaves the call (the caller's thread counts them)."""
+        self.outbox.put(EXIT)
+
+    def _park(self, driver: Driver) -> bool:
+        """Whether the idle ``driver``'s thread should leave now, because enough others
+        wait for what may still come (work given back, a late chunk to copy). Called
+        with ``cond`` held.
+
+        Every idle thread used to wait to the end of the call: at 128 workers, the
+        tail woke dozens of them at every answer, on the cores the last chunks ran
+        on, and the end woke all of them at once. A copy needs at most one waiting
+        thread for each worker still holding chunks, and work given back one; more
+        is wasted. The driver's thread is started again when work is given back
+        (``_unpark``), or found waiting with no thread to take it.
+        """
+        if not self.pending.exhausted:  # more input may come: every thread waits for it
+            return False
+        wanted = max(1, self.ledger.busy) if self.backup else 1
+        if self.lingering < wanted:
+            return False
+        self.parked.append(driver)
+        return True
+
+    def _expected(self, driver: Driver) -> Optional[float]:
+        """Seconds a task is expected to take, for judging whether ``driver`` should copy a
+        late chunk: its own mean run time in this call once it has one (a copy is worth
+        running if it would finish well before the first), else the call's mean.
+        Called with ``cond`` held."""
+        tasks, seconds = self.rates.get(driver.name, (0, 0.0))
+        return seconds / tasks if tasks else self.pending.sizer.mean
+
+
+def backups(options: Options, feed: Optional[Feed]) -> bool:
+    """Whether idle workers run backup copies of late chunks in a call with ``options``.
+
+    Not for a live source (the executor): there an idle worker is waiting for the
+    next call, and a copy of a late one would make that call wait behind it.
+    """
+    return options.backup and (feed is None or feed.live is None)
+
+
+def held_at_once(options: Options, feed: Optional[Feed]) -> int:
+    """Chunks a worker holds at once: ``PIPELINE`` where backup copies run, else one.
+
+    A chunk sent behind one that a slow worker runs waits as long as it does; only a
+    backup copy on an idle worker gets it done sooner. Without backups (``backup=False``
+    or a live source) a worker holds only the chunk it runs.
+    """
+    return PIPELINE if backups(options, feed) else 1
+
+
+def failed(chunk: Chunk, error: Exception, worker: str = "") -> Batch:
+    """Every task of ``chunk`` ending with ``error``, none of them run."""
+    count = chunk.stop - chunk.start
+    return Batch(chunk.start, [error] * count, [0.0] * count, set(range(count)), worker)

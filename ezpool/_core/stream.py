@@ -1,0 +1,157 @@
+"""The one stream every call goes through: a backend's batches, each stored, shown and counted once.
+
+``map`` collects a stream into ``Results`` (``Pool``, with de-duplication and the
+outcomes a store already holds); ``imap`` hands its outcomes on as they come
+(``outcomes``); ``PoolExecutor`` settles futures from it. Whatever consumes it,
+each batch has first been::
+
+    backend.run(fun, tasks) ── Batch ──▶ stored (sweep.record, with ``store=``)
+                                         shown  (what tasks printed, with ``capture_output``)
+                                         counted (progress: the bar, the hook)
+                                         ──▶ yielded to the consumer
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Sequence, Sized
+from itertools import repeat
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from ..results import TaskOutcome
+from .feed import Feed, Live
+from .logs import get_logger
+from .progress import Progress
+from .records import Batch
+from .relay import Relay
+from .tasks import iterate_tasks
+
+if TYPE_CHECKING:
+    from .._backends.base import Backend
+    from ..options import Options
+    from ..store import Sweep
+
+logger = get_logger(__name__)
+
+__all__ = ["stream", "open_feed", "open_sweep", "outcomes", "placed", "default_buffer"]
+
+#: ``imap``'s default ``buffersize``: this many tasks per worker, and never fewer than the least.
+_BUFFER_PER_WORKER = 16384
+_BUFFER_LEAST = 65536
+
+
+def stream(
+    backend: Backend,
+    fun: Callable[..., Any],
+    tasks: Sequence[Any],
+    options: Options,
+    sweep: Optional[Sweep] = None,
+    total: Optional[int] = None,
+    eager: bool = False,
+) -> Generator[Batch, None, None]:
+    """``fun`` over ``tasks`` (a list of distinct tasks, or a ``Feed``) on ``backend``: each
+    batch as it finishes, once recorded in ``sweep``, relayed and counted.
+
+    ``total`` is the number of tasks, where known (for the progress bar); ``eager`` asks
+    for every outcome as soon as it is known, even where waiting would batch more.
+    Closing the generator stops the work.
+    """
+    progress = Progress(options.progress, options.msg, tasks, total)
+    relay = Relay(tasks, progress)
+    batches = backend.run(fun, tasks, options, progress.per_task or eager)
+    try:
+        for batch in batches:
+            if sweep is not None and not batch.stored:
+                sweep.record(tasks, batch.start, batch.values, batch.elapsed, batch.failed, batch.worker)
+            if batch.outputs:
+                relay.show(batch)
+            progress.update(batch)
+            yield batch
+    finally:
+        batches.close()
+        progress.close()
+
+
+def open_sweep(options: Options, fun: Any) -> Optional[Sweep]:
+    """The sweep of ``fun`` in ``options.store``, if one is asked for; stored failures
+    are forgotten first when ``retry_failed`` is set."""
+    if options.store is None:
+        if options.retry_failed or options.store_key is not None:
+            raise ValueError("retry_failed and store_key need a store: pass store='results.sqlite'")
+        return None
+    from ..store import open_sweep as open_store_sweep
+
+    sweep = open_store_sweep(options.store, fun, options.store_key)
+    if options.retry_failed:
+        forgotten = sweep.forget_failed()
+        logger.info("retry_failed: %d stored failures in %s will run again", forgotten, options.store)
+    return sweep
+
+
+def open_feed(tasks: Union[Iterable[Any], Live], limit: int, sweep: Optional[Sweep]) -> Feed:
+    """A feed of ``tasks`` (any iterable, or a ``Live`` source) holding at most ``limit``,
+    which knows the outcomes ``sweep`` has already; a ``TypeError`` for what is no
+    iterable of tasks."""
+    source = tasks if isinstance(tasks, Live) else iterate_tasks(tasks)
+    lookup = sweep.lookup if sweep is not None and sweep.known() else None
+    return Feed(source, limit, lookup)
+
+
+def total_of(tasks: Iterable[Any]) -> Optional[int]:
+    """How many tasks there are, where that is known without reading them."""
+    return len(tasks) if isinstance(tasks, Sized) else None
+
+
+def default_buffer(workers: int) -> int:
+    """How many tasks ``imap`` may hold when ``buffersize`` is not given, for ``workers``
+    workers: in proportion to them, and enough that tiny tasks still travel by the thousand."""
+    return max(_BUFFER_LEAST, _BUFFER_PER_WORKER * workers)
+
+
+#: Makes a ``TaskOutcome`` from a tuple of its fields, without the keyword handling.
+def _outcome(fields: tuple[Any, ...]) -> TaskOutcome:
+    return tuple.__new__(TaskOutcome, fields)
+
+
+def outcomes(
+    feed: Feed, batches: Generator[Batch, None, None], ordered: bool
+) -> Generator[TaskOutcome, None, None]:
+    """What ``imap`` gives: each outcome as it comes (``ordered``: in the order of the
+    tasks), each task let go once handed on. Closing it stops the work."""
+    waiting: dict[int, list[TaskOutcome]] = {}
+    following = 0  # with ordered=True, the position of the next outcome to yield
+    try:
+        for batch in batches:
+            start, count, failed = batch.start, len(batch.values), batch.failed
+            flags: Iterable[bool] = repeat(False)
+            if failed:
+                flags = [offset in failed for offset in range(count)]
+            rows = zip(feed[start : start + count], batch.values, batch.elapsed, repeat(batch.worker), flags)
+            made = list(map(_outcome, rows))
+            if not ordered:
+                yield from made
+                feed.release(start, start + count)
+                continue
+            # Batches cut the positions into runs, so the next run to yield starts at `following`.
+            waiting[start] = made
+            while following in waiting:
+                run = waiting.pop(following)
+                yield from run
+                feed.release(following, following + len(run))
+                following += len(run)
+    finally:
+        batches.close()
+
+
+def placed(batch: Batch, where: list[int]) -> Generator[Batch, None, None]:
+    """``batch`` (positions among the tasks run) cut into runs at their places in the call,
+    where ``where[n]`` is the place of the ``n``-th task run."""
+    offset = 0
+    count = len(batch.values)
+    while offset < count:
+        end = offset + 1
+        while end < count and where[batch.start + end] == where[batch.start + offset] + end - offset:
+            end += 1
+        failed = {spot - offset for spot in batch.failed if offset <= spot < end}
+        yield Batch(where[batch.start + offset], batch.values[offset:end], batch.elapsed[offset:end],
+                    failed, batch.worker)
+        offset = end
