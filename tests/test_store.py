@@ -353,10 +353,10 @@ def test_lookup_reads_in_groups_or_whole_and_finds_the_same(tmp_path, monkeypatc
         sweep_ = store.sweep(h.square)
         for start in range(0, 300, 10):  # 30 rows
             _record(sweep_, tasks, [n * n for n in tasks[start : start + 10]], start=start)
-        monkeypatch.setattr(sweep_module, "LOOKUP_GROUP", 2)
-        monkeypatch.setattr(sweep_module, "SCAN_SHARE", 1.0)
+        monkeypatch.setattr(index_module, "LOOKUP_GROUP", 2)
+        monkeypatch.setattr(index_module, "SCAN_SHARE", 1.0)
         grouped = sweep_.lookup(wanted)  # the values of three rows, by id, two at a time
-        monkeypatch.setattr(sweep_module, "SCAN_SHARE", 0.0)
+        monkeypatch.setattr(index_module, "SCAN_SHARE", 0.0)
         whole = sweep_.lookup(wanted)  # the sweep read in full
     assert grouped == whole
     assert {i: outcome.value for i, outcome in grouped.items()} == expected

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 from .._core.logs import get_logger
-from .batches import load_tasks, offsets
+from .batches import Outcomes, load_tasks, offsets
 from .keys import task_key, task_keys
 
 logger = get_logger(__name__)
@@ -30,6 +30,20 @@ __all__ = ["Index"]
 _NEW_BATCHES = """SELECT id, tasks, layout, elapsed, failed, worker, recorded FROM batches
     WHERE sweep = ? AND id > ? ORDER BY id"""
 _NEW_FORGOTTEN = "SELECT id, upto, keys FROM forgotten WHERE sweep = ? AND id > ? ORDER BY id"
+
+
+#: Rows per ``IN (...)`` read of the values a lookup found: under SQLite's old limit of
+#: 999 parameters a statement.
+LOOKUP_GROUP = 899
+
+#: A lookup that needs the values of at least this share of a sweep's rows reads them
+#: all, in order, instead of by id.
+SCAN_SHARE = 0.3
+
+_ALL_OUTCOMES = "SELECT id, outcome, layout FROM batches WHERE sweep = ? AND id <= ? ORDER BY id"
+
+#: In place of a value that cannot be loaded.
+MISSING = object()
 
 
 class Index:
@@ -86,6 +100,49 @@ class Index:
                 del latest[key]
                 removed += 1
         return removed
+
+    def values(self, db: sqlite3.Connection, rows: set[int]) -> tuple[list[Any], bool]:
+        """The value (or rebuilt exception) of every entry in ``rows``, by entry; ``MISSING`` elsewhere.
+
+        Also whether all of them could be loaded. Reads the rows' values by id, or, when
+        they are many, all the sweep's rows in order.
+        """
+        complete = True
+        values: list[Any] = [MISSING] * len(self.elapsed)
+        if len(rows) >= SCAN_SHARE * len(self.ids):
+            found = {batch_id: row for row, batch_id in enumerate(self.ids)}
+            for batch_id, blob, layout in db.execute(_ALL_OUTCOMES, (self.sweep_id, self.last_batch)):
+                row = found.get(batch_id)
+                if row in rows:
+                    complete = self._load_row(row, blob, layout, values) and complete
+            return values, complete
+        ids = [self.ids[row] for row in rows]
+        found = {self.ids[row]: row for row in rows}
+        for first in range(0, len(ids), LOOKUP_GROUP):
+            group = ids[first : first + LOOKUP_GROUP]
+            query = f"SELECT id, outcome, layout FROM batches WHERE id IN ({','.join('?' * len(group))})"
+            for batch_id, blob, layout in db.execute(query, group):
+                complete = self._load_row(found[batch_id], blob, layout, values) and complete
+        return values, complete
+
+    def _load_row(self, row: int, blob: bytes, layout: int, values: list[Any]) -> bool:
+        """Put the values of one row into ``values`` at their entries; false if one cannot be loaded."""
+        first = self.firsts[row]
+        stop = self.firsts[row + 1] if row + 1 < len(self.firsts) else len(self.elapsed)
+        outcomes = Outcomes(blob, layout)
+        plain, failed = outcomes.plain(), self.failed
+        todo: Iterable[int] = range(first, stop)
+        if plain is not None and len(plain) == stop - first:
+            values[first:stop] = plain
+            todo = [entry for entry in todo if entry in failed] if failed else ()
+        loaded = True
+        for entry in todo:
+            try:
+                values[entry] = outcomes.get(entry - first, entry in failed)
+            except Exception as exc:
+                logger.debug("%s: a stored value cannot be loaded (%s); it runs again", self.where, exc)
+                values[entry], loaded = MISSING, False
+        return loaded
 
     def _add(
         self,

@@ -15,7 +15,7 @@ import heapq
 import pickle
 import threading
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from itertools import compress, count, repeat
 from operator import is_not
 from typing import Any, Callable, NamedTuple, Optional, cast
@@ -27,7 +27,7 @@ from ..errors import StoreError
 from ..results import Results, ResultsBuilder
 from .batches import Outcomes, encode, load_tasks
 from .database import Connection
-from .index import Index
+from .index import MISSING, Index
 from .keys import task_keys
 
 logger = get_logger(__name__)
@@ -39,23 +39,10 @@ COMMIT_SECONDS = 0.2
 #: ...or once this many tasks' outcomes are buffered.
 COMMIT_ROWS = 20_000
 
-#: Rows per ``IN (...)`` read of the values a lookup found: under SQLite's old limit of
-#: 999 parameters a statement.
-LOOKUP_GROUP = 899
-
-#: A lookup that needs the values of at least this share of a sweep's rows reads them
-#: all, in order, instead of by id.
-SCAN_SHARE = 0.3
-
 _INSERT = """INSERT INTO batches (sweep, tasks, outcome, layout, elapsed, failed, worker, recorded)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 
 _ALL_ROWS = "SELECT id, tasks, outcome, layout FROM batches WHERE sweep = ? AND id <= ? ORDER BY id"
-_ALL_OUTCOMES = "SELECT id, outcome, layout FROM batches WHERE sweep = ? AND id <= ? ORDER BY id"
-
-
-#: In place of a value that cannot be loaded.
-_MISSING = object()
 
 
 class StoredOutcome(NamedTuple):
@@ -124,7 +111,7 @@ class Sweep:
             rows = set(map(row_of.__getitem__, chosen))
             if not rows:
                 return {}
-            values, complete = self._values(db, index, rows)
+            values, complete = index.values(db, rows)
             outcomes = zip(
                 map(values.__getitem__, chosen),
                 map(index.elapsed.__getitem__, chosen),
@@ -134,7 +121,7 @@ class Sweep:
             # StoredOutcome(*outcome), without the call of its __new__
             found = dict(zip(compress(count(), hits), map(tuple.__new__, repeat(StoredOutcome), outcomes)))
         if not complete:
-            found = {position: outcome for position, outcome in found.items() if outcome[0] is not _MISSING}
+            found = {position: outcome for position, outcome in found.items() if outcome[0] is not MISSING}
         return found
 
     def record(
@@ -347,49 +334,6 @@ class Sweep:
             self._index = None  # read again from the start next time
             raise
         return self._index
-
-    def _values(self, db: Any, index: Index, rows: set[int]) -> tuple[list[Any], bool]:
-        """The value (or rebuilt exception) of every entry in ``rows``, by entry; ``_MISSING`` elsewhere.
-
-        Also whether all of them could be loaded. Reads the rows' values by id, or, when
-        they are many, all the sweep's rows in order.
-        """
-        complete = True
-        values: list[Any] = [_MISSING] * len(index.elapsed)
-        if len(rows) >= SCAN_SHARE * len(index.ids):
-            found = {batch_id: row for row, batch_id in enumerate(index.ids)}
-            for batch_id, blob, layout in db.execute(_ALL_OUTCOMES, (self._id, index.last_batch)):
-                row = found.get(batch_id)
-                if row in rows:
-                    complete = self._load_row(index, row, blob, layout, values) and complete
-            return values, complete
-        ids = [index.ids[row] for row in rows]
-        found = {index.ids[row]: row for row in rows}
-        for first in range(0, len(ids), LOOKUP_GROUP):
-            group = ids[first : first + LOOKUP_GROUP]
-            query = f"SELECT id, outcome, layout FROM batches WHERE id IN ({','.join('?' * len(group))})"
-            for batch_id, blob, layout in db.execute(query, group):
-                complete = self._load_row(index, found[batch_id], blob, layout, values) and complete
-        return values, complete
-
-    def _load_row(self, index: Index, row: int, blob: bytes, layout: int, values: list[Any]) -> bool:
-        """Put the values of one row into ``values`` at their entries; false if one cannot be loaded."""
-        first = index.firsts[row]
-        stop = index.firsts[row + 1] if row + 1 < len(index.firsts) else len(index.elapsed)
-        outcomes = Outcomes(blob, layout)
-        plain, failed = outcomes.plain(), index.failed
-        todo: Iterable[int] = range(first, stop)
-        if plain is not None and len(plain) == stop - first:
-            values[first:stop] = plain
-            todo = [entry for entry in todo if entry in failed] if failed else ()
-        loaded = True
-        for entry in todo:
-            try:
-                values[entry] = outcomes.get(entry - first, entry in failed)
-            except Exception as exc:
-                logger.debug("%s: a stored value cannot be loaded (%s); it runs again", self, exc)
-                values[entry], loaded = _MISSING, False
-        return loaded
 
 
 def label(name: str, store_key: Optional[str]) -> str:
