@@ -75,6 +75,13 @@ def nap_then_record(directory: str, task: Any, seconds: float) -> Any:
     return record_call(directory, task)
 
 
+def record_then_nap(directory: str, task: Any, seconds: float) -> Any:
+    """Leaves ``record_call``'s file as it starts, then naps: a file per task that started."""
+    record_call(directory, task)
+    time.sleep(seconds)
+    return task
+
+
 def calls(directory: Any) -> collections.Counter:
     """How many times ``record_call`` ran each task (by repr)."""
     return collections.Counter(path.name.rsplit("-", 2)[0] for path in Path(directory).iterdir())

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.modes import MODES, Mode
+
 #: The checkout under test; child interpreters must import ezpool from here.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +50,12 @@ def core_child_env() -> dict[str, str]:
 def core_python() -> str:
     """The interpreter running the tests, for child interpreters."""
     return sys.executable
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def mode(request) -> Mode:
+    """Each mode in turn (``tests/modes.py``): every behaviour suite runs in all of them."""
+    return MODES[request.param]
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -28,14 +28,7 @@ import unittest
 from typing import Any, Optional
 
 from ezpool import PoolExecutor
-
-#: Modes, as (name, mode of the executor, start method of the parallel mode).
-MODES = {
-    "serial": ("serial", None),
-    "fork": ("parallel", "fork"),
-    "spawn": ("parallel", "spawn"),
-    "distributed": ("distributed", None),
-}
+from tests.modes import MODES
 
 #: Distributed workers an executor starts (on free local ports), whatever max_workers says.
 _MOST_DISTRIBUTED = 2
@@ -146,7 +139,7 @@ def load_cpython_tests() -> types.SimpleNamespace:
 
 def build_suite(cpython: types.SimpleNamespace, mode: str) -> unittest.TestSuite:
     """Every suite that ``mode`` runs, as test cases of classes made here, exclusions skipped."""
-    kind, start_method = MODES[mode]
+    kind, start_method = MODES[mode].kind, MODES[mode].start_method
     executor_type = {"serial": SerialExecutor, "parallel": ParallelExecutor,
                      "distributed": DistributedExecutor}[kind]
     attributes: dict[str, Any] = {"executor_type": executor_type}

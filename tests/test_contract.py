@@ -1,20 +1,11 @@
 """The contract: behaviour every mode must have, run through the public API.
 
 Each test takes ``mode_map``, a callable ``(fun, tasks, **options) -> Results``
-bound to a ``Pool`` of one mode; the fixture runs every test once per mode.
-
-To add a mode (e.g. the distributed one): add an entry to ``_POOLS`` whose
-factory takes pytest's ``request`` and returns an open ``Pool``, e.g.::
-
-    "distributed": lambda request: Pool(
-        "distributed", workers=request.getfixturevalue("distributed_worker_uris"), progress=False
-    ),
-
-and add its name to ``_REMOTE`` if tasks run in another process. The pool is
-module-scoped (one per mode for this file), so any fixture it asks for through
-``request.getfixturevalue`` must be module- or session-scoped. The functions
-given to the pool come from ``tests._helpers`` or this module, both importable by
-worker processes, plus lambdas and closures (which travel by value).
+bound to a ``Pool`` of one mode; through the ``mode`` fixture (``tests/modes.py``)
+every test runs once per mode, and a mode added there joins this suite. The pool
+is module-scoped (one per mode for this file). The functions given to the pool
+come from ``tests._helpers`` or this module, both importable by worker processes,
+plus lambdas and closures (which travel by value).
 """
 
 from __future__ import annotations
@@ -25,35 +16,21 @@ import threading
 import time
 import traceback
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from ezpool import Pool, RemoteError, RemoteTraceback, Results, TaskOutcome
 from tests import _helpers as h
-from tests.conftest import free_port
-
-_POOLS: dict[str, Callable[[Any], Pool]] = {
-    "serial": lambda request: Pool("serial", progress=False),
-    "fork": lambda request: Pool("parallel", ncpu=2, start_method="fork", progress=False),
-    "spawn": lambda request: Pool("parallel", ncpu=2, start_method="spawn", progress=False),
-    # Two generic workers, started by the pool itself (spawn=True) on free local ports.
-    "distributed": lambda request: Pool(
-        "distributed", workers=[f"PYRO:worker@127.0.0.1:{free_port()}" for _ in range(2)], progress=False,
-        spawn=True,
-    ),
-}
-
-#: Modes whose tasks run in another process (exceptions arrive rebuilt).
-_REMOTE = {"fork", "spawn", "distributed"}
+from tests.modes import Mode
 
 
 class ModeMap:
-    """``pool.map`` of one mode's pool, with the mode's name attached."""
+    """``pool.map`` of one mode's pool, with the mode attached."""
 
-    def __init__(self, mode: str, pool: Pool) -> None:
-        self.mode = mode
-        self.remote = mode in _REMOTE
+    def __init__(self, mode: Mode, pool: Pool) -> None:
+        self.mode = mode.name
+        self.remote = mode.remote
         self._pool = pool
 
     def __call__(self, fun: Any, tasks: Any, **options: Any) -> Results:
@@ -66,11 +43,11 @@ class ModeMap:
         return f"ModeMap({self.mode!r})"
 
 
-@pytest.fixture(scope="module", params=list(_POOLS))
-def _contract_pool(request):
-    pool = _POOLS[request.param](request)
+@pytest.fixture(scope="module")
+def _contract_pool(mode: Mode):
+    pool = mode.pool()
     try:
-        yield request.param, pool
+        yield mode, pool
     finally:
         pool.shutdown()
 
@@ -358,16 +335,28 @@ def test_imap_reads_lazily_and_holds_at_most_buffersize(mode_map):
     assert received == 300 and source.pulled == 300
 
 
+#: Workers of each contract pool (``Mode.pool``), and most chunks each holds at once.
+_WORKERS, _HELD = 2, 2
+
+
 def test_imap_stops_the_work_when_the_loop_breaks(mode_map, tmp_path):
+    """Half-second tasks on two workers; the loop breaks at the first outcome. What runs
+    then may end, but no other task starts: had the work gone on, all eight tasks read
+    would have started before the check."""
+    seconds = 0.5
     source = Counted(range(10_000))
-    fun = partial(h.record_call, str(tmp_path))
+    fun = partial(h.record_then_nap, str(tmp_path), seconds=seconds)
     for outcome in mode_map.imap(fun, source, chunksize=1, buffersize=8):
         assert outcome.value == outcome.task
         break
+    broke = time.monotonic()
     assert source.pulled <= 8
-    time.sleep(0.3)  # anything still running would leave more files by now
-    assert len(list(tmp_path.iterdir())) <= 8
     assert mode_map(h.square, [1, 2, 3]) == {1: 1, 2: 4, 3: 9}  # the pool goes on
+    # Nothing signals that a task did not start: watch for as long as the eight would
+    # have taken to start on two workers (4 rounds), with a round to spare.
+    time.sleep(max(0.0, broke + 4 * seconds - time.monotonic()))
+    started = len(list(tmp_path.iterdir()))
+    assert started <= _WORKERS * _HELD, f"{started} tasks started after the loop broke"
 
 
 def test_imap_hands_on_what_finished_before_the_iterable_failed(mode_map):

@@ -17,36 +17,31 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import pytest
 
 from ezpool import Pool, PoolExecutor, RemoteTraceback, TaskTimeout, WorkerCrashed
 from tests import _helpers as h
-from tests.conftest import REPO_ROOT, eventually, free_port
-
-MODES = ["serial", "parallel", "distributed"]
-
-
-def _options(mode: str, workers: int = 2) -> dict[str, Any]:
-    if mode == "distributed":
-        return {"workers": [f"PYRO:worker@127.0.0.1:{free_port()}" for _ in range(workers)], "spawn": True}
-    return {"max_workers": workers} if mode == "parallel" else {}
+from tests.conftest import REPO_ROOT, eventually
+from tests.modes import MODES, Mode
 
 
-@pytest.fixture(scope="module", params=MODES)
-def executor(request):
-    with PoolExecutor(request.param, **_options(request.param)) as opened:
+@pytest.fixture(scope="module")
+def executor(mode: Mode):
+    with mode.executor() as opened:
         yield opened
 
 
 @pytest.fixture
 def make():
-    """``make(mode, workers=2, **options)``: a new executor, shut down at teardown."""
+    """``make(mode, workers=2, **options)``: a new executor of a ``Mode`` (or of EzPool's
+    mode of that name, with its platform's start method), shut down at teardown."""
     made: list[PoolExecutor] = []
 
-    def build(mode: str, workers: int = 2, **options: Any) -> PoolExecutor:
-        made.append(PoolExecutor(mode, **_options(mode, workers), **options))
+    def build(mode: Union[Mode, str], workers: int = 2, **options: Any) -> PoolExecutor:
+        chosen = mode if isinstance(mode, Mode) else Mode(mode, mode)
+        made.append(chosen.executor(workers, **options))
         return made[-1]
 
     yield build
@@ -167,7 +162,6 @@ def test_map_of_slow_calls_spreads_them_over_the_workers(make):
 # --- cancelling and shutting down --------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_a_pending_future_can_be_cancelled(make, gate, mode):
     path, open_gate = gate
     executor = make(mode, workers=1)
@@ -183,7 +177,6 @@ def test_a_pending_future_can_be_cancelled(make, gate, mode):
         last.result()
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_shutdown_with_cancel_futures_cancels_what_waits_and_finishes_the_rest(make, gate, mode):
     path, open_gate = gate
     executor = make(mode, workers=1)
@@ -221,7 +214,6 @@ def test_callbacks_of_futures_cancelled_by_shutdown_may_call_the_executor(make, 
     assert queued.cancelled() and heard == ["cannot schedule new futures after shutdown"]
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_after_shutdown_without_waiting_the_results_still_arrive(make, mode):
     executor = make(mode)
     futures = [executor.submit(h.nap, 0.05) for _ in range(6)]
@@ -344,9 +336,9 @@ def test_pool_executor_inherits_the_pools_mode_and_options(make):
      (2.5, TypeError, "got 2.5"), (True, TypeError, "got True")],
 )
 def test_a_bad_max_workers_is_refused_naming_it(value, error, message):
-    for mode in MODES:
+    for kind in {mode.kind for mode in MODES.values()}:
         with pytest.raises(error, match=message):
-            PoolExecutor(mode, max_workers=value)
+            PoolExecutor(kind, max_workers=value)
 
 
 def test_a_bad_function_or_mode_is_refused_naming_it(executor):
@@ -379,7 +371,6 @@ def test_an_executor_nobody_holds_stops_its_processes():
     assert os.getpid()  # (nothing left running: the module fixture checks it too)
 
 
-@pytest.mark.parametrize("mode", MODES)
 def test_a_context_is_the_first_argument_of_every_call(make, mode):
     executor = make(mode, context=100)
     assert executor.submit(h.add, 1).result(timeout=60) == 101

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import eventually
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: The first lines of every child script: Ctrl-C must raise ``KeyboardInterrupt`` there
@@ -25,19 +27,21 @@ SCRIPT = RESET_SIGINT + textwrap.dedent(
     import os, sys, time
     from ezpool import Pool
 
-    def nap(seconds):
+    def nap(seconds, started):
+        open(os.path.join(started, str(os.getpid())), "w").close()
         time.sleep(seconds)
         return os.getpid()
 
     if __name__ == "__main__":
-        pids_file = sys.argv[1]
+        pids_file, started = sys.argv[1], sys.argv[3]
         with Pool(start_method=sys.argv[2]) as pool:
             pool.pmap(os.getpid, [()] * 4, ncpu=2)  # start the workers
             workers = [p.process.pid for p in pool._backends["parallel"]._processes]
             with open(pids_file, "w") as f:
                 f.write(" ".join(map(str, workers)))
             print("ready", flush=True)
-            pool.pmap(nap, [60, 61, 62, 63], ncpu=2, progress=False)
+            pool.pmap(nap, [(60, started), (61, started), (62, started), (63, started)], ncpu=2,
+                      progress=False)
     """
 )
 
@@ -94,9 +98,11 @@ def _start(tmp_path: Path, start_method: str, cleanup: Started) -> tuple[subproc
     script = tmp_path / "long_run.py"
     script.write_text(SCRIPT)
     pids_file = tmp_path / "pids"
+    started = tmp_path / "started"
+    started.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(pids_file), start_method],
+        [sys.executable, str(script), str(pids_file), start_method, str(started)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -112,6 +118,11 @@ def _start(tmp_path: Path, start_method: str, cleanup: Started) -> tuple[subproc
     return proc, workers
 
 
+def _wait_started(tmp_path: Path) -> None:
+    """Until the two workers have both started a long task (each leaves a file as it does)."""
+    eventually(lambda: len(list((tmp_path / "started").iterdir())) >= 2, "the long tasks running")
+
+
 def _wait_gone(pids: list[int], seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -125,7 +136,7 @@ def _wait_gone(pids: list[int], seconds: float) -> list[int]:
 @pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 def test_ctrl_c_reaches_caller_and_stops_every_worker(tmp_path, cleanup, start_method):
     proc, workers = _start(tmp_path, start_method, cleanup)
-    time.sleep(0.5)  # let the long tasks start
+    _wait_started(tmp_path)
     began = time.monotonic()
     proc.send_signal(signal.SIGINT)  # to the calling process only
     _, stderr = proc.communicate(timeout=20)
@@ -140,7 +151,7 @@ def test_ctrl_c_reaches_caller_and_stops_every_worker(tmp_path, cleanup, start_m
 
 def test_ctrl_c_to_whole_process_group(tmp_path, cleanup):
     proc, workers = _start(tmp_path, "fork", cleanup)
-    time.sleep(0.5)
+    _wait_started(tmp_path)
     os.killpg(proc.pid, signal.SIGINT)  # a real terminal sends it to the whole group
     _, stderr = proc.communicate(timeout=20)
     assert "KeyboardInterrupt" in stderr
@@ -151,7 +162,7 @@ def test_ctrl_c_to_whole_process_group(tmp_path, cleanup):
 @pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 def test_workers_exit_when_the_caller_is_killed(tmp_path, cleanup, start_method):
     proc, workers = _start(tmp_path, start_method, cleanup)
-    time.sleep(0.5)
+    _wait_started(tmp_path)
     proc.kill()  # SIGKILL: no cleanup code runs in the caller
     proc.wait(10)
     assert _wait_gone(workers, 10) == [], "worker processes outlived their killed caller"
@@ -159,21 +170,23 @@ def test_workers_exit_when_the_caller_is_killed(tmp_path, cleanup, start_method)
 
 DMAP_SCRIPT = RESET_SIGINT + textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from ezpool import Pool, BaseWorker
 
     class Slow(BaseWorker):
-        def run(self, seconds):
+        def run(self, seconds, started=None):
+            if started is not None:
+                open(os.path.join(started, str(os.getpid())), "w").close()
             time.sleep(seconds)
             return seconds
 
     if __name__ == "__main__":
-        ports = sys.argv[1:]
+        started, ports = sys.argv[1], sys.argv[2:]
         with Pool(workers=[f"PYRO:worker@127.0.0.1:{p}" for p in ports], spawn=True) as pool:
             pool.dmap(Slow, [0.01, 0.02])  # starts both workers
             pids = [p.pid for p in pool._backends["distributed"]._spawned.values()]
             print(" ".join(map(str, pids)), flush=True)
-            pool.dmap(Slow, [60, 61, 62, 63], progress=False)
+            pool.dmap(Slow, [(seconds, started) for seconds in (60, 61, 62, 63)], progress=False)
     """
 )
 
@@ -184,9 +197,10 @@ def test_workers_the_pool_started_for_dmap_end_with_it(tmp_path, cleanup, how):
 
     script = tmp_path / "dmap_run.py"
     script.write_text(DMAP_SCRIPT)
+    (tmp_path / "started").mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(free_port()), str(free_port())],
+        [sys.executable, str(script), str(tmp_path / "started"), str(free_port()), str(free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )
     cleanup.append(proc)
@@ -194,7 +208,7 @@ def test_workers_the_pool_started_for_dmap_end_with_it(tmp_path, cleanup, how):
     workers = [int(pid) for pid in proc.stdout.readline().split()]
     cleanup.add_workers(workers)
     assert len(workers) == 2, proc.stderr.read() if proc.stderr else ""
-    time.sleep(0.5)
+    _wait_started(tmp_path)
     began = time.monotonic()
     proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
     _, stderr = proc.communicate(timeout=30)

@@ -25,33 +25,26 @@ from ezpool import RemoteTraceback, TaskTimeout, WorkerCrashed
 from ezpool._backends.parallel.backend import available_cpus
 from ezpool.joblib import EzPoolBackend  # registers "ezpool" with joblib
 from tests import _helpers as h
-from tests.conftest import eventually, free_port
+from tests.conftest import eventually
+from tests.modes import MODES, Mode
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _local_workers(count: int) -> list[str]:
-    return [f"PYRO:worker@127.0.0.1:{free_port()}" for _ in range(count)]
+def _selecting(name: str) -> dict[str, Any]:
+    """The backend keyword arguments that select the mode of that name (``tests/modes.py``)."""
+    return {"mode": MODES[name].kind, **MODES[name].options()}
 
 
-#: Backend keyword arguments of each mode the tests run in.
-MODES: dict[str, Callable[[], dict[str, Any]]] = {
-    "serial": lambda: {"mode": "serial"},
-    "fork": lambda: {"mode": "parallel", "start_method": "fork"},
-    "spawn": lambda: {"mode": "parallel", "start_method": "spawn"},
-    "distributed": lambda: {"mode": "distributed", "workers": _local_workers(2), "spawn": True},
-}
-
-
-@pytest.fixture(params=list(MODES))
-def ezpool_config(request: pytest.FixtureRequest) -> Callable[..., Any]:
+@pytest.fixture
+def ezpool_config(mode: Mode) -> Callable[..., Any]:
     """``ezpool_config(**more)``: a ``parallel_config`` of the "ezpool" backend in this mode."""
-    kwargs = MODES[request.param]()
+    kwargs = _selecting(mode.name)
 
     def config(**more: Any) -> Any:
         return parallel_config(backend="ezpool", **{**kwargs, **more})
 
-    config.mode = request.param  # type: ignore[attr-defined]
+    config.mode = mode.name  # type: ignore[attr-defined]
     return config
 
 
@@ -172,7 +165,7 @@ def test_an_exception_from_the_task_iterator_is_raised(ezpool_config: Any) -> No
 
 @pytest.mark.parametrize("mode", ["fork", "distributed"])
 def test_a_crashed_worker_process_gives_worker_crashed(mode: str) -> None:
-    with parallel_config(backend="ezpool", n_jobs=2, **MODES[mode]()), pytest.raises(WorkerCrashed):
+    with parallel_config(backend="ezpool", n_jobs=2, **_selecting(mode)), pytest.raises(WorkerCrashed):
         Parallel()(delayed(h.exit_on)(3, x) for x in range(8))
     eventually(_no_ezpool_processes, "end of the worker processes", timeout=10)
 
@@ -214,14 +207,14 @@ def _inner_ezpool_sum(n: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("mode", ["fork", "spawn", "distributed"])
 def test_a_nested_parallel_runs_on_threads_of_the_worker(mode: str) -> None:
-    with parallel_config(backend="ezpool", n_jobs=2, **MODES[mode]()):
+    with parallel_config(backend="ezpool", n_jobs=2, **_selecting(mode)):
         results = Parallel()(delayed(_inner_sum)(n) for n in range(1, 6))
     assert results == [(sum(x * x for x in range(n)), "ThreadingBackend") for n in range(1, 6)]
 
 
 @pytest.mark.parametrize("mode", ["fork", "spawn"])
 def test_a_nested_ezpool_parallel_has_processes_of_its_own(mode: str) -> None:
-    with parallel_config(backend="ezpool", n_jobs=2, **MODES[mode]()):
+    with parallel_config(backend="ezpool", n_jobs=2, **_selecting(mode)):
         results = Parallel()(delayed(_inner_ezpool_sum)(6) for _ in range(2))
     for inner_processes, outer_pid in results:
         assert inner_processes == 2 and outer_pid != os.getpid()
@@ -240,10 +233,10 @@ def test_a_nested_ezpool_parallel_has_processes_of_its_own(mode: str) -> None:
         (None, {}, 1),
         (1, {}, 1),
         (5, {"mode": "serial"}, 1),
-        (None, {"mode": "distributed", "workers": _local_workers(3)}, 3),
-        (-1, {"mode": "distributed", "workers": _local_workers(3)}, 3),
-        (8, {"mode": "distributed", "workers": _local_workers(3)}, 3),
-        (-1, {"mode": "distributed", "workers": _local_workers(1)}, 2),
+        (None, {"mode": "distributed", "workers": MODES["distributed"].options(3)["workers"]}, 3),
+        (-1, {"mode": "distributed", "workers": MODES["distributed"].options(3)["workers"]}, 3),
+        (8, {"mode": "distributed", "workers": MODES["distributed"].options(3)["workers"]}, 3),
+        (-1, {"mode": "distributed", "workers": MODES["distributed"].options(1)["workers"]}, 2),
         (1, {"mode": "distributed"}, 1),
     ],
 )
@@ -285,7 +278,7 @@ def test_grid_search_finds_what_it_finds_without_ezpool(mode: str) -> None:
     x, y = datasets.load_iris(return_X_y=True)
     grid = {"C": [0.1, 1, 10], "gamma": ["scale", 0.1]}
     alone = GridSearchCV(SVC(), grid, cv=3).fit(x, y)
-    with parallel_config(backend="ezpool", **MODES[mode]()):
+    with parallel_config(backend="ezpool", **_selecting(mode)):
         shared = GridSearchCV(SVC(), grid, cv=3, n_jobs=2).fit(x, y)
     assert shared.best_params_ == alone.best_params_
     assert shared.cv_results_["mean_test_score"].tolist() == alone.cv_results_["mean_test_score"].tolist()

@@ -15,6 +15,7 @@ from ezpool._core.serialization import rebuild
 from ezpool._worker.faults import Faults
 from ezpool._worker.servant import Servant
 from tests import _helpers as h
+from tests.conftest import eventually
 
 
 def _decode(reply: bytes):
@@ -177,8 +178,7 @@ def test_a_chunk_run_in_the_requests_thread_is_busy_to_pings_and_one_runs_at_a_t
                for name, timeout in (("a", None), ("b", None), ("c", 10.0))]
     for thread in clients:
         thread.start()
-    time.sleep(0.1)
-    assert servant.ping() == (servant.identity, True)
+    eventually(lambda: servant.ping() == (servant.identity, True), "the worker busy with a chunk")
     for thread in clients:
         thread.join(30)
     assert sorted(answers) == ["a", "b", "c"] and all(status == "ok" for status, _ in answers.values())
