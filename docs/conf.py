@@ -38,7 +38,9 @@ nitpick_ignore_regex = [
     # The option parameters of Pool's methods are typed as in ezpool.options, whose
     # aliases (and types.ModuleType, imported by name) show as written; R is the
     # value type of Results, explained on Results itself.
-    ("py:class", r"ModuleType|PathText|ProgressHook|R"),
+    ("py:class", r"ModuleType|PathText|ProgressHook|R|Workers"),
+    # Each method's options are the TypedDict group of its mode, described on Options.
+    ("py:class", r"Unpack\[\w+Options\]|Unpack|\w+Options"),
     ("py:obj", r"ezpool\.results\.R"),
 ]
 
@@ -47,6 +49,8 @@ nitpick_ignore_regex = [
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True
+# Each method of Pool lists the options of its mode (ezpool.options.described).
+napoleon_custom_sections = [("Options (where not given, the pool's)", "params_style")]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"

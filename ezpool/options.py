@@ -191,8 +191,8 @@ class _Every(TypedDict, total=False):
         "called here once per finished task as hook(outcome, done, total)", _progress)]
     msg: Annotated[str, Option("Computing", "the label of the progress bar", _text)]
     context: Annotated[Any, Option(
-        None, "an object every task gets as its first argument, fun(context, *args); it travels to each "
-        "worker once and stays there for the pool's life (treat it as read-only)", _anything)]
+        None, "an object every task gets as the first argument of fun; it travels to each worker once "
+        "and stays there for the pool's life (treat it as read-only)", _anything)]
     store: Annotated[Optional[PathText], Option(
         None, "a file (SQLite) that keeps every outcome as it arrives: the same call again returns the "
         "stored ones at once and runs only the others (see ezpool.store)", _path)]
@@ -394,10 +394,13 @@ def described(group: type) -> Callable[[_Method], _Method]:
     """A decorator adding the options of ``group`` to a method's docstring, one line each,
     so that ``help(Pool.pmap)`` lists what ``pmap`` takes."""
     table = _table(group)
-    lines = "".join(f"    {name}: {option.meaning}\n" for name, option in table.items())
 
     def decorate(method: _Method) -> _Method:
-        method.__doc__ = f"{method.__doc__ or ''}\n\n    Options (a pool's value where not given):\n{lines}"
+        doc = (method.__doc__ or "").rstrip()
+        body = [line for line in doc.splitlines()[1:] if line.strip()]
+        indent = min((line[: len(line) - len(line.lstrip())] for line in body), key=len, default="")
+        lines = "".join(f"{indent}    {name}: {option.meaning}\n" for name, option in table.items())
+        method.__doc__ = f"{doc}\n\n{indent}Options (where not given, the pool's):\n{lines}"
         return method
 
     return decorate

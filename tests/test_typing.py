@@ -130,7 +130,7 @@ def test_each_method_takes_its_modes_options_and_lists_them_in_its_help(method) 
         assert set(group.__annotations__) == set(OPTIONS)
     else:
         for name in group.__annotations__:
-            assert f"\n    {name}: " in (method.__doc__ or ""), f"{method.__qualname__} does not list {name}"
+            assert f"\n    {name}: " in inspect.getdoc(method), f"{method.__qualname__} does not list {name}"
 
 
 def test_every_option_is_written_once_with_its_default_and_its_meaning() -> None:

@@ -1,7 +1,8 @@
 """The object a distributed worker serves: it runs chunks of tasks for clients.
 
-It is transport-free (``ezpool._pyro`` exposes it over the network). Its three
-remote methods carry only strings, numbers, bytes and small dicts:
+It is transport-free (``ezpool._pyro`` exposes it over the network). Its remote
+methods carry only strings, numbers, bytes and small dicts; a status travels as
+the text of a ``Status`` (``ezpool._core.records``):
 
 ``hello()``
     who this worker is: an ``identity`` drawn at random when the process starts
@@ -16,18 +17,19 @@ remote methods carry only strings, numbers, bytes and small dicts:
     ``BaseWorker`` class in the shipment ``blob`` (see ``ezpool._core.shipping``) under its
     content id ``fid``, for as long as it keeps ``FUNCTIONS_KEPT`` others (a
     ``functools.partial`` of either carries a call's ``context``: its ``run`` or the
-    function gets it as first argument); ``(status, reply)`` is ``("ok", b"")``, or ``("error",
-    pickled ExceptionRecord)`` when it cannot be loaded here.
-``run_chunk(identity, fid, first, count, payloads, timeout[, capture_level])``
-    ``(status, reply)``. ``capture_level`` (sent only when the client wants it) is
-    the lowest log level to keep with what each task prints, sent back with the
-    outcome (see ``ezpool._core.relay``). ``status`` is ``"ok"`` (``reply`` is the
-    pickled outcome, see ``ezpool._worker.running.pack_chunk``), ``"wrong-worker"``
-    (this is not the process the client checked: nothing ran), ``"need-function"``
-    (``fid`` is not loaded here: nothing ran), or ``"restarting"`` (a timed-out
-    task is being stopped by restarting this process: nothing ran). A worker that
-    serves one named target runs it whatever ``fid`` says (the client checked it
-    at ``hello``).
+    function gets it as first argument); ``(status, reply)`` is ``(OK, b"")``, or
+    ``(ERROR, pickled ExceptionRecord)`` when it cannot be loaded here.
+``run_chunk(*ChunkCall)``
+    ``(status, reply)``, for the chunk a ``ChunkCall`` describes (its ``level``, sent
+    only when the client wants it, is the lowest log level to keep with what each
+    task prints, see ``ezpool._core.relay``). ``status`` is ``OK`` (``reply`` is the
+    pickled outcome, see ``ezpool._worker.running.pack_chunk``), ``WRONG_WORKER``
+    (this is not the process the client checked: nothing ran), ``NEED_FUNCTION``
+    (``fid`` is not loaded here: nothing ran), ``RESTARTING`` (a timed-out task is
+    being stopped by restarting this process: nothing ran), or ``GONE``: there is
+    no answer, and the connection is hung up (the client left before the chunk
+    ran, or a test asked for the fault, see ``faults``). A worker that serves one
+    named target runs it whatever ``fid`` says (the client checked it at ``hello``).
 
 One chunk runs at a time, whoever sends it. Without a ``timeout`` it runs in the
 thread that received the request, which looks for the client's hang-up between

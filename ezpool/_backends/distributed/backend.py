@@ -4,21 +4,22 @@ How data flows (the links, their connections, the threads that drive them and th
 watcher all live as long as the pool: a second call starts no thread, opens no
 connection and checks no worker that has not changed)::
 
-    caller thread (Call.batches)       crew threads (Call._drive)            ezpool.serve (Servant)
-    ────────────────────────────       ────────────────────────────          ──────────────────────
+    caller thread (call.Call)          crew threads (drivers.PushDriver)     ezpool.serve (Servant)
+    ─────────────────────────          ─────────────────────────────────     ──────────────────────
     pickle tasks in pieces; check
     each new worker: hello() ─────────────────────────────────────────────▶ identity, what it serves
       (start a local one that does not answer)
-                                       take a chunk (shared queue, sized
-                                       by the run times seen so far)   ──▶ run_chunk(identity, ...)
-                                       and send the next behind it     ──▶ (waits at the worker)
+                                       work.take(): a chunk (shared queue,
+                                       sized by the run times seen so far) ─▶ run_chunk(ChunkCall)
+                                       work.take_behind(): the next ───────▶ (waits at the worker)
                                                                              runs it (with a
                                                                              ``timeout``: in its
                                                                              runner thread, which
                                                                              stops a task past it)
-    outbox.get() ◀── Batch ─────────── settle(verdict) ◀───────────────── (status, outcomes)
-      yield it                         done / returned / lost: requeue
-                                       or fail each task, exactly once
+    outbox.get() ◀── Batch ─────────── work.settle(chunk, event) ◀─────── (Status, outcomes)
+      yield it                         the ledger: report, send again at
+                                       no cost, charge an attempt, or fail
+                                       each task, exactly once
     watcher thread (one per pool) ─── ping() every heartbeat/4 to each RUNNING worker;
                                        no answer for ``heartbeat`` s: break its call off
 
@@ -31,9 +32,10 @@ Dynamic load balancing comes from the shared queue: a worker holds at most two
 chunks (the one it runs and the next), and asks for another when it has sent
 back one, so fast and slow machines both stay busy.
 When no chunk is left to send, an idle worker runs a backup copy of one that is
-late (see ``backups``), so that a slow but live worker does not hold up the end.
-A worker's states and the moves between them are in ``links``; what happens to
-a chunk, whatever went wrong, is decided in ``dispatch.Call.settle``.
+late (``Ledger.late``), so that a slow but live worker does not hold up the end.
+A worker's states, and the events that move it between them, are in ``links``;
+what happens to a chunk, whatever went wrong, is the ledger's to decide
+(``ezpool._core.ledger``), as it is for ``pmap``.
 """
 
 from __future__ import annotations

@@ -6,18 +6,19 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
     ─────────────────────────────────────────          ───────────────────────────
     publish the function (ezpool._core.parcels), tasks in pieces
     each worker holds up to two chunks:                  a reader thread queues them;
-      ── (fid, parcel?, first, stop, exact, pieces, ─▶  unpickle, run each task:
-         level)
-      ── then each big piece, part by part ─▶               mark = its position (tiny
+      ── ChunkRequest (the small pieces in it) ──────▶  unpickle, run each task:
+      ── then each big piece, part by part ──────────▶    mark = its position (tiny
                                                             ones: its group's, see run_chunk)
-    wait(pipes + process sentinels, timeout)  ◀── (first, values, times, failures,
-                                                   [what tasks wrote, if captured])
-      ├─ a reply: top that worker up to two chunks, then yield a Batch
-      ├─ a sentinel: the process died; ``mark`` names the task it was running,
-      │   which gets WorkerCrashed (or one more try), or a group of tiny tasks, which
-      │   runs again with every task marked; the rest of its chunks is redone
-      └─ a timeout: a mark unchanged for ``timeout`` seconds: kill the process,
-          the task gets TaskTimeout, the rest of its chunk is redone, a new one starts
+    wait(pipes + process sentinels, timeout)  ◀── ChunkReply (first, values, times,
+                                                   failures, [what tasks wrote])
+      ├─ a reply: the ledger settles the chunk (Answered, or Garbled if it cannot be
+      │   read here), top that worker up to two chunks, yield a Batch
+      ├─ a sentinel: the process died (Lost, with its ``mark``): the ledger charges
+      │   the task it was running an attempt (WorkerCrashed after ``max_attempts``),
+      │   or runs a group of tiny tasks again with every task marked; its other
+      │   chunks go back at no cost
+      └─ a timeout: a mark unchanged for ``timeout`` seconds: kill the process
+          (TimedOut): the task gets TaskTimeout, the rest goes back, a new one starts
 
 A request is one small pickle; a piece of tasks rides in it when it is small,
 and otherwise follows as a message of its own, written from its parts
