@@ -69,7 +69,7 @@ from typing import Any, NamedTuple, Optional, Union
 from .._core.logs import get_logger
 from ..errors import StoreError, StoreMismatch
 from ..results import Results
-from .database import Connection
+from .database import Database
 from .identity import Identity, identity, sweep_name
 from .sweep import StoredOutcome, Sweep, label
 
@@ -111,7 +111,7 @@ class Store:
     def __init__(self, path: PathLike, *, readonly: bool = False) -> None:
         self.path = os.fspath(path)
         self.readonly = readonly
-        self._connection = Connection(self.path, readonly)
+        self._connection = Database(self.path, readonly)
         self._sweeps: list[Sweep] = []
 
     def __repr__(self) -> str:
@@ -186,7 +186,7 @@ class Store:
         for sweep_id, name, key, created in rows:
             opened = [sweep for sweep in self._sweeps if sweep._id == sweep_id]
             sweep = opened[0] if opened else Sweep(self._connection, sweep_id, name, key or None)
-            infos.append(SweepInfo(name, key or None, created, *sweep._counts()))
+            infos.append(SweepInfo(name, key or None, created, *sweep.counts()))
         return infos
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from ..errors import StoreError
 
 logger = get_logger(__name__)
 
-__all__ = ["Connection"]
+__all__ = ["Database"]
 
 #: The file's ``PRAGMA application_id`` ("EzPL") and ``user_version``.
 APPLICATION_ID = 0x457A504C
@@ -69,7 +69,7 @@ _SCHEMA = (
 )
 
 
-class Connection:
+class Database:
     """The SQLite connection of one ``Store``, shared by its sweeps and guarded by one lock.
 
     Opening creates the file and its tables, unless ``readonly``. Errors of SQLite

@@ -26,7 +26,7 @@ from .._core.serialization import short_repr
 from ..errors import StoreError
 from ..results import Results, ResultsBuilder
 from .batches import Outcomes, encode, load_tasks
-from .database import Connection
+from .database import Database
 from .index import MISSING, Index
 from .keys import task_keys
 
@@ -61,7 +61,7 @@ class Sweep:
     ``Store.find`` (which does not).
     """
 
-    def __init__(self, connection: Connection, sweep_id: int, name: str, store_key: Optional[str]) -> None:
+    def __init__(self, connection: Database, sweep_id: int, name: str, store_key: Optional[str]) -> None:
         self.name = name
         self.store_key = store_key
         self._connection = connection
@@ -317,7 +317,7 @@ class Sweep:
             lines.append(f"  {len(slow)} slowest tasks:")
         return "\n".join(lines + slowest_lines)
 
-    def _counts(self) -> tuple[int, int]:
+    def counts(self) -> tuple[int, int]:
         """How many tasks have an outcome, and how many of those failed."""
         self.flush()
         with self._connection.transaction(write=False) as db:

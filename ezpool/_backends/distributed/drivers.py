@@ -350,7 +350,9 @@ class PushDriver(Driver):
     # --- when the call ends ----------------------------------------------------------------
 
     def break_off(self) -> None:
-        if self.link.connection is not None and self.work.ledger.holds(self):
+        with self.work.cond:
+            holding = bool(self.work.ledger.holds(self))
+        if holding and self.link.connection is not None:
             self.link.connection.abort()
 
     def abandon(self) -> None:
