@@ -11,12 +11,12 @@ import pytest
 from ezpool import RemoteError, RemoteTraceback, ResultNotSerializable
 from ezpool._core.serialization import (
     ExceptionRecord,
-    capture,
     dumps,
     dumps_function,
     dumps_tasks,
     loads,
     rebuild,
+    record_exception,
     safe_values,
 )
 from tests import _helpers as h
@@ -31,7 +31,7 @@ def _raised(fun, *args) -> BaseException:
 
 
 def test_capture_and_rebuild_give_back_the_class_message_and_traceback():
-    record = capture(_raised(h.raise_custom, "boom"))
+    record = record_exception(_raised(h.raise_custom, "boom"))
     assert isinstance(record, ExceptionRecord)
     assert record.type_name == "tests._helpers.CustomError" and record.message == "boom"
     assert "_helpers.py" in record.traceback_text and "raise_custom" in record.traceback_text
@@ -44,7 +44,7 @@ def test_capture_and_rebuild_give_back_the_class_message_and_traceback():
 
 
 def test_a_builtin_exception_keeps_its_plain_name():
-    record = capture(_raised(int, "x"))
+    record = record_exception(_raised(int, "x"))
     assert record.type_name == "ValueError"
     assert type(rebuild(record)) is ValueError
 
@@ -57,7 +57,7 @@ def test_a_builtin_exception_keeps_its_plain_name():
     ],
 )
 def test_an_exception_that_cannot_be_rebuilt_becomes_remote_error(fun, type_name, has_blob):
-    record = capture(_raised(fun, "lost"))
+    record = record_exception(_raised(fun, "lost"))
     assert (record.blob is not None) is has_blob
     rebuilt = rebuild(record)
     assert type(rebuilt) is RemoteError
@@ -108,7 +108,7 @@ def test_dumps_tasks_names_the_task_that_cannot_be_sent():
 
 
 def test_safe_values_replaces_only_what_cannot_be_pickled():
-    earlier = capture(ValueError("earlier"))
+    earlier = record_exception(ValueError("earlier"))
     values = [1, threading.Lock(), "three", None]
     failures = {3: earlier}
     safe_values(values, failures)
@@ -121,12 +121,12 @@ def test_safe_values_replaces_only_what_cannot_be_pickled():
 
 
 def test_capture_survives_an_exception_whose_str_fails():
-    record = capture(_raised(h.raise_bad_str, 5))
+    record = record_exception(_raised(h.raise_bad_str, 5))
     assert record.type_name == "tests._helpers.BadStrError"
     assert "BadStrError" in record.message and "raise_bad_str" in record.traceback_text
     rebuilt = rebuild(record)
     assert type(rebuilt) is h.BadStrError and rebuilt.args == (5,)
-    unpicklable = capture(_raised(h.raise_unpicklable, "x"))._replace(message="m")
+    unpicklable = record_exception(_raised(h.raise_unpicklable, "x"))._replace(message="m")
     assert str(rebuild(unpicklable)) == "tests._helpers.UnpicklableError: m"
 
 

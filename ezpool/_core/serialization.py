@@ -44,7 +44,7 @@ __all__ = [
     "Pickled",
     "dumps_parts",
     "pickled_size",
-    "capture",
+    "record_exception",
     "rebuild",
     "safe_values",
     "short_repr",
@@ -268,7 +268,7 @@ def loads_tasks(pieces: Sequence[Any]) -> Sequence[Any]:
     return [task for piece in pieces for task in loads(piece)]
 
 
-def capture(exc: BaseException) -> ExceptionRecord:
+def record_exception(exc: BaseException) -> ExceptionRecord:
     """Record an exception raised here so that it can be rebuilt in another process."""
     import traceback  # ~2.5 ms to import: a run pays for it only once a task fails
 
@@ -309,7 +309,7 @@ def safe_values(values: list[Any], failures: dict[int, ExceptionRecord]) -> None
             error = ResultNotSerializable(
                 f"the task's value {short_repr(value)} cannot be sent back: {exc}"
             )
-            failures[offset] = capture(error)
+            failures[offset] = record_exception(error)
 
 
 def _qualified_name(cls: type) -> str:

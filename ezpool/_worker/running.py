@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 from .._core.logs import get_logger
 from .._core.records import ChunkOutcome, ExceptionRecord, GroupTimes, TaskOutput, group_mark
-from .._core.serialization import capture, dumps, safe_values
+from .._core.serialization import dumps, record_exception, safe_values
 
 logger = get_logger(__name__)
 
@@ -122,7 +122,7 @@ def _run_group(
             values.extend(spread(fun, remaining))
             return
         except BaseException as exc:
-            failures[len(values) + offset] = capture(exc)
+            failures[len(values) + offset] = record_exception(exc)
             values.append(None)
 
 
@@ -147,7 +147,7 @@ def _run_marked(
             value = fun(*task) if type(task) is tuple else fun(task)
         except BaseException as exc:
             value = None
-            failures[len(values) + offset] = capture(exc)
+            failures[len(values) + offset] = record_exception(exc)
         add_value(value)
         ran += 1
         if stop is not None and stop.cancel:
@@ -202,7 +202,7 @@ def run_chunk_captured(
                 value = fun(*task) if type(task) is tuple else fun(task)
             except BaseException as exc:
                 value = None
-                failures[position - first] = capture(exc)
+                failures[position - first] = record_exception(exc)
             finished = clock()
             written = kept.end()
             if written is not None:

@@ -60,7 +60,7 @@ from typing import Any, Callable, Optional, cast
 
 from .._core.logs import get_logger
 from .._core.records import ChunkCall, ChunkOutcome, ExceptionRecord, GroupTimes, Status, TaskOutput
-from .._core.serialization import capture, dumps, loads_tasks
+from .._core.serialization import dumps, loads_tasks, record_exception
 from .._core.shipping import fingerprint, unpack
 from ..errors import TaskTimeout
 from ..worker import BaseWorker
@@ -196,9 +196,10 @@ class Servant:
         return dict(self._faults.at("hello", info))
 
     def load(self, fid: str, blob: bytes) -> tuple[str, bytes]:
-        """Keep the function in a shipment under ``fid``; ``("error", record)`` if it cannot load."""
+        """Keep the function in a shipment under ``fid``; ``(ERROR, record)`` if it cannot load."""
         if self._pinned:
-            return Status.ERROR.value, dumps(capture(TypeError(f"this worker serves only {self._name!r}")))
+            refused = TypeError(f"this worker serves only {self._name!r}")
+            return Status.ERROR.value, dumps(record_exception(refused))
         with self._lock:
             if fid in self._functions:
                 self._functions.move_to_end(fid)
@@ -207,7 +208,7 @@ class Servant:
             target = unpack(blob)
             run = self._prepare(fid, target)
         except BaseException as exc:
-            return Status.ERROR.value, dumps(capture(exc))
+            return Status.ERROR.value, dumps(record_exception(exc))
         with self._lock:
             self._functions[fid] = run
             while len(self._functions) > FUNCTIONS_KEPT:
@@ -267,7 +268,7 @@ class Servant:
         first, count = call.first, call.size
         if call.level is not None and type(call.level) is not int:
             error = TypeError(f"capture_level must be a log level or None, got {call.level!r}")
-            return Status.OK, pack_chunk(first, failed_chunk(count, capture(error)))
+            return Status.OK, pack_chunk(first, failed_chunk(count, record_exception(error)))
         run = self._run if self._pinned else self._functions.get(call.fid)
         if run is None:
             return Status.NEED_FUNCTION, b""
@@ -287,7 +288,7 @@ class Servant:
             try:
                 tasks = loads_tasks(call.payloads)
             except BaseException as exc:
-                return Status.OK, pack_chunk(first, failed_chunk(count, capture(exc)))
+                return Status.OK, pack_chunk(first, failed_chunk(count, record_exception(exc)))
             job = self._job = _Job(run, tasks, first, call.level, exact=call.timeout is not None)
             if job.exact:
                 self._lock.notify_all()  # for the runner
@@ -361,7 +362,7 @@ class Servant:
             f"on the worker (pid {os.getpid()}), which restarts to stop it"
         )
         failures = {k: v for k, v in list(job.failures.items()) if k < offset}
-        failures[offset] = capture(error)
+        failures[offset] = record_exception(error)
         values.append(None)
         times.append(ran)
         logger.warning("task at position %d overran its timeout of %s s; restarting", position, timeout)

@@ -59,9 +59,9 @@ class Raised:
         self.exc = exc
 
     def __reduce__(self) -> tuple[Any, ...]:
-        from .._core.serialization import capture, rebuild
+        from .._core.serialization import rebuild, record_exception
 
-        return (rebuild, (capture(self.exc),))
+        return (rebuild, (record_exception(self.exc),))
 
 
 def unwrap(error: Any) -> BaseException:

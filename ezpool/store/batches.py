@@ -32,7 +32,7 @@ import cloudpickle
 
 from .._core.logs import get_logger
 from .._core.records import ExceptionRecord, GroupTimes
-from .._core.serialization import capture, loads, rebuild, short_repr
+from .._core.serialization import loads, rebuild, record_exception, short_repr
 from ..errors import ResultNotSerializable
 from .keys import task_key
 
@@ -152,7 +152,7 @@ def _stored_values(values: list[Any], failed: Collection[int]) -> tuple[list[Any
         return values, failures
     stored = list(values)
     for offset in failures:
-        stored[offset] = tuple(capture(values[offset]))  # a plain tuple: it always loads
+        stored[offset] = tuple(record_exception(values[offset]))  # a plain tuple: it always loads
     return stored, failures
 
 
@@ -192,13 +192,13 @@ def _value_blob(task: Any, value: Any, failed: bool) -> tuple[bytes, bool]:
             error = ResultNotSerializable(
                 f"the value of task {short_repr(task)}, {short_repr(value)}, cannot be stored: {exc}"
             )
-            return pickle.dumps(tuple(capture(error)), _PROTOCOL), True
+            return pickle.dumps(tuple(record_exception(error)), _PROTOCOL), True
     if len(blob) > LARGEST_VALUE:
         error = ResultNotSerializable(
             f"the value of task {short_repr(task)}, {short_repr(value)}, is too large to store: "
             f"its pickle has {len(blob)} bytes"
         )
-        return pickle.dumps(tuple(capture(error)), _PROTOCOL), True
+        return pickle.dumps(tuple(record_exception(error)), _PROTOCOL), True
     return blob, False
 
 

@@ -214,7 +214,7 @@ class PushDriver(Driver):
         assert connection is not None
         payloads = [b"".join(parts) for parts in chunk.payloads]
         call = ChunkCall(self.link.identity, self.target.shipment.fid, chunk.start, chunk.stop - chunk.start,
-                         payloads, self.work.timeout, self.work.capture)
+                         payloads, self.work.timeout, self.work.capture_level)
         return connection.send("run_chunk", *call.wire(), queued=queued)
 
     def _prepare(self, chunk: Chunk) -> Optional[tuple[Event, bytes]]:

@@ -107,7 +107,8 @@ class Work:
         self.timeout = options.timeout
         self.backup = backups(options, pending.feed)
         self.depth = held_at_once(options, pending.feed)
-        self.capture = capture_level(options)  # sent only when set: a call without it is one any worker knows
+        # The lowest log level kept with what tasks print, or None; sent only when set.
+        self.capture_level = capture_level(options)
         self.ledger = Ledger(tasks, options.max_attempts, name=lambda driver: driver.name)
         # Per worker (its name): tasks measured and their seconds, so that a slow
         # worker's times do not make the others' chunks look slow (see ``take``).

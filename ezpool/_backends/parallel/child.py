@@ -13,7 +13,7 @@ from typing import Any, Optional
 from ..._core.logs import get_logger
 from ..._core.parcels import Loader
 from ..._core.records import ChunkRequest, TaskOutput
-from ..._core.serialization import capture, loads, loads_tasks
+from ..._core.serialization import loads, loads_tasks, record_exception
 from ..._worker.running import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 from . import pipes
 
@@ -59,7 +59,7 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
             tasks = loads_tasks(pieces)
             pieces = []  # their pickles go while the tasks run: one copy of a big argument
         except Exception as exc:
-            outcome = failed_chunk(stop - first, capture(exc))
+            outcome = failed_chunk(stop - first, record_exception(exc))
         else:
             if level is None:
                 outcome = run_chunk(fun, tasks, first, mark, exact=exact)
