@@ -51,7 +51,7 @@ def test_serves_a_function_from_a_file_path(serve, tmp_path):
 
 
 def test_procs_starts_one_process_per_port_and_sigterm_stops_them_all(serve):
-    port = free_port()
+    port = free_port(count=3)  # one port a process
     served = serve("tests._workers:Napper", procs=3, port=port)
     assert sorted(served.uris) == [f"PYRO:worker@127.0.0.1:{port + i}" for i in range(3)]
     with Pool() as pool:
@@ -307,7 +307,7 @@ def test_a_started_worker_says_in_one_line_what_it_serves_where_and_how_to_stop(
 
 
 def test_procs_say_it_once_for_every_process(serve):
-    port = free_port()
+    port = free_port(count=2)  # the second process listens on the next port
     served = serve("tests._workers:Square", procs=2, port=port)
     first, last = (f"PYRO:worker@127.0.0.1:{port + i}" for i in range(2))
     line = _stderr_line(served.process)

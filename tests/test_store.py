@@ -791,7 +791,7 @@ def test_the_command_line_exits_2_with_one_line_for_a_bad_file(tmp_path, core_py
 def test_a_new_store_opened_by_many_threads_at_once_opens_in_every_one(tmp_path):
     # Switching a new file to WAL from several connections at once makes SQLite say
     # "database is locked" without waiting; it met one try in twelve of six threads.
-    from ezpool.store.database import Connection
+    from ezpool.store.database import Database
 
     failures: list[BaseException] = []
     for trial in range(100):
@@ -801,7 +801,7 @@ def test_a_new_store_opened_by_many_threads_at_once_opens_in_every_one(tmp_path)
         def open_it(path: str = path, start: threading.Barrier = start) -> None:
             start.wait()
             try:
-                Connection(path, readonly=False).close()
+                Database(path, readonly=False).close()
             except BaseException as exc:  # pragma: no cover - reported below
                 failures.append(exc)
 
