@@ -358,7 +358,7 @@ class Ledger:
         elif fate is Fate.SPLIT:
             assert isinstance(event, Garbled)
             self._split(chunk, event, failed, again)
-        return Settlement(fate, failed, again, break_off)
+        return Settlement(fate, failed, [piece for piece in again if piece[0] < piece[1]], break_off)
 
     def lose(self, holder: Hashable, event: Union[Lost, TimedOut]) -> list[Settlement]:
         """``holder`` is gone with everything it holds: the chunk it was running (the
@@ -367,8 +367,10 @@ class Ledger:
         claims = list(self.holds(holder))
         if not claims:
             return []
-        position = event.mark[0] if isinstance(event, Lost) and event.mark is not None else (
-            event.position if isinstance(event, TimedOut) else -1)
+        if isinstance(event, TimedOut):
+            position = event.position
+        else:
+            position = event.mark[0] if event.mark is not None else -1
         running = next((c for c in claims if c.chunk.start <= position < c.chunk.stop), claims[0])
         settled = []
         for claim in claims:

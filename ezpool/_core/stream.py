@@ -107,8 +107,8 @@ def default_buffer(workers: int) -> int:
     return max(_BUFFER_LEAST, _BUFFER_PER_WORKER * workers)
 
 
-#: Makes a ``TaskOutcome`` from a tuple of its fields, without the keyword handling.
 def _outcome(fields: tuple[Any, ...]) -> TaskOutcome:
+    """A ``TaskOutcome`` from a tuple of its fields, without the keyword handling."""
     return tuple.__new__(TaskOutcome, fields)
 
 

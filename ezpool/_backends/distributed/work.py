@@ -28,11 +28,11 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..._core.chunking import Chunk, ChunkQueue
 from ..._core.feed import Feed
-from ..._core.ledger import Answered, Event, Fate, Garbled, Ledger, Lost, Returned, Settlement
+from ..._core.ledger import Answered, Event, Fate, Garbled, Ledger, Lost, Settlement
 from ..._core.logs import get_logger
 from ..._core.records import Batch, ChunkReply
 from ..._core.relay import capture_level
@@ -228,58 +228,66 @@ class Work:
                 event = Answered(len(answer.values))
                 for offset, record in answer.failures.items():
                     answer.values[offset] = rebuild(record)
-        self._apply(driver, chunk, event, answer, len(reply), trip)
+        decided = event  # (what the answer turned out to be)
+
+        def decide() -> list[Settlement]:
+            return [self.ledger.settle(driver, chunk, decided)]
+
+        self._apply(driver, [chunk], decide, answer, len(reply), trip)
 
     def lose(self, driver: Driver, event: Lost) -> None:
-        """``driver``'s worker is gone with all it holds: the chunk it ran first meets
-        ``event``; those behind it had not started, and go back at no cost."""
-        with self.cond:
-            chunks = [claim.chunk for claim in self.ledger.holds(driver)]
-        behind = Returned(f"it waited behind a chunk that did not come back ({event.what})")
-        for index, chunk in enumerate(chunks):
-            self._apply(driver, chunk, event if index == 0 else behind, None, 0, None)
+        """``driver``'s worker is gone with all it holds: the chunk it ran meets ``event``,
+        those behind it go back at no cost (``Ledger.lose``)."""
+        self._apply(driver, self._held_by(driver), lambda: self.ledger.lose(driver, event))
 
     def release(self, driver: Driver, reason: str) -> None:
         """``driver`` gives back all it holds, none of it started."""
+        self._apply(driver, self._held_by(driver), lambda: self.ledger.release(driver, reason))
+
+    def _held_by(self, driver: Driver) -> list[Chunk]:
         with self.cond:
-            chunks = [claim.chunk for claim in self.ledger.holds(driver)]
-        for chunk in chunks:
-            self._apply(driver, chunk, Returned(reason), None, 0, None)
+            return [claim.chunk for claim in self.ledger.holds(driver)]
 
     def _apply(
-        self, driver: Driver, chunk: Chunk, event: Event, answer: Optional[ChunkReply], size: int,
-        trip: Optional[float],
+        self, driver: Driver, chunks: list[Chunk], decide: Callable[[], list[Settlement]],
+        answer: Optional[ChunkReply] = None, size: int = 0, trip: Optional[float] = None,
     ) -> None:
+        """Ask the ledger what happened to ``chunks`` (``decide``), under the lock; put back
+        what goes again, and hand on the batches: those of tasks that failed, and the
+        ``answer``'s, where the ledger reports it."""
         batches: list[Batch] = []
         with self.cond:
             try:
-                settled = self.ledger.settle(driver, chunk, event)
+                settlements = decide()
             except Exception as exc:  # never lose a chunk to a bug in deciding its fate
-                logger.exception("could not settle tasks %d..%d", chunk.start, chunk.stop - 1)
+                logger.exception("could not settle what %s held", driver.name)
                 error = WorkerCrashed(f"the outcome from {driver.name} could not be handled: {exc!r}")
-                settled = Settlement(Fate.NONE, [failed(chunk, error, driver.name)], [], [])
-            batches.extend(settled.failed)
-            if settled.fate is Fate.REPORT and answer is not None and answer.values:
-                took = self.pending.sizer.record(answer.times, trip, reply_bytes=size)
-                tasks, seconds = self.rates.get(driver.name, (0, 0.0))
-                self.rates[driver.name] = (tasks + len(answer.times), seconds + took)
-                batches.append(Batch(answer.first, answer.values, answer.times, set(answer.failures),
-                                     driver.name, answer.outputs))
-            for piece in reversed(settled.again):
+                settlements = [Settlement(Fate.NONE, [failed(chunk, error, driver.name)], [], [])
+                               for chunk in chunks]
+            again = [piece for settled in settlements for piece in settled.again]
+            for settled in settlements:
+                batches.extend(settled.failed)
+                if settled.fate is Fate.REPORT and answer is not None and answer.values:
+                    took = self.pending.sizer.record(answer.times, trip, reply_bytes=size)
+                    tasks, seconds = self.rates.get(driver.name, (0, 0.0))
+                    self.rates[driver.name] = (tasks + len(answer.times), seconds + took)
+                    batches.append(Batch(answer.first, answer.values, answer.times, set(answer.failures),
+                                         driver.name, answer.outputs))
+            for piece in reversed(again):
                 self.pending.put_back(*piece)
             # Idle drivers wait for work, or for the last chunk to be settled (then they
             # end). Woken all for every chunk, 128 of them would cost a burst of wakeups:
             # one is enough to see whether what was learnt makes a backup copy due.
-            if settled.again or not self.ledger.busy:
+            if again or not self.ledger.busy:
                 self.cond.notify_all()
             elif self.backup:
                 self.cond.notify()
-            unpark = bool(settled.again) and bool(self.parked)
-        for other in settled.break_off:  # they lost the race: their workers stop after this task
-            other.break_off()
-        if settled.fate is Fate.DROP:
-            logger.debug("dropped what %s said of tasks %d..%d: another copy decides",
-                         driver.name, chunk.start, chunk.stop - 1)
+            unpark = bool(again) and bool(self.parked)
+        for settled in settlements:
+            for other in settled.break_off:  # they lost the race: their workers stop after this task
+                other.break_off()
+            if settled.fate is Fate.DROP:
+                logger.debug("dropped what %s said of a chunk: another copy decides", driver.name)
         for batch in batches:
             self.outbox.put(batch)
         if unpark:
