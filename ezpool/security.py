@@ -16,9 +16,13 @@ Where the key comes from (:func:`resolve_key`), first match wins::
 workers get a fresh :func:`private_key` instead of the shared one.
 
 Key files are refused (``SecurityError``, with the command that fixes it) when
-another user owns them, when group or others have any access to them, or when
-the key is shorter than ``MIN_KEY_BYTES``. These checks use POSIX owners and
-modes; where the platform has none (Windows) they are skipped.
+they are symbolic links or not regular files (a FIFO, ``/proc/self/environ``),
+when another user owns them or their folder, when group or others have any
+access to them or may write their folder (see ``ezpool._core.private``). Keys
+from any source are refused when they are easy to guess (:func:`weakness`);
+``python -m ezpool.security new-key [PATH]`` makes a good one. The owner and
+mode checks use POSIX owners and modes; where the platform has none (Windows)
+they are skipped.
 
 :func:`sign` makes the HMAC-SHA256 that binds each call to one connection's nonce
 and a counter that only grows (see ``ezpool._pyro.client`` for the exchange).
@@ -30,17 +34,19 @@ import errno
 import hashlib
 import hmac
 import ipaddress
+import math
 import os
+import re
 import secrets
 import socket
-import ssl
-import stat
 import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from ._core.logs import get_logger
+from ._core.private import check_private_dir, make_private_dir, read_private
+from ._core.tls_contexts import client_tls_context, server_tls_context
 from .errors import SecurityError
 
 logger = get_logger(__name__)
@@ -49,6 +55,8 @@ __all__ = [
     "KEY_ENV",
     "KEY_FILE_ENV",
     "MIN_KEY_BYTES",
+    "MIN_KEY_BITS",
+    "weakness",
     "user_key_file",
     "read_key_file",
     "user_key",
@@ -73,11 +81,20 @@ MIN_KEY_BYTES = 16
 
 StrPath = Union[str, "os.PathLike[str]"]
 
-_NEW_KEY = 'python -c "import secrets; print(secrets.token_hex(32))"'
-_MAKE_KEY_HINT = f"make one with: {_NEW_KEY}"
+#: The strength a key must have by :func:`weakness`'s count.
+MIN_KEY_BITS = 128
 
-#: Mode bits of group and others; a key file must have none of them (as OpenSSH asks).
-_SHARED_BITS = stat.S_IRWXG | stat.S_IRWXO
+_NEW_KEY_HINT = (
+    'python -m ezpool.security new-key (or: python -c "import secrets; print(secrets.token_hex(32))")'
+)
+_MIN_DISTINCT = 8
+#: The usual alphabets of keys, smallest first, with their sizes.
+_ALPHABETS = (
+    (re.compile(r"[0-9]+"), 10),
+    (re.compile(r"[0-9a-f]+|[0-9A-F]+"), 16),
+    (re.compile(r"[0-9A-Za-z+/=_-]+"), 64),
+    (re.compile(r".+", re.DOTALL), 95),
+)
 
 
 # --- keys and key files ---
@@ -105,53 +122,22 @@ def read_key_file(path: StrPath) -> bytes:
     """The key in the file ``path``, surrounding ASCII whitespace stripped.
 
     Raises ``SecurityError`` (naming the file and the fix) when the file is
-    missing or unreadable, is not a regular file, is owned by another user, has
-    any permission bit for group or others (``chmod 600`` fixes it), or holds a
-    key shorter than ``MIN_KEY_BYTES``. The key may be text (hex, base64) or
-    binary; both sides of a connection read it the same way.
+    missing or unreadable, is a symbolic link, is not a regular file (a FIFO, a
+    ``/proc`` file), is owned by another user, has any permission bit for group
+    or others (``chmod 600`` fixes it), lies in a folder that another user owns
+    or may write (see ``ezpool._core.private``), or holds a key that is too
+    short or too easy to guess (:func:`check_key`). The key may be text (hex,
+    base64) or binary; both sides of a connection read it the same way.
     """
     shown = os.fspath(path)
+    check_private_dir(os.path.dirname(os.path.abspath(shown)), f"the key file {shown}")
     try:
-        # O_NONBLOCK: a FIFO planted at the path must not hang us; fstat below refuses it.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        key = read_private(path, "the key file").strip()
     except FileNotFoundError:
         raise SecurityError(
-            f"the key file {shown} does not exist; make one with: (umask 077; {_NEW_KEY} > {shown})"
+            f"the key file {shown} does not exist; make one with: python -m ezpool.security new-key {shown}"
         ) from None
-    except OSError as exc:
-        raise SecurityError(f"cannot read the key file {shown}: {exc.strerror or exc}") from None
-    try:
-        _check_private(os.fstat(fd), shown)
-        with open(fd, "rb", closefd=False) as file:
-            key = file.read().strip()
-    finally:
-        os.close(fd)
-    if len(key) < MIN_KEY_BYTES:
-        raise SecurityError(
-            f"the key in {shown} is shorter than {MIN_KEY_BYTES} bytes; make a new one with: "
-            f"(umask 077; {_NEW_KEY} > {shown})"
-        )
-    return key
-
-
-def _check_private(info: os.stat_result, shown: str) -> None:
-    """Refuse a key file that is not a regular file of this user's that only they can use."""
-    if not stat.S_ISREG(info.st_mode):
-        raise SecurityError(f"the key file {shown} is not a regular file")
-    if not hasattr(os, "geteuid"):  # no POSIX owners or modes to check
-        return
-    me = os.geteuid()
-    if info.st_uid != me:
-        raise SecurityError(
-            f"the key file {shown} is owned by uid {info.st_uid}, not by you (uid {me}), who could "
-            f"change the key; use a copy of your own (install -m 600 {shown} NEWPATH), or as root: "
-            f"chown {me} {shown}"
-        )
-    if info.st_mode & _SHARED_BITS:
-        raise SecurityError(
-            f"the key file {shown} has permissions {stat.S_IMODE(info.st_mode):04o}: others can use "
-            f"it, so it is not a secret; fix it with: chmod 600 {shown}"
-        )
+    return check_key(key, f"the key file {shown}", fix=f"python -m ezpool.security new-key --force {shown}")
 
 
 def user_key() -> bytes:
@@ -170,11 +156,12 @@ def user_key() -> bytes:
 def _create_key_file(path: Path) -> None:
     """Write a new random key at ``path`` unless something is there already."""
     try:
-        _make_private_dir(path.parent)
+        make_private_dir(path.parent, "the EzPool key file")
         descriptor, temporary = tempfile.mkstemp(prefix=".key-", dir=path.parent)  # 0600, O_EXCL
-    except OSError as exc:
+    except (OSError, SecurityError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise SecurityError(
-            f"cannot create the EzPool key file {path}: {exc.strerror or exc}; set {KEY_FILE_ENV} to "
+            f"cannot create the EzPool key file {path}: {reason}; set {KEY_FILE_ENV} to "
             f"another path, or {KEY_ENV} to a key"
         ) from None
     try:
@@ -218,32 +205,51 @@ def _publish_without_links(temporary: str, path: Path) -> None:
     logger.info("created the EzPool key file %s (mode 0600); copy it to the hosts that must share it", path)
 
 
-def _make_private_dir(directory: Path) -> None:
-    """Create ``directory`` with mode 0700 if it is missing; leave an existing one alone."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        directory.mkdir(mode=0o700)
-    except FileExistsError:
-        return
-    os.chmod(directory, 0o700)  # exactly 0700, whatever the umask
-
-
-def check_key(key: Union[str, bytes], source: str) -> bytes:
-    """``key`` as bytes (a str is UTF-8 encoded), refused if it is too short.
+def check_key(key: Union[str, bytes], source: str, fix: str = "") -> bytes:
+    """``key`` as bytes (a str is UTF-8 encoded), refused if it is too short or too easy to guess.
 
     ``source`` names where the key came from (``"EZPOOL_HMAC_KEY"``,
-    ``"hmac_key="``) in the ``SecurityError``; the key itself is never shown.
+    ``"hmac_key="``) in the ``SecurityError``, and ``fix`` how to replace it; the
+    key itself is never shown. What counts as easy to guess: see :func:`weakness`.
     """
     if isinstance(key, str):
         key = key.encode("utf-8")
     elif not isinstance(key, bytes):
         raise TypeError(f"the key from {source} must be str or bytes, got {type(key).__name__}")
-    if len(key) < MIN_KEY_BYTES:
-        raise SecurityError(
-            f"the key from {source} is shorter than {MIN_KEY_BYTES} bytes, too easy to guess; "
-            f"{_MAKE_KEY_HINT}"
-        )
+    reason = weakness(key)
+    if reason:
+        raise SecurityError(f"the key from {source} {reason}; make a new one with: {fix or _NEW_KEY_HINT}")
     return key
+
+
+def weakness(key: bytes) -> str:
+    """Why ``key`` is too easy to guess, or ``""`` when it is not.
+
+    A worker's key guards running code as its user, and anyone who records one
+    keyed exchange can test guesses offline, fast. So a key must be long
+    (``MIN_KEY_BYTES``), use at least eight distinct characters, and carry
+    ``MIN_KEY_BITS`` bits counted as its length times the bits of the smallest
+    usual alphabet that holds it: decimal, hex, base64 (``-`` and ``_``
+    included), printable ASCII. ``"science-cluster2025"`` counts 114 and is
+    refused; ``new-key``, ``secrets.token_hex(16)``, ``secrets.token_urlsafe(16)``
+    and ``openssl rand -base64 24`` all pass, and so does binary of 16 random
+    bytes or more. A long sentence of words passes
+    the count without being random: prefer ``new-key``.
+    """
+    if len(key) < MIN_KEY_BYTES:
+        return f"is shorter than {MIN_KEY_BYTES} bytes, too easy to guess"
+    if len(set(key)) < _MIN_DISTINCT:
+        return f"uses fewer than {_MIN_DISTINCT} distinct characters, too easy to guess"
+    try:
+        text = key.decode("ascii")
+    except UnicodeDecodeError:
+        return ""  # binary: judged by its length and distinct bytes alone
+    if not text.isprintable():
+        return ""
+    alphabet = next(size for pattern, size in _ALPHABETS if pattern.fullmatch(text))
+    if len(text) * math.log2(alphabet) < MIN_KEY_BITS:
+        return f"has less than {MIN_KEY_BITS} bits by its length and characters, too easy to guess"
+    return ""
 
 
 def resolve_key(
@@ -309,98 +315,6 @@ def _is_loopback_address(text: object) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
-
-
-# --- TLS ---
-
-
-def server_tls_context(
-    cert: StrPath,
-    key: Optional[StrPath],
-    ca: Optional[StrPath] = None,
-    require_client_cert: bool = False,
-) -> ssl.SSLContext:
-    """A TLS 1.2+ server context presenting ``cert`` (private key in ``key``).
-
-    With ``require_client_cert``, a client must present a certificate signed by
-    ``ca`` (required then). A ``ca`` alone verifies the certificates clients
-    choose to present.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load_identity(context, cert, key)
-    if require_client_cert and ca is None:
-        raise SecurityError(
-            "require_client_cert needs ca=: the certificate of the authority that signs client "
-            "certificates (see python -m ezpool.tls init)"
-        )
-    if ca is not None:
-        _load_ca(context, ca)
-        context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
-    return context
-
-
-def client_tls_context(
-    ca: Optional[StrPath] = None,
-    cert: Optional[StrPath] = None,
-    key: Optional[StrPath] = None,
-) -> ssl.SSLContext:
-    """A TLS 1.2+ client context that verifies the server and its host name.
-
-    The server's certificate must be signed by ``ca`` (``None``: the system's
-    trusted authorities) and name the host connected to. ``cert`` and ``key``
-    are the client's own certificate, for servers that require one.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca is None:
-        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    else:
-        _load_ca(context, ca)
-    if cert is not None:
-        _load_identity(context, cert, key)
-    elif key is not None:
-        raise SecurityError(f"a client key ({os.fspath(key)}) needs its certificate: give cert= too")
-    return context
-
-
-def _readable(path: StrPath, what: str) -> str:
-    """``path`` as a str, after checking that it can be opened for reading."""
-    shown = os.fspath(path)
-    try:
-        with open(shown, "rb"):
-            pass
-    except OSError as exc:
-        raise SecurityError(f"cannot read the TLS {what} {shown}: {exc.strerror or exc}") from None
-    return shown
-
-
-def _load_identity(context: ssl.SSLContext, cert: StrPath, key: Optional[StrPath]) -> None:
-    certfile = _readable(cert, "certificate")
-    keyfile = None if key is None else _readable(key, "private key")
-
-    def no_prompt() -> str:
-        # Without a callback, OpenSSL would prompt on the terminal for the pass phrase.
-        raise SecurityError(
-            f"the TLS private key {keyfile or certfile} is encrypted; EzPool needs it unencrypted "
-            "(and readable only by you: chmod 600)"
-        )
-
-    try:
-        context.load_cert_chain(certfile, keyfile, password=no_prompt)
-    except ssl.SSLError as exc:
-        raise SecurityError(
-            f"cannot use the TLS certificate {certfile} with the private key {keyfile or certfile}: "
-            f"{exc.reason or exc} (are they PEM files that belong together?)"
-        ) from None
-
-
-def _load_ca(context: ssl.SSLContext, ca: StrPath) -> None:
-    cafile = _readable(ca, "CA certificate")
-    try:
-        context.load_verify_locations(cafile=cafile)
-    except ssl.SSLError as exc:
-        raise SecurityError(f"no usable CA certificate in {cafile}: {exc.reason or exc}") from None
 
 
 # --- signatures: a call bound to one connection (its nonce) and one moment (a counter) ---
@@ -487,3 +401,57 @@ def _encode_any(obj: Any, out: list[bytes]) -> None:
 
 
 _LENGTH = struct.Struct("!Q")
+
+
+# --- python -m ezpool.security new-key ---
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m ezpool.security new-key [PATH]``: print a new random key, or write it to
+    ``PATH`` (mode 0600, never over an existing file unless ``--force``). Returns the exit status."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m ezpool.security", description="EzPool's keys.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    new = commands.add_parser("new-key", help="make a new random key (256 bits, hex)")
+    new.add_argument("path", nargs="?", type=Path, help="key file to write (default: print the key)")
+    new.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    args = parser.parse_args(argv)
+    key = secrets.token_hex(32) + "\n"
+    if args.path is None:
+        sys.stdout.write(key)
+        return 0
+    try:
+        _write_key(args.path, key.encode("ascii"), args.force)
+    except (OSError, SecurityError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"ezpool.security: error: cannot write {args.path}: {reason}", file=sys.stderr)
+        return 1
+    print(f"wrote a new key to {args.path} (mode 0600); copy it to the hosts that share it", file=sys.stderr)
+    return 0
+
+
+def _write_key(path: Path, key: bytes, force: bool) -> None:
+    """Write ``key`` to ``path`` (0600) in a private folder: a new file, or atomically over the old one."""
+    if path.parent != Path(""):
+        make_private_dir(path.absolute().parent, f"the key file {path}")
+    if not force:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with open(fd, "wb") as file:
+            os.fchmod(fd, 0o600)
+            file.write(key)
+        return
+    descriptor, temporary = tempfile.mkstemp(prefix=".key-", dir=path.absolute().parent)
+    try:
+        with open(descriptor, "wb") as file:
+            os.fchmod(descriptor, 0o600)
+            file.write(key)
+        os.replace(temporary, path)  # replaces a link itself, never what it points to
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

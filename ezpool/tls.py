@@ -7,8 +7,10 @@ One command writes everything a cluster needs for mutual TLS into ``DIR``::
     client.pem, client-key.pem   for the clients that may use the workers
 
 ``DIR`` is created with mode 0700 and the key files get mode 0600; existing
-files are never overwritten. The ``cryptography`` package does the work
-(``pip install "ezpool[tls]"``); it is imported only when this command runs.
+files are never overwritten, and an existing ``DIR`` that another user owns or
+may write is refused (they could replace ``ca.pem``). The ``cryptography``
+package does the work (``pip install "ezpool[tls]"``); it is imported only when
+this command runs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
+
+from ._core.private import make_private_dir
+from .errors import SecurityError
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -109,9 +114,11 @@ def _init(directory: Path, hosts: list[str], days: int) -> None:
             "another directory"
         )
     try:
-        _make_private_dir(directory)
+        make_private_dir(directory, "the certificates and keys")
     except OSError as exc:
         raise _Refused(f"cannot create {directory}: {exc.strerror or exc}") from None
+    except SecurityError as exc:
+        raise _Refused(str(exc)) from None
     contents = _make_certificates(hosts, days)
     written: list[Path] = []
     try:
@@ -122,17 +129,6 @@ def _init(directory: Path, hosts: list[str], days: int) -> None:
         for path in written:
             path.unlink()
         raise _Refused(f"cannot write {exc.filename or directory}: {exc.strerror or exc}") from None
-
-
-def _make_private_dir(directory: Path) -> None:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        directory.mkdir(mode=0o700)
-    except FileExistsError:
-        if not directory.is_dir():
-            raise
-        return
-    os.chmod(directory, 0o700)  # exactly 0700, whatever the umask
 
 
 def _write_new(path: Path, data: bytes, private: bool) -> None:

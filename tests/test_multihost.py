@@ -105,14 +105,14 @@ def test_workers_on_two_hosts_are_found_through_the_name_server_and_both_work(
 def test_a_host_refuses_a_client_with_the_wrong_key(network, serve_on):
     uri, _ = serve_on(network.hosts[0], "tests._workers:SquareNap")
     with Pool() as pool, pytest.raises(AuthenticationError, match="key is wrong"):
-        pool.dmap(w.SquareNap, [1], workers=[uri], spawn=False, hmac_key="not-the-key-but-long-enough")
+        pool.dmap(w.SquareNap, [1], workers=[uri], spawn=False, hmac_key="not-the-key-9d4e2a7c1f5b3e8a6d")
 
 
 @pytest.mark.timeout(60)
 def test_the_name_server_says_when_the_key_is_wrong(network, root_name_server, serve_on):
     serve_on(network.hosts[0], "tests._workers:SquareNap")
     with pytest.raises(AuthenticationError):
-        list_workers(ns=root_name_server, hmac_key="not-the-key-but-long-enough")
+        list_workers(ns=root_name_server, hmac_key="not-the-key-9d4e2a7c1f5b3e8a6d")
 
 
 @pytest.mark.slow

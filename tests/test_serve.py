@@ -125,25 +125,25 @@ def test_a_worker_on_any_address_has_a_key_and_keyless_needs_insecure_with_a_war
 
 def test_hmac_key_from_a_file_and_the_client_errors(serve, tmp_path, core_child_env, monkeypatch):
     key_file = tmp_path / "key"
-    key_file.write_text("a-shared-secret-of-some-length\n")
+    key_file.write_text("shared-5c1f9e7a3b2d4f6e8a0c\n")
     key_file.chmod(0o600)
     served = serve("tests._workers:Square", "--hmac-key-file", str(key_file))
     with Pool(spawn=False) as pool:
-        shared = "a-shared-secret-of-some-length"
+        shared = "shared-5c1f9e7a3b2d4f6e8a0c"
         assert pool.dmap(Square, [4], workers=served.uris, hmac_key=shared) == {4: 16}
         with pytest.raises(AuthenticationError, match="wrong"):
-            pool.dmap(Square, [4], workers=served.uris, hmac_key="a-guess-that-is-long-enough")
+            pool.dmap(Square, [4], workers=served.uris, hmac_key="a-guess-b7e1c4f9a2d6e3f8c5a1")
         with pytest.raises(AuthenticationError, match="none"):
             pool.dmap(Square, [4], workers=served.uris, insecure=True)
         with pytest.raises(AuthenticationError, match="wrong"):  # the per-user key is another
             pool.dmap(Square, [4], workers=served.uris)
-        monkeypatch.setenv("EZPOOL_HMAC_KEY", "a-shared-secret-of-some-length")
+        monkeypatch.setenv("EZPOOL_HMAC_KEY", "shared-5c1f9e7a3b2d4f6e8a0c")
         assert pool.dmap(Square, [5], workers=served.uris) == {5: 25}
 
 
 def test_a_key_file_others_can_read_is_refused_in_one_line(tmp_path, core_child_env):
     key_file = tmp_path / "key"
-    key_file.write_text("a-shared-secret-of-some-length\n")
+    key_file.write_text("shared-5c1f9e7a3b2d4f6e8a0c\n")
     key_file.chmod(0o644)
     done = _run_serve("tests._workers:Square", "--hmac-key-file", str(key_file), "--port", str(free_port()),
                       env=core_child_env)
