@@ -112,6 +112,21 @@ def _sql(path, statement):
         return db.execute(statement).fetchall()
 
 
+def _tamper(path, batch_id, column, value, sign=True):
+    """Set one column of a batch row, and sign the row again with the user's key unless not ``sign``."""
+    from ezpool.security import resolve_key
+    from ezpool.store.signing import Signer
+
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(f"UPDATE batches SET {column} = ? WHERE id = ?", (value, batch_id))
+        if sign:
+            (salt,) = db.execute("SELECT salt FROM signing").fetchone()
+            columns = "sweep, tasks, outcome, layout, elapsed, failed, worker, recorded"
+            row = db.execute(f"SELECT {columns} FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            mac = Signer(resolve_key(), salt).batch(*row)
+            db.execute("UPDATE batches SET mac = ? WHERE id = ?", (mac, batch_id))
+
+
 def _record(sweep_, tasks, values, failed=(), elapsed=None, worker="pid 1", start=0):
     elapsed = [0.01] * len(values) if elapsed is None else elapsed
     sweep_.record(tasks, start, values, elapsed, frozenset(failed), worker)
@@ -322,7 +337,7 @@ def test_a_stored_value_that_cannot_be_loaded_runs_again_and_reads_as_a_store_er
     with Store(path) as store:
         _record(store.sweep(h.square), [1], [1])
         _record(store.sweep(h.square), [2], [4])
-    _sql(path, "UPDATE batches SET outcome = x'00' WHERE id = 1")  # the values of one record call
+    _tamper(path, 1, "outcome", b"\x00")  # the values of one record call, signed: they cannot be loaded
     with Store(path) as store:
         sweep_ = store.sweep(h.square)
         assert sorted(sweep_.lookup([1, 2])) == [1]
@@ -337,7 +352,7 @@ def test_stored_tasks_that_cannot_be_loaded_are_left_out(tmp_path, caplog):
     with Store(path) as store:
         _record(store.sweep(h.square), [1, 2], [1, 4])
         _record(store.sweep(h.square), [3], [9])
-    _sql(path, "UPDATE batches SET tasks = x'00' WHERE id = 1")
+    _tamper(path, 1, "tasks", b"\x00")
     with Store(path) as store:
         sweep_ = store.sweep(h.square)
         assert sorted(sweep_.lookup([1, 2, 3])) == [2]  # 1 and 2 run again

@@ -52,8 +52,14 @@ machine, in brackets:
 - ``identity``: a sweep is named by its function (and an optional ``store_key``) and
   remembers the function's code and captured values, so that outcomes of changed
   code are never mixed with new ones.
-- ``connection``: the file, its tables, and durability: every committed outcome
-  survives the process being killed at any moment, SIGKILL included.
+- ``database``: the file, its tables, and durability: every committed outcome
+  survives the process being killed at any moment, SIGKILL included; a file removed
+  or replaced under a run is noticed, and its outcomes kept.
+- ``files``: only the user's own stores are read: a store file another user owns,
+  or that group or others can write, is refused.
+- ``signing``: every row is signed with a key derived from the user's EzPool key,
+  and checked before anything in it is unpickled; a store made under another key
+  is refused.
 - ``batches``: one row of outcomes: how tasks and values are pickled, and loaded.
 - ``index``: the in-memory index of a sweep's rows.
 - ``sweep``: finding, recording, forgetting and summarising outcomes.
@@ -71,6 +77,7 @@ from ..errors import StoreError, StoreMismatch
 from ..results import Results
 from .database import Database
 from .identity import Identity, identity, sweep_name
+from .signing import verify
 from .sweep import StoredOutcome, Sweep, label
 
 logger = get_logger(__name__)
@@ -106,12 +113,19 @@ class Store:
     SQLite at all) raises ``StoreError``, each naming the path. Use it in a ``with``
     block, or call ``close``: outcomes still buffered are committed then. One
     ``Store`` may be shared by threads, and several processes may use one file.
+
+    Only the user's own stores are opened: ``StoreError`` refuses a file another
+    user owns or that group or others can write, and a store made under another
+    key. Rows are signed with ``key`` (default: the user's EzPool key, as
+    ``ezpool.security.resolve_key`` finds it) and checked before they are loaded.
     """
 
-    def __init__(self, path: PathLike, *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: PathLike, *, readonly: bool = False, key: Union[str, bytes, None] = None
+    ) -> None:
         self.path = os.fspath(path)
         self.readonly = readonly
-        self._connection = Database(self.path, readonly)
+        self._connection = Database(self.path, readonly, key)
         self._sweeps: list[Sweep] = []
 
     def __repr__(self) -> str:
@@ -139,20 +153,24 @@ class Store:
             raise TypeError(f"store_key must be a non-empty string or None, got {store_key!r}")
         name, now = sweep_name(fun), identity(fun)
         named = label(name, store_key)
+        signer = self._connection.signer
         with self._connection.transaction(write=not self.readonly) as db:
-            row = db.execute(
-                "SELECT id, code, data FROM sweeps WHERE name = ? AND store_key = ?", (name, store_key or "")
-            ).fetchone()
+            found = db.execute(f"{_SWEEPS} WHERE name = ? AND store_key = ?", (name, store_key or ""))
+            row = found.fetchone()
             if row is not None:
-                sweep_id = row[0]
-                _check_identity(self.path, named, store_key, Identity(row[1], row[2]), now)
+                sweep_id = self._checked(row)[0]
+                _check_identity(self.path, named, store_key, Identity(row[3], row[4]), now)
             elif self.readonly:
                 raise StoreError(f"{self.path} holds no sweep {named}")
             else:
+                created = time.time()
                 sweep_id = db.execute(
-                    "INSERT INTO sweeps (name, store_key, code, data, created) VALUES (?, ?, ?, ?, ?)",
-                    (name, store_key or "", now.code, now.data, time.time()),
+                    "INSERT INTO sweeps (name, store_key, code, data, created, mac) "
+                    "VALUES (?, ?, ?, ?, ?, x'')",
+                    (name, store_key or "", now.code, now.data, created),
                 ).lastrowid
+                mac = signer.sweep(int(sweep_id or 0), name, store_key or "", now.code, now.data, created)
+                db.execute("UPDATE sweeps SET mac = ? WHERE id = ?", (mac, sweep_id))
                 logger.debug("%s: new sweep %s", self.path, named)
         return self._add(Sweep(self._connection, int(sweep_id), name, store_key))
 
@@ -162,8 +180,8 @@ class Store:
         Runs and checks nothing. Raises ``StoreError`` listing the sweeps when there is
         no such sweep, or when ``name`` is not given and there are several (or none).
         """
-        rows = self._connection.read("SELECT id, name, store_key FROM sweeps ORDER BY id")
-        sweeps = [(int(id_), name_, key or None) for id_, name_, key in rows]
+        rows = map(self._checked, self._connection.read(f"{_SWEEPS} ORDER BY id"))
+        sweeps = [(int(row[0]), row[1], row[2] or None) for row in rows]
         if name is None:
             matches = sweeps
         else:
@@ -181,9 +199,9 @@ class Store:
     def sweeps(self) -> list[SweepInfo]:
         """Every sweep in the file, oldest first, with its counts of outcomes."""
         self._flush_all()
-        rows = self._connection.read("SELECT id, name, store_key, created FROM sweeps ORDER BY id")
+        rows = map(self._checked, self._connection.read(f"{_SWEEPS} ORDER BY id"))
         infos = []
-        for sweep_id, name, key, created in rows:
+        for sweep_id, name, key, _, _, created, _ in rows:
             opened = [sweep for sweep in self._sweeps if sweep._id == sweep_id]
             sweep = opened[0] if opened else Sweep(self._connection, sweep_id, name, key or None)
             infos.append(SweepInfo(name, key or None, created, *sweep.counts()))
@@ -199,6 +217,13 @@ class Store:
             finally:
                 self._connection.close()
 
+    def _checked(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A row of ``_SWEEPS``, once its MAC is checked; ``StoreError`` if it does not verify."""
+        sweep_id, name, key, code, data, created, mac = row
+        expected = self._connection.signer.sweep(sweep_id, name, key, code, data, created)
+        verify(mac, expected, f"in {self.path}, the row of sweep {label(name, key or None)}")
+        return row
+
     def _add(self, sweep: Sweep) -> Sweep:
         with self._connection.lock:
             self._sweeps.append(sweep)
@@ -207,6 +232,10 @@ class Store:
     def _flush_all(self) -> None:
         for sweep in self._sweeps:
             sweep.flush()
+
+
+#: A sweep's row, as ``Store._checked`` checks it.
+_SWEEPS = "SELECT id, name, store_key, code, data, created, mac FROM sweeps"
 
 
 def open_sweep(path: PathLike, fun: Any, store_key: Optional[str] = None) -> Sweep:
@@ -231,7 +260,8 @@ def open_store(path: PathLike, sweep: Optional[str] = None) -> Results:
     or ``module.function[store_key]``. The file is opened read-only. Raises
     ``FileNotFoundError`` for a missing file, and ``StoreError`` for a file that is not
     a store, for an unknown name, or when there are several sweeps and none is named
-    (each message lists the sweeps).
+    (each message lists the sweeps); also for a store that is not the user's own (see
+    ``Store``): what it holds is never loaded.
     """
     with Store(path, readonly=True) as store:
         return store.find(sweep).results()

@@ -5,22 +5,41 @@ The file is in WAL mode with ``synchronous=NORMAL``: a commit is durable once
 included); an operating-system crash or a power cut may take back the last
 commits, never the file's integrity. ``PRAGMA application_id`` marks the file as an
 ezpool store and ``PRAGMA user_version`` holds its format, checked on opening.
+
+Opening checks whose the file is (``files``) and that it was made under the user's
+key (``signing``): its ``signing`` row holds its salt and a check value. A store on
+a read-only file system is read with SQLite's ``immutable=1`` when ``mode=ro``
+cannot open it (it cannot make the ``-shm`` file there).
+
+A store file removed or replaced under a run is noticed at the next commit, and
+at closing: the path no longer names the file the run opened (its device and
+inode). Nothing is lost: everything the open connection holds (the run's outcomes
+and all it read) is copied into a new file, put at the path when the path is free
+(removed), or beside it (replaced: ``NAME.recovered-TIME-PID.EXT``), and the run
+goes on in that file; a warning names it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import secrets
 import sqlite3
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 from .._core.logs import get_logger
 from ..errors import StoreError
+from ..security import KEY_ENV, resolve_key, same, user_key_file
+from .files import FileIdentity, check_store_file, identity_of
+from .signing import SALT_SIZE, Signer
 
 logger = get_logger(__name__)
 
@@ -28,7 +47,10 @@ __all__ = ["Database"]
 
 #: The file's ``PRAGMA application_id`` ("EzPL") and ``user_version``.
 APPLICATION_ID = 0x457A504C
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+#: The format before rows were signed; ``python -m ezpool.store --upgrade`` signs one.
+UNSIGNED_VERSION = 2
 
 #: Seconds to wait for another process that holds the file's write lock.
 BUSY_TIMEOUT = 30.0
@@ -45,6 +67,7 @@ _SCHEMA = (
         code TEXT NOT NULL,
         data TEXT NOT NULL,
         created REAL NOT NULL,
+        mac BLOB NOT NULL,
         UNIQUE (name, store_key))""",
     # One row per ``Sweep.record`` call (see ``batches``). Rows are never deleted, so
     # that a later row always has a larger id: a later outcome of a task wins.
@@ -57,7 +80,8 @@ _SCHEMA = (
         elapsed BLOB NOT NULL,
         failed BLOB NOT NULL,
         worker TEXT NOT NULL,
-        recorded REAL NOT NULL)""",
+        recorded REAL NOT NULL,
+        mac BLOB NOT NULL)""",
     "CREATE INDEX batches_of_sweep ON batches (sweep)",
     # One row per ``Sweep.forget_failed`` that forgot anything: the keys of tasks whose
     # outcomes in batches up to ``upto`` (an id) no longer count.
@@ -65,22 +89,51 @@ _SCHEMA = (
         id INTEGER PRIMARY KEY,
         sweep INTEGER NOT NULL REFERENCES sweeps (id),
         upto INTEGER NOT NULL,
-        keys BLOB NOT NULL)""",
+        keys BLOB NOT NULL,
+        mac BLOB NOT NULL)""",
+    # The file's salt, and the MAC that shows which key made it (see ``signing``).
+    """CREATE TABLE signing (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        salt BLOB NOT NULL,
+        keycheck BLOB NOT NULL)""",
 )
+
+#: The tables of the format before rows were signed (``UNSIGNED_VERSION``), that get a mac column.
+SIGNED_TABLES = ("sweeps", "batches", "forgotten")
+
+#: SQLite's result codes for a lock held by another connection, and for a file it cannot open.
+_SQLITE_BUSY = 5
+_SQLITE_CANTOPEN = 14
+
+
+class Opened(NamedTuple):
+    """A connection to a store, what signs its rows, and the file it opened."""
+
+    db: sqlite3.Connection
+    signer: Signer
+    identity: Optional[FileIdentity]
+    mode: int
 
 
 class Database:
     """The SQLite connection of one ``Store``, shared by its sweeps and guarded by one lock.
 
-    Opening creates the file and its tables, unless ``readonly``. Errors of SQLite
-    come out as ``StoreError`` naming the file.
+    Opening creates the file and its tables, unless ``readonly``. ``key`` is the
+    EzPool key the rows are signed with (``None``: the user's, as
+    ``ezpool.security.resolve_key`` finds it). Errors of SQLite come out as
+    ``StoreError`` naming the file.
     """
 
-    def __init__(self, path: str, readonly: bool) -> None:
+    def __init__(self, path: str, readonly: bool, key: Union[str, bytes, None] = None) -> None:
         self.path = path
         self.readonly = readonly
         self.lock = threading.RLock()
-        self._db: Optional[sqlite3.Connection] = _connect(path, readonly)
+        self._key = resolve_key(key) or b""  # never None: insecure is not asked for
+        self._source = "key=" if key is not None else _key_source()
+        opened = _connect(path, readonly, self._key, self._source)
+        self._db: Optional[sqlite3.Connection] = opened.db
+        self.signer = opened.signer
+        self._identity, self._mode = opened.identity, opened.mode
 
     @property
     def closed(self) -> bool:
@@ -94,11 +147,16 @@ class Database:
 
     @contextmanager
     def transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
-        """Hold the lock and one transaction (a write one if ``write``); commit unless it raises."""
+        """Hold the lock and one transaction (a write one if ``write``); commit unless it raises.
+
+        Before a write, a store file removed or replaced under the run is noticed, and
+        its contents kept (see the module's docstring).
+        """
         with self.lock:
-            db = self._open()
             if write:
                 self.check_writable()
+                self._follow()
+            db = self._open()
             try:
                 db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
@@ -121,31 +179,140 @@ class Database:
             return db.executemany(sql, rows).rowcount
 
     def close(self) -> None:
+        """Close the file; what it holds is first kept if it was removed or replaced (see ``transaction``)."""
         with self.lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-                logger.debug("%s: closed", self.path)
+            if self._db is None:
+                return
+            try:
+                if not self.readonly:
+                    self._follow()
+            finally:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+                    logger.debug("%s: closed", self.path)
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
             raise StoreError(f"the store {self.path} is closed")
         return self._db
 
+    def _follow(self) -> None:
+        """Keep the contents when the path no longer names the file this connection writes to."""
+        if self._identity is None:
+            return
+        try:
+            now = identity_of(self.path)
+        except OSError:  # cannot tell (the directory cannot be searched now, say): carry on
+            return
+        if now != self._identity:
+            self._recover(removed=now is None)
 
-def _connect(path: str, readonly: bool) -> sqlite3.Connection:
-    """Open ``path``: create it and its tables, or check that it is a store of this format."""
-    existed = os.path.exists(path)
-    if readonly and not existed:
+    def _recover(self, removed: bool) -> None:
+        """Copy everything this connection holds into a new file, at the path if it is free, and use it."""
+        old = self.path
+        db = self._open()
+        try:
+            temporary = _copy(db, old, self._mode)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"the store {old} was {'removed' if removed else 'replaced'} while this run wrote to it, and "
+                f"its outcomes cannot be copied to a new file there: {exc}"
+            ) from exc
+        try:
+            db.close()  # nothing more goes into the old file
+            self._db = None
+            if removed:  # the old file's log and index would be taken for the new file's
+                for suffix in ("-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(old + suffix)
+            beside = _beside(old)
+            target = _publish(temporary, [old] * removed + [beside, f"{beside}-{secrets.token_hex(4)}"])
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        opened = _connect(target, False, self._key, self._source)
+        self._db, self.signer, self._identity, self.path = opened.db, opened.signer, opened.identity, target
+        if target == old:
+            logger.warning(
+                "the store %s was removed while this run wrote to it; made it again with everything it "
+                "held, and this run goes on writing there", old,
+            )
+        else:
+            logger.warning(
+                "the store %s was %s while this run wrote to it; everything it held, and the rest of this "
+                "run, is in %s", old, "removed and made again by another process" if removed else "replaced",
+                target,
+            )
+
+
+def _key_source() -> str:
+    """Where ``resolve_key()`` found the key, for messages."""
+    if os.environ.get(KEY_ENV) is not None:
+        return f"${KEY_ENV}"
+    try:
+        return f"the key file {user_key_file()}"
+    except Exception:  # pragma: no cover - resolve_key raised first
+        return "your key file"
+
+
+def _copy(db: sqlite3.Connection, path: str, mode: int) -> str:
+    """A new file holding all ``db`` holds, beside ``path`` (or in the working directory
+    when the directory of ``path`` is gone)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        directory = os.getcwd()
+    descriptor, temporary = tempfile.mkstemp(prefix=".ezpool-store-", suffix=".recovering", dir=directory)
+    os.close(descriptor)
+    try:
+        os.chmod(temporary, mode)
+        with contextlib.closing(sqlite3.connect(temporary)) as copy:
+            db.backup(copy)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return temporary
+
+
+def _beside(path: str) -> str:
+    """A new name beside ``path`` for outcomes that cannot go back to it."""
+    root, extension = os.path.splitext(path)
+    return f"{root}.recovered-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{extension}"
+
+
+def _publish(temporary: str, names: list[str]) -> str:
+    """Give the file ``temporary`` the first of ``names`` that is free (never overwriting one).
+
+    The names are taken in ``temporary``'s directory: the store's own, unless it is gone.
+    """
+    directory = os.path.dirname(temporary)
+    for name in names:
+        target = os.path.join(directory, os.path.basename(name))
+        try:
+            os.link(temporary, target)
+            return target
+        except FileExistsError:
+            continue
+    raise StoreError(f"cannot find a free name for the outcomes of {names[0]}")
+
+
+def _connect(path: str, readonly: bool, key: bytes, source: str) -> Opened:
+    """Open ``path``: create it and its tables, or check that it is a store of this format and key."""
+    existed = check_store_file(path)
+    if readonly and existed is None:
         raise FileNotFoundError(errno.ENOENT, "no ezpool store at this path", path)
     try:
-        target = Path(path).resolve().as_uri() + "?mode=ro" if readonly else path
-        db = sqlite3.connect(
-            target, uri=readonly, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
+        db = _open_readonly(path) if readonly else _sqlite(path)
+    except sqlite3.OperationalError as exc:
         raise StoreError(f"cannot open {path}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:  # "file is not a database"
+        raise StoreError(f"{path} is not an ezpool store: {exc}") from None
     try:
+        if existed is None:
+            _fix_new_file(path)
+        now = check_store_file(path, warn=False)  # still the file checked, and the user's (or made by us)
+        if existed is not None and now != existed:
+            raise StoreError(f"{path} was replaced while it was being opened; try again")
         db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
         db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         if readonly:
@@ -153,19 +320,61 @@ def _connect(path: str, readonly: bool) -> sqlite3.Connection:
         else:
             _use_wal(db)
             db.execute("PRAGMA synchronous = NORMAL")
-        _check_schema(db, path, readonly)
+        signer = _check_schema(db, path, readonly, key, source)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
     except BaseException as exc:
         db.close()
         if isinstance(exc, sqlite3.OperationalError):
-            raise StoreError(f"cannot open {path}: {exc}") from exc
+            raise StoreError(f"cannot open {path}: {exc}{_read_only_hint(path, readonly)}") from exc
         if isinstance(exc, sqlite3.DatabaseError):  # "file is not a database"
             raise StoreError(f"{path} is not an ezpool store: {exc}") from None
         raise
-    if not existed:
-        mode = os.stat(path).st_mode
-        if mode & 0o002:  # results may be private: never world-writable, whatever the umask
-            os.chmod(path, mode & 0o7775)
-    return db
+    return Opened(db, signer, now, mode)
+
+
+def _sqlite(target: str, uri: bool = False) -> sqlite3.Connection:
+    return sqlite3.connect(
+        target, uri=uri, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+
+
+def _open_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection: ``mode=ro``, or ``immutable=1`` where SQLite cannot make its ``-shm``
+    file (a read-only file system or directory) and no ``-wal`` file holds commits not in the file."""
+    uri = Path(path).resolve().as_uri()
+    db = _sqlite(uri + "?mode=ro", uri=True)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # SQLite opens its files here
+        return db
+    except sqlite3.OperationalError as exc:
+        db.close()
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None or code & 0xFF != _SQLITE_CANTOPEN or os.path.exists(path + "-wal"):
+            raise
+    logger.debug("%s: read as immutable (SQLite cannot make its -shm file there)", path)
+    return _sqlite(uri + "?immutable=1", uri=True)
+
+
+def _fix_new_file(path: str) -> None:
+    """Results may be private: a new store is never writable by group or others, whatever the umask."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    if hasattr(os, "geteuid") and info.st_uid == os.geteuid():
+        os.chmod(path, stat.S_IMODE(info.st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _read_only_hint(path: str, readonly: bool) -> str:
+    if readonly:
+        return ""
+    try:
+        flags = os.statvfs(os.path.dirname(os.path.abspath(path))).f_flag
+    except (OSError, AttributeError):
+        return ""
+    if flags & getattr(os, "ST_RDONLY", 1):
+        return " (its file system is read-only: read it with open_store or python -m ezpool.store)"
+    return ""
 
 
 def _use_wal(db: sqlite3.Connection) -> None:
@@ -189,10 +398,6 @@ def _use_wal(db: sqlite3.Connection) -> None:
         pause = min(2 * pause, 0.05)
 
 
-#: SQLite's result code for a lock held by another connection (``SQLITE_BUSY``).
-_SQLITE_BUSY = 5
-
-
 def _busy(exc: sqlite3.OperationalError) -> bool:
     """Whether SQLite refused for a lock another connection holds. Python 3.11 and later
     give the result code; before, the message is all SQLite's module says."""
@@ -202,12 +407,20 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return str(exc) == "database is locked"  # pragma: no cover - Python 3.9 and 3.10
 
 
-def _check_schema(db: sqlite3.Connection, path: str, readonly: bool) -> None:
+def _check_schema(db: sqlite3.Connection, path: str, readonly: bool, key: bytes, source: str) -> Signer:
+    """Make the tables of a new file, or check the format and the key of a store; what signs its rows."""
     if not readonly:
         db.execute("BEGIN IMMEDIATE")  # two processes opening a new file make its tables once
     try:
         (app,) = db.execute("PRAGMA application_id").fetchone()
         (version,) = db.execute("PRAGMA user_version").fetchone()
+        if app == APPLICATION_ID and version == UNSIGNED_VERSION:
+            raise StoreError(
+                f"{path} is an ezpool store of format {version}, made by an older ezpool that did not sign "
+                f"what stores hold; this one reads only signed stores (format {SCHEMA_VERSION}), because "
+                f"loading a store can run the code of whoever wrote it. If you made it yourself, sign it "
+                f"with your key once: python -m ezpool.store --upgrade {path}"
+            )
         if app == APPLICATION_ID and version != SCHEMA_VERSION:
             raise StoreError(
                 f"{path} is an ezpool store of format {version}; this ezpool reads format "
@@ -221,12 +434,36 @@ def _check_schema(db: sqlite3.Connection, path: str, readonly: bool) -> None:
                 raise StoreError(f"{path} is empty, not an ezpool store")
             for statement in _SCHEMA:
                 db.execute(statement)
+            signer = Signer(key, secrets.token_bytes(SALT_SIZE))
+            db.execute(
+                "INSERT INTO signing (id, salt, keycheck) VALUES (1, ?, ?)",
+                (signer.salt, signer.check_value()),
+            )
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             logger.debug("%s: created a store", path)
+        else:
+            signer = check_key(db, path, key, source)
         if db.in_transaction:
             db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+    return signer
+
+
+def check_key(db: sqlite3.Connection, path: str, key: bytes, source: str) -> Signer:
+    """What signs the rows of the store ``db``; ``StoreError`` when it was made under another key."""
+    row = db.execute("SELECT salt, keycheck FROM signing WHERE id = 1").fetchone()
+    if row is None:
+        raise StoreError(f"{path} is an ezpool store without its signing row: it was changed outside EzPool")
+    signer = Signer(key, row[0])
+    if not isinstance(row[1], bytes) or not same(row[1], signer.check_value()):
+        raise StoreError(
+            f"{path} was made under another EzPool key than yours (from {source}), so nothing it holds can "
+            f"be checked as yours, and EzPool loads none of it: loading a store can run the code of whoever "
+            f"wrote it. If you made it with another key, set {KEY_ENV} (or EZPOOL_KEY_FILE) to that key; "
+            f"otherwise, use another file"
+        )
+    return signer

@@ -9,6 +9,10 @@ latest entry is in a row up to its ``upto`` id.
 
 The index remembers the last row and the last ``forgotten`` row it read, so that
 ``refresh`` reads only what was written since, by this process or any other.
+
+Nothing is unpickled before its MAC is checked (see ``signing``): a row whose tasks
+do not verify is left out (logged as a warning), and so are values that do not
+verify (their tasks run again).
 """
 
 from __future__ import annotations
@@ -22,14 +26,18 @@ from typing import Any, Optional
 from .._core.logs import get_logger
 from .batches import Outcomes, load_tasks, offsets
 from .keys import task_key, task_keys
+from .signing import MAC_SIZE, Forged, Signer, verify
 
 logger = get_logger(__name__)
 
 __all__ = ["Index"]
 
-_NEW_BATCHES = """SELECT id, tasks, layout, elapsed, failed, worker, recorded FROM batches
+_NEW_BATCHES = """SELECT id, tasks, layout, elapsed, failed, worker, recorded, mac FROM batches
     WHERE sweep = ? AND id > ? ORDER BY id"""
-_NEW_FORGOTTEN = "SELECT id, upto, keys FROM forgotten WHERE sweep = ? AND id > ? ORDER BY id"
+_NEW_FORGOTTEN = "SELECT id, upto, keys, mac FROM forgotten WHERE sweep = ? AND id > ? ORDER BY id"
+
+#: The columns ``Index.load`` takes, in its order.
+ROW_COLUMNS = "id, tasks, outcome, layout, elapsed, failed, worker, recorded, mac"
 
 
 #: Rows per ``IN (...)`` read of the values a lookup found: under SQLite's old limit of
@@ -40,7 +48,7 @@ LOOKUP_GROUP = 899
 #: all, in order, instead of by id.
 SCAN_SHARE = 0.3
 
-_ALL_OUTCOMES = "SELECT id, outcome, layout FROM batches WHERE sweep = ? AND id <= ? ORDER BY id"
+_ALL_OUTCOMES = "SELECT id, outcome, layout, mac FROM batches WHERE sweep = ? AND id <= ? ORDER BY id"
 
 #: In place of a value that cannot be loaded.
 MISSING = object()
@@ -49,9 +57,10 @@ MISSING = object()
 class Index:
     """The latest outcome of each task stored in one sweep: its row, offset, run time and state."""
 
-    def __init__(self, sweep_id: int, where: str) -> None:
+    def __init__(self, sweep_id: int, where: str, signer: Signer) -> None:
         self.sweep_id = sweep_id
         self.where = where  # for log messages
+        self.signer = signer
         #: task key -> entry number of its latest outcome, in the order first seen.
         self.latest: dict[bytes, int] = {}
         #: Entry numbers of failures.
@@ -65,6 +74,8 @@ class Index:
         self.firsts: list[int] = []
         self.workers: list[str] = []
         self.recorded: list[float] = []
+        #: The checked MAC of each row's tasks, which its values' MAC must name.
+        self.macs: list[bytes] = []
         #: The ids of the last ``batches`` and ``forgotten`` rows read.
         self.last_batch = 0
         self.last_forgotten = 0
@@ -111,25 +122,61 @@ class Index:
         values: list[Any] = [MISSING] * len(self.elapsed)
         if len(rows) >= SCAN_SHARE * len(self.ids):
             found = {batch_id: row for row, batch_id in enumerate(self.ids)}
-            for batch_id, blob, layout in db.execute(_ALL_OUTCOMES, (self.sweep_id, self.last_batch)):
+            for batch_id, blob, layout, mac in db.execute(_ALL_OUTCOMES, (self.sweep_id, self.last_batch)):
                 row = found.get(batch_id)
                 if row in rows:
-                    complete = self._load_row(row, blob, layout, values) and complete
+                    complete = self._load_row(row, blob, layout, mac, values) and complete
             return values, complete
         ids = [self.ids[row] for row in rows]
         found = {self.ids[row]: row for row in rows}
         for first in range(0, len(ids), LOOKUP_GROUP):
             group = ids[first : first + LOOKUP_GROUP]
-            query = f"SELECT id, outcome, layout FROM batches WHERE id IN ({','.join('?' * len(group))})"
-            for batch_id, blob, layout in db.execute(query, group):
-                complete = self._load_row(found[batch_id], blob, layout, values) and complete
+            query = f"SELECT id, outcome, layout, mac FROM batches WHERE id IN ({','.join('?' * len(group))})"
+            for batch_id, blob, layout, mac in db.execute(query, group):
+                complete = self._load_row(found[batch_id], blob, layout, mac, values) and complete
         return values, complete
 
-    def _load_row(self, row: int, blob: bytes, layout: int, values: list[Any]) -> bool:
+    def load(self, columns: tuple[Any, ...]) -> tuple[list[Any], Outcomes]:
+        """The tasks and values of a row read as ``ROW_COLUMNS``, once both are checked.
+
+        Raises ``Forged`` when they do not verify, before anything is unpickled, and
+        whatever unpickling raises for tasks that cannot be loaded here.
+        """
+        batch_id, tasks, outcome, layout, elapsed, failed, worker, recorded, mac = columns
+        tasks_mac = self._checked_tasks(batch_id, tasks, layout, elapsed, failed, worker, recorded, mac)
+        return load_tasks(tasks, layout), self._checked_outcomes(batch_id, tasks_mac, outcome, layout, mac)
+
+    def _checked_tasks(
+        self, batch_id: int, tasks: bytes, layout: int, elapsed: bytes, failed: bytes, worker: str,
+        recorded: float, mac: bytes,
+    ) -> bytes:
+        """The MAC of a row's tasks, once it is checked; ``Forged`` if it does not verify."""
+        expected = self.signer.tasks(self.sweep_id, tasks, layout, elapsed, failed, worker, recorded)
+        verify(mac[:MAC_SIZE] if isinstance(mac, bytes) else None, expected, f"stored batch {batch_id}")
+        return expected
+
+    def _checked_outcomes(
+        self, batch_id: int, tasks_mac: bytes, blob: bytes, layout: int, mac: bytes
+    ) -> Outcomes:
+        """The values of a row whose tasks' MAC is ``tasks_mac``, once checked; ``Forged``
+        if they do not verify."""
+        what = f"the values of stored batch {batch_id}"
+        if not isinstance(mac, bytes):
+            mac = b""
+        verify(mac[:MAC_SIZE], tasks_mac, what)
+        verify(mac[MAC_SIZE:], self.signer.outcome(tasks_mac, layout, blob), what)
+        return Outcomes(blob, layout)
+
+    def _load_row(self, row: int, blob: bytes, layout: int, mac: bytes, values: list[Any]) -> bool:
         """Put the values of one row into ``values`` at their entries; false if one cannot be loaded."""
         first = self.firsts[row]
         stop = self.firsts[row + 1] if row + 1 < len(self.firsts) else len(self.elapsed)
-        outcomes = Outcomes(blob, layout)
+        try:
+            outcomes = self._checked_outcomes(self.ids[row], self.macs[row], blob, layout, mac)
+        except Forged as exc:
+            logger.warning("%s: %s; its tasks run again", self.where, exc)
+            values[first:stop] = [MISSING] * (stop - first)
+            return False
         plain, failed = outcomes.plain(), self.failed
         todo: Iterable[int] = range(first, stop)
         if plain is not None and len(plain) == stop - first:
@@ -153,8 +200,14 @@ class Index:
         failed: bytes,
         worker: str,
         recorded: float,
+        mac: bytes,
     ) -> None:
         self.last_batch = batch_id
+        try:
+            tasks_mac = self._checked_tasks(batch_id, blob, layout, elapsed, failed, worker, recorded, mac)
+        except Forged as exc:
+            logger.warning("%s: %s; left out, never loaded", self.where, exc)
+            return
         try:
             tasks = load_tasks(blob, layout)
             keys, complete = _keys(tasks, self.where)
@@ -169,6 +222,7 @@ class Index:
         self.firsts.append(first)
         self.workers.append(worker)
         self.recorded.append(recorded)
+        self.macs.append(tasks_mac)
         self.elapsed.frombytes(elapsed)
         if failed:
             self.failed.update(first + offset for offset in offsets(failed))
@@ -177,8 +231,13 @@ class Index:
         else:
             self.latest.update((key, first + offset) for offset, key in enumerate(keys) if key is not None)
 
-    def _forget_row(self, row_id: int, upto: int, blob: bytes) -> None:
+    def _forget_row(self, row_id: int, upto: int, blob: bytes, mac: bytes) -> None:
         self.last_forgotten = row_id
+        try:
+            verify(mac, self.signer.forgotten(self.sweep_id, upto, blob), f"forgotten row {row_id}")
+        except Forged as exc:
+            logger.warning("%s: %s; left out, never loaded", self.where, exc)
+            return
         self.forget(pickle.loads(blob), upto)
 
 

@@ -25,10 +25,11 @@ from .._core.records import Batch
 from .._core.serialization import short_repr
 from ..errors import StoreError
 from ..results import Results, ResultsBuilder
-from .batches import Outcomes, encode, load_tasks
+from .batches import Outcomes, encode
 from .database import Database
-from .index import MISSING, Index
+from .index import MISSING, ROW_COLUMNS, Index
 from .keys import task_keys
+from .signing import Forged
 
 logger = get_logger(__name__)
 
@@ -39,10 +40,10 @@ COMMIT_SECONDS = 0.2
 #: ...or once this many tasks' outcomes are buffered.
 COMMIT_ROWS = 20_000
 
-_INSERT = """INSERT INTO batches (sweep, tasks, outcome, layout, elapsed, failed, worker, recorded)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+_INSERT = """INSERT INTO batches (sweep, tasks, outcome, layout, elapsed, failed, worker, recorded, mac)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
-_ALL_ROWS = "SELECT id, tasks, outcome, layout FROM batches WHERE sweep = ? AND id <= ? ORDER BY id"
+_ALL_ROWS = f"SELECT {ROW_COLUMNS} FROM batches WHERE sweep = ? AND id <= ? ORDER BY id"
 
 
 class StoredOutcome(NamedTuple):
@@ -147,8 +148,11 @@ class Sweep:
             return
         stop = start + len(values)
         chunk = tasks[start:stop] if type(tasks) is list else [tasks[i] for i in range(start, stop)]
-        now, sweep = time.time(), self._id
-        rows = [(sweep, *encoded, worker, now) for encoded in encode(chunk, values, elapsed, failed)]
+        now, sweep, sign = time.time(), self._id, self._connection.signer.batch
+        rows = [
+            (sweep, *encoded, worker, now, sign(sweep, *encoded, worker, now))
+            for encoded in encode(chunk, values, elapsed, failed)
+        ]
         with self._connection.lock:
             self._rows += rows
             self._buffered += len(values)
@@ -208,9 +212,11 @@ class Sweep:
             if not keys:
                 return 0
             try:
+                blob = pickle.dumps(keys, pickle.HIGHEST_PROTOCOL)
+                mac = self._connection.signer.forgotten(self._id, index.last_batch, blob)
                 row_id = db.execute(
-                    "INSERT INTO forgotten (sweep, upto, keys) VALUES (?, ?, ?)",
-                    (self._id, index.last_batch, pickle.dumps(keys, pickle.HIGHEST_PROTOCOL)),
+                    "INSERT INTO forgotten (sweep, upto, keys, mac) VALUES (?, ?, ?, ?)",
+                    (self._id, index.last_batch, blob, mac),
                 ).lastrowid
                 index.last_forgotten = int(row_id or 0)
                 return index.forget(keys, index.last_batch)
@@ -232,10 +238,13 @@ class Sweep:
             needed = {row for _, row, _ in places}
             rows = {batch_id: row for row, batch_id in enumerate(index.ids)}
             loaded: dict[int, tuple[list[Any], Outcomes]] = {}
-            for batch_id, tasks_blob, blob, layout in db.execute(_ALL_ROWS, (self._id, index.last_batch)):
-                row = rows.get(batch_id)
+            for columns in db.execute(_ALL_ROWS, (self._id, index.last_batch)):
+                row = rows.get(columns[0])
                 if row in needed:
-                    loaded[row] = load_tasks(tasks_blob, layout), Outcomes(blob, layout)
+                    try:
+                        loaded[row] = index.load(columns)
+                    except Forged as exc:  # changed since the index read it: left out
+                        logger.warning("%s: %s; left out, never loaded", self, exc)
             failed, elapsed, workers, recorded = index.failed, index.elapsed, index.workers, index.recorded
             tasks: list[Any] = []
             values: list[Any] = []
@@ -244,6 +253,8 @@ class Sweep:
             seen: set[Any] = set()
             began, ended = float("inf"), float("-inf")
             for entry, row, offset in places:
+                if row not in loaded:
+                    continue
                 task_list, outcomes = loaded[row]
                 task = task_list[offset]
                 try:
@@ -286,13 +297,14 @@ class Sweep:
             elapsed = index.elapsed
             slow = heapq.nlargest(slowest, entries, key=elapsed.__getitem__)
             slow_rows = {index.locate(entry)[0] for entry in slow}
-            loaded = {
-                row: (load_tasks(tasks_blob, layout), Outcomes(blob, layout))
-                for row in slow_rows
-                for tasks_blob, blob, layout in db.execute(
-                    "SELECT tasks, outcome, layout FROM batches WHERE id = ?", (index.ids[row],)
-                )
-            }
+            loaded = {}
+            for row in slow_rows:
+                query = f"SELECT {ROW_COLUMNS} FROM batches WHERE id = ?"
+                for columns in db.execute(query, (index.ids[row],)):
+                    try:
+                        loaded[row] = index.load(columns)
+                    except Forged as exc:
+                        logger.warning("%s: %s; never loaded", self, exc)
             done, failed = len(entries), len(index.failed.intersection(entries))
             busy = sum(elapsed[entry] for entry in entries)
             began, ended = float("inf"), float("-inf")
@@ -302,6 +314,9 @@ class Sweep:
             slowest_lines = []
             for entry in slow:
                 row, offset = index.locate(entry)
+                if row not in loaded:
+                    slowest_lines.append(f"    {elapsed[entry]:10.3f} s  (a row that does not verify)")
+                    continue
                 task_list, outcomes = loaded[row]
                 task = short_repr(task_list[offset], 60)
                 note = f"  failed: {outcomes.record(offset).type_name}" if entry in index.failed else ""
@@ -327,7 +342,7 @@ class Sweep:
     def _refreshed(self, db: Any) -> Index:
         """The index, brought up to date with the file (call it inside a transaction)."""
         if self._index is None:
-            self._index = Index(self._id, repr(self))
+            self._index = Index(self._id, repr(self), self._connection.signer)
         try:
             self._index.refresh(db)
         except BaseException:
