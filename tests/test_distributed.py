@@ -74,7 +74,7 @@ def test_a_bad_uri_is_a_value_error_quoting_it_before_any_work(bad, tmp_path):
     with Pool() as pool, pytest.raises((ValueError, TypeError)) as caught:
         pool.dmap(w.Square, [1], workers=[bad])
     assert repr(bad) in str(caught.value) or str(bad) in str(caught.value)
-    assert pool._backends.get("distributed") is None or not pool._backends["distributed"]._spawned
+    assert pool._backends.get("distributed") is None or not pool._backends["distributed"]._started.processes
 
 
 def test_an_unreachable_worker_is_unavailable_within_seconds_when_not_started():
@@ -94,10 +94,10 @@ def test_a_worker_that_does_not_answer_is_started_and_stopped_with_the_pool():
     port = free_port()
     with Pool(workers=[f"PYRO:worker@127.0.0.1:{port}"], spawn=True) as pool:
         assert pool.dmap(w.Square, [2, 3]) == {2: 4, 3: 9}
-        spawned = list(pool._backends["distributed"]._spawned.values())
+        spawned = list(pool._backends["distributed"]._started.processes.values())
         assert len(spawned) == 1 and spawned[0].poll() is None
         assert pool.dmap(w.Square, [4]) == {4: 16}  # reused, not started again
-        assert list(pool._backends["distributed"]._spawned.values()) == spawned
+        assert list(pool._backends["distributed"]._started.processes.values()) == spawned
     assert spawned[0].wait(10) is not None
 
 
@@ -115,7 +115,7 @@ def test_a_mistyped_local_port_is_an_error_naming_it_not_a_new_worker(serve):
     with Pool(progress=False) as pool:
         with pytest.raises(WorkerUnavailable) as caught:
             pool.dmap(w.Square, [1, 2], workers=[typo])
-        assert not pool._backends["distributed"]._spawned and not _listens(port)
+        assert not pool._backends["distributed"]._started.processes and not _listens(port)
     assert str(caught.value) == (
         f"no worker answers at {typo} (connection refused), and EzPool starts one by itself only at "
         "the default address PYRO:worker@localhost:21000: is the address mistyped? Start a worker "
@@ -154,7 +154,7 @@ def test_a_wrong_object_name_says_what_the_port_serves_in_one_line(serve):
         with Pool(progress=False, spawn=spawn) as pool:
             with pytest.raises(WorkerUnavailable) as caught:
                 pool.dmap(w.Square, [1], workers=[wrong])
-            assert not pool._backends["distributed"]._spawned  # no doomed worker was started
+            assert not pool._backends["distributed"]._started.processes  # no doomed worker was started
         assert str(caught.value) == f"{wrong}: port {port} answers, but serves 'worker', not 'wrker'"
 
 

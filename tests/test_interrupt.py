@@ -184,7 +184,7 @@ DMAP_SCRIPT = RESET_SIGINT + textwrap.dedent(
         started, ports = sys.argv[1], sys.argv[2:]
         with Pool(workers=[f"PYRO:worker@127.0.0.1:{p}" for p in ports], spawn=True) as pool:
             pool.dmap(Slow, [0.01, 0.02])  # starts both workers
-            pids = [p.pid for p in pool._backends["distributed"]._spawned.values()]
+            pids = [p.pid for p in pool._backends["distributed"]._started.processes.values()]
             print(" ".join(map(str, pids)), flush=True)
             pool.dmap(Slow, [(seconds, started) for seconds in (60, 61, 62, 63)], progress=False)
     """

@@ -84,7 +84,7 @@ def test_a_worker_the_pool_starts_gets_a_key_of_its_own_never_on_its_command_lin
     port = free_port()
     with Pool() as pool:
         assert pool.dmap(w.Square, [2], workers=[f"PYRO:worker@127.0.0.1:{port}"], spawn=True) == {2: 4}
-        (process,) = pool._backends["distributed"]._spawned.values()
+        (process,) = pool._backends["distributed"]._started.processes.values()
         environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
         command = Path(f"/proc/{process.pid}/cmdline").read_bytes()
         given = [item.split(b"=", 1)[1] for item in environ if item.startswith(b"EZPOOL_HMAC_KEY=")]

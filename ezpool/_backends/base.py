@@ -44,3 +44,7 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing
         """Release everything this backend started. Called once, by ``Pool.shutdown``."""
+
+    def terminate(self) -> None:  # noqa: B027 - most backends let a running call end
+        """Stop at once, from any thread, under a running call, the workers this backend
+        started (the tasks they run fail); ``close`` still follows. By default nothing."""

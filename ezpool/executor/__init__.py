@@ -171,6 +171,14 @@ class PoolExecutor(concurrent.futures.Executor):
         the ones not started), then the pool stops. ``wait`` waits for all that."""
         self._submitted.close(wait, cancel_futures)
 
+    def terminate_workers(self) -> None:
+        """Shut down now, as ``ProcessPoolExecutor.terminate_workers`` (Python 3.14) does:
+        the calls not started are cancelled; in the distributed mode, the workers the pool
+        started itself are killed and waited for, and the calls they ran fail. Calls
+        running elsewhere end in the background, then the pool stops."""
+        self._submitted.close(False, True)
+        self._submitted.backend.terminate()
+
     def __repr__(self) -> str:
         state = "shut down" if self._submitted.live.closed else "open"
         return f"PoolExecutor(mode={self.mode!r}, {state})"

@@ -41,7 +41,6 @@ what happens to a chunk, whatever went wrong, is the ledger's to decide
 from __future__ import annotations
 
 import ssl
-import subprocess
 import threading
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,8 +59,8 @@ from ...errors import AuthenticationError, WorkerUnavailable
 from ...options import DEFAULT_WORKER, Options
 from ..base import Backend
 from .call import Call
-from .connect import can_start, fits, hello, may_start, name_of, not_started, start_worker, version_table
-from .crew import Crew
+from .connect import can_start, fits, hello, may_start, name_of, not_started, version_table
+from .crew import Crew, Started
 from .drivers import PushDriver, Target
 from .links import Link, LinkEvent, State
 from .watch import Watcher
@@ -87,8 +86,9 @@ class DistributedBackend(Backend):
     def __init__(self) -> None:
         self._links: dict[tuple[str, Optional[bytes], Any], Link] = {}
         self._tls: dict[tuple[Any, Any, Any], ssl.SSLContext] = {}
-        self._spawned: dict[str, subprocess.Popen[bytes]] = {}
-        self._lock = threading.Lock()  # guards _spawned: worker threads restart workers
+        self._started = Started()  # the workers this pool started: they die with it
+        self._works: set[Work] = set()  # the calls running, for terminate
+        self._lock = threading.Lock()  # guards _works
         self._watcher: Optional[Watcher] = None
         self._crew = Crew()
         self._priors = Priors()  # run times measured in earlier calls, by function
@@ -133,10 +133,14 @@ class DistributedBackend(Backend):
         work = Work(tasks, pending, options)
         call = Call(work, self._crew)
         for link in links:
-            call.add(PushDriver(work, link, target, self._restart))
+            call.add(PushDriver(work, link, target, self._started.restart))
+        with self._lock:
+            self._works.add(work)
         try:
             yield from call.batches()
         finally:
+            with self._lock:
+                self._works.discard(work)
             self._priors.keep(fid, pending.sizer)
 
     def close(self) -> None:
@@ -147,18 +151,20 @@ class DistributedBackend(Backend):
         for link in self._links.values():
             link.release()
         self._links = {}
+        self._started.stop()
+
+    def terminate(self) -> None:
+        """Stop the running calls' drivers, and kill the workers this pool started and
+        wait for them to exit (the tasks they ran fail); from any thread, at once."""
         with self._lock:
-            spawned, self._spawned = self._spawned, {}
-        for process in spawned.values():
-            if process.poll() is None:
-                process.terminate()
-        for uri, process in spawned.items():
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            logger.debug("stopped the worker started for %s", uri)
+            works = list(self._works)
+        for work in works:
+            work.stop.set()
+            with work.cond:
+                work.cond.notify_all()
+            for driver in work.drivers:
+                driver.break_off()
+        self._started.stop(grace=0)
 
     def _link(self, text: str, key: Optional[bytes], tls: Optional[ssl.SSLContext]) -> Link:
         link = self._links.get((text, key, tls))
@@ -221,7 +227,7 @@ class DistributedBackend(Backend):
                 refused = can_start(link) and spawn is None and isinstance(exc, _pyro.NothingListens)
                 return (not_started(link) if refused else exc), False
             try:
-                info = self._start(link)
+                info = self._started.start(link)
             except Exception as error:
                 return error, True
         except Exception as exc:
@@ -234,35 +240,6 @@ class DistributedBackend(Backend):
             logger.warning("worker %s %s", link.text, warning)
         link.admit(info)
         return None, False
-
-    def _start(self, link: Link) -> dict[str, Any]:
-        """Start a generic worker for ``link`` that only this pool can talk to: a key of its own."""
-        link.key, link.tls = security.private_key(), None
-        link.reconnect(link.heartbeat)
-        process, info = start_worker(link)
-        with self._lock:
-            old = self._spawned.get(link.text)
-            self._spawned[link.text] = process
-        if old is not None and old.poll() is None:
-            old.kill()
-        return info
-
-    def _restart(self, link: Link) -> bool:
-        """Start again a worker this pool started, if its process has died; whether it did."""
-        with self._lock:
-            process = self._spawned.get(link.text)
-        if process is None or process.poll() is None:
-            return False
-        logger.warning(
-            "the worker started for %s exited (%s); starting it again", link.text, process.returncode
-        )
-        try:
-            info = self._start(link)
-        except Exception as exc:
-            logger.warning("could not start %s again: %s", link.text, exc)
-            return False
-        link.admit(info)
-        return True
 
 
 def _shipment(fun: Any, options: Options) -> Shipment:
