@@ -15,15 +15,17 @@ How a ``Parallel`` call flows::
 
     joblib.Parallel (the caller's thread)            EzPoolBackend
     ─────────────────────────────────────            ─────────────
-    configure(n_jobs)                          ──▶   a PoolExecutor of the mode and options
-    batches of delayed calls (auto-sized)      ──▶   submit: executor.submit(_run, _Batch(calls))
-        BatchedCalls, each cloudpickled                  (the executor streams them, chunked,
-        as it is sent                                     to processes or workers)
+    configure(n_jobs)                          ──▶   the settings: mode, options, size
+    batches of delayed calls (auto-sized)      ──▶   submit: the kept PoolExecutor of those
+        BatchedCalls, each cloudpickled                  settings (made by the first call),
+        as it is sent                                    executor.submit(_run, _Batch(calls))
     BatchCompletionCallBack ◀── future done ───      retrieve_result_callback: future.result()
     dispatch the next batch                            (the task's own exception is raised)
     ...
-    terminate() at the end of the call         ──▶   executor.shutdown(): processes stop,
-                                                     auto-started workers stop
+    terminate() at the end of the call         ──▶   the executor goes back to KeptPools,
+                                                     idle, for the next call
+    (a task raised) abort_everything()         ──▶   executor.terminate_workers(): workers it
+                                                     started are killed and waited for
 
 The mode and pool options are the backend's keyword arguments
 (``parallel_config(backend="ezpool", mode=..., **options)``); ``mode`` defaults to
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import pickle
 import threading
 import warnings
@@ -61,7 +64,7 @@ from .options import DEFAULT_WORKER, Options
 
 logger = get_logger(__name__)
 
-__all__ = ["EzPoolBackend", "register", "BACKEND_NAME"]
+__all__ = ["EzPoolBackend", "KeptPools", "kept_pools", "register", "BACKEND_NAME"]
 
 #: The name the backend is registered under.
 BACKEND_NAME = "ezpool"
@@ -79,6 +82,97 @@ class _Call(NamedTuple):
     mode: str
     options: dict[str, Any]
     settings: Options
+
+
+class _Kept:
+    """A pool ``KeptPools`` holds: the settings it was made for, and the calls using it."""
+
+    __slots__ = ("key", "executor", "users", "dropped")
+
+    def __init__(self, key: Any, executor: PoolExecutor) -> None:
+        self.key = key
+        self.executor = executor
+        self.users = 1
+        self.dropped = False  # a call on it failed: no call takes it again
+
+
+class KeptPools:
+    """The pools (``PoolExecutor``) that the backend's ``Parallel`` calls share, as loky
+    keeps its one executor: processes and auto-started workers outlive a call.
+
+    A call takes the pool made for its settings (mode, options and, in the parallel
+    mode, the number of processes), making one if there is none, and gives it back
+    when it ends. One idle pool is kept; a call with other settings gets a new pool,
+    and the idle one stops. A pool a failed call used is dropped: the workers it
+    started are killed and waited for, before the failed call returns. ``shutdown``
+    stops every pool; at interpreter exit each stops by itself, as every
+    ``PoolExecutor`` does. In a forked child, the parent's pools are not its own.
+    """
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._pools: list[_Kept] = []  # in use, or the idle one
+
+    def take(self, key: Any, make: Callable[[], PoolExecutor]) -> PoolExecutor:
+        """The pool for ``key``: the one kept, or a new one from ``make()``."""
+        self._forget_if_forked()
+        with self._lock:
+            for kept in self._pools:
+                if kept.key == key and not kept.dropped:
+                    kept.users += 1
+                    return kept.executor
+            idle = [kept for kept in self._pools if not kept.users]
+            self._pools = [kept for kept in self._pools if kept.users]
+        _stop(idle, now=False)
+        executor = make()
+        with self._lock:
+            self._pools.append(_Kept(key, executor))
+        return executor
+
+    def give_back(self, executor: PoolExecutor, failed: bool = False) -> None:
+        """A call has done with ``executor``; ``failed``: drop it (stop it at once when no
+        other call uses it)."""
+        with self._lock:
+            kept = next((kept for kept in self._pools if kept.executor is executor), None)
+            if kept is None:  # shut down meanwhile
+                return
+            kept.users -= 1
+            kept.dropped = kept.dropped or failed
+            if kept.users:
+                return
+            ended = [old for old in self._pools if not old.users and (old.dropped or old is not kept)]
+            self._pools = [old for old in self._pools if old not in ended]
+        _stop([old for old in ended if old.dropped], now=True)
+        _stop([old for old in ended if not old.dropped], now=False)
+
+    def shutdown(self) -> None:
+        """Stop every pool kept, those in use included: their processes and the workers
+        they started stop, and are waited for."""
+        self._forget_if_forked()
+        with self._lock:
+            pools, self._pools = self._pools, []
+        _stop(pools, now=True)
+        _stop(pools, now=False)
+
+    def _forget_if_forked(self) -> None:
+        if self._pid != os.getpid():  # (the lock may be held by a thread the child does not have)
+            self._pid, self._lock, self._pools = os.getpid(), threading.Lock(), []
+
+
+def _stop(pools: list[_Kept], now: bool) -> None:
+    """Stop ``pools``: ``now``, killing the workers they started (the calls there fail);
+    else once their calls have run, waiting for that."""
+    for kept in pools:
+        if now:
+            kept.executor.terminate_workers()
+        else:
+            kept.executor.shutdown(wait=True)
+        logger.debug("stopped a kept %s pool of joblib's", kept.executor.mode)
+
+
+#: The pools every ``EzPoolBackend`` shares, unless it is given its own ``kept``.
+kept_pools = KeptPools()
 
 
 class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
@@ -99,11 +193,12 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
     * distributed: the number of workers, whatever ``n_jobs`` says (as with joblib's
       dask backend), and at least 2, so that a single worker still gets the work
       instead of joblib running it in the calling process.
-    * ``n_jobs=1`` in any mode: joblib runs the call in the calling process.
-    * no ``n_jobs`` (``None``): every worker in the distributed mode, 1 elsewhere.
+    * ``n_jobs=1`` in any mode, and no ``n_jobs`` (``None``, unless ``parallel_config``
+      sets it), as with joblib's own backends: joblib runs the call in the calling process.
 
-    Every ``Parallel`` call has a pool of its own, stopped when the call ends;
-    ``with Parallel(...) as parallel:`` keeps one pool for all the calls in the block.
+    The pools (processes, auto-started workers) are kept between calls in ``kept``
+    (``kept_pools`` unless given): a call with the same mode, options and size reuses
+    them. A call whose task raised drops its pool (killing the workers it started).
     """
 
     supports_retrieve_callback = True
@@ -118,15 +213,17 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
         mode: str = "parallel",
         nesting_level: Optional[int] = None,
         inner_max_num_threads: Optional[int] = None,
+        kept: Optional[KeptPools] = None,
         **options: Any,
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         self.mode = backends.check_mode(mode)
+        self.kept = kept_pools if kept is None else kept
         self._options = dict(options)
         # Checked now, so that a misspelt option fails at parallel_config(), not in a call.
         self._call = _Call(self.mode, self._options, Options().replace(**options))
         self._size = 1
-        self._executor: Optional[PoolExecutor] = None
+        self._executor: Optional[PoolExecutor] = None  # taken from self.kept, for this call
         self._made_for: Optional[tuple[_Call, int]] = None  # the call and size of the executor
         self._lock = threading.Lock()  # joblib submits from its thread and from callbacks
         self.parallel: Any = None
@@ -141,9 +238,9 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
 
     @property
     def default_n_jobs(self) -> int:
-        """``n_jobs`` when none is given: every worker in the distributed mode (as with
-        joblib's dask backend); elsewhere 1, as with joblib's own backends."""
-        return -1 if self._call.mode == "distributed" else 1
+        """``n_jobs`` when none is given: 1, in every mode, as with joblib's own backends
+        (the call runs in the calling process unless ``parallel_config`` sets ``n_jobs``)."""
+        return 1
 
     # --- sizing -------------------------------------------------------------------------
 
@@ -196,8 +293,8 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
         self.parallel = parallel
         with self._lock:
             stale = self._made_for != (self._call, size)
-        if stale:  # a pool of another mode, options or size: the next submit makes a new one
-            self._stop(wait=True)
+        if stale:  # a pool of another mode, options or size: the next submit takes another
+            self._give_back(failed=False)
         return size
 
     # --- running ------------------------------------------------------------------------
@@ -223,17 +320,18 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
         return out.result(timeout=timeout)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """Drop the batches not handed to a process or worker yet, and let go of the pool.
+        """Drop the batches not handed to a process or worker yet, and the pool.
 
-        Batches already handed out run to their end (the executor cannot stop them);
-        nothing waits for them, and the pool stops once they are done. The next
-        submit, if any (``ensure_ready``), starts a new pool.
+        The workers the pool started are killed, and waited for, before this returns
+        (the batches they ran are lost); batches running in processes or on workers
+        started elsewhere run to their end, with nothing waiting for them. The next
+        submit, if any (``ensure_ready``), takes a new pool.
         """
-        self._stop(wait=False)
+        self._give_back(failed=True)
 
     def terminate(self) -> None:
-        """Stop this call's pool: its processes, or the workers it started."""
-        self._stop(wait=True)
+        """The call has ended: its pool goes back to ``kept``, for the next call."""
+        self._give_back(failed=False)
         self.reset_batch_stats()
 
     # --- internals ----------------------------------------------------------------------
@@ -242,17 +340,23 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:
             if self._executor is None:
                 call, size = self._call, self._size
-                options = {**call.options, "ncpu": size} if call.mode == "parallel" else call.options
-                self._executor = PoolExecutor(call.mode, **options)
+                parallel = call.mode == "parallel"
+                options = {**call.options, "ncpu": size} if parallel else call.options
+
+                def make() -> PoolExecutor:
+                    logger.debug("starting a %s executor for joblib (%d jobs)", call.mode, size)
+                    return PoolExecutor(call.mode, **options)
+
+                # The number of jobs sizes a parallel pool; workers are what they are.
+                self._executor = self.kept.take((call.mode, call.settings, size if parallel else None), make)
                 self._made_for = (call, size)
-                logger.debug("started a %s executor for joblib (%d jobs)", call.mode, size)
             return self._executor
 
-    def _stop(self, wait: bool) -> None:
+    def _give_back(self, failed: bool) -> None:
         with self._lock:
             executor, self._executor, self._made_for = self._executor, None, None
         if executor is not None:
-            executor.shutdown(wait=wait, cancel_futures=not wait)
+            self.kept.give_back(executor, failed)
 
 
 class _Batch:

@@ -3,8 +3,11 @@
 Most tests run once per mode through ``ezpool_config``, a ``parallel_config`` that
 selects the backend: ``serial``, ``parallel`` with the ``fork`` and the ``spawn``
 start method, and ``distributed`` on two generic workers the pool starts itself on
-free local ports. joblib's own test suite runs on the backend in the ``joblib``
-nox session (``tests/joblib_plugin.py``).
+free local ports. The pools the backend keeps between calls (``kept_pools``) are
+shut down after each test, which then checks that no process of theirs is left.
+joblib's own test suite runs on the backend in the ``joblib`` nox session
+(``tests/joblib_plugin.py``), scikit-learn's ``n_jobs`` tests in the ``sklearn`` one
+(``tests/sklearn_plugin.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from joblib import Parallel, delayed, parallel_config
 
 from ezpool import RemoteTraceback, TaskTimeout, WorkerCrashed
 from ezpool._backends.parallel.backend import available_cpus
-from ezpool.joblib import EzPoolBackend  # registers "ezpool" with joblib
+from ezpool.joblib import EzPoolBackend, kept_pools  # registers "ezpool" with joblib
 from tests import _helpers as h
 from tests.conftest import eventually
 from tests.modes import MODES, Mode
@@ -50,6 +53,35 @@ def ezpool_config(mode: Mode) -> Callable[..., Any]:
 
 def _no_ezpool_processes() -> bool:
     return not [p for p in multiprocessing.active_children() if p.name == "ezpool-worker"]
+
+
+def _served_children() -> list[int]:
+    """The pids of this process's children that run ``ezpool.serve`` (the workers a
+    distributed pool started), read from ``/proc``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        parent = int(stat.rpartition(")")[2].split()[1])
+        if parent == os.getpid() and b"ezpool.serve" in command:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _kept_pools_stop_with_the_test() -> Iterator[None]:
+    """Each test starts with no kept pool, and leaves no process of one behind (the
+    processes of a pool dropped after an error stop once their batch has run)."""
+    kept_pools.shutdown()
+    yield
+    kept_pools.shutdown()
+    assert not _served_children()
+    eventually(_no_ezpool_processes, "end of the worker processes", timeout=20)
 
 
 # --- running -------------------------------------------------------------------------
@@ -93,10 +125,12 @@ def test_tasks_run_where_the_mode_says(ezpool_config: Any) -> None:
         assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
 
-def test_no_process_outlives_the_call(ezpool_config: Any) -> None:
+def test_no_process_outlives_the_kept_pools(ezpool_config: Any) -> None:
     with ezpool_config(n_jobs=2):
-        assert Parallel()(delayed(h.square)(x) for x in range(10)) == [x * x for x in range(10)]
-        assert _no_ezpool_processes()
+        pids = set(Parallel()(delayed(h.pid_after_nap)(x, 0.01) for x in range(10)))
+    kept_pools.shutdown()  # (what happens at interpreter exit)
+    assert _no_ezpool_processes() and not _served_children()
+    assert not [pid for pid in pids if pid != os.getpid() and h.pid_alive(pid)]
 
 
 def test_parallel_as_a_context_manager_keeps_one_pool() -> None:
@@ -104,7 +138,32 @@ def test_parallel_as_a_context_manager_keeps_one_pool() -> None:
         first = set(parallel(delayed(h.pid_after_nap)(x, 0.02) for x in range(10)))
         second = set(parallel(delayed(h.pid_after_nap)(x, 0.02) for x in range(10)))
         assert second <= first  # the same processes
-    assert _no_ezpool_processes()
+
+
+@pytest.mark.parametrize("mode", ["fork", "distributed"])
+def test_consecutive_calls_reuse_the_same_processes_or_workers(mode: str) -> None:
+    with parallel_config(backend="ezpool", n_jobs=2, **_selecting(mode)):
+        first = set(Parallel()(delayed(h.pid_after_nap)(x, 0.05) for x in range(12)))
+        second = set(Parallel()(delayed(h.pid_after_nap)(x, 0.05) for x in range(12)))
+    assert len(first) == 2 and second == first
+    assert all(h.pid_alive(pid) for pid in first)  # kept after the calls, until shut down
+
+
+def test_other_settings_get_another_pool_and_the_idle_one_stops() -> None:
+    with parallel_config(backend="ezpool", n_jobs=2):
+        two = set(Parallel()(delayed(h.pid_after_nap)(x, 0.1) for x in range(6)))
+    with parallel_config(backend="ezpool", n_jobs=3):
+        three = set(Parallel()(delayed(h.pid_after_nap)(x, 0.1) for x in range(9)))
+    assert len(two) == 2 and len(three) == 3 and not two & three
+    assert not [pid for pid in two if h.pid_alive(pid)]  # stopped (and waited for) when replaced
+
+
+def test_kept_workers_are_gone_once_the_holder_shuts_down() -> None:
+    with parallel_config(backend="ezpool", n_jobs=2, **_selecting("distributed")):
+        pids = set(Parallel()(delayed(h.pid_after_nap)(x, 0.05) for x in range(8)))
+    assert sorted(pids) == sorted(_served_children())
+    kept_pools.shutdown()
+    assert not _served_children() and not [pid for pid in pids if h.pid_alive(pid)]
 
 
 def test_keyword_arguments_of_parallel_are_pool_options_for_that_call() -> None:
@@ -185,6 +244,20 @@ def test_parallel_timeout_raises_joblibs_timeout_error() -> None:
     eventually(_no_ezpool_processes, "end of the worker processes", timeout=20)
 
 
+def test_after_a_failed_call_the_next_distributed_call_runs_at_once() -> None:
+    """The failed call's workers (started for its pool, with that pool's key) are killed
+    and waited for before it returns; the next call starts its own at the same ports."""
+    calls = [delayed(h.pid_after_nap)(x, 0.3) for x in range(12)]
+    calls[3] = delayed(h.raise_custom)("boom")
+    with parallel_config(backend="ezpool", n_jobs=2, **_selecting("distributed")):
+        before = set(Parallel()(delayed(h.pid_after_nap)(x, 0.01) for x in range(4)))
+        with pytest.raises(h.CustomError, match="boom"):
+            Parallel()(calls)
+        assert not [pid for pid in before if h.pid_alive(pid)]  # no eventually: already gone
+        after = Parallel()(delayed(h.pid_after_nap)(x, 0.01) for x in range(8))
+    assert len(after) == 8 and not set(after) & before
+
+
 def test_the_pool_timeout_option_stops_a_task() -> None:
     with parallel_config(backend="ezpool", n_jobs=2, timeout=0.5), pytest.raises(TaskTimeout):
         Parallel()(delayed(h.nap)(x) for x in [0.01, 5.0, 0.01])
@@ -233,7 +306,7 @@ def test_a_nested_ezpool_parallel_has_processes_of_its_own(mode: str) -> None:
         (None, {}, 1),
         (1, {}, 1),
         (5, {"mode": "serial"}, 1),
-        (None, {"mode": "distributed", "workers": MODES["distributed"].options(3)["workers"]}, 3),
+        (None, {"mode": "distributed", "workers": MODES["distributed"].options(3)["workers"]}, 1),
         (-1, {"mode": "distributed", "workers": MODES["distributed"].options(3)["workers"]}, 3),
         (8, {"mode": "distributed", "workers": MODES["distributed"].options(3)["workers"]}, 3),
         (-1, {"mode": "distributed", "workers": MODES["distributed"].options(1)["workers"]}, 2),
@@ -244,6 +317,16 @@ def test_effective_n_jobs(n_jobs: Any, options: dict[str, Any], expected: int) -
     with parallel_config(backend="ezpool", **options):
         assert joblib.effective_n_jobs(n_jobs) == expected
     assert EzPoolBackend(**options).effective_n_jobs(n_jobs) == expected
+
+
+@pytest.mark.parametrize("mode", ["fork", "distributed"])
+def test_without_n_jobs_the_call_runs_in_the_caller_unless_the_config_sets_it(mode: str) -> None:
+    with parallel_config(backend="ezpool", **_selecting(mode)):
+        alone = set(Parallel()(delayed(h.pid_after_nap)(x, 0.01) for x in range(6)))
+        with parallel_config(n_jobs=2):
+            shared = set(Parallel()(delayed(h.pid_after_nap)(x, 0.05) for x in range(6)))
+    assert alone == {os.getpid()}
+    assert os.getpid() not in shared and len(shared) >= 1
 
 
 def test_n_jobs_zero_has_no_meaning() -> None:
