@@ -1,17 +1,22 @@
-"""``python -m ezpool.nameserver``: a Pyro4 name server for EzPool workers, keyed by default.
+"""``python -m ezpool.nameserver``: EzPool's name server for its workers, keyed by default.
 
-It uses the same key as workers and clients (``$EZPOOL_HMAC_KEY``, ``--hmac-key-file``,
-else your per-user key file), never broadcasts, and serves up to a thousand
-connections at once, so hundreds of workers can register together. It prints
-the ``HOST:PORT`` to give to ``serve --ns`` and ``list_workers(ns=...)``, and stops
-on Ctrl-C or SIGTERM. ``--insecure`` runs it without a key, which lets anyone who
-can reach it list, add or overwrite names.
+It is served like a worker (``ezpool._pyro.registry``): every call is signed with
+the same key as workers and clients (``$EZPOOL_HMAC_KEY``, ``--hmac-key-file``,
+else your per-user key file) over a nonce and a counter, so nothing recorded can
+be replayed, and a peer without the key gets a waiting slot for 5 s at most and
+nothing signed. It never broadcasts, and serves up to a thousand connections at
+once, so hundreds of workers can register together. ``--tls-cert``/``--tls-key``
+(and ``--tls-ca``, ``--tls-require-client-cert``) serve it over TLS, as for
+``serve``. It prints the ``HOST:PORT`` to give to ``serve --ns`` and
+``list_workers(ns=...)``, and stops on Ctrl-C or SIGTERM. ``--insecure`` runs it
+without a key, which lets anyone who can reach it list, add or overwrite names.
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import ssl
 import sys
 import threading
 from pathlib import Path
@@ -33,13 +38,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     try:
         key = resolve_key(None, key_file=args.hmac_key_file, insecure=args.insecure)
+        tls = _tls(args)
     except SecurityError as exc:
         print(f"ezpool.nameserver: error: {exc}", file=sys.stderr)
         return 1
     if key is None and not is_loopback_host(args.host):
         logger.warning("name server on %s without a key: anyone who can reach it can change it", args.host)
     try:
-        server = _pyro.NameServerProcess(args.host, args.port, key)
+        server = _pyro.NameServerProcess(args.host, args.port, key, tls)
     except OSError as exc:
         print(f"ezpool.nameserver: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
@@ -55,15 +61,37 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
+def _tls(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    """The TLS context to serve with (``None``: plain TCP); ``SecurityError`` says what to fix."""
+    from .security import server_tls_context
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SecurityError("--tls-cert and --tls-key go together")
+    if args.tls_require_client_cert and args.tls_ca is None:
+        raise SecurityError("--tls-require-client-cert needs --tls-ca, the CA of the clients' certificates")
+    if args.tls_cert is None:
+        if args.tls_ca is not None:
+            raise SecurityError("--tls-ca needs --tls-cert and --tls-key, the name server's own certificate")
+        return None
+    return server_tls_context(args.tls_cert, args.tls_key, args.tls_ca, args.tls_require_client_cert)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ezpool.nameserver",
-        description="Run a keyed Pyro4 name server for EzPool workers (serve --ns, list_workers).",
+        description="Run a keyed name server for EzPool workers (serve --ns, list_workers).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9090, help="port to listen on (default 9090)")
     parser.add_argument("--hmac-key-file", type=Path, metavar="PATH", help="file holding the shared key")
     parser.add_argument("--insecure", action="store_true", help="run without a key (anyone may change it)")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve over TLS with this certificate")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA that signed the clients' certificates")
+    parser.add_argument(
+        "--tls-require-client-cert", action="store_true",
+        help="accept only clients with a certificate signed by --tls-ca",
+    )
     return parser
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Optional, Union
 
 from ._core.logs import get_logger
-from .security import resolve_key
+from .security import StrPath, client_tls_context, resolve_key
 
 logger = get_logger(__name__)
 
@@ -39,6 +39,9 @@ def list_workers(
     hmac_key: Union[str, bytes, None] = None,
     ttl: Optional[float] = None,
     insecure: bool = False,
+    tls_ca: Optional[StrPath] = None,
+    tls_cert: Optional[StrPath] = None,
+    tls_key: Optional[StrPath] = None,
 ) -> list[str]:
     """URIs of the live workers registered under ``prefix`` (``serve --ns``), sorted by name.
 
@@ -48,14 +51,17 @@ def list_workers(
     for ``ttl`` seconds is left out; by default ``ttl`` is three of that worker's
     refresh intervals (15 s for the default ``--ns-refresh 5``). A name server that
     cannot be reached or refuses is a ``WorkerUnavailable`` naming its address.
-    Pass the result as ``workers=``.
+    A name server served over TLS (``nameserver --tls-cert``) is reached with
+    ``tls_ca`` (and ``tls_cert``/``tls_key`` where it asks for a client
+    certificate), as for ``Pool``. Pass the result as ``workers=``.
     """
     from . import _pyro
 
     uri = _pyro.name_server_uri(ns)
     key = resolve_key(hmac_key, insecure=insecure)
+    tls = client_tls_context(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert or tls_key) else None
     try:
-        with _pyro.NameServer(uri, key, NS_TIMEOUT) as server:
+        with _pyro.NameServer(uri, key, NS_TIMEOUT, tls) as server:
             found = server.entries(prefix)
     except _pyro.PyroError as exc:
         raise _pyro.translate(exc, ns, what="name server") from None

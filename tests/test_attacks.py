@@ -44,10 +44,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-import Pyro4
 import pytest
 
-from ezpool import AuthenticationError, EzPoolError, Pool, WorkerUnavailable, list_workers
+from ezpool import AuthenticationError, EzPoolError, Pool, WorkerUnavailable, _pyro, list_workers
 from tests._workers import Napper, Recorder
 from tests.conftest import eventually, free_port, listening
 
@@ -468,6 +467,33 @@ def test_a_fake_worker_cannot_run_code_in_the_client(attacker, mode, setting):
     attacker.verdict([problem] if problem else [])
 
 
+def test_a_fake_worker_relaying_to_a_real_one_cannot_run_code_through_run_chunk(serve, attacker, victim_env):
+    """The attacker's "worker" passes the client's handshake, ``auth``, ``hello`` and ``load``
+    on to a real worker, so the client authenticates and checks it as it would any worker;
+    then it answers ``run_chunk`` itself with a pickle payload under the real worker's last
+    signature. The client must refuse that answer before it unpickles it."""
+    _, upstream = _serve(serve, "tests._workers:Napper", victim_env)
+    port = free_port()
+    fake = attacker.start("fake-server", "--port", port, "--mode", "relay", "--upstream", upstream,
+                          "--markers", attacker.markers, ready="listening")
+
+    def dmap() -> Any:
+        with Pool(progress=False) as pool:
+            return pool.dmap(Napper, [0.01], workers=[_worker_uri(port)], spawn=False, max_attempts=2)
+
+    error, results = _raised(dmap)
+    attack = fake.stop()
+    problems = []
+    if not any(line["name"] == "forged run_chunk reply" for line in attack.lines):
+        problems.append(f"harness: no run_chunk came through the relay ({error!r}): {attack.lines}")
+    failure = str(error) if error is not None else " ".join(map(str, results.errors.values()))
+    if error is not None and not isinstance(error, EzPoolError):
+        problems.append(f"the client failed with {type(error).__name__}: {error}")
+    elif "bad signature" not in failure:
+        problems.append(f"the client did not refuse the forged answer for its MAC: {error!r} {results!r}")
+    attacker.verdict(problems, attack)
+
+
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("mode", FAKE_MODES[:3])
 def test_a_fake_name_server_cannot_run_code_in_list_workers(attacker, mode, setting):
@@ -485,33 +511,35 @@ def test_a_fake_name_server_cannot_run_code_in_list_workers(attacker, mode, sett
 # --- 5: names at a keyed name server -----------------------------------------------------
 
 
-def _ns_entries(address: str, key: bytes) -> dict[str, str]:
-    """What a keyed name server lists under ``ezpool.``, asked as root with plain Pyro4."""
-    ns = Pyro4.Proxy(f"PYRO:Pyro.NameServer@{address}")
-    ns._pyroHmacKey = key
-    ns._pyroTimeout = 5
-    try:
-        return {str(name): str(uri) for name, uri in ns.list(prefix="ezpool.").items()}
-    finally:
-        ns._pyroRelease()
+def start_name_server(start_daemon: Any, env: dict[str, str], *flags: Any) -> tuple[Any, str]:
+    """A real ``python -m ezpool.nameserver`` as root with default settings; it and its address."""
+    port = free_port()
+    served = start_daemon([sys.executable, "-m", "ezpool.nameserver", "--port", str(port), *map(str, flags)],
+                          env=env)
+    (address,) = served.lines
+    eventually(lambda: listening(port), f"name server on {address}")
+    return served, address
+
+
+def ns_entries(address: str, key: bytes) -> dict[str, str]:
+    """What a keyed name server lists under ``ezpool.``, asked as root with the key."""
+    with _pyro.NameServer(_pyro.name_server_uri(address), key, 5.0) as server:
+        return {name: uri for name, (uri, _) in server.entries("ezpool.").items()}
 
 
 def test_another_user_cannot_take_over_a_name_at_a_keyed_name_server(
     serve, start_daemon, attacker, victim_env, victim_key, key_path
 ):
-    ns_port = free_port()
-    address = f"127.0.0.1:{ns_port}"
-    start_daemon([sys.executable, "-m", "Pyro4.naming", "-n", "127.0.0.1", "-p", str(ns_port)],
-                 expect=0, env=dict(victim_env, PYRO_HMAC_KEY=victim_key.decode()))
-    eventually(lambda: listening(ns_port), f"name server on {address}")
+    """The name server users run (``python -m ezpool.nameserver``), attacked with plain Pyro4."""
+    _, address = start_name_server(start_daemon, victim_env)
     # A long refresh: the worker must not quietly repair what the attacker did.
     _, port = _serve(serve, "tests._workers:Square", victim_env, "--ns", address, "--ns-refresh", "120")
     name, real = f"ezpool.worker.127.0.0.1.{port}", _worker_uri(port)
-    eventually(lambda: _ns_entries(address, victim_key).get(name), f"registration of {name}")
+    eventually(lambda: ns_entries(address, victim_key).get(name), f"registration of {name}")
     evil = f"PYRO:worker@127.0.0.1:{free_port()}"
     attack = attacker.run("ns-attack", address, name, evil, "--steal", key_path)
     problems = []
-    entries = _ns_entries(address, victim_key)
+    entries = ns_entries(address, victim_key)
     if entries != {name: real}:
         problems.append(f"the name server now lists {entries}, not only {name} -> {real}")
     error, listed = _raised(lambda: list_workers(ns=address))
@@ -672,6 +700,106 @@ def test_keyless_floods_do_not_starve_a_keyed_client(serve, attacker, victim_env
     if problems:
         problems.append(f"(the worker's RSS: {watch.base:.0f} MB, at most {watch.base + growth:.0f} MB)")
         problems.append(f"(the flood: {attack.info('ready')}, {attack.info('flood')})")
+    attacker.verdict(problems, attack)
+
+
+# --- nothing signed with the key for a peer without it ------------------------------------
+
+
+def _pyro_messages(data: bytes) -> list[Any]:
+    """The Pyro4 messages in ``data``, each with its annotations and data (a torn tail is dropped)."""
+    import struct
+
+    from Pyro4.message import Message
+
+    found = []
+    while len(data) >= Message.header_size:
+        try:
+            message = Message.from_header(data[: Message.header_size])
+        except Exception:
+            break
+        end = Message.header_size + message.annotations_size + message.data_size
+        if len(data) < end:
+            break
+        chunks = data[Message.header_size : Message.header_size + message.annotations_size]
+        message.annotations = {}
+        while chunks:
+            name, length = struct.unpack("!4sH", chunks[:6])
+            message.annotations[name.decode("ascii")] = chunks[6 : 6 + length]
+            chunks = chunks[6 + length :]
+        message.data = data[Message.header_size + message.annotations_size : end]
+        found.append(message)
+        data = data[end:]
+    return found
+
+
+def _values(obj: Any) -> Iterator[Any]:
+    yield obj
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _values(key)
+            yield from _values(value)
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _values(item)
+
+
+def _signed_with(key: bytes, exchange: str, received: bytes) -> list[str]:
+    """Whatever in ``received`` carries a MAC made with ``key``, or could: a Pyro4 HMAC-SHA1
+    annotation that verifies under the key, or any bytes value of a MAC's size (20 or 32
+    bytes; the only bytes a peer without the key gets is a 16-byte nonce), or the answer
+    to ``auth`` that proves the key for the probe's nonce."""
+    import hashlib
+    import hmac
+    import marshal
+
+    from ezpool.security import sign
+
+    found = []
+    nonce = b""
+    for message in _pyro_messages(received):
+        given = message.annotations.get("HMAC")
+        if given is not None:
+            mac = hmac.new(key, message.data, hashlib.sha1)
+            for name, value in sorted(message.annotations.items()):
+                if name != "HMAC":
+                    mac.update(value)
+            verdict = "made with the key" if hmac.compare_digest(mac.digest(), given) else "not the key's"
+            found.append(f"{exchange}: message type {message.type} carries a Pyro4 HMAC ({verdict})")
+        try:
+            decoded = marshal.loads(message.data)
+        except Exception:
+            continue
+        for value in _values(decoded):
+            if isinstance(value, bytes) and len(value) == 16 and not nonce:
+                nonce = value
+            elif isinstance(value, bytes) and len(value) >= 20:
+                proves = value == sign(key, nonce, 0, "auth-ok", b"attacker-nonce16")
+                found.append(f"{exchange}: a {len(value)}-byte value (a MAC of the key's: {proves})")
+    return found
+
+
+@pytest.mark.parametrize("target", ["worker", "name server"])
+def test_a_peer_without_the_key_receives_nothing_signed_with_it(
+    target, serve, start_daemon, attacker, victim_env, victim_key
+):
+    """Every way a keyless peer can talk to a keyed worker and a keyed name server: what it
+    gets back holds no MAC made with the key, so it has nothing to test guesses against."""
+    from ezpool._pyro.server import REFUSED_WRONG_KEY
+
+    if target == "worker":
+        _, port = _serve(serve, "tests._workers:Square", victim_env)
+        address, obj = f"127.0.0.1:{port}", "worker"
+    else:
+        _, address = start_name_server(start_daemon, victim_env)
+        obj = "Pyro.NameServer"
+    saved = attacker.shared / "probe.json"
+    attack = attacker.run("probe", address, obj, "--save", saved)
+    exchanges = {item["exchange"]: bytes.fromhex(item["received"]) for item in json.loads(saved.read_text())}
+    problems = [found for name, got in exchanges.items() for found in _signed_with(victim_key, name, got)]
+    refused = [m.data for m in _pyro_messages(exchanges["connect-then-wrong-mac"])]
+    if len(refused) != 2 or REFUSED_WRONG_KEY.encode() not in refused[1]:
+        problems.append(f"harness: the probe did not reach auth and its refusal: {refused}")
     attacker.verdict(problems, attack)
 
 

@@ -9,7 +9,7 @@ and are opened only after the call that carries them was authenticated.
 
 - ``client``: ``Connection``, EzPool's own handshake and signed calls.
 - ``server``: ``Server``, a daemon that trusts no one before the key.
-- ``names``: the name server.
+- ``names``: the name server's clients; ``registry``: the name server itself.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import Pyro4.errors
 
 from .._core.logs import get_logger
 from ..errors import AuthenticationError, WorkerUnavailable
-from .client import Connection, ConnectionRefused
-from .names import NS_PORT, NameServer, NameServerProcess, name_server_uri, resolve
+from .client import Connection, ConnectionRefused, KeyRefused
+from .names import NS_PORT, NameServer, name_server_uri, resolve
+from .registry import NameServerProcess
 from .server import Server, configure_worker_process
 
 logger = get_logger(__name__)
@@ -30,6 +31,7 @@ logger = get_logger(__name__)
 __all__ = [
     "CommunicationError",
     "ConnectionRefused",
+    "KeyRefused",
     "DaemonError",
     "NothingListens",
     "ConnectionClosed",
@@ -79,17 +81,23 @@ class NothingListens(WorkerUnavailable):
 def translate(exc: BaseException, uri: str, what: str = "worker") -> Exception:
     """Turn a Pyro4 error into EzPool's own, naming the ``what`` (worker, name server) at ``uri``.
 
-    Told apart by type, never by text: Pyro4 attaches the message it refused to the
-    ``SecurityError`` it raises for an HMAC it cannot verify, and the message says
-    which side had a key (``_pyro.client`` raises ``ConnectionRefused`` itself).
+    Told apart by type, never by text: ``client`` raises ``KeyRefused`` for a server's
+    refusal of the key (saying whether it holds another key) and ``ConnectionRefused``
+    when nothing listens; Pyro4 attaches the message it refused to the ``SecurityError``
+    it raises for a message signed with its own HMAC, which EzPool no longer sends.
     """
-    refused = getattr(exc, "pyroMsg", None)
-    if isinstance(exc, Pyro4.errors.SecurityError) and refused is not None:
-        if "HMAC" in refused.annotations and refused.hmac_key:
+    if isinstance(exc, KeyRefused):
+        if exc.wrong_key:
             return AuthenticationError(f"{what} {uri} rejected this client's HMAC key: the key is wrong")
         return AuthenticationError(
             f"{what} {uri} and this client disagree on having an HMAC key: one side has "
             "none; set the same EZPOOL_HMAC_KEY (or hmac_key=) on both"
+        )
+    refused = getattr(exc, "pyroMsg", None)
+    if isinstance(exc, Pyro4.errors.SecurityError) and refused is not None and "HMAC" in refused.annotations:
+        return AuthenticationError(
+            f"{what} {uri} signs its messages with Pyro4's own HMAC, which EzPool no longer uses: "
+            "is it an older EzPool, or Pyro4's own name server? Run the same EzPool on both sides"
         )
     if isinstance(exc, ConnectionRefused):
         return NothingListens(

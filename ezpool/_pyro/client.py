@@ -11,15 +11,21 @@ and reads Pyro4's call messages itself, never connecting again on its own::
     TCP (+ TLS) ───────────────────────────▶ accepted; at most 32 connections may wait
                                              for authentication, each 5 s at most,
                                              with messages of 64 KiB at most
-    CONNECT (HMAC) ────────────────────────▶ CONNECTOK + a fresh nonce for this connection
+    CONNECT ───────────────────────────────▶ CONNECTOK + a fresh nonce for this connection
     auth(client nonce, MAC(nonce ...)) ────▶ checks the MAC: now authenticated;
-                                       ◀──── MAC proving the worker holds the key too
+                                       ◀──── MAC proving the worker holds the key too,
+                                             or an unsigned refusal, and a hang-up
     call(method, counter, MAC, args) ──────▶ checks the MAC and that counter only grows
                                        ◀──── (result, MAC of the result for this call)
 
 The MACs are HMAC-SHA256 with the shared key over the connection's nonce and a
 counter, so a recorded call replayed on another connection, or to another
-worker, or twice, is refused. Pyro4's own HMAC-SHA1 stays on as an outer layer.
+worker, or twice, is refused. Pyro4's own HMAC-SHA1 layer is off: it signed
+even the refusal a keyless peer gets, which let it test guesses of the key
+offline. Nothing signed with the key is sent to a peer that has not proven it
+holds the key (a refusal is a bare word, ``server.REFUSED_*``); the client proves
+first, so a fake worker gets one MAC over a nonce of its choice, and TLS with a
+checked certificate keeps even that from anyone but the real worker.
 """
 
 from __future__ import annotations
@@ -41,16 +47,26 @@ import Pyro4.util
 
 from .._core.logs import get_logger
 from ..security import same, sign
+from .server import REFUSED_WRONG_KEY
 
 logger = get_logger(__name__)
 
-__all__ = ["Connection", "ConnectionRefused"]
+__all__ = ["Connection", "ConnectionRefused", "KeyRefused"]
 
 _SERIALIZER = "marshal"
 
 
 class ConnectionRefused(Pyro4.errors.CommunicationError):
     """Nothing accepts connections at the address (the system refused the connection)."""
+
+
+class KeyRefused(Pyro4.errors.SecurityError):
+    """The server refused this client's proof of the key: ``wrong_key`` if it has another
+    key, else one side has a key and the other none."""
+
+    def __init__(self, message: str, wrong_key: bool) -> None:
+        super().__init__(message)
+        self.wrong_key = wrong_key
 
 
 class Connection:
@@ -65,8 +81,9 @@ class Connection:
     worker reads the next call only once it has answered, so waiting to send it
     while that answer waits to be read would stall both sides).
 
-    ``authenticate=False`` is for Pyro4's own name server, which knows nothing of
-    EzPool's calls: the handshake is still EzPool's, and the HMAC key still applies.
+    ``authenticate=False`` is for Pyro4's own daemon object (``registered()``), which
+    knows nothing of EzPool's calls: the handshake is still EzPool's, the calls are
+    not signed, and their answers are not checked.
     """
 
     def __init__(
@@ -129,7 +146,7 @@ class Connection:
             self.close()
             sock = _connect_socket(self.uri, self._timeout, self._tls)
             try:
-                connection, nonce = _handshake(sock, self.uri, self._key)
+                connection, nonce = _handshake(sock, self.uri)
                 self._connection, self._sock, self._nonce, self._counter = connection, sock, nonce, 0
                 if self._authenticate:
                     self._prove(nonce)
@@ -168,7 +185,7 @@ class Connection:
         data, _ = serializer.serializeCall(self._connection.objectId, name, values, {}, compress=False)
         self._seq = (self._seq + 1) & 0xFFFF
         message = Pyro4.message.Message(Pyro4.message.MSG_INVOKE, data, serializer.serializer_id, 0,
-                                         self._seq, {}, self._key)
+                                         self._seq, {}, None)
         ticket = _Sent(self._seq, counter, name if not counter else str(values[0]))
         try:
             if queued and self._unsent:  # behind a tail still to go: in order, after it
@@ -207,13 +224,19 @@ class Connection:
             raise Pyro4.errors.ProtocolError("the server gave no nonce: is it an EzPool worker?")
         mine = secrets.token_bytes(16)
         proof = self.receive(self._post("auth", [mine, sign(self._key, nonce, 0, "auth", mine)], 0, False))
-        if self._key and not same(proof, sign(self._key, nonce, 0, "auth-ok", mine)):
+        if isinstance(proof, str):  # an unsigned refusal (server.REFUSED_*)
+            wrong = proof == REFUSED_WRONG_KEY
+            raise KeyRefused(f"{self.uri} refused this client's key ({proof})", wrong_key=wrong)
+        if not self._key:
+            if proof != b"":
+                raise KeyRefused(f"{self.uri} has a key and this client none", wrong_key=False)
+        elif not same(proof, sign(self._key, nonce, 0, "auth-ok", mine)):
             raise Pyro4.errors.SecurityError("the worker could not prove it holds the key")
 
     def _answer(self, sent: _Sent) -> Any:
         message = Pyro4.message
         serializer = Pyro4.util.get_serializer(_SERIALIZER)
-        reply = message.Message.recv(self._connection, [message.MSG_RESULT], hmac_key=self._key)
+        reply = message.Message.recv(self._connection, [message.MSG_RESULT], hmac_key=None)
         if reply.seq != sent.seq:
             raise Pyro4.errors.ProtocolError(f"{self.uri} answered call {reply.seq}, expected {sent.seq}")
         if reply.serializer_id != serializer.serializer_id:
@@ -325,16 +348,19 @@ def _connect_socket(uri: Any, timeout: Optional[float], tls: Optional[ssl.SSLCon
         raise Pyro4.errors.SecurityError(f"TLS with {uri.host}:{uri.port} failed: {exc}") from None
 
 
-def _handshake(sock: socket.socket, uri: Any, key: Optional[bytes]) -> tuple[Any, bytes]:
-    """Pyro4's connect handshake, refusing any answer not in ``marshal`` before decoding it."""
+def _handshake(sock: socket.socket, uri: Any) -> tuple[Any, bytes]:
+    """Pyro4's connect handshake, refusing any answer not in ``marshal`` before decoding it.
+
+    Unsigned both ways: the key is proven by ``auth`` right after.
+    """
     connection = Pyro4.socketutil.SocketConnection(sock, uri.object)
     serializer = Pyro4.util.get_serializer(_SERIALIZER)
     data, _ = serializer.serializeData({"handshake": "ezpool", "object": uri.object}, False)
     message = Pyro4.message
     flags = 0
-    hello = message.Message(message.MSG_CONNECT, data, serializer.serializer_id, flags, 0, {}, key)
+    hello = message.Message(message.MSG_CONNECT, data, serializer.serializer_id, flags, 0, {}, None)
     connection.send(hello.to_bytes())
-    reply = message.Message.recv(connection, [message.MSG_CONNECTOK, message.MSG_CONNECTFAIL], hmac_key=key)
+    reply = message.Message.recv(connection, [message.MSG_CONNECTOK, message.MSG_CONNECTFAIL], hmac_key=None)
     if reply.serializer_id != serializer.serializer_id:
         raise Pyro4.errors.ProtocolError(
             f"{uri.host}:{uri.port} answered in serializer {reply.serializer_id}, which EzPool never decodes"

@@ -1,8 +1,12 @@
-"""Pyro4's name server, seen through EzPool: look-ups, registrations, and their addresses."""
+"""EzPool's name server, seen from its clients: look-ups, registrations, and their addresses.
+
+The server side is ``registry``; both speak the workers' authenticated protocol.
+"""
 
 from __future__ import annotations
 
-import threading
+import ssl
+import time
 from typing import Any, Optional
 
 import Pyro4
@@ -15,7 +19,7 @@ from .client import Connection
 
 logger = get_logger(__name__)
 
-__all__ = ["NS_PORT", "name_server_uri", "NameServer", "NameServerProcess", "resolve"]
+__all__ = ["NS_PORT", "name_server_uri", "NameServer", "resolve"]
 
 #: The port of a name server given as ``HOST`` alone: Pyro4's own default.
 NS_PORT = 9090
@@ -32,17 +36,30 @@ def name_server_uri(address: str) -> str:
 
 
 class NameServer:
-    """One short exchange with a Pyro4 name server: a proxy of its own, closed on exit.
+    """One short exchange with an EzPool name server (``registry``): a connection of its
+    own, authenticated with the key (and over TLS if ``tls``), closed on exit.
 
-    A new one is made for every exchange, since a Pyro4 proxy belongs to the thread
-    that made it and a name server that restarted leaves an old connection broken.
-    Every call raises ``PyroError`` when the name server cannot be reached or refuses.
+    A new one is made for every exchange, since a name server that restarted leaves
+    an old connection broken. Entering connects (again, a few times, when the name
+    server drops the connection while it sheds a flood of others); every call
+    raises ``PyroError`` when the name server cannot be reached or refuses.
     """
 
-    def __init__(self, uri: str, hmac_key: Optional[bytes], timeout: float) -> None:
-        self._connection = Connection(Pyro4.URI(uri), hmac_key, timeout, authenticate=False)
+    def __init__(
+        self, uri: str, hmac_key: Optional[bytes], timeout: float, tls: Optional[ssl.SSLContext] = None
+    ) -> None:
+        self._connection = Connection(Pyro4.URI(uri), hmac_key, timeout, tls)
 
     def __enter__(self) -> NameServer:
+        for attempt in range(1, _CONNECT_TRIES + 1):
+            try:
+                self._connection.open()
+                return self
+            except Pyro4.errors.ConnectionClosedError as exc:
+                if attempt == _CONNECT_TRIES:
+                    raise
+                logger.debug("the name server closed the connection (%s); connecting again", exc)
+                time.sleep(0.1 * attempt)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -50,22 +67,29 @@ class NameServer:
 
     def entries(self, prefix: str) -> dict[str, tuple[str, list[str]]]:
         """Every name under ``prefix``, with its URI and its metadata strings."""
-        found = self._connection.call("list", prefix, None, None, None, True)
+        found = self._connection.call("list", prefix)
         return {
             str(name): (str(uri), [str(item) for item in metadata]) for name, (uri, metadata) in found.items()
         }
 
     def register(self, name: str, uri: str, metadata: set[str]) -> None:
         """Register (or overwrite) ``name`` as ``uri``, with exactly ``metadata``."""
-        self._connection.call("register", name, uri, False, sorted(metadata))
+        self._connection.call("register", name, uri, sorted(metadata))
 
     def remove(self, name: str) -> None:
         """Remove ``name``; nothing happens when it is not registered."""
         self._connection.call("remove", name)
 
-    def lookup(self, name: str) -> Any:
-        """The URI registered as ``name``."""
-        return self._connection.call("lookup", name)
+    def lookup(self, name: str) -> str:
+        """The URI registered as ``name``; ``NamingError`` when there is none."""
+        uri = self._connection.call("lookup", name)
+        if not uri:
+            raise Pyro4.errors.NamingError(f"unknown name: {name}")
+        return str(uri)
+
+
+#: Times ``NameServer`` connects when the name server closes the connection under it.
+_CONNECT_TRIES = 3
 
 
 def _split_address(address: str) -> tuple[str, Optional[int]]:
@@ -77,9 +101,10 @@ def _split_address(address: str) -> tuple[str, Optional[int]]:
     return host, int(port)
 
 
-def resolve(uri: Any, hmac_key: Optional[bytes], timeout: float) -> Any:
+def resolve(uri: Any, hmac_key: Optional[bytes], timeout: float, tls: Optional[ssl.SSLContext] = None) -> Any:
     """The ``PYRO:`` URI that a ``PYRONAME:`` URI stands for now (a ``PYRO:`` URI as it is).
 
+    The name server is reached like the workers: with ``hmac_key``, over TLS if ``tls``.
     Any failure of the name server is a ``WorkerUnavailable`` naming it.
     """
     if uri.protocol != "PYRONAME":
@@ -91,38 +116,9 @@ def resolve(uri: Any, hmac_key: Optional[bytes], timeout: float) -> Any:
         )
     where = f"{uri.host}:{uri.port or NS_PORT}"
     try:
-        with NameServer(name_server_uri(where), hmac_key, timeout) as server:
+        with NameServer(name_server_uri(where), hmac_key, timeout, tls) as server:
             return Pyro4.URI(str(server.lookup(uri.object)))
     except Pyro4.errors.PyroError as exc:
         raise WorkerUnavailable(
             f"cannot look up {uri.object!r} at the name server at {where}: {exc}"
         ) from None
-
-
-#: Connections a name server serves at once: enough for hundreds of workers
-#: registering together (each registration is one short connection).
-NAME_SERVER_THREADS = 1024
-
-
-class NameServerProcess:
-    """A Pyro4 name server in this process, keyed, without broadcast, in a thread."""
-
-    def __init__(self, host: str, port: int, hmac_key: Optional[bytes]) -> None:
-        import Pyro4.naming
-
-        Pyro4.config.THREADPOOL_SIZE = NAME_SERVER_THREADS
-        Pyro4.config.COMMTIMEOUT = 10.0
-        Pyro4.config.SERIALIZERS_ACCEPTED = {"marshal", "serpent"}
-        _uri, self._daemon, _broadcast = Pyro4.naming.startNS(
-            host=host, port=port, enableBroadcast=False, hmac=hmac_key
-        )
-        bound_host, bound_port = self._daemon.sock.getsockname()[:2]
-        self.address = f"{bound_host}:{bound_port}"
-        self._thread = threading.Thread(target=self._daemon.requestLoop, daemon=True, name="ezpool-ns")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def shutdown(self) -> None:
-        self._daemon.shutdown()
-        self._thread.join(5)

@@ -1,44 +1,65 @@
-"""The worker side of a connection: a Pyro4 daemon that trusts no one before the key.
+"""The server side of a connection: a Pyro4 daemon that trusts no one before the key.
 
-See ``client`` for the exchange. What an unauthenticated peer can cost a worker is
-bounded here: it may hold one of at most ``PREAUTH_CONNECTIONS`` waiting slots
-(the oldest is dropped when a new one comes), for at most ``PREAUTH_SECONDS``,
-and send messages of at most ``PREAUTH_BYTES``. The TLS handshake, if any, runs
-in the connection's own thread, never in the accept loop, so a silent peer
+See ``client`` for the exchange. A ``Server`` serves one table of methods (a
+worker's, from ``worker_methods``, or the name server's registry) under one
+object name. What an unauthenticated peer can cost it is bounded by ``sessions``:
+one of at most ``Limits.connections`` waiting slots (the oldest is dropped when a
+new one comes), for at most ``Limits.seconds`` from the moment it was accepted,
+TLS handshake included, and messages of at most ``Limits.bytes``. The TLS
+handshake, if any, runs in the connection's own thread, never in the accept
+loop, on a socket the deadline and the cap can hang up, so a silent or slow peer
 stalls no one else. Nothing a peer sends is unpickled by Pyro4 (only ``marshal``
 is accepted), and EzPool's own pickles are opened only after a call's MAC was
 checked.
+
+Nothing a peer receives before it has proven it holds the key carries a MAC made
+with the key: Pyro4's own HMAC layer is off (EzPool's signed calls authenticate
+every message), the connect answer is a bare nonce, and a failed ``auth`` gets an
+unsigned refusal (``REFUSED_WRONG_KEY`` or ``REFUSED_NO_KEY``) and a hang-up. A
+peer without the key thus learns nothing to test guesses of the key against.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import functools
-import secrets
 import select
 import socket
 import ssl
 import threading
-import time
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import Pyro4
 import Pyro4.errors
-import Pyro4.socketutil
 
 from .._core.logs import get_logger
 from .._core.records import Status
 from ..security import same, sign
+from .sessions import (
+    PREAUTH_BYTES,
+    PREAUTH_CONNECTIONS,
+    PREAUTH_SECONDS,
+    WORKER_LIMITS,
+    GuardedConnection,
+    Limits,
+    Session,
+    Sessions,
+    hang_up,
+)
 
 logger = get_logger(__name__)
 
 __all__ = [
     "Server",
+    "Limits",
     "configure_worker_process",
+    "configure_server_process",
+    "worker_methods",
     "PREAUTH_CONNECTIONS",
     "PREAUTH_SECONDS",
     "PREAUTH_BYTES",
+    "REFUSED_WRONG_KEY",
+    "REFUSED_NO_KEY",
 ]
 
 #: Limits of a worker process (``serve`` only): Pyro4 reads these from its global
@@ -47,12 +68,10 @@ SERVER_THREADS = 256  # connections served at once
 SERVER_IDLE_TIMEOUT = 10.0  # seconds a connection may stay silent mid-request or between requests
 MAX_MESSAGE_SIZE = 1 << 30  # bytes: a frame that announces more is refused, not awaited
 
-#: Connections that may wait for authentication at once; the oldest goes first.
-PREAUTH_CONNECTIONS = 32
-#: Seconds a connection has, from its first byte, to authenticate.
-PREAUTH_SECONDS = 5.0
-#: The largest message read from a connection that has not authenticated.
-PREAUTH_BYTES = 64 * 1024
+#: What a failed ``auth`` is answered: the client's MAC is not the key's.
+REFUSED_WRONG_KEY = "ezpool-refused:wrong-key"
+#: What a failed ``auth`` is answered: one side has a key and the other none.
+REFUSED_NO_KEY = "ezpool-refused:no-key"
 
 
 def configure_worker_process() -> None:
@@ -60,30 +79,47 @@ def configure_worker_process() -> None:
 
     Called by ``ezpool.serve``'s ``main`` only: the process exists to serve.
     """
-    Pyro4.config.THREADPOOL_SIZE = SERVER_THREADS
+    configure_server_process(SERVER_THREADS)
+
+
+def configure_server_process(threads: int) -> None:
+    """``configure_worker_process`` for a process that serves ``threads`` connections at once."""
+    Pyro4.config.THREADPOOL_SIZE = threads
     Pyro4.config.COMMTIMEOUT = SERVER_IDLE_TIMEOUT
     Pyro4.config.MAX_MESSAGE_SIZE = MAX_MESSAGE_SIZE
     Pyro4.config.SERIALIZERS_ACCEPTED = {"marshal"}
 
 
 class Server:
-    """A hardened Pyro4 daemon serving one ``Servant``, with its request loop in a thread."""
+    """A hardened Pyro4 daemon serving one table of methods, with its request loop in a thread.
+
+    ``methods`` maps each name a client may call to what runs it; a worker's
+    ``Servant`` (anything else than a mapping) is served with ``worker_methods``.
+    """
 
     def __init__(
         self,
-        servant: Any,
+        methods: Any,
         host: str,
         port: int,
         name: str,
         hmac_key: Optional[bytes],
         tls: Optional[ssl.SSLContext] = None,
+        limits: Limits = WORKER_LIMITS,
     ) -> None:
-        self._daemon = _Daemon(host, port, hmac_key, tls)
-        exposed = ExposedServant(servant, self._daemon.sessions, hmac_key)
+        table = dict(methods) if isinstance(methods, Mapping) else worker_methods(methods)
+        self._daemon = _Daemon(host, port, hmac_key, tls, limits)
+        exposed = ExposedServant(table, self._daemon.sessions, hmac_key)
         self.uri = str(self._daemon.register(exposed, name))
         self._thread = threading.Thread(target=self._daemon.requestLoop, daemon=True, name="ezpool-daemon")
         self._stopped = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, daemon=True, name="ezpool-sweeper")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port it listens on (the port the system chose, for port 0)."""
+        host, port = self._daemon.sock.getsockname()[:2]
+        return str(host), int(port)
 
     def start(self) -> None:
         self._thread.start()
@@ -100,125 +136,74 @@ class Server:
             self._daemon.sessions.sweep(self._stopped)
 
 
-class _Session:
-    __slots__ = ("connection", "nonce", "counter", "authenticated", "due")
+def worker_methods(servant: Any) -> dict[str, Callable[..., Any]]:
+    """The calls a worker's ``Servant`` answers; ``run_chunk`` watches its client while it runs."""
 
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-        self.nonce = secrets.token_bytes(16)
-        self.counter = 0
-        self.authenticated = False
-        self.due = time.monotonic() + PREAUTH_SECONDS
+    def run_chunk(*args: Any) -> Any:  # args: a ChunkCall as it travels (ezpool._core.records)
+        connection = Pyro4.current_context.client
+        gone = functools.partial(_peer_closed, connection)
+        status, reply = servant.run_chunk(*args, client_gone=gone)
+        if status == Status.GONE.value:  # the servant has no answer: hang up
+            hang_up(connection)
+        return status, reply
 
-
-class _Sessions:
-    """Every connection's nonce and counter, and the queue of those not yet authenticated."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Condition()  # notified when a connection starts to wait
-        self._all: dict[int, _Session] = {}
-        self._waiting: collections.OrderedDict[int, _Session] = collections.OrderedDict()
-
-    def admit(self, connection: Any) -> None:
-        session = _Session(connection)
-        with self._lock:
-            self._all[id(connection)] = session
-            self._waiting[id(connection)] = session
-            self._lock.notify_all()
-            evicted = []
-            while len(self._waiting) > PREAUTH_CONNECTIONS:
-                evicted.append(self._waiting.popitem(last=False)[1])
-        for old in evicted:
-            logger.debug("too many connections waiting to authenticate: dropping the oldest")
-            _hang_up(old.connection)
-
-    def get(self, connection: Any) -> Optional[_Session]:
-        return self._all.get(id(connection))
-
-    def authenticated(self, session: _Session) -> None:
-        with self._lock:
-            session.authenticated = True
-            self._waiting.pop(id(session.connection), None)
-        session.connection.preauth_limit = 0
-
-    def drop(self, connection: Any) -> None:
-        with self._lock:
-            self._all.pop(id(connection), None)
-            self._waiting.pop(id(connection), None)
-
-    def wake(self) -> None:
-        """End a ``sweep`` that is waiting (the server stops)."""
-        with self._lock:
-            self._lock.notify_all()
-
-    def sweep(self, stopped: threading.Event) -> None:
-        """Wait until a connection is past its time to authenticate (or ``stopped``), then
-        hang up on every such one.
-
-        While no connection waits, this sleeps until one comes: an idle worker (a
-        pool may keep 128) wakes for nothing.
-        """
-        with self._lock:
-            while not stopped.is_set():
-                now = time.monotonic()
-                late = [session for session in self._waiting.values() if session.due < now]
-                if late:
-                    for session in late:  # hung up on below: they wait for nothing more
-                        self._waiting.pop(id(session.connection), None)
-                    break
-                # The oldest waits longest: it is due first (all get the same time).
-                first = next(iter(self._waiting.values()), None)
-                self._lock.wait(None if first is None else first.due - now + 0.01)
-            else:
-                return
-        for session in late:
-            logger.debug("a connection did not authenticate within %s s: hanging up", PREAUTH_SECONDS)
-            _hang_up(session.connection)
-
-
-class _GuardedConnection(Pyro4.socketutil.SocketConnection):
-    """A Pyro4 connection that refuses to read a large message before authentication."""
-
-    preauth_limit = 0
-
-    def recv(self, size: int) -> bytes:
-        if self.preauth_limit and size > self.preauth_limit:
-            raise Pyro4.errors.ConnectionClosedError(
-                f"a message of {size} bytes before authentication (the limit is {self.preauth_limit})"
-            )
-        return bytes(super().recv(size))
+    return {"hello": servant.hello, "ping": servant.ping, "load": servant.load, "run_chunk": run_chunk}
 
 
 class _Daemon(Pyro4.Daemon):
-    """Pyro4's daemon, with admission, deadlines, TLS and nonces added to its handshake."""
+    """Pyro4's daemon, with admission, deadlines, TLS and nonces added to its handshake,
+    and without Pyro4's own HMAC (see the module docstring)."""
 
-    def __init__(self, host: str, port: int, key: Optional[bytes], tls: Optional[ssl.SSLContext]) -> None:
+    def __init__(
+        self, host: str, port: int, key: Optional[bytes], tls: Optional[ssl.SSLContext], limits: Limits
+    ) -> None:
         super().__init__(host=host, port=port)
-        self._pyroHmacKey = key
+        self._pyroHmacKey = None  # never sign anything with the key before the peer proved it
         self._tls = tls
-        self.sessions = _Sessions()
+        self.sessions = Sessions(limits)
 
     def _handshake(self, conn: Any, denied_reason: Optional[str] = None) -> bool:
-        if denied_reason is not None:
-            return bool(super()._handshake(conn, denied_reason))
-        conn.__class__ = _GuardedConnection
-        conn.preauth_limit = PREAUTH_BYTES
-        self.sessions.admit(conn)
-        if self._tls is not None:
-            try:  # in this connection's own thread: a silent peer blocks no one else
-                conn.sock = self._tls.wrap_socket(conn.sock, server_side=True)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                logger.debug("TLS handshake failed: %s", exc)
-                self.sessions.drop(conn)
-                return False
+        if denied_reason is not None:  # no thread free: close at once, reading nothing
+            logger.debug("no thread free for a new connection: %s", denied_reason)
+            return False
+        conn.__class__ = GuardedConnection
+        conn.preauth_limit = self.sessions.limits.bytes
+        session = self.sessions.admit(conn)
+        if self._tls is not None and not self._tls_handshake(conn, session):
+            self.sessions.drop(conn)
+            return False
         accepted = bool(super()._handshake(conn))
         if not accepted:
             self.sessions.drop(conn)
         return accepted
 
+    def _tls_handshake(self, conn: Any, session: Session) -> bool:
+        """The TLS handshake, in this connection's own thread, on a socket that the
+        pre-authentication cap and deadline can hang up at any moment."""
+        assert self._tls is not None
+        raw = conn.sock
+        idle = raw.gettimeout()
+        try:
+            wrapped = self._tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            logger.debug("TLS set-up failed: %s", exc)
+            return False
+        conn.sock = wrapped  # from now on, a hang-up reaches the socket in use
+        try:
+            if session.dropped:  # dropped before the swap: its hang-up reached nothing
+                hang_up(conn)
+                return False
+            wrapped.settimeout(max(0.001, session.seconds_left()))
+            wrapped.do_handshake()
+            wrapped.settimeout(idle)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            logger.debug("TLS handshake failed: %s", exc)
+            return False
+        return not session.dropped
+
     def validateHandshake(self, conn: Any, data: Any) -> Any:
         session = self.sessions.get(conn)
-        if session is None:
+        if session is None or session.dropped:
             raise Pyro4.errors.SecurityError("connection not admitted")
         return {"nonce": session.nonce}
 
@@ -228,61 +213,56 @@ class _Daemon(Pyro4.Daemon):
 
 @Pyro4.expose
 class ExposedServant:
-    """The two calls a client may make: ``auth`` once, then signed ``call`` s."""
+    """The two calls a client may make: ``auth`` once, then signed ``call`` s of the
+    methods in the table."""
 
-    def __init__(self, servant: Any, sessions: _Sessions, key: Optional[bytes]) -> None:
-        self._servant = servant
+    def __init__(
+        self, methods: Mapping[str, Callable[..., Any]], sessions: Sessions, key: Optional[bytes]
+    ) -> None:
+        self._methods = dict(methods)
         self._sessions = sessions
         self._key = key
-        self._methods: dict[str, Callable[..., Any]] = {
-            "hello": servant.hello,
-            "ping": servant.ping,
-            "load": servant.load,
-            "run_chunk": servant.run_chunk,
-        }
 
     def auth(self, nonce: Any, mac: Any) -> Any:
+        """Check the client's proof of the key; answer with this side's, or refuse unsigned."""
         connection = Pyro4.current_context.client
         session = self._sessions.get(connection)
         if session is None or session.authenticated or not isinstance(nonce, bytes):
-            return _hang_up(connection)
-        if self._key and not same(mac, sign(self._key, session.nonce, 0, "auth", nonce)):
-            logger.debug("a client failed to authenticate")
-            return _hang_up(connection)
-        self._sessions.authenticated(session)
+            return hang_up(connection)
+        refusal = self._refusal(session, nonce, mac)
+        if refusal is not None:
+            logger.debug("a client failed to authenticate (%s): refusing and hanging up", refusal)
+            connection.hang_up_after_send = True
+            return refusal
+        if not self._sessions.authenticated(session):
+            return hang_up(connection)
         logger.debug("a client connected and authenticated")
         return sign(self._key, session.nonce, 0, "auth-ok", nonce)
+
+    def _refusal(self, session: Session, nonce: bytes, mac: Any) -> Optional[str]:
+        if not isinstance(mac, bytes):
+            return REFUSED_WRONG_KEY
+        if not self._key:
+            return REFUSED_NO_KEY if mac else None
+        if not mac:
+            return REFUSED_NO_KEY
+        if not same(mac, sign(self._key, session.nonce, 0, "auth", nonce)):
+            return REFUSED_WRONG_KEY
+        return None
 
     def call(self, method: Any, counter: Any, mac: Any, args: Any) -> Any:
         connection = Pyro4.current_context.client
         session = self._sessions.get(connection)
         if session is None or not session.authenticated or not isinstance(counter, int):
-            return _hang_up(connection)
+            return hang_up(connection)
         if counter <= session.counter or method not in self._methods or not isinstance(args, (list, tuple)):
-            return _hang_up(connection)
+            return hang_up(connection)
         if self._key and not same(mac, sign(self._key, session.nonce, counter, str(method), list(args))):
             logger.debug("a call with a bad signature: hanging up")
-            return _hang_up(connection)
+            return hang_up(connection)
         session.counter = counter
-        run = self._methods[method]
-        result = self._run_chunk(connection, *args) if method == "run_chunk" else run(*args)
+        result = self._methods[method](*args)
         return result, sign(self._key, session.nonce, counter, "reply", result)
-
-    def _run_chunk(self, connection: Any, *args: Any) -> Any:
-        # args: a ChunkCall as it travels (ezpool._core.records)
-        gone = functools.partial(_peer_closed, connection)
-        status, reply = self._servant.run_chunk(*args, client_gone=gone)
-        if status == Status.GONE.value:  # the servant has no answer: hang up
-            _hang_up(connection)
-        return status, reply
-
-
-def _hang_up(connection: Any) -> None:
-    """Close a client's connection from this side; its thread then stops serving it."""
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _peer_closed(connection: Any, seconds: float = 0.0, wake: Optional[int] = None) -> bool:

@@ -16,6 +16,7 @@ out of the thread. ``stop`` ends the thread and unregisters the name.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from typing import Optional
@@ -34,7 +35,8 @@ class Registration:
     """Keeps ``name`` registered as ``uri`` at the name server ``ns`` (``HOST[:PORT]``).
 
     ``prefix`` is where expired entries of other workers are looked for; ``refresh``
-    is the number of seconds between two checks. ``ValueError`` if ``ns`` is not an
+    is the number of seconds between two checks; ``tls`` is the client's TLS context
+    for a name server served over TLS. ``ValueError`` if ``ns`` is not an
     address or ``refresh`` is not positive.
     """
 
@@ -46,6 +48,7 @@ class Registration:
         prefix: str,
         hmac_key: Optional[bytes],
         refresh: float = DEFAULT_REFRESH,
+        tls: Optional[ssl.SSLContext] = None,
     ) -> None:
         if not refresh > 0:
             raise ValueError(f"refresh must be a positive number of seconds, got {refresh!r}")
@@ -56,6 +59,7 @@ class Registration:
         self._prefix = prefix
         self._key = hmac_key
         self._refresh = refresh
+        self._tls = tls
         self._registered: Optional[bool] = None  # None until the first answer or failure
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="ezpool-registration")
@@ -88,7 +92,7 @@ class Registration:
         if not unregister:
             return
         try:
-            with _pyro.NameServer(self._ns_uri, self._key, NS_TIMEOUT) as server:
+            with _pyro.NameServer(self._ns_uri, self._key, NS_TIMEOUT, self._tls) as server:
                 server.remove(self.name)
         except Exception as exc:
             logger.debug("could not unregister %s from %s: %s", self.name, self.ns, exc)
@@ -97,7 +101,7 @@ class Registration:
 
     def refresh_now(self) -> None:
         """One check: (re-)register and stamp the name, remove expired entries; ``PyroError`` if down."""
-        with _pyro.NameServer(self._ns_uri, self._key, NS_TIMEOUT) as server:
+        with _pyro.NameServer(self._ns_uri, self._key, NS_TIMEOUT, self._tls) as server:
             entries = server.entries(self._prefix)
             now = time.time()
             uri, metadata = entries.get(self.name, (None, []))

@@ -18,7 +18,9 @@ import time
 from typing import Any, Callable, Optional
 
 from ... import _pyro
+from ..._core.deaths import Watched
 from ..._core.logs import get_logger
+from ..._worker.launch import serve_command, worker_env
 from ..._worker.servant import GENERIC, served_name
 from ...errors import WorkerUnavailable
 from ...options import DEFAULT_WORKER
@@ -49,16 +51,31 @@ CONNECT_TIMEOUT = 5.0
 _HELLO_TRIES = 3
 #: Seconds to wait for an auto-started worker to answer.
 SPAWN_TIMEOUT = 30.0
+#: Seconds to wait for the exit status of a worker this pool started, once it stops
+#: answering (its connections close a moment before its exit can be seen).
+_DEATH_WAIT = 0.5
 
 
 def hello(link: Link, timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
     """Ask the worker behind ``link`` who it is, resolving a ``PYRONAME:`` URI first.
 
-    Raises ``WorkerUnavailable`` (or ``AuthenticationError``) naming the worker.
+    Raises ``WorkerUnavailable`` (or ``AuthenticationError``) naming the worker; for a
+    worker this pool started whose process has ended, it says how it ended (out of
+    memory, for one the kernel's OOM killer killed).
     """
+    try:
+        return _hello(link, timeout)
+    except WorkerUnavailable as exc:
+        ended = link.process.ended(_DEATH_WAIT) if link.process is not None else None
+        if ended is None:
+            raise
+        raise WorkerUnavailable(f"the worker this pool started for {link.text} {ended}") from exc
+
+
+def _hello(link: Link, timeout: float) -> dict[str, Any]:
     if link.uri.protocol == "PYRONAME":
         try:
-            link.address = _pyro.resolve(link.uri, link.key, timeout)
+            link.address = _pyro.resolve(link.uri, link.key, timeout, link.tls)
         except WorkerUnavailable:
             if link.address is None:
                 raise
@@ -233,12 +250,14 @@ def _minor(version: str) -> tuple[str, ...]:
 
 
 def start_worker(link: Link) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Start a generic ``python -m ezpool.serve`` at ``link``'s local address; its process and hello."""
+    """Start a generic ``ezpool.serve`` at ``link``'s local address, with the current directory
+    off its import path (``ezpool._worker.launch``); its process and hello."""
     uri = link.address
     logger.warning("no worker answers at %s: starting one there for this pool", link.text)
-    command = [sys.executable, "-m", "ezpool.serve", "--host", str(uri.host)]
-    command += ["--port", str(uri.port), "--name", str(uri.object), "--parent-pid", str(os.getpid())]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path or os.getcwd() for path in sys.path))
+    link.process = None  # an earlier one's death is no news about this one
+    command = serve_command(["--host", str(uri.host), "--port", str(uri.port), "--name", str(uri.object),
+                             "--parent-pid", str(os.getpid())])
+    env = worker_env(os.environ, sys.path)  # the current directory only if no one else can write it
     if link.key is not None:  # through the environment, never the command line
         env[KEY_ENV] = link.key.decode()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
@@ -250,12 +269,15 @@ def start_worker(link: Link) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
                 "(its error is above)"
             )
         try:
-            return process, hello(link)
+            info = hello(link)
         except WorkerUnavailable as exc:
             if time.monotonic() > deadline:
                 process.kill()
                 raise WorkerUnavailable(f"the worker started for {link.text} did not answer: {exc}") from None
             time.sleep(0.05)
+        else:
+            link.process = Watched(process)
+            return process, info
 
 
 def can_start(link: Link) -> bool:
