@@ -26,6 +26,7 @@ import time
 from typing import Any, Optional
 
 from ... import _pyro
+from ..._core.deaths import Watched
 from ..._core.logs import get_logger
 
 logger = get_logger(__name__)
@@ -111,6 +112,7 @@ class Link:
         self.heartbeat = 10.0
         self.connection: Optional[_pyro.Connection] = None  # the connection chunks travel on
         self.pinger: Optional[_pyro.Connection] = None  # the connection the watcher's checks travel on
+        self.process: Optional[Watched] = None  # the worker process this pool started for it, if any
         self._lock = threading.Lock()
 
     @property

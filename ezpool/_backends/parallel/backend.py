@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import signal
 import socket
 import sys
 from collections.abc import Generator, Iterator, Sequence
@@ -53,6 +52,7 @@ from types import FunctionType
 from typing import Any, Callable, Optional, Union
 
 from ..._core.chunking import Chunk, ChunkQueue, Priors
+from ..._core.deaths import how_it_ended
 from ..._core.feed import Live
 from ..._core.ledger import Answered, Garbled, Ledger, Lost, Settlement, TimedOut
 from ..._core.logs import get_logger
@@ -357,7 +357,7 @@ class _Call:
             if reply is None:
                 break
             yield from self._answered(proc, reply)
-        how = _how_it_ended(proc.process.exitcode)
+        how = how_it_ended(proc.process.exitcode, proc.witness)
         if not proc.served and position < 0 and not timed_out:
             self._stillborn(proc, how, busy)
             return
@@ -481,13 +481,3 @@ def _forget(busy: dict[Any, Any], proc: WorkerProcess) -> None:
     for handle in (proc.conn, proc.process.sentinel):
         busy.pop(handle, None)
 
-
-def _how_it_ended(exitcode: Optional[int]) -> str:
-    if exitcode is None:
-        return "stopped answering"
-    if exitcode < 0:
-        try:
-            return f"was killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"was killed by signal {-exitcode}"
-    return f"exited with code {exitcode}"

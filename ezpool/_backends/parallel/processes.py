@@ -37,6 +37,7 @@ from multiprocessing.util import Finalize
 from time import monotonic
 from typing import Any
 
+from ..._core.deaths import MemoryWitness
 from ..._core.logs import get_logger
 from ..._core.records import read_mark
 from ..._core.serialization import dumps
@@ -60,7 +61,7 @@ _MARK_BYTES = 8
 class WorkerProcess:
     """One worker process, seen from the calling process."""
 
-    __slots__ = ("process", "conn", "inbox", "mark", "name", "holds", "seen", "served")
+    __slots__ = ("process", "conn", "inbox", "mark", "name", "holds", "seen", "served", "witness")
 
     def __init__(self, context: Any) -> None:
         parent_end, child_end = context.Pipe(duplex=True)
@@ -82,6 +83,7 @@ class WorkerProcess:
         self.holds: set[str] = set()  # the functions (fids) it keeps, see ezpool._core.parcels
         self.seen = (-1, 0.0)  # (mark, when the caller first saw it), for timeouts
         self.served = False  # whether it ever sent a reply
+        self.witness = MemoryWitness.of(self.process.pid)  # to tell an OOM kill from another SIGKILL
 
     def running(self, now: float) -> tuple[int, int, float]:
         """What runs now: the position of its first task (-1: none), how many tasks
