@@ -6,13 +6,18 @@ worker serves that one ``BaseWorker`` subclass or function from ``MODULE`` (a
 dotted module name, or the path of a ``.py`` file) and refuses others. Each
 process prints the URI it serves on stdout, for programs to read, and stops
 cleanly on SIGINT or SIGTERM. ``--procs N`` serves from N processes, on ports
-``port`` to ``port + N - 1``. Started by a person (not by a pool or by ``--procs``,
+``port`` to ``port + N - 1``; one that dies is started again at its port, at most 5
+times a minute, and the others serve on (``ezpool._worker.supervisor``). Started by a person (not by a pool or by ``--procs``,
 which pass ``--parent-pid``), it also says on stderr, in one line, what it serves,
 where, and that Ctrl-C stops it. ``-v`` logs what the worker does, to stderr.
 
 Security: workers unpickle what clients send, and unpickling can run code, so
 every connection needs the key (``ezpool.security``: ``--hmac-key-file``,
-``EZPOOL_HMAC_KEY`` or the per-user key file); ``--insecure`` drops it.
+``EZPOOL_HMAC_KEY`` or the per-user key file); ``--insecure`` drops it. ``python -m``
+puts the current directory first on the import path, before EzPool itself: from a
+directory others can write, run ``ezpool-serve`` (or ``python -P -m ezpool.serve``,
+Python 3.11+). The processes EzPool starts itself never have it there
+(``ezpool._worker.launch``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import os
 import select
 import signal
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -322,76 +326,33 @@ def _say_started(args: argparse.Namespace, where: str, tls: bool) -> None:
 
 
 def _replace_process(argv: list[str]) -> None:
-    """Become a fresh worker with the same command line: the one way to stop a stuck task."""
+    """Become a fresh worker with the same command line: the one way to stop a stuck task.
+
+    Not with ``-m``, which would put the current directory first on its import path
+    (``ezpool._worker.launch``)."""
+    from ._worker.launch import serve_command, worker_env
+
     logger.warning("restarting to stop a task that overran its timeout")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "ezpool.serve", *argv])
+    os.execve(sys.executable, serve_command(argv), worker_env(os.environ, sys.path))
 
 
 def _serve_many(args: argparse.Namespace) -> int:
-    """Start one process per port and stop them all together."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    """Serve from one process per port, each started again if it dies (``ezpool._worker.supervisor``)."""
+    from ._worker.supervisor import serve_many
+
     if args.spec:
         load_target(args.spec)  # fail here, once, rather than in every process
-    children, relays = [], []
-    writing = threading.Lock()
-    for index in range(args.procs):
-        command = [sys.executable, "-m", "ezpool.serve", *_child_args(args, args.port + index)]
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        children.append(child)
-        relays.append(_Relay(child, writing))
-        relays[-1].start()
-    status = 0
-    announced = False
-    try:
-        while not stop.wait(0.2):
-            if not announced and all(relay.first.is_set() for relay in relays):
-                first, last = relays[0].line, relays[-1].line
-                where = f"{first} to {last} ({args.procs} processes)"
-                _say_started(args, where, args.tls_cert is not None)
-                announced = True
-            failed = [child for child in children if child.poll() not in (None, 0)]
-            if failed:
-                status = 1
-                break
-            if all(child.poll() is not None for child in children):
-                break
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        deadline = time.monotonic() + 5
-        for child in children:
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-    return status
+    ports = [args.port + index for index in range(args.procs)]
 
+    def say(line: str) -> None:
+        print(f"{args.prog}: {line}", file=sys.stderr, flush=True)
 
-class _Relay(threading.Thread):
-    """Copies a child's stdout to ours, line by line; ``first`` is set once its URI came."""
+    def announce(where: str) -> None:
+        _say_started(args, where, args.tls_cert is not None)
 
-    def __init__(self, child: subprocess.Popen[str], writing: threading.Lock) -> None:
-        super().__init__(daemon=True)
-        self.child = child
-        self.writing = writing
-        self.first = threading.Event()
-        self.line = ""
-
-    def run(self) -> None:
-        assert self.child.stdout is not None
-        for line in self.child.stdout:
-            with self.writing:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-            if not self.first.is_set():
-                self.line = line.strip()
-                self.first.set()
+    return serve_many(lambda port: _child_args(args, port), ports, say, announce)
 
 
 def _child_args(args: argparse.Namespace, port: int) -> list[str]:
