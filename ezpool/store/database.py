@@ -21,13 +21,11 @@ goes on in that file; a warning names it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import secrets
 import sqlite3
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -37,9 +35,10 @@ from typing import Any, NamedTuple, Optional, Union
 
 from .._core.logs import get_logger
 from ..errors import StoreError
-from ..security import KEY_ENV, resolve_key, same, user_key_file
+from ..security import resolve_key
 from .files import FileIdentity, check_store_file, identity_of
-from .signing import SALT_SIZE, Signer
+from .recovery import move_contents
+from .signing import SALT_SIZE, Signer, check_store_key, key_source, write_signing
 
 logger = get_logger(__name__)
 
@@ -58,6 +57,12 @@ BUSY_TIMEOUT = 30.0
 #: The most memory (KiB) SQLite may keep pages in: a lookup that reads a whole sweep
 #: runs twice as fast as with its default of 2 MiB.
 CACHE_KIB = 65536
+
+#: The file's salt, and the MAC that shows which key made it (see ``signing``).
+SIGNING_TABLE = """CREATE TABLE signing (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    salt BLOB NOT NULL,
+    keycheck BLOB NOT NULL)"""
 
 _SCHEMA = (
     """CREATE TABLE sweeps (
@@ -91,11 +96,7 @@ _SCHEMA = (
         upto INTEGER NOT NULL,
         keys BLOB NOT NULL,
         mac BLOB NOT NULL)""",
-    # The file's salt, and the MAC that shows which key made it (see ``signing``).
-    """CREATE TABLE signing (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        salt BLOB NOT NULL,
-        keycheck BLOB NOT NULL)""",
+    SIGNING_TABLE,
 )
 
 #: The tables of the format before rows were signed (``UNSIGNED_VERSION``), that get a mac column.
@@ -129,7 +130,7 @@ class Database:
         self.readonly = readonly
         self.lock = threading.RLock()
         self._key = resolve_key(key) or b""  # never None: insecure is not asked for
-        self._source = "key=" if key is not None else _key_source()
+        self._source = "key=" if key is not None else key_source()
         opened = _connect(path, readonly, self._key, self._source)
         self._db: Optional[sqlite3.Connection] = opened.db
         self.signer = opened.signer
@@ -209,91 +210,15 @@ class Database:
             self._recover(removed=now is None)
 
     def _recover(self, removed: bool) -> None:
-        """Copy everything this connection holds into a new file, at the path if it is free, and use it."""
-        old = self.path
-        db = self._open()
+        """Move everything this connection holds into a new file (see ``recovery``), and use it."""
+        old, db = self.path, self._open()
         try:
-            temporary = _copy(db, old, self._mode)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(
-                f"the store {old} was {'removed' if removed else 'replaced'} while this run wrote to it, and "
-                f"its outcomes cannot be copied to a new file there: {exc}"
-            ) from exc
-        try:
-            db.close()  # nothing more goes into the old file
+            target = move_contents(db, old, removed, self._mode)  # closes db, whatever happens
+            opened = _connect(target, False, self._key, self._source)
+        except BaseException:
             self._db = None
-            if removed:  # the old file's log and index would be taken for the new file's
-                for suffix in ("-wal", "-shm"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(old + suffix)
-            beside = _beside(old)
-            target = _publish(temporary, [old] * removed + [beside, f"{beside}-{secrets.token_hex(4)}"])
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-        opened = _connect(target, False, self._key, self._source)
+            raise
         self._db, self.signer, self._identity, self.path = opened.db, opened.signer, opened.identity, target
-        if target == old:
-            logger.warning(
-                "the store %s was removed while this run wrote to it; made it again with everything it "
-                "held, and this run goes on writing there", old,
-            )
-        else:
-            logger.warning(
-                "the store %s was %s while this run wrote to it; everything it held, and the rest of this "
-                "run, is in %s", old, "removed and made again by another process" if removed else "replaced",
-                target,
-            )
-
-
-def _key_source() -> str:
-    """Where ``resolve_key()`` found the key, for messages."""
-    if os.environ.get(KEY_ENV) is not None:
-        return f"${KEY_ENV}"
-    try:
-        return f"the key file {user_key_file()}"
-    except Exception:  # pragma: no cover - resolve_key raised first
-        return "your key file"
-
-
-def _copy(db: sqlite3.Connection, path: str, mode: int) -> str:
-    """A new file holding all ``db`` holds, beside ``path`` (or in the working directory
-    when the directory of ``path`` is gone)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        directory = os.getcwd()
-    descriptor, temporary = tempfile.mkstemp(prefix=".ezpool-store-", suffix=".recovering", dir=directory)
-    os.close(descriptor)
-    try:
-        os.chmod(temporary, mode)
-        with contextlib.closing(sqlite3.connect(temporary)) as copy:
-            db.backup(copy)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    return temporary
-
-
-def _beside(path: str) -> str:
-    """A new name beside ``path`` for outcomes that cannot go back to it."""
-    root, extension = os.path.splitext(path)
-    return f"{root}.recovered-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{extension}"
-
-
-def _publish(temporary: str, names: list[str]) -> str:
-    """Give the file ``temporary`` the first of ``names`` that is free (never overwriting one).
-
-    The names are taken in ``temporary``'s directory: the store's own, unless it is gone.
-    """
-    directory = os.path.dirname(temporary)
-    for name in names:
-        target = os.path.join(directory, os.path.basename(name))
-        try:
-            os.link(temporary, target)
-            return target
-        except FileExistsError:
-            continue
-    raise StoreError(f"cannot find a free name for the outcomes of {names[0]}")
 
 
 def _connect(path: str, readonly: bool, key: bytes, source: str) -> Opened:
@@ -435,35 +360,16 @@ def _check_schema(db: sqlite3.Connection, path: str, readonly: bool, key: bytes,
             for statement in _SCHEMA:
                 db.execute(statement)
             signer = Signer(key, secrets.token_bytes(SALT_SIZE))
-            db.execute(
-                "INSERT INTO signing (id, salt, keycheck) VALUES (1, ?, ?)",
-                (signer.salt, signer.check_value()),
-            )
+            write_signing(db, signer)
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             logger.debug("%s: created a store", path)
         else:
-            signer = check_key(db, path, key, source)
+            signer = check_store_key(db, path, key, source)
         if db.in_transaction:
             db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    return signer
-
-
-def check_key(db: sqlite3.Connection, path: str, key: bytes, source: str) -> Signer:
-    """What signs the rows of the store ``db``; ``StoreError`` when it was made under another key."""
-    row = db.execute("SELECT salt, keycheck FROM signing WHERE id = 1").fetchone()
-    if row is None:
-        raise StoreError(f"{path} is an ezpool store without its signing row: it was changed outside EzPool")
-    signer = Signer(key, row[0])
-    if not isinstance(row[1], bytes) or not same(row[1], signer.check_value()):
-        raise StoreError(
-            f"{path} was made under another EzPool key than yours (from {source}), so nothing it holds can "
-            f"be checked as yours, and EzPool loads none of it: loading a store can run the code of whoever "
-            f"wrote it. If you made it with another key, set {KEY_ENV} (or EZPOOL_KEY_FILE) to that key; "
-            f"otherwise, use another file"
-        )
     return signer

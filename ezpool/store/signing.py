@@ -29,16 +29,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import sqlite3
 import struct
 from typing import Union
 
 from .._core.logs import get_logger
 from ..errors import StoreError
-from ..security import same
+from ..security import KEY_ENV, KEY_FILE_ENV, same, user_key_file
 
 logger = get_logger(__name__)
 
-__all__ = ["Signer", "Forged", "verify", "MAC_SIZE", "SALT_SIZE"]
+__all__ = [
+    "Signer", "Forged", "verify", "key_source", "write_signing", "check_store_key", "MAC_SIZE", "SALT_SIZE"
+]
 
 #: Bytes of one MAC (SHA-256), and of a file's salt.
 MAC_SIZE = 32
@@ -133,3 +137,35 @@ def verify(given: object, expected: bytes, what: str) -> None:
         raise Forged(
             f"the MAC of {what} does not match: it was changed outside EzPool, or written without your key"
         )
+
+
+def key_source() -> str:
+    """Where ``resolve_key()`` found the key, for messages."""
+    if os.environ.get(KEY_ENV) is not None:
+        return f"${KEY_ENV}"
+    try:
+        return f"the key file {user_key_file()}"
+    except Exception:  # pragma: no cover - resolve_key raised first
+        return "your key file"
+
+
+def write_signing(db: sqlite3.Connection, signer: Signer) -> None:
+    """Record the salt and the check value of ``signer`` in a new store's ``signing`` table."""
+    values = (signer.salt, signer.check_value())
+    db.execute("INSERT INTO signing (id, salt, keycheck) VALUES (1, ?, ?)", values)
+
+
+def check_store_key(db: sqlite3.Connection, path: str, key: bytes, source: str) -> Signer:
+    """What signs the rows of the store ``db``; ``StoreError`` when it was made under another key."""
+    row = db.execute("SELECT salt, keycheck FROM signing WHERE id = 1").fetchone()
+    if row is None or not isinstance(row[0], bytes):
+        raise StoreError(f"{path} is an ezpool store without its signing row: it was changed outside EzPool")
+    signer = Signer(key, row[0])
+    if not isinstance(row[1], bytes) or not same(row[1], signer.check_value()):
+        raise StoreError(
+            f"{path} was made under another EzPool key than yours (from {source}), so nothing it holds can "
+            f"be checked as yours, and EzPool loads none of it: loading a store can run the code of whoever "
+            f"wrote it. If you made it with another key, set {KEY_ENV} (or {KEY_FILE_ENV}) to that key; "
+            f"otherwise, use another file"
+        )
+    return signer
