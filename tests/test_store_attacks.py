@@ -106,7 +106,8 @@ else:
 
 def _as_attacker(*args: Any) -> list[str]:
     ids = str(ATTACKER_UID)
-    return ["setpriv", "--reuid", ids, "--regid", ids, "--clear-groups", sys.executable, "-s", *map(str, args)]
+    setpriv = ["setpriv", "--reuid", ids, "--regid", ids, "--clear-groups"]
+    return [*setpriv, sys.executable, "-s", *map(str, args)]
 
 
 def _stage(site: Path, name: str, source: Path) -> None:
@@ -155,7 +156,8 @@ def store_attacker() -> Iterator[_Attacker]:
         os.chown(stage / "home", ATTACKER_UID, ATTACKER_UID)
         attacker = _Attacker(stage)
         probe = ["-c", f"import os, ezpool.store; assert os.getuid() == {ATTACKER_UID}"]
-        done = subprocess.run(_as_attacker(*probe), env=attacker.env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(_as_attacker(*probe), env=attacker.env, capture_output=True, text=True,
+                              timeout=60)
         if done.returncode != 0:
             import cloudpickle  # the one dependency of ezpool.store outside the standard library
 
@@ -190,8 +192,8 @@ def _markers(shared: Path) -> list[str]:
 
 
 def _cli(core_python: str, env: dict[str, str], path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([core_python, "-m", "ezpool.store", str(path)], env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([core_python, "-m", "ezpool.store", str(path)], env=env, capture_output=True,
+                          text=True, timeout=60)
 
 
 def _read_all_three_ways(path: Path, core_python: str, env: dict[str, str]) -> dict[str, Any]:
@@ -253,7 +255,9 @@ def test_a_row_another_user_changed_in_your_store_is_never_loaded(
     assert "the MAC of the values of stored batch 1 does not match" in caplog.text
 
 
-def test_a_store_made_under_another_key_is_refused_saying_so(store_attacker, shared, core_python, core_child_env):
+def test_a_store_made_under_another_key_is_refused_saying_so(
+    store_attacker, shared, core_python, core_child_env
+):
     planted = shared / "planted.sqlite"
     store_attacker.run("plant-signed", planted, shared / "markers")
     path = shared / "copied.sqlite"
