@@ -45,10 +45,11 @@ def move_contents(db: sqlite3.Connection, old: str, removed: bool, mode: int) ->
             f"its outcomes cannot be copied to a new file: {exc}"
         ) from exc
     try:
-        if removed:  # the old file's log and its index would be taken for the new file's
-            for suffix in ("-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(old + suffix)
+        # The old file's log and its index are still at the path's names: SQLite would take them
+        # for those of the file there now (or made there next), and corrupt it.
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old + suffix)
         beside = _beside(old)
         target = _publish(temporary, [old] * removed + [beside, f"{beside}-{secrets.token_hex(4)}"])
     finally:
