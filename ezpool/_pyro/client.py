@@ -145,6 +145,7 @@ class Connection:
                 logger.debug("%s hung up on an idle connection: connecting again", self.uri)
             self.close()
             sock = _connect_socket(self.uri, self._timeout, self._tls)
+            self._sock = sock  # so that abort() ends a handshake a stopped worker never answers
             try:
                 connection, nonce = _handshake(sock, self.uri)
                 self._connection, self._sock, self._nonce, self._counter = connection, sock, nonce, 0
