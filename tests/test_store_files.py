@@ -73,6 +73,30 @@ def test_a_store_on_a_read_only_file_system_is_read(mounted, core_python, core_c
     assert sorted(p.name for p in mounted.iterdir()) == ["results.sqlite"]
 
 
+_KILLED_WRITER = """
+import os, signal, sys
+from ezpool.store import Store
+from tests._helpers import square
+sweep = Store(sys.argv[1]).sweep(square)
+sweep.record(list(range(8)), 0, [n * n for n in range(8)], [0.1] * 8, (), "pid child")
+sweep.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_a_killed_run_left_on_a_read_only_file_system_is_read_with_its_last_commits(
+    mounted, core_python, core_child_env
+):
+    path = mounted / "results.sqlite"
+    done = subprocess.run([core_python, "-c", _KILLED_WRITER, str(path)], env=core_child_env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    assert sorted(p.name for p in mounted.iterdir()) == ["results.sqlite", "results.sqlite-shm",
+                                                         "results.sqlite-wal"]  # the commits are in the -wal
+    _remount_read_only(mounted)
+    assert open_store(path) == {n: n * n for n in range(8)}
+
+
 # --- a store removed or replaced while a run writes to it ---
 
 TASKS = 3000

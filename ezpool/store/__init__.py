@@ -48,6 +48,11 @@ machine, in brackets:
 - ``results`` from a fresh open: 0.23-0.41 s (0.57 s); for the 2-tuple tasks
   1.2-1.4 s (0.7 s): keying them costs more than the rows did.
 
+Signing and checking rows (``signing``) costs one HMAC-SHA256 over each row's bytes
+when it is written and again when it is read: about 6 µs a row and 2 ns a byte, so
+1.4 ms for the 11 rows (1.8 MB) of a ``map(store=...)`` of 10**5 tiny tasks; opening
+a store reads the key and checks the file, 0.3-0.7 ms more.
+
 - ``keys``: a task is found by its key; tasks equal as dict keys share one.
 - ``identity``: a sweep is named by its function (and an optional ``store_key``) and
   remembers the function's code and captured values, so that outcomes of changed

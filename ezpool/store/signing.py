@@ -126,8 +126,8 @@ class Signer:
                 mac.update(b"i" + _NUMBER.pack(field))
             elif kind is float:
                 mac.update(b"f" + _REAL.pack(field))
-            else:
-                raise TypeError(f"cannot sign a {kind.__name__}")
+            else:  # never so in a row EzPool wrote
+                raise Forged(f"a stored row holds a {kind.__name__}, which EzPool never stores")
         return mac.digest()
 
 
