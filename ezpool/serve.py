@@ -7,9 +7,10 @@ dotted module name, or the path of a ``.py`` file) and refuses others. Each
 process prints the URI it serves on stdout, for programs to read, and stops
 cleanly on SIGINT or SIGTERM. ``--procs N`` serves from N processes, on ports
 ``port`` to ``port + N - 1``; one that dies is started again at its port, at most 5
-times a minute, and the others serve on (``ezpool._worker.supervisor``). Started by a person (not by a pool or by ``--procs``,
-which pass ``--parent-pid``), it also says on stderr, in one line, what it serves,
-where, and that Ctrl-C stops it. ``-v`` logs what the worker does, to stderr.
+times a minute, and the others serve on (``ezpool._worker.supervisor``). Started by a
+person (not by a pool or by ``--procs``, which pass ``--parent-pid``), it also says on
+stderr, in one line, what it serves, where, and that Ctrl-C stops it. ``-v`` logs what
+the worker does, to stderr.
 
 Security: workers unpickle what clients send, and unpickling can run code, so
 every connection needs the key (``ezpool.security``: ``--hmac-key-file``,

@@ -116,14 +116,15 @@ def _nothing_planted_ran(markers: Path, run) -> None:
 
 def test_serve_procs_processes_run_nothing_planted_in_the_current_directory(planted, start_daemon,
                                                                             core_child_env):
-    shared, markers = planted
+    _, markers = planted
     script = Path(sys.executable).with_name("ezpool-serve")  # not -m: that would import the planted one
     if not script.exists():
         pytest.skip(f"no ezpool-serve script next to {sys.executable} (is EzPool installed?)")
     port = free_port(count=2)
 
     def run() -> None:
-        served = start_daemon([str(script), "--procs", "2", "--port", str(port)], expect=2, env=core_child_env)
+        command = [str(script), "--procs", "2", "--port", str(port)]
+        served = start_daemon(command, expect=2, env=core_child_env)
         with Pool(mode="distributed", workers=served.uris, spawn=False, progress=False) as pool:
             assert dict(pool.map(lambda x: x + 1, range(10))) == {x: x + 1 for x in range(10)}
 

@@ -7,13 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from ezpool import AuthenticationError, Pool, list_workers
 from tests._workers import Square
-from tests.conftest import free_port, listening
+from tests.conftest import eventually, free_port, listening
 
 
 def _run_serve(*args: str, env=None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -390,3 +391,109 @@ def test_a_worker_stops_when_the_program_that_started_it_exits(core_child_env):
     finally:
         if not _gone(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+# --- serve --procs: a process that dies is started again; the others serve on ----------------
+
+
+def _children_by_port(pid: int) -> dict[int, int]:
+    """The live child processes of ``pid``, by the ``--port`` on their command line."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            children = [int(child) for child in listed.read().split()]
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+                words = cmdline.read().decode().split("\0")
+        except FileNotFoundError:
+            continue
+        if "--port" in words and not _gone(child):
+            found[int(words[words.index("--port") + 1])] = child
+    return found
+
+
+def _stderr_until(process: subprocess.Popen, wanted: str, timeout: float = 30) -> list[str]:
+    """The lines ``process`` writes on stderr, up to and with the first that holds ``wanted``."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not lines or wanted not in lines[-1]:
+        lines.append(_stderr_line(process, max(0.1, deadline - time.monotonic())))
+    return lines
+
+
+def _serving_anew(served, port: int, killed: int, timeout: float = 30) -> int:
+    """The pid of the process that serves ``port`` in place of ``killed``, once it listens."""
+    def anew():
+        pid = _children_by_port(served.process.pid).get(port)
+        return pid if pid not in (None, killed) and listening(port) else None
+
+    return eventually(anew, f"a new process at port {port}", timeout)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds the processes in /proc (Linux)")
+@pytest.mark.timeout(120)
+def test_procs_start_a_killed_process_again_at_its_address_and_the_others_serve_on(serve):
+    from tests._workers import Napper
+
+    port = free_port(count=3)
+    served = serve("tests._workers:Napper", procs=3, port=port)
+    assert _stderr_line(served.process).endswith("(3 processes); Ctrl-C to stop")
+    before = _children_by_port(served.process.pid)
+    assert sorted(before) == [port, port + 1, port + 2]
+    victim = before[port + 1]
+    tasks = [0.05 + i / 100_000 for i in range(90)]
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        with Pool(progress=False) as pool:
+            outcome["results"] = pool.dmap(Napper, tasks, workers=served.uris, spawn=False)
+
+    client = threading.Thread(target=run)
+    client.start()
+    time.sleep(0.5)
+    os.kill(victim, signal.SIGKILL)  # mid-call
+    client.join(90)
+    results = outcome["results"]
+    assert results.errors == {} and len(results) == len(tasks)
+    said = _stderr_until(served.process, "was killed by SIGKILL")
+    assert said[-1] == (
+        f"python -m ezpool.serve: process 2 of 3 (port {port + 1}, pid {victim}) was killed by SIGKILL; "
+        "starting it again at the same address (restart 1 of at most 5 within 60 s)"
+    )
+    fresh = _serving_anew(served, port + 1, victim)
+    with Pool(progress=False) as pool:
+        again = pool.dmap(Napper, [0.01, 0.02], workers=[f"PYRO:worker@127.0.0.1:{port + 1}"],
+                          spawn=False)
+    assert set(again.values()) == {fresh}
+    after = _children_by_port(served.process.pid)
+    assert (after[port], after[port + 2]) == (before[port], before[port + 2])  # untouched
+    assert served.process.poll() is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="finds the processes in /proc (Linux)")
+@pytest.mark.timeout(120)
+def test_procs_give_up_a_process_that_dies_more_than_5_times_a_minute_and_serve_on(serve):
+    port = free_port(count=2)
+    served = serve("", procs=2, port=port)
+    _stderr_line(served.process)  # where they serve
+    pid = _children_by_port(served.process.pid)[port + 1]
+    for restart in range(1, 6):
+        os.kill(pid, signal.SIGKILL)
+        assert _stderr_until(served.process, "was killed by SIGKILL")[-1].endswith(
+            f"(restart {restart} of at most 5 within 60 s)")
+        pid = _serving_anew(served, port + 1, pid)
+    os.kill(pid, signal.SIGKILL)
+    said = _stderr_until(served.process, "giving it up")[-1]
+    assert said == (
+        f"python -m ezpool.serve: process 2 of 2 (port {port + 1}, pid {pid}) was killed by SIGKILL, after 5 "
+        "restarts within 60 s: giving it up; the others serve on"
+    )
+    time.sleep(1)  # no sixth restart comes
+    assert port + 1 not in _children_by_port(served.process.pid) and not listening(port + 1)
+    assert served.process.poll() is None
+    with Pool(progress=False) as pool:
+        assert dict(pool.dmap(abs, [-1, -2], workers=[f"PYRO:worker@127.0.0.1:{port}"], spawn=False)) == {
+            -1: 1, -2: 2}
