@@ -29,6 +29,7 @@ import pytest
 
 from ezpool import Pool, open_store
 from ezpool.errors import StoreError
+from ezpool.store import Store
 from tests import _helpers as h
 from tests.conftest import REPO_ROOT
 
@@ -311,3 +312,15 @@ def test_a_store_of_an_older_ezpool_is_refused_until_you_sign_it(tmp_path, core_
     assert done.returncode == 0, done.stderr
     assert "signed 2 rows" in done.stdout  # a sweep and a batch
     assert open_store(path) == {0: 0, 1: 1, 2: 4, 3: 9}
+
+
+def test_a_store_made_with_another_key_is_refused_as_a_whole_before_any_row_is_read(tmp_path, caplog):
+    import secrets
+
+    path = tmp_path / "s.sqlite"
+    with Store(path, key=secrets.token_hex(32)) as store:
+        store.sweep(h.square).record([1, 2], 0, [1, 4], [0.1, 0.1], (), "pid 1")
+    for read in (lambda: open_store(path), lambda: Store(path).sweep(h.square)):
+        with pytest.raises(StoreError, match=rf"{path} was made under another EzPool key than yours \(from "):
+            read()
+    assert "does not match" not in caplog.text  # refused at once, not row by row
