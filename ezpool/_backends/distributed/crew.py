@@ -143,9 +143,9 @@ class Started:
             process = None if self._stopped else self._processes.get(link.text)
         if process is None or process.poll() is None:
             return False
-        logger.warning(
-            "the worker started for %s exited (%s); starting it again", link.text, process.returncode
-        )
+        ended = link.process.ended() if link.process is not None else None  # out of memory, say
+        logger.warning("the worker started for %s %s; starting it again", link.text,
+                       ended or f"exited ({process.returncode})")
         try:
             info = self.start(link)
         except Exception as exc:
