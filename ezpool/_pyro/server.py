@@ -44,6 +44,7 @@ from .sessions import (
     Limits,
     Session,
     Sessions,
+    first_message,
     hang_up,
 )
 
@@ -169,9 +170,15 @@ class _Daemon(Pyro4.Daemon):
         conn.__class__ = GuardedConnection
         conn.preauth_limit = self.sessions.limits.bytes
         session = self.sessions.admit(conn)
-        if self._tls is not None and not self._tls_handshake(conn, session):
+        if not first_message(conn.sock, session, tls=self._tls is not None):
             self.sessions.drop(conn)
             return False
+        self.sessions.progressed(session)
+        if self._tls is not None:
+            if not self._tls_handshake(conn, session):
+                self.sessions.drop(conn)
+                return False
+            self.sessions.progressed(session)
         accepted = bool(super()._handshake(conn))
         if not accepted:
             self.sessions.drop(conn)
@@ -205,6 +212,7 @@ class _Daemon(Pyro4.Daemon):
         session = self.sessions.get(conn)
         if session is None or session.dropped:
             raise Pyro4.errors.SecurityError("connection not admitted")
+        self.sessions.progressed(session)
         return {"nonce": session.nonce}
 
     def clientDisconnect(self, conn: Any) -> None:

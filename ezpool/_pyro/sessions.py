@@ -2,12 +2,12 @@
 
 Every connection a ``server._Daemon`` accepts becomes a ``Session``: its own random
 nonce, the counter of its signed calls, and, until it authenticates, a place in
-the queue of those that wait. At most ``Limits.connections`` may wait at once
-(the oldest is dropped when one more comes), each for at most ``Limits.seconds``
-from the moment it was accepted, TLS handshake included, and none may send a
-message larger than ``Limits.bytes`` before it has authenticated. Dropping a
-connection hangs up the socket it is using now: the plain one, or the TLS one
-that wraps it, mid-handshake or not.
+a queue of those that wait. At most ``Limits.connections`` may wait at once
+(when one more comes, one that stands still is dropped: see ``Sessions``), each
+for at most ``Limits.seconds`` from the moment it was accepted, TLS handshake
+included, and none may send a message larger than ``Limits.bytes`` before it
+has authenticated. Dropping a connection hangs up the socket it is using now:
+the plain one, or the TLS one that wraps it, mid-handshake or not.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import secrets
+import select
 import socket
 import threading
 import time
 from typing import Any, NamedTuple, Optional
 
 import Pyro4.errors
+import Pyro4.message
 import Pyro4.socketutil
 
 from .._core.logs import get_logger
@@ -34,6 +36,7 @@ __all__ = [
     "Sessions",
     "GuardedConnection",
     "hang_up",
+    "first_message",
     "PREAUTH_CONNECTIONS",
     "PREAUTH_SECONDS",
     "PREAUTH_BYTES",
@@ -77,26 +80,37 @@ class Session:
 
 
 class Sessions:
-    """Every connection's session, and the queue of those not yet authenticated."""
+    """Every connection's session, and the queues of those not yet authenticated.
+
+    A connection that has not authenticated waits in one of two queues: ``idle``
+    until its first message (a TLS ClientHello, or Pyro4's connect) is in, then
+    ``busy``, where it goes to the back at each step it takes (the first message,
+    the TLS handshake, the connect answered). Past the cap, the oldest idle one is
+    dropped first, then the busy one that has stood still longest: a client that
+    answers at once is never dropped to make room for peers that are silent or
+    drip bytes, however many they are.
+    """
 
     def __init__(self, limits: Limits = WORKER_LIMITS) -> None:
         self.limits = limits
         self._lock = threading.Condition()  # notified when a connection starts to wait
         self._all: dict[int, Session] = {}
-        self._waiting: collections.OrderedDict[int, Session] = collections.OrderedDict()
+        self._idle: collections.OrderedDict[int, Session] = collections.OrderedDict()
+        self._busy: collections.OrderedDict[int, Session] = collections.OrderedDict()
 
     def admit(self, connection: Any) -> Session:
-        """A new connection's session; the oldest waiting ones are dropped past the cap."""
+        """A new connection's session; past the cap, waiting ones are dropped (see above)."""
         session = Session(connection, self.limits.seconds)
         with self._lock:
             self._all[id(connection)] = session
-            self._waiting[id(connection)] = session
+            self._idle[id(connection)] = session
             self._lock.notify_all()
             evicted = []
-            while len(self._waiting) > self.limits.connections:
-                evicted.append(self._waiting.popitem(last=False)[1])
+            while len(self._idle) + len(self._busy) > self.limits.connections:
+                queue = self._idle if self._idle else self._busy
+                evicted.append(queue.popitem(last=False)[1])
         for old in evicted:
-            logger.debug("too many connections waiting to authenticate: dropping the oldest")
+            logger.debug("too many connections waiting to authenticate: dropping one that stands still")
             old.dropped = True
             hang_up(old.connection)
         return session
@@ -104,10 +118,21 @@ class Sessions:
     def get(self, connection: Any) -> Optional[Session]:
         return self._all.get(id(connection))
 
+    def progressed(self, session: Session) -> None:
+        """``session`` took a step towards authenticating: to the back of the busy queue."""
+        key = id(session.connection)
+        with self._lock:
+            if self._idle.pop(key, None) is not None:
+                self._busy[key] = session
+            elif key in self._busy:
+                self._busy.move_to_end(key)
+
     def authenticated(self, session: Session) -> bool:
         """Mark ``session`` authenticated; ``False`` if it was dropped meanwhile."""
+        key = id(session.connection)
         with self._lock:
-            if session.dropped or self._waiting.pop(id(session.connection), None) is None:
+            waited = self._busy.pop(key, None) or self._idle.pop(key, None)
+            if session.dropped or waited is None:
                 return False
             session.authenticated = True
         session.connection.preauth_limit = 0
@@ -116,7 +141,8 @@ class Sessions:
     def drop(self, connection: Any) -> None:
         with self._lock:
             self._all.pop(id(connection), None)
-            self._waiting.pop(id(connection), None)
+            self._idle.pop(id(connection), None)
+            self._busy.pop(id(connection), None)
 
     def wake(self) -> None:
         """End a ``sweep`` that is waiting (the server stops)."""
@@ -133,20 +159,87 @@ class Sessions:
         with self._lock:
             while not stopped.is_set():
                 now = time.monotonic()
-                late = [session for session in self._waiting.values() if session.due < now]
+                waiting = [*self._idle.values(), *self._busy.values()]
+                late = [session for session in waiting if session.due < now]
                 if late:
                     for session in late:  # hung up on below: they wait for nothing more
-                        self._waiting.pop(id(session.connection), None)
+                        self._idle.pop(id(session.connection), None)
+                        self._busy.pop(id(session.connection), None)
                         session.dropped = True
                     break
-                # The oldest waits longest: it is due first (all get the same time).
-                first = next(iter(self._waiting.values()), None)
-                self._lock.wait(None if first is None else first.due - now + 0.01)
+                first = min((session.due for session in waiting), default=None)
+                self._lock.wait(None if first is None else first - now + 0.01)
             else:
                 return
         for session in late:
             logger.debug("a connection did not authenticate within %s s: hanging up", self.limits.seconds)
             hang_up(session.connection)
+
+
+#: The most of a first message that must be in before a connection counts as busy.
+FIRST_BYTES = 4096
+#: Sizes of the headers that say how long a first message is: a TLS record's, Pyro4's.
+_TLS_HEADER, _PYRO_HEADER = 5, 24
+
+
+def first_message(sock: socket.socket, session: Session, tls: bool) -> bool:
+    """Wait, within ``session``'s time, until the peer's first message is in this side's
+    buffer (its first ``FIRST_BYTES`` at least), without reading it; ``False`` if the
+    peer closed, was hung up on, ran out of time, or sent something that is not the
+    start of a TLS record (``tls``) or of a Pyro4 message.
+
+    Where the system cannot say that the peer hung up (no ``POLLRDHUP``), this does
+    not wait: the connection counts as busy at once.
+    """
+    rdhup = getattr(select, "POLLRDHUP", 0)
+    if not rdhup:
+        return True
+    needed = _TLS_HEADER if tls else _PYRO_HEADER
+    try:
+        while True:
+            peeked = _peek(sock, needed)
+            if len(peeked) >= needed:
+                length = _message_length(peeked, tls)
+                if length is None:
+                    return False
+                if min(length, FIRST_BYTES) <= needed:
+                    return True
+                needed = min(length, FIRST_BYTES)
+                continue
+            left = session.seconds_left()
+            if left <= 0 or session.dropped:
+                return False
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, needed)  # wake when it is all in
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | rdhup)
+            events = poller.poll(int(left * 1000) + 1)
+            if not events or any(event & (rdhup | select.POLLHUP | select.POLLERR) for _, event in events):
+                return False
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+
+def _peek(sock: socket.socket, size: int) -> bytes:
+    try:
+        return socket.socket.recv(sock, size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return b""
+
+
+def _message_length(header: bytes, tls: bool) -> Optional[int]:
+    """The length of the message that ``header`` starts, or ``None`` if it starts none."""
+    if tls:
+        if header[0] != 0x16:  # a TLS handshake record
+            return None
+        return _TLS_HEADER + int.from_bytes(header[3:5], "big")
+    try:
+        message = Pyro4.message.Message.from_header(header[:_PYRO_HEADER])
+    except Pyro4.errors.PyroError:
+        return None
+    return _PYRO_HEADER + message.annotations_size + message.data_size
 
 
 class GuardedConnection(Pyro4.socketutil.SocketConnection):
