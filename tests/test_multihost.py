@@ -61,11 +61,11 @@ def key(tmp_path):
 
 @pytest.fixture
 def root_name_server(network, key, start_daemon, core_child_env):
-    """A Pyro4 name server in the root namespace, on the service address every host reaches."""
+    """EzPool's name server in the root namespace, on the service address every host reaches."""
     address, port = network.service_address, free_port(network.service_address)
-    env = dict(core_child_env, PYRO_HMAC_KEY=key.text)  # not -k: that puts the key in `ps`
-    command = [sys.executable, "-m", "Pyro4.naming", "-n", address, "-p", str(port), "-x"]
-    start_daemon(command, expect=0, env=env)
+    command = [sys.executable, "-m", "ezpool.nameserver", "--host", address, "--port", str(port),
+               "--hmac-key-file", str(key.file)]
+    start_daemon(command, expect=1, env=core_child_env)
     wait_for_port(address, port)
     return f"{address}:{port}"
 
