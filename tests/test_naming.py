@@ -174,3 +174,61 @@ def test_the_name_server_takes_hundreds_of_registrations_at_once(name_server):
     with ThreadPoolExecutor(max_workers=100) as threads:
         list(threads.map(register, range(300)))
     assert len(list_workers(name_server, prefix="ezpool.crowd.")) == 300
+
+
+# --- the name server over TLS ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    pytest.importorskip("cryptography", reason="TLS files are made with cryptography (the tls extra)")
+    import subprocess
+
+    directory = tmp_path_factory.mktemp("tls") / "cluster"
+    done = subprocess.run(
+        [sys.executable, "-m", "ezpool.tls", "init", str(directory), "--host", "127.0.0.1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return directory
+
+
+def test_a_name_server_over_tls_serves_list_workers_registrations_and_pyroname(
+    serve, start_daemon, certificates
+):
+    from ezpool._worker.registration import Registration
+    from ezpool.security import client_tls_context
+
+    d = certificates
+    tls = ("--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server-key.pem"))
+    port = free_port()
+    start_daemon([sys.executable, "-m", "ezpool.nameserver", "--port", str(port), *tls])
+    ns = f"127.0.0.1:{port}"
+    (uri,) = serve("tests._workers:Square", *tls).uris
+    context = client_tls_context(d / "ca.pem")
+    keeper = Registration(ns, "ezpool.tls-worker", uri, "ezpool.", user_key(), tls=context)
+    keeper.start()
+    try:
+        assert list_workers(ns, tls_ca=d / "ca.pem") == [uri]
+        with Pool(spawn=False, tls_ca=d / "ca.pem") as pool:
+            assert pool.dmap(Square, [3], workers=[f"PYRONAME:ezpool.tls-worker@{ns}"]) == {3: 9}
+        with pytest.raises(WorkerUnavailable, match=f"name server {ns}"):
+            list_workers(ns)  # plain TCP to a name server that speaks TLS
+    finally:
+        keeper.stop()
+    assert list_workers(ns, tls_ca=d / "ca.pem") == []
+
+
+def test_the_name_server_checks_its_tls_flags(core_child_env, certificates):
+    import subprocess
+
+    d = certificates
+    for flags, message in [
+        (["--tls-cert", str(d / "server.pem")], "--tls-cert and --tls-key go together"),
+        (["--tls-ca", str(d / "ca.pem")], "--tls-ca needs --tls-cert"),
+        (["--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server-key.pem"),
+          "--tls-require-client-cert"], "--tls-require-client-cert needs --tls-ca"),
+    ]:
+        done = subprocess.run([sys.executable, "-m", "ezpool.nameserver", "--port", str(free_port()), *flags],
+                              capture_output=True, text=True, timeout=60, env=core_child_env)
+        assert done.returncode == 1 and message in done.stderr, (flags, done.stderr)
