@@ -66,6 +66,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     args.prog = parser.prog
+    _leave_shared_directory(args.prog)
     if args.verbose:
         _log_to_stderr(args.verbose)
     try:
@@ -76,6 +77,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ServeError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _leave_shared_directory(prog: str) -> None:
+    """``python -m`` put the current directory first on the import path: take it off if
+    others can write it, and say so (``ezpool._worker.launch``)."""
+    from ._worker.launch import leave_shared_directory
+
+    shared = leave_shared_directory(sys.path)
+    if shared is not None:
+        print(
+            f"{prog}: warning: the current directory {shared} was first on the import path "
+            "(python -m puts it there) and others can write it: it is taken off for what this "
+            "worker imports from now on, but EzPool itself was imported before. From such a "
+            "directory, run ezpool-serve, or python -P -m ezpool.serve (Python 3.11+)",
+            file=sys.stderr, flush=True,
+        )
 
 
 def _prog(argv0: str) -> str:

@@ -52,10 +52,16 @@ PLANTED = textwrap.dedent("""\
 """)
 
 
+#: What is planted, by default: EzPool itself, and a module named like the victim's.
+EZPOOL_AND_MINE = ("ezpool", "ezpool.serve", MODULE)
+
+
 @pytest.fixture
-def planted(tmp_path, monkeypatch):
-    """A directory of uid 65534 holding a planted ``ezpool/`` and ``MODULE``; the victim's
-    own ``MODULE`` imported from a directory of its own; the markers' directory."""
+def planted(request, tmp_path, monkeypatch):
+    """A directory of uid 65534 holding planted modules (``EZPOOL_AND_MINE``, or the
+    names given as the fixture's param); the victim's own ``MODULE`` imported from a
+    directory of its own; the markers' directory."""
+    names = getattr(request, "param", EZPOOL_AND_MINE)
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         pytest.skip(f"the planted directory belongs to another user (uid {OTHER_UID}), which needs root")
     markers = tmp_path / "markers"
@@ -65,10 +71,10 @@ def planted(tmp_path, monkeypatch):
     (mine / f"{MODULE}.py").write_text(MINE)
     shared = Path(tempfile.mkdtemp(prefix="ezpool-shared-"))
     try:
-        (shared / "ezpool").mkdir()
-        for name, where in (("ezpool", shared / "ezpool" / "__init__.py"),
-                            ("ezpool.serve", shared / "ezpool" / "serve.py"),
-                            (MODULE, shared / f"{MODULE}.py")):
+        for name in names:
+            package = any(other.startswith(name + ".") for other in names)
+            where = shared / (name.replace(".", "/") + ("/__init__.py" if package else ".py"))
+            where.parent.mkdir(parents=True, exist_ok=True)
             where.write_text(PLANTED.format(markers=str(markers), name=name))
         for path in [shared, *shared.rglob("*")]:
             os.chown(path, OTHER_UID, OTHER_UID)
@@ -127,6 +133,29 @@ def test_serve_procs_processes_run_nothing_planted_in_the_current_directory(plan
         served = start_daemon(command, expect=2, env=core_child_env)
         with Pool(mode="distributed", workers=served.uris, spawn=False, progress=False) as pool:
             assert dict(pool.map(lambda x: x + 1, range(10))) == {x: x + 1 for x in range(10)}
+
+    _nothing_planted_ran(markers, run)
+
+
+@pytest.mark.parametrize("planted", [("Pyro4", "cloudpickle", "serpent", MODULE)], indirect=True)
+def test_python_m_serve_by_hand_from_a_shared_directory_takes_it_off_and_says_so(planted, start_daemon,
+                                                                                core_child_env):
+    """``python -m`` imports EzPool from the current directory before any of its code runs:
+    that cannot be helped (the docs say to run ``ezpool-serve`` there). What it imports
+    afterwards, and the modules clients name, no longer come from there."""
+    shared, markers = planted
+    victim = __import__(MODULE)
+    port = free_port()
+
+    def run() -> None:
+        served = start_daemon([sys.executable, "-m", "ezpool.serve", "--port", str(port)], env=core_child_env)
+        with Pool(mode="distributed", workers=served.uris, spawn=False, progress=False) as pool:
+            # The victim's module is not on that worker's path: it travels by value.
+            squares = pool.map(victim.square, range(10), ship_modules=[MODULE])
+            assert dict(squares) == {x: x * x for x in range(10)}
+        warning = served.process.stderr.readline()
+        said = f"python -m ezpool.serve: warning: the current directory {shared} was first on the import path"
+        assert warning.startswith(said + " (python -m puts it there) and others can write it")
 
     _nothing_planted_ran(markers, run)
 

@@ -21,12 +21,13 @@ import os
 import stat
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Optional
 
 from .._core.logs import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["BOOT", "serve_command", "import_path", "worker_env"]
+__all__ = ["BOOT", "serve_command", "import_path", "worker_env", "leave_shared_directory"]
 
 #: The program a started worker runs: ``''`` (the current directory, which ``-c`` puts
 #: first on ``sys.path``) leaves the path before anything is imported from it.
@@ -70,6 +71,21 @@ def import_path(path: Sequence[str]) -> list[str]:
 def worker_env(base: Mapping[str, str], path: Sequence[str]) -> dict[str, str]:
     """``base`` with ``PYTHONPATH`` set to ``import_path(path)``."""
     return dict(base, PYTHONPATH=os.pathsep.join(import_path(path)))
+
+
+def leave_shared_directory(path: list[str]) -> Optional[str]:
+    """Take the current directory off the front of ``path`` (where ``python -m`` puts it)
+    if others can write it; the directory taken off, if any.
+
+    What was imported before (EzPool itself, by then) may have come from there; what is
+    imported from now on (Pyro4, cloudpickle, the modules clients name) does not."""
+    if not path:
+        return None
+    cwd = os.getcwd()
+    if (path[0] == "" or _same(path[0], cwd)) and not _trusted(cwd):
+        del path[0]
+        return cwd
+    return None
 
 
 def _same(entry: str, cwd: str) -> bool:
