@@ -168,7 +168,10 @@ def _after_death(slot: _Slot, count: int, say: Callable[[str], None]) -> bool:
     slot.restarts.append(now)
     say(f"{name} {how}; starting it again at the same address (restart {len(slot.restarts)} of "
         f"at most {RESTARTS} within {WINDOW:.0f} s)")
-    slot.start()
+    try:
+        slot.start()
+    except OSError as exc:  # no memory to fork, say: the next look counts another restart
+        say(f"could not start process {slot.index + 1} of {count} again: {exc}")
     return True
 
 
