@@ -1,6 +1,7 @@
 """Test sessions: ``python -m nox`` runs lint, the tests on this Python, joblib's tests
-on EzPool's joblib backend, the docs, and CPython's own concurrent.futures tests
-against PoolExecutor (``futures``, on 3.13).
+on EzPool's joblib backend, scikit-learn's ``n_jobs`` tests on it (parallel and
+distributed), the docs, and CPython's own concurrent.futures tests against
+PoolExecutor (``futures``, on 3.13).
 
 ``python -m nox -s tests`` runs the tests on every supported Python that pyenv (or
 the PATH) has; ``python -m nox -s tests-3.12`` on one of them.
@@ -21,7 +22,7 @@ HERE_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 #: The Python whose ``test`` package (CPython's own test suite) the ``futures`` session uses.
 FUTURES_PYTHON = "3.13"
 
-nox.options.sessions = ["lint", f"tests-{HERE_PYTHON}", "joblib", "docs", "futures"]
+nox.options.sessions = ["lint", f"tests-{HERE_PYTHON}", "joblib", "sklearn", "docs", "futures"]
 nox.options.error_on_missing_interpreters = False
 
 
@@ -75,6 +76,35 @@ def joblib(session: nox.Session) -> None:
     session.run(
         "python", "-m", "pytest", "-p", "tests.joblib_plugin", "-q", "--pyargs", *JOBLIB_TESTS,
         *session.posargs,
+    )
+
+
+#: scikit-learn's test modules that use ``n_jobs``: searches, validation, forests,
+#: multiclass, permutation importance and ``sklearn.utils.parallel``.
+SKLEARN_TESTS = [
+    "sklearn.model_selection.tests.test_search",
+    "sklearn.model_selection.tests.test_validation",
+    "sklearn.ensemble.tests.test_forest",
+    "sklearn.tests.test_multiclass",
+    "sklearn.inspection.tests.test_permutation_importance",
+    "sklearn.utils.tests.test_parallel",
+]
+
+
+@nox.session(python=HERE_PYTHON)
+@nox.parametrize("mode", ["parallel", "distributed"])
+def sklearn(session: nox.Session, mode: str) -> None:
+    """scikit-learn's own ``n_jobs`` tests with "ezpool" as joblib's default backend, in
+    the parallel mode and on two distributed workers the pool starts itself.
+
+    tests/sklearn_plugin.py makes it the default and prints the tests it deselects,
+    with why; ``--ezpool-mode=loky`` (``nox -s sklearn -- --ezpool-mode=loky``) runs
+    the same tests on loky, to compare with.
+    """
+    session.install("-e", ".", "scikit-learn", "pytest>=7", "pytest-timeout>=2.1")
+    session.run(
+        "python", "-m", "pytest", "-p", "tests.sklearn_plugin", f"--ezpool-mode={mode}", "-q",
+        "-p", "no:cacheprovider", "--pyargs", *SKLEARN_TESTS, *session.posargs,
     )
 
 
