@@ -106,6 +106,20 @@ def test_a_mark_on_a_group_runs_the_group_again_marked_counting_nothing():
     assert settled.failed == [] and ledger.attempts == {}
 
 
+def test_where_marks_are_not_read_as_a_worker_dies_a_group_goes_again_one_task_per_chunk():
+    """A distant worker's mark: from the task its last check named to the chunk's end."""
+    ledger = Ledger(range(10), max_attempts=1, marks_at_death=False)
+    chunk = _chunk(0, 10)
+    ledger.take("w", chunk)
+    settled = ledger.settle("w", chunk, Lost("worker w was lost", mark=(3, 7)))
+    assert settled.fate is Fate.CHARGE and settled.failed == [] and ledger.attempts == {}
+    assert settled.again == [(0, 3, False), *((n, n + 1, True) for n in range(3, 10))]
+    alone = _chunk(5, 6, alone=True)
+    ledger.take("w", alone)
+    [failed] = ledger.settle("w", alone, Lost("worker w was lost", mark=(5, 1), seconds=0.2)).failed
+    assert "worker w was lost while running task 5 (attempt 1 of 1)" in str(failed.values[0])
+
+
 def test_a_timed_out_task_ends_as_task_timeout_and_the_rest_goes_back():
     ledger = Ledger(range(5), max_attempts=2)
     chunk = _chunk(0, 5)
@@ -153,6 +167,26 @@ def test_the_first_copy_to_answer_settles_the_chunk_and_breaks_the_other_off():
     assert ledger.superseded("slow", chunk)
     assert ledger.settle("slow", chunk, Lost("slow was broken off")).fate is Fate.DROP
     assert ledger.attempts == {} and ledger.busy == 0
+
+
+def test_a_holder_is_broken_off_only_once_nothing_it_holds_is_needed():
+    """A worker stopped with a chunk and another behind it: the copy of the first that
+    answers leaves it waiting for the second; once both are settled, it is broken off,
+    and so is a worker that answers its own chunk while what waits behind it was settled."""
+    ledger = Ledger(range(4), max_attempts=1)
+    first, second = _chunk(0, 2), _chunk(2, 4)
+    ledger.take("stopped", first)
+    ledger.take("stopped", second)
+    ledger.copy("a", ledger.claim("stopped", first))
+    ledger.copy("b", ledger.claim("stopped", second))
+    assert ledger.settle("a", first, Answered(2)).break_off == []
+    assert ledger.settle("b", second, Answered(2)).break_off == ["stopped"]
+    slow = Ledger(range(4), max_attempts=1)
+    slow.take("slow", first)
+    slow.take("slow", second)
+    slow.copy("fast", slow.claim("slow", second))
+    assert slow.settle("fast", second, Answered(2)).break_off == []
+    assert slow.settle("slow", first, Answered(2)).break_off == ["slow"]  # what waits behind: not needed
 
 
 def test_a_copy_that_fails_while_the_other_runs_counts_nothing():
@@ -301,3 +335,47 @@ def test_every_task_is_settled_exactly_once_whatever_the_order_of_events(count, 
         if how == "WorkerCrashed" and ledger.attempts.get(position, 0):
             assert ledger.attempts[position] == max_attempts or ledger.returns.get(position, 0) >= 3
     assert MAX_RETURNS >= 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(count=st.integers(1, 30), size=st.integers(1, 8), max_attempts=st.integers(1, 3), data=st.data())
+def test_a_loss_marked_to_its_chunks_end_charges_only_the_task_it_falls_on_alone(
+    count, size, max_attempts, data
+):
+    """The distributed backend's marks: a worker lost with a chunk says only that the tasks
+    before some position finished. Whatever is lost where, a task counts an attempt only
+    when the loss falls on it alone (the last of its chunk to have started, or the only
+    one), and every task is settled exactly once."""
+    ledger = Ledger(range(count), max_attempts=max_attempts, max_returns=3, marks_at_death=False)
+    queue: deque[Chunk] = deque(_chunk(start, min(count, start + size)) for start in range(0, count, size))
+    outcomes: dict[int, str] = {}
+    lost_alone: dict[int, int] = {}
+    for _ in range(300):
+        if not queue:
+            break
+        chunk = queue.popleft()
+        ledger.take("w", chunk)
+        if data.draw(st.booleans(), label="lost"):
+            position = data.draw(st.integers(chunk.start, chunk.stop - 1), label="from")
+            if position == chunk.stop - 1:
+                lost_alone[position] = lost_alone.get(position, 0) + 1
+            settled = ledger.settle("w", chunk, Lost("w was lost", (position, chunk.stop - position)))
+        else:
+            settled = ledger.settle("w", chunk, Answered(chunk.stop - chunk.start))
+            for spot in range(chunk.start, chunk.stop):
+                assert spot not in outcomes
+                outcomes[spot] = "answered"
+        for batch in settled.failed:
+            assert batch.start not in outcomes
+            outcomes[batch.start] = type(batch.values[0]).__name__
+        for start, stop, alone in reversed(settled.again):
+            assert not alone or stop - start == 1  # narrowed down one task per chunk
+            queue.appendleft(_chunk(start, stop, alone))
+    while queue:
+        chunk = queue.popleft()
+        ledger.take("w", chunk)
+        ledger.settle("w", chunk, Answered(chunk.stop - chunk.start))
+        outcomes.update(dict.fromkeys(range(chunk.start, chunk.stop), "answered"))
+    assert sorted(outcomes) == list(range(count))
+    assert ledger.attempts == {spot: min(times, max_attempts) for spot, times in lost_alone.items()}
+    assert all(how == "answered" or lost_alone.get(spot, 0) >= max_attempts for spot, how in outcomes.items())

@@ -30,8 +30,11 @@ The fates, per task:
 ``CHARGE``
     its worker died holding it. The worker's *mark* (what it was running, see
     ``ezpool._worker.running.group_mark``) says which task: that one counts an
-    attempt, and the others go back at no cost. A mark on a group of tiny tasks
-    sends the group back to run again, each task marked, counting nothing yet.
+    attempt, and the others go back at no cost. A mark on a group of tasks (tiny
+    ones run together, or every task from the last one a distant worker reported
+    to the end of its chunk) sends the group back to run again, counting nothing
+    yet: each task marked where marks are read as the worker dies (the parallel
+    backend's, in shared memory), else one task per chunk (``marks_at_death``).
     Without a mark every task counts an attempt. A task retried runs on its own;
     after ``max_attempts`` it ends as ``WorkerCrashed``.
 ``TIME_OUT``
@@ -167,9 +170,10 @@ class Lost(NamedTuple):
     """The worker died, or was replaced or went silent, holding the chunk.
 
     ``what`` says so as the start of a sentence ("worker process pid 7 was killed by
-    SIGKILL"). ``mark`` is what it was running, ``(position, count)`` (see
-    ``ezpool._worker.running.read_mark``), or ``None`` when nothing is known;
-    ``seconds`` how long the marked task ran.
+    SIGKILL"). ``mark`` is what it was running, ``(position, count)``: one of those
+    ``count`` tasks from ``position`` on, the earlier ones finished and the later
+    ones never started (see ``ezpool._worker.running.read_mark``), or ``None`` when
+    nothing is known; ``seconds`` how long the marked task ran.
     """
 
     what: str
@@ -212,7 +216,8 @@ class Settlement(NamedTuple):
         failed: batches of tasks that end here with an error (``WorkerCrashed``,
             ``TaskTimeout``, ``ResultNotSerializable``).
         again: pieces to send again, ahead of everything else, in this order.
-        break_off: the holders of another copy, which lost the race: stop them.
+        break_off: holders that run nothing needed any more (another copy settled
+            all they hold): stop them, and end what they wait on.
     """
 
     fate: Fate
@@ -248,6 +253,10 @@ class Ledger:
 
     ``tasks`` are the call's tasks (read only, to name them in errors). A holder is
     any hashable object; ``name(holder)`` is the worker's name that results show.
+    ``marks_at_death``: whether a lost holder's mark says what it ran as it died, so
+    that a group sent again as one chunk, every task marked, finds its task; if
+    not (a distant worker's mark is the last it reported), a group is sent again
+    one task per chunk.
     """
 
     def __init__(
@@ -256,10 +265,12 @@ class Ledger:
         max_attempts: int,
         name: Any = str,
         max_returns: int = MAX_RETURNS,
+        marks_at_death: bool = True,
     ) -> None:
         self.tasks = tasks
         self.max_attempts = max_attempts
         self.max_returns = max_returns
+        self.marks_at_death = marks_at_death
         self._name = name
         self.attempts: dict[int, int] = {}  # position -> crashes counted
         self.returns: dict[int, int] = {}  # position -> times given back untouched
@@ -343,7 +354,7 @@ class Ledger:
         again: list[Piece] = []
         break_off: list[Any] = []
         if fate is Fate.REPORT:
-            break_off = list(claim.holders)
+            break_off = [other for other in claim.holders if self._needless(other)]
             if isinstance(event, Answered) and chunk.start + event.ran < chunk.stop:
                 again.append((chunk.start + event.ran, chunk.stop, False))  # it stopped early
         elif fate is Fate.REQUEUE:
@@ -358,7 +369,14 @@ class Ledger:
         elif fate is Fate.SPLIT:
             assert isinstance(event, Garbled)
             self._split(chunk, event, failed, again)
+        if self._needless(holder):  # what it still holds, behind this chunk, was settled by copies
+            break_off.append(holder)
         return Settlement(fate, failed, [piece for piece in again if piece[0] < piece[1]], break_off)
+
+    def _needless(self, holder: Any) -> bool:
+        """Whether ``holder`` holds chunks, all of them settled by other copies."""
+        claims = self._held.get(holder, [])
+        return bool(claims) and all(claim.state is Held.SETTLED for claim in claims)
 
     def lose(self, holder: Hashable, event: Union[Lost, TimedOut]) -> list[Settlement]:
         """``holder`` is gone with everything it holds: the chunk it was running (the
@@ -411,10 +429,13 @@ class Ledger:
             return
         end = min(stop, position + count)
         again.append((start, position, False))
-        if end - position > 1:  # a group of tiny tasks: again, each task marked, nothing counted yet
-            logger.warning("%s while running tasks %r .. %r; running them again one by one",
+        if end - position > 1:  # a group: again, nothing counted yet, till each task is known apart
+            logger.warning("%s while running one of tasks %r .. %r; running them again one by one",
                            event.what, self.tasks[position], self.tasks[end - 1])
-            again.append((position, end, True))
+            if self.marks_at_death:  # one chunk, each task marked as it starts
+                again.append((position, end, True))
+            else:
+                again.extend((spot, spot + 1, True) for spot in range(position, end))
         else:
             logger.warning("%s while running task %r", event.what, self.tasks[position])
             self._strike(holder, position, event.what, "while running", event.seconds, failed, again)

@@ -12,6 +12,11 @@ the text of a ``Status`` (``ezpool._core.records``):
     answer for this one.
 ``ping()``
     ``(identity, busy)``: the client's heartbeat, answered even while a chunk runs.
+    ``busy`` is ``False`` while no chunk runs, else ``(fid, first, mark)``: the
+    chunk's ``fid`` and first position, and its *mark* (see ``group_mark``; -1
+    between tasks), so that a client that loses the worker later knows which of
+    the chunk's tasks had finished. (A pair, not three items, so that clients
+    that unpack two still can.)
 ``load(fid, blob)``
     a generic worker (one started without ``MODULE:NAME``) keeps the function or
     ``BaseWorker`` class in the shipment ``blob`` (see ``ezpool._core.shipping``) under its
@@ -113,15 +118,17 @@ class _Job:
     it has done so far."""
 
     __slots__ = (
-        "run", "tasks", "first", "level", "exact", "mark", "cancel", "done", "values", "times", "failures",
-        "outputs",
+        "run", "tasks", "fid", "first", "level", "exact", "mark", "cancel", "done", "values", "times",
+        "failures", "outputs",
     )
 
     def __init__(
-        self, run: Callable[..., Any], tasks: Sequence[Any], first: int, level: Optional[int], exact: bool
+        self, run: Callable[..., Any], tasks: Sequence[Any], fid: str, first: int, level: Optional[int],
+        exact: bool,
     ) -> None:
         self.run = run
         self.tasks = tasks
+        self.fid = fid  # what the client called the code it runs (see ``ping``)
         self.first = first
         self.level = level  # None, or the lowest log level to keep with what tasks print
         self.exact = exact  # whether the mark names every task: for a timeout, run by the runner
@@ -242,9 +249,13 @@ class Servant:
             except Exception:
                 logger.exception("teardown of %s failed", type(instance).__name__)
 
-    def ping(self) -> tuple[str, bool]:
-        """``(identity, busy)``: proof of life, answered even while a chunk runs."""
-        return self.identity, self.busy()
+    def ping(self) -> tuple[str, Any]:
+        """``(identity, busy)``: proof of life, answered even while a chunk runs; ``busy``
+        says what runs (see the module's text)."""
+        job = self._job
+        if job is None:
+            return self.identity, False
+        return self.identity, (job.fid, job.first, int(job.mark[0]))
 
     def busy(self) -> bool:
         """Whether a chunk is running now."""
@@ -289,7 +300,8 @@ class Servant:
                 tasks = loads_tasks(call.payloads)
             except BaseException as exc:
                 return Status.OK, pack_chunk(first, failed_chunk(count, record_exception(exc)))
-            job = self._job = _Job(run, tasks, first, call.level, exact=call.timeout is not None)
+            exact = call.timeout is not None
+            job = self._job = _Job(run, tasks, str(call.fid), first, call.level, exact)
             if job.exact:
                 self._lock.notify_all()  # for the runner
         if call.timeout is None:

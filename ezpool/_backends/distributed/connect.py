@@ -186,12 +186,15 @@ def rejoin(
 ) -> bool:
     """Check a lost worker again and again, until it may run ``name`` again (whether it
     does), the work is ``finished`` or the call stops; ``restart`` starts again a
-    worker the pool started, if its process died."""
+    worker the pool started, if its process died. It was found lost just now: each
+    check comes after a pause, which the end of the call cuts short."""
     pause = min(1.0, link.heartbeat / 2)
     wrong = ""
     while not (stop.is_set() or finished()):
         if restart(link):
             return True
+        if stop.wait(pause):
+            break
         try:
             info = hello(link, max(pause, 0.5))
         except Exception as exc:
@@ -207,8 +210,6 @@ def rejoin(
             if unfit != wrong:
                 wrong = unfit
                 logger.warning("worker %s answers, but %s; it gets no work", link.text, unfit)
-        if stop.wait(pause):
-            break
     return False
 
 

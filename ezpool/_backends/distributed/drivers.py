@@ -34,12 +34,12 @@ from ..._core.ledger import Answered, Event, Lost, Returned
 from ..._core.logs import get_logger
 from ..._core.records import ChunkCall, Status
 from ..._core.serialization import loads, pickled_size
-from ..._core.shipping import Shipment
 from ..._worker.running import failed_chunk, pack_chunk
 from ..._worker.servant import GENERIC
-from .connect import CONNECT_TIMEOUT, hello, rejoin, unfit_for
+from .breaks import judge
+from .connect import CONNECT_TIMEOUT, rejoin
 from .links import Link, LinkEvent, State
-from .work import Driver, Work
+from .work import Driver, Target, Work
 
 logger = get_logger(__name__)
 
@@ -48,14 +48,6 @@ __all__ = ["PushDriver", "Target"]
 #: Bytes of tasks in a first chunk that the caller's thread sends itself: far less than
 #: a socket's buffers hold, so that the send never waits for a worker to read it.
 _SENT_AT_ONCE = 64 * 1024
-
-
-class Target(NamedTuple):
-    """What a call runs: its name, the fingerprint of its code, and its shipment."""
-
-    name: str
-    code: str
-    shipment: Shipment
 
 
 class _Flight(NamedTuple):
@@ -224,8 +216,10 @@ class PushDriver(Driver):
         connection = link.connection
         assert connection is not None
         try:
-            connection.open()
-        except Exception as exc:  # nothing was sent
+            link.open(min(CONNECT_TIMEOUT, self.work.heartbeat))
+        except Exception as exc:  # nothing was sent (broken off while connecting: it did not answer)
+            if self.work.stop.is_set():
+                return Returned("the call was stopped"), b""
             link.on(LinkEvent.UNREACHABLE, f"cannot connect: {_pyro.translate(exc, link.text)}")
             return Returned(link.reason), b""
         link.on(LinkEvent.SENT)
@@ -258,7 +252,7 @@ class PushDriver(Driver):
         if connection is not None and connection.is_open:
             event, reply, trip = self._receive(head, last=not flight)
         else:  # closed since it was sent (it lost a race, and was broken off)
-            event = self._broken(head.chunk, ConnectionError("the connection was closed"))
+            event = self._broken(head.chunk, ConnectionError("the connection was closed"), head.sent)
         behind: list[_Flight] = []
         if flight:
             connection = link.connection
@@ -288,7 +282,7 @@ class PushDriver(Driver):
         try:
             status, reply = connection.receive(item.ticket)
         except Exception as exc:
-            return self._broken(item.chunk, exc), b"", None
+            return self._broken(item.chunk, exc, item.sent), b"", None
         now = time.monotonic()
         answered = Status(status)
         if answered is Status.OK:
@@ -304,43 +298,10 @@ class PushDriver(Driver):
             link.on(LinkEvent.REPLACED, "another process answers at its address")
         return Returned(link.reason or answered.value), b"", None
 
-    def _broken(self, chunk: Chunk, exc: Exception) -> Event:
-        """The call that sent ``chunk`` broke: was the worker lost, or only its connection?"""
-        link, work = self.link, self.work
-        if link.connection is not None:
-            link.connection.close()
-        if work.stop.is_set():
-            link.on(LinkEvent.IDLE)
-            return Returned("the call was stopped")
-        silent = f"it left a check unanswered for {work.heartbeat} s"
-        if link.on(LinkEvent.BROKEN, silent) is State.LOST:
-            return Lost(f"worker {link.text} was lost ({silent})")
-        if work.superseded(self, chunk):  # broken off on purpose: the worker is fine
-            link.on(LinkEvent.IDLE)
-            return Returned("another copy of the chunk answered first")
-        try:
-            info = hello(link, min(CONNECT_TIMEOUT, work.heartbeat))
-        except Exception as error:
-            reason = f"{exc} (and then: {error})"
-            link.on(LinkEvent.UNREACHABLE, reason)
-            logger.warning("lost worker %s (%s); its tasks go to the others", link.text, exc)
-            return Lost(f"worker {link.text} was lost ({reason})")
-        if info["identity"] == link.identity:
-            logger.info("connection to worker %s broke (%s); it still answers, so its chunk is resent",
-                        link.text, exc)
-            link.on(LinkEvent.IDLE)
-            return Returned(str(exc))
-        reason = f"its process was replaced while it held the chunk ({exc})"
-        unfit = unfit_for(info, self.target.name, self.target.code)
-        if unfit:
-            logger.warning("lost worker %s: %s; the process there now gets no work: %s",
-                           link.text, reason, unfit)
-            link.on(LinkEvent.UNFIT, unfit)
-        else:
-            logger.warning("lost worker %s: %s; a new process answers there, and gets work",
-                           link.text, reason)
-            link.admit(info)
-        return Lost(f"worker {link.text} was lost ({reason})")
+    def _broken(self, chunk: Chunk, exc: Exception, started: Optional[float] = None) -> Event:
+        """The call that sent ``chunk`` broke: was the worker lost, or only its connection?
+        ``started``: since when the chunk may have run there (``breaks.judge``)."""
+        return judge(self, self.link, self.work, self.target, chunk, exc, started)
 
     def _rejoin(self) -> bool:
         """Check a lost worker again and again while there is work it could do."""

@@ -109,6 +109,9 @@ class Link:
         self.since = time.monotonic()  # when it entered its state
         self.alive_at = self.since  # the latest proof of life seen while RUNNING
         self.pinging: Any = None  # the watcher's check in flight, if any
+        # What the worker said it ran at its latest answered check, and when that check
+        # was sent: (fid, first position of the chunk, mark, sent), see ``Servant.ping``.
+        self.running: Optional[tuple[str, int, int, float]] = None
         self.heartbeat = 10.0
         self.connection: Optional[_pyro.Connection] = None  # the connection chunks travel on
         self.pinger: Optional[_pyro.Connection] = None  # the connection the watcher's checks travel on
@@ -149,6 +152,19 @@ class Link:
             self.loaded = set()  # a new process has none of the code the old one had
         self.info = info
         self.on(LinkEvent.CHECKED)
+
+    def open(self, timeout: float) -> None:
+        """Open the connection chunks travel on, if it is not, waiting at most ``timeout``
+        seconds to connect (a stopped worker's system still accepts connections); its
+        answers are then awaited as long as its chunks run."""
+        connection = self.connection
+        assert connection is not None
+        saved = connection.timeout
+        connection.timeout = timeout
+        try:
+            connection.open()
+        finally:
+            connection.timeout = saved
 
     def reconnect(self, timeout: Optional[float]) -> None:
         """New connections, for a new key or after a straggling thread kept the old ones."""

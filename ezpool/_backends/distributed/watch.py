@@ -9,6 +9,10 @@ worker never delays the checks of the others.
 
 If this process itself was paused (Ctrl-Z, a suspended laptop), nobody is
 judged on the time it lost: every worker gets a fresh window.
+
+A check's answer also says which task the worker runs (``Servant.ping``): the
+link keeps it (``Link.running``), so that if the worker is lost later, the tasks
+of its chunk that had finished go back at no cost (``breaks.mark``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Optional
 
 from ..._core.logs import get_logger
 from .links import Link, LinkEvent, State
@@ -69,9 +73,11 @@ class Watcher:
         pending = link.pinging
         if pending is not None and pending.done():
             link.pinging = None
-            sent, answered = pending.result()
+            sent, answered, running = pending.result()
             if answered:
                 link.alive_at = max(link.alive_at, sent)
+            if running is not None:
+                link.running = (*running, sent)
         if now - link.alive_at >= link.heartbeat:
             if link.on(LinkEvent.SILENT) is State.SILENT:
                 if link.connection is not None:
@@ -85,13 +91,21 @@ class Watcher:
             link.pinging = self._checks.submit(_check, link, now)
 
 
-def _check(link: Link, sent: float) -> tuple[float, bool]:
-    """Ask the worker for proof of life; ``(when asked, whether it answered as itself)``."""
+def _check(link: Link, sent: float) -> tuple[float, bool, Optional[tuple[str, int, int]]]:
+    """Ask the worker for proof of life; ``(when asked, whether it answered as itself,
+    what it runs: (fid, first, mark), or None)``."""
     pinger = link.pinger
     try:
         assert pinger is not None
-        identity, _busy = pinger.call("ping")
+        identity, busy = pinger.call("ping")
     except Exception as exc:
         logger.debug("check of %s failed: %s", link.text, exc)
-        return sent, False
-    return sent, identity == link.identity
+        return sent, False, None
+    if identity != link.identity:
+        return sent, False, None
+    running = None
+    if isinstance(busy, (tuple, list)) and len(busy) == 3:  # (an older worker says only True)
+        fid, first, mark = busy
+        if isinstance(fid, str) and type(first) is int and type(mark) is int:
+            running = (fid, first, mark)
+    return sent, True, running

@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from ..._core.chunking import Chunk, ChunkQueue
 from ..._core.feed import Feed
@@ -37,12 +37,13 @@ from ..._core.logs import get_logger
 from ..._core.records import Batch, ChunkReply
 from ..._core.relay import capture_level
 from ..._core.serialization import rebuild
+from ..._core.shipping import Shipment
 from ...errors import WorkerCrashed
 from ...options import Options
 
 logger = get_logger(__name__)
 
-__all__ = ["Driver", "Work", "PIPELINE", "EXIT", "UNPARK", "backups", "held_at_once", "failed"]
+__all__ = ["Driver", "Target", "Work", "PIPELINE", "EXIT", "UNPARK", "backups", "held_at_once", "failed"]
 
 #: Chunks a worker holds at once: the one it runs, and the next, which waits at the
 #: worker's end of the connection so that it starts the moment the first is answered
@@ -51,6 +52,14 @@ PIPELINE = 2
 
 EXIT = object()  # a driver's last word on the outbox
 UNPARK = object()  # work came back while drivers that could run it had left: start them again
+
+
+class Target(NamedTuple):
+    """What a call runs: its name, the fingerprint of its code, and its shipment."""
+
+    name: str
+    code: str
+    shipment: Shipment
 
 
 class Driver(abc.ABC):
@@ -109,11 +118,15 @@ class Work:
         self.depth = held_at_once(options, pending.feed)
         # The lowest log level kept with what tasks print, or None; sent only when set.
         self.capture_level = capture_level(options)
-        self.ledger = Ledger(tasks, options.max_attempts, name=lambda driver: driver.name)
+        # A worker's mark is only what it last reported (``breaks``): a loss is laid on a
+        # task once it runs alone.
+        self.ledger = Ledger(tasks, options.max_attempts, name=lambda driver: driver.name,
+                             marks_at_death=False)
         # Per worker (its name): tasks measured and their seconds, so that a slow
         # worker's times do not make the others' chunks look slow (see ``take``).
         self.rates: dict[str, tuple[int, float]] = {}
         self.cond = threading.Condition()
+        # Set when the call ends: its work is finished (see ``_apply``), or the caller left.
         self.stop = threading.Event()
         # Set once every worker has been sent its first chunk (or given up): until then
         # no second chunk goes out, so that the last worker to get one does not wait
@@ -279,6 +292,8 @@ class Work:
             # end). Woken all for every chunk, 128 of them would cost a burst of wakeups:
             # one is enough to see whether what was learnt makes a backup copy due.
             if again or not self.ledger.busy:
+                if not self.ledger.busy and not self.pending and self.pending.exhausted:
+                    self.stop.set()  # finished: a driver waiting for its lost worker leaves now
                 self.cond.notify_all()
             elif self.backup:
                 self.cond.notify()
