@@ -16,10 +16,11 @@ the worker runs one, sends the next behind it (``PIPELINE``)::
 
 A worker takes a connection's calls one at a time, so a chunk sent behind another
 has not started until the one ahead was answered: if the connection breaks, the
-one ahead is judged (was the worker lost, or only its connection?) and those
-behind it go back at no cost. A worker that dials in would get its own driver,
-asked for chunks by its worker rather than pushing them; the call and the ledger
-stay as they are.
+one ahead is judged (was the worker lost, or only its connection? see ``breaks``)
+and those behind it go back at no cost. Connecting waits ``heartbeat`` seconds at
+most (a stopped worker's system still accepts the connection). A worker that
+dials in would get its own driver, asked for chunks by its worker rather than
+pushing them; the call and the ledger stay as they are.
 """
 
 from __future__ import annotations

@@ -299,7 +299,7 @@ class Work:
                 self.cond.notify()
             unpark = bool(again) and bool(self.parked)
         for settled in settlements:
-            for other in settled.break_off:  # they lost the race: their workers stop after this task
+            for other in settled.break_off:  # copies settled all they hold: their workers stop
                 other.break_off()
             if settled.fate is Fate.DROP:
                 logger.debug("dropped what %s said of a chunk: another copy decides", driver.name)
