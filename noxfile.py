@@ -101,7 +101,7 @@ def sklearn(session: nox.Session, mode: str) -> None:
     with why; ``--ezpool-mode=loky`` (``nox -s sklearn -- --ezpool-mode=loky``) runs
     the same tests on loky, to compare with.
     """
-    session.install("-e", ".", "scikit-learn", "pytest>=7", "pytest-timeout>=2.1")
+    session.install("-e", ".", "scikit-learn", "pandas", "pytest>=7", "pytest-timeout>=2.1")
     session.run(
         "python", "-m", "pytest", "-p", "tests.sklearn_plugin", f"--ezpool-mode={mode}", "-q",
         "-p", "no:cacheprovider", "--pyargs", *SKLEARN_TESTS, *session.posargs,
