@@ -124,7 +124,7 @@ class KeptPools:
                     return kept.executor
             idle = [kept for kept in self._pools if not kept.users]
             self._pools = [kept for kept in self._pools if kept.users]
-        _stop(idle, now=False)
+        _stop(idle, kill=False)
         executor = make()
         with self._lock:
             self._pools.append(_Kept(key, executor))
@@ -143,8 +143,8 @@ class KeptPools:
                 return
             ended = [old for old in self._pools if not old.users and (old.dropped or old is not kept)]
             self._pools = [old for old in self._pools if old not in ended]
-        _stop([old for old in ended if old.dropped], now=True)
-        _stop([old for old in ended if not old.dropped], now=False)
+        _stop([old for old in ended if old.dropped], kill=True, wait=False)  # the caller is raising
+        _stop([old for old in ended if not old.dropped], kill=False)
 
     def shutdown(self) -> None:
         """Stop every pool kept, those in use included: their processes and the workers
@@ -152,21 +152,21 @@ class KeptPools:
         self._forget_if_forked()
         with self._lock:
             pools, self._pools = self._pools, []
-        _stop(pools, now=True)
-        _stop(pools, now=False)
+        _stop(pools, kill=True)
 
     def _forget_if_forked(self) -> None:
         if self._pid != os.getpid():  # (the lock may be held by a thread the child does not have)
             self._pid, self._lock, self._pools = os.getpid(), threading.Lock(), []
 
 
-def _stop(pools: list[_Kept], now: bool) -> None:
-    """Stop ``pools``: ``now``, killing the workers they started (the calls there fail);
-    else once their calls have run, waiting for that."""
+def _stop(pools: list[_Kept], kill: bool, wait: bool = True) -> None:
+    """Stop ``pools``: with ``kill``, at once, killing (and waiting for) the workers they
+    started, whose calls fail; with ``wait``, wait for the calls running elsewhere to
+    end and the pools' processes to stop."""
     for kept in pools:
-        if now:
+        if kill:
             kept.executor.terminate_workers()
-        else:
+        if wait:
             kept.executor.shutdown(wait=True)
         logger.debug("stopped a kept %s pool of joblib's", kept.executor.mode)
 
