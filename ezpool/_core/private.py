@@ -31,7 +31,15 @@ from typing import Union
 
 from ..errors import SecurityError
 
-__all__ = ["open_private", "read_private", "check_private_dir", "make_private_dir", "SHARED_BITS"]
+__all__ = [
+    "open_private",
+    "read_private",
+    "check_private",
+    "problem_with",
+    "check_private_dir",
+    "make_private_dir",
+    "SHARED_BITS",
+]
 
 StrPath = Union[str, "os.PathLike[str]"]
 
@@ -94,31 +102,42 @@ def read_private(path: StrPath, what: str, limit: int = 1 << 20) -> bytes:
 
 
 def check_private(info: os.stat_result, shown: str, what: str, secret: bool = True) -> None:
-    """Refuse what ``info`` describes unless it is a regular file of this user's, not on a
-    pseudo file system, and (``secret``) private or (else) unwritable by others."""
+    """Raise ``SecurityError`` with :func:`problem_with`'s reason, if it finds one."""
+    reason = problem_with(info, shown, what, secret)
+    if reason:
+        raise SecurityError(reason)
+
+
+def problem_with(info: os.stat_result, shown: str, what: str, secret: bool = True) -> str:
+    """Why what ``info`` describes (``what`` at ``shown``) is not a file of this user's own, or ``""``.
+
+    Refused: anything but a regular file; a file on a pseudo file system; a file
+    another user owns; with ``secret``, any permission bit for group or others;
+    without, a write bit for them. Each reason ends with the command that fixes it.
+    """
     if not stat.S_ISREG(info.st_mode):
-        raise SecurityError(f"{what} {shown} is not a regular file")
+        return f"{what} {shown} is not a regular file"
     if _on_pseudo_file_system(info):
-        raise SecurityError(f"{what} {shown} is a file the kernel makes up (under /proc or /sys), not a file")
+        return f"{what} {shown} is a file the kernel makes up (under /proc or /sys), not a file"
     if not hasattr(os, "geteuid"):  # no POSIX owners or modes to check
-        return
+        return ""
     me = os.geteuid()
     if info.st_uid != me:
-        raise SecurityError(
+        return (
             f"{what} {shown} is owned by uid {info.st_uid}, not by you (uid {me}), who could change it; "
-            f"use a copy of your own (install -m 600 {shown} NEWPATH), or as root: chown {me} {shown}"
+            f"use one of your own, or as root: chown {me} {shown}"
         )
     mode = stat.S_IMODE(info.st_mode)
     if secret and mode & SHARED_BITS:
-        raise SecurityError(
+        return (
             f"{what} {shown} has permissions {mode:04o}: others can use it, so it is not a secret; "
             f"fix it with: chmod 600 {shown}"
         )
     if not secret and mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise SecurityError(
-            f"{what} {shown} has permissions {mode:04o}: others can change it; fix it with: "
-            f"chmod go-w {shown}"
+        return (
+            f"{what} {shown} has permissions {mode:04o}: others can write it; fix it with: chmod go-w {shown}"
         )
+    return ""
 
 
 def check_private_dir(directory: StrPath, what: str) -> None:

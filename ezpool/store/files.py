@@ -23,6 +23,7 @@ import stat
 from typing import NamedTuple, Optional
 
 from .._core.logs import get_logger
+from .._core.private import problem_with
 from ..errors import StoreError
 
 logger = get_logger(__name__)
@@ -87,22 +88,11 @@ def check_store_file(path: str, warn: bool = True) -> Optional[FileIdentity]:
 
 
 def _check(info: os.stat_result, shown: str, what: str) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        raise StoreError(f"the {what} {shown} is not a regular file")
-    if not hasattr(os, "geteuid"):  # no POSIX owners or modes to check
-        return
-    me = os.geteuid()
-    if info.st_uid != me:
+    reason = problem_with(info, shown, f"the {what}", secret=False)
+    if reason:
         raise StoreError(
-            f"the {what} {shown} is owned by uid {info.st_uid}, not by you (uid {me}): reading a store "
-            f"unpickles what it holds, which can run the code of whoever wrote it, so EzPool reads only "
-            f"your own; use a store of yours (another path), or as root: chown {me} {shown}"
-        )
-    if info.st_mode & _OTHERS_WRITE:
-        raise StoreError(
-            f"the {what} {shown} has permissions {stat.S_IMODE(info.st_mode):04o}: others can write it, "
-            f"and reading a store unpickles what it holds, which can run their code; if only you wrote "
-            f"it, fix it with: chmod go-w {shown}"
+            f"{reason}. Reading a store unpickles what it holds, which can run the code of whoever "
+            "wrote it, so EzPool reads only your own"
         )
 
 
