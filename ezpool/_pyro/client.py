@@ -344,6 +344,13 @@ def _connect_socket(uri: Any, timeout: Optional[float], tls: Optional[ssl.SSLCon
         return sock
     try:
         return tls.wrap_socket(sock, server_hostname=uri.host)
+    except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError) as exc:
+        # Hung up on mid-handshake, as a server shedding a flood of connections does:
+        # a connection closed, worth another try, not a refusal.
+        sock.close()
+        raise Pyro4.errors.ConnectionClosedError(
+            f"{uri.host}:{uri.port} closed the connection during the TLS handshake: {exc}"
+        ) from None
     except (OSError, ssl.SSLError) as exc:
         sock.close()
         raise Pyro4.errors.SecurityError(f"TLS with {uri.host}:{uri.port} failed: {exc}") from None

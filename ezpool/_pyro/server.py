@@ -161,7 +161,7 @@ class _Daemon(Pyro4.Daemon):
         super().__init__(host=host, port=port)
         self._pyroHmacKey = None  # never sign anything with the key before the peer proved it
         self._tls = tls
-        self.sessions = Sessions(limits)
+        self.sessions = Sessions(limits, tls=tls is not None)
 
     def _handshake(self, conn: Any, denied_reason: Optional[str] = None) -> bool:
         if denied_reason is not None:  # no thread free: close at once, reading nothing

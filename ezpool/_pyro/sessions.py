@@ -83,16 +83,18 @@ class Sessions:
     """Every connection's session, and the queues of those not yet authenticated.
 
     A connection that has not authenticated waits in one of two queues: ``idle``
-    until its first message (a TLS ClientHello, or Pyro4's connect) is in, then
-    ``busy``, where it goes to the back at each step it takes (the first message,
+    until its first message (a TLS ClientHello, or Pyro4's connect) is in (looked
+    at by its own thread, or at the moment it would be dropped), then ``busy``,
+    where it goes to the back at each step it takes (the first message,
     the TLS handshake, the connect answered). Past the cap, the oldest idle one is
     dropped first, then the busy one that has stood still longest: a client that
     answers at once is never dropped to make room for peers that are silent or
     drip bytes, however many they are.
     """
 
-    def __init__(self, limits: Limits = WORKER_LIMITS) -> None:
+    def __init__(self, limits: Limits = WORKER_LIMITS, tls: bool = False) -> None:
         self.limits = limits
+        self._tls = tls  # what a first message starts with: a TLS record, or Pyro4's header
         self._lock = threading.Condition()  # notified when a connection starts to wait
         self._all: dict[int, Session] = {}
         self._idle: collections.OrderedDict[int, Session] = collections.OrderedDict()
@@ -107,8 +109,14 @@ class Sessions:
             self._lock.notify_all()
             evicted = []
             while len(self._idle) + len(self._busy) > self.limits.connections:
-                queue = self._idle if self._idle else self._busy
-                evicted.append(queue.popitem(last=False)[1])
+                if not self._idle:
+                    evicted.append(self._busy.popitem(last=False)[1])
+                    continue
+                key, old = self._idle.popitem(last=False)
+                if self._has_spoken(old):  # its thread has not looked yet: it is busy
+                    self._busy[key] = old
+                else:
+                    evicted.append(old)
         for old in evicted:
             logger.debug("too many connections waiting to authenticate: dropping one that stands still")
             old.dropped = True
@@ -117,6 +125,15 @@ class Sessions:
 
     def get(self, connection: Any) -> Optional[Session]:
         return self._all.get(id(connection))
+
+    def _has_spoken(self, session: Session) -> bool:
+        """Whether an idle connection's first message is in, though its thread (held up
+        while others run) has not seen it yet."""
+        sock = getattr(session.connection, "sock", None)
+        try:
+            return sock is not None and _first_message_in(sock, self._tls)[0] is True
+        except (OSError, ValueError):
+            return False
 
     def progressed(self, session: Session) -> None:
         """``session`` took a step towards authenticating: to the back of the busy queue."""
@@ -194,18 +211,11 @@ def first_message(sock: socket.socket, session: Session, tls: bool) -> bool:
     rdhup = getattr(select, "POLLRDHUP", 0)
     if not rdhup:
         return True
-    needed = _TLS_HEADER if tls else _PYRO_HEADER
     try:
         while True:
-            peeked = _peek(sock, needed)
-            if len(peeked) >= needed:
-                length = _message_length(peeked, tls)
-                if length is None:
-                    return False
-                if min(length, FIRST_BYTES) <= needed:
-                    return True
-                needed = min(length, FIRST_BYTES)
-                continue
+            complete, needed = _first_message_in(sock, tls)
+            if complete is not None:
+                return complete
             left = session.seconds_left()
             if left <= 0 or session.dropped:
                 return False
@@ -222,11 +232,24 @@ def first_message(sock: socket.socket, session: Session, tls: bool) -> bool:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
 
-def _peek(sock: socket.socket, size: int) -> bytes:
-    try:
-        return socket.socket.recv(sock, size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return b""
+def _first_message_in(sock: Any, tls: bool) -> tuple[Optional[bool], int]:
+    """Whether the peer's first message is in ``sock``'s buffer, looked at without reading
+    or waiting: ``(True, _)`` yes, ``(False, _)`` it is not one, ``(None, bytes)`` not yet,
+    and how many bytes must be in before it is worth looking again."""
+    needed = _TLS_HEADER if tls else _PYRO_HEADER
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while True:
+        # Asked first: a socket with a time-out waits for data before it peeks.
+        peeked = socket.socket.recv(sock, needed, socket.MSG_PEEK) if poller.poll(0) else b""
+        if len(peeked) < needed:
+            return None, needed
+        length = _message_length(peeked, tls)
+        if length is None:
+            return False, needed
+        if min(length, FIRST_BYTES) <= needed:
+            return True, needed
+        needed = min(length, FIRST_BYTES)
 
 
 def _message_length(header: bytes, tls: bool) -> Optional[int]:
