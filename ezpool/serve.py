@@ -71,9 +71,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         _log_to_stderr(args.verbose)
     try:
         key, tls = _security(args)
+        ns_tls = _name_server_tls(args)
         if args.procs > 1:
             return _serve_many(args)
-        return _serve_one(args, key, tls)
+        return _serve_one(args, key, tls, ns_tls)
     except ServeError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
@@ -175,6 +176,14 @@ def _parser(prog: str = "ezpool-serve") -> argparse.ArgumentParser:
         "--tls-require-client-cert", action="store_true",
         help="accept only clients with a certificate signed by --tls-ca",
     )
+    parser.add_argument(
+        "--ns-tls-ca", type=Path, metavar="PEM",
+        help="reach the name server over TLS, checking its certificate against this CA",
+    )
+    parser.add_argument(
+        "--ns-tls-cert", type=Path, metavar="PEM", help="certificate to show a TLS name server"
+    )
+    parser.add_argument("--ns-tls-key", type=Path, metavar="PEM", help="the private key of --ns-tls-cert")
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     return parser
 
@@ -227,6 +236,25 @@ def _security(args: argparse.Namespace) -> tuple[Optional[bytes], Optional[ssl.S
     return key, tls
 
 
+def _name_server_tls(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    """The TLS context to reach the name server with (``--ns-tls-*``), if any."""
+    from .security import client_tls_context
+
+    given = [args.ns_tls_ca, args.ns_tls_cert, args.ns_tls_key]
+    if not any(given):
+        return None
+    if not args.ns:
+        raise ServeError("--ns-tls-ca, --ns-tls-cert and --ns-tls-key need --ns, the name server to reach")
+    if args.ns_tls_ca is None:
+        raise ServeError(
+            "--ns-tls-cert and --ns-tls-key need --ns-tls-ca, the CA of the name server's certificate"
+        )
+    try:
+        return client_tls_context(*given)
+    except SecurityError as exc:
+        raise ServeError(str(exc)) from None
+
+
 def load_target(spec: str) -> Any:
     """Import ``MODULE:NAME`` and return the object; ``ServeError`` says what is wrong."""
     module_part, _, name = spec.rpartition(":")
@@ -266,7 +294,12 @@ def _import(module_part: str) -> ModuleType:
         raise ServeError(f"cannot import {module_part!r}: {type(exc).__name__}: {exc}") from None
 
 
-def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl.SSLContext]) -> int:
+def _serve_one(
+    args: argparse.Namespace,
+    key: Optional[bytes],
+    tls: Optional[ssl.SSLContext],
+    ns_tls: Optional[ssl.SSLContext] = None,
+) -> int:
     from . import _pyro
     from ._worker.faults import FAULTS_ENV, Faults
     from ._worker.registration import Registration
@@ -308,7 +341,9 @@ def _serve_one(args: argparse.Namespace, key: Optional[bytes], tls: Optional[ssl
         if args.ns:
             registered = f"{args.ns_prefix}{args.name}.{args.host}.{args.port}"
             try:
-                keeper = Registration(args.ns, registered, server.uri, args.ns_prefix, key, args.ns_refresh)
+                keeper = Registration(
+                    args.ns, registered, server.uri, args.ns_prefix, key, args.ns_refresh, ns_tls
+                )
                 keeper.start()  # a name server that is down is waited for; a refused key is not
             except (EzPoolError, ValueError) as exc:
                 raise ServeError(f"cannot register with the name server at {args.ns}: {exc}") from None
@@ -383,7 +418,7 @@ def _child_args(args: argparse.Namespace, port: int) -> list[str]:
         command += ["--hmac-key-file", str(args.hmac_key_file)]
     if args.insecure:
         command.append("--insecure")
-    for flag in ("tls_cert", "tls_key", "tls_ca"):
+    for flag in ("tls_cert", "tls_key", "tls_ca", "ns_tls_ca", "ns_tls_cert", "ns_tls_key"):
         if getattr(args, flag) is not None:
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.tls_require_client_cert:

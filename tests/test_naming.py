@@ -232,3 +232,33 @@ def test_the_name_server_checks_its_tls_flags(core_child_env, certificates):
         done = subprocess.run([sys.executable, "-m", "ezpool.nameserver", "--port", str(free_port()), *flags],
                               capture_output=True, text=True, timeout=60, env=core_child_env)
         assert done.returncode == 1 and message in done.stderr, (flags, done.stderr)
+
+
+def test_serve_registers_with_a_tls_name_server_and_a_tls_client_finds_it(serve, start_daemon, certificates):
+    d = certificates
+    tls = ("--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server-key.pem"))
+    port = free_port()
+    start_daemon([sys.executable, "-m", "ezpool.nameserver", "--port", str(port), *tls])
+    ns = f"127.0.0.1:{port}"
+    to_ns = ("--ns", ns, "--ns-tls-ca", str(d / "ca.pem"))
+    served = serve("tests._workers:Square", "--procs", "2", *to_ns, *tls)
+    deadline = time.monotonic() + 30
+    while len(list_workers(ns, tls_ca=d / "ca.pem")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    found = list_workers(ns, tls_ca=d / "ca.pem")
+    assert len(found) == 2 and set(served.uris) <= set(found), (found, served.uris)
+    with Pool(spawn=False, tls_ca=d / "ca.pem") as pool:
+        assert pool.dmap(Square, [2, 3], workers=found) == {2: 4, 3: 9}
+
+
+def test_serve_checks_its_name_server_tls_flags(core_child_env, certificates):
+    import subprocess
+
+    d = certificates
+    for flags, message in [
+        (["--ns-tls-ca", str(d / "ca.pem")], "need --ns"),
+        (["--ns", "127.0.0.1:1", "--ns-tls-cert", str(d / "client.pem")], "need --ns-tls-ca"),
+    ]:
+        done = subprocess.run([sys.executable, "-m", "ezpool.serve", "--port", str(free_port()), *flags],
+                              capture_output=True, text=True, timeout=60, env=core_child_env)
+        assert done.returncode == 1 and message in done.stderr, (flags, done.stderr)
