@@ -1,4 +1,4 @@
-"""Finding workers through a Pyro4 name server instead of listing their URIs.
+"""Finding workers through a name server (python -m ezpool.nameserver) instead of listing their URIs.
 
 A worker started with ``serve --ns`` registers as ``<prefix><name>.<host>.<port>``
 and stamps its entry's metadata every few seconds (``ezpool._worker.registration``):

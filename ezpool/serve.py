@@ -152,7 +152,7 @@ def _parser(prog: str = "ezpool-serve") -> argparse.ArgumentParser:
     parser.add_argument(
         "--procs", type=_positive, default=1, metavar="N", help="worker processes to start (default 1)"
     )
-    parser.add_argument("--ns", metavar="HOST[:PORT]", help="register with this Pyro4 name server")
+    parser.add_argument("--ns", metavar="HOST[:PORT]", help="register with this EzPool name server")
     parser.add_argument("--ns-prefix", default="ezpool.", help="prefix of registered names")
     parser.add_argument(
         "--ns-refresh",
