@@ -38,7 +38,7 @@ nitpick_ignore_regex = [
     # The option parameters of Pool's methods are typed as in ezpool.options, whose
     # aliases (and types.ModuleType, imported by name) show as written; R is the
     # value type of Results, explained on Results itself.
-    ("py:class", r"ModuleType|PathText|ProgressHook|R|Workers"),
+    ("py:class", r"ModuleType|PathText|StrPath|ProgressHook|R|Workers"),
     # Each method's options are the TypedDict group of its mode, described on Options.
     ("py:class", r"Unpack\[\w+Options\]|Unpack|\w+Options"),
     ("py:obj", r"ezpool\.results\.R"),
