@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import signal
-import ssl
 import sys
 import threading
 from pathlib import Path
 from typing import Optional
 
 from ._core.logs import get_logger
+from ._core.tls_contexts import add_server_tls_flags, server_tls_from_flags
 from .errors import SecurityError
 
 logger = get_logger(__name__)
@@ -38,7 +38,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     try:
         key = resolve_key(None, key_file=args.hmac_key_file, insecure=args.insecure)
-        tls = _tls(args)
+        tls = server_tls_from_flags(args)
     except SecurityError as exc:
         print(f"ezpool.nameserver: error: {exc}", file=sys.stderr)
         return 1
@@ -61,21 +61,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def _tls(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
-    """The TLS context to serve with (``None``: plain TCP); ``SecurityError`` says what to fix."""
-    from .security import server_tls_context
-
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise SecurityError("--tls-cert and --tls-key go together")
-    if args.tls_require_client_cert and args.tls_ca is None:
-        raise SecurityError("--tls-require-client-cert needs --tls-ca, the CA of the clients' certificates")
-    if args.tls_cert is None:
-        if args.tls_ca is not None:
-            raise SecurityError("--tls-ca needs --tls-cert and --tls-key, the name server's own certificate")
-        return None
-    return server_tls_context(args.tls_cert, args.tls_key, args.tls_ca, args.tls_require_client_cert)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ezpool.nameserver",
@@ -85,13 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=9090, help="port to listen on (default 9090)")
     parser.add_argument("--hmac-key-file", type=Path, metavar="PATH", help="file holding the shared key")
     parser.add_argument("--insecure", action="store_true", help="run without a key (anyone may change it)")
-    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve over TLS with this certificate")
-    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
-    parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA that signed the clients' certificates")
-    parser.add_argument(
-        "--tls-require-client-cert", action="store_true",
-        help="accept only clients with a certificate signed by --tls-ca",
-    )
+    add_server_tls_flags(parser, "name server")
     return parser
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Optional
 
+from ._core.tls_contexts import add_server_tls_flags, server_tls_from_flags
 from .errors import SecurityError, ServeError
 from .worker import BaseWorker
 
@@ -169,13 +170,7 @@ def _parser(prog: str = "ezpool-serve") -> argparse.ArgumentParser:
         "--insecure", action="store_true",
         help="use no key at all: anyone who can reach the port runs code here (clients need insecure=True)",
     )
-    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve over TLS with this certificate")
-    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
-    parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA that signed the clients' certificates")
-    parser.add_argument(
-        "--tls-require-client-cert", action="store_true",
-        help="accept only clients with a certificate signed by --tls-ca",
-    )
+    add_server_tls_flags(parser, "worker")
     parser.add_argument(
         "--ns-tls-ca", type=Path, metavar="PEM",
         help="reach the name server over TLS, checking its certificate against this CA",
@@ -216,7 +211,7 @@ def _seconds(text: str) -> float:
 
 def _security(args: argparse.Namespace) -> tuple[Optional[bytes], Optional[ssl.SSLContext]]:
     """The key and TLS context to serve with, or a ``ServeError`` that says what to fix."""
-    from .security import is_loopback_host, resolve_key, server_tls_context
+    from .security import is_loopback_host, resolve_key
 
     try:
         key = resolve_key(None, key_file=args.hmac_key_file, insecure=args.insecure)
@@ -224,13 +219,7 @@ def _security(args: argparse.Namespace) -> tuple[Optional[bytes], Optional[ssl.S
             logger.warning(
                 "listening on %s without a key: anyone who can reach it can run code here", args.host
             )
-        if (args.tls_cert is None) != (args.tls_key is None):
-            raise ServeError("--tls-cert and --tls-key go together")
-        if args.tls_require_client_cert and args.tls_ca is None:
-            raise ServeError("--tls-require-client-cert needs --tls-ca, the CA of the clients' certificates")
-        tls = None
-        if args.tls_cert is not None:
-            tls = server_tls_context(args.tls_cert, args.tls_key, args.tls_ca, args.tls_require_client_cert)
+        tls = server_tls_from_flags(args)
     except SecurityError as exc:
         raise ServeError(str(exc)) from None
     return key, tls

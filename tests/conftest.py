@@ -37,6 +37,21 @@ def _own_config_dir(tmp_path_factory):
             os.environ[name] = value
 
 
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private CA and certificates for 127.0.0.1 (``python -m ezpool.tls init``), for the session."""
+    pytest.importorskip("cryptography", reason="TLS files are made with cryptography (the tls extra)")
+    import subprocess
+
+    directory = tmp_path_factory.mktemp("tls") / "cluster"
+    done = subprocess.run(
+        [sys.executable, "-m", "ezpool.tls", "init", str(directory), "--host", "127.0.0.1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return directory
+
+
 @pytest.fixture
 def core_child_env() -> dict[str, str]:
     """Environment for a child interpreter that imports this checkout's ezpool."""

@@ -8,10 +8,7 @@ deadline (5 s): peers that never finish it are dropped like any other.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -38,16 +35,6 @@ SILENT, SLOW_HELLOS = 600, 300
 DMAPS = 10
 
 
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("cryptography", reason="TLS files are made with cryptography (the tls extra)")
-    directory = tmp_path_factory.mktemp("tls") / "cluster"
-    done = subprocess.run(
-        [sys.executable, "-m", "ezpool.tls", "init", str(directory), "--host", "127.0.0.1"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return directory
 
 
 def test_silent_and_slow_tls_peers_do_not_lock_keyed_clients_out_of_a_tls_worker(

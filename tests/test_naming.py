@@ -179,18 +179,6 @@ def test_the_name_server_takes_hundreds_of_registrations_at_once(name_server):
 # --- the name server over TLS ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory):
-    pytest.importorskip("cryptography", reason="TLS files are made with cryptography (the tls extra)")
-    import subprocess
-
-    directory = tmp_path_factory.mktemp("tls") / "cluster"
-    done = subprocess.run(
-        [sys.executable, "-m", "ezpool.tls", "init", str(directory), "--host", "127.0.0.1"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return directory
 
 
 def test_a_name_server_over_tls_serves_list_workers_registrations_and_pyroname(

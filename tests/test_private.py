@@ -259,21 +259,12 @@ def test_new_key_force_replaces_a_link_and_not_what_it_points_to(tmp_path: Path)
 # --- item 8: TLS private keys and the folder tls init writes into ---
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("cryptography")
-    directory = tmp_path_factory.mktemp("tls") / "cluster"
-    done = subprocess.run(
-        [sys.executable, "-m", "ezpool.tls", "init", str(directory), "--host", "127.0.0.1"],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-    )
-    assert done.returncode == 0, done
-    return directory
 
 
-def test_a_tls_private_key_others_can_read_is_refused(cluster: Path, tmp_path: Path) -> None:
+def test_a_tls_private_key_others_can_read_is_refused(certificates: Path, tmp_path: Path) -> None:
     from ezpool.security import client_tls_context, server_tls_context
 
+    cluster = certificates
     shared = tmp_path / "server-key.pem"
     shutil.copy(cluster / "server-key.pem", shared)
     shared.chmod(0o644)

@@ -104,16 +104,6 @@ def test_the_loopback_guard_resolves_names():
 # --- TLS ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory):
-    pytest.importorskip("cryptography", reason="TLS files are made with cryptography (the tls extra)")
-    directory = tmp_path_factory.mktemp("tls") / "cluster"
-    done = subprocess.run(
-        [sys.executable, "-m", "ezpool.tls", "init", str(directory), "--host", "127.0.0.1"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return directory
 
 
 def test_tls_with_client_certificates_works_and_refuses_clients_without_one(serve, certificates):

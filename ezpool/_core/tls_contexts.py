@@ -6,14 +6,21 @@ makes the files they read.
 
 from __future__ import annotations
 
+import argparse
 import os
 import ssl
+from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import SecurityError
 from .private import check_private
 
-__all__ = ["server_tls_context", "client_tls_context"]
+__all__ = [
+    "server_tls_context",
+    "client_tls_context",
+    "add_server_tls_flags",
+    "server_tls_from_flags",
+]
 
 StrPath = Union[str, "os.PathLike[str]"]
 
@@ -121,3 +128,31 @@ def _check_private_key(keyfile: Optional[str], certfile: str) -> None:
                 return
     path = keyfile or certfile
     check_private(os.stat(path), path, "the TLS private key")
+
+
+def add_server_tls_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """The ``--tls-*`` flags of a command that serves (``what``: "worker", "name server")."""
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve over TLS with this certificate")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA that signed the clients' certificates")
+    parser.add_argument(
+        "--tls-require-client-cert", action="store_true",
+        help="accept only clients with a certificate signed by --tls-ca",
+    )
+    parser.set_defaults(tls_what=what)
+
+
+def server_tls_from_flags(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    """The TLS context the ``--tls-*`` flags ask for (``None``: plain TCP); a ``SecurityError``
+    says which flags do not go together."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SecurityError("--tls-cert and --tls-key go together")
+    if args.tls_require_client_cert and args.tls_ca is None:
+        raise SecurityError("--tls-require-client-cert needs --tls-ca, the CA of the clients' certificates")
+    if args.tls_cert is None:
+        if args.tls_ca is not None:
+            raise SecurityError(
+                f"--tls-ca needs --tls-cert and --tls-key, the {args.tls_what}'s own certificate"
+            )
+        return None
+    return server_tls_context(args.tls_cert, args.tls_key, args.tls_ca, args.tls_require_client_cert)
