@@ -321,7 +321,7 @@ def _serve_one(
         threading.Thread(target=_stop_with_parent, args=(args.parent_pid, ask_stop), daemon=True).start()
     servant = Servant(instance, on_restart=ask_restart, faults=faults)
     try:
-        server = _pyro.Server(servant, args.host, args.port, args.name, key, tls)
+        server = _pyro.Server(_pyro.worker_methods(servant), args.host, args.port, args.name, key, tls)
     except OSError as exc:
         raise ServeError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     registration = None

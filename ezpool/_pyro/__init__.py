@@ -24,7 +24,7 @@ from ..errors import AuthenticationError, WorkerUnavailable
 from .client import Connection, ConnectionRefused, KeyRefused
 from .names import NS_PORT, NameServer, name_server_uri, resolve
 from .registry import NameServerProcess
-from .server import Server, configure_worker_process
+from .server import Server, configure_worker_process, worker_methods
 
 logger = get_logger(__name__)
 
@@ -39,6 +39,7 @@ __all__ = [
     "PyroError",
     "Connection",
     "Server",
+    "worker_methods",
     "configure_worker_process",
     "NS_PORT",
     "NameServer",

@@ -3,8 +3,8 @@
 See ``client`` for the exchange. A ``Server`` serves one table of methods (a
 worker's, from ``worker_methods``, or the name server's registry) under one
 object name. What an unauthenticated peer can cost it is bounded by ``sessions``:
-one of at most ``Limits.connections`` waiting slots (the oldest is dropped when a
-new one comes), for at most ``Limits.seconds`` from the moment it was accepted,
+one of at most ``Limits.connections`` waiting slots (past them, one that stands
+still is dropped), for at most ``Limits.seconds`` from the moment it was accepted,
 TLS handshake included, and messages of at most ``Limits.bytes``. The TLS
 handshake, if any, runs in the connection's own thread, never in the accept
 loop, on a socket the deadline and the cap can hang up, so a silent or slow peer
@@ -94,13 +94,13 @@ def configure_server_process(threads: int) -> None:
 class Server:
     """A hardened Pyro4 daemon serving one table of methods, with its request loop in a thread.
 
-    ``methods`` maps each name a client may call to what runs it; a worker's
-    ``Servant`` (anything else than a mapping) is served with ``worker_methods``.
+    ``methods`` maps each name a client may call to what runs it (a worker's:
+    ``worker_methods(servant)``).
     """
 
     def __init__(
         self,
-        methods: Any,
+        methods: Mapping[str, Callable[..., Any]],
         host: str,
         port: int,
         name: str,
@@ -108,9 +108,8 @@ class Server:
         tls: Optional[ssl.SSLContext] = None,
         limits: Limits = WORKER_LIMITS,
     ) -> None:
-        table = dict(methods) if isinstance(methods, Mapping) else worker_methods(methods)
         self._daemon = _Daemon(host, port, hmac_key, tls, limits)
-        exposed = ExposedServant(table, self._daemon.sessions, hmac_key)
+        exposed = ExposedServant(methods, self._daemon.sessions, hmac_key)
         self.uri = str(self._daemon.register(exposed, name))
         self._thread = threading.Thread(target=self._daemon.requestLoop, daemon=True, name="ezpool-daemon")
         self._stopped = threading.Event()

@@ -42,7 +42,7 @@ __all__ = [
     "PREAUTH_BYTES",
 ]
 
-#: Connections that may wait for authentication at once (a worker); the oldest goes first.
+#: Connections that may wait for authentication at once (a worker); see ``Sessions``.
 PREAUTH_CONNECTIONS = 32
 #: Seconds a connection has, from the moment it is accepted, to authenticate.
 PREAUTH_SECONDS = 5.0

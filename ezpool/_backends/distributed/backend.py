@@ -60,9 +60,10 @@ from ...options import DEFAULT_WORKER, Options
 from ..base import Backend
 from .call import Call
 from .connect import can_start, fits, hello, may_start, name_of, not_started, version_table
-from .crew import Crew, Started
+from .crew import Crew
 from .drivers import PushDriver, Target
 from .links import Link, LinkEvent, State
+from .started import Started
 from .watch import Watcher
 from .work import Work, held_at_once
 
