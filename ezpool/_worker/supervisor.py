@@ -13,7 +13,8 @@
       ├─ else: say on stderr which, and how (a SIGKILL after an OOM kill in its memory
       │   cgroup: out of memory), and start it again at the same port, hence the same URI
       └─ past ``RESTARTS`` restarts within ``WINDOW`` seconds: give it up, the others go on
-    SIGINT or SIGTERM: stop them all (SIGTERM, then SIGKILL after 5 s), exit 0
+    SIGINT or SIGTERM: say which died since the last look, stop them all (SIGTERM, then
+    SIGKILL after 5 s), exit 0
 
 ``serve_many`` returns 1 once no child is left serving, if any of them failed.
 """
@@ -139,6 +140,13 @@ def serve_many(
                 status = 1 if slot.done and slot.process.returncode != 0 else status
             if all(slot.done for slot in slots):
                 break
+        else:  # asked to stop: a death since the last look is still said, not restarted
+            for slot in slots:
+                child = None if slot.done else slot.child
+                code = None if child is None else child.process.poll()
+                if child is not None and code not in (None, 0, -signal.SIGINT, -signal.SIGTERM):
+                    say(f"{slot.name(len(slots))} {child.ended() or 'ended'}; not started again: "
+                        "serve is stopping")
     finally:
         _stop_all(slots)
     return status
