@@ -15,6 +15,7 @@ __all__ = [
     "SecurityError",
     "StoreError",
     "StoreMismatch",
+    "ClusterError",
 ]
 
 
@@ -89,3 +90,8 @@ class StoreError(EzPoolError):
 
 class StoreMismatch(StoreError):
     """A store holds outcomes of another version of the function (its code or captured values)."""
+
+
+class ClusterError(EzPoolError):
+    """Workers could not be started on a cluster (SLURM, SSH), or none of those started can join:
+    the message names the host or job, and what it said."""
