@@ -139,6 +139,18 @@ class Host:
         self.network.processes.append(process)
         return process
 
+    def pids(self) -> list[int]:
+        """Every process in this host's namespace now (``ip netns pids``), started by us or not."""
+        return [int(pid) for pid in ip("netns", "pids", self.namespace).split()]
+
+    def command_lines(self) -> dict[int, str]:
+        """The command line of every process in this host now, its arguments joined by spaces."""
+        lines = {}
+        for pid in self.pids():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as file:
+                lines[pid] = file.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        return lines
+
     def cut(self) -> None:
         """Cut this host off: from now on, packets either way vanish."""
         ip("link", "set", self.link, "down")

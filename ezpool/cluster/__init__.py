@@ -8,5 +8,6 @@ the system's ``ssh``; inside a SLURM allocation, ``workers="slurm"`` starts them
 from __future__ import annotations
 
 from .base import Cluster, Joining, worker_command
+from .ssh import SSH
 
-__all__ = ["Cluster", "Joining", "worker_command"]
+__all__ = ["Cluster", "Joining", "SSH", "worker_command"]
