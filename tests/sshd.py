@@ -37,13 +37,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-import pytest
-
-from tests import hosts
-from tests.conftest import REPO_ROOT
 from tests.hosts import Host, Network
 
-__all__ = ["unavailable", "Sshd", "Servers", "ssh_ready", "ssh_network", "ssh_servers"]
+__all__ = ["unavailable", "Sshd", "Servers"]
 
 SSHD = "/usr/sbin/sshd"
 #: The directory ``sshd`` checks for privilege separation before it starts.
@@ -251,30 +247,8 @@ def _comm(pid: int) -> str:
         return ""
 
 
-# --- fixtures: import them into a test module by name ---
-
-
-@pytest.fixture(scope="session")
-def ssh_ready() -> None:
-    """Once a session: skip unless namespaces and OpenSSH are here; remove what dead sessions left."""
-    reason = hosts.unavailable() or unavailable()
-    if reason:
-        pytest.skip(reason)
-    hosts.sweep()
-
-
-@pytest.fixture
-def ssh_network(ssh_ready):
-    """Two hosts, removed with everything running in them after the test."""
-    with hosts.Network(2) as net:
-        yield net
-
-
-@pytest.fixture
-def ssh_servers(ssh_network, tmp_path):
-    """An ``sshd`` in each host (``h0``, ``h1``); sessions import this checkout (``PYTHONPATH``)."""
-    servers = Servers(ssh_network, tmp_path / "ssh", env={"PYTHONPATH": str(REPO_ROOT)})
+def _comm(pid: int) -> str:
     try:
-        yield servers
-    finally:
-        servers.close()
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""

@@ -20,10 +20,37 @@ import pytest
 
 from ezpool.cluster import SSH, Joining
 from ezpool.errors import ClusterError
-from tests.sshd import ssh_network, ssh_ready, ssh_servers  # noqa: F401 - fixtures
+from tests import hosts, sshd
+from tests.conftest import REPO_ROOT
 
 #: A key for ``Joining``s that no pool checks (the cluster only carries it).
 KEY = secrets.token_hex(32).encode("ascii")
+
+
+@pytest.fixture(scope="module")
+def _ready():
+    """Once a module: skip unless namespaces and OpenSSH are here; remove what dead sessions left."""
+    reason = hosts.unavailable() or sshd.unavailable()
+    if reason:
+        pytest.skip(reason)
+    hosts.sweep()
+
+
+@pytest.fixture
+def ssh_network(_ready):
+    """Two hosts, removed with everything running in them after the test."""
+    with hosts.Network(2) as net:
+        yield net
+
+
+@pytest.fixture
+def ssh_servers(ssh_network, tmp_path):
+    """An ``sshd`` in each host (``h0``, ``h1``); their sessions import this checkout (``PYTHONPATH``)."""
+    servers = sshd.Servers(ssh_network, tmp_path / "ssh", env={"PYTHONPATH": str(REPO_ROOT)})
+    try:
+        yield servers
+    finally:
+        servers.close()
 
 
 def joining(address: str = "127.0.0.1:9", key: bytes = KEY) -> Joining:
