@@ -8,6 +8,7 @@ the system's ``ssh``; inside a SLURM allocation, ``workers="slurm"`` starts them
 from __future__ import annotations
 
 from .base import Cluster, Joining, worker_command
+from .slurm import Slurm
 from .ssh import SSH
 
-__all__ = ["Cluster", "Joining", "SSH", "worker_command"]
+__all__ = ["Cluster", "Joining", "Slurm", "SSH", "worker_command"]

@@ -1,0 +1,301 @@
+"""A real SLURM for the tests: munged, slurmctld and slurmd of the distribution's packages.
+
+``LocalSlurm()`` starts, as root, a one-node cluster of its own in a fresh directory
+(short, under /tmp: munge's socket path must fit in 108 bytes), with no accounting
+database, on free ports, so that it touches no SLURM or munge the machine may run::
+
+    /tmp/ezp-slurm-<pid>-XXXX/          mode 0711 (munged wants its socket's folder searchable)
+        munge.key munge.sock            munged --key-file --socket: a key of its own
+        slurm.conf                      AuthInfo=socket=... points SLURM at that munged
+        state/ spool/ log/              StateSaveLocation, SlurmdSpoolDir, the daemons' logs
+
+    munged -F ──▶ slurmctld -D ──▶ slurmd -D -N localhost      (each in a session of its own)
+
+The node, ``localhost`` at 127.0.0.1, declares ``CPUS`` CPUs whatever the machine has
+(``SlurmdParameters=config_overrides``), so that several jobs run side by side.
+``KillWait`` is short, so that a cancelled job is gone within seconds. Clients find
+the cluster through ``SLURM_CONF`` (``LocalSlurm.env``, or ``os.environ`` once the
+fixture sets it).
+
+Every process of a job (the batch shell, ``srun``'s tasks, the workers they start)
+carries ``SLURM_CONF`` and ``SLURM_JOB_ID`` in its environment: ``job_processes()``
+finds the ones still alive, which is how the tests see that nothing outlives a job.
+``close()`` cancels every job, kills what is left of them and the daemons, and removes
+the directory; ``sweep()`` removes what a test session that died left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["CPUS", "NODE", "LocalSlurm", "unavailable", "sweep"]
+
+#: The one node's name, and the CPUs it declares.
+NODE = "localhost"
+CPUS = 8
+#: Every directory of these clusters is ``/tmp/PREFIX<pid>-XXXX``.
+PREFIX = "ezp-slurm-"
+#: What the tests need, from Debian's slurmctld, slurmd, slurm-client and munge.
+BINARIES = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "srun", "salloc", "squeue", "scancel",
+            "sinfo", "scontrol")
+
+_OWNED = re.compile(rf"/{re.escape(PREFIX)}(\d+)-[^/]+/slurm\.conf")
+
+
+def unavailable() -> Optional[str]:
+    """Why a SLURM cannot be started here, or ``None`` when it can."""
+    if not sys.platform.startswith("linux"):
+        return "the test SLURM needs Linux"
+    if os.geteuid() != 0:
+        return "the test SLURM runs its daemons as root (CI runs the tests as root)"
+    missing = [name for name in BINARIES if shutil.which(name, path=_path()) is None]
+    if missing:
+        return (f"SLURM or munge is not installed ({', '.join(missing)} missing): "
+                "apt-get install slurmctld slurmd slurm-client munge")
+    return None
+
+
+def _path() -> str:
+    """PATH with the sbin folders, where Debian puts the daemons."""
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    return os.pathsep.join(folders + [f for f in ("/usr/sbin", "/sbin") if f not in folders])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalSlurm:
+    """A one-node SLURM, started now and ready (its node idle); ``close()`` removes it all."""
+
+    def __init__(self, cpus: int = CPUS, ready_within: float = 60.0) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir="/tmp"))
+        self.conf = self.directory / "slurm.conf"
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": _path()}
+        self.daemons: list[subprocess.Popen[bytes]] = []
+        try:
+            self.directory.chmod(0o711)
+            for folder in ("state", "spool", f"spool/{NODE}", "log"):
+                (self.directory / folder).mkdir(mode=0o700)
+            self._start_munge()
+            self._write_conf(cpus)
+            self._start("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
+            self._start("slurmd", ["slurmd", "-D", "-N", NODE, "-f", str(self.conf)])
+            self._wait_idle(ready_within)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> LocalSlurm:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- starting ---
+
+    def _start_munge(self) -> None:
+        key = self.directory / "munge.key"
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(1024))
+        d = self.directory
+        self._start("munged", [
+            "munged", "-F", f"--key-file={key}", f"--socket={d / 'munge.sock'}",
+            f"--pid-file={d / 'munged.pid'}", f"--log-file={d / 'log' / 'munged.log'}",
+            f"--seed-file={d / 'munged.seed'}",
+        ])
+        deadline = time.monotonic() + 20
+        while True:
+            probe = subprocess.run(["munge", "-n", "-S", str(d / "munge.sock")], capture_output=True,
+                                   env=self.env, timeout=10, check=False)
+            if probe.returncode == 0:
+                return
+            if time.monotonic() > deadline or self.daemons[-1].poll() is not None:
+                raise RuntimeError(f"munged did not start: {probe.stderr.decode().strip()}\n{self.logs()}")
+            time.sleep(0.1)
+
+    def _write_conf(self, cpus: int) -> None:
+        d = self.directory
+        lines = [
+            "ClusterName=ezptest",
+            "SlurmctldHost=localhost(127.0.0.1)",
+            f"SlurmctldPort={_free_port()}",
+            f"SlurmdPort={_free_port()}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={d / 'munge.sock'}",
+            f"StateSaveLocation={d / 'state'}",
+            f"SlurmdSpoolDir={d / 'spool'}/%n",
+            f"SlurmctldPidFile={d / 'slurmctld.pid'}",
+            f"SlurmdPidFile={d / 'slurmd'}-%n.pid",
+            f"SlurmctldLogFile={d / 'log' / 'slurmctld.log'}",
+            f"SlurmdLogFile={d / 'log'}/slurmd-%n.log",
+            "AccountingStorageType=accounting_storage/none",
+            "JobCompType=jobcomp/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "SlurmdParameters=config_overrides",
+            "MpiDefault=none",
+            "ReturnToService=2",
+            "KillWait=5",
+            "MinJobAge=30",
+            "InactiveLimit=0",
+            f"NodeName={NODE} NodeAddr=127.0.0.1 CPUs={cpus} Boards=1 SocketsPerBoard=1 "
+            f"CoresPerSocket={cpus} ThreadsPerCore=1 RealMemory=4000 State=UNKNOWN",
+            f"PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP",
+        ]
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        with open(self.directory / "log" / f"{name}.out", "wb") as out:
+            self.daemons.append(subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                start_new_session=True,
+            ))
+
+    def _wait_idle(self, within: float) -> None:
+        deadline = time.monotonic() + within
+        state = ""
+        while time.monotonic() < deadline:
+            for daemon in self.daemons:
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"{daemon.args[0]} exited ({daemon.returncode}):\n{self.logs()}")
+            done = self.run(["sinfo", "-h", "-n", NODE, "-o", "%T"], check=False)
+            state = done.stdout.strip()
+            if state == "idle":
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"node {NODE} is {state or 'unknown'} after {within} s:\n{self.logs()}")
+
+    # --- using ---
+
+    def run(self, argv: list[str], check: bool = True, timeout: float = 30.0,
+            input: Optional[str] = None) -> subprocess.CompletedProcess[str]:
+        """Run a SLURM client command against this cluster; with ``check``, fail on its errors."""
+        done = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=timeout,
+                              input=input, check=False)
+        if check and done.returncode:
+            raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
+        return done
+
+    def jobs(self) -> dict[str, str]:
+        """Every job this cluster still lists (ended ones for ``MinJobAge``), id to state."""
+        listed = self.run(["squeue", "-h", "-r", "--states=all", "-o", "%i %T"]).stdout.split("\n")
+        return dict(line.split() for line in listed if line.strip())
+
+    def live_jobs(self) -> list[str]:
+        """The jobs not ended yet (pending, running, completing, ...)."""
+        listed = self.run(["squeue", "-h", "-r", "-o", "%i"]).stdout.split()
+        return listed
+
+    def job_processes(self) -> list[tuple[int, str]]:
+        """Every process of a job of this cluster still alive, (pid, command line)."""
+        mark = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+                command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if mark in environ and any(item.startswith(b"SLURM_JOB_ID=") for item in environ):
+                found.append((int(entry), command.decode(errors="replace").strip()))
+        return found
+
+    def cancel_all(self, within: float = 20.0) -> None:
+        """Cancel every job, wait until none is listed as live, and kill what is left of them."""
+        with contextlib.suppress(Exception):
+            self.run(["scancel", "--user", "root"], check=False)
+        deadline = time.monotonic() + within
+        with contextlib.suppress(Exception):
+            while self.live_jobs() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        for pid, _ in self.job_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def logs(self, lines: int = 15) -> str:
+        """The last lines of each daemon's log, for an error message."""
+        parts = []
+        for path in sorted((self.directory / "log").glob("*")):
+            with contextlib.suppress(OSError):
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        """Cancel every job, stop the daemons (munged last), and remove the directory."""
+        if self.daemons and all(d.poll() is None for d in self.daemons[:3]):
+            self.cancel_all()
+        for daemon in reversed(self.daemons):
+            _stop(daemon)
+        for pid, _ in self.job_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.daemons = []
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the daemon's session, then SIGKILL what has not left within 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=wait)
+            return
+
+
+def sweep() -> list[int]:
+    """Kill the daemons of test SLURMs whose session is gone, and remove their folders; the pids."""
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        match = _OWNED.search(command) or re.search(rf"/{re.escape(PREFIX)}(\d+)-[^/]+/munge", command)
+        if match and _gone(int(match.group(1))):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+    for folder in Path("/tmp").glob(f"{PREFIX}*"):
+        owner = re.match(rf"{re.escape(PREFIX)}(\d+)-", folder.name)
+        if owner and _gone(int(owner.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+    return killed
+
+
+def _gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
