@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, Callable, NamedTuple, Optional, TypedDict, TypeVar, Union
 
 from ._core.logs import get_logger
+from .cluster.base import Cluster
 
 # No ``from __future__ import annotations`` here: the option groups below are read at
 # run time, each field's annotation holding its ``Option``.
@@ -51,7 +52,7 @@ DEFAULT_WORKER = "PYRO:worker@localhost:21000"
 ProgressHook = Callable[[Any, int, Optional[int]], Any]
 PathText = Union[str, "os.PathLike[str]"]
 Modules = Union[str, ModuleType, Sequence[Union[str, ModuleType]]]
-Workers = Union[str, Sequence[str], None]
+Workers = Union[str, Sequence[str], Cluster, None]
 
 
 class Option(NamedTuple):
@@ -161,21 +162,35 @@ def _modules(name: str, value: Any) -> tuple[Union[str, ModuleType], ...]:
     return found
 
 
-def _workers(name: str, value: Any) -> Optional[tuple[str, ...]]:
-    if value is None:
-        return None
+def _workers(name: str, value: Any) -> Union[tuple[str, ...], Cluster, str, None]:
+    if value is None or isinstance(value, Cluster) or value == "slurm":
+        return value
     if isinstance(value, str):
         value = (value,)
     try:
         uris = tuple(value)
     except TypeError:
-        raise TypeError(f"workers must be a URI string or a sequence of them, got {value!r}") from None
+        raise TypeError(
+            f"workers must be a URI string or a sequence of them, 'slurm', or an ezpool.cluster "
+            f"cluster (Slurm, SSH), got {value!r}"
+        ) from None
     for uri in uris:
         if not isinstance(uri, str):
             raise TypeError(f"each worker must be a URI string, got {uri!r}")
     if not uris:
         raise ValueError(f"workers is empty ({value!r}): name at least one worker URI")
     return uris
+
+
+def _address(name: str, value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    from ._core.listen_file import parse_address
+
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be 'HOST:PORT' (a str), got {value!r}")
+    parse_address(value if ":" in value else f"{value}:0")
+    return value if ":" in value else f"{value}:0"
 
 
 def _anything(name: str, value: Any) -> Any:
@@ -247,6 +262,15 @@ class _Remote(TypedDict, total=False):
     backup: Annotated[bool, Option(
         True, "let an idle worker run a backup copy of a late chunk (the first answer is kept): a task "
         "may then run twice", _flag)]
+    listen: Annotated[Optional[str], Option(
+        None, "HOST:PORT where workers started with ezpool-serve --connect dial in (port 0: a free one; "
+        "None: only where listen_file or a cluster asks, on this machine's address)", _address)]
+    listen_file: Annotated[Optional[PathText], Option(
+        None, "a file (on a file system the workers share) to write the listen address into, for "
+        "ezpool-serve --connect FILE; the key is not in it", _path)]
+    procs_per_node: Annotated[Optional[int], Option(
+        None, "workers='slurm': worker processes per node (None: one per task slot of the allocation)",
+        _count)]
 
 
 class _Cpus(TypedDict, total=False):
@@ -257,7 +281,9 @@ class _Cpus(TypedDict, total=False):
 class _Workers(TypedDict, total=False):
     workers: Annotated[Workers, Option(
         None, "the distributed workers: a URI ('PYRO:worker@host:21000', 'PYRONAME:...') or a sequence "
-        "of them (None: " + DEFAULT_WORKER + ")", _workers)]
+        "of them, 'slurm' (workers started on this SLURM allocation), or an ezpool.cluster cluster "
+        "(Slurm, SSH) whose workers dial in (None: " + DEFAULT_WORKER + ", or only workers that dial in "
+        "where listen is given)", _workers)]
 
 
 class _Streaming(TypedDict, total=False):

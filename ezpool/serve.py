@@ -28,7 +28,6 @@ import importlib
 import importlib.util
 import logging
 import os
-import select
 import signal
 import ssl
 import sys
@@ -36,9 +35,11 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ._core.tls_contexts import add_server_tls_flags, server_tls_from_flags
+from ._worker.dialing import add_dialing_flags, check_dialing_flags
+from ._worker.parent import stop_with_parent
 from .errors import SecurityError, ServeError
 from .worker import BaseWorker
 
@@ -51,9 +52,6 @@ __all__ = ["main", "load_target"]
 #: Seconds the main thread of an idle worker sleeps between two looks at its events
 #: (a safety net: a signal or a restart wakes it at once).
 _IDLE_WAKE = 5.0
-
-#: Seconds between two looks at the parent, where no pidfd can wait for it.
-_PARENT_EVERY = 0.5
 
 #: Seconds a worker that restarts (to stop a task past its timeout) leaves for its
 #: last answers to go out before it replaces itself.
@@ -71,6 +69,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.verbose:
         _log_to_stderr(args.verbose)
     try:
+        check_dialing_flags(args)
         key, tls = _security(args)
         ns_tls = _name_server_tls(args)
         if args.procs > 1:
@@ -179,6 +178,7 @@ def _parser(prog: str = "ezpool-serve") -> argparse.ArgumentParser:
         "--ns-tls-cert", type=Path, metavar="PEM", help="certificate to show a TLS name server"
     )
     parser.add_argument("--ns-tls-key", type=Path, metavar="PEM", help="the private key of --ns-tls-cert")
+    add_dialing_flags(parser, _seconds)
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     return parser
 
@@ -214,8 +214,9 @@ def _security(args: argparse.Namespace) -> tuple[Optional[bytes], Optional[ssl.S
     from .security import is_loopback_host, resolve_key
 
     try:
-        key = resolve_key(None, key_file=args.hmac_key_file, insecure=args.insecure)
-        if key is None and not is_loopback_host(args.host):
+        given = _key_from_stdin(args) if args.key_stdin else None
+        key = resolve_key(given, key_file=args.hmac_key_file, insecure=args.insecure)
+        if key is None and not is_loopback_host(args.host) and not args.connect:
             logger.warning(
                 "listening on %s without a key: anyone who can reach it can run code here", args.host
             )
@@ -223,6 +224,19 @@ def _security(args: argparse.Namespace) -> tuple[Optional[bytes], Optional[ssl.S
     except SecurityError as exc:
         raise ServeError(str(exc)) from None
     return key, tls
+
+
+def _key_from_stdin(args: argparse.Namespace) -> str:
+    """``--key-stdin``: the key on the first line of standard input (and, for ``--connect -``,
+    the pool's address on the next)."""
+    if args.insecure or args.hmac_key_file is not None:
+        raise ServeError("--key-stdin reads the key: give it without --insecure or --hmac-key-file")
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise ServeError("--key-stdin: standard input holds no key (its first line is empty)")
+    if args.connect == "-":
+        args.connect_line = sys.stdin.readline().strip()
+    return key
 
 
 def _name_server_tls(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
@@ -318,7 +332,11 @@ def _serve_one(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, ask_stop)
     if args.parent_pid:
-        threading.Thread(target=_stop_with_parent, args=(args.parent_pid, ask_stop), daemon=True).start()
+        threading.Thread(target=stop_with_parent, args=(args.parent_pid, ask_stop), daemon=True).start()
+    if args.connect:
+        from ._worker.dialing import serve_dialing
+
+        return serve_dialing(args, instance, key, tls, faults, ask_restart)
     servant = Servant(instance, on_restart=ask_restart, faults=faults)
     try:
         server = _pyro.Server(_pyro.worker_methods(servant), args.host, args.port, args.name, key, tls)
@@ -415,44 +433,6 @@ def _child_args(args: argparse.Namespace, port: int) -> list[str]:
     if args.verbose:
         command.append("-" + "v" * args.verbose)
     return command
-
-
-def _stop_with_parent(parent_pid: int, ask_stop: Callable[[], None]) -> None:
-    """Call ``ask_stop`` once the process that started this one has gone.
-
-    Where Linux offers a pidfd, the thread sleeps in ``poll`` until the parent exits:
-    an idle worker (a pool may keep 128) then never wakes for it. Elsewhere it
-    looks every ``_PARENT_EVERY`` seconds.
-    """
-    watched = _parent_fd(parent_pid)
-    if watched is not None:
-        poller = select.poll()
-        poller.register(watched, select.POLLIN)
-        try:
-            while not poller.poll():
-                pass
-        finally:
-            os.close(watched)
-        ask_stop()
-        return
-    while os.getppid() == parent_pid:
-        time.sleep(_PARENT_EVERY)
-    ask_stop()
-
-
-def _parent_fd(parent_pid: int) -> Optional[int]:
-    """A pidfd of ``parent_pid`` if it is still this process's parent (Linux 5.3+), else None."""
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None:
-        return None
-    try:
-        fd = int(opener(parent_pid))
-    except OSError:
-        return None
-    if os.getppid() != parent_pid:  # it exited before the pidfd was opened (and the pid may be reused)
-        os.close(fd)
-        return None
-    return fd
 
 
 if __name__ == "__main__":

@@ -225,6 +225,7 @@ class Status(str, enum.Enum):
     NEED_FUNCTION = "need-function"  # the code is not loaded there: nothing ran
     RESTARTING = "restarting"  # it restarts to stop a task past its timeout: nothing ran
     GONE = "gone"  # no answer: the worker hangs up (its client left, or a test's fault)
+    LEAVING = "leaving"  # it leaves its pool (told to, or its job ends soon): nothing ran
 
 
 class ChunkReply(NamedTuple):

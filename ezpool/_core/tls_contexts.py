@@ -55,14 +55,18 @@ def client_tls_context(
     ca: Optional[StrPath] = None,
     cert: Optional[StrPath] = None,
     key: Optional[StrPath] = None,
+    check_hostname: bool = True,
 ) -> ssl.SSLContext:
     """A TLS 1.2+ client context that verifies the server and its host name.
 
     The server's certificate must be signed by ``ca`` (``None``: the system's
-    trusted authorities) and name the host connected to. ``cert`` and ``key``
-    are the client's own certificate, for servers that require one.
+    trusted authorities) and name the host connected to (``check_hostname=False``:
+    any host, for workers that dial in from wherever they run, known by the CA's
+    signature and the key). ``cert`` and ``key`` are the client's own certificate,
+    for servers that require one.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+    context.check_hostname = check_hostname
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca is None:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)

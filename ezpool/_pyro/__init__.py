@@ -21,7 +21,7 @@ import Pyro4.errors
 
 from .._core.logs import get_logger
 from ..errors import AuthenticationError, WorkerUnavailable
-from .client import Connection, ConnectionRefused, KeyRefused
+from .client import Connection, ConnectionRefused, DialedConnection, KeyRefused
 from .names import NS_PORT, NameServer, name_server_uri, resolve
 from .registry import NameServerProcess
 from .server import Server, configure_worker_process, worker_methods
@@ -38,6 +38,7 @@ __all__ = [
     "PyroTimeout",
     "PyroError",
     "Connection",
+    "DialedConnection",
     "Server",
     "worker_methods",
     "configure_worker_process",

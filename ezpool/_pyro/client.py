@@ -37,7 +37,7 @@ import select
 import socket
 import ssl
 import threading
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import Pyro4
 import Pyro4.errors
@@ -47,11 +47,11 @@ import Pyro4.util
 
 from .._core.logs import get_logger
 from ..security import same, sign
-from .server import REFUSED_WRONG_KEY
+from .server import REFUSED_NO_KEY, REFUSED_WRONG_KEY
 
 logger = get_logger(__name__)
 
-__all__ = ["Connection", "ConnectionRefused", "KeyRefused"]
+__all__ = ["Connection", "DialedConnection", "ConnectionRefused", "KeyRefused"]
 
 _SERIALIZER = "marshal"
 
@@ -147,10 +147,38 @@ class Connection:
             sock = _connect_socket(self.uri, self._timeout, self._tls)
             self._sock = sock  # so that abort() ends a handshake a stopped worker never answers
             try:
-                connection, nonce = _handshake(sock, self.uri)
+                connection, nonce, _ = _handshake(sock, self.uri)
                 self._connection, self._sock, self._nonce, self._counter = connection, sock, nonce, 0
                 if self._authenticate:
                     self._prove(nonce)
+            except BaseException:
+                self.close()
+                with contextlib.suppress(OSError):
+                    sock.close()
+                raise
+
+    def take_dialed(self, sock: socket.socket) -> None:
+        """Use ``sock``, a connection a worker dialed in on, once both sides have proven
+        the key, the worker first (see ``server``); ``KeyRefused`` if it cannot, after
+        telling it so, unsigned. This side is still the client, TLS included."""
+        with self._lock:
+            self.close()
+            sock.settimeout(self._timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
+            try:
+                if self._tls is not None:
+                    sock = self._sock = _wrap(sock, self._tls, None, self.uri)
+                mine = secrets.token_bytes(16)
+                connection, nonce, proof = _handshake(sock, self.uri, pool=mine)
+                self._connection, self._nonce, self._counter = connection, nonce, 0
+                refusal = _refusal(self._key, proof, sign(self._key, mine, 0, "dial-in", nonce))
+                if refusal:
+                    with contextlib.suppress(Exception):
+                        self._post("auth", [refusal, b""], 0, False)
+                    raise KeyRefused(f"the worker at {self.uri.host}:{self.uri.port} {_DIALED[refusal]}",
+                                     wrong_key=refusal == REFUSED_WRONG_KEY and bool(proof))
+                self._prove(nonce)
             except BaseException:
                 self.close()
                 with contextlib.suppress(OSError):
@@ -275,6 +303,63 @@ class Connection:
         return f"Connection({str(self.uri)!r}, {'open' if self.is_open else 'closed'})"
 
 
+class DialedConnection(Connection):
+    """The connection to a worker that dials in: it cannot be opened from this side.
+
+    ``open`` takes the next connection that worker dialed in on (already
+    authenticated, see ``Connection.take_dialed``) from ``arrivals``, waiting up to
+    the connection's timeout (``REDIAL_WAIT`` without one), and raises
+    ``ConnectionClosedError`` if none came.
+    """
+
+    def __init__(
+        self,
+        uri: Any,
+        key: Optional[bytes],
+        timeout: Optional[float],
+        tls: Optional[ssl.SSLContext],
+        arrivals: Callable[[float], Optional[Connection]],
+    ) -> None:
+        super().__init__(uri, key, timeout, tls)
+        self._arrivals = arrivals
+
+    def open(self) -> None:
+        with self._lock:
+            if self.is_open and (self._sent or not _hung_up(self._sock)):
+                return
+            self.close()
+            fresh = self._arrivals(self._timeout or REDIAL_WAIT)
+            if fresh is None:
+                raise Pyro4.errors.ConnectionClosedError(f"{self.uri} has not dialed in again")
+            with fresh._lock:
+                self._connection, self._sock, fresh._connection, fresh._sock = (
+                    fresh._connection, fresh._sock, None, None)
+                self._nonce, self._counter, self._seq = fresh._nonce, fresh._counter, fresh._seq
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.settimeout(self._timeout)
+
+
+#: Seconds ``DialedConnection.open`` waits for its worker to dial in again, where the
+#: connection has no timeout of its own.
+REDIAL_WAIT = 5.0
+
+#: Why a pool refuses a dialing worker, as its log says it.
+_DIALED = {
+    REFUSED_WRONG_KEY: "could not prove it holds this pool's key: it has another key",
+    REFUSED_NO_KEY: "and this pool disagree on having a key: one side has none",
+}
+
+
+def _refusal(key: Optional[bytes], proof: bytes, expected: bytes) -> str:
+    """What a pool answers a dialing worker's ``proof`` of the key ("" if it holds)."""
+    if not key:
+        return REFUSED_NO_KEY if proof else ""
+    if not proof:
+        return REFUSED_NO_KEY
+    return "" if same(proof, expected) else REFUSED_WRONG_KEY
+
+
 class _Sent(NamedTuple):
     """A call sent and not yet answered: Pyro4's sequence number, EzPool's counter, the method."""
 
@@ -342,8 +427,14 @@ def _connect_socket(uri: Any, timeout: Optional[float], tls: Optional[ssl.SSLCon
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tls is None:
         return sock
+    return _wrap(sock, tls, uri.host, uri)
+
+
+def _wrap(sock: socket.socket, tls: ssl.SSLContext, hostname: Optional[str], uri: Any) -> socket.socket:
+    """``sock`` with TLS on it, this side the client, checking the server's certificate
+    (and that it names ``hostname``, if given)."""
     try:
-        return tls.wrap_socket(sock, server_hostname=uri.host)
+        return tls.wrap_socket(sock, server_hostname=hostname)
     except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError) as exc:
         # Hung up on mid-handshake, as a server shedding a flood of connections does:
         # a connection closed, worth another try, not a refusal.
@@ -356,14 +447,17 @@ def _connect_socket(uri: Any, timeout: Optional[float], tls: Optional[ssl.SSLCon
         raise Pyro4.errors.SecurityError(f"TLS with {uri.host}:{uri.port} failed: {exc}") from None
 
 
-def _handshake(sock: socket.socket, uri: Any) -> tuple[Any, bytes]:
-    """Pyro4's connect handshake, refusing any answer not in ``marshal`` before decoding it.
+def _handshake(sock: socket.socket, uri: Any, pool: Optional[bytes] = None) -> tuple[Any, bytes, bytes]:
+    """Pyro4's connect handshake, refusing any answer not in ``marshal`` before decoding it:
+    the connection, the server's nonce, and its proof of the key over ``pool`` (the
+    nonce of a pool a worker dialed, which must prove itself first; else ``b""``).
 
     Unsigned both ways: the key is proven by ``auth`` right after.
     """
     connection = Pyro4.socketutil.SocketConnection(sock, uri.object)
     serializer = Pyro4.util.get_serializer(_SERIALIZER)
-    data, _ = serializer.serializeData({"handshake": "ezpool", "object": uri.object}, False)
+    hello = "ezpool" if pool is None else {"pool": pool}
+    data, _ = serializer.serializeData({"handshake": hello, "object": uri.object}, False)
     message = Pyro4.message
     flags = 0
     hello = message.Message(message.MSG_CONNECT, data, serializer.serializer_id, flags, 0, {}, None)
@@ -379,4 +473,9 @@ def _handshake(sock: socket.socket, uri: Any) -> tuple[Any, bytes]:
     if reply.flags & message.FLAGS_META_ON_CONNECT and isinstance(answer, dict):
         answer = answer.get("handshake")
     nonce = answer.get("nonce", b"") if isinstance(answer, dict) else b""
-    return connection, bytes(nonce) if isinstance(nonce, (bytes, bytearray)) else b""
+    proof = answer.get("proof", b"") if isinstance(answer, dict) else b""
+    return (
+        connection,
+        bytes(nonce) if isinstance(nonce, (bytes, bytearray)) else b"",
+        bytes(proof) if isinstance(proof, (bytes, bytearray)) else b"",
+    )

@@ -12,25 +12,37 @@ stalls no one else. Nothing a peer sends is unpickled by Pyro4 (only ``marshal``
 is accepted), and EzPool's own pickles are opened only after a call's MAC was
 checked.
 
+A worker that dials in to its pool (``serve_dialed``) serves the connection it
+opened exactly as one it accepted, with one difference: whoever dials proves the
+key first. The pool's connect message carries a fresh nonce of the pool's, and the
+worker answers with its own nonce and a MAC over both (label ``dial-in``); the
+pool checks it before it proves anything itself. A listening pool therefore
+signs nothing for a stranger that dials it, and a dialing worker signs one nonce
+for the address it was told to dial. A pool that refuses the worker's proof says
+so in an unsigned ``auth`` (``REFUSED_*``), which the worker reports.
+
 Nothing a peer receives before it has proven it holds the key carries a MAC made
-with the key: Pyro4's own HMAC layer is off (EzPool's signed calls authenticate
-every message), the connect answer is a bare nonce, and a failed ``auth`` gets an
-unsigned refusal (``REFUSED_WRONG_KEY`` or ``REFUSED_NO_KEY``) and a hang-up. A
-peer without the key thus learns nothing to test guesses of the key against.
+with the key (but the dialing worker's proof above): Pyro4's own HMAC layer is
+off (EzPool's signed calls authenticate every message), the connect answer is a
+bare nonce, and a failed ``auth`` gets an unsigned refusal (``REFUSED_WRONG_KEY``
+or ``REFUSED_NO_KEY``) and a hang-up. A peer without the key thus learns nothing
+to test guesses of the key against.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import select
 import socket
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable, Optional
 
 import Pyro4
 import Pyro4.errors
+from Pyro4.socketserver.threadpoolserver import ClientConnectionJob
 
 from .._core.logs import get_logger
 from .._core.records import Status
@@ -107,8 +119,13 @@ class Server:
         hmac_key: Optional[bytes],
         tls: Optional[ssl.SSLContext] = None,
         limits: Limits = WORKER_LIMITS,
+        dials: bool = False,
     ) -> None:
-        self._daemon = _Daemon(host, port, hmac_key, tls, limits)
+        # A worker that dials its pool listens nowhere: its daemon is given one end of a
+        # socket pair that nothing else holds, and serves what serve_dialed hands it.
+        self._pair = socket.socketpair() if dials else None
+        connected = self._pair[0] if self._pair else None
+        self._daemon = _Daemon(host, port, hmac_key, tls, limits, connected)
         exposed = ExposedServant(methods, self._daemon.sessions, hmac_key)
         self.uri = str(self._daemon.register(exposed, name))
         self._thread = threading.Thread(target=self._daemon.requestLoop, daemon=True, name="ezpool-daemon")
@@ -122,14 +139,31 @@ class Server:
         return str(host), int(port)
 
     def start(self) -> None:
-        self._thread.start()
+        if self._pair is None:
+            self._thread.start()
         self._sweeper.start()
+
+    def serve_dialed(self, sock: socket.socket) -> str:
+        """Serve a connection this side dialed, in this thread, until it ends; what the
+        pool answered this side's proof of the key if it refused it (``REFUSED_*``), else "".
+
+        The connection then meets every check an accepted one meets (the
+        pre-authentication limits, TLS with this side as the server, the key both
+        ways), this side proving first (see the module docstring).
+        """
+        with self._daemon.dialing(sock) as sessions:
+            ClientConnectionJob(sock, _peer(sock), self._daemon)()
+        return next((session.refused for session in sessions if session.refused), "")
 
     def shutdown(self) -> None:
         self._stopped.set()
         self._daemon.sessions.wake()
         self._daemon.shutdown()
-        self._thread.join(5)
+        if self._pair is None:
+            self._thread.join(5)
+        else:
+            for end in self._pair:
+                end.close()
 
     def _sweep(self) -> None:
         while not self._stopped.is_set():
@@ -155,12 +189,31 @@ class _Daemon(Pyro4.Daemon):
     and without Pyro4's own HMAC (see the module docstring)."""
 
     def __init__(
-        self, host: str, port: int, key: Optional[bytes], tls: Optional[ssl.SSLContext], limits: Limits
+        self, host: str, port: int, key: Optional[bytes], tls: Optional[ssl.SSLContext], limits: Limits,
+        connected: Optional[socket.socket] = None,
     ) -> None:
-        super().__init__(host=host, port=port)
+        if connected is None:
+            super().__init__(host=host, port=port)
+        else:
+            super().__init__(connected_socket=connected)
         self._pyroHmacKey = None  # never sign anything with the key before the peer proved it
+        self._key = key
         self._tls = tls
         self.sessions = Sessions(limits, tls=tls is not None)
+        self._dialed: dict[int, list[Session]] = {}  # raw sockets this side dialed: their sessions
+        self._dialed_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def dialing(self, sock: socket.socket) -> Iterator[list[Session]]:
+        """While it lasts, ``sock`` is one this side dialed: the sessions it gets are listed."""
+        sessions: list[Session] = []
+        with self._dialed_lock:
+            self._dialed[id(sock)] = sessions
+        try:
+            yield sessions
+        finally:
+            with self._dialed_lock:
+                self._dialed.pop(id(sock), None)
 
     def _handshake(self, conn: Any, denied_reason: Optional[str] = None) -> bool:
         if denied_reason is not None:  # no thread free: close at once, reading nothing
@@ -169,6 +222,11 @@ class _Daemon(Pyro4.Daemon):
         conn.__class__ = GuardedConnection
         conn.preauth_limit = self.sessions.limits.bytes
         session = self.sessions.admit(conn)
+        with self._dialed_lock:
+            dialed = self._dialed.get(id(conn.sock))
+        if dialed is not None:
+            session.dialed = True
+            dialed.append(session)
         if not first_message(conn.sock, session, tls=self._tls is not None):
             self.sessions.drop(conn)
             return False
@@ -212,7 +270,13 @@ class _Daemon(Pyro4.Daemon):
         if session is None or session.dropped:
             raise Pyro4.errors.SecurityError("connection not admitted")
         self.sessions.progressed(session)
-        return {"nonce": session.nonce}
+        if not session.dialed:
+            return {"nonce": session.nonce}
+        pool = data.get("pool") if isinstance(data, dict) else None
+        if not isinstance(pool, bytes) or len(pool) < 16:
+            raise Pyro4.errors.SecurityError("the pool dialed sent no nonce: is it an EzPool pool?")
+        proof = sign(self._key, pool, 0, "dial-in", session.nonce) if self._key else b""
+        return {"nonce": session.nonce, "proof": proof}
 
     def clientDisconnect(self, conn: Any) -> None:
         self.sessions.drop(conn)
@@ -234,6 +298,9 @@ class ExposedServant:
         """Check the client's proof of the key; answer with this side's, or refuse unsigned."""
         connection = Pyro4.current_context.client
         session = self._sessions.get(connection)
+        if session is not None and session.dialed and nonce in (REFUSED_WRONG_KEY, REFUSED_NO_KEY):
+            session.refused = str(nonce)  # the pool this side dialed refused its proof
+            return hang_up(connection)
         if session is None or session.authenticated or not isinstance(nonce, bytes):
             return hang_up(connection)
         refusal = self._refusal(session, nonce, mac)
@@ -270,6 +337,13 @@ class ExposedServant:
         session.counter = counter
         result = self._methods[method](*args)
         return result, sign(self._key, session.nonce, counter, "reply", result)
+
+
+def _peer(sock: socket.socket) -> Any:
+    try:
+        return sock.getpeername()
+    except OSError:
+        return "?"
 
 
 def _peer_closed(connection: Any, seconds: float = 0.0, wake: Optional[int] = None) -> bool:

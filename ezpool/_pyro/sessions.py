@@ -65,7 +65,7 @@ WORKER_LIMITS = Limits()
 class Session:
     """One connection: its nonce, its counter, and whether it has authenticated (or is dropped)."""
 
-    __slots__ = ("connection", "nonce", "counter", "authenticated", "dropped", "due")
+    __slots__ = ("connection", "nonce", "counter", "authenticated", "dropped", "due", "dialed", "refused")
 
     def __init__(self, connection: Any, seconds: float) -> None:
         self.connection = connection
@@ -74,6 +74,8 @@ class Session:
         self.authenticated = False
         self.dropped = False  # hung up on for waiting too long, or to make room
         self.due = time.monotonic() + seconds
+        self.dialed = False  # this side dialed the peer (a worker dialing in to its pool)
+        self.refused = ""  # what the pool this side dialed answered its proof of the key, if it refused
 
     def seconds_left(self) -> float:
         return self.due - time.monotonic()

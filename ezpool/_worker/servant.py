@@ -33,8 +33,10 @@ the text of a ``Status`` (``ezpool._core.records``):
     (``fid`` is not loaded here: nothing ran), ``RESTARTING`` (a timed-out task is
     being stopped by restarting this process: nothing ran), or ``GONE``: there is
     no answer, and the connection is hung up (the client left before the chunk
-    ran, or a test asked for the fault, see ``faults``). A worker that serves one
-    named target runs it whatever ``fid`` says (the client checked it at ``hello``).
+    ran, or a test asked for the fault, see ``faults``), or ``LEAVING``: this worker
+    leaves its pool (``leaving``), nothing ran, and the reply says why. A worker that
+    serves one named target runs it whatever ``fid`` says (the client checked it at
+    ``hello``).
 
 One chunk runs at a time, whoever sends it. Without a ``timeout`` it runs in the
 thread that received the request, which looks for the client's hang-up between
@@ -70,6 +72,7 @@ from .._core.shipping import fingerprint, unpack
 from ..errors import TaskTimeout
 from ..worker import BaseWorker
 from .faults import NO_FAULTS, Faults
+from .leaving import Leaving
 from .running import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 
 logger = get_logger(__name__)
@@ -151,9 +154,12 @@ class Servant:
         target: Any = None,
         on_restart: Optional[Callable[[], None]] = None,
         faults: Faults = NO_FAULTS,
+        leaving: Optional[Leaving] = None,
     ) -> None:
-        """``target``: a ``BaseWorker`` instance or a function to serve; ``None``: run what clients send."""
+        """``target``: a ``BaseWorker`` instance or a function to serve; ``None``: run what clients send.
+        ``leaving``: when it stops taking chunks (a worker that dials its pool)."""
         self.identity = secrets.token_hex(16)
+        self.leaving = leaving or Leaving()
         self._pinned = target is not None
         if self._pinned:
             kind = type(target) if isinstance(target, BaseWorker) else target
@@ -169,6 +175,7 @@ class Servant:
         self._lock = threading.Condition()
         self._job: Optional[_Job] = None  # the chunk the runner holds, guarded by _lock
         self._restarting = False
+        self._leaves = leaving is not None  # it may be told to leave (its chunks look out for it)
         # The runner writes a byte here when a chunk is done, so that the thread waiting
         # for the client to hang up (see ``_watch``) wakes at once.
         self._wake_read, self._wake_write = os.pipe()
@@ -283,6 +290,8 @@ class Servant:
         run = self._run if self._pinned else self._functions.get(call.fid)
         if run is None:
             return Status.NEED_FUNCTION, b""
+        if self._leaves:  # a chunk stops early, as when its client leaves, when this worker must go
+            client_gone = _or_leaving(self.leaving, client_gone)
         with self._lock:
             self._calls += 1
             number = self._calls
@@ -296,6 +305,9 @@ class Servant:
                 return Status.GONE, b""
             if self._restarting:
                 return Status.RESTARTING, b""
+            why = self.leaving.refuses(count)
+            if why:
+                return Status.LEAVING, why.encode()
             try:
                 tasks = loads_tasks(call.payloads)
             except BaseException as exc:
@@ -304,11 +316,13 @@ class Servant:
             job = self._job = _Job(run, tasks, str(call.fid), first, call.level, exact)
             if job.exact:
                 self._lock.notify_all()  # for the runner
+        began = time.monotonic()
         if call.timeout is None:
             outcome = self._run_here(job, client_gone)
         else:
             outcome = self._watch(job, call.timeout, client_gone)
         ran = len(outcome.values)  # a timed-out chunk answers for fewer tasks than the runner holds
+        self.leaving.ran(ran, time.monotonic() - began)
         reply = pack_chunk(first, outcome, {k: v for k, v in list(job.outputs.items()) if k < ran})
         if self._faults.at("reply", reply, call=number) is None:
             logger.warning("fault injected: hanging up instead of answering call %d", number)
@@ -404,6 +418,13 @@ class Servant:
         with contextlib.suppress(OSError):
             while os.read(self._wake_read, 4096):
                 pass
+
+
+def _or_leaving(leaving: Leaving, client_gone: ClientGone) -> ClientGone:
+    def gone(seconds: float, wake: Optional[int]) -> bool:
+        return leaving.cut() or client_gone(seconds, wake)
+
+    return gone
 
 
 def _execute(job: _Job, stop: Any) -> None:

@@ -61,6 +61,7 @@ from ..base import Backend
 from .call import Call
 from .connect import can_start, fits, hello, may_start, name_of, not_started, version_table
 from .crew import Crew
+from .dialin import DialIn, wants_dial_in
 from .drivers import PushDriver, Target
 from .links import Link, LinkEvent, State
 from .started import Started
@@ -93,6 +94,8 @@ class DistributedBackend(Backend):
         self._watcher: Optional[Watcher] = None
         self._crew = Crew()
         self._priors = Priors()  # run times measured in earlier calls, by function
+        self._dial: Optional[DialIn] = None  # where workers dial in, once a call asked for it
+        self._said: set[tuple[str, str]] = set()  # (worker, why it may not run a call), said once
 
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
@@ -100,13 +103,18 @@ class DistributedBackend(Backend):
         target = Target(name_of(fun), fingerprint(fun), _shipment(fun, options))
         key = security.resolve_key(options.hmac_key, insecure=options.insecure)
         tls = self._tls_context(options)
-        texts = list(dict.fromkeys(options.workers or (DEFAULT_WORKER,)))
-        links = [self._link(text, key, tls) for text in texts]
-        seconds = chunk_target(len(links))
+        dial = self._dial_in(options, key) if wants_dial_in(options) else None
+        uris = options.workers if isinstance(options.workers, tuple) else None
+        texts = list(dict.fromkeys(uris or (() if dial else (DEFAULT_WORKER,))))
+        links: list[Link] = [self._link(text, key, tls) for text in texts]
+        if dial is not None:
+            links += self._fitting(dial.links(wait=not links), target)
+        planned = max(len(links), dial.expected if dial else 0)
+        seconds = chunk_target(planned)
         fid = target.shipment.fid
         feed = tasks if isinstance(tasks, Feed) else None
         pending = ChunkQueue(
-            tasks, len(links), options.chunksize, depth=held_at_once(options, feed), split=True,
+            tasks, planned, options.chunksize, depth=held_at_once(options, feed), split=True,
             target=seconds, prior=self._priors.get(fid),
         )
         for link in links:
@@ -130,16 +138,25 @@ class DistributedBackend(Backend):
             if link.pinger is not None:
                 link.pinger.timeout = options.heartbeat
         if self._watcher is None:
-            self._watcher = Watcher(lambda: list(self._links.values()))
+            self._watcher = Watcher(self._all_links)
         work = Work(tasks, pending, options)
-        call = Call(work, self._crew)
+        call = Call(work, self._crew) if dial is None else Call(work, self._crew, dial.more)
         for link in links:
             call.add(PushDriver(work, link, target, self._started.restart))
+        if dial is not None:
+            def joined(link: Any) -> None:
+                if self._fitting([link], target):
+                    link.heartbeat = options.heartbeat
+                    call.join(PushDriver(work, link, target, self._started.restart))
+
+            dial.listener.on_join = joined
         with self._lock:
             self._works.add(work)
         try:
             yield from call.batches()
         finally:
+            if dial is not None:
+                dial.listener.on_join = None
             with self._lock:
                 self._works.discard(work)
             self._priors.keep(fid, pending.sizer)
@@ -148,6 +165,9 @@ class DistributedBackend(Backend):
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+        dial, self._dial = self._dial, None
+        if dial is not None:
+            dial.close()
         self._crew.stop()
         for link in self._links.values():
             link.release()
@@ -166,6 +186,41 @@ class DistributedBackend(Backend):
             for driver in work.drivers:
                 driver.break_off()
         self._started.stop(grace=0)
+
+    def _all_links(self) -> list[Link]:
+        """Every worker the watcher looks at: those named, and those that dialed in."""
+        dial = self._dial
+        joined = list(dial.listener.links.values()) if dial is not None else []
+        return [*self._links.values(), *joined]
+
+    def _dial_in(self, options: Options, key: Optional[bytes]) -> DialIn:
+        """The pool's listener (made at the first call that asks), for workers that dial in."""
+        dial = self._dial
+        if dial is not None:
+            if not dial.fits(options):
+                raise ValueError(
+                    f"this pool listens at {dial.listener.address} already: a pool has one listen "
+                    "address and one cluster; use another Pool for another"
+                )
+            return dial
+        files = (options.tls_ca, options.tls_cert, options.tls_key)
+        tls = security.client_tls_context(*files, check_hostname=False) if any(files) else None
+        self._dial = DialIn(options, key, tls)
+        return self._dial
+
+    def _fitting(self, links: list[Any], target: Target) -> list[Any]:
+        """The dial-in workers of ``links`` that may run ``target``; the others are said once."""
+        fitting = []
+        for link in links:
+            reason = fits(link.info, target.name, target.code) or version_table(
+                link.info, link.info.get("serves") == GENERIC)[0]
+            if reason:
+                if (link.identity, reason) not in self._said:
+                    self._said.add((link.identity, reason))
+                    logger.warning("worker %s dialed in, but %s; it gets no work", link.text, reason)
+                continue
+            fitting.append(link)
+        return fitting
 
     def _link(self, text: str, key: Optional[bytes], tls: Optional[ssl.SSLContext]) -> Link:
         link = self._links.get((text, key, tls))

@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Generator
+from typing import Callable, NamedTuple
 
 from ..._core.logs import get_logger
 from ..._core.records import Batch
@@ -39,12 +40,27 @@ _JOIN_TIMEOUT = 5.0
 _WAKE = object()  # tasks arrived in a live source: read them
 
 
-class Call:
-    """Runs one call's drivers on the pool's crew, and hands their batches to the caller."""
+class _Joined(NamedTuple):
+    """A worker that dialed in while the call ran: start its driver."""
 
-    def __init__(self, work: Work, crew: Crew) -> None:
+    driver: Driver
+
+
+def _never() -> bool:
+    return False
+
+
+class Call:
+    """Runs one call's drivers on the pool's crew, and hands their batches to the caller.
+
+    ``more()`` says whether workers may still join (a cluster that is starting them):
+    until it says no, tasks left when every worker has gone wait for one.
+    """
+
+    def __init__(self, work: Work, crew: Crew, more: Callable[[], bool] = _never) -> None:
         self.work = work
         self.crew = crew  # the pool's threads: each runs a driver during the call
+        self.more = more
 
     @property
     def drivers(self) -> list[Driver]:
@@ -53,6 +69,12 @@ class Call:
     def add(self, driver: Driver) -> None:
         """A worker for this call, before it runs."""
         self.work.add(driver)
+
+    def join(self, driver: Driver) -> None:
+        """A worker that joined while the call runs (from any thread): it gets work at once."""
+        with self.work.cond:
+            self.work.add(driver)
+        self.work.outbox.put(_Joined(driver))
 
     # --- the caller's thread ---------------------------------------------------------
 
@@ -69,7 +91,7 @@ class Call:
                 ended.append((driver, self.crew.run(driver.run)))
             alive = len(ended)
             yield from self._refill()
-            while alive:
+            while alive or self._may_get_workers():
                 try:
                     item = self.work.outbox.get(timeout=0.25)
                 except queue.Empty:
@@ -85,6 +107,9 @@ class Call:
                     alive += self._unpark(ended)
                 elif item is _WAKE:
                     yield from self._refill()
+                elif isinstance(item, _Joined):
+                    ended.append((item.driver, self.crew.run(item.driver.run)))
+                    alive += 1
                 else:
                     yield item
                     if not self.work.pending.exhausted:
@@ -167,8 +192,17 @@ class Call:
             self.work.cond.notify_all()
         return settled
 
+    def _may_get_workers(self) -> bool:
+        """Whether tasks wait for a worker to join, with no driver left to run them."""
+        if self.work.stop.is_set() or not (self.work.pending or not self.work.pending.exhausted):
+            return False
+        return self.more()
+
     def _give_up_if_all_lost(self) -> None:
-        """When every worker has been lost for ``heartbeat`` seconds, the tasks left fail."""
+        """When every worker has been lost for ``heartbeat`` seconds, and no other can
+        join, the tasks left fail."""
+        if self.more():
+            return
         now = time.monotonic()
         lost = [driver.lost_since for driver in self.drivers]
         if any(since is None or now - since < self.work.heartbeat for since in lost):

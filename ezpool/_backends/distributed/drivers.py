@@ -295,6 +295,8 @@ class PushDriver(Driver):
                 link.on(LinkEvent.IDLE)
         elif answered is Status.RESTARTING:
             link.on(LinkEvent.RESTARTING, "it restarts to stop a task that overran its timeout")
+        elif answered is Status.LEAVING:  # nothing ran; what it handed back costs nothing
+            link.on(LinkEvent.LEFT, f"it left: {bytes(reply).decode(errors='replace')}")
         else:  # WRONG_WORKER: another process answers at its address; nothing ran
             link.on(LinkEvent.REPLACED, "another process answers at its address")
         return Returned(link.reason or answered.value), b"", None
@@ -305,8 +307,11 @@ class PushDriver(Driver):
         return judge(self, self.link, self.work, self.target, chunk, exc, started)
 
     def _rejoin(self) -> bool:
-        """Check a lost worker again and again while there is work it could do."""
+        """Check a lost worker again and again while there is work it could do (one that
+        left for good, never)."""
         work, target = self.work, self.target
+        if self.link.left:
+            return False
         return rejoin(self.link, target.name, target.code, self.restart, work.finished, work.stop)
 
     # --- when the call ends ----------------------------------------------------------------

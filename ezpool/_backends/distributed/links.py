@@ -9,7 +9,7 @@ is not in the table is a bug::
      │                 ▲              │  │
      │                 │ CHECKED      │  └─ SILENT: no answered check for ``heartbeat`` s ─▶ SILENT
      └─▶ LOST ◀────────┼──────────────┘     (the watcher breaks the call off)                │
-          ▲            │   UNREACHABLE, UNFIT, REPLACED, RESTARTING, FAILED                   │
+          ▲            │   UNREACHABLE, UNFIT, REPLACED, RESTARTING, FAILED, LEFT             │
           └────────────┴──────────────── BROKEN (its connection, while SILENT) ◀─────────────┘
 
 A connection that breaks while RUNNING leaves the link RUNNING: the driver then
@@ -56,6 +56,7 @@ class LinkEvent(enum.Enum):
     RESTARTING = "restarts to stop a task past its timeout"
     REPLACED = "another process answers at its address"
     FAILED = "the thread driving it failed"
+    LEFT = "left its pool (told to stop, or its job ends): it comes back no more"
 
 
 _N, _R, _U, _S, _L = State.NEW, State.READY, State.RUNNING, State.SILENT, State.LOST
@@ -81,6 +82,8 @@ MOVES: dict[State, dict[LinkEvent, State]] = {
         _E.RESTARTING: _L, _E.REPLACED: _L, _E.FAILED: _L,
     },
 }
+for _moves in MOVES.values():  # a worker may leave whatever it was doing
+    _moves[_E.LEFT] = _L
 
 
 class Link:
@@ -116,6 +119,7 @@ class Link:
         self.connection: Optional[_pyro.Connection] = None  # the connection chunks travel on
         self.pinger: Optional[_pyro.Connection] = None  # the connection the watcher's checks travel on
         self.process: Optional[Watched] = None  # the worker process this pool started for it, if any
+        self.left = False  # it left for good (a worker that dialed in): no call waits for it
         self._lock = threading.Lock()
 
     @property
@@ -141,6 +145,8 @@ class Link:
                 self.reason = reason if after is State.LOST else ""
             if event in (LinkEvent.SENT, LinkEvent.ANSWERED):
                 self.alive_at = now
+            if event is LinkEvent.LEFT:
+                self.left = True
         if changed:
             logger.debug("worker %s: %s (%s)%s", self.text, after.name, event.value,
                          f": {reason}" if reason else "")

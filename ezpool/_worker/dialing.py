@@ -1,0 +1,374 @@
+"""A worker that dials its pool (``ezpool-serve --connect ADDRESS``): no port opens here.
+
+The worker keeps two connections to the pool, one for chunks and one for the
+pool's checks, each dialed by a thread of its own and served exactly as an
+accepted one would be (``Server.serve_dialed``: the key both ways, this side
+first). The pool then drives them as it drives a worker it dialed itself::
+
+    Dialer line (x2)                               pool (its listener)
+    ────────────────                               ───────────────────
+    resolve ADDRESS (HOST:PORT, or the
+      pool's listen file, read at every try)
+    TCP connect ─────────────────────────────────▶ accepted
+                        ◀─────────────────────────  CONNECT + the pool's nonce
+    nonce + MAC over both (this side proves first) ▶ checked; then the pool proves
+    hello, load, run_chunk, ping ◀─────────────────  as with any worker
+    bye ◀──────────────────────────────────────────  the pool closes: leave (or, with
+                                                      ``stay``, dial the next one)
+
+A line that cannot connect tries again (every 0.1 s at first, then every
+``_RETRY_MOST`` s) until the pool answers: workers may start before their pool.
+Once joined, a connection that breaks without a ``bye`` is dialed again for
+``patience`` seconds, then the worker gives up. A pool that refuses this worker's
+key ends it at once (exit status ``REFUSED``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+from .._core.listen_file import parse_address, read_listen_file
+from .._core.logs import get_logger
+from ..errors import SecurityError, ServeError
+from .leaving import Leaving
+
+logger = get_logger(__name__)
+
+__all__ = [
+    "Dialer", "where_to_dial", "end_time", "serve_dialing", "add_dialing_flags", "check_dialing_flags",
+    "REFUSED",
+]
+
+#: The exit status of a worker whose pool refused its key.
+REFUSED = 3
+#: Connections a worker keeps to its pool: one for chunks, one for the pool's checks.
+LINES = 2
+#: Seconds between two tries to reach a pool that does not answer, at most.
+_RETRY_MOST = 2.0
+#: Seconds a try to connect may take.
+_CONNECT_TIMEOUT = 5.0
+#: TCP keep-alive of a dialed connection: a pool whose machine vanished is noticed
+#: within about IDLE + INTERVAL * COUNT seconds, though it may stay silent for hours.
+_KEEPALIVE = (10, 5, 3)
+
+
+def where_to_dial(text: str, given: Optional[str] = None) -> Callable[[], tuple[str, int]]:
+    """What ``--connect`` names, as a function giving the address to dial at each try.
+
+    ``HOST:PORT`` is checked at once (``ServeError``); ``-`` is ``given`` (the line read
+    from standard input); anything else is a pool's listen file, read at every try
+    (a missing file is waited for; one that others could write is refused).
+    """
+    if text == "-":
+        if not given:
+            raise ServeError("--connect - reads the pool's address from standard input, but none came")
+        text = given.strip()
+    if ":" in text and not Path(text).exists():
+        try:
+            address = parse_address(text)
+        except ValueError as exc:
+            raise ServeError(str(exc)) from None
+        if not address[0]:
+            raise ServeError(f"--connect {text}: name the pool's host (HOST:PORT)")
+        return lambda: address
+    path = Path(text)
+
+    def from_file() -> tuple[str, int]:
+        return parse_address(read_listen_file(path).address)
+
+    return from_file
+
+
+def end_time(text: Optional[str], environ: Mapping[str, str]) -> Optional[float]:
+    """``--end-at``: an ISO time, seconds since the epoch, or ``slurm`` (the end of the job
+    in ``SLURM_JOB_ID``, asked of ``squeue``), as seconds since the epoch."""
+    if text is None:
+        return None
+    if text == "slurm":
+        job = environ.get("SLURM_JOB_ID")
+        if not job:
+            raise ServeError("--end-at slurm: SLURM_JOB_ID is not set (is this a SLURM job?)")
+        try:
+            asked = ["squeue", "-h", "-j", job, "-o", "%e"]
+            answer = subprocess.run(asked, capture_output=True, text=True, timeout=30, check=True)
+            text = answer.stdout.strip()
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ServeError(f"--end-at slurm: cannot ask squeue for the end of job {job}: {exc}") from None
+        if not text or text in ("N/A", "NONE", "Unknown"):
+            return None  # no time limit
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ServeError(f"--end-at {text!r}: give an ISO time, seconds since the epoch, or slurm") from None
+
+
+class Dialer:
+    """Keeps ``LINES`` connections to the pool at ``where()``, served by ``serve`` (a
+    ``Server.serve_dialed``) until the pool says ``bye``, refuses the key, or ``stop``."""
+
+    def __init__(
+        self,
+        serve: Callable[[socket.socket], Any],
+        where: Callable[[], tuple[str, int]],
+        stay: bool = False,
+        patience: float = 60.0,
+        say: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self._serve = serve
+        self._where = where
+        self._stay = stay
+        self._patience = patience
+        self._say = say
+        self.stop = threading.Event()  # set: dial no more
+        self._lock = threading.Lock()
+        self._joined: Optional[str] = None  # the address of the pool joined, once it said hello
+        self._bye = False  # the pool said it closes
+        self._socks: set[socket.socket] = set()  # the connections served now
+        self.status = 0  # the exit status, once stopped
+
+    # --- what the pool calls (added to the worker's methods) ----------------------------
+
+    def methods(self, hello: Callable[[], Any]) -> dict[str, Callable[..., Any]]:
+        """``hello``, which also marks the pool joined, and ``bye``."""
+
+        def joined_hello() -> Any:
+            self._mark_joined()
+            return hello()
+
+        return {"hello": joined_hello, "bye": self._said_bye}
+
+    def _mark_joined(self) -> None:
+        with self._lock:
+            first = self._joined is None
+            host, port = self._dialing
+            self._joined = f"{host}:{port}" if first else self._joined
+        if first:
+            self._say(f"joined the pool at {self._joined}")
+
+    def _said_bye(self) -> bool:
+        with self._lock:
+            self._bye = True
+        logger.info("the pool says it closes")
+        return True
+
+    # --- the lines -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Dial until done; the exit status (0, or ``REFUSED``)."""
+        self._dialing: tuple[str, int] = ("?", 0)
+        threads = [threading.Thread(target=self._line, name=f"ezpool-dial-{n}", daemon=True)
+                   for n in range(LINES)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+        return self.status
+
+    def _line(self) -> None:
+        pause, lost_at = 0.1, None
+        while not self.stop.is_set():
+            try:
+                address = self._where()
+            except FileNotFoundError:
+                address = None  # the pool has not written it yet
+            except (SecurityError, ValueError, OSError) as exc:
+                self._end(1, f"cannot read where to dial: {exc}")
+                return
+            if address is not None:
+                self._dialing = address
+                sock = _dial(address)
+                if sock is not None:
+                    pause = 0.1
+                    refused = self._served(sock)
+                    if refused:
+                        self._end(REFUSED, f"the pool at {address[0]}:{address[1]} refused this worker's "
+                                           f"key ({refused}): give it the pool's key")
+                        return
+                    with self._lock:
+                        bye, joined = self._bye, self._joined is not None
+                    if bye and not self._stay:
+                        self._end(0, "")
+                        return
+                    lost_at = time.monotonic() if joined and not bye else None
+                    if bye:
+                        with self._lock:
+                            self._bye, self._joined = False, None
+                    continue
+            if lost_at is not None and time.monotonic() - lost_at > self._patience:
+                self._end(0, f"lost the pool at {self._joined} and could not reach it again for "
+                             f"{self._patience:.0f} s: leaving")
+                return
+            self.stop.wait(pause)
+            pause = min(_RETRY_MOST, pause * 2)
+
+    def _served(self, sock: socket.socket) -> Any:
+        with self._lock:
+            if self.stop.is_set():
+                sock.close()
+                return ""
+            self._socks.add(sock)
+        try:
+            return self._serve(sock)
+        finally:
+            with self._lock:
+                self._socks.discard(sock)
+            sock.close()
+
+    def close(self) -> None:
+        """Dial no more, and hang up the connections served now."""
+        with self._lock:
+            self.stop.set()
+            socks = list(self._socks)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _end(self, status: int, line: str) -> None:
+        with self._lock:
+            first = not self.stop.is_set()
+            if first:
+                self.status = status
+                self.stop.set()
+        if first and line:
+            self._say(line)
+        if first:
+            self.close()
+
+
+def _dial(address: tuple[str, int]) -> Optional[socket.socket]:
+    try:
+        sock = socket.create_connection(address, timeout=_CONNECT_TIMEOUT)
+    except OSError as exc:
+        logger.debug("cannot reach the pool at %s:%d yet: %s", address[0], address[1], exc)
+        return None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle, interval, count = _KEEPALIVE
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    sock.settimeout(None)  # silence is the pool's right between calls; keep-alive finds a dead one
+    return sock
+
+
+def add_dialing_flags(parser: Any, seconds: Callable[[str], float]) -> None:
+    """The flags of ``ezpool-serve`` for a worker that dials its pool."""
+    dial = parser.add_argument_group("dialing a pool (no port opens here)")
+    dial.add_argument(
+        "--connect", metavar="ADDRESS",
+        help="dial the pool at HOST:PORT, or at the address in a pool's listen file, or - (the "
+        "line after the key on standard input), instead of listening; keep trying until it answers",
+    )
+    dial.add_argument(
+        "--key-stdin", action="store_true",
+        help="read the key from the first line of standard input, and leave when it ends",
+    )
+    dial.add_argument("--stay", action="store_true", help="when the pool closes, wait for the next one")
+    dial.add_argument(
+        "--grace", type=seconds, default=10.0, metavar="SECONDS",
+        help="on SIGTERM, finish or hand back the running chunk within this time (default 10)",
+    )
+    dial.add_argument(
+        "--end-at", metavar="WHEN",
+        help="take no chunk that cannot finish by then: an ISO time, seconds since the epoch, or "
+        "'slurm' (the end of this SLURM job)",
+    )
+    dial.add_argument(
+        "--patience", type=seconds, default=60.0, metavar="SECONDS",
+        help="after losing the pool, try to reach it again this long before leaving (default 60)",
+    )
+
+
+def check_dialing_flags(args: Any) -> None:
+    """Flags that only a worker dialing its pool (``--connect``) uses, or that it cannot use."""
+    if args.connect:
+        if args.ns:
+            raise ServeError("--connect dials the pool: a name server (--ns) has no use there")
+        if args.connect == "-" and not args.key_stdin:
+            raise ServeError("--connect - reads the pool's address from standard input: add --key-stdin")
+        return
+    for flag in ("stay", "end_at", "key_stdin"):
+        if getattr(args, flag):
+            raise ServeError(f"--{flag.replace('_', '-')} is for a worker that dials its pool: add --connect")
+
+
+def serve_dialing(
+    args: Any, instance: Any, key: Optional[bytes], tls: Any, faults: Any, ask_restart: Callable[[], None]
+) -> int:
+    """``ezpool-serve --connect``: serve ``instance`` (``None``: whatever the pool sends) to the
+    pool at ``args.connect`` until it closes; leave cleanly on SIGINT or SIGTERM (and, with
+    ``--key-stdin``, when standard input ends). The exit status."""
+    import os
+    import signal
+    import sys
+
+    from .. import _pyro
+    from .servant import Servant
+
+    where = where_to_dial(args.connect, getattr(args, "connect_line", None))
+    leaving = Leaving(end_time(args.end_at, os.environ))
+    servant = Servant(instance, on_restart=ask_restart, faults=faults, leaving=leaving)
+
+    def say(line: str) -> None:
+        print(f"{args.prog}: {line}", file=sys.stderr, flush=True)
+
+    dialer = Dialer(lambda sock: server.serve_dialed(sock), where, args.stay, args.patience, say)
+    methods = _pyro.worker_methods(servant)
+    methods.update(dialer.methods(servant.hello))
+    server = _pyro.Server(methods, "", 0, "worker", key, tls, dials=True)
+
+    def leave(*_: Any) -> None:
+        leaving.leave(args.grace)
+        threading.Thread(target=_go_when_idle, args=(servant, dialer, args.grace), daemon=True).start()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, leave)
+    if args.key_stdin:
+        threading.Thread(target=_leave_at_end_of_input, args=(leave,), daemon=True).start()
+    if args.parent_pid:
+        from .parent import stop_with_parent
+
+        threading.Thread(target=stop_with_parent, args=(args.parent_pid, leave), daemon=True).start()
+    host, port = where() if args.connect == "-" else ("", 0)
+    print(f"dialing {args.connect if args.connect != '-' else f'{host}:{port}'}", flush=True)
+    server.start()
+    try:
+        status = dialer.run()
+    finally:
+        server.shutdown()
+        servant.close()
+        if instance is not None and hasattr(instance, "teardown"):
+            instance.teardown()
+    return status
+
+
+def _go_when_idle(servant: Any, dialer: Dialer, grace: float) -> None:
+    """Stop dialing once no chunk runs (its answer sent), or ``grace`` seconds on."""
+    deadline = time.monotonic() + grace + 1.0
+    while servant.busy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # the answer (or the LEAVING of the chunk queued behind it) goes out
+    dialer.close()
+
+
+def _leave_at_end_of_input(leave: Callable[[], None]) -> None:
+    import os
+    import sys
+
+    with contextlib.suppress(OSError, ValueError):
+        while os.read(sys.stdin.fileno(), 4096):
+            pass
+    leave()
