@@ -56,6 +56,8 @@ class Pool:
         self.options = Options(**options)
         self._backends: dict[str, backends.Backend] = {}
         self._closed = False
+        if self.mode == _DISTRIBUTED:  # workers that dial in may start joining now
+            self._backend(_DISTRIBUTED).prepare(self.options)
 
     @described(MapOptions)
     def map(

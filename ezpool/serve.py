@@ -73,6 +73,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         key, tls = _security(args)
         ns_tls = _name_server_tls(args)
         if args.procs > 1:
+            if args.connect:
+                from ._worker.dialing import prepare_dialing_children
+
+                prepare_dialing_children(args, key)
             return _serve_many(args)
         return _serve_one(args, key, tls, ns_tls)
     except ServeError as exc:
@@ -410,12 +414,20 @@ def _serve_many(args: argparse.Namespace) -> int:
         print(f"{args.prog}: {line}", file=sys.stderr, flush=True)
 
     def announce(where: str) -> None:
-        _say_started(args, where, args.tls_cert is not None)
+        if args.connect:
+            say(f"{args.procs} processes dial the pool at {args.connect}; Ctrl-C to stop")
+        else:
+            _say_started(args, where, args.tls_cert is not None)
 
-    return serve_many(lambda port: _child_args(args, port), ports, say, announce)
+    grace = args.grace + 2.0 if args.connect else None
+    return serve_many(lambda port: _child_args(args, port), ports, say, announce, grace)
 
 
 def _child_args(args: argparse.Namespace, port: int) -> list[str]:
+    if args.connect:
+        from ._worker.dialing import dialing_child_args
+
+        return dialing_child_args(args)
     command = [*([args.spec] if args.spec else []), "--host", args.host, "--port", str(port)]
     command += ["--name", args.name]
     command += ["--ns-prefix", args.ns_prefix, "--parent-pid", str(os.getpid())]

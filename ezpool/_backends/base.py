@@ -42,6 +42,10 @@ class Backend(abc.ABC):
         early (an exception, Ctrl-C), the backend stops the work it has started.
         """
 
+    def prepare(self, options: Options) -> None:  # noqa: B027 - most backends start nothing early
+        """Start, before any call, what a pool made with ``options`` holds for its life
+        (the distributed mode: the address where workers dial in, and their cluster)."""
+
     def close(self) -> None:  # noqa: B027 - most backends hold nothing
         """Release everything this backend started. Called once, by ``Pool.shutdown``."""
 

@@ -37,6 +37,7 @@ __all__ = [
     "ConnectionClosed",
     "PyroTimeout",
     "PyroError",
+    "SecurityError",
     "Connection",
     "DialedConnection",
     "Server",
@@ -55,6 +56,7 @@ CommunicationError = Pyro4.errors.CommunicationError
 ConnectionClosed = Pyro4.errors.ConnectionClosedError
 PyroTimeout = Pyro4.errors.TimeoutError
 PyroError = Pyro4.errors.PyroError
+SecurityError = Pyro4.errors.SecurityError
 #: What a daemon answers a call to an object it does not serve.
 DaemonError = Pyro4.errors.DaemonError
 

@@ -305,6 +305,48 @@ def check_dialing_flags(args: Any) -> None:
             raise ServeError(f"--{flag.replace('_', '-')} is for a worker that dials its pool: add --connect")
 
 
+def prepare_dialing_children(args: Any, key: Optional[bytes]) -> None:
+    """``--connect`` with ``--procs``: what the processes need from this one. A key read
+    from standard input reaches them in the environment (never a command line), and
+    the end of standard input stops them all, as SIGTERM does."""
+    import os
+    import signal
+
+    from ..security import KEY_ENV
+
+    if args.key_stdin and key is not None:
+        os.environ[KEY_ENV] = key.decode()
+
+        def stop() -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=_leave_at_end_of_input, args=(stop,), daemon=True).start()
+
+
+def dialing_child_args(args: Any) -> list[str]:
+    """The command line of one of the ``--procs`` processes of a worker that dials."""
+    import os
+
+    address = getattr(args, "connect_line", None) if args.connect == "-" else args.connect
+    command = [*([args.spec] if args.spec else []), "--connect", str(address)]
+    command += ["--parent-pid", str(os.getpid())]
+    command += ["--grace", str(args.grace), "--patience", str(args.patience)]
+    if args.stay:
+        command.append("--stay")
+    if args.end_at:
+        command += ["--end-at", args.end_at]
+    if args.hmac_key_file is not None:
+        command += ["--hmac-key-file", str(args.hmac_key_file)]
+    if args.insecure:
+        command.append("--insecure")
+    for flag in ("tls_cert", "tls_key", "tls_ca"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.verbose:
+        command.append("-" + "v" * args.verbose)
+    return command
+
+
 def serve_dialing(
     args: Any, instance: Any, key: Optional[bytes], tls: Any, faults: Any, ask_restart: Callable[[], None]
 ) -> int:
@@ -332,7 +374,9 @@ def serve_dialing(
 
     def leave(*_: Any) -> None:
         leaving.leave(args.grace)
-        threading.Thread(target=_go_when_idle, args=(servant, dialer, args.grace), daemon=True).start()
+
+    leaving.on_leave = lambda: threading.Thread(
+        target=_go_when_idle, args=(servant, dialer, args.grace), daemon=True).start()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, leave)
@@ -356,11 +400,13 @@ def serve_dialing(
 
 
 def _go_when_idle(servant: Any, dialer: Dialer, grace: float) -> None:
-    """Stop dialing once no chunk runs (its answer sent), or ``grace`` seconds on."""
+    """Hang up once no chunk runs and the pool has been told this worker leaves (a chunk
+    it sent was answered ``LEAVING``), or ``grace`` seconds on, whichever comes first."""
     deadline = time.monotonic() + grace + 1.0
-    while servant.busy() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)  # the answer (or the LEAVING of the chunk queued behind it) goes out
+    leaving = servant.leaving
+    while time.monotonic() < deadline and (servant.busy() or not leaving.told.is_set()):
+        leaving.told.wait(0.05)
+    time.sleep(0.2)  # the last answer goes out
     dialer.close()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from .._core.logs import get_logger
 
@@ -36,6 +36,8 @@ class Leaving:
         self._lock = threading.Lock()
         self._tasks = 0  # tasks run, and the seconds they took, for the estimate
         self._seconds = 0.0
+        self.told = threading.Event()  # a chunk was answered LEAVING: the pool knows
+        self.on_leave: Optional[Callable[[], None]] = None  # called once, when it starts to leave
 
     @property
     def asked(self) -> bool:
@@ -44,9 +46,14 @@ class Leaving:
     def leave(self, grace: float, why: str = "it was told to stop") -> None:
         """Take no more chunks; stop the running one after ``grace`` seconds."""
         with self._lock:
-            if self._cut_at is None:
+            first = self._cut_at is None
+            if first:
                 self._cut_at = time.monotonic() + max(0.0, grace - MARGIN)
                 self._why = why
+        if not first:
+            return
+        if self.on_leave is not None:
+            self.on_leave()
         logger.info("leaving the pool (%s): the running chunk has %.1f s to finish", why, grace)
 
     def ran(self, tasks: int, seconds: float) -> None:
@@ -59,15 +66,19 @@ class Leaving:
         """Why a chunk of ``tasks`` tasks is handed back unrun ("" if it may run)."""
         with self._lock:
             if self._cut_at is not None:
+                self.told.set()
                 return f"the worker is leaving: {self._why}"
             if self.end_at is None or not self._tasks:
                 return ""
             needed = tasks * self._seconds / self._tasks
         left = self.end_at - time.time() - MARGIN
-        if needed > left:
-            return (f"the worker's job ends in {max(0.0, left + MARGIN):.0f} s, too soon for "
-                    f"{tasks} tasks of {needed / tasks:.2g} s each")
-        return ""
+        if needed <= left:
+            return ""
+        why = (f"its job ends in {max(0.0, left + MARGIN):.0f} s, too soon for {tasks} tasks of "
+               f"{needed / tasks:.2g} s each")
+        self.leave(0.0, why)  # a worker that cannot finish one chunk leaves
+        self.told.set()
+        return f"the worker is leaving: {why}"
 
     def cut(self) -> bool:
         """Whether the running chunk must stop after its running task."""

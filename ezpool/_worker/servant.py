@@ -290,8 +290,6 @@ class Servant:
         run = self._run if self._pinned else self._functions.get(call.fid)
         if run is None:
             return Status.NEED_FUNCTION, b""
-        if self._leaves:  # a chunk stops early, as when its client leaves, when this worker must go
-            client_gone = _or_leaving(self.leaving, client_gone)
         with self._lock:
             self._calls += 1
             number = self._calls
@@ -308,6 +306,8 @@ class Servant:
             why = self.leaving.refuses(count)
             if why:
                 return Status.LEAVING, why.encode()
+            if self._leaves:  # a chunk stops early, as when its client leaves, when this worker must go
+                client_gone = _or_leaving(self.leaving, client_gone)
             try:
                 tasks = loads_tasks(call.payloads)
             except BaseException as exc:

@@ -110,7 +110,7 @@ class _Slot:
 
 def serve_many(
     args_for: Callable[[int], list[str]], ports: Sequence[int], say: Callable[[str], None],
-    announce: Callable[[str], None],
+    announce: Callable[[str], None], grace: Optional[float] = None,
 ) -> int:
     """Serve from one child per port of ``ports`` (``args_for(port)``: its command line
     arguments) until SIGINT or SIGTERM; ``say`` a line on stderr, ``announce`` where
@@ -148,7 +148,7 @@ def serve_many(
                     say(f"{slot.name(len(slots))} {child.ended() or 'ended'}; not started again: "
                         "serve is stopping")
     finally:
-        _stop_all(slots)
+        _stop_all(slots, _STOP_GRACE if grace is None else grace)
     return status
 
 
@@ -183,13 +183,13 @@ def _after_death(slot: _Slot, count: int, say: Callable[[str], None]) -> bool:
     return True
 
 
-def _stop_all(slots: list[_Slot]) -> None:
-    """SIGTERM every child still running, SIGKILL those left after ``_STOP_GRACE`` seconds."""
+def _stop_all(slots: list[_Slot], grace: float = _STOP_GRACE) -> None:
+    """SIGTERM every child still running, SIGKILL those left after ``grace`` seconds."""
     children = [slot.process for slot in slots if slot.child is not None]
     for child in children:
         if child.poll() is None:
             child.terminate()
-    deadline = time.monotonic() + _STOP_GRACE
+    deadline = time.monotonic() + grace
     for child in children:
         try:
             child.wait(max(0.1, deadline - time.monotonic()))

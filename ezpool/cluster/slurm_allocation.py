@@ -155,8 +155,10 @@ class Allocation(Cluster):
     def _report(self, node: str, tasks: str, what: str) -> None:
         with self._lock:
             said = [f"task {task}: {text}" for task in _expand(tasks) for text in self._said.get(task, ())]
-        logger.warning("the worker of SLURM task %s on %s could not start or died (%s)%s", tasks, node, what,
-                       (":\n    " + "\n    ".join(said[-_KEPT:])) if said else "")
+        plural = "s" if not tasks.isdigit() else ""
+        quoted = (":\n    " + "\n    ".join(said[-_KEPT:])) if said else ""
+        logger.warning("the worker of SLURM task%s %s on %s could not start or died (%s)%s",
+                       plural, tasks, node, what, quoted)
 
     def check(self) -> None:
         srun = self._srun
@@ -168,7 +170,7 @@ class Allocation(Cluster):
         if self._reader is not None:
             self._reader.join(timeout=2)
         with self._lock:
-            said = list(self._srun_said) or [text for kept in self._said.values() for text in kept][-3:]
+            said = list(self._srun_said)[-3:] + [text for kept in self._said.values() for text in kept][-2:]
         raise ClusterError(
             f"srun, which ran the workers of SLURM job {os.environ.get('SLURM_JOB_ID')}, exited with "
             f"code {code}: no worker is left to join" + (": " + "; ".join(said) if said else "")

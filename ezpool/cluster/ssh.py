@@ -166,11 +166,8 @@ class SSH(Cluster):
 
     def check(self) -> None:
         for session in self._sessions:
-            problem = session.problem()
-            if problem and not session.reported:
-                session.reported = True
-                logger.error("ssh host %s: %s", session.destination, problem)
-        if self._sessions and not self._stopped and all(s.reported for s in self._sessions):
+            session.look()
+        if self._sessions and not self._stopped and all(s.ended for s in self._sessions):
             said = "; ".join(f"{s.destination}: {s.problem()}" for s in self._sessions)
             raise ClusterError(f"no worker could start over ssh on any host: {said}")
 
@@ -178,6 +175,7 @@ class SSH(Cluster):
         self._stopped = True
         sessions = self._sessions
         for session in sessions:
+            session.stopping = True
             session.close_input()
         deadline = time.monotonic() + LEAVE_SECONDS
         for session in sessions:
@@ -235,14 +233,18 @@ class SSH(Cluster):
 
 
 class _Session:
-    """One ``ssh`` to one host: its process, what it last said, and the tunnel's port."""
+    """One ``ssh`` to one host: its process, what it last said, and the tunnel's port.
+
+    It says once, as soon as it knows (its reader sees ssh's output end, or ``check``
+    looks), that its ssh ended other than by ``stop``, naming the host and ssh's last
+    lines; an exit status of 0 is a worker that left because its pool closed."""
 
     def __init__(self, destination: str, argv: list[str], key_line: bytes, tunnel: Optional[str]) -> None:
         self.destination = destination
         self.tunnel = tunnel
-        self.reported = False
+        self.stopping = False
+        self.ended = False
         self.port: Optional[int] = None
-        self.joined = False
         self.started = time.monotonic()
         self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL)
         self._lock = threading.Lock()
@@ -270,8 +272,9 @@ class _Session:
                 if found and self.tunnel and self.port is None:
                     self.port = int(found.group(1))
                     self._write(f"127.0.0.1:{self.port}\n".encode("ascii"))
-                elif "joined the pool" in line:
-                    self.joined = True
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(TERM_SECONDS)
+        self.look()
 
     def _write(self, data: bytes) -> None:
         stdin = self.process.stdin
@@ -282,11 +285,25 @@ class _Session:
                 if not stdin.closed:
                     stdin.write(data)
                     stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):  # ssh has gone: check() says why
+        except (BrokenPipeError, OSError, ValueError):  # ssh has gone: look() says why
             pass
 
+    def look(self) -> None:
+        """Note (and say, once) that this session has ended, if it has."""
+        problem = self.problem()
+        if problem is None:
+            return
+        with self._lock:
+            if self.ended:
+                return
+            self.ended = True
+        if self.stopping or self.process.returncode == 0:
+            logger.debug("ssh host %s: %s", self.destination, problem)
+        else:
+            logger.error("ssh host %s: %s", self.destination, problem)
+
     def problem(self) -> Optional[str]:
-        """What went wrong with this session (``None``: nothing so far)."""
+        """What ended this session (``None``: it goes on)."""
         code = self.process.poll()
         if code is None:
             if self.tunnel and self.port is None and time.monotonic() - self.started > TUNNEL_SECONDS:

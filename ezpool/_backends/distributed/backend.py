@@ -161,6 +161,11 @@ class DistributedBackend(Backend):
                 self._works.discard(work)
             self._priors.keep(fid, pending.sizer)
 
+    def prepare(self, options: Options) -> None:
+        """Listen for workers that dial in, and start their cluster, if ``options`` ask for it."""
+        if wants_dial_in(options):
+            self._dial_in(options, security.resolve_key(options.hmac_key, insecure=options.insecure))
+
     def close(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()

@@ -86,6 +86,8 @@ class DialIn:
         joined = self.listener.ready()
         began = said = time.monotonic()
         while wait and not joined:
+            if self.listener.closed:
+                raise WorkerUnavailable("the pool was shut down while its call waited for workers")
             self._check()
             joined = self.listener.wait(_LOOK_EVERY)
             now = time.monotonic()

@@ -145,7 +145,11 @@ class Listener:
         self._admitting = threading.BoundedSemaphore(ADMITTING)
         self._closed = False
         if listen_file:
-            write_listen_file(Path(listen_file), self.address, tls is not None)
+            try:
+                write_listen_file(Path(listen_file), self.address, tls is not None)
+            except BaseException:
+                self._sock.close()
+                raise
         self._thread = threading.Thread(target=self._accept, name="ezpool-listen", daemon=True)
         self._thread.start()
         logger.info("the pool listens for workers at %s%s", self.address,
@@ -159,6 +163,10 @@ class Listener:
                     del self.links[identity]
                     link.release()
             return list(self.links.values())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def wait(self, seconds: float) -> list[DialLink]:
         """The workers there now, waiting up to ``seconds`` for the first one."""
@@ -211,10 +219,11 @@ class Listener:
             info = connection.call("hello")
             if not isinstance(info, dict) or not info.get("identity"):
                 raise _pyro.PyroError("it did not say who it is: is it an EzPool worker?")
-        except _pyro.KeyRefused as exc:
-            logger.warning("refused a worker: %s", exc)
+        except (_pyro.KeyRefused, _pyro.SecurityError) as exc:
+            logger.warning("refused a worker that dialed in from %s: %s", address.host, exc)
             with self._lock:
                 self.refused = [*self.refused[-9:], str(exc)]
+            connection.close()
             return
         except Exception as exc:
             logger.debug("a connection from %s:%d did not join: %s", address.host, address.port, exc)
