@@ -11,7 +11,8 @@ worker, so a ``DialedConnection`` takes the next connection the worker dials in
 on (``DialLink.take``)::
 
     accept thread                 admitting thread (one per connection, at most
-    ─────────────                 ``ADMITTING`` at once, each ``PREAUTH_SECONDS``)
+    ─────────────                 ``ADMITTING`` at once, each ``PREAUTH_SECONDS``;
+                                  past them, the oldest is hung up on)
     accept() ───────────────────▶ take_dialed: the key, both ways, the worker first
                                   hello() ─▶ identity
                                   new worker: a DialLink, READY ─▶ on_join(link)
@@ -20,6 +21,7 @@ on (``DialLink.take``)::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
 import socket
@@ -142,7 +144,9 @@ class Listener:
         self.on_join: Optional[Callable[[DialLink], None]] = None
         self._lock = threading.Lock()
         self._joined = threading.Condition(self._lock)
-        self._admitting = threading.BoundedSemaphore(ADMITTING)
+        # Connections authenticating now, oldest first: a stranger that dials and stands
+        # still costs a slot for PREAUTH_SECONDS at most, and gives it up to a newer one.
+        self._admitting: collections.OrderedDict[int, socket.socket] = collections.OrderedDict()
         self._closed = False
         if listen_file:
             try:
@@ -205,10 +209,13 @@ class Listener:
                     return
                 time.sleep(0.05)  # out of descriptors, say: try again
                 continue
-            if not self._admitting.acquire(blocking=False):
-                logger.debug("too many connections authenticating at once: closing one from %s", peer)
-                sock.close()
-                continue
+            with self._lock:
+                self._admitting[id(sock)] = sock
+                oldest = self._admitting.popitem(last=False)[1] if len(self._admitting) > ADMITTING else None
+            if oldest is not None:
+                logger.debug("too many connections authenticating at once: hanging up the oldest")
+                with contextlib.suppress(OSError):
+                    oldest.shutdown(socket.SHUT_RDWR)
             threading.Thread(target=self._admit, args=(sock, peer), daemon=True, name="ezpool-admit").start()
 
     def _admit(self, sock: socket.socket, peer: Any) -> None:
@@ -230,7 +237,8 @@ class Listener:
             connection.close()
             return
         finally:
-            self._admitting.release()
+            with self._lock:
+                self._admitting.pop(id(sock), None)
         connection.timeout = None
         self._arrived(connection, address, dict(info))
 
