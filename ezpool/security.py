@@ -30,6 +30,7 @@ and a counter that only grows (see ``ezpool._pyro.client`` for the exchange).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import hmac
@@ -303,6 +304,18 @@ def is_loopback_host(host: str) -> bool:
     except (OSError, UnicodeError, ValueError):
         return False
     return bool(found) and all(_is_loopback_address(entry[4][0]) for entry in found)
+
+
+def only_here(host: str) -> str:
+    """What ``host`` resolves to, if it is a name (not ``localhost``, not an address) that
+    resolves to loopback only: an address of this machine alone, though the name looks
+    like one other machines reach (Debian maps the host's own name to 127.0.1.1). ``""``
+    otherwise."""
+    if not host or host == "localhost" or _is_loopback_address(host) or not is_loopback_host(host):
+        return ""
+    with contextlib.suppress(OSError, UnicodeError, ValueError):
+        return str(socket.getaddrinfo(host, None)[0][4][0])
+    return ""
 
 
 def _is_loopback_address(text: object) -> bool:

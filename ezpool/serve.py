@@ -215,7 +215,7 @@ def _seconds(text: str) -> float:
 
 def _security(args: argparse.Namespace) -> tuple[Optional[bytes], Optional[ssl.SSLContext]]:
     """The key and TLS context to serve with, or a ``ServeError`` that says what to fix."""
-    from .security import is_loopback_host, resolve_key
+    from .security import is_loopback_host, only_here, resolve_key
 
     try:
         given = _key_from_stdin(args) if args.key_stdin else None
@@ -224,6 +224,11 @@ def _security(args: argparse.Namespace) -> tuple[Optional[bytes], Optional[ssl.S
             logger.warning(
                 "listening on %s without a key: anyone who can reach it can run code here", args.host
             )
+        here = "" if args.connect else only_here(args.host)
+        if here:
+            print(f"{args.prog}: warning: --host {args.host} resolves to {here}, an address of this "
+                  "machine only: clients elsewhere cannot reach this worker. Give --host the address "
+                  "they reach, or dial the pool instead (--connect)", file=sys.stderr, flush=True)
         tls = server_tls_from_flags(args)
     except SecurityError as exc:
         raise ServeError(str(exc)) from None

@@ -295,3 +295,33 @@ def test_64_workers_that_join_within_a_second_all_get_work(workers, tmp_path):
         results = pool.map(nap, [0.5 + i * 1e-6 for i in range(64 * 4)])
     assert not results.errors
     assert len(set(results.values())) == 64
+
+
+def _own_name_if_only_here():
+    import socket
+
+    from ezpool.security import only_here
+
+    name = socket.gethostname()
+    return name if only_here(name) else None
+
+
+@pytest.mark.skipif(_own_name_if_only_here() is None,
+                    reason="this machine's name does not resolve to loopback here")
+def test_a_host_name_that_means_this_machine_only_is_named_as_such(core_child_env):
+    from tests.conftest import free_port
+
+    name, port = _own_name_if_only_here(), free_port()
+    with ezpool.Pool(mode="distributed") as pool, \
+            pytest.raises(WorkerUnavailable, match="an address of this machine only") as caught:
+        pool.map(square, [1], workers=f"PYRO:worker@{name}:{port}")
+    assert "spawn=True" not in str(caught.value)  # a worker started here would run it all here
+    serve = subprocess.Popen([sys.executable, "-m", "ezpool.serve", "--host", str(name), "--port", str(port)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=core_child_env,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        warning = serve.stderr.readline()
+    finally:
+        os.killpg(serve.pid, signal.SIGKILL)
+        serve.communicate(timeout=10)
+    assert f"--host {name} resolves to" in warning and "this machine only" in warning

@@ -24,7 +24,7 @@ from ..._worker.launch import serve_command, worker_env
 from ..._worker.servant import GENERIC, served_name
 from ...errors import WorkerUnavailable
 from ...options import DEFAULT_WORKER
-from ...security import KEY_ENV, is_loopback_host
+from ...security import KEY_ENV, is_loopback_host, only_here
 from ...worker import BaseWorker
 from .links import Link
 
@@ -294,7 +294,10 @@ def is_default(link: Link) -> bool:
 
 
 def may_start(link: Link, spawn: Optional[bool]) -> bool:
-    """Whether the pool starts a worker for ``link``, which did not answer (see the module's rule)."""
+    """Whether the pool starts a worker for ``link``, which did not answer (see the module's rule).
+    Never for a name that only looks like another machine's (``security.only_here``)."""
+    if only_here(str(link.address.host)):
+        return False
     if not (spawn is not False and can_start(link) and (spawn or is_default(link))):
         return False
     return not _listening(str(link.address.host), int(link.address.port))
@@ -303,6 +306,14 @@ def may_start(link: Link, spawn: Optional[bool]) -> bool:
 def not_started(link: Link) -> WorkerUnavailable:
     """No worker listens at ``link``: why the pool did not start one, and how to."""
     address = link.address
+    here = only_here(str(address.host))
+    if here:
+        return WorkerUnavailable(
+            f"no worker answers at {link.text} (connection refused): {address.host} resolves to {here}, "
+            "an address of this machine only, so a worker elsewhere is never reached there. Give the "
+            "URI an address of the worker's machine that this one reaches (its serve --host), or let "
+            "the workers dial the pool (listen=..., ezpool-serve --connect)"
+        )
     name = "" if address.object == "worker" else f" --name {address.object}"
     return WorkerUnavailable(
         f"no worker answers at {link.text} (connection refused), and EzPool starts one by itself "
