@@ -17,6 +17,12 @@ and then::
 
     python examples/fib.py --mode distributed --tasks 1 2 3 4 5 \\
         --workers PYRO:worker@localhost:21000 PYRO:worker@localhost:21001
+
+Inside a SLURM allocation (``sbatch`` or ``salloc``), ``--workers slurm`` starts one
+worker per task slot of the allocation with ``srun``; they dial in to this program,
+and stop when it ends::
+
+    salloc --ntasks=4 python examples/fib.py --mode distributed --workers slurm
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers", "-w", nargs="+", default=["PYRO:worker@localhost:21000"],
-        help="worker URIs in distributed mode (default: PYRO:worker@localhost:21000)",
+        help="worker URIs in distributed mode, or 'slurm' for workers started on this SLURM "
+        "allocation (default: PYRO:worker@localhost:21000)",
     )
     parser.add_argument(
         "--spawn", action="store_true",

@@ -179,6 +179,8 @@ def _workers(name: str, value: Any) -> Union[tuple[str, ...], Cluster, str, None
             raise TypeError(f"each worker must be a URI string, got {uri!r}")
     if not uris:
         raise ValueError(f"workers is empty ({value!r}): name at least one worker URI")
+    if uris == ("slurm",):  # as an argparse list gives it: --workers slurm
+        return "slurm"
     return uris
 
 
