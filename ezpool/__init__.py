@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AuthenticationError,
+    ClusterError,
     EzPoolError,
     RemoteError,
     RemoteTraceback,
@@ -72,6 +73,7 @@ __all__ = [
     "SecurityError",
     "StoreError",
     "StoreMismatch",
+    "ClusterError",
     "open_store",
 ]
 
