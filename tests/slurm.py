@@ -50,9 +50,6 @@ PREFIX = "ezp-slurm-"
 BINARIES = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "srun", "salloc", "squeue", "scancel",
             "sinfo", "scontrol")
 
-_OWNED = re.compile(rf"/{re.escape(PREFIX)}(\d+)-[^/]+/slurm\.conf")
-
-
 def unavailable() -> Optional[str]:
     """Why a SLURM cannot be started here, or ``None`` when it can."""
     if not sys.platform.startswith("linux"):
@@ -159,6 +156,7 @@ class LocalSlurm:
             "KillWait=5",
             "MinJobAge=30",
             "InactiveLimit=0",
+            "SchedulerParameters=sched_interval=2",  # a job that could not start at once waits 2 s, not 60
             f"NodeName={NODE} NodeAddr=127.0.0.1 CPUs={cpus} Boards=1 SocketsPerBoard=1 "
             f"CoresPerSocket={cpus} ThreadsPerCore=1 RealMemory=4000 State=UNKNOWN",
             f"PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP",
@@ -190,8 +188,10 @@ class LocalSlurm:
 
     def run(self, argv: list[str], check: bool = True, timeout: float = 30.0,
             input: Optional[str] = None) -> subprocess.CompletedProcess[str]:
-        """Run a SLURM client command against this cluster; with ``check``, fail on its errors."""
-        done = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=timeout,
+        """Run a SLURM client command against this cluster, in this process's environment as it is
+        now (a job submitted inherits it); with ``check``, fail on its errors."""
+        env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": _path()}
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout,
                               input=input, check=False)
         if check and done.returncode:
             raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
@@ -268,16 +268,20 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def sweep() -> list[int]:
-    """Kill the daemons of test SLURMs whose session is gone, and remove their folders; the pids."""
+    """Kill the daemons and job processes of test SLURMs whose session is gone, and remove their
+    folders; the pids killed."""
+    owned = re.compile(rf"/{re.escape(PREFIX)}(\d+)-[^/\s]+/")
     killed = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode("latin-1")
+            conf = [item for item in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+                    if item.startswith(b"SLURM_CONF=")]
         except OSError:
             continue
-        match = _OWNED.search(command) or re.search(rf"/{re.escape(PREFIX)}(\d+)-[^/]+/munge", command)
+        match = owned.search(command) or owned.search(conf[0].decode(errors="replace") if conf else "")
         if match and _gone(int(match.group(1))):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry), signal.SIGKILL)

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from ezpool import Pool
 from ezpool.cluster import Joining, Slurm
 from ezpool.cluster.slurm import Allocation
 from ezpool.errors import ClusterError
 from tests import slurm as local_slurm
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 
 @pytest.fixture(scope="session")
@@ -205,3 +206,259 @@ def test_a_job_that_will_stay_pending_says_why_and_what_to_change(slurm, tmp_pat
         r"pending \(Reason=Partition(Config|TimeLimit)\).*lower time=.*partition short: MaxTime=00:01:00",
         said[0],
     ), said
+
+
+# --- scale and stop: jobs whose workers dial a pool that is not there keep trying, and run ---
+
+
+@pytest.mark.timeout(90)
+def test_scale_submits_more_or_cancels_the_newest_and_stop_cancels_every_job(slurm, tmp_path):
+    cluster = Slurm(jobs=1, time="00:05:00", log_dir=tmp_path / "logs")
+    cluster.start(Joining(f"127.0.0.1:{free_port()}"))
+    first = cluster.job_ids
+    cluster.scale(jobs=3)
+    assert len(cluster.job_ids) == 3 and cluster.job_ids[0] == first[0] and cluster.expected == 3
+    assert sorted(slurm.live_jobs()) == sorted(cluster.job_ids)
+    newest = cluster.job_ids[1:]
+    cluster.scale(jobs=1)
+    assert cluster.job_ids == first
+    _wait_until(lambda: not set(newest) & set(slurm.live_jobs()), "scale(jobs=1) cancels the newest", 20)
+    cluster.check()  # one job still runs: nothing to raise
+    started = time.monotonic()
+    cluster.stop()
+    assert slurm.live_jobs() == [] and time.monotonic() - started < 16
+    assert slurm.job_processes() == []
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.err"))
+    cluster.stop()  # twice is fine
+
+
+def _wait_until(condition, what: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within} s: {what}")
+        time.sleep(0.1)
+
+
+# --- end to end: a pool, its workers on SLURM ---
+
+
+def _square(x: int) -> int:
+    time.sleep(0.05)
+    return x * x
+
+
+def _slow_while(x: int, flag: str) -> int:
+    """A task of 0.2 s while the file ``flag`` exists, of nothing after."""
+    if os.path.exists(flag):
+        time.sleep(0.2)
+    return -x
+
+
+@pytest.mark.timeout(120)
+def test_jobs_from_outside_run_a_map_and_are_gone_when_the_pool_closes(slurm, tmp_path):
+    cluster = Slurm(jobs=2, cpus=1, time="00:05:00")
+    with Pool(mode="distributed", workers=cluster) as pool:
+        results = pool.map(_square, range(40))
+        jobs = cluster.job_ids
+    assert dict(results) == {x: x * x for x in range(40)} and not results.errors
+    assert len(jobs) == 2 and not set(jobs) & set(slurm.live_jobs())
+    assert slurm.job_processes() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_job_array_runs_a_map(slurm, tmp_path):
+    cluster = Slurm(jobs=2, time="00:05:00", array=True)
+    with Pool(mode="distributed", workers=cluster) as pool:
+        results = pool.map(_square, range(20))
+        assert all(re.fullmatch(r"\d+_[01]", job) for job in cluster.job_ids), cluster.job_ids
+    assert dict(results) == {x: x * x for x in range(20)}
+    assert slurm.live_jobs() == [] and slurm.job_processes() == []
+
+
+@pytest.mark.timeout(120)
+def test_scancel_of_one_job_mid_run_loses_nothing_and_charges_no_attempt(slurm, tmp_path):
+    cluster = Slurm(jobs=2, cpus=1, time="00:05:00")
+    seen: set[str] = set()
+    cancelled: list[str] = []
+
+    def watch(outcome, done, total):
+        seen.add(outcome.worker)
+        if len(seen) == 2 and not cancelled:  # both jobs' workers are at work: cancel one
+            cancelled.append(cluster.job_ids[-1])
+            slurm.run(["scancel", cancelled[0]])
+
+    with Pool(mode="distributed", workers=cluster) as pool:
+        results = pool.map(_square, range(200), progress=watch, max_attempts=1, backup=False)
+        assert cancelled and cancelled[0] not in slurm.live_jobs()
+    assert not results.errors, results.errors  # an attempt charged fails the task: max_attempts=1
+    assert dict(results) == {x: x * x for x in range(200)}
+    assert slurm.live_jobs() == [] and slurm.job_processes() == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_a_job_reaching_its_time_limit_mid_run_loses_nothing(slurm, tmp_path):
+    flag = tmp_path / "slow"
+    flag.touch()
+    cluster = Slurm(jobs=1, cpus=1, time="00:01:00")  # SLURM's least
+    tasks = [(x, str(flag)) for x in range(3000)]  # 300 s of work at first: more than the limit
+    short: list[str] = []
+    other: list[str] = []
+    looked = [0.0]
+
+    def watch(outcome, done, total):
+        if not other:  # a worker of a job of 10 minutes, submitted by hand, joins too
+            short.extend(cluster.job_ids)
+            script = cluster.job_script().replace("--time=00:01:00", "--time=00:10:00")
+            other.append(slurm.run(["sbatch", "--parsable"], input=script).stdout.strip())
+        if flag.exists() and time.monotonic() - looked[0] > 0.5:
+            looked[0] = time.monotonic()
+            if short[0] not in slurm.live_jobs():  # the job of 1 minute has ended: the rest take no time
+                flag.unlink()
+
+    with Pool(mode="distributed", workers=cluster) as pool:
+        results = pool.map(_slow_while, tasks, progress=watch, max_attempts=1, backup=False)
+    assert not results.errors, list(results.errors.items())[:3]  # max_attempts=1: a charged attempt fails
+    assert not flag.exists(), "the job of 1 minute did not end"
+    assert dict(results) == {task: -task[0] for task in tasks}
+    assert slurm.live_jobs() == other  # the job submitted by hand is the test's to cancel
+
+
+_CLIENT = '''
+import json, os, sys, time
+from ezpool import Pool
+
+def square(x):
+    time.sleep(0.05)
+    return x * x
+
+def serving_processes():
+    """ezpool-serve processes of this SLURM job, still alive."""
+    mine = "SLURM_JOB_ID=" + os.environ["SLURM_JOB_ID"]
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace").split("\\0")
+            command = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        if mine in environ and "ezpool.serve" in command:
+            found.append(pid)
+    return found
+
+if __name__ == "__main__":
+    with Pool(mode="distributed", workers="slurm") as pool:
+        results = pool.map(square, range(40))
+        during = len(serving_processes())
+    json.dump({"results": {str(k): v for k, v in results.items()}, "errors": len(results.errors),
+               "during": during, "after": serving_processes()}, open(sys.argv[1], "w"))
+'''
+
+
+def _check_client_output(path: Path) -> None:
+    import json
+
+    out = json.loads(path.read_text())
+    assert out["results"] == {str(x): x * x for x in range(40)} and out["errors"] == 0
+    assert out["during"] >= 2  # every task slot got a worker
+    assert out["after"] == []  # and none outlives the pool
+
+
+def _job_ends_with_nothing_left(slurm) -> None:
+    """The job (which ends as salloc or sbatch --wait returns) leaves SLURM's queue, and no
+    process of it is left."""
+    _wait_until(lambda: not slurm.live_jobs(), "the job leaves the queue", 20)
+    assert slurm.job_processes() == []
+
+
+@pytest.mark.timeout(120)
+def test_workers_slurm_inside_sbatch(slurm, tmp_path):
+    (tmp_path / "client.py").write_text(_CLIENT)
+    script = tmp_path / "job.sh"
+    script.write_text(
+        f"#!/bin/sh\n#SBATCH --ntasks=3\n#SBATCH --time=00:05:00\n#SBATCH --output={tmp_path}/job.out\n"
+        f"exec {sys.executable} client.py {tmp_path}/out.json\n"
+    )
+    done = slurm.run(["sbatch", "--wait", str(script)], check=False, timeout=100)
+    assert done.returncode == 0, (done.stderr, (tmp_path / "job.out").read_text())
+    _check_client_output(tmp_path / "out.json")
+    _job_ends_with_nothing_left(slurm)
+
+
+@pytest.mark.timeout(120)
+def test_workers_slurm_inside_salloc(slurm, tmp_path):
+    (tmp_path / "client.py").write_text(_CLIENT)
+    done = slurm.run(["salloc", "--ntasks=2", "--time=00:05:00", sys.executable, "client.py",
+                      str(tmp_path / "out.json")], check=False, timeout=100)
+    assert done.returncode == 0, done.stderr
+    _check_client_output(tmp_path / "out.json")
+    _job_ends_with_nothing_left(slurm)
+
+
+_BROKEN_CLIENT = '''
+import logging, sys
+from ezpool import Pool
+from ezpool.cluster.slurm import Allocation
+from ezpool.errors import ClusterError
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        with Pool(mode="distributed", workers=Allocation(python=sys.argv[1])) as pool:
+            pool.map(abs, range(4))
+    except ClusterError as exc:
+        print("ClusterError:", exc)
+'''
+
+
+@pytest.mark.timeout(90)
+def test_in_an_allocation_a_worker_that_cannot_start_is_reported_at_once_naming_its_node(slurm, tmp_path):
+    (tmp_path / "client.py").write_text(_BROKEN_CLIENT)
+    started = time.monotonic()
+    done = slurm.run(["salloc", "--ntasks=2", "--time=00:05:00", sys.executable, "client.py",
+                      str(tmp_path / "no-python-here")], check=False, timeout=80)
+    assert time.monotonic() - started < 30
+    assert "ClusterError: srun, which ran the workers of SLURM job" in done.stdout, (done.stdout, done.stderr)
+    warned = re.findall(r"WARNING:ezpool.cluster.slurm_allocation:(.*)", done.stderr)
+    assert warned and f"on {local_slurm.NODE}" in warned[0], done.stderr
+    assert "no-python-here" in done.stderr and "No such file" in done.stderr, done.stderr
+    _job_ends_with_nothing_left(slurm)
+
+
+_INTERRUPTED_CLIENT = '''
+import sys, time
+from ezpool import Pool
+from ezpool.cluster import Slurm
+
+def slow(x):
+    time.sleep(0.5)
+    return x
+
+if __name__ == "__main__":
+    say = lambda outcome, done, total: print("running", flush=True) if done == 1 else None
+    with Pool(mode="distributed", workers=Slurm(jobs=2, time="00:05:00")) as pool:
+        pool.map(slow, range(1000), progress=say)
+'''
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_of_the_client_leaves_no_job_and_no_process(slurm, tmp_path):
+    import signal
+    import subprocess
+
+    (tmp_path / "client.py").write_text(_INTERRUPTED_CLIENT)
+    client = subprocess.Popen([sys.executable, "client.py"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        assert client.stdout is not None and client.stdout.readline() == "running\n", client.stderr
+        assert len(slurm.live_jobs()) == 2
+        client.send_signal(signal.SIGINT)
+        _, stderr = client.communicate(timeout=40)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert "KeyboardInterrupt" in stderr
+    assert slurm.live_jobs() == [], "the client's jobs are still in squeue"
+    assert slurm.job_processes() == []
