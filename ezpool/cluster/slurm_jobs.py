@@ -151,7 +151,7 @@ def query(jobs: Iterable[str]) -> Optional[dict[str, JobInfo]]:
     for line in done.stdout.splitlines():
         fields = line.strip().split("|")
         if len(fields) == 5:
-            found[fields[0]] = JobInfo(*fields[:4], partition=fields[4])
+            found[fields[0]] = JobInfo(fields[0], fields[1], fields[2], fields[3], partition=fields[4])
     return found
 
 
