@@ -60,7 +60,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from . import _backends as backends
 from ._core.logs import get_logger
 from .executor import PoolExecutor
-from .options import DEFAULT_WORKER, Options
+from .options import Options, planned_workers
 
 logger = get_logger(__name__)
 
@@ -254,7 +254,7 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
         if mode == "serial" or n_jobs == 1:
             return 1
         if mode == "distributed":
-            return max(2, len(settings.workers or (DEFAULT_WORKER,)))
+            return max(2, planned_workers(settings.workers))
         if multiprocessing.current_process().daemon:
             warnings.warn(
                 "the 'ezpool' joblib backend cannot start processes in a daemonic process; "

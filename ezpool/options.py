@@ -184,6 +184,14 @@ def _workers(name: str, value: Any) -> Union[tuple[str, ...], Cluster, str, None
     return uris
 
 
+def planned_workers(workers: Any) -> int:
+    """How many distributed workers ``workers`` (a checked ``workers`` option) names, or a
+    cluster asks for (``"slurm"``: 1, until the allocation is known)."""
+    if isinstance(workers, tuple):
+        return len(workers)
+    return int(getattr(workers, "expected", 0)) or 1
+
+
 def _address(name: str, value: Any) -> Optional[str]:
     if value is None:
         return None

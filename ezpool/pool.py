@@ -22,6 +22,7 @@ from .options import (
     SerialOptions,
     Workers,
     described,
+    planned_workers,
 )
 from .results import R, Results, ResultsBuilder, TaskOutcome
 
@@ -197,7 +198,7 @@ class Pool:
 
             return int(options.ncpu or available_cpus())
         if mode == _DISTRIBUTED:
-            return len(options.workers or ()) or 1
+            return planned_workers(options.workers)
         return 1
 
     def _map(self, mode: str, fun: Any, tasks: Iterable[Hashable], given: dict[str, Any]) -> Results:

@@ -109,6 +109,17 @@ class DistributedExecutor(PoolExecutor):
         super().__init__("distributed", max_workers, workers=workers, spawn=True, **options)
 
 
+class DialInExecutor(PoolExecutor):
+    """The distributed mode over generic workers that dial in to it, started on this machine."""
+
+    def __init__(self, max_workers: Optional[int] = None, **options: Any) -> None:
+        from tests.modes import LocalDialers
+
+        count = max_workers if isinstance(max_workers, int) and max_workers > 0 else 1
+        dialers = LocalDialers(min(count, _MOST_DISTRIBUTED))
+        super().__init__("distributed", max_workers, workers=dialers, listen="127.0.0.1:0", **options)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -142,6 +153,8 @@ def build_suite(cpython: types.SimpleNamespace, mode: str) -> unittest.TestSuite
     kind, start_method = MODES[mode].kind, MODES[mode].start_method
     executor_type = {"serial": SerialExecutor, "parallel": ParallelExecutor,
                      "distributed": DistributedExecutor}[kind]
+    if MODES[mode].dial_in:
+        executor_type = DialInExecutor
     attributes: dict[str, Any] = {"executor_type": executor_type}
     if start_method is not None:
         attributes["ctx"] = start_method  # ExecutorMixin then passes mp_context=get_context()

@@ -191,6 +191,9 @@ class DistributedBackend(Backend):
             for driver in work.drivers:
                 driver.break_off()
         self._started.stop(grace=0)
+        dial = self._dial
+        if dial is not None and dial.cluster is not None:
+            dial.cluster.stop()  # the workers it started for this pool
 
     def _all_links(self) -> list[Link]:
         """Every worker the watcher looks at: those named, and those that dialed in."""
