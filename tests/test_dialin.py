@@ -325,3 +325,4 @@ def test_a_host_name_that_means_this_machine_only_is_named_as_such(core_child_en
         os.killpg(serve.pid, signal.SIGKILL)
         serve.communicate(timeout=10)
     assert f"--host {name} resolves to" in warning and "this machine only" in warning
+

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import ssl
 import time
+import weakref
 from typing import Any, Optional
 
 from ..._core.logs import get_logger
@@ -60,6 +61,8 @@ class DialIn:
         self.listener = Listener(options.listen or ":0", key, tls, _text(options.listen_file))
         self._more: tuple[float, bool] = (0.0, True)
         self.error: Optional[ClusterError] = None
+        # A pool left open when the interpreter exits still cancels its jobs and stops its workers.
+        self._finalizer = weakref.finalize(self, _close, self.listener, self.cluster)
         if self.cluster is not None:
             joining = Joining(
                 self.listener.address, _text(options.listen_file), key, _key_file(options),
@@ -116,11 +119,7 @@ class DialIn:
         return answer
 
     def close(self) -> None:
-        try:
-            self.listener.close()
-        finally:
-            if self.cluster is not None:
-                self.cluster.stop()
+        self._finalizer()
 
     def _check(self) -> None:
         if self.cluster is not None:
@@ -137,6 +136,14 @@ class DialIn:
         if self.listener.listen_file:
             return f" (workers find it in {self.listener.listen_file})"
         return f": start workers with ezpool-serve --connect {self.listener.address}"
+
+
+def _close(listener: Listener, cluster: Optional[Cluster]) -> None:
+    try:
+        listener.close()
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
 
 def _text(path: Any) -> Optional[str]:
