@@ -261,8 +261,10 @@ def test_jobs_from_outside_run_a_map_and_are_gone_when_the_pool_closes(slurm, tm
     with Pool(mode="distributed", workers=cluster) as pool:
         results = pool.map(_square, range(40))
         jobs = cluster.job_ids
-    assert dict(results) == {x: x * x for x in range(40)} and not results.errors
-    assert len(jobs) == 2 and not set(jobs) & set(slurm.live_jobs())
+    assert not results.errors, results.errors
+    assert dict(results) == {x: x * x for x in range(40)}
+    assert len(jobs) == 2, jobs
+    assert not set(jobs) & set(slurm.live_jobs()), slurm.jobs()
     assert slurm.job_processes() == []
 
 
@@ -290,7 +292,8 @@ def test_scancel_of_one_job_mid_run_loses_nothing_and_charges_no_attempt(slurm, 
 
     with Pool(mode="distributed", workers=cluster) as pool:
         results = pool.map(_square, range(200), progress=watch, max_attempts=1, backup=False)
-        assert cancelled and cancelled[0] not in slurm.live_jobs()
+        assert cancelled, f"only {seen} ran tasks; jobs {slurm.jobs()}"
+        assert cancelled[0] not in slurm.live_jobs()
     assert not results.errors, results.errors  # an attempt charged fails the task: max_attempts=1
     assert dict(results) == {x: x * x for x in range(200)}
     assert slurm.live_jobs() == [] and slurm.job_processes() == []
