@@ -146,12 +146,13 @@ def derived(name: str, record: dict[str, Any]) -> dict[str, Any]:
                 if size in equal:  # the pool's own cost per task charged to the ideal
                     measured = equal[size] * 2 * slowdown / (slowdown + 1)
                     out.setdefault("over_measured_ideal", {}).setdefault(contender, {})[size] = t / measured
-    elif name.startswith("many"):
+    elif name.startswith(("many", "dialin")):
         workers, seconds = record["params"]["workers"], record["params"]["task_seconds"]
         out["efficiency"] = {
             contender: {size: (size * seconds / workers) / t for size, t in points.items()}
             for contender, points in medians.items()
         }
+    out.update(record["params"].get("figures") or {})  # what a workload measured besides time
     return out
 
 

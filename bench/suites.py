@@ -18,7 +18,9 @@ from ezpool import BaseWorker, Pool
 from . import peers, stragglers
 from .bigdata import big_arguments, big_results
 from .captured import captured
+from .clusters import clusters
 from .coldstart import cold_start
+from .dialin import dialin, joining
 from .harness import Comparison, Contender, Runner, Settings, Timed, simple
 from .naive_pyro import naive_client
 from .scale import scale
@@ -356,4 +358,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Comparison]]] = {
     "arguments": lambda settings: big_arguments(settings, NCPU),
     "scale": scale,
     "stragglers": stragglers.workload,
+    "dialin": dialin,
+    "joining": joining,
+    "clusters": clusters,
 }

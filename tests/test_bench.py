@@ -207,3 +207,63 @@ def test_the_ray_workload_times_dmap_against_ray() -> None:
     if statuses["dmap"] == "ok":
         pairs = {(r["ezpool"], r["peer"]) for r in record["ratios"]}
         assert ("dmap", "Ray, tasks batched by hand") in pairs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_the_dialin_workload_times_dial_in_against_pyro_workers_with_client_figures() -> None:
+    from bench.dialin import dialin_comparison
+    from bench.harness import Settings, measure
+    from bench.report import derived
+
+    settings = Settings(quick=True, repeats=1, budget=120)
+    comparison = dialin_comparison(2)
+    record = measure(comparison, settings)
+    statuses = {name: entry["status"] for name, entry in record["contenders"].items()}
+    assert statuses == dict.fromkeys(["dial-in warm", "PYRO: warm", "dial-in cold", "PYRO: cold"], "ok")
+    ratios = {(r["ezpool"], r["peer"]): r["ratio"] for r in record["ratios"]}
+    assert set(ratios) == {("dial-in warm", "PYRO: warm"), ("dial-in cold", "PYRO: cold")}
+    assert all(0.2 < ratio < 5 for ratio in ratios.values()), ratios
+    figures = derived(comparison.name, record)
+    for name, points in figures["efficiency"].items():
+        assert 0.1 < points[40] <= 1.05, (name, points)  # 40 naps of 50 ms over 2 workers: 1 s ideal
+    for name in ("dial-in warm", "PYRO: warm"):
+        client = figures["client"][name]
+        assert client["client_rss_mib"] > 1 and client["client_threads_per_worker"] > 0, client
+    assert 0 < figures["dial-in joined (s, median)"] < 60
+
+
+@pytest.mark.timeout(120)
+def test_the_joining_workload_reports_the_share_the_latecomer_ran() -> None:
+    from bench.dialin import joining
+    from bench.harness import Settings, measure
+    from bench.report import derived
+
+    settings = Settings(quick=True, repeats=1, budget=120)
+    [comparison] = joining(settings, cases=[(1, 1)])
+    record = measure(comparison, settings)
+    assert record["contenders"]["1 there + 1 joining"]["status"] == "ok", record["contenders"]
+    figures = derived(comparison.name, record)
+    assert figures["fair share"] == 0.5
+    assert len(figures["shares"]) == 2  # the warm-up and the timed run
+    # The worker that joined halfway ran some of what was left, and never more than all of it.
+    assert 0 < figures["joiners' share of the rest (median)"] <= 1, figures
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_clusters_workload_times_the_first_result_or_says_why_not() -> None:
+    from bench.clusters import clusters
+    from bench.harness import Settings, measure
+
+    settings = Settings(quick=True, repeats=1, budget=300)
+    for comparison in clusters(settings):
+        record = measure(comparison, settings)
+        for name, entry in record["contenders"].items():
+            assert entry["status"] in ("ok", "skipped"), (comparison.name, name, entry)
+            if entry["status"] == "skipped":
+                assert entry["reason"], name
+            else:
+                assert 0 < entry["sizes"][1]["median"] < 120, (name, entry)
+        for ratio in record["ratios"]:
+            assert math.isfinite(ratio["ratio"]) and ratio["ratio"] > 0, ratio
