@@ -171,7 +171,7 @@ def _check_until_error(cluster: Slurm, within: float) -> ClusterError:
 @pytest.mark.timeout(90)
 def test_a_job_whose_worker_cannot_start_is_reported_naming_job_node_and_its_error(slurm, tmp_path, caplog):
     missing = str(tmp_path / "no-python-here")
-    cluster = Slurm(jobs=2, python=missing, time="00:05:00", log_dir=tmp_path / "logs")
+    cluster = Slurm(jobs=2, python=missing, time="00:05:00")
     with caplog.at_level(logging.WARNING, logger="ezpool"):
         cluster.start(Joining("127.0.0.1:4000"))
         jobs = cluster.job_ids
@@ -184,6 +184,8 @@ def test_a_job_whose_worker_cannot_start_is_reported_naming_job_node_and_its_err
         said = [m for m in warned if f"SLURM job {job} on {local_slurm.NODE} ended FAILED" in m]
         assert len(said) == 1, warned  # once each
         assert "before its worker joined" in said[0] and "no-python-here" in said[0], said[0]
+        kept = re.search(r"the end of (\S+\.err)", said[0])
+        assert kept and Path(kept.group(1)).is_file()  # stop() keeps what the warning points to
 
 
 @pytest.mark.timeout(90)
@@ -266,6 +268,7 @@ def test_jobs_from_outside_run_a_map_and_are_gone_when_the_pool_closes(slurm, tm
     assert len(jobs) == 2, jobs
     assert not set(jobs) & set(slurm.live_jobs()), slurm.jobs()
     assert slurm.job_processes() == []
+    assert list((tmp_path / "cache" / "ezpool" / "slurm").iterdir()) == []  # the jobs' output is gone
 
 
 @pytest.mark.timeout(120)
@@ -291,11 +294,11 @@ def test_scancel_of_one_job_mid_run_loses_nothing_and_charges_no_attempt(slurm, 
             slurm.run(["scancel", cancelled[0]])
 
     with Pool(mode="distributed", workers=cluster) as pool:
-        results = pool.map(_square, range(200), progress=watch, max_attempts=1, backup=False)
+        results = pool.map(_square, range(300), progress=watch, max_attempts=1, backup=False)
         assert cancelled, f"only {seen} ran tasks; jobs {slurm.jobs()}"
         assert cancelled[0] not in slurm.live_jobs()
     assert not results.errors, results.errors  # an attempt charged fails the task: max_attempts=1
-    assert dict(results) == {x: x * x for x in range(200)}
+    assert dict(results) == {x: x * x for x in range(300)}
     assert slurm.live_jobs() == [] and slurm.job_processes() == []
 
 

@@ -75,8 +75,8 @@ class Slurm(Cluster):
         setup: shell lines the job runs before the worker (``"module load python"``).
         array: submit the jobs as one job array.
         log_dir: where the jobs' output goes (``None``: a private folder under
-            ``~/.cache/ezpool/slurm``, removed by ``stop()``); it must be on a file
-            system the compute nodes share.
+            ``~/.cache/ezpool/slurm``, removed by ``stop()`` unless a job failed before its
+            worker joined); it must be on a file system the compute nodes share.
     """
 
     def __init__(
@@ -120,6 +120,7 @@ class Slurm(Cluster):
         self._next_look = 0.0
         self._last_submit = 0.0
         self._stopped = False
+        self._keep_logs = False
 
     def __repr__(self) -> str:
         return (f"Slurm(jobs={self._jobs}, cpus={self.cpus}, time={self.time!r}, "
@@ -249,6 +250,7 @@ class Slurm(Cluster):
         if joined:
             logger.info("SLURM job %s%s ended (%s%s)", info.job, where, info.state, code)
             return
+        self._keep_logs = True  # its .err file stays, for whoever reads this warning
         said = (":\n    " + "\n    ".join(lines)) if lines else f" (nothing in {err})"
         reason = f", reason {info.reason}" if info.reason not in ("None", "") else ""
         logger.warning("SLURM job %s%s ended %s%s%s, before its worker joined; the end of %s%s",
@@ -316,7 +318,7 @@ class Slurm(Cluster):
                 time.sleep(0.25)
             if left:
                 logger.warning("SLURM job(s) %s still listed %g s after scancel", " ".join(left), _STOP_WAIT)
-            if self._own_logs:
+            if self._own_logs and not self._keep_logs:
                 shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
