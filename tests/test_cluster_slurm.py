@@ -101,8 +101,11 @@ def test_allocation_asks_srun_for_one_worker_per_task_slot_and_passes_the_key_on
                                                   "SLURM_JOB_NUM_NODES": "2", "SLURM_CPUS_PER_TASK": "2"})
     assert command[0] == "srun" and "--ntasks=6" in command and "--cpus-per-task=2" in command
     assert "--input=all" in command and "--key-stdin" in command and "k" * 32 not in " ".join(command)
-    per_node = Allocation(procs_per_node=3).srun_command(joining, {"SLURM_JOB_ID": "7", "SLURM_NNODES": "2"})
-    assert "--ntasks=6" in per_node and "--ntasks-per-node=3" in per_node
+    environ = {"SLURM_JOB_ID": "7", "SLURM_NNODES": "2", "SLURM_JOB_CPUS_PER_NODE": "6(x2)"}
+    per_node = Allocation(procs_per_node=3).srun_command(joining, environ)
+    assert "--ntasks=6" in per_node and "--ntasks-per-node=3" in per_node and "--cpus-per-task=2" in per_node
+    crowded = Allocation(procs_per_node=8).srun_command(joining, environ)
+    assert "--cpus-per-task=1" in crowded and "--overcommit" in crowded
 
 
 # --- the job script, and what sbatch refuses before anything waits ---
@@ -335,6 +338,8 @@ _CLIENT = '''
 import json, os, sys, time
 from ezpool import Pool
 
+PROCS_PER_NODE = int(sys.argv[2]) if len(sys.argv) > 2 else None
+
 def square(x):
     time.sleep(0.05)
     return x * x
@@ -349,12 +354,12 @@ def serving_processes():
             command = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
         except OSError:
             continue
-        if mine in environ and "ezpool.serve" in command:
+        if mine in environ and "ezpool.serve" in command and not command.startswith("srun"):
             found.append(pid)
     return found
 
 if __name__ == "__main__":
-    with Pool(mode="distributed", workers="slurm") as pool:
+    with Pool(mode="distributed", workers="slurm", procs_per_node=PROCS_PER_NODE) as pool:
         results = pool.map(square, range(40))
         during = len(serving_processes())
     json.dump({"results": {str(k): v for k, v in results.items()}, "errors": len(results.errors),
@@ -362,12 +367,12 @@ if __name__ == "__main__":
 '''
 
 
-def _check_client_output(path: Path) -> None:
+def _check_client_output(path: Path, workers: int) -> None:
     import json
 
     out = json.loads(path.read_text())
     assert out["results"] == {str(x): x * x for x in range(40)} and out["errors"] == 0
-    assert out["during"] >= 2  # every task slot got a worker
+    assert out["during"] == workers  # every task slot got a worker
     assert out["after"] == []  # and none outlives the pool
 
 
@@ -388,7 +393,7 @@ def test_workers_slurm_inside_sbatch(slurm, tmp_path):
     )
     done = slurm.run(["sbatch", "--wait", str(script)], check=False, timeout=100)
     assert done.returncode == 0, (done.stderr, (tmp_path / "job.out").read_text())
-    _check_client_output(tmp_path / "out.json")
+    _check_client_output(tmp_path / "out.json", workers=3)
     _job_ends_with_nothing_left(slurm)
 
 
@@ -398,8 +403,26 @@ def test_workers_slurm_inside_salloc(slurm, tmp_path):
     done = slurm.run(["salloc", "--ntasks=2", "--time=00:05:00", sys.executable, "client.py",
                       str(tmp_path / "out.json")], check=False, timeout=100)
     assert done.returncode == 0, done.stderr
-    _check_client_output(tmp_path / "out.json")
+    _check_client_output(tmp_path / "out.json", workers=2)
     _job_ends_with_nothing_left(slurm)
+
+
+@pytest.mark.timeout(120)
+def test_workers_slurm_with_procs_per_node_inside_salloc(slurm, tmp_path):
+    (tmp_path / "client.py").write_text(_CLIENT)
+    done = slurm.run(["salloc", "--ntasks=1", "--cpus-per-task=4", "--time=00:05:00", sys.executable,
+                      "client.py", str(tmp_path / "out.json"), "4"], check=False, timeout=100)
+    assert done.returncode == 0, done.stderr
+    _check_client_output(tmp_path / "out.json", workers=4)
+    _job_ends_with_nothing_left(slurm)
+
+
+@pytest.mark.timeout(120)
+def test_a_job_of_several_cpus_runs_a_worker_process_on_each(slurm, tmp_path):
+    with Pool(mode="distributed", workers=Slurm(jobs=1, cpus=3, time="00:05:00")) as pool:
+        results = pool.map(_square, range(60))
+    assert dict(results) == {x: x * x for x in range(60)}
+    assert len(set(results.workers.values())) == 3, set(results.workers.values())
 
 
 _BROKEN_CLIENT = '''

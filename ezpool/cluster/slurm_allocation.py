@@ -98,6 +98,12 @@ class Allocation(Cluster):
         if self.procs_per_node is not None:
             tasks = nodes * self.procs_per_node
             argv += [f"--nodes={nodes}", f"--ntasks={tasks}", f"--ntasks-per-node={self.procs_per_node}"]
+            # the node's CPUs shared out among its workers (srun would otherwise take the
+            # allocation's --cpus-per-task for each), or more workers than CPUs if asked
+            cpus = _number(env, "SLURM_JOB_CPUS_PER_NODE", "SLURM_CPUS_ON_NODE")
+            argv.append(f"--cpus-per-task={max(1, cpus // self.procs_per_node)}")
+            if cpus and self.procs_per_node > cpus:
+                argv.append("--overcommit")
         else:
             tasks = _number(env, "SLURM_NTASKS", "SLURM_NPROCS") or nodes
             argv += [f"--ntasks={tasks}"]
