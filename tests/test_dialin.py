@@ -126,12 +126,14 @@ def test_a_worker_told_to_stop_hands_its_work_back_without_a_charge(workers, tmp
     listen_file = tmp_path / "pool.json"
     stays, leaves = workers(listen_file, "--grace", "1", n=2)
 
-    def stop_one():
-        time.sleep(1.5)
+    def stop_one(listener):
+        eventually(lambda: len(listener.links) == 2, "both workers joined")
+        time.sleep(1.5)  # within a chunk of 10 tasks of 0.1 s
         leaves.send_signal(signal.SIGTERM)
 
     with ezpool.Pool(mode="distributed", listen_file=listen_file) as pool:
-        threading.Thread(target=stop_one, daemon=True).start()
+        listener = pool._backends["distributed"]._dial.listener
+        threading.Thread(target=stop_one, args=(listener,), daemon=True).start()
         # max_attempts=1: a task charged for the worker that left would fail.
         results = pool.map(nap, [0.1 + i * 1e-6 for i in range(80)], max_attempts=1, chunksize=10)
     assert not results.errors, results.errors
@@ -144,7 +146,7 @@ def test_a_worker_told_to_stop_hands_its_work_back_without_a_charge(workers, tmp
 def test_a_worker_takes_no_chunk_it_cannot_finish_before_its_end(workers, tmp_path):
     listen_file = tmp_path / "pool.json"
     stays = workers(listen_file)[0]
-    ends = workers(listen_file, "--end-at", str(time.time() + 4))[0]
+    ends = workers(listen_file, "--end-at", str(time.time() + 6))[0]
     with ezpool.Pool(mode="distributed", listen_file=listen_file) as pool:
         results = pool.map(nap, [0.2 + i * 1e-6 for i in range(60)], max_attempts=1, chunksize=4)
     assert not results.errors, results.errors

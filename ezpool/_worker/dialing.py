@@ -53,6 +53,8 @@ REFUSED = 3
 LINES = 2
 #: Seconds between two tries to reach a pool that does not answer, at most.
 _RETRY_MOST = 2.0
+#: Seconds the main thread of a dialing worker sleeps between two looks (a safety net).
+_IDLE_WAKE = 60.0
 #: Seconds a try to connect may take.
 _CONNECT_TIMEOUT = 5.0
 #: TCP keep-alive of a dialed connection: a pool whose machine vanished is noticed
@@ -172,9 +174,10 @@ class Dialer:
                    for n in range(LINES)]
         for thread in threads:
             thread.start()
+        while not self.stop.wait(_IDLE_WAKE):  # an idle worker sleeps here (signals still wake it)
+            pass
         for thread in threads:
-            while thread.is_alive():
-                thread.join(0.5)
+            thread.join(_CONNECT_TIMEOUT + 1.0)
         return self.status
 
     def _line(self) -> None:
