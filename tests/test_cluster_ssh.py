@@ -8,20 +8,24 @@ every host routes to. Needs Linux, root and OpenSSH; skipped otherwise, saying w
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 
 import pytest
 
+from ezpool import Pool
 from ezpool.cluster import SSH, Joining
 from ezpool.errors import ClusterError
+from tests import _workers as w
 from tests import hosts, sshd
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, eventually
 
 #: A key for ``Joining``s that no pool checks (the cluster only carries it).
 KEY = secrets.token_hex(32).encode("ascii")
@@ -167,14 +171,30 @@ def test_a_python_without_ezpool_on_the_host_is_named_as_such(ssh_servers, ssh_n
     assert "ezpool is not installed for the python run there" in str(error)
 
 
-def _ezpool_processes(network) -> dict[int, str]:
+
+# --- maps over both hosts, with real workers ---
+
+
+def host_of(network, pids):
+    """Which host (its index) each of ``pids`` runs in, for those still running."""
+    where = {pid: n for n, host in enumerate(network.hosts) for pid in host.pids()}
+    return {pid: where.get(pid) for pid in pids}
+
+
+def ezpool_processes(network) -> dict[str, list[str]]:
+    """The command lines of the ezpool processes in each host (by namespace)."""
     return {
-        pid: line for host in network.hosts for pid, line in host.command_lines().items() if "ezpool" in line
+        host.namespace: [line for line in host.command_lines().values() if "ezpool" in line]
+        for host in network.hosts
     }
 
 
-def _no_process_holds(text: str) -> list[str]:
-    """The command lines of every process on the machine that contain ``text``."""
+def nothing_left(network) -> bool:
+    return not any(ezpool_processes(network).values())
+
+
+def command_lines_holding(text: str) -> list[str]:
+    """The command lines of every process on this machine (all namespaces) that hold ``text``."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -186,3 +206,164 @@ def _no_process_holds(text: str) -> list[str]:
             if text in line:
                 found.append(line)
     return found
+
+
+def local_ssh_pids(config, destination: str) -> list[int]:
+    """The ``ssh`` processes this test process runs to ``destination`` with ``config``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as file:
+                    argv = file.read().split(b"\0")
+                with open(f"/proc/{entry}/stat") as file:
+                    parent = int(file.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == os.getpid() and argv[0] == b"ssh" and str(config).encode() in argv \
+                    and destination.encode() in argv:
+                pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.timeout(120)
+def test_a_map_runs_on_workers_started_over_ssh_on_both_hosts_and_none_outlives_the_pool(
+    ssh_servers, ssh_network
+):
+    service = ssh_network.service_address
+    key = secrets.token_hex(32)
+    cluster = SSH(["h0", "h1:2"], ssh_options=ssh_servers.ssh_options)
+    assert cluster.expected == 3
+    with Pool(mode="distributed", workers=cluster, listen=f"{service}:0", hmac_key=key) as pool:
+        results = pool.dmap(w.SquareNap, range(60))
+        where = host_of(ssh_network, {pid for _, pid in results.values()})
+        # The key went over standard input: no process on the machine has it on its command line.
+        assert command_lines_holding(key) == []
+        on_h1 = [line for line in ezpool_processes(ssh_network)[ssh_network.hosts[1].namespace]]
+        assert any("--procs 2" in line for line in on_h1), on_h1
+
+    assert results.errors == {} and len(results) == 60
+    assert all(results[x][0] == x * x for x in range(60))
+    assert set(where.values()) == {0, 1}, where  # both hosts worked, and every worker ran in one
+    eventually(lambda: nothing_left(ssh_network), "host without ezpool processes after the pool closed", 15)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["sshd killed", "link cut"])
+def test_a_host_lost_mid_run_costs_nothing_and_is_named(ssh_servers, ssh_network, how, caplog):
+    service = ssh_network.service_address
+    lost = ssh_network.hosts[0]
+    tasks = range(200)  # 0.05 s each: about 3.5 s on three processes, 5 s on two
+
+    def progress(outcome, done, total):
+        if done == 30:
+            if how == "sshd killed":
+                ssh_servers["h0"].kill()
+            else:
+                lost.cut()
+
+    cluster = SSH(["h0", "h1:2"], ssh_options=ssh_servers.ssh_options)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ezpool"), \
+                Pool(mode="distributed", workers=cluster, listen=f"{service}:0", heartbeat=2) as pool:
+            results = pool.dmap(w.SquareNap, tasks, progress=progress)
+            # The host's session is gone, and what said so names it (ssh's keep-alive: 3 s).
+            eventually(lambda: any("ssh host h0" in r.getMessage() for r in caplog.records),
+                       "log line naming h0", 20)
+            assert nothing_left_on(lost) if how == "sshd killed" else True
+    finally:
+        lost.restore()
+
+    assert results.errors == {} and len(results) == len(tasks)
+    assert all(results[x][0] == x * x for x in tasks)
+    # Its worker left with its session (sshd's keep-alive ends a cut one within 3 s).
+    eventually(lambda: nothing_left(ssh_network), "host without ezpool processes", 20)
+
+
+def nothing_left_on(host) -> bool:
+    return eventually(
+        lambda: not [line for line in host.command_lines().values() if "ezpool" in line],
+        f"{host} without ezpool processes", 15,
+    )
+
+
+@pytest.mark.timeout(120)
+def test_a_host_that_does_not_answer_is_named_and_the_others_go_on(ssh_servers, ssh_network, caplog):
+    service = ssh_network.service_address
+    ssh_network.hosts[1].cut()  # h1 is silent: ssh gives up after ConnectTimeout (5 s here)
+    cluster = SSH(["h0", "h1"], ssh_options=ssh_servers.ssh_options)
+    with caplog.at_level(logging.WARNING, logger="ezpool"), \
+            Pool(mode="distributed", workers=cluster, listen=f"{service}:0") as pool:
+        results = pool.dmap(w.SquareNap, range(160))  # about 8 s on h0's one process
+        where = host_of(ssh_network, {pid for _, pid in results.values()})
+    assert results.errors == {} and all(results[x][0] == x * x for x in range(160))
+    assert set(where.values()) == {0}
+    said = [r.getMessage() for r in caplog.records if "ssh host h1" in r.getMessage()]
+    assert len(said) == 1 and "timed out" in said[0], said
+
+
+@pytest.mark.timeout(120)
+def test_every_host_failing_fails_the_pool_with_a_cluster_error_naming_each(ssh_servers, ssh_network):
+    service = ssh_network.service_address
+    for host in ssh_network.hosts:
+        host.cut()
+    cluster = SSH(["h0", "h1:2"], ssh_options=ssh_servers.ssh_options)
+    began = time.monotonic()
+    with pytest.raises(ClusterError) as raised, \
+            Pool(mode="distributed", workers=cluster, listen=f"{service}:0") as pool:
+        pool.dmap(w.SquareNap, range(10))
+    message = str(raised.value)
+    assert "h0" in message and "h1" in message and "timed out" in message, message
+    assert time.monotonic() - began < 30  # ConnectTimeout (5 s) and a look, not a hang
+
+
+@pytest.mark.timeout(120)
+def test_killing_the_local_ssh_ends_the_worker_on_its_host(ssh_servers, ssh_network):
+    service = ssh_network.service_address
+    h0 = ssh_network.hosts[0]
+    cluster = SSH(["h0", "h1"], ssh_options=ssh_servers.ssh_options)
+    killed = []
+
+    def progress(outcome, done, total):
+        if done == 20:
+            for pid in local_ssh_pids(ssh_servers.config, "h0"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    with Pool(mode="distributed", workers=cluster, listen=f"{service}:0", heartbeat=2) as pool:
+        results = pool.dmap(w.SquareNap, range(120), progress=progress)
+        assert len(killed) == 1
+        nothing_left_on(h0)  # while the pool still runs
+    assert results.errors == {} and len(results) == 120
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("listen, tunnel", [("127.0.0.1:0", None), (None, True)])
+def test_a_tunnel_carries_the_workers_where_the_hosts_cannot_reach_the_pool(
+    ssh_servers, ssh_network, listen, tunnel, tmp_path
+):
+    cluster = SSH(["h0", "h1"], ssh_options=ssh_servers.ssh_options, tunnel=tunnel)
+    listening = {"listen": listen} if listen else {}  # default: this machine's own address
+    listen_file = tmp_path / "pool.json"
+    with Pool(mode="distributed", workers=cluster, listen_file=listen_file, **listening) as pool:
+        address = json.loads(listen_file.read_text())["address"]
+        host = address.rpartition(":")[0]
+        unreachable = subprocess.run(
+            ssh_network.hosts[0].command(["python3", "-c", _PROBE, host, address.rpartition(":")[2]]),
+            capture_output=True, text=True, timeout=30,
+        )
+        assert unreachable.stdout.startswith("closed"), unreachable  # no route from the hosts
+        results = pool.dmap(w.SquareNap, range(40))
+        where = host_of(ssh_network, {pid for _, pid in results.values()})
+    assert results.errors == {} and all(results[x][0] == x * x for x in range(40))
+    assert set(where.values()) == {0, 1}, where
+
+
+#: Connect to ADDRESS PORT; print "open" if something accepts.
+_PROBE = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close(); print('open')\n"
+    "except OSError as exc:\n"
+    "    print('closed', exc)\n"
+)
