@@ -13,6 +13,14 @@ database, on free ports, so that it touches no SLURM or munge the machine may ru
 
 The node, ``localhost`` at 127.0.0.1, declares ``CPUS`` CPUs whatever the machine has
 (``SlurmdParameters=config_overrides``), so that several jobs run side by side.
+``LocalSlurm(network=hosts.Network(2))`` makes two nodes instead, one per network
+namespace, each looking like a machine of its own::
+
+    this namespace: munged, slurmctld at the service address 10.213.S.1, the clients
+        ▲ forwarding on the hosts' links only; each host routes 10.213.S.0/24 here
+    node1, node2: unshare --uts --mount (host name nodeN, an /etc/hosts naming every node)
+                  nsenter --net=<the host's namespace> slurmd -D -N nodeN
+
 ``KillWait`` is short, so that a cancelled job is gone within seconds. Clients find
 the cluster through ``SLURM_CONF`` (``LocalSlurm.env``, or ``os.environ`` once the
 fixture sets it).
@@ -29,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -38,6 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Optional
+
+from tests.hosts import Host, Network, ip
 
 __all__ = ["CPUS", "NODE", "LocalSlurm", "unavailable", "sweep"]
 
@@ -76,21 +87,39 @@ def _free_port() -> int:
 
 
 class LocalSlurm:
-    """A one-node SLURM, started now and ready (its node idle); ``close()`` removes it all."""
+    """A SLURM, started now and ready (every node idle); ``close()`` removes it all.
 
-    def __init__(self, cpus: int = CPUS, ready_within: float = 60.0) -> None:
+    Without ``network``, one node, ``localhost``. With a ``tests.hosts.Network``, one node per
+    host (``node1``, ``node2``...), each slurmd in its host's network namespace with a host
+    name of its own (``_on_node``); the controller listens at the network's service address,
+    and the hosts reach each other through this namespace (``_join_hosts``).
+    """
+
+    def __init__(
+        self, cpus: int = CPUS, ready_within: float = 60.0, network: Optional[Network] = None
+    ) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir="/tmp"))
         self.conf = self.directory / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": _path()}
         self.daemons: list[subprocess.Popen[bytes]] = []
+        self.network = network
+        #: The nodes, by name: each one's address, and the host it runs in (None: this namespace).
+        self.nodes: dict[str, tuple[str, Optional[Host]]] = (
+            {f"node{n}": (host.address, host) for n, host in enumerate(network.hosts, 1)} if network
+            else {NODE: ("127.0.0.1", None)}
+        )
         try:
             self.directory.chmod(0o711)
-            for folder in ("state", "spool", f"spool/{NODE}", "log"):
+            for folder in ("state", "spool", "log", *(f"spool/{name}" for name in self.nodes)):
                 (self.directory / folder).mkdir(mode=0o700)
+            if network:
+                _join_hosts(network)
             self._start_munge()
             self._write_conf(cpus)
             self._start("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
-            self._start("slurmd", ["slurmd", "-D", "-N", NODE, "-f", str(self.conf)])
+            for name, (_, host) in self.nodes.items():
+                argv = ["slurmd", "-D", "-N", name, "-f", str(self.conf)]
+                self._start(f"slurmd-{name}", self._on_node(name, host, argv) if host else argv)
             self._wait_idle(ready_within)
         except BaseException:
             self.close()
@@ -129,7 +158,8 @@ class LocalSlurm:
         d = self.directory
         lines = [
             "ClusterName=ezptest",
-            "SlurmctldHost=localhost(127.0.0.1)",
+            f"SlurmctldHost={socket.gethostname()}({self.network.service_address})" if self.network
+            else "SlurmctldHost=localhost(127.0.0.1)",
             f"SlurmctldPort={_free_port()}",
             f"SlurmdPort={_free_port()}",
             "SlurmUser=root",
@@ -157,11 +187,30 @@ class LocalSlurm:
             "MinJobAge=30",
             "InactiveLimit=0",
             "SchedulerParameters=sched_interval=2",  # a job that could not start at once waits 2 s, not 60
-            f"NodeName={NODE} NodeAddr=127.0.0.1 CPUs={cpus} Boards=1 SocketsPerBoard=1 "
-            f"CoresPerSocket={cpus} ThreadsPerCore=1 RealMemory=4000 State=UNKNOWN",
-            f"PartitionName=debug Nodes={NODE} Default=YES MaxTime=INFINITE State=UP",
+            *(f"NodeName={name} NodeAddr={address} CPUs={cpus} Boards=1 SocketsPerBoard=1 "
+              f"CoresPerSocket={cpus} ThreadsPerCore=1 RealMemory=4000 State=UNKNOWN"
+              for name, (address, _) in self.nodes.items()),
+            f"PartitionName=debug Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
+
+    def _on_node(self, name: str, host: Host, argv: list[str]) -> list[str]:
+        """``argv`` run as on a machine called ``name``: in ``host``'s network, with a host name of
+        its own, which its /etc/hosts (a copy, in a mount namespace of its own) resolves.
+
+        ``nsenter --net``, not ``ip netns exec``, which mounts a /sys of its own without the
+        cgroup file system slurmd looks for.
+        """
+        assert self.network is not None
+        names = self.directory / "hosts"
+        if not names.exists():
+            lines = ["127.0.0.1 localhost", f"{self.network.service_address} {socket.gethostname()}"]
+            lines += [f"{address} {node}" for node, (address, _) in self.nodes.items()]
+            names.write_text("\n".join(lines) + "\n")
+        names.chmod(0o644)
+        inside = (f"mount --bind {shlex.quote(str(names))} /etc/hosts && hostname {shlex.quote(name)} && "
+                  f"exec nsenter --net=/run/netns/{shlex.quote(host.namespace)} {shlex.join(argv)}")
+        return ["unshare", "--uts", "--mount", "sh", "-c", inside]
 
     def _start(self, name: str, argv: list[str]) -> None:
         with open(self.directory / "log" / f"{name}.out", "wb") as out:
@@ -172,17 +221,17 @@ class LocalSlurm:
 
     def _wait_idle(self, within: float) -> None:
         deadline = time.monotonic() + within
-        state = ""
+        states: list[str] = []
         while time.monotonic() < deadline:
             for daemon in self.daemons:
                 if daemon.poll() is not None:
                     raise RuntimeError(f"{daemon.args[0]} exited ({daemon.returncode}):\n{self.logs()}")
-            done = self.run(["sinfo", "-h", "-n", NODE, "-o", "%T"], check=False)
-            state = done.stdout.strip()
-            if state == "idle":
+            done = self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False)
+            states = done.stdout.split()
+            if states and all(state == "idle" for state in states) and len(states) == len(self.nodes):
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"node {NODE} is {state or 'unknown'} after {within} s:\n{self.logs()}")
+        raise RuntimeError(f"the nodes are {states or 'unknown'} after {within} s:\n{self.logs()}")
 
     # --- using ---
 
@@ -255,6 +304,14 @@ class LocalSlurm:
                 os.kill(pid, signal.SIGKILL)
         self.daemons = []
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _join_hosts(network: Network) -> None:
+    """Let the hosts reach each other through this namespace: a route to the whole block in
+    each, and forwarding on the root ends of their links only (nothing else here forwards)."""
+    for host in network.hosts:
+        Path(f"/proc/sys/net/ipv4/conf/{host.link}/forwarding").write_text("1\n")
+        ip("-n", host.namespace, "route", "add", str(network.block), "via", host.gateway)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from ezpool import Pool
 from ezpool.cluster import Joining, Slurm
 from ezpool.cluster.slurm import Allocation
 from ezpool.errors import ClusterError
+from tests import hosts
 from tests import slurm as local_slurm
 from tests.conftest import REPO_ROOT, free_port
 
@@ -491,3 +493,73 @@ def test_ctrl_c_of_the_client_leaves_no_job_and_no_process(slurm, tmp_path):
     assert "KeyboardInterrupt" in stderr
     assert slurm.live_jobs() == [], "the client's jobs are still in squeue"
     assert slurm.job_processes() == []
+
+
+# --- two nodes: a slurmd in each of two network namespaces ("hosts", tests/hosts.py) ---
+
+
+@pytest.fixture(scope="module")
+def _two_nodes():
+    """A SLURM of two nodes, node1 and node2, each a netns host with its own host name; the
+    controller and the clients here, at the network's service address."""
+    reason = local_slurm.unavailable() or hosts.unavailable()
+    if reason:
+        pytest.skip(reason)
+    hosts.sweep()
+    with hosts.Network(2) as network, local_slurm.LocalSlurm(cpus=4, network=network) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def two_nodes(_two_nodes, monkeypatch, tmp_path):
+    """The two-node SLURM, in this test's environment; every job is gone afterwards."""
+    monkeypatch.setenv("SLURM_CONF", str(_two_nodes.conf))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+    monkeypatch.chdir(tmp_path)
+    yield _two_nodes
+    _two_nodes.cancel_all()
+
+
+def _node_name(x: int) -> str:
+    time.sleep(0.05)
+    return socket.gethostname()
+
+
+_NODES_CLIENT = '''
+import json, socket, sys, time
+from ezpool import Pool
+
+def where(x):
+    time.sleep(0.05)
+    return socket.gethostname()
+
+if __name__ == "__main__":
+    with Pool(mode="distributed", workers="slurm") as pool:
+        results = pool.map(where, range(40))
+    json.dump({"nodes": sorted(set(results.values())), "errors": len(results.errors)}, open(sys.argv[1], "w"))
+'''
+
+
+@pytest.mark.timeout(120)
+def test_workers_slurm_inside_sbatch_on_two_nodes(two_nodes, tmp_path):
+    import json
+
+    (tmp_path / "client.py").write_text(_NODES_CLIENT)
+    done = two_nodes.run(["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=2", "--time=00:05:00",
+                          f"--output={tmp_path}/job.out", "--wrap", f"{sys.executable} client.py out.json"],
+                         check=False, timeout=100)
+    assert done.returncode == 0, (done.stderr, (tmp_path / "job.out").read_text())
+    assert json.loads((tmp_path / "out.json").read_text()) == {"nodes": ["node1", "node2"], "errors": 0}
+    _job_ends_with_nothing_left(two_nodes)
+
+
+@pytest.mark.timeout(120)
+def test_jobs_from_outside_run_on_two_nodes(two_nodes, tmp_path):
+    listen = f"{two_nodes.network.service_address}:0"  # the one address here the hosts reach
+    cluster = Slurm(jobs=2, cpus=3, time="00:05:00")  # 3 of each node's 4 CPUs: one job a node
+    with Pool(mode="distributed", workers=cluster, listen=listen) as pool:
+        results = pool.map(_node_name, range(40))
+    assert sorted(set(results.values())) == ["node1", "node2"] and not results.errors
+    assert two_nodes.live_jobs() == [] and two_nodes.job_processes() == []
