@@ -30,7 +30,7 @@ import pytest
 from ezpool import Pool, WorkerUnavailable
 from tests import _workers as w
 from tests import hosts
-from tests.conftest import read_lines
+from tests.conftest import free_port, read_lines
 
 #: The firewall of the host: what it started keeps flowing, nothing new comes in over TCP.
 RULESET = """\
@@ -83,6 +83,26 @@ def key(tmp_path):
     with os.fdopen(fd, "w") as file:
         file.write(key.text + "\n")
     return key
+
+
+@pytest.mark.timeout(90)
+def test_workers_behind_the_firewall_dial_out_and_serve_a_whole_map(firewalled, key, core_child_env):
+    service = firewalled.network.service_address
+    port = free_port(service)
+    command = [sys.executable, "-m", "ezpool.serve", "--connect", f"{service}:{port}", "--procs", "2",
+               "--hmac-key-file", str(key.file)]
+    worker = firewalled.run(command, env=core_child_env)  # before the pool: it keeps dialing
+    with Pool(mode="distributed", listen=f"{service}:{port}", hmac_key=key.text) as pool:
+        results = pool.dmap(w.SquareNap, range(80))
+        inside = set(firewalled.pids())
+    assert results.errors == {} and len(results) == 80
+    assert all(results[x][0] == x * x for x in range(80))
+    pids = {pid for _, pid in results.values()}
+    assert pids <= inside and len(pids) == 2, (pids, inside)  # both processes, both behind the firewall
+    # The pool closed, so the worker left, exit 0.
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    assert f"joined the pool at {service}:{port}" in err
 
 
 @pytest.mark.timeout(90)
