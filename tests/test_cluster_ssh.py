@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -25,7 +26,7 @@ from ezpool.cluster import SSH, Joining
 from ezpool.errors import ClusterError
 from tests import _workers as w
 from tests import hosts, sshd
-from tests.conftest import REPO_ROOT, eventually
+from tests.conftest import REPO_ROOT, eventually, free_port
 
 #: A key for ``Joining``s that no pool checks (the cluster only carries it).
 KEY = secrets.token_hex(32).encode("ascii")
@@ -49,8 +50,10 @@ def ssh_network(_ready):
 
 @pytest.fixture
 def ssh_servers(ssh_network, tmp_path):
-    """An ``sshd`` in each host (``h0``, ``h1``); their sessions import this checkout (``PYTHONPATH``)."""
-    servers = sshd.Servers(ssh_network, tmp_path / "ssh", env={"PYTHONPATH": str(REPO_ROOT)})
+    """An ``sshd`` in each host (``h0``, ``h1``); their sessions import this checkout (``PYTHONPATH``)
+    and find the tests' key file (``XDG_CONFIG_HOME``), as hosts sharing a home would."""
+    shared = {"PYTHONPATH": str(REPO_ROOT), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]}  # a shared home
+    servers = sshd.Servers(ssh_network, tmp_path / "ssh", env=shared)
     try:
         yield servers
     finally:
@@ -357,6 +360,36 @@ def test_a_tunnel_carries_the_workers_where_the_hosts_cannot_reach_the_pool(
         where = host_of(ssh_network, {pid for _, pid in results.values()})
     assert results.errors == {} and all(results[x][0] == x * x for x in range(40))
     assert set(where.values()) == {0, 1}, where
+
+
+@pytest.mark.timeout(120)
+def test_the_recipe_ssh_host_ezpool_serve_connect_works_without_a_terminal(ssh_servers, ssh_network):
+    serve = os.path.join(os.path.dirname(sys.executable), "ezpool-serve")
+    if not os.access(serve, os.X_OK):
+        pytest.skip(f"no ezpool-serve script next to {sys.executable} (pip install the package)")
+    service = ssh_network.service_address
+    address = f"{service}:{free_port(service)}"
+    with Pool(mode="distributed", listen=address) as pool:  # the user's own key, in the shared home
+        sessions = [
+            subprocess.Popen(
+                ["ssh", *ssh_servers.ssh_options, name, serve, "--connect", address],  # the recipe
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            for name in ("h0", "h1")
+        ]
+        try:
+            results = pool.dmap(w.SquareNap, range(60))
+            where = host_of(ssh_network, {pid for _, pid in results.values()})
+        finally:
+            pool.shutdown()
+            said = [session.communicate(timeout=30) for session in sessions]
+    assert results.errors == {} and set(where.values()) == {0, 1}, where
+    for session, (out, err) in zip(sessions, said):
+        assert session.returncode == 0, err  # the pool closed: the worker left, and its ssh with it
+        assert f"joined the pool at {address}".encode() in err, err
+        assert b"\r" not in out + err
+    eventually(lambda: nothing_left(ssh_network), "host without ezpool processes after the pool closed", 15)
 
 
 #: Connect to ADDRESS PORT; print "open" if something accepts.
