@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -503,6 +504,8 @@ def _two_nodes():
     """A SLURM of two nodes, node1 and node2, each a netns host with its own host name; the
     controller and the clients here, at the network's service address."""
     reason = local_slurm.unavailable() or hosts.unavailable()
+    if not reason and not (shutil.which("unshare") and shutil.which("nsenter")):
+        reason = "unshare or nsenter is missing (util-linux): the nodes need them"
     if reason:
         pytest.skip(reason)
     hosts.sweep()
