@@ -422,10 +422,13 @@ def test_workers_slurm_with_procs_per_node_inside_salloc(slurm, tmp_path):
 
 @pytest.mark.timeout(120)
 def test_a_job_of_several_cpus_runs_a_worker_process_on_each(slurm, tmp_path):
-    with Pool(mode="distributed", workers=Slurm(jobs=1, cpus=3, time="00:05:00")) as pool:
-        results = pool.map(_square, range(60))
-    assert dict(results) == {x: x * x for x in range(60)}
-    assert len(set(results.workers.values())) == 3, set(results.workers.values())
+    cluster = Slurm(jobs=1, cpus=3, time="00:05:00", log_dir=tmp_path / "logs")
+    with Pool(mode="distributed", workers=cluster) as pool:
+        results = pool.map(_square, range(120))
+        job = cluster.job_ids[0]
+    assert dict(results) == {x: x * x for x in range(120)}
+    said = (tmp_path / "logs" / f"{job}.err").read_text()
+    assert said.count("joined the pool at") == 3, said  # --procs 3: each process dials in
 
 
 _BROKEN_CLIENT = '''
