@@ -46,6 +46,8 @@ __all__ = ["SSH"]
 
 #: What ``ssh -R 0:...`` says once the host's sshd has picked the tunnel's port.
 _ALLOCATED = re.compile(r"Allocated port (\d+) for remote forward")
+#: What a worker says on its standard error once it has joined its pool.
+_JOINED = "joined the pool at"
 #: Lines of a session's output kept, for the message when it ends.
 _TAIL = 12
 #: ``ConnectTimeout`` given to ssh where its configuration sets none (the system's
@@ -179,7 +181,8 @@ class SSH(Cluster):
             session.close_input()
         deadline = time.monotonic() + LEAVE_SECONDS
         for session in sessions:
-            session.wait(deadline - time.monotonic())
+            if session.joined:  # one that never joined holds no work: ending its ssh loses nothing
+                session.wait(deadline - time.monotonic())
         for session in sessions:
             session.terminate()
         deadline = time.monotonic() + TERM_SECONDS
@@ -245,6 +248,7 @@ class _Session:
         self.stopping = False
         self.ended = False
         self.port: Optional[int] = None
+        self.joined = False
         self.started = time.monotonic()
         self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL)
         self._lock = threading.Lock()
@@ -272,6 +276,8 @@ class _Session:
                 if found and self.tunnel and self.port is None:
                     self.port = int(found.group(1))
                     self._write(f"127.0.0.1:{self.port}\n".encode("ascii"))
+                elif _JOINED in line:
+                    self.joined = True
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(TERM_SECONDS)
         self.look()
