@@ -143,13 +143,14 @@ def test_job_script_shows_what_it_submits_and_never_the_key(slurm, tmp_path):
 
 @pytest.mark.timeout(60)
 def test_a_misspelt_partition_fails_at_once_quoting_sbatch(slurm, tmp_path):
-    cluster = Slurm(partition="debgu", time="00:05:00", log_dir=tmp_path / "logs")
+    cluster = Slurm(partition="debgu", time="00:05:00")
     started = time.monotonic()
     with pytest.raises(ClusterError, match=r"sbatch refuses the job script: .*invalid partition.*debgu"):
         cluster.start(Joining("127.0.0.1:4000"))
     assert time.monotonic() - started < 10
     assert slurm.live_jobs() == []
     cluster.stop()
+    assert not [path for path in (tmp_path / "cache").rglob("*") if path.name not in ("ezpool", "slurm")]
 
 
 @pytest.mark.timeout(60)

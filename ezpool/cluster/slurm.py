@@ -185,6 +185,8 @@ class Slurm(Cluster):
             make_private_dir(self.log_dir, "the SLURM jobs' output")
             trial = sj.run(["sbatch", "--test-only"], input=self._script(joining, self._jobs))
             if trial.returncode:
+                if self._own_logs:
+                    shutil.rmtree(self.log_dir, ignore_errors=True)
                 raise ClusterError(
                     f"sbatch refuses the job script: {sj.said(trial)} (the script: Slurm(...).job_script())"
                 )
