@@ -157,6 +157,17 @@ def test_every_host_failing_is_a_cluster_error_naming_each_and_why(ssh_servers, 
 
 
 @pytest.mark.timeout(60)
+def test_a_login_sshd_refuses_is_named_with_ssh_s_words(ssh_servers, ssh_network):
+    cluster = SSH(["nosuchuser@h0"], ssh_options=ssh_servers.ssh_options)
+    try:
+        cluster.start(joining(f"{ssh_network.service_address}:9"))
+        error = wait_for_cluster_error(cluster)
+    finally:
+        cluster.stop()
+    assert "nosuchuser@h0" in str(error) and "Permission denied" in str(error), str(error)
+
+
+@pytest.mark.timeout(60)
 def test_a_python_without_ezpool_on_the_host_is_named_as_such(ssh_servers, ssh_network, tmp_path):
     bare = tmp_path / "venv-without-ezpool"
     subprocess.run(["python3", "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60)
@@ -252,7 +263,7 @@ def test_a_map_runs_on_workers_started_over_ssh_on_both_hosts_and_none_outlives_
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("how", ["sshd killed", "link cut"])
+@pytest.mark.parametrize("how", ["sshd killed", pytest.param("link cut", marks=pytest.mark.slow)])
 def test_a_host_lost_mid_run_costs_nothing_and_is_named(ssh_servers, ssh_network, how, caplog):
     service = ssh_network.service_address
     lost = ssh_network.hosts[0]
@@ -338,6 +349,45 @@ def test_killing_the_local_ssh_ends_the_worker_on_its_host(ssh_servers, ssh_netw
         assert len(killed) == 1
         nothing_left_on(h0)  # while the pool still runs
     assert results.errors == {} and len(results) == 120
+
+
+CLIENT = """\
+import sys
+from ezpool import Pool
+from ezpool.cluster import SSH
+from tests import _workers as w
+
+config, service = sys.argv[1:]
+cluster = SSH(["h0", "h1:2"], ssh_options=["-F", config])
+with Pool(mode="distributed", workers=cluster, listen=service + ":0") as pool:
+    pool.dmap(w.SquareNap, range(2000), progress=lambda o, d, n: d == 10 and print("running", flush=True))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_client_killed_outright_leaves_no_ssh_and_no_worker(
+    ssh_servers, ssh_network, tmp_path, core_child_env
+):
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    client = subprocess.Popen(
+        [sys.executable, str(script), str(ssh_servers.config), ssh_network.service_address],
+        stdout=subprocess.PIPE, text=True, env=core_child_env, cwd=tmp_path, start_new_session=True,
+    )
+    try:
+        assert client.stdout.readline().strip() == "running"
+        assert all(ezpool_processes(ssh_network).values())
+        client.kill()  # no stop(), no atexit: only the ends of the pipes its ssh's hold close
+        client.wait(10)
+        # Each worker reads the end of its input and leaves (within its grace, 10 s), and its
+        # ssh with it.
+        eventually(lambda: nothing_left(ssh_network), "host without ezpool processes", 30)
+        eventually(lambda: not command_lines_holding(str(ssh_servers.config)), "local ssh gone", 10)
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.communicate(timeout=10)
 
 
 @pytest.mark.timeout(120)
