@@ -258,6 +258,7 @@ def _dial(address: tuple[str, int]) -> Optional[socket.socket]:
         logger.debug("cannot reach the pool at %s:%d yet: %s", address[0], address[1], exc)
         return None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the pool's end: answers leave at once
     idle, interval, count = _KEEPALIVE
     for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", count)):
         option = getattr(socket, name, None)
