@@ -246,6 +246,7 @@ def _joining_contender(there: int, joining: int, figures: dict[str, Any]) -> Any
     from ezpool import Pool
 
     shares: list[float] = []
+    makespans: list[float] = []
     fair = joining / (there + joining)
 
     @contextlib.contextmanager
@@ -275,8 +276,12 @@ def _joining_contender(there: int, joining: int, figures: dict[str, Any]) -> Any
             ran = sum(1 for worker in results.workers.values() if worker[worker.rfind(":"):] in late)
             shares.append(ran / moment["left"])
             share = statistics.median(shares)
+            # The least it can take: half the tasks on the workers there, the rest on all.
+            ideal = size / 2 * NAP_SECONDS / there + size / 2 * NAP_SECONDS / (there + joining)
+            makespans.append(took / ideal)
             figures.update({"joiners' share of the rest (median)": share, "fair share": fair,
-                            "share / fair": share / fair, "shares": [round(s, 3) for s in shares]})
+                            "share / fair": share / fair, "shares": [round(s, 3) for s in shares],
+                            "makespan / ideal (median)": statistics.median(makespans)})
             return Timed(took, results)
 
         yield run

@@ -255,14 +255,20 @@ def test_the_joining_workload_reports_the_share_the_latecomer_ran() -> None:
 def test_the_clusters_workload_times_the_first_result_or_says_why_not() -> None:
     from bench.clusters import clusters
     from bench.harness import Settings, measure
+    from tests import hosts, slurm, sshd
 
     settings = Settings(quick=True, repeats=1, budget=300)
+    # Where the machine can run a service, EzPool's contenders on it must run (the peers may
+    # be missing: they are skipped, saying so).
+    can_run = {"clusters-slurm": slurm.unavailable() is None,
+               "clusters-ssh": hosts.unavailable() is None and sshd.unavailable() is None}
     for comparison in clusters(settings):
         record = measure(comparison, settings)
         for name, entry in record["contenders"].items():
             assert entry["status"] in ("ok", "skipped"), (comparison.name, name, entry)
             if entry["status"] == "skipped":
                 assert entry["reason"], name
+                assert not (entry["ezpool"] and can_run[comparison.name]), (name, entry)
             else:
                 assert 0 < entry["sizes"][1]["median"] < 120, (name, entry)
         for ratio in record["ratios"]:
