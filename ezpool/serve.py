@@ -327,6 +327,10 @@ def _serve_one(
     if isinstance(instance, BaseWorker):
         instance.setup()
     _pyro.configure_worker_process()
+    if args.connect:  # a worker that dials its pool: its own signals, and its own parent watch
+        from ._worker.dialing import serve_dialing
+
+        return serve_dialing(args, instance, key, tls, faults)
     # One event wakes the main thread, for whichever reason: an idle worker sleeps.
     stop, restart, wake = threading.Event(), threading.Event(), threading.Event()
 
@@ -342,10 +346,6 @@ def _serve_one(
         signal.signal(signum, ask_stop)
     if args.parent_pid:
         threading.Thread(target=stop_with_parent, args=(args.parent_pid, ask_stop), daemon=True).start()
-    if args.connect:
-        from ._worker.dialing import serve_dialing
-
-        return serve_dialing(args, instance, key, tls, faults, ask_restart)
     servant = Servant(instance, on_restart=ask_restart, faults=faults)
     try:
         server = _pyro.Server(_pyro.worker_methods(servant), args.host, args.port, args.name, key, tls)

@@ -328,3 +328,27 @@ def test_a_host_name_that_means_this_machine_only_is_named_as_such(core_child_en
         serve.communicate(timeout=10)
     assert f"--host {name} resolves to" in warning and "this machine only" in warning
 
+
+
+def stuck_on_minus_one(x):
+    if x == -1:
+        time.sleep(60)
+    return x
+
+
+def test_a_task_past_its_timeout_is_stopped_and_the_worker_dials_in_again(workers, tmp_path):
+    from ezpool.errors import TaskTimeout
+
+    key = secrets.token_hex(16)
+    listen_file = tmp_path / "pool.json"
+    (worker,) = workers(listen_file, "--key-stdin", stdin=subprocess.PIPE)
+    worker.stdin.write(key + "\n")  # a key on standard input survives the restart
+    worker.stdin.flush()
+    with ezpool.Pool(mode="distributed", listen_file=listen_file, hmac_key=key) as pool:
+        results = pool.map(stuck_on_minus_one, [-1, *range(10)], timeout=1.0)
+        assert isinstance(results.errors.pop(-1), TaskTimeout)
+        assert not results.errors
+        assert dict(pool.map(square, range(5))) == {x: x * x for x in range(5)}  # it came back
+    status, err = ended(worker)
+    assert status == 0, err
+    assert "restarting to stop a task that overran its timeout" in err

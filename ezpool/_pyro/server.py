@@ -221,6 +221,8 @@ class _Daemon(Pyro4.Daemon):
             return False
         conn.__class__ = GuardedConnection
         conn.preauth_limit = self.sessions.limits.bytes
+        with contextlib.suppress(OSError):  # each answer leaves at once, as each call does
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = self.sessions.admit(conn)
         with self._dialed_lock:
             dialed = self._dialed.get(id(conn.sock))

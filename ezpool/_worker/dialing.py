@@ -18,6 +18,8 @@ first). The pool then drives them as it drives a worker it dialed itself::
 
 A line that cannot connect tries again (every 0.1 s at first, then every
 ``_RETRY_MOST`` s) until the pool answers: workers may start before their pool.
+A listen file that was there and is gone means its pool has closed: the worker
+leaves, even if it never joined (unless ``stay``).
 Once joined, a connection that breaks without a ``bye`` is dialed again for
 ``patience`` seconds, then the worker gives up. A pool that refuses this worker's
 key ends it at once (exit status ``REFUSED``).
@@ -25,6 +27,7 @@ key ends it at once (exit status ``REFUSED``).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import socket
@@ -138,6 +141,7 @@ class Dialer:
         self._joined: Optional[str] = None  # the address of the pool joined, once it said hello
         self._bye = False  # the pool said it closes
         self._socks: set[socket.socket] = set()  # the connections served now
+        self._seen = False  # whether an address was found (a listen file that goes means its pool went)
         self.status = 0  # the exit status, once stopped
 
     # --- what the pool calls (added to the worker's methods) ----------------------------
@@ -186,11 +190,15 @@ class Dialer:
             try:
                 address = self._where()
             except FileNotFoundError:
-                address = None  # the pool has not written it yet
+                address = None  # the pool has not written it yet, or has closed and removed it
+                if self._seen and not self._stay:
+                    self._end(0, "the pool's listen file is gone: the pool has closed")
+                    return
             except (SecurityError, ValueError, OSError) as exc:
                 self._end(1, f"cannot read where to dial: {exc}")
                 return
             if address is not None:
+                self._seen = True
                 self._dialing = address
                 sock = _dial(address)
                 if sock is not None:
@@ -229,6 +237,12 @@ class Dialer:
             with self._lock:
                 self._socks.discard(sock)
             sock.close()
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection to a pool is served now."""
+        with self._lock:
+            return bool(self._socks)
 
     def close(self) -> None:
         """Dial no more, and hang up the connections served now."""
@@ -290,6 +304,7 @@ def add_dialing_flags(parser: Any, seconds: Callable[[str], float]) -> None:
         help="take no chunk that cannot finish by then: an ISO time, seconds since the epoch, or "
         "'slurm' (the end of this SLURM job)",
     )
+    dial.add_argument("--leave-at-eof", action="store_true", help=argparse.SUPPRESS)
     dial.add_argument(
         "--patience", type=seconds, default=60.0, metavar="SECONDS",
         help="after losing the pool, try to reach it again this long before leaving (default 60)",
@@ -351,9 +366,7 @@ def dialing_child_args(args: Any) -> list[str]:
     return command
 
 
-def serve_dialing(
-    args: Any, instance: Any, key: Optional[bytes], tls: Any, faults: Any, ask_restart: Callable[[], None]
-) -> int:
+def serve_dialing(args: Any, instance: Any, key: Optional[bytes], tls: Any, faults: Any) -> int:
     """``ezpool-serve --connect``: serve ``instance`` (``None``: whatever the pool sends) to the
     pool at ``args.connect`` until it closes; leave cleanly on SIGINT or SIGTERM (and, with
     ``--key-stdin``, when standard input ends). The exit status."""
@@ -366,7 +379,8 @@ def serve_dialing(
 
     where = where_to_dial(args.connect, getattr(args, "connect_line", None))
     leaving = Leaving(end_time(args.end_at, os.environ))
-    servant = Servant(instance, on_restart=ask_restart, faults=faults, leaving=leaving)
+    restart: list[Callable[[], None]] = []  # set below, once the dialer exists
+    servant = Servant(instance, on_restart=lambda: restart[0](), faults=faults, leaving=leaving)
 
     def say(line: str) -> None:
         print(f"{args.prog}: {line}", file=sys.stderr, flush=True)
@@ -375,6 +389,7 @@ def serve_dialing(
     methods = _pyro.worker_methods(servant)
     methods.update(dialer.methods(servant.hello))
     server = _pyro.Server(methods, "", 0, "worker", key, tls, dials=True)
+    restart.append(lambda: threading.Thread(target=_restart, args=(args, key, dialer), daemon=True).start())
 
     def leave(*_: Any) -> None:
         leaving.leave(args.grace)
@@ -384,7 +399,7 @@ def serve_dialing(
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, leave)
-    if args.key_stdin:
+    if args.key_stdin or args.leave_at_eof:
         threading.Thread(target=_leave_at_end_of_input, args=(leave,), daemon=True).start()
     if args.parent_pid:
         from .parent import stop_with_parent
@@ -403,12 +418,46 @@ def serve_dialing(
     return status
 
 
+#: Seconds a worker that restarts (to stop a task past its timeout) leaves for its
+#: last answers to go out before it replaces itself.
+_RESTART_GRACE = 0.3
+
+
+def _restart(args: Any, key: Optional[bytes], dialer: Dialer) -> None:
+    """Become a fresh worker, dialing the same pool: the one way to stop a stuck task.
+    A key read from standard input goes to the new process in its environment."""
+    import os
+    import sys
+
+    from ..security import KEY_ENV
+    from .launch import serve_command, worker_env
+
+    time.sleep(_RESTART_GRACE)  # the answer with the task that overran goes out first
+    dialer.close()
+    env = worker_env(os.environ, sys.path)
+    argv: list[str] = []
+    for arg in args.argv:
+        if arg == "--key-stdin":
+            argv.append("--leave-at-eof")  # it still leaves when its input ends
+            if key is not None:
+                env[KEY_ENV] = key.decode()
+        else:
+            argv.append(arg)
+    if args.connect == "-":
+        argv[argv.index("-", argv.index("--connect"))] = getattr(args, "connect_line", "")
+    logger.warning("restarting to stop a task that overran its timeout")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, serve_command(argv), env)
+
+
 def _go_when_idle(servant: Any, dialer: Dialer, grace: float) -> None:
     """Hang up once no chunk runs and the pool has been told this worker leaves (a chunk
-    it sent was answered ``LEAVING``), or ``grace`` seconds on, whichever comes first."""
+    it sent was answered ``LEAVING``), or ``grace`` seconds on, whichever comes first; at
+    once where no pool is connected."""
     deadline = time.monotonic() + grace + 1.0
     leaving = servant.leaving
-    while time.monotonic() < deadline and (servant.busy() or not leaving.told.is_set()):
+    while time.monotonic() < deadline and dialer.connected and (servant.busy() or not leaving.told.is_set()):
         leaving.told.wait(0.05)
     time.sleep(0.2)  # the last answer goes out
     dialer.close()
