@@ -178,3 +178,24 @@ def _nap(seconds):
 
     time.sleep(seconds)
     return seconds
+
+
+# --- SSH: against real sshd servers in network-namespace hosts (tests/sshd.py) --------------
+
+from tests.test_cluster_ssh import _ready, ssh_network, ssh_servers  # noqa: E402,F401 - the fixtures
+
+
+@pytest.mark.timeout(120)
+def test_the_ssh_recipe_runs_as_written(ssh_servers, ssh_network, tmp_path):  # noqa: F811
+    script = _sweep_script("ssh-hosts")
+    written = 'workers=SSH(["crunch1", "crunch2:8"])'
+    assert written in script
+    # The test's hosts, and the address they reach this machine at (they have no other route).
+    ours = (f'workers=SSH(["h0", "h1:2"], ssh_options={ssh_servers.ssh_options!r}), '
+            f'listen="{ssh_network.service_address}:0"')
+    (tmp_path / "sweep.py").write_text(script.replace(written, ours))
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    done = subprocess.run([sys.executable, "sweep.py"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=100)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("10000 tasks, 0 failed"), done.stdout
