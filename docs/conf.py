@@ -34,7 +34,7 @@ html_css_files = ["ezpool.css"]
 # there is no intersphinx inventory for the standard library: its names in type
 # hints are left unlinked on purpose, and only they are excused here.
 nitpick_ignore_regex = [
-    ("py:class", r"(collections\.abc|os|types|concurrent\.futures(\._base)?)\.\w+"),
+    ("py:class", r"(collections\.abc|os|types|abc|concurrent\.futures(\._base)?)\.\w+"),
     # The option parameters of Pool's methods are typed as in ezpool.options, whose
     # aliases (and types.ModuleType, imported by name) show as written; R is the
     # value type of Results, explained on Results itself.
