@@ -450,3 +450,29 @@ _PROBE = (
     "except OSError as exc:\n"
     "    print('closed', exc)\n"
 )
+
+
+@pytest.mark.timeout(120)
+def test_killing_the_ssh_of_the_manual_recipe_ends_its_worker(ssh_servers, ssh_network):
+    serve = os.path.join(os.path.dirname(sys.executable), "ezpool-serve")
+    if not os.access(serve, os.X_OK):
+        pytest.skip(f"no ezpool-serve script next to {sys.executable} (pip install the package)")
+    service = ssh_network.service_address
+    address = f"{service}:{free_port(service)}"
+    with Pool(mode="distributed", listen=address) as pool:
+        session = subprocess.Popen(
+            ["ssh", *ssh_servers.ssh_options, "h0", serve, "--connect", address],  # the recipe
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        try:
+            listener = pool._backends["distributed"]._dial.listener
+            eventually(lambda: len(listener.links) == 1, "the worker joined", 30)
+            session.kill()  # the local ssh dies: its channel, the worker's input, ends on the host
+            session.communicate(timeout=10)
+            host = ssh_network.hosts[0]
+            eventually(lambda: not [line for line in host.command_lines().values() if "ezpool" in line],
+                       "the worker left with its ssh", 30)
+        finally:
+            if session.poll() is None:
+                session.kill()
+                session.communicate()

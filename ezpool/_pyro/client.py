@@ -284,6 +284,25 @@ class Connection:
             raise Pyro4.errors.SecurityError(f"{self.uri} answered {sent.method} with a bad signature")
         return result
 
+    def call_if_idle(self, method: str, timeout: float) -> bool:
+        """Call ``method`` (waiting ``timeout`` seconds at most) if the connection is idle now;
+        if another thread is in a call on it, break that call off instead. Never waits for
+        another thread's call; whether ``method`` was answered."""
+        if not self._lock.acquire(timeout=0.1):
+            self.abort()
+            return False
+        try:
+            if not self.idle:
+                return False
+            self.timeout = timeout
+            try:
+                self.call(method)
+            except Exception:
+                return False
+            return True
+        finally:
+            self._lock.release()
+
     def abort(self) -> None:
         """Break off a call another thread is waiting on (safe from any thread)."""
         sock = self._sock

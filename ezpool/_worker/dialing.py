@@ -399,7 +399,7 @@ def serve_dialing(args: Any, instance: Any, key: Optional[bytes], tls: Any, faul
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, leave)
-    if args.key_stdin or args.leave_at_eof:
+    if args.key_stdin or args.leave_at_eof or _input_of_an_ssh_session():
         threading.Thread(target=_leave_at_end_of_input, args=(leave,), daemon=True).start()
     if args.parent_pid:
         from .parent import stop_with_parent
@@ -461,6 +461,22 @@ def _go_when_idle(servant: Any, dialer: Dialer, grace: float) -> None:
         leaving.told.wait(0.05)
     time.sleep(0.2)  # the last answer goes out
     dialer.close()
+
+
+def _input_of_an_ssh_session() -> bool:
+    """Whether standard input is the channel of the ssh session that started this worker
+    (``ssh host ezpool-serve --connect ...``): its end means that ssh has gone, and the
+    worker leaves with it. Not a terminal, nor ``/dev/null``: a pipe or a socket."""
+    import os
+    import stat
+
+    if not os.environ.get("SSH_CONNECTION"):
+        return False
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _leave_at_end_of_input(leave: Callable[[], None]) -> None:

@@ -147,6 +147,8 @@ class DistributedBackend(Backend):
             def joined(link: Any) -> None:
                 if self._fitting([link], target):
                     link.heartbeat = options.heartbeat
+                    if link.pinger is not None:
+                        link.pinger.timeout = options.heartbeat
                     call.join(PushDriver(work, link, target, self._started.restart))
 
             dial.listener.on_join = joined

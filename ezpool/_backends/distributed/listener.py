@@ -70,7 +70,7 @@ class DialLink(Link):
         self.address = address
         self.arrivals: queue.SimpleQueue[_pyro.Connection] = queue.SimpleQueue()
         self.admit(info)
-        self.reconnect(None)
+        self.reconnect(self.heartbeat)  # the watcher's checks wait heartbeat seconds at most
 
     def take(self, timeout: float) -> Optional[_pyro.Connection]:
         """The next connection this worker dialed in on that is still open, waiting up to
@@ -99,18 +99,14 @@ class DialLink(Link):
     def bye(self) -> None:
         """Tell the worker the pool closes (it leaves, unless told to stay), and hang up."""
         for connection in (self.connection, self.pinger):
-            if connection is not None and connection.idle:
-                connection.timeout = 1.0
-                with contextlib.suppress(Exception):
-                    connection.call("bye")
+            if connection is not None and connection.is_open:
+                connection.call_if_idle("bye", 1.0)  # never waits behind a call another thread makes
         while True:
             try:
                 spare = self.arrivals.get_nowait()
             except queue.Empty:
                 break
-            spare.timeout = 1.0
-            with contextlib.suppress(Exception):
-                spare.call("bye")
+            spare.call_if_idle("bye", 1.0)
             spare.close()
         self.release()
 
