@@ -296,7 +296,7 @@ def is_default(link: Link) -> bool:
 def may_start(link: Link, spawn: Optional[bool]) -> bool:
     """Whether the pool starts a worker for ``link``, which did not answer (see the module's rule).
     Never for a name that only looks like another machine's (``security.only_here``)."""
-    if only_here(str(link.address.host)):
+    if not can_start(link) or only_here(str(link.address.host)):
         return False
     if not (spawn is not False and can_start(link) and (spawn or is_default(link))):
         return False
