@@ -7,7 +7,8 @@ nothing happens at import beyond importing Pyro4. Calls carry only bytes, number
 and strings in the ``marshal`` serializer: EzPool's own pickles travel as bytes,
 and are opened only after the call that carries them was authenticated.
 
-- ``client``: ``Connection``, EzPool's own handshake and signed calls.
+- ``client``: ``Connection``, EzPool's own handshake and signed calls;
+  ``dialed``: ``DialedConnection``, to a worker that dialed in.
 - ``server``: ``Server``, a daemon that trusts no one before the key.
 - ``names``: the name server's clients; ``registry``: the name server itself.
 """
@@ -21,7 +22,8 @@ import Pyro4.errors
 
 from .._core.logs import get_logger
 from ..errors import AuthenticationError, WorkerUnavailable
-from .client import Connection, ConnectionRefused, DialedConnection, KeyRefused
+from .client import Connection, ConnectionRefused, KeyRefused
+from .dialed import DialedConnection
 from .names import NS_PORT, NameServer, name_server_uri, resolve
 from .registry import NameServerProcess
 from .server import Server, configure_worker_process, worker_methods

@@ -37,7 +37,7 @@ import select
 import socket
 import ssl
 import threading
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import Pyro4
 import Pyro4.errors
@@ -51,7 +51,7 @@ from .server import REFUSED_NO_KEY, REFUSED_WRONG_KEY
 
 logger = get_logger(__name__)
 
-__all__ = ["Connection", "DialedConnection", "ConnectionRefused", "KeyRefused"]
+__all__ = ["Connection", "ConnectionRefused", "KeyRefused"]
 
 _SERIALIZER = "marshal"
 
@@ -321,47 +321,6 @@ class Connection:
     def __repr__(self) -> str:
         return f"Connection({str(self.uri)!r}, {'open' if self.is_open else 'closed'})"
 
-
-class DialedConnection(Connection):
-    """The connection to a worker that dials in: it cannot be opened from this side.
-
-    ``open`` takes the next connection that worker dialed in on (already
-    authenticated, see ``Connection.take_dialed``) from ``arrivals``, waiting up to
-    the connection's timeout (``REDIAL_WAIT`` without one), and raises
-    ``ConnectionClosedError`` if none came.
-    """
-
-    def __init__(
-        self,
-        uri: Any,
-        key: Optional[bytes],
-        timeout: Optional[float],
-        tls: Optional[ssl.SSLContext],
-        arrivals: Callable[[float], Optional[Connection]],
-    ) -> None:
-        super().__init__(uri, key, timeout, tls)
-        self._arrivals = arrivals
-
-    def open(self) -> None:
-        with self._lock:
-            if self.is_open and (self._sent or not _hung_up(self._sock)):
-                return
-            self.close()
-            fresh = self._arrivals(self._timeout or REDIAL_WAIT)
-            if fresh is None:
-                raise Pyro4.errors.ConnectionClosedError(f"{self.uri} has not dialed in again")
-            with fresh._lock:
-                self._connection, self._sock, fresh._connection, fresh._sock = (
-                    fresh._connection, fresh._sock, None, None)
-                self._nonce, self._counter, self._seq = fresh._nonce, fresh._counter, fresh._seq
-            if self._sock is not None:
-                with contextlib.suppress(OSError):
-                    self._sock.settimeout(self._timeout)
-
-
-#: Seconds ``DialedConnection.open`` waits for its worker to dial in again, where the
-#: connection has no timeout of its own.
-REDIAL_WAIT = 5.0
 
 #: Why a pool refuses a dialing worker, as its log says it.
 _DIALED = {
