@@ -399,8 +399,10 @@ def serve_dialing(args: Any, instance: Any, key: Optional[bytes], tls: Any, faul
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, leave)
-    if args.key_stdin or args.leave_at_eof or _input_of_an_ssh_session():
+    if args.key_stdin or args.leave_at_eof:
         threading.Thread(target=_leave_at_end_of_input, args=(leave,), daemon=True).start()
+    elif _output_to_an_ssh_session():
+        threading.Thread(target=_leave_when_output_closes, args=(leave,), daemon=True).start()
     if args.parent_pid:
         from .parent import stop_with_parent
 
@@ -463,20 +465,39 @@ def _go_when_idle(servant: Any, dialer: Dialer, grace: float) -> None:
     dialer.close()
 
 
-def _input_of_an_ssh_session() -> bool:
-    """Whether standard input is the channel of the ssh session that started this worker
-    (``ssh host ezpool-serve --connect ...``): its end means that ssh has gone, and the
-    worker leaves with it. Not a terminal, nor ``/dev/null``: a pipe or a socket."""
+def _output_to_an_ssh_session() -> bool:
+    """Whether standard output goes back through the ssh session that started this worker
+    (``ssh host ezpool-serve --connect ...``, without a terminal): once that ssh has gone,
+    sshd closes it, and the worker leaves with it. (Not its input, which ``ssh -n`` or
+    ``< /dev/null`` ends at once.)"""
     import os
     import stat
 
     if not os.environ.get("SSH_CONNECTION"):
         return False
     try:
-        mode = os.fstat(0).st_mode
+        mode = os.fstat(1).st_mode
     except OSError:
         return False
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def _leave_when_output_closes(leave: Callable[[], None]) -> None:
+    """Call ``leave`` once nothing reads standard output any more (its reader closed it)."""
+    import select
+
+    poller = select.poll()
+    poller.register(1, 0)  # no event asked for: POLLERR and POLLHUP come anyway
+    while True:
+        try:
+            events = poller.poll()
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        if any(event & (select.POLLERR | select.POLLHUP) for _, event in events):
+            leave()
+            return
 
 
 def _leave_at_end_of_input(leave: Callable[[], None]) -> None:

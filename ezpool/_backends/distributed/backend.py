@@ -144,14 +144,22 @@ class DistributedBackend(Backend):
         for link in links:
             call.add(PushDriver(work, link, target, self._started.restart))
         if dial is not None:
+            driven = {id(link) for link in links}  # each worker gets one driver, however it came
+            joining = threading.Lock()
+
             def joined(link: Any) -> None:
-                if self._fitting([link], target):
-                    link.heartbeat = options.heartbeat
-                    if link.pinger is not None:
-                        link.pinger.timeout = options.heartbeat
-                    call.join(PushDriver(work, link, target, self._started.restart))
+                with joining:
+                    if id(link) in driven or not self._fitting([link], target):
+                        return
+                    driven.add(id(link))
+                link.heartbeat = options.heartbeat
+                if link.pinger is not None:
+                    link.pinger.timeout = options.heartbeat
+                call.join(PushDriver(work, link, target, self._started.restart))
 
             dial.listener.on_join = joined
+            for link in dial.listener.ready():  # joined after the links were counted, before now
+                joined(link)
         with self._lock:
             self._works.add(work)
         try:

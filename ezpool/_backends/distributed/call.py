@@ -61,6 +61,8 @@ class Call:
         self.work = work
         self.crew = crew  # the pool's threads: each runs a driver during the call
         self.more = more
+        self._joining = threading.Lock()  # a driver joins before the drivers run, or after
+        self._running = False
 
     @property
     def drivers(self) -> list[Driver]:
@@ -71,10 +73,13 @@ class Call:
         self.work.add(driver)
 
     def join(self, driver: Driver) -> None:
-        """A worker that joined while the call runs (from any thread): it gets work at once."""
-        with self.work.cond:
-            self.work.add(driver)
-        self.work.outbox.put(_Joined(driver))
+        """A worker that joined (from any thread): it gets work at once. Before the drivers
+        run, it is one of them; after, the caller's thread starts it (``_Joined``)."""
+        with self._joining:
+            with self.work.cond:
+                self.work.add(driver)
+            if self._running:
+                self.work.outbox.put(_Joined(driver))
 
     # --- the caller's thread ---------------------------------------------------------
 
@@ -87,8 +92,10 @@ class Call:
             live.add_waker(wake)
         try:
             self._first_round()
-            for driver in self.drivers:
-                ended.append((driver, self.crew.run(driver.run)))
+            with self._joining:
+                for driver in self.drivers:
+                    ended.append((driver, self.crew.run(driver.run)))
+                self._running = True
             alive = len(ended)
             yield from self._refill()
             while alive or self._may_get_workers():
