@@ -38,7 +38,7 @@ from types import ModuleType
 from typing import Any, Optional
 
 from ._core.tls_contexts import add_server_tls_flags, server_tls_from_flags
-from ._worker.dialing import add_dialing_flags, check_dialing_flags
+from ._worker.dial_flags import add_dialing_flags, check_dialing_flags
 from ._worker.parent import stop_with_parent
 from .errors import SecurityError, ServeError
 from .worker import BaseWorker
@@ -430,7 +430,7 @@ def _serve_many(args: argparse.Namespace) -> int:
 
 def _child_args(args: argparse.Namespace, port: int) -> list[str]:
     if args.connect:
-        from ._worker.dialing import dialing_child_args
+        from ._worker.dial_flags import dialing_child_args
 
         return dialing_child_args(args)
     command = [*([args.spec] if args.spec else []), "--host", args.host, "--port", str(port)]
