@@ -60,7 +60,6 @@ class DialIn:
         self.wanted = (options.listen, options.listen_file, id(options.workers) if self.cluster else None)
         self.listener = Listener(options.listen or ":0", key, tls, _text(options.listen_file))
         self._more: tuple[float, bool] = (0.0, True)
-        self.error: Optional[ClusterError] = None
         # A pool left open when the interpreter exits still cancels its jobs and stops its workers.
         self._finalizer = weakref.finalize(self, _close, self.listener, self.cluster)
         if self.cluster is not None:
@@ -123,11 +122,7 @@ class DialIn:
 
     def _check(self) -> None:
         if self.cluster is not None:
-            try:
-                self.cluster.check()
-            except ClusterError as exc:
-                self.error = exc
-                raise
+            self.cluster.check()
         elif self.listener.refused and not self.listener.links:
             raise WorkerUnavailable(f"no worker could join the pool at {self.listener.address}: "
                                     f"{self.listener.refused[-1]}")
