@@ -1,0 +1,302 @@
+"""``ezpool.trace``: a run's timeline as a Chrome trace (Perfetto, chrome://tracing), and back.
+
+``check_trace`` is what Perfetto asks of the file, written down: the JSON object
+format, metadata naming every process and thread used, and ``X`` events that nest
+on each track (pid, tid). Synthetic timelines test the writer's rules (clipping,
+span tracks, round trips); real runs in every mode follow, checked by the same
+function.
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ezpool import RemoteError
+from ezpool.timeline import Span, Timeline, WorkerInfo
+from ezpool.trace import read_trace, write_trace
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# --- the checker ------------------------------------------------------------------------
+
+
+class Run(dict):
+    """A task run as a trace shows it: the event's fields, plus ``thread`` and ``host``
+    (the names its metadata gives its tid and pid)."""
+
+
+def check_trace(path: Path) -> tuple[dict[str, Any], list[Run], list[Run]]:
+    """Load ``path``, assert it is a well-formed EzPool Chrome trace whose events nest per
+    track; its ``otherData``, its task runs and its other spans (each with its track's names)."""
+    document = json.loads(path.read_text())
+    assert set(document) == {"traceEvents", "displayTimeUnit", "otherData"}
+    assert document["displayTimeUnit"] == "ms"
+    other = document["otherData"]
+    assert other["format"] == "ezpool trace" and other["ezpool_version"] and other["python_version"]
+    processes: dict[int, str] = {}
+    threads: dict[tuple[int, int], str] = {}
+    sorted_processes, sorted_threads = set(), set()
+    timed = []
+    for event in document["traceEvents"]:
+        assert event["ph"] in ("M", "X"), event
+        assert isinstance(event["pid"], int), event
+        if event["ph"] == "M":
+            if event["name"] == "process_name":
+                assert event["pid"] not in processes, f"process {event['pid']} named twice"
+                processes[event["pid"]] = event["args"]["name"]
+            elif event["name"] == "thread_name":
+                track = (event["pid"], event["tid"])
+                assert track not in threads, f"thread {track} named twice"
+                threads[track] = event["args"]["name"]
+            elif event["name"] == "process_sort_index":
+                sorted_processes.add(event["pid"])
+            else:
+                assert event["name"] == "thread_sort_index", event
+                sorted_threads.add((event["pid"], event["tid"]))
+            continue
+        assert isinstance(event["name"], str) and isinstance(event["cat"], str), event
+        assert isinstance(event["ts"], int) and isinstance(event["dur"], int) and event["dur"] >= 0, event
+        assert isinstance(event["tid"], int) and isinstance(event["args"], dict), event
+        timed.append(event)
+    assert set(processes) == sorted_processes and set(threads) == sorted_threads
+    assert len(set(threads.values())) == len(threads), "two tracks with one name"
+    check_nesting(timed)
+    runs, spans = [], []
+    for event in timed:
+        track = (event["pid"], event["tid"])
+        assert event["pid"] in processes and track in threads, f"unnamed track {track}"
+        run = Run(event, thread=threads[track], host=processes[event["pid"]])
+        if event["cat"] in ("task", "failed"):
+            args = event["args"]
+            assert set(args) <= {"task", "attempt", "worker", "error"}, args
+            assert ("error" in args) == (event["cat"] == "failed"), event
+            assert run["thread"] == args["worker"], f"{event} on the track of {run['thread']}"
+            assert other["workers"][args["worker"]][0] == run["host"], event
+            assert len(event["name"]) <= 60 and args["task"].startswith(event["name"].rstrip("."))
+            runs.append(run)
+        else:
+            assert event["cat"] in ("start-up", "transfer", "backup", "lost"), event
+            assert run["thread"].startswith(event["args"]["worker"] + " · transfers"), event
+            spans.append(run)
+    return other, runs, spans
+
+
+def check_nesting(events: list[dict[str, Any]]) -> None:
+    """Assert that the ``X`` events of each track nest: sorted by start (the longer first),
+    each ends before the innermost still-open event that it starts inside of."""
+    tracks: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for event in events:
+        tracks.setdefault((event["pid"], event["tid"]), []).append(event)
+    for track, listed in tracks.items():
+        open_ends: list[int] = []
+        for event in sorted(listed, key=lambda e: (e["ts"], -e["dur"])):
+            start, end = event["ts"], event["ts"] + event["dur"]
+            while open_ends and open_ends[-1] <= start:
+                open_ends.pop()
+            assert not open_ends or end <= open_ends[-1], (
+                f"on track {track}, {event['name']!r} [{start}, {end}] crosses an event "
+                f"ending at {open_ends[-1]}")
+            open_ends.append(end)
+
+
+# --- synthetic timelines -----------------------------------------------------------------
+
+
+def timeline(runs: list[tuple[Any, int, str, float, float, Optional[BaseException]]],
+             spans: tuple[Span, ...] = (), hosts: Optional[dict[str, str]] = None) -> Timeline:
+    """A timeline of ``runs`` (task, attempt, worker, start, end, error), in the order given."""
+    names = list(dict.fromkeys(run[2] for run in runs))
+    hosts = hosts or {}
+    return Timeline(
+        mode="parallel", settings={"ncpu": "2", "chunksize": "1"}, started_at=1_700_000_000.25,
+        wall_time=max([run[4] for run in runs] + [0.0]),
+        workers={name: WorkerInfo(name, hosts.get(name, "node1"), 40 + index)
+                 for index, name in enumerate(names)},
+        tasks=[run[0] for run in runs], attempts=[run[1] for run in runs],
+        owners=[names.index(run[2]) for run in runs], starts=array("d", (run[3] for run in runs)),
+        ends=array("d", (run[4] for run in runs)),
+        errors={index: run[5] for index, run in enumerate(runs) if run[5] is not None},
+        spans=spans, offsets={name: 0.001 for name in names},
+    )
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+RUNS = [
+    (1, 1, "pid 41", 0.010, 0.020, None),
+    (2, 1, "pid 42", 0.011, 0.030, ValueError("odd task")),
+    ("x" * 500, 1, "pid 41", 0.020, 0.025, None),                    # a long repr, cut
+    (3, 1, "PYRO:worker@10.0.0.2:21000", 0.012, 0.050, RemoteError("MyError", "custom")),
+    (3, 2, "pid 41", 0.0249995, 0.040, None),                         # overlaps the run before by 0.5 µs
+    (Unprintable(), 1, "pid 42", 0.031, 0.032, None),
+]
+SPANS = (
+    Span("start-up", "pid 41", 0.0, 0.009, "process"),
+    Span("transfer", "pid 41", 0.005, 0.012, "tasks 1, 'xxx'"),    # overlaps the start-up
+    Span("transfer", "pid 41", 0.008, 0.030, "tasks 3"),            # and both of those
+    Span("lost", "pid 42", 0.031, 0.045, "task 3"),
+    Span("backup", "PYRO:worker@10.0.0.2:21000", 0.02, 0.03),
+)
+LONG = "'" + "x" * 97 + "..." + "x" * 98 + "'"  # the repr of "x" * 500, 200 characters long
+HOSTS = {"PYRO:worker@10.0.0.2:21000": "10.0.0.2"}
+
+
+def test_every_run_appears_once_with_its_attempt_worker_and_error(tmp_path):
+    path = tmp_path / "trace.json"
+    write_trace(timeline(RUNS, SPANS, HOSTS), path)
+    other, runs, spans = check_trace(path)
+    assert [(run["args"]["attempt"], run["args"]["worker"], run["args"].get("error")) for run in runs] == [
+        (1, "pid 41", None), (1, "pid 42", "ValueError: odd task"),
+        (1, "PYRO:worker@10.0.0.2:21000", "MyError: custom"), (1, "pid 41", None), (3 - 1, "pid 41", None),
+        (1, "pid 42", None),
+    ]
+    assert [run["args"]["task"] for run in runs][:2] == ["1", "2"]
+    long = runs[3]
+    assert long["name"] == "'" + "x" * 56 + "..." and long["args"]["task"] == LONG
+    assert runs[5]["name"].startswith("<Unprintable instance at 0x")  # its repr raised
+    assert {run["cat"] for run in runs} == {"task", "failed"} and runs[1]["cat"] == "failed"
+    assert [(run["host"], run["thread"]) for run in runs[:3]] == [
+        ("node1", "pid 41"), ("node1", "pid 42"), ("10.0.0.2", "PYRO:worker@10.0.0.2:21000")]
+    assert [(span["cat"], span["name"], span["ts"], span["dur"]) for span in spans] == [
+        ("start-up", "start-up process", 0, 9000), ("transfer", "transfer tasks 1, 'xxx'", 5000, 7000),
+        ("transfer", "transfer tasks 3", 8000, 22000), ("backup", "backup", 20000, 10000),
+        ("lost", "lost task 3", 31000, 14000)]
+    assert other["mode"] == "parallel" and other["settings"] == {"ncpu": "2", "chunksize": "1"}
+    assert other["started_at"] == 1_700_000_000.25 and other["wall_time"] == 0.05
+    assert other["offsets"]["pid 41"] == 0.001
+    assert other["workers"]["pid 42"] == ["node1", 41]
+
+
+def test_overlapping_spans_of_a_worker_go_on_tracks_of_their_own(tmp_path):
+    path = tmp_path / "trace.json"
+    write_trace(timeline(RUNS, SPANS, HOSTS), path)
+    _, runs, spans = check_trace(path)
+    assert [span["thread"] for span in spans[:3]] == [
+        "pid 41 · transfers", "pid 41 · transfers 2", "pid 41 · transfers 3"]
+    assert spans[4]["thread"] == "pid 42 · transfers"
+    tracks = {(run["pid"], run["tid"]) for run in runs + spans}
+    # three workers' runs; pid 41's three span tracks, one each for the others
+    assert len(tracks) == 3 + 3 + 1 + 1
+
+
+def test_runs_that_overlap_on_a_worker_are_clipped_to_follow_each_other(tmp_path):
+    path = tmp_path / "trace.json"
+    write_trace(timeline(RUNS), path)
+    _, runs, _ = check_trace(path)
+    before, retried = runs[3], runs[4]  # "xxx..." ran [20000, 25000] µs, task 3 from 24999.5 µs
+    assert before["ts"] + before["dur"] == 25000 and (retried["ts"], retried["dur"]) == (25000, 15000)
+
+
+def test_runs_listed_out_of_order_are_not_clipped(tmp_path):
+    path = tmp_path / "trace.json"
+    write_trace(timeline([(1, 1, "w", 0.5, 0.6, None), (2, 1, "w", 0.1, 0.2, None)]), path)
+    _, runs, _ = check_trace(path)
+    assert [(run["name"], run["ts"], run["dur"]) for run in runs] == [
+        ("2", 100000, 100000), ("1", 500000, 100000)]
+
+
+def test_the_nesting_check_finds_crossing_events():
+    crossing = [{"pid": 1, "tid": 1, "ts": 0, "dur": 10, "name": "a"},
+                {"pid": 1, "tid": 1, "ts": 5, "dur": 10, "name": "b"}]
+    with pytest.raises(AssertionError, match="crosses"):
+        check_nesting(crossing)
+    check_nesting([{**crossing[1], "tid": 2}, crossing[0]])  # on two tracks they may
+    check_nesting([crossing[0], {**crossing[1], "ts": 10}, {**crossing[1], "ts": 2, "dur": 3}])
+
+
+def test_a_trace_reads_back_as_its_timeline(tmp_path):
+    path = tmp_path / "trace.json"
+    written = timeline(RUNS, SPANS, HOSTS)
+    write_trace(written, path)
+    read = read_trace(path)
+    assert (read.mode, read.settings, read.started_at, read.wall_time, read.offsets, read.stored) == (
+        written.mode, written.settings, written.started_at, written.wall_time, written.offsets, 0)
+    assert read.workers == written.workers
+    assert [(run.task, run.attempt, run.worker, run.start, run.end) for run in read.runs()] == [
+        ("1", 1, "pid 41", 0.01, 0.02), ("2", 1, "pid 42", 0.011, 0.03),
+        ("3", 1, "PYRO:worker@10.0.0.2:21000", 0.012, 0.05), (LONG, 1, "pid 41", 0.02, 0.025),
+        ("3", 2, "pid 41", 0.025, 0.04), (read.tasks[5], 1, "pid 42", 0.031, 0.032),
+    ]
+    errors = {index: (type(error), getattr(error, "type_name", None), str(error))
+              for index, error in read.errors.items()}
+    assert errors == {1: (errors[1][0], "ValueError", "ValueError: odd task"),
+                      2: (errors[1][0], "MyError", "MyError: custom")}
+    assert issubclass(errors[1][0], RuntimeError)
+    assert read.spans == sorted(SPANS, key=lambda span: span.start)
+    assert read.split()["pid 41"].tasks == 3 and read.split()["pid 42"].failed == 1
+
+
+def test_a_trace_laid_out_by_another_tool_still_reads(tmp_path):
+    path, pretty = tmp_path / "trace.json", tmp_path / "pretty.json"
+    write_trace(timeline(RUNS, SPANS, HOSTS), path)
+    document = json.loads(path.read_text())
+    pretty.write_text(json.dumps({"traceEvents": document["traceEvents"], "otherData": document["otherData"]},
+                                 indent=2))
+    def shown(source: Path) -> list[tuple[Any, ...]]:
+        return [(*run[:-1], str(run.error)) for run in read_trace(source).runs()]
+
+    assert shown(pretty) == shown(path) and len(shown(path)) == 6
+
+
+@pytest.mark.parametrize("text", [
+    '{"traceEvents": [{"name": "a", "ph": "X", "ts": 0, "dur": 1, "pid": 1, "tid": 1}]}',  # not ours
+    '[{"name": "a", "ph": "X", "ts": 0, "dur": 1, "pid": 1, "tid": 1}]',  # the array format
+    '{"otherData": {"format": "something else"}, "traceEvents": []}',
+    "not json at all",
+    "",
+])
+def test_a_file_that_is_not_an_ezpool_trace_is_refused_by_name(tmp_path, text):
+    path = tmp_path / "other.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"{str(path)!r} is not an EzPool trace"):
+        read_trace(path)
+
+
+def test_a_damaged_ezpool_trace_is_refused_by_name(tmp_path):
+    path = tmp_path / "trace.json"
+    write_trace(timeline(RUNS), path)
+    path.write_text(path.read_text().replace('"worker":"pid 42"', '"worker":"pid 99"'))
+    with pytest.raises(ValueError, match=f"{str(path)!r} is a damaged EzPool trace: KeyError"):
+        read_trace(path)
+
+
+def test_an_empty_timeline_writes_an_empty_trace(tmp_path):
+    path = tmp_path / "trace.json"
+    write_trace(timeline([]), path)
+    other, runs, spans = check_trace(path)
+    assert (runs, spans, other["workers"]) == ([], [], {})
+    assert len(read_trace(path)) == 0
+
+
+_times = st.floats(0, 1, allow_nan=False).map(lambda t: round(t, 7))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(runs=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), _times, _times), max_size=40),
+       spans=st.lists(st.tuples(st.sampled_from(["a", "b", "d"]),
+                                st.sampled_from(["start-up", "transfer", "lost"]), _times, _times),
+                      max_size=20))
+def test_any_timeline_writes_a_trace_that_nests_with_every_run_once(tmp_path, runs, spans):
+    """Runs and spans at any times, overlapping any way (sorted by start, as a timeline
+    holds them): the trace nests on every track and holds each run once."""
+    runs = sorted((index, 1, worker, min(a, b), max(a, b), None) for index, (worker, a, b) in enumerate(runs))
+    runs.sort(key=lambda run: run[3])
+    path = tmp_path / "trace.json"
+    spans = [Span(kind, worker, min(a, b), max(a, b)) for worker, kind, a, b in spans]
+    write_trace(timeline(runs, tuple(spans)), path)
+    _, written, written_spans = check_trace(path)
+    assert sorted((int(run["args"]["task"]), run["args"]["worker"]) for run in written) == sorted(
+        (run[0], run[2]) for run in runs)
+    assert len(written_spans) == len(spans)
+    assert sorted(run.task for run in read_trace(path).runs()) == sorted(str(run[0]) for run in runs)
