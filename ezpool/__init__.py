@@ -10,6 +10,7 @@
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__
 from .errors import (
     AuthenticationError,
     ClusterError,
@@ -49,9 +50,6 @@ _LAZY = {
     "PoolExecutor": ".executor",
     "list_workers": ".naming",
 }
-
-#: The one place the version is written: pyproject.toml reads it for the package metadata.
-__version__ = "0.1.0"
 
 __all__ = [
     "Pool",

@@ -356,7 +356,19 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:
             executor, self._executor, self._made_for = self._executor, None, None
         if executor is not None:
+            self._write_outputs(executor)
             self.kept.give_back(executor, failed)
+
+    def _write_outputs(self, executor: PoolExecutor) -> None:
+        """At the end of a ``Parallel`` call, the trace and report its options ask for (of
+        everything the pool it used has run: pools are kept across calls)."""
+        settings = self._call.settings
+        for path, save in ((settings.trace, executor.save_trace), (settings.report, executor.save_report)):
+            if path is not None:
+                try:
+                    save(path)
+                except Exception as exc:
+                    logger.warning("could not write %s: %s", path, exc)
 
 
 class _Batch:

@@ -132,6 +132,17 @@ def _path(name: str, value: Any) -> Any:
     return value
 
 
+def _output(name: str, value: Any) -> Any:
+    """A file to write at the end of each call: its folder must exist now, not after the work."""
+    _path(name, value)
+    if value is not None:
+        folder = os.path.dirname(os.path.abspath(os.fspath(value)))
+        if os.path.isdir(value) or not os.path.isdir(folder):
+            where = "is a folder" if os.path.isdir(value) else f"has no folder {folder!r}"
+            raise ValueError(f"{name}={os.fspath(value)!r} {where}: give the path of a file to write")
+    return value
+
+
 def _start_method(name: str, value: Any) -> Optional[str]:
     if value is None:
         return None
@@ -226,6 +237,12 @@ class _Every(TypedDict, total=False):
         "(None: its name)", _name)]
     retry_failed: Annotated[bool, Option(
         False, "with store, run again the tasks whose stored outcome is an exception", _flag)]
+    trace: Annotated[Optional[PathText], Option(
+        None, "a file to write each call's timeline to as a Chrome trace (JSON; open it in Perfetto)",
+        _output)]
+    report: Annotated[Optional[PathText], Option(
+        None, "a file to write each call's report to: one HTML page with the timeline, the time "
+        "split per worker, the failures and the slowest tasks (see ezpool.report)", _output)]
 
 
 class _Processes(TypedDict, total=False):

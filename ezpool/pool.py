@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from . import _backends as backends
 from ._core.feed import stored_batches
 from ._core.logs import get_logger
-from ._core.stream import default_buffer, open_feed, open_sweep, outcomes, placed, stream, total_of
+from ._core.stream import (
+    default_buffer,
+    open_feed,
+    open_recording,
+    open_sweep,
+    outcomes,
+    placed,
+    stream,
+    total_of,
+    write_outputs,
+)
 from ._core.tasks import unique_tasks
 from .options import (
     DistributedOptions,
@@ -209,6 +219,7 @@ class Pool:
         began = perf_counter()
         builder = ResultsBuilder(keys)
         todo: Sequence[Hashable] = keys
+        record = None
         try:
             backend = self._backend(mode)
             known = sweep.lookup(keys) if sweep is not None and sweep.known() else {}
@@ -220,8 +231,10 @@ class Pool:
                 todo = [keys[position] for position in where]
                 logger.info("%d of %d outcomes were found in %s; running the other %d",
                             len(known), len(keys), settings.store, len(todo))
+            record = open_recording(todo, mode, settings, self._workers(mode, settings))
+            record.stored = len(known)
             if todo:
-                batches = stream(backend, fun, todo, settings, sweep, len(todo))
+                batches = stream(backend, fun, todo, settings, sweep, len(todo), record=record)
                 try:
                     for batch in batches:
                         if where is None:
@@ -232,12 +245,17 @@ class Pool:
                 finally:
                     batches.close()
         except KeyboardInterrupt as exc:
-            exc.results = builder.partial(perf_counter() - began)  # type: ignore[attr-defined]
+            partial = exc.results = builder.partial(perf_counter() - began)  # type: ignore[attr-defined]
+            partial._record = record
             raise
         finally:
             if sweep is not None:
                 sweep.close()
         results = builder.finish(perf_counter() - began)
+        results._record = record
+        if record is not None:
+            record.end()
+            write_outputs(record, settings)
         logger.debug("%s ran %d tasks (%d failed)", mode, len(todo), len(results.errors))
         return results
 

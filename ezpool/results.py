@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections.abc import Hashable, Sequence
-from typing import Any, Dict, NamedTuple, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, TypeVar, Union
 
 from ._core.logs import get_logger
 from ._core.records import Batch, GroupTimes
 from .errors import EzPoolError
 
+if TYPE_CHECKING:
+    from ._core.recording import Recording
+    from .timeline import Timeline
+
 logger = get_logger(__name__)
+
+#: A file path, as the ``save_*`` methods take it.
+PathText = Union[str, "os.PathLike[str]"]
 
 __all__ = ["TaskOutcome", "Results", "ResultsBuilder", "R"]
 
@@ -76,6 +84,36 @@ class Results(Dict[Any, R]):
         self._spans: Sequence[tuple[int, int, str]] = ()
         self._elapsed: Optional[dict[Any, float]] = None
         self._workers: Optional[dict[Any, str]] = None
+        self._record: Optional[Recording] = None
+        self._timeline: Optional[Timeline] = None
+
+    @property
+    def timeline(self) -> Timeline:
+        """Every task run of the call on every worker, on this process's clock: see
+        ``ezpool.timeline.Timeline``. Empty for ``Results`` not made by a call."""
+        if self._timeline is None:
+            if self._record is None:
+                from ._core.recording import Recording
+
+                self._record = Recording((), "serial", {})
+                self._record.end()
+            self._timeline = self._record.timeline()
+        return self._timeline
+
+    def save_trace(self, path: PathText) -> None:
+        """Write the call's timeline to ``path`` as a Chrome trace (JSON), which Perfetto
+        (https://ui.perfetto.dev) and ``chrome://tracing`` open: see ``ezpool.trace``."""
+        from .trace import write_trace
+
+        write_trace(self.timeline, path)
+
+    def save_report(self, path: PathText) -> None:
+        """Write the call's report to ``path``: one HTML file, which any browser opens
+        without a network, with the timeline of every worker, the time split per
+        worker, the failures by type and the slowest tasks: see ``ezpool.report``."""
+        from .report import write_report
+
+        write_report(self.timeline, path)
 
     @property
     def _times(self) -> array[float]:

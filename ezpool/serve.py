@@ -129,7 +129,7 @@ dmap(..., workers=[...]). Ctrl-C or SIGTERM stops every process.
 
 
 def _parser(prog: str = "ezpool-serve") -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
     from .security import KEY_ENV, KEY_FILE_ENV
 
     parser = argparse.ArgumentParser(

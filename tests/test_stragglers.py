@@ -22,6 +22,7 @@ from ezpool import Pool
 from ezpool._backends.distributed.work import Driver, Work
 from ezpool._core.chunking import Chunk, ChunkQueue
 from ezpool._core.ledger import Answered, Lost, Returned
+from ezpool._core.recording import Recording
 from ezpool._core.records import Batch, ChunkOutcome
 from ezpool._worker.running import pack_chunk
 from ezpool.options import Options
@@ -50,7 +51,7 @@ class _Hand(Driver):
 
 def _call(tasks: list[int], options: Options, pending: ChunkQueue) -> tuple[Work, _Hand, _Hand]:
     """A call's work over two drivers that the test moves itself."""
-    work = Work(tasks, pending, options)
+    work = Work(tasks, pending, options, Recording(tasks, "distributed", {}))
     first, second = _Hand("w1"), _Hand("w2")
     work.add(first)
     work.add(second)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .._core.logs import get_logger
 
 if TYPE_CHECKING:
+    from .._core.recording import Recording
     from .._core.records import Batch
     from ..options import Options
 
@@ -30,9 +31,13 @@ class Backend(abc.ABC):
     calls ``close`` exactly once when it shuts down.
     """
 
+    #: The mode's name (``ezpool._backends.MODES``).
+    mode: str = ""
+
     @abc.abstractmethod
     def run(
-        self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
+        self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
+        record: Recording,
     ) -> Generator[Batch, None, None]:
         """Run ``fun`` over ``tasks`` and yield every task's outcome exactly once.
 
@@ -40,6 +45,9 @@ class Backend(abc.ABC):
         first task runs. ``per_task`` asks for batches of one task as each finishes,
         because a progress hook wants to hear of each. If the caller stops iterating
         early (an exception, Ctrl-C), the backend stops the work it has started.
+        ``record`` hears who the workers are, when they started, each chunk's round
+        trip and the runs cut by a crash (``ezpool._core.recording``); batches carry
+        their ``origin`` and ``attempt``.
         """
 
     def prepare(self, options: Options) -> None:  # noqa: B027 - most backends start nothing early

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Generator, Iterator, Sequence
 from time import perf_counter
 from typing import Any, Callable, Union
 
 from .._core.feed import Feed
 from .._core.logs import get_logger
+from .._core.recording import Recording
 from .._core.records import Batch
 from .._core.tasks import bind, call
 from ..errors import EzPoolError
@@ -29,8 +31,11 @@ _READ_AHEAD = 4096
 class SerialBackend(Backend):
     """Runs each task in turn in this process; an exception is kept, not raised."""
 
+    mode = "serial"
+
     def run(
-        self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
+        self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
+        record: Recording,
     ) -> Generator[Batch, None, None]:
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {fun!r}")
@@ -40,6 +45,7 @@ class SerialBackend(Backend):
             logger.debug("serial mode: tasks write here directly; capture_output ignored")
         fun = bind(fun, options.context)
         worker = f"pid {os.getpid()}"
+        record.worker(worker, socket.gethostname(), os.getpid(), same_clock=True)
         runs = _read(tasks) if isinstance(tasks, Feed) else iter([(0, tasks)])
         for run in runs:
             if isinstance(run, Batch):  # known already (from a store)
@@ -56,9 +62,11 @@ def _compute(
     values: list[Any] = []
     times: list[float] = []
     failed: set[int] = set()
-    flushed = perf_counter()
+    flushed = origin = perf_counter()
     for position, task in enumerate(tasks, start):
         began = perf_counter()
+        if not values:
+            origin = began
         try:
             value = call(fun, task)
         except Exception as exc:
@@ -68,11 +76,19 @@ def _compute(
         values.append(value)
         times.append(finished - began)
         if per_task or finished - flushed >= _FLUSH_EVERY:
-            yield Batch(start, values, times, failed, worker)
+            yield _batch(start, values, times, failed, worker, origin)
             start, values, times, failed = position + 1, [], [], set()
             flushed = finished
     if values:
-        yield Batch(start, values, times, failed, worker)
+        yield _batch(start, values, times, failed, worker, origin)
+
+
+def _batch(
+    start: int, values: list[Any], times: list[float], failed: set[int], worker: str, origin: float
+) -> Batch:
+    batch = Batch(start, values, times, failed, worker)
+    batch.origin = origin
+    return batch
 
 
 def _read(feed: Feed) -> Iterator[Union[Batch, tuple[int, Sequence[Any]]]]:

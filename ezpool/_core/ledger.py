@@ -62,22 +62,8 @@ from .records import Batch
 logger = get_logger(__name__)
 
 __all__ = [
-    "Answered",
-    "Claim",
-    "CLAIMS",
-    "COPIES",
-    "Event",
-    "Fate",
-    "Garbled",
-    "Happened",
-    "Held",
-    "Ledger",
-    "Lost",
-    "MAX_RETURNS",
-    "Piece",
-    "Returned",
-    "Settlement",
-    "TimedOut",
+    "Answered", "Claim", "CLAIMS", "COPIES", "Event", "Fate", "Garbled", "Happened", "Held", "Ledger",
+    "Lost", "MAX_RETURNS", "Piece", "Returned", "Settlement", "TimedOut",
 ]
 
 #: Times a task may be given back untouched before it counts as crashed.
@@ -273,6 +259,8 @@ class Ledger:
         self.marks_at_death = marks_at_death
         self._name = name
         self.attempts: dict[int, int] = {}  # position -> crashes counted
+        # Runs cut by a crash, run again: (position, holder, what, seconds, attempt), for the timeline.
+        self.struck: list[tuple[int, str, str, float, int]] = []
         self.returns: dict[int, int] = {}  # position -> times given back untouched
         self._held: dict[Any, list[Claim]] = {}  # holder -> its claims, in the order taken
 
@@ -290,6 +278,9 @@ class Ledger:
         claim.holders.append(holder)
         claim.since = now
         self._held.setdefault(holder, []).append(claim)
+
+    def attempt(self, position: int) -> int:
+        return self.attempts.get(position, 0) + 1  # which run of the task the next one is
 
     def holds(self, holder: Hashable) -> list[Claim]:
         """What ``holder`` holds, in the order it took it."""
@@ -448,12 +439,13 @@ class Ledger:
         """Count a crash against a task: run it again on its own, or give up on it."""
         tries = self.attempts[position] = self.attempts.get(position, 0) + 1
         if tries < self.max_attempts:
+            self.struck.append((position, self._name(holder), what, seconds, tries))
             again.append((position, position + 1, True))
             return
         error = WorkerCrashed(
             f"{what} {where} task {self.tasks[position]!r} (attempt {tries} of {self.max_attempts})"
         )
-        failed.append(_failure(position, error, seconds, self._name(holder)))
+        failed.append(_failure(position, error, seconds, self._name(holder), tries))
 
     def _time_out(
         self, holder: Any, chunk: Chunk, event: TimedOut, failed: list[Batch], again: list[Piece]
@@ -463,7 +455,7 @@ class Ledger:
         error = TaskTimeout(
             f"task {self.tasks[position]!r} ran longer than its timeout of {event.timeout} s; {event.what}"
         )
-        failed.append(_failure(position, error, event.seconds, self._name(holder)))
+        failed.append(_failure(position, error, event.seconds, self._name(holder), self.attempt(position)))
         again.append((position + 1, chunk.stop, False))
 
     def _split(self, chunk: Chunk, event: Garbled, failed: list[Batch], again: list[Piece]) -> None:
@@ -479,8 +471,10 @@ class Ledger:
         failed.append(_failure(chunk.start, error, 0.0, event.worker))
 
 
-def _failure(position: int, error: BaseException, seconds: float, worker: str) -> Batch:
-    return Batch(position, [error], [seconds], {0}, worker)
+def _failure(position: int, error: BaseException, seconds: float, worker: str, attempt: int = 1) -> Batch:
+    batch = Batch(position, [error], [seconds], {0}, worker)
+    batch.attempt = attempt
+    return batch
 
 
 def _runs(positions: list[int], alone: bool) -> list[Piece]:

@@ -13,7 +13,7 @@ import contextlib
 import importlib
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from typing import Any, Optional, TextIO
 
 from ..options import ProgressHook
@@ -32,12 +32,17 @@ class Progress:
     ``progress=None`` shows the bar only when stderr is a terminal or this process is
     a Jupyter kernel, ``True`` always, ``False`` never, and a callable is called once per finished task with a
     ``TaskOutcome``, the number of tasks done so far and the total (``None`` when
-    streaming tasks whose number is not known).
+    streaming tasks whose number is not known). ``live``, where given, is the set of
+    workers answering now: the bar shows how many, and the failures so far.
     """
 
-    def __init__(self, option: Any, msg: str, keys: Sequence[Any], total: Optional[int]) -> None:
+    def __init__(
+        self, option: Any, msg: str, keys: Sequence[Any], total: Optional[int],
+        live: Optional[Set[str]] = None,
+    ) -> None:
         self._keys = keys
         self._total = total
+        self._live = live
         self._hook: Optional[ProgressHook] = (
             option if callable(option) and not isinstance(option, bool) else None
         )
@@ -77,7 +82,9 @@ class Progress:
         else:
             self.done += count
         if self._bar is not None:
-            if batch.failed:
+            if self._live is not None:
+                self._bar.set_postfix(workers=len(self._live), failed=self.failed, refresh=False)
+            elif batch.failed:
                 self._bar.set_postfix(failed=self.failed, refresh=False)
             self._bar.update(count)
 

@@ -66,9 +66,13 @@ class Batch:
         outputs: what tasks printed and logged, by offset, when the call asked for it
             (``capture_output``); ``None`` otherwise.
         stored: whether these outcomes come from a store rather than from running.
+        origin: when the first task started, on the clock of the process that ran it
+            (``time.perf_counter``), where known; the timeline corrects it to the
+            caller's clock (``ezpool._core.recording``).
+        attempt: which run of its tasks this is (2: the second, after a worker died).
     """
 
-    __slots__ = ("start", "values", "elapsed", "failed", "worker", "outputs", "stored")
+    __slots__ = ("start", "values", "elapsed", "failed", "worker", "outputs", "stored", "origin", "attempt")
 
     def __init__(
         self,
@@ -86,6 +90,8 @@ class Batch:
         self.worker = worker
         self.outputs = outputs
         self.stored = False
+        self.origin: Optional[float] = None
+        self.attempt = 1
 
     def __repr__(self) -> str:
         return (
@@ -101,13 +107,19 @@ class GroupTimes(Sequence[float]):
     tasks it held and the time of each; a reply then carries 16 bytes a group
     rather than 8 a task (for a million ``x*x`` that is a few KB against 8 MB through
     the pipe). Read as a sequence it gives one time per task, like ``array('d')``.
+    ``origin`` is when the first task started, on the running process's
+    ``time.perf_counter`` (the tasks ran back to back from there).
     """
 
-    __slots__ = ("counts", "seconds", "_flat")
+    __slots__ = ("counts", "seconds", "origin", "_flat")
 
-    def __init__(self, counts: Optional[array[int]] = None, seconds: Optional[array[float]] = None) -> None:
+    def __init__(
+        self, counts: Optional[array[int]] = None, seconds: Optional[array[float]] = None,
+        origin: Optional[float] = None,
+    ) -> None:
         self.counts = counts if counts is not None else array("q")
         self.seconds = seconds if seconds is not None else array("d")
+        self.origin = origin
         self._flat: Optional[array[float]] = None
 
     def add(self, count: int, seconds: float) -> None:
@@ -146,7 +158,7 @@ class GroupTimes(Sequence[float]):
         return self.expand() == (other.expand() if isinstance(other, GroupTimes) else other)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return GroupTimes, (self.counts, self.seconds)
+        return GroupTimes, (self.counts, self.seconds, self.origin)
 
     def __repr__(self) -> str:
         return f"GroupTimes({len(self.counts)} groups, {len(self)} tasks)"

@@ -13,6 +13,7 @@ each batch has first been::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Generator, Iterable, Sequence, Sized
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
@@ -21,7 +22,8 @@ from ..results import TaskOutcome
 from .feed import Feed, Live
 from .logs import get_logger
 from .progress import Progress
-from .records import Batch
+from .recording import Recording, settings_of
+from .records import Batch, GroupTimes
 from .relay import Relay
 from .tasks import iterate_tasks
 
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-__all__ = ["stream", "open_feed", "open_sweep", "outcomes", "placed", "default_buffer"]
+__all__ = ["stream", "open_feed", "open_sweep", "open_recording", "outcomes", "placed", "default_buffer",
+           "write_outputs"]
 
 #: ``imap``'s default ``buffersize``: this many tasks per worker, and never fewer than the least.
 _BUFFER_PER_WORKER = 16384
@@ -47,28 +50,64 @@ def stream(
     sweep: Optional[Sweep] = None,
     total: Optional[int] = None,
     eager: bool = False,
+    record: Optional[Recording] = None,
 ) -> Generator[Batch, None, None]:
     """``fun`` over ``tasks`` (a list of distinct tasks, or a ``Feed``) on ``backend``: each
-    batch as it finishes, once recorded in ``sweep``, relayed and counted.
+    batch as it finishes, once recorded in ``sweep``, relayed, counted and kept in ``record``.
 
     ``total`` is the number of tasks, where known (for the progress bar); ``eager`` asks
     for every outcome as soon as it is known, even where waiting would batch more.
-    Closing the generator stops the work.
+    Closing the generator stops the work. Without ``record`` one is made that keeps
+    only which workers are live, unless a trace or report is asked for; the trace and
+    report in ``options`` are written when the stream ends (``map`` writes its own).
     """
-    progress = Progress(options.progress, options.msg, tasks, total)
+    if record is None:
+        record = open_recording(tasks, backend.mode, options)
+    live = record.live if backend.mode == "distributed" else None
+    progress = Progress(options.progress, options.msg, tasks, total, live)
     relay = Relay(tasks, progress)
-    batches = backend.run(fun, tasks, options, progress.per_task or eager)
+    batches = backend.run(fun, tasks, options, progress.per_task or eager, record)
     try:
         for batch in batches:
             if sweep is not None and not batch.stored:
                 sweep.record(tasks, batch.start, batch.values, batch.elapsed, batch.failed, batch.worker)
             if batch.outputs:
                 relay.show(batch)
+            record.add(batch)
             progress.update(batch)
             yield batch
     finally:
         batches.close()
         progress.close()
+        record.end()
+        if record.keep and isinstance(tasks, Feed):
+            write_outputs(record, options)
+
+
+def open_recording(tasks: Sequence[Any], mode: str, options: Options, workers: int = 0) -> Recording:
+    """The record of a call running ``tasks`` in ``mode`` with ``options``: it keeps every
+    batch where tasks stay held (``map``), or where a trace or report is asked for."""
+    wanted = options.trace is not None or options.report is not None
+    held = not isinstance(tasks, Feed)
+    return Recording(tasks, mode, settings_of(mode, options, workers), keep=held or wanted, labels=not held)
+
+
+def write_outputs(record: Recording, options: Options) -> None:
+    """Write the trace and the report ``options`` ask for, from ``record``; a file that
+    cannot be written is logged, never raised (the call's outcomes matter more)."""
+    if options.trace is None and options.report is None:
+        return
+    timeline = record.timeline()
+    for path, module, writer in ((options.trace, "ezpool.trace", "write_trace"),
+                                 (options.report, "ezpool.report", "write_report")):
+        if path is None:
+            continue
+        try:
+            getattr(importlib.import_module(module), writer)(timeline, path)
+        except Exception as exc:
+            logger.warning("could not write %s: %s", path, exc)
+        else:
+            logger.info("wrote %s (%d task runs on %d workers)", path, len(timeline), len(timeline.workers))
 
 
 def open_sweep(options: Options, fun: Any) -> Optional[Sweep]:
@@ -152,6 +191,13 @@ def placed(batch: Batch, where: list[int]) -> Generator[Batch, None, None]:
         while end < count and where[batch.start + end] == where[batch.start + offset] + end - offset:
             end += 1
         failed = {spot - offset for spot in batch.failed if offset <= spot < end}
-        yield Batch(where[batch.start + offset], batch.values[offset:end], batch.elapsed[offset:end],
-                    failed, batch.worker)
+        part = Batch(where[batch.start + offset], batch.values[offset:end], batch.elapsed[offset:end],
+                     failed, batch.worker)
+        part.stored, part.attempt = batch.stored, batch.attempt
+        origin = batch.origin
+        if origin is None and isinstance(batch.elapsed, GroupTimes):
+            origin = batch.elapsed.origin
+        if origin is not None:
+            part.origin = origin + sum(batch.elapsed[:offset])
+        yield part
         offset = end

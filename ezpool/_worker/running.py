@@ -75,6 +75,8 @@ def run_chunk(
     low = 0  # offset of the group's first task
     size = 1  # the first task of a chunk is timed alone
     began = clock()
+    if isinstance(times, GroupTimes) and times.origin is None:
+        times.origin = began  # where the timeline places the chunk (ezpool.timeline)
     while low < count:
         high = min(count, low + size)
         if spread is None:
@@ -187,7 +189,7 @@ def run_chunk_captured(
     What a task wrote lands in ``outputs`` under its offset as it finishes (tasks
     that wrote nothing are left out); log records are kept from ``level`` up.
     """
-    values, times, failures = into if into is not None else ChunkOutcome([], array("d"), {})
+    values, times, failures = into if into is not None else ChunkOutcome([], GroupTimes(), {})
     add_value, clock = values.append, perf_counter
     add_time = partial(times.add, 1) if isinstance(times, GroupTimes) else times.append
     position = first
@@ -195,6 +197,8 @@ def run_chunk_captured(
 
     with Capture(level) as kept:
         began = clock()
+        if isinstance(times, GroupTimes) and times.origin is None:
+            times.origin = began
         for task in tasks:
             mark[0] = position
             kept.begin()

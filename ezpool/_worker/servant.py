@@ -24,6 +24,9 @@ the text of a ``Status`` (``ezpool._core.records``):
     ``functools.partial`` of either carries a call's ``context``: its ``run`` or the
     function gets it as first argument); ``(status, reply)`` is ``(OK, b"")``, or
     ``(ERROR, pickled ExceptionRecord)`` when it cannot be loaded here.
+``status()``
+    what ``python -m ezpool.status`` shows: who it is, what it serves, whether a chunk
+    runs and for which client, the tasks it ran, its uptime (see ``activity``).
 ``run_chunk(*ChunkCall)``
     ``(status, reply)``, for the chunk a ``ChunkCall`` describes (its ``level``, sent
     only when the client wants it, is the lowest log level to keep with what each
@@ -71,6 +74,7 @@ from .._core.serialization import dumps, loads_tasks, record_exception
 from .._core.shipping import fingerprint, unpack
 from ..errors import TaskTimeout
 from ..worker import BaseWorker
+from .activity import Activity
 from .faults import NO_FAULTS, Faults
 from .leaving import Leaving
 from .running import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
@@ -171,6 +175,7 @@ class Servant:
         self._instances: dict[str, BaseWorker] = {}  # BaseWorker instances this process set up
         self._on_restart = on_restart
         self._faults = faults
+        self.activity = Activity(target)  # what ``status`` says it did
         self._calls = 0
         self._lock = threading.Condition()
         self._job: Optional[_Job] = None  # the chunk the runner holds, guarded by _lock
@@ -190,7 +195,7 @@ class Servant:
 
         logger.debug("a client checks who this worker is")
 
-        from .. import __version__
+        from .._version import __version__
 
         versions = {
             "python": platform.python_version(),
@@ -268,7 +273,13 @@ class Servant:
         """Whether a chunk is running now."""
         return self._job is not None
 
-    def run_chunk(self, *wire: Any, client_gone: Optional[ClientGone] = None) -> tuple[str, bytes]:
+    def status(self) -> dict[str, Any]:
+        """What this worker is doing and has done (see ``activity``)."""
+        return self.activity.status(self.hello(), self.ping()[1], self.leaving.asked)
+
+    def run_chunk(
+        self, *wire: Any, client_gone: Optional[ClientGone] = None, client: str = ""
+    ) -> tuple[str, bytes]:
         """Run a chunk for the client that checked this process: ``wire`` is a
         ``ChunkCall`` as it travels; the answer is a ``Status`` (its text) and a reply
         (see the module docstring).
@@ -276,11 +287,12 @@ class Servant:
         ``client_gone(seconds, wake)`` says whether the client has hung up, waiting up
         to ``seconds`` for it to, or for the file ``wake`` to become readable (the
         runner writes to it when a chunk is done); without it, the client never goes.
+        ``client``: its address, for ``status``.
         """
-        status, reply = self._run_call(ChunkCall(*wire), client_gone or _stays)
+        status, reply = self._run_call(ChunkCall(*wire), client_gone or _stays, client)
         return status.value, reply
 
-    def _run_call(self, call: ChunkCall, client_gone: ClientGone) -> tuple[Status, bytes]:
+    def _run_call(self, call: ChunkCall, client_gone: ClientGone, client: str = "") -> tuple[Status, bytes]:
         if call.identity != self.identity:
             return Status.WRONG_WORKER, self.identity.encode()
         first, count = call.first, call.size
@@ -316,6 +328,7 @@ class Servant:
             job = self._job = _Job(run, tasks, str(call.fid), first, call.level, exact)
             if job.exact:
                 self._lock.notify_all()  # for the runner
+            self.activity.began(client)
         began = time.monotonic()
         if call.timeout is None:
             outcome = self._run_here(job, client_gone)
@@ -323,6 +336,7 @@ class Servant:
             outcome = self._watch(job, call.timeout, client_gone)
         ran = len(outcome.values)  # a timed-out chunk answers for fewer tasks than the runner holds
         self.leaving.ran(ran, time.monotonic() - began)
+        self.activity.ended(ran, sum(1 for index in outcome.failures if index < ran))
         reply = pack_chunk(first, outcome, {k: v for k, v in list(job.outputs.items()) if k < ran})
         if self._faults.at("reply", reply, call=number) is None:
             logger.warning("fault injected: hanging up instead of answering call %d", number)

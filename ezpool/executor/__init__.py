@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ..options import PoolOptions
+    from ..results import PathText
+    from ..timeline import Timeline
 
 
 class _HasOptions(Protocol):
@@ -178,6 +180,28 @@ class PoolExecutor(concurrent.futures.Executor):
         running elsewhere end in the background, then the pool stops."""
         self._submitted.close(False, True)
         self._submitted.backend.terminate()
+
+    @property
+    def timeline(self) -> Timeline:
+        """Every call this executor has run, on every worker (``ezpool.timeline``): kept only
+        when it was made with ``trace=`` or ``report=`` (an executor may run for ever),
+        which are written when it shuts down."""
+        record = self._submitted.record
+        if not record.keep:
+            raise ValueError("this executor keeps no timeline: make it with trace=PATH or report=PATH")
+        return record.timeline()
+
+    def save_trace(self, path: PathText) -> None:
+        """Write ``timeline`` as a Chrome trace (see ``Results.save_trace``)."""
+        from ..trace import write_trace
+
+        write_trace(self.timeline, path)
+
+    def save_report(self, path: PathText) -> None:
+        """Write ``timeline`` as an HTML report (see ``Results.save_report``)."""
+        from ..report import write_report
+
+        write_report(self.timeline, path)
 
     def __repr__(self) -> str:
         state = "shut down" if self._submitted.live.closed else "open"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional, Union, cast
 
-__all__ = ["run_task", "run_in_context", "Raised", "unwrap", "Code", "load_code"]
+__all__ = ["run_task", "run_in_context", "Raised", "unwrap", "Code", "load_code", "describe", "failure"]
 
 
 def run_task(fn: Callable[..., Any], calls: Any, how: Union[bool, dict[str, Any], None]) -> Any:
@@ -64,6 +64,28 @@ class Raised:
         return (rebuild, (record_exception(self.exc),))
 
 
+def describe(task: Any) -> str:
+    """A task in words, for the timeline: ``fn(args)`` for a submit, ``fn x N calls`` for
+    a slice of a map."""
+    from .._core.recording import cut
+
+    fn, calls, how = task
+    name = fn.name if type(fn) is Code else getattr(fn, "__qualname__", None) or type(fn).__name__
+    if how is False or isinstance(how, dict):
+        return cut(f"{name}{tuple(calls)!r}")
+    return f"{name} x {len(calls)} calls"
+
+
+def failure(value: Any) -> Optional[BaseException]:
+    """The exception a task's call raised (the first, for a slice of a map), from its value."""
+    if type(value) is not tuple or len(value) != 2 or value[1] is None:
+        return None
+    errors = value[1]
+    if isinstance(errors, dict):
+        errors = next(iter(errors.values()), None)
+    return unwrap(errors) if type(errors) is Raised or isinstance(errors, BaseException) else None
+
+
 def unwrap(error: Any) -> BaseException:
     return cast(BaseException, error.exc if type(error) is Raised else error)
 
@@ -73,11 +95,12 @@ class Code:
     from ``__main__``. The same instance in many tasks is pickled once per chunk, and
     loaded once per worker process (``load_code`` caches it by content id)."""
 
-    __slots__ = ("fid", "blob")
+    __slots__ = ("fid", "blob", "name")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         from .._core.shipping import ship  # (cloudpickle: imported when first needed)
 
+        self.name = str(getattr(fn, "__qualname__", None) or type(fn).__name__)
         shipment = ship(fn)
         self.fid, self.blob = shipment.fid, shipment.blob
 

@@ -18,10 +18,11 @@ from typing import Any, Optional, Union
 from .. import _backends as backends
 from .._core.feed import Live
 from .._core.logs import get_logger
+from .._core.recording import Recording, settings_of
 from .._core.records import Batch
 from .._core.stream import open_feed, open_sweep, stream
 from ..options import Options
-from ._calls import run_in_context, run_task, unwrap
+from ._calls import describe, failure, run_in_context, run_task, unwrap
 
 logger = get_logger(__name__)
 
@@ -136,6 +137,11 @@ class Submitted:
         self.thread: Optional[threading.Thread] = None
         self.taken: dict[int, tuple[Any, Target, int]] = {}  # id(task) -> task, target, first
         self.remote = mode != "serial"
+        # Every call's run, kept only where a trace or report is asked for (an executor may
+        # run for ever): written when the stream ends, and on demand (``PoolExecutor.timeline``).
+        wanted = options.trace is not None or options.report is not None
+        self.record = Recording((), mode, settings_of(mode, options, 0), keep=wanted, labels=True,
+                                describe=describe, failure=failure)
 
     def put(self, entries: Sequence[Any]) -> None:
         with self.lock:
@@ -227,7 +233,8 @@ class Submitted:
         sweep = open_sweep(self.options, runner)
         try:
             feed = open_feed(self.live, self.options.buffersize, sweep)
-            batches = stream(self.backend, runner, feed, self.options, sweep, eager=True)
+            self.record.reading(feed)
+            batches = stream(self.backend, runner, feed, self.options, sweep, eager=True, record=self.record)
             try:
                 for batch in batches:
                     stop = batch.start + len(batch.values)

@@ -44,12 +44,14 @@ import ssl
 import threading
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
 from typing import Any, Callable, Optional
 
 from ... import _pyro, security
 from ..._core.chunking import TARGET_SECONDS, ChunkQueue, Priors
 from ..._core.feed import Feed
 from ..._core.logs import get_logger
+from ..._core.recording import Recording
 from ..._core.records import Batch
 from ..._core.serialization import dumps, short_repr
 from ..._core.shipping import Shipment, fingerprint, ship
@@ -85,6 +87,8 @@ CHUNK_SECONDS_PER_WORKER = 0.004
 class DistributedBackend(Backend):
     """Sends tasks to ``ezpool.serve`` workers; starts local ones that do not answer."""
 
+    mode = "distributed"
+
     def __init__(self) -> None:
         self._links: dict[tuple[str, Optional[bytes], Any], Link] = {}
         self._tls: dict[tuple[Any, Any, Any], ssl.SSLContext] = {}
@@ -98,7 +102,8 @@ class DistributedBackend(Backend):
         self._said: set[tuple[str, str]] = set()  # (worker, why it may not run a call), said once
 
     def run(
-        self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
+        self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
+        record: Recording,
     ) -> Generator[Batch, None, None]:
         target = Target(name_of(fun), fingerprint(fun), _shipment(fun, options))
         key = security.resolve_key(options.hmac_key, insecure=options.insecure)
@@ -117,11 +122,15 @@ class DistributedBackend(Backend):
             tasks, planned, options.chunksize, depth=held_at_once(options, feed), split=True,
             target=seconds, prior=self._priors.get(fid),
         )
+        checking = perf_counter()
+        fresh = [link for link in links if link.state is not State.READY]
         for link in links:
             link.heartbeat = options.heartbeat
             if link.connection is None and link.address is not None:
                 link.reconnect(options.heartbeat)  # the check opens it, and chunks use it
         self._check(links, target, options.spawn)
+        for link in fresh:  # started (with spawn), reached and checked in this call
+            record.span("start-up", link.text, checking, perf_counter(), "reached and checked")
         if options.context is not None:
             for link in links:
                 if link.state is State.READY and link.serves != GENERIC:
@@ -139,7 +148,7 @@ class DistributedBackend(Backend):
                 link.pinger.timeout = options.heartbeat
         if self._watcher is None:
             self._watcher = Watcher(self._all_links)
-        work = Work(tasks, pending, options)
+        work = Work(tasks, pending, options, record)
         call = Call(work, self._crew) if dial is None else Call(work, self._crew, dial.more)
         for link in links:
             call.add(PushDriver(work, link, target, self._started.restart))

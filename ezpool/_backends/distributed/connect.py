@@ -224,7 +224,7 @@ def version_table(info: dict[str, Any], generic: bool) -> tuple[Optional[str], O
 
     import cloudpickle
 
-    from ... import __version__
+    from ..._version import __version__
 
     mine = {
         "python": platform.python_version(),

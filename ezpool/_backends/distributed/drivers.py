@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from time import perf_counter
 from typing import Any, Callable, NamedTuple, Optional
 
 from ... import _pyro
@@ -57,6 +58,7 @@ class _Flight(NamedTuple):
     chunk: Chunk
     ticket: object  # the connection's, for its answer
     sent: float  # when it was sent, or when the one ahead of it was answered
+    posted: float  # when it was sent (``time.perf_counter``, read just before), for the timeline
 
 
 class PushDriver(Driver):
@@ -101,12 +103,13 @@ class PushDriver(Driver):
             return False  # too big: its own thread sends it
         self._count()
         self.link.on(LinkEvent.SENT)
+        posted = perf_counter()
         try:
             ticket = self._send(first, queued=False)
         except Exception as exc:
             self._first_error = exc
         else:
-            self._flight.append(_Flight(first, ticket, time.monotonic()))
+            self._flight.append(_Flight(first, ticket, time.monotonic(), posted))
             self._first = None
         return True
 
@@ -177,8 +180,11 @@ class PushDriver(Driver):
             self._counted = True
             self.work.started_one()
 
-    def _settle(self, chunk: Chunk, event: Event, reply: Any = b"", trip: Optional[float] = None) -> None:
-        self.work.settle(self, chunk, event, reply, trip)
+    def _settle(
+        self, chunk: Chunk, event: Event, reply: Any = b"", trip: Optional[float] = None,
+        window: Optional[tuple[float, float]] = None,
+    ) -> None:
+        self.work.settle(self, chunk, event, reply, trip, window)
 
     def _launch(self, chunk: Chunk) -> None:
         """Send ``chunk``, behind those in flight; settle it at once if it cannot go.
@@ -189,6 +195,7 @@ class PushDriver(Driver):
             if refused is not None:
                 self._settle(chunk, *refused)
                 return
+        posted = perf_counter()
         try:
             ticket = self._send(chunk, queued)
         except Exception as exc:
@@ -199,7 +206,7 @@ class PushDriver(Driver):
             else:
                 self._settle(chunk, self._broken(chunk, exc))
             return
-        self._flight.append(_Flight(chunk, ticket, time.monotonic()))
+        self._flight.append(_Flight(chunk, ticket, time.monotonic(), posted))
 
     def _send(self, chunk: Chunk, queued: bool) -> object:
         """Send ``chunk`` to the worker; the ticket for its answer."""
@@ -216,6 +223,8 @@ class PushDriver(Driver):
         link = self.link
         connection = link.connection
         assert connection is not None
+        began = perf_counter()
+        opened = connection.is_open
         try:
             link.open(min(CONNECT_TIMEOUT, self.work.heartbeat))
         except Exception as exc:  # nothing was sent (broken off while connecting: it did not answer)
@@ -229,11 +238,14 @@ class PushDriver(Driver):
             return Returned("another copy of the chunk answered first"), b""
         fid = self.target.shipment.fid
         if link.serves != GENERIC or fid in link.loaded:
+            if not opened:
+                self.work.started_up(self, began, "connected")
             return None
         try:
             status, reply = connection.call("load", fid, self.target.shipment.blob)
         except Exception as exc:
             return self._broken(chunk, exc), b""
+        self.work.started_up(self, began, "loaded the code" if opened else "connected and loaded the code")
         if Status(status) is not Status.OK:  # the code cannot run there: every task says why
             link.on(LinkEvent.IDLE)
             failed = failed_chunk(chunk.stop - chunk.start, loads(reply))
@@ -250,8 +262,10 @@ class PushDriver(Driver):
         connection = link.connection
         reply: Any = b""
         trip = None
+        window = None
         if connection is not None and connection.is_open:
             event, reply, trip = self._receive(head, last=not flight)
+            window = (head.posted, perf_counter())
         else:  # closed since it was sent (it lost a race, and was broken off)
             event = self._broken(head.chunk, ConnectionError("the connection was closed"), head.sent)
         behind: list[_Flight] = []
@@ -267,7 +281,7 @@ class PushDriver(Driver):
                 now = time.monotonic()
                 flight[0] = flight[0]._replace(sent=now)
                 self.work.restart_clock(self, flight[0].chunk, now)
-        self._settle(head.chunk, event, reply, trip)
+        self._settle(head.chunk, event, reply, trip, window)
         why = getattr(event, "reason", "") or getattr(event, "what", "") or event.kind.value
         if behind:
             logger.debug("worker %s: the chunks sent behind tasks %d..%d never started; they go back (%s)",

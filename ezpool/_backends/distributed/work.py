@@ -28,12 +28,14 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from time import perf_counter
 from typing import Any, Callable, NamedTuple, Optional
 
 from ..._core.chunking import Chunk, ChunkQueue
 from ..._core.feed import Feed
 from ..._core.ledger import Answered, Event, Fate, Garbled, Ledger, Lost, Settlement
 from ..._core.logs import get_logger
+from ..._core.recording import Recording
 from ..._core.records import Batch, ChunkReply
 from ..._core.relay import capture_level
 from ..._core.serialization import rebuild
@@ -109,8 +111,11 @@ class Driver(abc.ABC):
 class Work:
     """The chunks of one call that wait, the ledger of those out, and the outbox of batches."""
 
-    def __init__(self, tasks: Sequence[Any], pending: ChunkQueue, options: Options) -> None:
+    def __init__(
+        self, tasks: Sequence[Any], pending: ChunkQueue, options: Options, record: Recording
+    ) -> None:
         self.pending = pending  # guarded by cond, like the ledger and the counters
+        self.record = record  # hears of every chunk's round trip, and of the workers' start-ups
         self.drivers: list[Driver] = []
         self.heartbeat = options.heartbeat
         self.timeout = options.timeout
@@ -226,11 +231,13 @@ class Work:
             return self.ledger.superseded(driver, chunk)
 
     def settle(
-        self, driver: Driver, chunk: Chunk, event: Event, reply: Any = b"", trip: Optional[float] = None
+        self, driver: Driver, chunk: Chunk, event: Event, reply: Any = b"", trip: Optional[float] = None,
+        window: Optional[tuple[float, float]] = None,
     ) -> None:
         """What became of ``driver``'s copy of ``chunk``: the ledger decides what it means for
         each task, exactly once whichever copy answers. An ``Answered`` event comes with
-        the worker's ``reply`` and the ``trip``, seconds from sending to answer."""
+        the worker's ``reply``, the ``trip``, seconds from sending to answer, and the
+        ``window``: when it was sent and answered (``time.perf_counter``)."""
         answer = None
         if isinstance(event, Answered):
             try:
@@ -246,11 +253,12 @@ class Work:
         def decide() -> list[Settlement]:
             return [self.ledger.settle(driver, chunk, decided)]
 
-        self._apply(driver, [chunk], decide, answer, len(reply), trip)
+        self._apply(driver, [chunk], decide, answer, len(reply), trip, window)
 
     def lose(self, driver: Driver, event: Lost) -> None:
         """``driver``'s worker is gone with all it holds: the chunk it ran meets ``event``,
         those behind it go back at no cost (``Ledger.lose``)."""
+        self.record.gone(driver.name)
         self._apply(driver, self._held_by(driver), lambda: self.ledger.lose(driver, event))
 
     def release(self, driver: Driver, reason: str) -> None:
@@ -264,6 +272,7 @@ class Work:
     def _apply(
         self, driver: Driver, chunks: list[Chunk], decide: Callable[[], list[Settlement]],
         answer: Optional[ChunkReply] = None, size: int = 0, trip: Optional[float] = None,
+        window: Optional[tuple[float, float]] = None,
     ) -> None:
         """Ask the ledger what happened to ``chunks`` (``decide``), under the lock; put back
         what goes again, and hand on the batches: those of tasks that failed, and the
@@ -284,8 +293,11 @@ class Work:
                     took = self.pending.sizer.record(answer.times, trip, reply_bytes=size)
                     tasks, seconds = self.rates.get(driver.name, (0, 0.0))
                     self.rates[driver.name] = (tasks + len(answer.times), seconds + took)
-                    batches.append(Batch(answer.first, answer.values, answer.times, set(answer.failures),
-                                         driver.name, answer.outputs))
+                    batches.append(self._recorded(driver, answer, window))
+                elif settled.fate is Fate.DROP and window is not None:
+                    self.record.span("backup", driver.name, *window,
+                                     f"tasks {chunk_of(answer, chunks)}: a copy; the other copy counted")
+            self.record.struck(self.ledger)
             for piece in reversed(again):
                 self.pending.put_back(*piece)
             # Idle drivers wait for work, or for the last chunk to be settled (then they
@@ -307,6 +319,26 @@ class Work:
             self.outbox.put(batch)
         if unpark:
             self.outbox.put(UNPARK)
+
+    def _recorded(self, driver: Driver, answer: ChunkReply, window: Optional[tuple[float, float]]) -> Batch:
+        """The batch of ``answer``, placed for the timeline: when it began on its worker,
+        which attempt it was, and the round trip that bounds the worker's clock."""
+        batch = Batch(answer.first, answer.values, answer.times, set(answer.failures), driver.name,
+                      answer.outputs)
+        batch.origin = getattr(answer.times, "origin", None)
+        if len(answer.values) == 1:
+            batch.attempt = self.ledger.attempt(answer.first)
+        record = self.record
+        if driver.name not in record.workers:
+            info = getattr(getattr(driver, "link", None), "info", {})
+            record.worker(driver.name, str(info.get("host", "")), int(info.get("pid", 0) or 0))
+        if window is not None:
+            record.trip(driver.name, window[0], window[1], batch.origin, sum(answer.times))
+        return batch
+
+    def started_up(self, driver: Driver, began: float, what: str) -> None:
+        """``driver``'s worker became ready for the call's code between ``began`` and now."""
+        self.record.span("start-up", driver.name, began, perf_counter(), what)
 
     def exit(self) -> None:
         """A driver's thread leaves the call (the caller's thread counts them)."""
@@ -358,6 +390,13 @@ def held_at_once(options: Options, feed: Optional[Feed]) -> int:
     or a live source) a worker holds only the chunk it runs.
     """
     return PIPELINE if backups(options, feed) else 1
+
+
+def chunk_of(answer: Optional[ChunkReply], chunks: list[Chunk]) -> str:
+    """Which tasks a copy ran, in words."""
+    if chunks:
+        return f"{chunks[0].start}..{chunks[0].stop - 1}"
+    return f"from {answer.first}" if answer is not None else "?"
 
 
 def failed(chunk: Chunk, error: Exception, worker: str = "") -> Batch:

@@ -57,6 +57,7 @@ from ..._core.feed import Live
 from ..._core.ledger import Answered, Garbled, Ledger, Lost, Settlement, TimedOut
 from ..._core.logs import get_logger
 from ..._core.parcels import Parcel, Shelf
+from ..._core.recording import Recording
 from ..._core.records import Batch, ChunkReply, ChunkRequest
 from ..._core.relay import capture_level
 from ..._core.serialization import dumps, rebuild, short_repr
@@ -97,6 +98,8 @@ def available_cpus() -> int:
 class ParallelBackend(Backend):
     """Runs tasks on worker processes that live as long as the pool."""
 
+    mode = "parallel"
+
     def __init__(self) -> None:
         # Changed in place only: the finalizer that stops them holds this very list.
         self._processes: list[WorkerProcess] = []
@@ -108,7 +111,8 @@ class ParallelBackend(Backend):
         self._priors = Priors()  # run times measured in earlier calls, by function
 
     def run(
-        self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool
+        self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
+        record: Recording,
     ) -> Generator[Batch, None, None]:
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {fun!r}")
@@ -133,7 +137,7 @@ class ParallelBackend(Backend):
         prior = self._priors.get(parcel.fid)
         if prior is not None:
             pending.sizer.seed(prior)
-        call = _Call(self, tasks, parcel, pending, options)
+        call = _Call(self, tasks, parcel, pending, options, record)
         try:
             yield from call.batches()
         finally:
@@ -195,8 +199,10 @@ class _Call:
         parcel: Parcel,
         pending: ChunkQueue,
         options: Options,
+        record: Recording,
     ) -> None:
         self.backend = backend
+        self.record = record
         self.parcel = parcel
         self.pending = pending
         self.timeout = options.timeout
@@ -301,14 +307,15 @@ class _Call:
                 return
             if parcel is not None:  # what it keeps now, as child.main's Loader does
                 proc.holds = {held for held in proc.holds if held in parcel.keep} | {fid}
-            self.ledger.take(proc, chunk)
+            self.ledger.take(proc, chunk, perf_counter())
             busy[proc.conn] = proc
             busy[proc.process.sentinel] = proc
 
     def _answered(self, proc: WorkerProcess, reply: memoryview) -> list[Batch]:
         """The outcomes of the reply to the oldest chunk ``proc`` holds; if the reply cannot
         be unpickled here, the ledger has its tasks redone one by one."""
-        chunk = self.ledger.holds(proc)[0].chunk
+        claim = self.ledger.holds(proc)[0]
+        chunk = claim.chunk
         try:
             answer = ChunkReply.decode(reply)
         except Exception as exc:
@@ -319,6 +326,12 @@ class _Call:
             values[offset] = rebuild(record)
         self.sizer.record(answer.times, reply_bytes=len(reply))
         batch = Batch(answer.first, values, answer.times, set(answer.failures), proc.name, answer.outputs)
+        batch.origin = getattr(answer.times, "origin", None)
+        if len(values) == 1:
+            batch.attempt = self.ledger.attempt(answer.first)
+        if proc.name not in self.record.workers:
+            self.record.local(proc.name, proc.process.pid or 0, proc.born, batch.origin)
+        self.record.trip(proc.name, claim.since, perf_counter(), batch.origin, sum(answer.times))
         return [*self._apply([settled]), batch]
 
     def _apply(self, settlements: list[Settlement]) -> list[Batch]:
@@ -326,6 +339,7 @@ class _Call:
         given; the tasks that failed, as batches."""
         for piece in reversed([piece for settled in settlements for piece in settled.again]):
             self.pending.put_back(*piece)
+        self.record.struck(self.ledger)
         return [batch for settled in settlements for batch in settled.failed]
 
     def _wait_seconds(self) -> Optional[float]:

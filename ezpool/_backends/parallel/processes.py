@@ -34,7 +34,7 @@ import sys
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import DupFd
 from multiprocessing.util import Finalize
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import Any
 
 from ..._core.deaths import MemoryWitness
@@ -61,9 +61,10 @@ _MARK_BYTES = 8
 class WorkerProcess:
     """One worker process, seen from the calling process."""
 
-    __slots__ = ("process", "conn", "inbox", "mark", "name", "holds", "seen", "served", "witness")
+    __slots__ = ("process", "conn", "inbox", "mark", "name", "holds", "seen", "served", "witness", "born")
 
     def __init__(self, context: Any) -> None:
+        self.born = perf_counter()  # when it was started (``time.perf_counter``), for the timeline
         parent_end, child_end = context.Pipe(duplex=True)
         buffer, sent = _shared_mark(context)
         try:
