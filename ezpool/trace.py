@@ -104,12 +104,12 @@ def write_trace(timeline: Timeline, path: Union[str, os.PathLike[str]]) -> None:
     """
     workers = dict(timeline.workers)
     for span in timeline.spans:  # a span of a worker that ran no task
-        workers.setdefault(span.worker, WorkerInfo(span.worker, "unknown host", 0))
+        workers.setdefault(span.worker, WorkerInfo(span.worker, "", 0))
     hosts = {host: number for number, host in enumerate(dict.fromkeys(w.host for w in workers.values()), 1)}
     lanes = _span_lanes(timeline.spans)
     tracks: dict[str, int] = {}  # a worker's name -> the tid of its task runs
-    metadata = [json.dumps({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": host}})
-                for host, pid in hosts.items()]
+    metadata = [json.dumps({"name": "process_name", "ph": "M", "pid": pid,
+                            "args": {"name": host or "unknown host"}}) for host, pid in hosts.items()]
     metadata += [json.dumps({"name": "process_sort_index", "ph": "M", "pid": pid,
                              "args": {"sort_index": pid}}) for pid in hosts.values()]
     span_tids: dict[tuple[str, int], int] = {}

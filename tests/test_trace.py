@@ -10,7 +10,10 @@ function.
 from __future__ import annotations
 
 import json
+import os
+import time
 from array import array
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -79,7 +82,7 @@ def check_trace(path: Path) -> tuple[dict[str, Any], list[Run], list[Run]]:
             assert set(args) <= {"task", "attempt", "worker", "error"}, args
             assert ("error" in args) == (event["cat"] == "failed"), event
             assert run["thread"] == args["worker"], f"{event} on the track of {run['thread']}"
-            assert other["workers"][args["worker"]][0] == run["host"], event
+            assert (other["workers"][args["worker"]][0] or "unknown host") == run["host"], event
             assert len(event["name"]) <= 60 and args["task"].startswith(event["name"].rstrip("."))
             runs.append(run)
         else:
@@ -300,3 +303,95 @@ def test_any_timeline_writes_a_trace_that_nests_with_every_run_once(tmp_path, ru
         (run[0], run[2]) for run in runs)
     assert len(written_spans) == len(spans)
     assert sorted(run.task for run in read_trace(path).runs()) == sorted(str(run[0]) for run in runs)
+
+
+# --- real runs, in every mode ------------------------------------------------------------
+
+
+def pid_or_fail(task: int) -> int:
+    """Naps 10 ms and says which process ran it; tasks 4, 9, 14, ... raise instead."""
+    if task % 5 == 4:
+        raise ValueError(f"task {task} fails")
+    time.sleep(0.01)
+    return os.getpid()
+
+
+def pid_dying_once(marker: str, task: int) -> int:
+    """Task 3 kills its own process the first time it runs (``marker`` records that it did)."""
+    if task == 3 and not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(3)
+    time.sleep(0.01)
+    return os.getpid()
+
+
+def check_runs_of(path: Path, values: dict[Any, Any], expected: dict[tuple[int, int], str]) -> list[Run]:
+    """Check the trace at ``path`` (``check_trace``) of a call whose results are ``values``:
+    the runs are exactly ``expected`` ((task, attempt) -> "task" or an error's type), each
+    inside the call, and a run that returned a pid ran on the worker of that pid."""
+    other, runs, _ = check_trace(path)
+    by_attempt = {(int(run["args"]["task"]), run["args"]["attempt"]): run for run in runs}
+    assert len(by_attempt) == len(runs), "a run appears twice"
+    ended = {key: run["args"].get("error", "task").partition(":")[0] for key, run in by_attempt.items()}
+    assert ended == expected
+    wall = round(other["wall_time"] * 1e6)
+    for (task, _), run in by_attempt.items():
+        host, pid = other["workers"][run["args"]["worker"]]
+        assert run["ts"] >= 0 and run["ts"] + run["dur"] <= wall + 1, (run, wall)
+        if run["cat"] == "task":
+            assert pid == values[task], f"{run} ran in process {values[task]}, not {pid}"
+            assert run["dur"] >= 9_000, run  # it napped 10 ms
+            assert host and run["host"] == host
+    return runs
+
+
+def _expected(tasks: range) -> dict[tuple[int, int], str]:
+    return {(task, 1): "ValueError" if task % 5 == 4 else "task" for task in tasks}
+
+
+@pytest.mark.timeout(120)
+def test_a_pool_call_traces_every_run_on_the_worker_that_ran_it(mode, tmp_path):
+    path, saved = tmp_path / "trace.json", tmp_path / "saved.json"
+    pool = mode.pool(trace=str(path), chunksize=2)
+    try:
+        results = pool.map(pid_or_fail, range(12))
+    finally:
+        pool.shutdown()
+    assert sorted(results.errors) == [4, 9] and len(results) == 12
+    runs = check_runs_of(path, results, _expected(range(12)))
+    assert len({run["args"]["worker"] for run in runs}) == (1 if mode.kind == "serial" else 2)
+    assert str(results.errors[9]) in by_task(runs)[9]["args"]["error"]
+    results.save_trace(saved)
+    assert saved.read_text() == path.read_text()
+    assert len(read_trace(saved)) == 12
+
+
+def by_task(runs: list[Run]) -> dict[int, Run]:
+    return {int(run["args"]["task"]): run for run in runs}
+
+
+@pytest.mark.timeout(180)
+def test_a_task_whose_worker_dies_is_traced_once_per_attempt(mode, tmp_path):
+    if mode.kind == "serial":
+        pytest.skip("the serial mode runs tasks in the calling process: a task that kills it kills the test")
+    path, marker = tmp_path / "trace.json", str(tmp_path / "died")
+    pool = mode.pool(trace=str(path), chunksize=1)
+    try:
+        results = pool.map(partial(pid_dying_once, marker), range(8))
+    finally:
+        pool.shutdown()
+    assert results.errors == {} and os.path.exists(marker)
+    other, runs, spans = check_trace(path)
+    ran = [run for run in runs if run["args"]["task"] == "3" and run["cat"] == "task"]
+    cut = [run for run in runs if run["args"]["task"] == "3" and run["cat"] == "failed"]
+    expected = {(task, 1): "task" for task in range(8)}
+    if cut:  # the run the worker's death cut, charged an attempt
+        expected[3, 1], expected[3, 2] = "WorkerCrashed", "task"
+    else:  # or charged none (a copy ran elsewhere first): a span on the worker that died
+        cut = [span for span in spans if span["cat"] in ("lost", "backup") and "3" in span["args"]["detail"]]
+    assert len(ran) == 1 and len(cut) == 1, f"task 3: runs {ran}, cut short {cut}; spans {spans}"
+    check_runs_of(path, results, expected)
+    died, again = other["workers"][cut[0]["args"]["worker"]], other["workers"][ran[0]["args"]["worker"]]
+    assert again[1] == results[3]
+    if mode.kind == "parallel" or mode.dial_in:  # named by pid: the process that died ran it no more
+        assert died[1] != results[3]
