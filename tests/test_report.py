@@ -271,7 +271,6 @@ def _checked_in_chromium(path: Path, shot: Path) -> tuple[dict[str, Any], Browse
 
 
 @needs_chromium
-@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_report_of_a_real_dmap_is_drawn_in_chromium_with_the_network_off(tmp_path, serve):
     uris = serve("", procs=4).uris
@@ -332,3 +331,13 @@ def test_a_script_error_in_the_page_would_be_seen(tmp_path):
 def test_chromium_is_found_only_on_the_path(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert find_chromium() is None
+
+
+@pytest.mark.timeout(30)
+def test_results_not_made_by_a_call_still_have_a_report(tmp_path):
+    from ezpool import Results
+
+    Results().save_report(tmp_path / "empty.html")
+    text = (tmp_path / "empty.html").read_text(encoding="utf-8")
+    assert "No task ran." in text and "No task failed." in text
+    assert page_data(tmp_path / "empty.html")["runs"] == []

@@ -13,7 +13,10 @@ trace file (``__main__``)::
 The page needs no network and no server: its style, data and script are inline.
 Up to 20,000 task runs are drawn one rectangle each; above that, each worker's row
 is drawn in buckets of time (how busy, how many tasks ended, how many failed), so
-the file stays small: about 1 MB for 10**6 runs on 8 workers (see ``_model``).
+the file stays small. Measured on a loaded 2-core machine, for synthetic runs of
+about 1 ms in chunks of 100 (one transfer span each), 1% failed, on 8 and on 64
+workers: 10**3 runs, 52-59 kB written in under 10 ms; 10**5, 79-88 kB in 0.07-0.1 s;
+10**6, 0.50-0.63 MB in 0.66-0.73 s (Chromium draws that one in about 0.3 s).
 
 - ``_model``: the numbers the charts draw.
 - ``_tables``: failures by type (with a traceback each), the slowest runs, the settings.
