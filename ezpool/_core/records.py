@@ -36,6 +36,7 @@ __all__ = [
     "TaskOutput",
     "group_mark",
     "read_mark",
+    "run_time",
 ]
 
 #: What one task wrote, in order: ``("stdout", text)``, ``("stderr", text)`` and
@@ -165,6 +166,11 @@ class GroupTimes(Sequence[float]):
 
 
 Times = Union["array[float]", GroupTimes]
+
+
+def run_time(times: Sequence[float]) -> float:
+    """The run time of a batch's tasks together (a ``GroupTimes`` is not expanded for it)."""
+    return times.total() if isinstance(times, GroupTimes) else sum(times)
 
 
 class ChunkOutcome(NamedTuple):

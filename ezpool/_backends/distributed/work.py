@@ -36,7 +36,7 @@ from ..._core.feed import Feed
 from ..._core.ledger import Answered, Event, Fate, Garbled, Ledger, Lost, Settlement
 from ..._core.logs import get_logger
 from ..._core.recording import Recording
-from ..._core.records import Batch, ChunkReply
+from ..._core.records import Batch, ChunkReply, run_time
 from ..._core.relay import capture_level
 from ..._core.serialization import rebuild
 from ..._core.shipping import Shipment
@@ -333,7 +333,7 @@ class Work:
             info = getattr(getattr(driver, "link", None), "info", {})
             record.worker(driver.name, str(info.get("host", "")), int(info.get("pid", 0) or 0))
         if window is not None:
-            record.trip(driver.name, window[0], window[1], batch.origin, sum(answer.times))
+            record.trip(driver.name, window[0], window[1], batch.origin, run_time(answer.times))
         return batch
 
     def started_up(self, driver: Driver, began: float, what: str) -> None:

@@ -58,7 +58,7 @@ from ..._core.ledger import Answered, Garbled, Ledger, Lost, Settlement, TimedOu
 from ..._core.logs import get_logger
 from ..._core.parcels import Parcel, Shelf
 from ..._core.recording import Recording
-from ..._core.records import Batch, ChunkReply, ChunkRequest
+from ..._core.records import Batch, ChunkReply, ChunkRequest, run_time
 from ..._core.relay import capture_level
 from ..._core.serialization import dumps, rebuild, short_repr
 from ..._core.tasks import bind
@@ -331,7 +331,7 @@ class _Call:
             batch.attempt = self.ledger.attempt(answer.first)
         if proc.name not in self.record.workers:
             self.record.local(proc.name, proc.process.pid or 0, proc.born, batch.origin)
-        self.record.trip(proc.name, claim.since, perf_counter(), batch.origin, sum(answer.times))
+        self.record.trip(proc.name, claim.since, perf_counter(), batch.origin, run_time(answer.times))
         return [*self._apply([settled]), batch]
 
     def _apply(self, settlements: list[Settlement]) -> list[Batch]:
