@@ -171,17 +171,23 @@ class Server:
 
 
 def worker_methods(servant: Any) -> dict[str, Callable[..., Any]]:
-    """The calls a worker's ``Servant`` answers; ``run_chunk`` watches its client while it runs."""
+    """The calls a worker's ``Servant`` answers; ``run_chunk`` watches its client while it runs,
+    and tells the servant the client's address (for ``status``)."""
 
     def run_chunk(*args: Any) -> Any:  # args: a ChunkCall as it travels (ezpool._core.records)
         connection = Pyro4.current_context.client
         gone = functools.partial(_peer_closed, connection)
-        status, reply = servant.run_chunk(*args, client_gone=gone)
+        peer = _peer(connection.sock)
+        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        status, reply = servant.run_chunk(*args, client_gone=gone, client=client)
         if status == Status.GONE.value:  # the servant has no answer: hang up
             hang_up(connection)
         return status, reply
 
-    return {"hello": servant.hello, "ping": servant.ping, "load": servant.load, "run_chunk": run_chunk}
+    return {
+        "hello": servant.hello, "ping": servant.ping, "load": servant.load, "run_chunk": run_chunk,
+        "status": servant.status,
+    }
 
 
 class _Daemon(Pyro4.Daemon):
