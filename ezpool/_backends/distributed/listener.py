@@ -17,6 +17,7 @@ on (``DialLink.take``)::
                                   hello() ─▶ identity
                                   new worker: a DialLink, READY ─▶ on_join(link)
                                   known one: its next connection (link.arrivals)
+                                  ezpool.status: its workers' status (pool_status)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ..._core.listen_file import parse_address, remove_listen_file, write_listen
 from ..._core.logs import get_logger
 from ...errors import WorkerUnavailable
 from .links import Link
+from .pool_status import answer_status, wants_status
 
 logger = get_logger(__name__)
 
@@ -235,6 +237,9 @@ class Listener:
         finally:
             with self._lock:
                 self._admitting.pop(id(sock), None)
+        if wants_status(info):  # a key holder asks who joined (python -m ezpool.status --pool)
+            answer_status(connection, list(self.links.values()), info)  # not ready(): it waits for chunks
+            return
         connection.timeout = None
         self._arrived(connection, address, dict(info))
 
