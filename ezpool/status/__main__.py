@@ -1,0 +1,7 @@
+"""``python -m ezpool.status``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
