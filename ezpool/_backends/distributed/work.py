@@ -295,8 +295,9 @@ class Work:
                     self.rates[driver.name] = (tasks + len(answer.times), seconds + took)
                     batches.append(self._recorded(driver, answer, window))
                 elif settled.fate is Fate.DROP and window is not None:
+                    shown = chunk_of(answer, chunks)
                     self.record.span("backup", driver.name, *window,
-                                     f"tasks {chunk_of(answer, chunks)}: a copy; the other copy counted")
+                                     f"tasks {shown}: another copy answered first; this one was not used")
             self.record.struck(self.ledger)
             for piece in reversed(again):
                 self.pending.put_back(*piece)
