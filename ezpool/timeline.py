@@ -107,8 +107,9 @@ class Timeline:
 
     Built by EzPool (``Results.timeline``); the columns are public for writers that
     handle a million runs: ``tasks``, ``attempts``, ``owners`` (an index into
-    ``names``), ``starts`` and ``ends`` hold one entry per run, in the order the
-    runs started, and ``errors`` maps a run's index to its exception.
+    ``names``), ``starts`` and ``ends`` hold one entry per run, batch by batch in
+    the order the batches came back (runs cut by a crash last), and ``errors``
+    maps a run's index to its exception.
 
     Attributes:
         mode: ``"serial"``, ``"parallel"`` or ``"distributed"``.
@@ -165,7 +166,7 @@ class Timeline:
         return self.runs()
 
     def runs(self) -> Iterator[TaskRun]:
-        """Every task run, in the order they started."""
+        """Every task run, in the order of the columns (sort by ``start`` for time order)."""
         names, errors = self.names, self.errors
         for index, (task, attempt, owner, start, end) in enumerate(
             zip(self.tasks, self.attempts, self.owners, self.starts, self.ends)

@@ -173,3 +173,19 @@ def test_the_bar_of_a_distributed_call_shows_live_workers_and_failures(capfd):
         pool.map(where, range(12))
     err = capfd.readouterr().err
     assert "workers=2" in err and "failed=1" in err, err[-500:]
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_with_report_and_trace_writes_both_after_every_call(tmp_path):
+    import json
+
+    report, trace = tmp_path / "run.html", tmp_path / "run.json"
+    with Pool("parallel", ncpu=2, progress=False, report=report, trace=trace) as pool:
+        pool.map(where, range(10))
+        first = report.read_text()
+        pool.map(where, range(10, 25), report=tmp_path / "second.html")
+    assert "10 task runs" in first and "<html" in first.lower()
+    assert "15 task runs" in (tmp_path / "second.html").read_text()
+    events = json.loads(trace.read_text())["traceEvents"]
+    shown = sorted(event["args"]["task"] for event in events if event.get("cat") in ("task", "failed"))
+    assert shown == sorted(repr(x) for x in range(10, 25))  # the second call's, written over the first
