@@ -15,6 +15,7 @@ event per line; ``read_trace(path)`` reads such a file back into a ``Timeline``:
       {"name": "transfer tasks 0..9", "cat": "transfer", "ph": "X", "pid": 1, "tid": 2, ...}
      ]}
 
+A run's name is its task's ``repr`` (a task that is text: the text), cut short.
 Times (``ts``, ``dur``) are whole microseconds from the call's start, on the caller's
 clock. Events on one track (pid, tid) must nest, so each worker has a track for its
 task runs and one or more tracks for its other spans (start-up, transfer, backup,
@@ -31,13 +32,13 @@ import json
 import os
 import platform
 import reprlib
-import sys
 from array import array
 from collections.abc import Iterable, Iterator
 from json.encoder import encode_basestring_ascii as _quote
 from typing import IO, Any, Union
 
 from ._core.logs import get_logger
+from ._version import __version__
 from .timeline import Span, Timeline, WorkerInfo
 
 logger = get_logger(__name__)
@@ -72,9 +73,15 @@ def _describer() -> reprlib.Repr:
 
 
 def _text(value: Any, describe: reprlib.Repr) -> str:
-    """A short ``repr`` of ``value`` (a task), whatever its ``repr`` does."""
+    """A task in words: a short ``repr``, whatever its ``repr`` does; text as it is (what
+    executors and ``imap`` keep of their tasks, and what ``read_trace`` gives back)."""
     try:
-        text = repr(value) if type(value) is int and -10**18 < value < 10**18 else describe.repr(value)
+        if type(value) is str:
+            text = value
+        elif type(value) is int and -10**18 < value < 10**18:
+            text = repr(value)
+        else:
+            text = describe.repr(value)
     except Exception as exc:  # a task whose repr raises still has a place on the timeline
         text = f"<{type(value).__name__}: repr raised {type(exc).__name__}>"
     return text if len(text) <= _TASK_CHARS else text[: _TASK_CHARS - 3] + "..."
@@ -131,7 +138,7 @@ def write_trace(timeline: Timeline, path: Union[str, os.PathLike[str]]) -> None:
         "format": FORMAT, "format_version": 1, "mode": timeline.mode, "settings": timeline.settings,
         "started_at": timeline.started_at, "wall_time": timeline.wall_time, "offsets": timeline.offsets,
         "stored": timeline.stored, "workers": {name: [w.host, w.pid] for name, w in workers.items()},
-        "ezpool_version": str(getattr(sys.modules.get(__package__ or "ezpool"), "__version__", "unknown")),
+        "ezpool_version": __version__,
         "python_version": platform.python_version(),
     }
     with open(path, "w", encoding="ascii") as out:

@@ -15,7 +15,7 @@ import time
 from array import array
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 from ezpool import RemoteError
 from ezpool.timeline import Span, Timeline, WorkerInfo
 from ezpool.trace import read_trace, write_trace
+from tests.conftest import eventually
+from tests.modes import MODES, Mode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -151,7 +153,7 @@ SPANS = (
     Span("lost", "pid 42", 0.031, 0.045, "task 3"),
     Span("backup", "PYRO:worker@10.0.0.2:21000", 0.02, 0.03),
 )
-LONG = "'" + "x" * 97 + "..." + "x" * 98 + "'"  # the repr of "x" * 500, 200 characters long
+LONG = "x" * 197 + "..."  # "x" * 500, cut to 200 characters
 HOSTS = {"PYRO:worker@10.0.0.2:21000": "10.0.0.2"}
 
 
@@ -166,7 +168,7 @@ def test_every_run_appears_once_with_its_attempt_worker_and_error(tmp_path):
     ]
     assert [run["args"]["task"] for run in runs][:2] == ["1", "2"]
     long = runs[3]
-    assert long["name"] == "'" + "x" * 56 + "..." and long["args"]["task"] == LONG
+    assert long["name"] == "x" * 57 + "..." and long["args"]["task"] == LONG
     assert runs[5]["name"].startswith("<Unprintable instance at 0x")  # its repr raised
     assert {run["cat"] for run in runs} == {"task", "failed"} and runs[1]["cat"] == "failed"
     assert [(run["host"], run["thread"]) for run in runs[:3]] == [
@@ -238,6 +240,8 @@ def test_a_trace_reads_back_as_its_timeline(tmp_path):
     assert issubclass(errors[1][0], RuntimeError)
     assert read.spans == sorted(SPANS, key=lambda span: span.start)
     assert read.split()["pid 41"].tasks == 3 and read.split()["pid 42"].failed == 1
+    write_trace(read, tmp_path / "again.json")  # what was read back writes the same trace
+    assert (tmp_path / "again.json").read_text() == path.read_text()
 
 
 def test_a_trace_laid_out_by_another_tool_still_reads(tmp_path):
@@ -325,12 +329,14 @@ def pid_dying_once(marker: str, task: int) -> int:
     return os.getpid()
 
 
-def check_runs_of(path: Path, values: dict[Any, Any], expected: dict[tuple[int, int], str]) -> list[Run]:
+def check_runs_of(path: Path, values: dict[Any, Any], expected: dict[tuple[int, int], str],
+                  number: Callable[[str], int] = int) -> list[Run]:
     """Check the trace at ``path`` (``check_trace``) of a call whose results are ``values``:
     the runs are exactly ``expected`` ((task, attempt) -> "task" or an error's type), each
-    inside the call, and a run that returned a pid ran on the worker of that pid."""
+    inside the call, and a run that returned a pid ran on the worker of that pid. ``number``
+    reads a task's number from its text."""
     other, runs, _ = check_trace(path)
-    by_attempt = {(int(run["args"]["task"]), run["args"]["attempt"]): run for run in runs}
+    by_attempt = {(number(run["args"]["task"]), run["args"]["attempt"]): run for run in runs}
     assert len(by_attempt) == len(runs), "a run appears twice"
     ended = {key: run["args"].get("error", "task").partition(":")[0] for key, run in by_attempt.items()}
     assert ended == expected
@@ -343,6 +349,12 @@ def check_runs_of(path: Path, values: dict[Any, Any], expected: dict[tuple[int, 
             assert run["dur"] >= 9_000, run  # it napped 10 ms
             assert host and run["host"] == host
     return runs
+
+
+@pytest.fixture(params=[name for name, mode in MODES.items() if mode.remote])
+def remote_mode(request) -> Mode:
+    """Each mode whose tasks run in other processes (a task there may kill its own)."""
+    return MODES[request.param]
 
 
 def _expected(tasks: range) -> dict[tuple[int, int], str]:
@@ -371,9 +383,8 @@ def by_task(runs: list[Run]) -> dict[int, Run]:
 
 
 @pytest.mark.timeout(180)
-def test_a_task_whose_worker_dies_is_traced_once_per_attempt(mode, tmp_path):
-    if mode.kind == "serial":
-        pytest.skip("the serial mode runs tasks in the calling process: a task that kills it kills the test")
+def test_a_task_whose_worker_dies_is_traced_once_per_attempt(remote_mode, tmp_path):
+    mode = remote_mode
     path, marker = tmp_path / "trace.json", str(tmp_path / "died")
     pool = mode.pool(trace=str(path), chunksize=1)
     try:
@@ -395,3 +406,63 @@ def test_a_task_whose_worker_dies_is_traced_once_per_attempt(mode, tmp_path):
     assert again[1] == results[3]
     if mode.kind == "parallel" or mode.dial_in:  # named by pid: the process that died ran it no more
         assert died[1] != results[3]
+
+
+@pytest.mark.timeout(120)
+def test_an_executor_traces_every_call_on_the_worker_that_ran_it(mode, tmp_path):
+    path = tmp_path / "trace.json"
+    executor = mode.executor(trace=str(path))
+    try:
+        futures = {task: executor.submit(pid_or_fail, task) for task in range(12)}
+        values = {task: future.result() for task, future in futures.items() if future.exception(60) is None}
+        assert sorted(set(range(12)) - set(values)) == [4, 9]
+        eventually(lambda: len(executor.timeline) == 12, "every call on the executor's timeline", 10)
+        assert not path.exists()  # written when it shuts down
+    finally:
+        executor.shutdown()
+    check_runs_of(path, values, _expected(range(12)), number=lambda label: int(label[len("pid_or_fail("):-2]))
+    assert [run.task for run in read_trace(path).runs()][:1] in (["pid_or_fail(0,)"], ["pid_or_fail(1,)"])
+
+
+@pytest.mark.timeout(120)
+def test_a_joblib_call_traces_every_batch_on_the_worker_that_ran_it(mode, tmp_path):
+    from joblib import Parallel, delayed, parallel_config
+
+    from ezpool.joblib import kept_pools
+
+    path = tmp_path / "trace.json"
+    try:
+        with parallel_config(backend="ezpool", mode=mode.kind, **mode.options(), trace=str(path)):
+            values = Parallel(n_jobs=2, batch_size=1)(delayed(pid_or_fail)(task) for task in range(0, 24, 6))
+    finally:
+        kept_pools.shutdown()
+    if mode.kind == "serial" and not path.exists():
+        pytest.xfail("joblib runs the serial mode with its own SequentialBackend (as n_jobs=1): "
+                     "no EzPool pool runs the tasks, and no trace is written")
+    other, runs, _ = check_trace(path)
+    assert len(runs) == 4 and {run["args"]["attempt"] for run in runs} == {1}
+    assert {run["cat"] for run in runs} == {"task"} and all(run["dur"] >= 9_000 for run in runs)
+    assert {other["workers"][run["args"]["worker"]][1] for run in runs} == set(values)
+    assert all("1 call(s) to pid_or_fail" in run["args"]["task"] for run in runs), runs
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_joblib_call_traces_its_failure(mode, tmp_path):
+    from joblib import Parallel, delayed, parallel_config
+
+    from ezpool.joblib import kept_pools
+
+    path = tmp_path / "trace.json"
+    try:
+        with parallel_config(backend="ezpool", mode=mode.kind, **mode.options(), trace=str(path)), \
+                pytest.raises(ValueError, match="task 4 fails"):
+            Parallel(n_jobs=2, batch_size=1)(delayed(pid_or_fail)(task) for task in (0, 4))
+    finally:
+        kept_pools.shutdown()
+    if mode.kind == "serial" and not path.exists():
+        pytest.xfail("joblib runs the serial mode with its own SequentialBackend: no trace is written")
+    _, runs, _ = check_trace(path)
+    errors = [run["args"]["error"] for run in runs if run["cat"] == "failed"]
+    assert errors.count("ValueError: task 4 fails") == 1, errors
+    # joblib stops the pool when a task fails: task 0 may be cut (killed, or never sent)
+    assert all(error.startswith("WorkerCrashed: ") for error in errors if "task 4" not in error), errors
