@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, TypeVar, Unio
 from ._core.logs import get_logger
 from ._core.records import Batch, GroupTimes
 from .errors import EzPoolError
+from .timeline import Timeline
 
 if TYPE_CHECKING:
     from ._core.recording import Recording
-    from .timeline import Timeline
 
 logger = get_logger(__name__)
 
@@ -89,8 +89,8 @@ class Results(Dict[Any, R]):
 
     @property
     def timeline(self) -> Timeline:
-        """Every task run of the call on every worker, on this process's clock: see
-        ``ezpool.timeline.Timeline``. Empty for ``Results`` not made by a call."""
+        """The call's timeline (``ezpool.timeline.Timeline``), every task run on every
+        worker on this process's clock; empty for ``Results`` not made by a call."""
         if self._timeline is None:
             if self._record is None:
                 from ._core.recording import Recording

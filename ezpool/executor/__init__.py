@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 from .. import _backends as backends
 from .._core.logs import get_logger
 from ..options import Options
+from ..timeline import Timeline
 from ._calls import Code, unwrap
 from ._submitted import Calls, MapCalls, MapRun, Submitted
 
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
     from ..options import PoolOptions
     from ..results import PathText
-    from ..timeline import Timeline
 
 
 class _HasOptions(Protocol):
@@ -183,9 +183,9 @@ class PoolExecutor(concurrent.futures.Executor):
 
     @property
     def timeline(self) -> Timeline:
-        """Every call this executor has run, on every worker (``ezpool.timeline``): kept only
-        when it was made with ``trace=`` or ``report=`` (an executor may run for ever),
-        which are written when it shuts down."""
+        """The timeline of every call this executor has run (``ezpool.timeline.Timeline``),
+        kept only when it was made with ``trace=`` or ``report=`` (an executor may run
+        for ever); those files are written when it shuts down."""
         record = self._submitted.record
         if not record.keep:
             raise ValueError("this executor keeps no timeline: make it with trace=PATH or report=PATH")
