@@ -1,4 +1,5 @@
-"""A run's timeline as a Chrome trace: open it in Perfetto (ui.perfetto.dev) or chrome://tracing.
+"""A run's timeline as a Chrome trace: open it in Perfetto (ui.perfetto.dev), chrome://tracing
+or the Performance panel of Chrome's DevTools ("Load profile").
 
 ``write_trace(timeline, path)`` writes the Trace Event format's JSON object, one
 event per line; ``read_trace(path)`` reads such a file back into a ``Timeline``::
