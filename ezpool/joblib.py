@@ -252,6 +252,9 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
         if n_jobs is None:
             n_jobs = self.default_n_jobs
         if mode == "serial" or n_jobs == 1:
+            if settings.trace is not None or settings.report is not None:
+                logger.warning("joblib runs this call itself, one job at a time (mode %r, n_jobs=%s): "
+                               "EzPool sees none of it and writes no trace or report", mode, n_jobs)
             return 1
         if mode == "distributed":
             return max(2, planned_workers(settings.workers))

@@ -209,11 +209,12 @@ class Timeline:
                         self.starts[index], self.ends[index], self.errors.get(index)) for index in picked]
 
     def failures(self) -> dict[str, list[int]]:
-        """The indices of the failed runs, grouped by the name of their exception type,
-        the most common first."""
+        """The indices of the failed runs, grouped by the name of their exception type
+        (a remote error's own), the most common first."""
         groups: dict[str, list[int]] = {}
         for index in sorted(self.errors):
-            groups.setdefault(type(self.errors[index]).__name__, []).append(index)
+            error = self.errors[index]  # (one read back from a trace keeps its type's name)
+            groups.setdefault(getattr(error, "type_name", type(error).__name__), []).append(index)
         return dict(sorted(groups.items(), key=lambda item: -len(item[1])))
 
     def __repr__(self) -> str:

@@ -259,7 +259,7 @@ class Ledger:
         self.marks_at_death = marks_at_death
         self._name = name
         self.attempts: dict[int, int] = {}  # position -> crashes counted
-        # Runs cut by a crash, run again: (position, holder, what, seconds, attempt), for the timeline.
+        # Runs cut by a crash, run again: (position, holder, what, seconds, attempt: 0 for a group).
         self.struck: list[tuple[int, str, str, float, int]] = []
         self.returns: dict[int, int] = {}  # position -> times given back untouched
         self._held: dict[Any, list[Claim]] = {}  # holder -> its claims, in the order taken
@@ -421,6 +421,7 @@ class Ledger:
         end = min(stop, position + count)
         again.append((start, position, False))
         if end - position > 1:  # a group: again, nothing counted yet, till each task is known apart
+            self.struck.append((position, self._name(holder), event.what, event.seconds, 0))
             logger.warning("%s while running one of tasks %r .. %r; running them again one by one",
                            event.what, self.tasks[position], self.tasks[end - 1])
             if self.marks_at_death:  # one chunk, each task marked as it starts

@@ -182,7 +182,12 @@ class Recording:
         if ledger.struck:
             now = perf_counter()
             for position, name, what, seconds, attempt in ledger.struck:
-                self.lost(position, name, now - seconds, now, what, attempt)
+                if attempt:
+                    self.lost(position, name, now - seconds, now, what, attempt)
+                else:  # a group of tiny tasks, one of which was running: none is counted yet
+                    self.gone(name)
+                    first = self._describe(self._tasks[position])
+                    self.span("lost", name, now - seconds, now, f"a group from {first}: {what}; run again")
             ledger.struck.clear()
 
     def gone(self, name: str) -> None:

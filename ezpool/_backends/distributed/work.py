@@ -295,9 +295,9 @@ class Work:
                     self.rates[driver.name] = (tasks + len(answer.times), seconds + took)
                     batches.append(self._recorded(driver, answer, window))
                 elif settled.fate is Fate.DROP and window is not None:
-                    shown = chunk_of(answer, chunks)
+                    fate = "its answer was not used" if answer is not None else "it was cut short"
                     self.record.span("backup", driver.name, *window,
-                                     f"tasks {shown}: another copy answered first; this one was not used")
+                                     f"tasks {chunk_of(answer, chunks)}: another copy answered first; {fate}")
             self.record.struck(self.ledger)
             for piece in reversed(again):
                 self.pending.put_back(*piece)
