@@ -65,10 +65,10 @@ def dialing(core_child_env):
     killed at teardown."""
     started: list[subprocess.Popen] = []
 
-    def start(address, n=1):
+    def start(address, *flags, n=1):
         for _ in range(n):
             started.append(subprocess.Popen(
-                [sys.executable, "-m", "ezpool.serve", "--connect", str(address)],
+                [sys.executable, "-m", "ezpool.serve", "--connect", str(address), *map(str, flags)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                 env=core_child_env, start_new_session=True, cwd=REPO_ROOT,
             ))
@@ -359,3 +359,26 @@ def test_bad_input_is_a_clear_error_naming_the_value(args, named):
     done = status(*args)
     assert done.returncode == 2
     assert named in done.stderr
+
+
+def test_workers_and_pools_over_tls(serve, dialing, certificates, tmp_path):
+    c = certificates
+    served = serve("", "--tls-cert", c / "server.pem", "--tls-key", c / "server-key.pem",
+                   "--tls-ca", c / "ca.pem", "--tls-require-client-cert")
+    (uri,) = served.uris
+    client = ["--tls-ca", c / "ca.pem", "--tls-cert", c / "client.pem", "--tls-key", c / "client-key.pem"]
+    code, found = rows(uri, *client)
+    assert code == 0 and found[uri]["pid"] == served.process.pid
+    plain = status(uri)
+    assert plain.returncode == 1
+    assert f"{uri}  hung up before the key was proven (does it serve over TLS? give --tls-ca)" in plain.stdout
+    listen_file = tmp_path / "pool.json"
+    (worker,) = dialing(listen_file, "--tls-cert", c / "server.pem", "--tls-key", c / "server-key.pem")
+    with ezpool.Pool(mode="distributed", listen_file=listen_file, tls_ca=c / "ca.pem") as pool:
+        assert pool.dmap(nap, [0.01]).errors == {}
+        untold = status("--pool", listen_file)
+        assert untold.returncode == 1 and "it uses TLS: give --tls-cert and --tls-key" in untold.stdout
+        code, found = rows("--pool", listen_file, "--tls-cert", c / "server.pem", "--tls-key",
+                           c / "server-key.pem")
+        assert code == 0
+        assert [row["pid"] for row in found.values()] == [worker.pid]

@@ -57,8 +57,9 @@ class Asked(NamedTuple):
         return not any(answer.error for answer in self.answers)
 
 
-def _why(exc: BaseException, timeout: float, where: str) -> str:
-    """What a failure to get a status says, told apart by type (never by its text)."""
+def _why(exc: BaseException, timeout: float, where: str, proven: bool = True) -> str:
+    """What a failure to get a status says, told apart by type (never by its text);
+    ``proven``: whether the connection had proven the key both ways before it failed."""
     if isinstance(exc, _pyro.KeyRefused):
         return "refused: wrong key" if exc.wrong_key else "refused: one side has no key"
     if isinstance(exc, _pyro.SecurityError):
@@ -68,6 +69,8 @@ def _why(exc: BaseException, timeout: float, where: str) -> str:
     if isinstance(exc, (_pyro.PyroTimeout, TimeoutError)):
         return f"no answer in {timeout:g} s"
     if isinstance(exc, _pyro.ConnectionClosed):
+        if not proven:
+            return "hung up before the key was proven (does it serve over TLS? give --tls-ca)"
         return "hung up without answering (an EzPool older than this one has no status)"
     return f"unreachable: {exc}"
 
@@ -75,10 +78,13 @@ def _why(exc: BaseException, timeout: float, where: str) -> str:
 def ask_worker(connection: _pyro.Connection, text: str, timeout: float) -> Answer:
     """``status`` of the worker at the end of ``connection`` (given as ``text``)."""
     where = f"{connection.uri.host}:{connection.uri.port}"
+    proven = False
     try:
+        connection.open()
+        proven = True
         answer = connection.call("status")
     except (_pyro.PyroError, OSError) as exc:
-        return Answer(text, None, _why(exc, timeout, where))
+        return Answer(text, None, _why(exc, timeout, where, proven))
     finally:
         connection.close()
     if not isinstance(answer, dict):
