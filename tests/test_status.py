@@ -239,7 +239,7 @@ def test_a_listening_pool_lists_the_workers_that_joined_it(dialing, tmp_path):
         assert code == 0
         assert {row["pid"] for row in found.values()} == {process.pid for process in started}
         assert sum(row["tasks"] for row in found.values()) == 10
-        assert all(name.startswith(f"{listen_file}/") for name in found)
+        assert set(found) == {f"{platform.node()}:{process.pid}@{listen_file}" for process in started}
         assert all(row["serves"] == "generic" and row["busy"] is False for row in found.values())
         mapping = threading.Thread(target=pool.dmap, args=(nap, [0.5 + i * 1e-6 for i in range(12)]))
         mapping.start()
@@ -253,6 +253,24 @@ def test_a_listening_pool_lists_the_workers_that_joined_it(dialing, tmp_path):
         table = status("--pool", address)
         assert table.returncode == 0
         assert table.stdout.splitlines()[-1].startswith("2 answered (")
+
+
+def test_a_worker_of_a_pool_that_does_not_answer_is_named_and_the_other_listed(dialing, tmp_path):
+    listen_file = tmp_path / "pool.json"
+    stopped, live = dialing(listen_file, n=2)
+    with ezpool.Pool(mode="distributed", listen_file=listen_file) as pool:
+        assert not pool.dmap(nap, [0.01 + i * 1e-6 for i in range(10)]).errors
+        os.kill(stopped.pid, signal.SIGSTOP)
+        try:
+            done = status("--pool", listen_file, "--timeout", "1")
+        finally:
+            os.kill(stopped.pid, signal.SIGCONT)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert f"{platform.node()}:{stopped.pid}@{listen_file}  no answer in 1 s" in lines
+    assert any(line.startswith(f"{platform.node()}:{live.pid}@{listen_file}") and "idle" in line
+               for line in lines), done.stdout
+    assert lines[-1].startswith("1 answered, 1 did not (")
 
 
 def test_a_pool_refuses_a_status_client_with_another_key_and_says_nothing(dialing, tmp_path):

@@ -39,7 +39,7 @@ __all__ = ["Answer", "Asked", "ask_all", "ask_worker", "ask_pool", "listed"]
 class Answer(NamedTuple):
     """One worker: what it answered (``row``), or why it did not (``error``)."""
 
-    worker: str  # the URI given or listed, or POOL/HOST:PID for a worker that joined a pool
+    worker: str  # the URI given or listed, or HOST:PID@POOL for a worker that joined a pool
     row: Optional[dict[str, Any]] = None
     error: str = ""
 
@@ -162,7 +162,7 @@ def ask_pool(
 
 
 def _pool_answer(pool: str, row: dict[str, Any]) -> Answer:
-    worker = f"{pool}/{row.get('worker', '?')}"
+    worker = f"{row.get('worker', '?')}@{pool}"  # HOST:PID@POOL, as a URI's NAME@HOST:PORT
     error = row.get("error")
     if error:
         return Answer(worker, None, str(error))
