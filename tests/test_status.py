@@ -127,7 +127,7 @@ def test_a_busy_worker_shows_busy_and_the_client_it_works_for(serve):
         mapping = threading.Thread(target=pool.dmap, args=(nap, [0.5 + i * 1e-6 for i in range(8)]))
         mapping.start()
         try:
-            row = eventually(lambda: rows(uri)[1][uri] if rows(uri)[1][uri].get("busy") else None,
+            row = eventually(lambda: next((r for r in rows(uri)[1].values() if r.get("busy")), None),
                              "a status that says busy")
         finally:
             mapping.join(30)

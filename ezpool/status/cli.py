@@ -143,7 +143,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=_seconds, default=2.0, metavar="SECONDS",
                         help="how long a worker may take to answer (default 2)")
     parser.add_argument("--watch", type=_seconds, nargs="?", const=2.0, metavar="SECONDS",
-                        help="look again every SECONDS (default 2) until Ctrl-C")
+                        help="look again every SECONDS (default 2) until Ctrl-C (put URIs before it)")
     parser.add_argument("--json", action="store_true", help="one JSON document a look")
     parser.add_argument(
         "--hmac-key-file", type=Path, metavar="PATH",
