@@ -413,11 +413,13 @@ def test_each_argument_is_pickled_once_in_the_calling_process():
 
 def test_big_results_come_back_a_megabyte_or_two_at_a_time():
     from ezpool._backends.parallel.backend import ParallelBackend
+    from ezpool._core.recording import Recording
     from ezpool.options import Options
 
     backend = ParallelBackend()
     try:
-        batches = list(backend.run(h.megabyte_from, range(64), Options(ncpu=2), per_task=False))
+        record = Recording(range(64), "parallel", {})
+        batches = list(backend.run(h.megabyte_from, range(64), Options(ncpu=2), per_task=False, record=record))
     finally:
         backend.close()
     values = {batch.start + offset: value for batch in batches for offset, value in enumerate(batch.values)}
