@@ -176,7 +176,8 @@ class Served:
         return [line for line in self.lines if line.startswith("PYRO:")]
 
 
-def _stop(process) -> None:
+def stop_group(process) -> None:
+    """Kill a process started in a session of its own, with all it started; reap it."""
     import signal
     import subprocess
 
@@ -208,7 +209,7 @@ def start_daemon(core_child_env):
 
     yield start
     for process in started:
-        _stop(process)
+        stop_group(process)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 
 import ezpool
 from ezpool.errors import SecurityError, WorkerCrashed, WorkerUnavailable
-from tests.conftest import REPO_ROOT, eventually
+from tests.conftest import REPO_ROOT, eventually, stop_group
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,11 +50,7 @@ def workers(core_child_env):
 
     yield start
     for process in started:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
-            process.communicate(timeout=10)
+        stop_group(process)
 
 
 def ended(process, timeout=20.0):

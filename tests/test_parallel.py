@@ -419,7 +419,8 @@ def test_big_results_come_back_a_megabyte_or_two_at_a_time():
     backend = ParallelBackend()
     try:
         record = Recording(range(64), "parallel", {})
-        batches = list(backend.run(h.megabyte_from, range(64), Options(ncpu=2), per_task=False, record=record))
+        batches = list(backend.run(h.megabyte_from, range(64), Options(ncpu=2), per_task=False,
+                                   record=record))
     finally:
         backend.close()
     values = {batch.start + offset: value for batch in batches for offset, value in enumerate(batch.values)}

@@ -3,7 +3,6 @@ by URI, through a real name server, and through a real pool that listens for wor
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -20,7 +19,7 @@ import pytest
 
 import ezpool
 import ezpool.security
-from tests.conftest import REPO_ROOT, eventually, free_port
+from tests.conftest import REPO_ROOT, eventually, free_port, stop_group
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -76,11 +75,7 @@ def dialing(core_child_env):
 
     yield start
     for process in started:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
-            process.communicate(timeout=10)
+        stop_group(process)
 
 
 def test_an_idle_worker_is_listed_with_host_pid_serves_uptime_and_versions(serve):
