@@ -349,8 +349,8 @@ def test_a_caller_that_leaves_while_answers_are_on_their_way_leaves_the_workers_
     uris = serve("tests._workers:Napper").uris + serve("tests._workers:Napper").uris
     settle = Work.settle
 
-    def settle_then_wait(self, driver, chunk, event, reply=b"", trip=None):
-        settle(self, driver, chunk, event, reply, trip)
+    def settle_then_wait(self, driver, chunk, event, reply=b"", trip=None, window=None):
+        settle(self, driver, chunk, event, reply, trip, window)
         if isinstance(event, Answered):  # a chunk is still on its way behind this one:
             self.stop.wait(5)  # the caller leaves before this thread looks at it again
 
