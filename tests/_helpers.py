@@ -32,7 +32,12 @@ class UnpicklableError(Exception):
 
 
 class UnrebuildableError(Exception):
-    """Pickles fine, but unpickling calls ``__init__`` with too few arguments."""
+    """Pickles fine, but unpickling calls ``__init__`` with too few arguments; and so does
+    ``__new__``, for picklers that skip ``__init__`` (tblib's, which importing
+    ``distributed`` installs for every exception class then defined)."""
+
+    def __new__(cls, message: str, code: int) -> UnrebuildableError:
+        return super().__new__(cls, message, code)
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
