@@ -23,7 +23,7 @@ from .feed import Feed, Live
 from .logs import get_logger
 from .progress import Progress
 from .recording import Recording, settings_of
-from .records import Batch, GroupTimes
+from .records import Batch
 from .relay import Relay
 from .tasks import iterate_tasks
 
@@ -191,13 +191,6 @@ def placed(batch: Batch, where: list[int]) -> Generator[Batch, None, None]:
         while end < count and where[batch.start + end] == where[batch.start + offset] + end - offset:
             end += 1
         failed = {spot - offset for spot in batch.failed if offset <= spot < end}
-        part = Batch(where[batch.start + offset], batch.values[offset:end], batch.elapsed[offset:end],
-                     failed, batch.worker)
-        part.stored, part.attempt = batch.stored, batch.attempt
-        origin = batch.origin
-        if origin is None and isinstance(batch.elapsed, GroupTimes):
-            origin = batch.elapsed.origin
-        if origin is not None:
-            part.origin = origin + sum(batch.elapsed[:offset])
-        yield part
+        yield Batch(where[batch.start + offset], batch.values[offset:end], batch.elapsed[offset:end],
+                    failed, batch.worker)
         offset = end
