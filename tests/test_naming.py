@@ -226,15 +226,20 @@ def test_serve_registers_with_a_tls_name_server_and_a_tls_client_finds_it(serve,
     d = certificates
     tls = ("--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server-key.pem"))
     port = free_port()
-    start_daemon([sys.executable, "-m", "ezpool.nameserver", "--port", str(port), *tls])
+    name_server = start_daemon([sys.executable, "-m", "ezpool.nameserver", "--port", str(port), *tls])
     ns = f"127.0.0.1:{port}"
     to_ns = ("--ns", ns, "--ns-tls-ca", str(d / "ca.pem"))
-    served = serve("tests._workers:Square", "--procs", "2", *to_ns, *tls)
+    served = serve("tests._workers:Square", *to_ns, *tls, procs=2)  # two free ports in a row
     deadline = time.monotonic() + 30
     while len(list_workers(ns, tls_ca=d / "ca.pem")) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     found = list_workers(ns, tls_ca=d / "ca.pem")
-    assert len(found) == 2 and set(served.uris) <= set(found), (found, served.uris)
+    if not (len(found) == 2 and set(served.uris) == set(found)):  # say what they said
+        said = {}
+        for what, daemon in (("workers", served.process), ("name server", name_server.process)):
+            os.killpg(daemon.pid, signal.SIGKILL)
+            said[what] = daemon.communicate(timeout=10)[1][-3000:]
+        raise AssertionError(f"listed {found}, printed {served.lines}; {said}")
     with Pool(spawn=False, tls_ca=d / "ca.pem") as pool:
         assert pool.dmap(Square, [2, 3], workers=found) == {2: 4, 3: 9}
 
