@@ -23,6 +23,7 @@ from .errors import (
     StoreMismatch,
     TaskTimeout,
     WorkerCrashed,
+    WorkerOutOfMemory,
     WorkerUnavailable,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "WorkerCrashed",
+    "WorkerOutOfMemory",
     "WorkerUnavailable",
     "TaskTimeout",
     "ResultNotSerializable",

@@ -16,6 +16,7 @@ __all__ = [
     "StoreError",
     "StoreMismatch",
     "ClusterError",
+    "WorkerOutOfMemory",
 ]
 
 
@@ -95,3 +96,9 @@ class StoreMismatch(StoreError):
 class ClusterError(EzPoolError):
     """Workers could not be started on a cluster (SLURM, SSH), or none of those started can join:
     the message names the host or job, and what it said."""
+
+
+class WorkerOutOfMemory(EzPoolError, MemoryError):
+    """A worker process grew past its ``max_memory`` (or the operating system killed it for
+    memory): the message names the task, the limit and the size reached. The worker is
+    replaced; the other tasks go on. It is also a builtin ``MemoryError``."""

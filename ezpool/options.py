@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, Callable, NamedTuple, Optional, TypedDict, TypeVar, Union
 
+from ._core.checks import exception_types, parse_memory, pause, retries
 from ._core.logs import get_logger
 from .cluster.base import Cluster
 
@@ -42,7 +43,9 @@ __all__ = [
     "ParallelOptions",
     "PoolOptions",
     "SerialOptions",
+    "ThreadOptions",
     "described",
+    "parse_memory",
     "unknown_option",
 ]
 
@@ -243,12 +246,25 @@ class _Every(TypedDict, total=False):
     report: Annotated[Optional[PathText], Option(
         None, "a file to write each call's report to: one HTML page with the timeline, the time "
         "split per worker, the failures and the slowest tasks (see ezpool.report)", _output)]
+    retries: Annotated[int, Option(
+        0, "how many more times a task whose exception is one of retry_on runs (at the back of the "
+        "queue); the last outcome is kept and results.attempts counts the runs", retries)]
+    retry_on: Annotated[tuple[type[BaseException], ...], Option(
+        (), "the exception classes that retries runs again (Exception: every exception; "
+        "KeyboardInterrupt and SystemExit never)", exception_types)]
+    retry_backoff: Annotated[float, Option(
+        0.0, "seconds before the first run again, doubling for each next one (with jitter, at most "
+        "60 s)", pause)]
 
 
-class _Processes(TypedDict, total=False):
+class _Timed(TypedDict, total=False):
     timeout: Annotated[Optional[float], Option(
         None, "seconds a task may run; one that runs longer gets TaskTimeout (the serial mode cannot "
-        "stop a task, and ignores it)", _seconds)]
+        "stop a task, and ignores it; the threads mode cannot stop one either, and says so)",
+        _seconds)]
+
+
+class _Processes(_Timed, total=False):
     chunksize: Annotated[Optional[int], Option(
         None, "tasks sent to a worker at a time (None: sized from the run times measured, shrinking "
         "towards the end so that no worker idles)", _count)]
@@ -257,6 +273,14 @@ class _Processes(TypedDict, total=False):
     capture_output: Annotated[bool, Option(
         False, "send back what tasks print and log on workers, and show it here, each line tagged "
         "[WORKER task TASK]", _flag)]
+
+
+class _Limits(TypedDict, total=False):
+    max_tasks_per_worker: Annotated[Optional[int], Option(
+        None, "replace a worker process after it ran this many tasks (None: never)", _count)]
+    max_memory: Annotated[Optional[int], Option(
+        None, "a worker process whose resident memory passes this (bytes, or '2GiB', '500MB') fails "
+        "its task with WorkerOutOfMemory and is replaced (None: no limit)", parse_memory)]
 
 
 class _Local(TypedDict, total=False):
@@ -305,6 +329,11 @@ class _Cpus(TypedDict, total=False):
         None, "worker processes of the parallel mode (None: the CPUs this process may use)", _count)]
 
 
+class _Threads(TypedDict, total=False):
+    nthreads: Annotated[Optional[int], Option(
+        None, "threads of the threads mode (None: as concurrent.futures.ThreadPoolExecutor has)", _count)]
+
+
 class _Workers(TypedDict, total=False):
     workers: Annotated[Workers, Option(
         None, "the distributed workers: a URI ('PYRO:worker@host:21000', 'PYRONAME:...') or a sequence "
@@ -323,15 +352,19 @@ class SerialOptions(_Every, total=False):
     """The options of ``smap``: the serial mode."""
 
 
-class ParallelOptions(_Every, _Processes, _Local, total=False):
+class ThreadOptions(_Every, _Timed, total=False):
+    """The options of ``tmap``: the threads mode (its ``nthreads`` is a parameter of its own)."""
+
+
+class ParallelOptions(_Every, _Processes, _Limits, _Local, total=False):
     """The options of ``pmap`` (its ``ncpu`` is a parameter of its own)."""
 
 
-class DistributedOptions(_Every, _Processes, _Remote, total=False):
+class DistributedOptions(_Every, _Processes, _Limits, _Remote, total=False):
     """The options of ``dmap`` (its ``workers`` is a parameter of its own)."""
 
 
-class MapOptions(_Every, _Processes, _Local, _Remote, total=False):
+class MapOptions(_Every, _Processes, _Limits, _Local, _Remote, total=False):
     """The options of ``map``, whichever mode runs it (``ncpu`` and ``workers`` are
     parameters of their own)."""
 
@@ -340,7 +373,7 @@ class ImapOptions(MapOptions, _Streaming, total=False):
     """The options of ``imap``."""
 
 
-class PoolOptions(ImapOptions, _Cpus, _Workers, total=False):
+class PoolOptions(ImapOptions, _Cpus, _Threads, _Workers, total=False):
     """Every option: those of ``Pool(...)``, ``Pool.executor`` and ``PoolExecutor``."""
 
 

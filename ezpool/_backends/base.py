@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Generator, Sequence
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .._core.logs import get_logger
 
 if TYPE_CHECKING:
     from .._core.recording import Recording
     from .._core.records import Batch
+    from .._core.stopping import Stops
     from ..options import Options
 
 logger = get_logger(__name__)
@@ -37,7 +38,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
-        record: Recording,
+        record: Recording, stops: Optional[Stops] = None,
     ) -> Generator[Batch, None, None]:
         """Run ``fun`` over ``tasks`` and yield every task's outcome exactly once.
 
@@ -47,7 +48,8 @@ class Backend(abc.ABC):
         early (an exception, Ctrl-C), the backend stops the work it has started.
         ``record`` hears who the workers are, when they started, each chunk's round
         trip and the runs cut by a crash (``ezpool._core.recording``); batches carry
-        their ``origin`` and ``attempt``.
+        their ``origin`` and ``attempt``. ``stops``, where given, asks from other
+        threads to stop tasks that run or wait (``ezpool._core.stopping``).
         """
 
     def prepare(self, options: Options) -> None:  # noqa: B027 - most backends start nothing early

@@ -6,12 +6,13 @@ import os
 import socket
 from collections.abc import Generator, Iterator, Sequence
 from time import perf_counter
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 from .._core.feed import Feed
 from .._core.logs import get_logger
 from .._core.recording import Recording
 from .._core.records import Batch
+from .._core.stopping import Stops
 from .._core.tasks import bind, call
 from ..errors import EzPoolError
 from ..options import Options
@@ -35,7 +36,7 @@ class SerialBackend(Backend):
 
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
-        record: Recording,
+        record: Recording, stops: Optional[Stops] = None,
     ) -> Generator[Batch, None, None]:
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {fun!r}")

@@ -25,6 +25,7 @@ from .progress import Progress
 from .recording import Recording, settings_of
 from .records import Batch
 from .relay import Relay
+from .stopping import Stops
 from .tasks import iterate_tasks
 
 if TYPE_CHECKING:
@@ -51,13 +52,15 @@ def stream(
     total: Optional[int] = None,
     eager: bool = False,
     record: Optional[Recording] = None,
+    stops: Optional[Stops] = None,
 ) -> Generator[Batch, None, None]:
     """``fun`` over ``tasks`` (a list of distinct tasks, or a ``Feed``) on ``backend``: each
     batch as it finishes, once recorded in ``sweep``, relayed, counted and kept in ``record``.
 
     ``total`` is the number of tasks, where known (for the progress bar); ``eager`` asks
     for every outcome as soon as it is known, even where waiting would batch more.
-    Closing the generator stops the work. Without ``record`` one is made that keeps
+    Closing the generator stops the work; ``stops`` asks the backend, from other
+    threads, to stop tasks that run (``ezpool._core.stopping``). Without ``record`` one is made that keeps
     only which workers are live, unless a trace or report is asked for; the trace and
     report in ``options`` are written when the stream ends (``map`` writes its own).
     """
@@ -66,7 +69,7 @@ def stream(
     live = record.live if backend.mode == "distributed" else None
     progress = Progress(options.progress, options.msg, tasks, total, live)
     relay = Relay(tasks, progress)
-    batches = backend.run(fun, tasks, options, progress.per_task or eager, record)
+    batches = backend.run(fun, tasks, options, progress.per_task or eager, record, stops)
     try:
         for batch in batches:
             if sweep is not None and not batch.stored:

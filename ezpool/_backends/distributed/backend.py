@@ -55,6 +55,7 @@ from ..._core.recording import Recording
 from ..._core.records import Batch
 from ..._core.serialization import dumps, short_repr
 from ..._core.shipping import Shipment, fingerprint, ship
+from ..._core.stopping import Stops
 from ..._core.tasks import bind
 from ..._worker.servant import GENERIC
 from ...errors import AuthenticationError, WorkerUnavailable
@@ -103,7 +104,7 @@ class DistributedBackend(Backend):
 
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
-        record: Recording,
+        record: Recording, stops: Optional[Stops] = None,
     ) -> Generator[Batch, None, None]:
         target = Target(name_of(fun), fingerprint(fun), _shipment(fun, options))
         key = security.resolve_key(options.hmac_key, insecure=options.insecure)

@@ -61,6 +61,7 @@ from ..._core.recording import Recording
 from ..._core.records import Batch, ChunkReply, ChunkRequest, run_time
 from ..._core.relay import capture_level
 from ..._core.serialization import dumps, rebuild, short_repr
+from ..._core.stopping import Stops
 from ..._core.tasks import bind
 from ...errors import EzPoolError, WorkerCrashed
 from ...options import Options
@@ -112,7 +113,7 @@ class ParallelBackend(Backend):
 
     def run(
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
-        record: Recording,
+        record: Recording, stops: Optional[Stops] = None,
     ) -> Generator[Batch, None, None]:
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {fun!r}")
