@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Hashable, Iterable, Iterator, Sequence
 from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -30,6 +30,7 @@ from .options import (
     ParallelOptions,
     PoolOptions,
     SerialOptions,
+    ThreadOptions,
     Workers,
     described,
     planned_workers,
@@ -46,15 +47,16 @@ logger = get_logger(__name__)
 __all__ = ["Pool", "EzPool"]
 
 #: What each public method runs.
-_SERIAL, _PARALLEL, _DISTRIBUTED = backends.MODES
+_SERIAL, _THREADS, _PARALLEL, _DISTRIBUTED = backends.MODES
 
 
 class Pool:
     """Runs a function over many tasks and returns a ``Results`` dict.
 
-    ``mode`` is the mode ``map`` runs: ``'serial'`` (a loop here), ``'parallel'``
-    (processes on this machine) or ``'distributed'`` (workers anywhere, over Pyro4).
-    ``smap``, ``pmap`` and ``dmap`` run one mode whatever ``mode`` says.
+    ``mode`` is the mode ``map`` runs: ``'serial'`` (a loop here), ``'threads'``
+    (threads of this process), ``'parallel'`` (processes on this machine) or
+    ``'distributed'`` (workers anywhere, over Pyro4). ``smap``, ``tmap``, ``pmap``
+    and ``dmap`` run one mode whatever ``mode`` says.
 
     Keyword options given here are defaults for every call (see ``ezpool.Options``);
     a call may override any of them, and an option left out keeps the pool's value.
@@ -91,6 +93,20 @@ class Pool:
     ) -> Results[R]:
         """Run ``fun`` over ``tasks`` one after the other, in this process."""
         return self._map(_SERIAL, fun, tasks, dict(options))
+
+    @described(ThreadOptions)
+    def tmap(
+        self,
+        fun: Callable[..., R],
+        tasks: Iterable[Hashable],
+        nthreads: Optional[int] = None,
+        **options: Unpack[ThreadOptions],
+    ) -> Results[R]:
+        """Run ``fun`` over ``tasks`` on ``nthreads`` threads of this process (``None``: as many
+        as ``concurrent.futures.ThreadPoolExecutor`` would start): for tasks that wait on I/O,
+        and on a free-threaded Python for pure-Python work too. A running thread cannot be
+        stopped: ``timeout`` gives the task ``TaskTimeout`` and lets its thread run on."""
+        return self._map(_THREADS, fun, tasks, _with(options, nthreads=nthreads))
 
     @described(ParallelOptions)
     def pmap(
@@ -154,6 +170,40 @@ class Pool:
         batches = stream(backend, fun, feed, settings, sweep, total_of(tasks))
         return _closing(outcomes(feed, batches, ordered), sweep)
 
+    @described(MapOptions)
+    async def amap(
+        self,
+        fun: Callable[..., R],
+        tasks: Iterable[Hashable],
+        ncpu: Optional[int] = None,
+        workers: Workers = None,
+        **options: Unpack[MapOptions],
+    ) -> Results[R]:
+        """``map`` for ``asyncio``: ``await pool.amap(fun, tasks)`` runs the call without blocking
+        the event loop and returns its ``Results``. Cancelling the awaiting task stops the
+        work, running tasks included."""
+        from ._aio import amap
+
+        return await amap(self, self.mode, fun, tasks, _with(options, ncpu=ncpu, workers=workers))
+
+    @described(ImapOptions)
+    def aimap(
+        self,
+        fun: Callable[..., Any],
+        tasks: Iterable[Any],
+        ncpu: Optional[int] = None,
+        workers: Workers = None,
+        *,
+        ordered: bool = False,
+        **options: Unpack[ImapOptions],
+    ) -> AsyncIterator[TaskOutcome]:
+        """``imap`` for ``asyncio``: ``async for outcome in pool.aimap(fun, tasks)`` yields each
+        ``TaskOutcome`` as it finishes, without blocking the event loop. Leaving the loop,
+        or cancelling the task that runs it, stops the work."""
+        from ._aio import aimap
+
+        return aimap(self, self.mode, fun, tasks, ordered, _with(options, ncpu=ncpu, workers=workers))
+
     def executor(self, **options: Unpack[PoolOptions]) -> PoolExecutor:
         """A ``concurrent.futures.Executor`` in this pool's mode, with its options (and
         the options given here on top). It has processes and connections of its own; shut
@@ -209,6 +259,10 @@ class Pool:
             return int(options.ncpu or available_cpus())
         if mode == _DISTRIBUTED:
             return planned_workers(options.workers)
+        if mode == _THREADS:
+            from ._backends.threads import thread_count
+
+            return thread_count(options.nthreads)
         return 1
 
     def _map(self, mode: str, fun: Any, tasks: Iterable[Hashable], given: dict[str, Any]) -> Results:

@@ -1,4 +1,4 @@
-"""The three backends, looked up by mode name and imported only when first used."""
+"""The backends, looked up by mode name and imported only when first used."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ __all__ = ["Backend", "Batch", "MODES", "check_mode", "create"]
 _BACKENDS = MappingProxyType(
     {
         "serial": ("ezpool._backends.serial", "SerialBackend"),
+        "threads": ("ezpool._backends.threads", "ThreadBackend"),
         "parallel": ("ezpool._backends.parallel.backend", "ParallelBackend"),
         "distributed": ("ezpool._backends.distributed.backend", "DistributedBackend"),
     }

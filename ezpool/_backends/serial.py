@@ -100,7 +100,7 @@ def _read(feed: Feed) -> Iterator[Union[Batch, tuple[int, Sequence[Any]]]]:
     From a live source (an executor's) a task is read only when it is about to run:
     until then, it may still be cancelled.
     """
-    ahead, most = 1, 1 if feed.live is not None else _READ_AHEAD
+    ahead, most = 1, 1 if feed.trickles else _READ_AHEAD
     while not feed.exhausted:
         began = perf_counter()
         runs = feed.pull(ahead)

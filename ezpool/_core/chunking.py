@@ -406,7 +406,7 @@ class ChunkQueue:
             runs = feed.pull(min(wanted, piece * slots))
             for start, stop in runs:
                 size = piece
-                if feed.live is not None and not self._fixed:  # what came in is shared by every worker
+                if feed.trickles and not self._fixed:  # what came in is shared by every worker
                     size = min(piece, math.ceil((stop - start) / slots))
                 for first in range(start, stop, size):
                     last = min(stop, first + size)
@@ -422,7 +422,7 @@ class ChunkQueue:
         first = self._next_piece()
         # A live source (an executor's) may have little waiting now: share it out, not
         # chunk it all for one worker.
-        live = self.feed is not None and self.feed.live is not None
+        live = self.feed is not None and self.feed.trickles
         remaining = self._undispatched if self.exhausted or live else math.inf
         limit = self.sizer.limit(remaining) if not self._fixed else 0
         # Any backend's piece is cut when its answer would be too big to wait for whole.

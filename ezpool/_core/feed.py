@@ -229,6 +229,12 @@ class Feed(Sequence[Any]):
         first = self._block_of(index)
         return self._blocks[first][index - first]
 
+    @property
+    def trickles(self) -> bool:
+        """Whether tasks come a few at a time, as they are submitted (an executor's), so that
+        what came in is shared out rather than chunked for one worker."""
+        return self.live is not None
+
     def __len__(self) -> int:
         """Tasks read so far (positions ``0 .. len - 1``; only the held ones can be looked at)."""
         return self.read

@@ -380,7 +380,7 @@ def backups(options: Options, feed: Optional[Feed]) -> bool:
     Not for a live source (the executor): there an idle worker is waiting for the
     next call, and a copy of a late one would make that call wait behind it.
     """
-    return options.backup and (feed is None or feed.live is None)
+    return options.backup and (feed is None or not feed.trickles)
 
 
 def held_at_once(options: Options, feed: Optional[Feed]) -> int:
