@@ -40,6 +40,7 @@ from .results import R, Results, ResultsBuilder, TaskOutcome
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from ._core.stopping import Stops
     from .executor import PoolExecutor
 
 logger = get_logger(__name__)
@@ -265,8 +266,11 @@ class Pool:
             return thread_count(options.nthreads)
         return 1
 
-    def _map(self, mode: str, fun: Any, tasks: Iterable[Hashable], given: dict[str, Any]) -> Results:
-        """``map``: the stream of the distinct tasks that are not stored yet, collected."""
+    def _map(
+        self, mode: str, fun: Any, tasks: Iterable[Hashable], given: dict[str, Any], stops: Optional[Stops] = None
+    ) -> Results:
+        """``map``: the stream of the distinct tasks that are not stored yet, collected (``stops``:
+        asks from another thread to stop its tasks, as ``amap`` does when cancelled)."""
         settings = self._settings(given)
         keys = unique_tasks(tasks)
         sweep = open_sweep(settings, fun)
@@ -288,7 +292,7 @@ class Pool:
             record = open_recording(todo, mode, settings, self._workers(mode, settings))
             record.stored = len(known)
             if todo:
-                batches = stream(backend, fun, todo, settings, sweep, len(todo), record=record)
+                batches = stream(backend, fun, todo, settings, sweep, len(todo), record=record, stops=stops)
                 try:
                     for batch in batches:
                         if where is None:
