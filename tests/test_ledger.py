@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from concurrent.futures import CancelledError
 
 import pytest
 from hypothesis import given, settings
@@ -27,9 +28,12 @@ from ezpool._core.ledger import (
     Held,
     Ledger,
     Lost,
+    OutOfMemory,
     Returned,
+    Stopped,
     TimedOut,
 )
+from ezpool.errors import WorkerOutOfMemory
 
 
 def _chunk(start: int, stop: int, alone: bool = False) -> Chunk:
@@ -129,6 +133,34 @@ def test_a_timed_out_task_ends_as_task_timeout_and_the_rest_goes_back():
     assert settled.fate is Fate.TIME_OUT and settled.again == [(0, 2, False), (3, 5, False)]
     [failed] = settled.failed
     assert isinstance(failed.values[0], TaskTimeout) and "timeout of 1.0 s" in str(failed.values[0])
+
+
+def test_a_task_out_of_memory_ends_as_such_counting_no_attempt_and_the_rest_goes_back():
+    ledger = Ledger(range(5), max_attempts=2)
+    first, second = _chunk(0, 5), _chunk(5, 8)
+    ledger.take("w", first)
+    ledger.take("w", second)
+    error = WorkerOutOfMemory("task 2 ran out of memory")
+    settled = ledger.lose("w", OutOfMemory(2, error, 0.5))
+    assert [s.fate for s in settled] == [Fate.OUT_OF_MEMORY, Fate.REQUEUE]
+    assert settled[0].again == [(0, 2, False), (3, 5, False)] and settled[1].again == [(5, 8, False)]
+    [failed] = settled[0].failed
+    assert failed.start == 2 and failed.values == [error] and not ledger.attempts
+
+
+def test_stopped_tasks_end_cancelled_in_every_chunk_the_worker_held_and_the_rest_goes_back():
+    ledger = Ledger(range(10), max_attempts=2)
+    ledger.take("w", _chunk(0, 5))
+    ledger.take("w", _chunk(5, 10, alone=True))
+    settled = ledger.lose("w", Stopped("its worker was killed", frozenset({1, 2, 7, 42})))
+    assert [s.fate for s in settled] == [Fate.CANCEL, Fate.CANCEL] and not ledger.busy
+    assert settled[0].again == [(0, 1, False), (3, 5, False)]
+    assert settled[1].again == [(5, 6, True), (6, 7, True), (8, 9, True), (9, 10, True)]
+    failed = [batch for s in settled for batch in s.failed]
+    assert [batch.start for batch in failed] == [1, 2, 7]
+    assert all(isinstance(batch.values[0], CancelledError) for batch in failed)
+    assert "task 7 was cancelled" in str(failed[-1].values[0])
+    assert not ledger.attempts and not ledger.returns
 
 
 def test_an_answer_that_cannot_be_read_is_redone_one_by_one_then_fails_alone():
@@ -233,7 +265,9 @@ def test_a_chunk_already_copied_is_not_copied_again():
 
 # --- every task settled exactly once, whatever happens, in any order ----------------------
 
-_EVENTS = st.sampled_from(["answer", "short", "return", "lose", "mark", "group", "timeout", "garble"])
+_EVENTS = st.sampled_from(
+    ["answer", "short", "return", "lose", "mark", "group", "timeout", "garble", "memory", "stop"]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -315,6 +349,11 @@ def test_every_task_is_settled_exactly_once_whatever_the_order_of_events(count, 
             elif kind == "timeout":
                 position = data.draw(st.integers(chunk.start, chunk.stop - 1), label="at")
                 event = TimedOut("stopped", position, 1.0, 0.5)
+            elif kind == "memory":
+                position = data.draw(st.integers(chunk.start, chunk.stop - 1), label="at")
+                event = OutOfMemory(position, WorkerOutOfMemory("too big"))
+            elif kind == "stop":
+                event = Stopped("killed", frozenset(data.draw(st.sets(st.integers(0, count)), label="asked")))
             else:
                 event = Garbled(name, ValueError("garbled"))
             apply(ledger.settle(name, chunk, event), chunk, ran if ran is not None else span)

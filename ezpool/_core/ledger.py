@@ -19,7 +19,7 @@ and the *fate* of its tasks::
             SETTLED ◀─────────────────────────────┘   copy decides)
                (anything more: DROP)
 
-The fates, per task:
+The events, the states and the table are in ``ezpool._core.fates``. The fates, per task:
 
 ``REPORT``
     the answer's outcomes are reported; tasks it did not run (a worker that
@@ -40,6 +40,12 @@ The fates, per task:
 ``TIME_OUT``
     the marked task ran past its timeout and ends as ``TaskTimeout``; the
     others go back at no cost.
+``OUT_OF_MEMORY``
+    the marked task took its worker past its memory and ends as
+    ``WorkerOutOfMemory`` (never retried as a crash); the others go back at no cost.
+``CANCEL``
+    tasks were asked to stop (``ezpool._core.stopping``) and their worker was
+    killed: those of the chunk asked end as cancelled, the others go back at no cost.
 ``SPLIT``
     the answer came but cannot be read here: its tasks run again one by one,
     at no cost; a single task ends as ``ResultNotSerializable``.
@@ -49,21 +55,37 @@ The fates, per task:
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Hashable, Iterable, Sequence
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Optional, Union
 
 from ..errors import ResultNotSerializable, TaskTimeout, WorkerCrashed
 from .chunking import Chunk
+from .fates import (
+    CLAIMS,
+    Answered,
+    Event,
+    Fate,
+    Garbled,
+    Happened,
+    Held,
+    Lost,
+    OutOfMemory,
+    Piece,
+    Returned,
+    Settlement,
+    Stopped,
+    TimedOut,
+)
 from .logs import get_logger
 from .records import Batch
+from .stopping import cancelled
 
 logger = get_logger(__name__)
 
 __all__ = [
     "Answered", "Claim", "CLAIMS", "COPIES", "Event", "Fate", "Garbled", "Happened", "Held", "Ledger",
-    "Lost", "MAX_RETURNS", "Piece", "Returned", "Settlement", "TimedOut",
+    "Lost", "MAX_RETURNS", "OutOfMemory", "Piece", "Returned", "Settlement", "Stopped", "TimedOut",
 ]
 
 #: Times a task may be given back untouched before it counts as crashed.
@@ -77,139 +99,6 @@ PATIENCE = 2.0
 
 #: ...and at least this many seconds.
 FLOOR = 0.2
-
-
-class Held(enum.Enum):
-    """The state of a chunk that a worker took."""
-
-    HELD = "held"  # one worker runs it
-    COPIED = "copied"  # two run it: the first answer decides
-    SETTLED = "settled"  # decided: any other copy's news is dropped
-
-
-class Happened(enum.Enum):
-    """What one copy of a chunk came to."""
-
-    COPY = "a copy taken"
-    ANSWERED = "answered"
-    RETURNED = "returned"
-    LOST = "lost"
-    TIMED_OUT = "timed out"
-    GARBLED = "garbled"
-
-
-class Fate(enum.Enum):
-    """What becomes of the tasks of a chunk (see the module's text)."""
-
-    NONE = "none"
-    REPORT = "report"
-    REQUEUE = "requeue"
-    CHARGE = "charge"
-    TIME_OUT = "time out"
-    SPLIT = "split"
-    DROP = "drop"
-
-
-_H, _C, _S = Held.HELD, Held.COPIED, Held.SETTLED
-
-#: (state of the claim, what happened to one copy) -> (next state, fate of the tasks).
-#: A pair that is not here is a bug in the caller.
-CLAIMS: dict[tuple[Held, Happened], tuple[Held, Fate]] = {
-    (_H, Happened.COPY): (_C, Fate.NONE),
-    (_H, Happened.ANSWERED): (_S, Fate.REPORT),
-    (_H, Happened.RETURNED): (_S, Fate.REQUEUE),
-    (_H, Happened.LOST): (_S, Fate.CHARGE),
-    (_H, Happened.TIMED_OUT): (_S, Fate.TIME_OUT),
-    (_H, Happened.GARBLED): (_S, Fate.SPLIT),
-    (_C, Happened.ANSWERED): (_S, Fate.REPORT),
-    (_C, Happened.RETURNED): (_H, Fate.DROP),
-    (_C, Happened.LOST): (_H, Fate.DROP),
-    (_C, Happened.TIMED_OUT): (_H, Fate.DROP),
-    (_C, Happened.GARBLED): (_H, Fate.DROP),
-    (_S, Happened.ANSWERED): (_S, Fate.DROP),
-    (_S, Happened.RETURNED): (_S, Fate.DROP),
-    (_S, Happened.LOST): (_S, Fate.DROP),
-    (_S, Happened.TIMED_OUT): (_S, Fate.DROP),
-    (_S, Happened.GARBLED): (_S, Fate.DROP),
-}
-
-
-# --- the events ------------------------------------------------------------------------
-
-
-class Answered(NamedTuple):
-    """The worker answered for the first ``ran`` tasks of the chunk (all, unless it stopped early)."""
-
-    ran: int
-    kind: Happened = Happened.ANSWERED
-
-
-class Returned(NamedTuple):
-    """Nothing of the chunk is known to have run (it never started, or the same process
-    still answers after its connection broke): ``reason`` says why it came back."""
-
-    reason: str
-    kind: Happened = Happened.RETURNED
-
-
-class Lost(NamedTuple):
-    """The worker died, or was replaced or went silent, holding the chunk.
-
-    ``what`` says so as the start of a sentence ("worker process pid 7 was killed by
-    SIGKILL"). ``mark`` is what it was running, ``(position, count)``: one of those
-    ``count`` tasks from ``position`` on, the earlier ones finished and the later
-    ones never started (see ``ezpool._worker.running.read_mark``), or ``None`` when
-    nothing is known; ``seconds`` how long the marked task ran.
-    """
-
-    what: str
-    mark: Optional[tuple[int, int]] = None
-    seconds: float = 0.0
-    kind: Happened = Happened.LOST
-
-
-class TimedOut(NamedTuple):
-    """The task at ``position`` ran ``seconds`` past the call's ``timeout``; its worker was
-    stopped (``what`` says how)."""
-
-    what: str
-    position: int
-    seconds: float
-    timeout: float
-    kind: Happened = Happened.TIMED_OUT
-
-
-class Garbled(NamedTuple):
-    """The answer came from ``worker`` but cannot be read here (``error``)."""
-
-    worker: str
-    error: BaseException
-    kind: Happened = Happened.GARBLED
-
-
-Event = Union[Answered, Returned, Lost, TimedOut, Garbled]
-
-#: ``(start, stop, alone)``: tasks to send again; ``alone``: never joined with others,
-#: and every task marked as it starts.
-Piece = tuple[int, int, bool]
-
-
-class Settlement(NamedTuple):
-    """What one event means for a chunk's tasks.
-
-    Attributes:
-        fate: the fate of its tasks (see ``Fate``).
-        failed: batches of tasks that end here with an error (``WorkerCrashed``,
-            ``TaskTimeout``, ``ResultNotSerializable``).
-        again: pieces to send again, ahead of everything else, in this order.
-        break_off: holders that run nothing needed any more (another copy settled
-            all they hold): stop them, and end what they wait on.
-    """
-
-    fate: Fate
-    failed: list[Batch]
-    again: list[Piece]
-    break_off: list[Any]
 
 
 class Claim:
@@ -356,7 +245,15 @@ class Ledger:
             self._charge(holder, chunk, event, failed, again)
         elif fate is Fate.TIME_OUT:
             assert isinstance(event, TimedOut)
-            self._time_out(holder, chunk, event, failed, again)
+            error = TaskTimeout(f"task {self.tasks[event.position]!r} ran longer than its timeout of "
+                                f"{event.timeout} s; {event.what}")
+            self._end(holder, chunk, event.position, error, event.seconds, failed, again)
+        elif fate is Fate.OUT_OF_MEMORY:
+            assert isinstance(event, OutOfMemory)
+            self._end(holder, chunk, event.position, event.error, event.seconds, failed, again)
+        elif fate is Fate.CANCEL:
+            assert isinstance(event, Stopped)
+            self._cancel(holder, chunk, event.positions, failed, again)
         elif fate is Fate.SPLIT:
             assert isinstance(event, Garbled)
             self._split(chunk, event, failed, again)
@@ -369,14 +266,16 @@ class Ledger:
         claims = self._held.get(holder, [])
         return bool(claims) and all(claim.state is Held.SETTLED for claim in claims)
 
-    def lose(self, holder: Hashable, event: Union[Lost, TimedOut]) -> list[Settlement]:
+    def lose(self, holder: Hashable, event: Union[Lost, TimedOut, OutOfMemory, Stopped]) -> list[Settlement]:
         """``holder`` is gone with everything it holds: the chunk it was running (the
         one its mark is in, else the first) meets ``event``; those behind it never
-        started, and go back at no cost."""
+        started, and go back at no cost. A ``Stopped`` meets every chunk it holds."""
         claims = list(self.holds(holder))
         if not claims:
             return []
-        if isinstance(event, TimedOut):
+        if isinstance(event, Stopped):
+            return [self.settle(holder, claim.chunk, event) for claim in claims]
+        if isinstance(event, (TimedOut, OutOfMemory)):
             position = event.position
         else:
             position = event.mark[0] if event.mark is not None else -1
@@ -448,16 +347,26 @@ class Ledger:
         )
         failed.append(_failure(position, error, seconds, self._name(holder), tries))
 
-    def _time_out(
-        self, holder: Any, chunk: Chunk, event: TimedOut, failed: list[Batch], again: list[Piece]
+    def _end(
+        self, holder: Any, chunk: Chunk, position: int, error: BaseException, seconds: float,
+        failed: list[Batch], again: list[Piece],
     ) -> None:
-        position = event.position
+        """The task at ``position`` ends with ``error``; the others go back at no cost."""
         again.append((chunk.start, position, False))
-        error = TaskTimeout(
-            f"task {self.tasks[position]!r} ran longer than its timeout of {event.timeout} s; {event.what}"
-        )
-        failed.append(_failure(position, error, event.seconds, self._name(holder), self.attempt(position)))
+        failed.append(_failure(position, error, seconds, self._name(holder), self.attempt(position)))
         again.append((position + 1, chunk.stop, False))
+
+    def _cancel(
+        self, holder: Any, chunk: Chunk, positions: frozenset[int], failed: list[Batch], again: list[Piece]
+    ) -> None:
+        """The tasks at ``positions`` end as cancelled; the others go back at no cost."""
+        kept = []
+        for position in range(chunk.start, chunk.stop):
+            if position in positions:
+                failed.append(_failure(position, cancelled(self.tasks[position]), 0.0, self._name(holder)))
+            else:
+                kept.append(position)
+        again.extend(_runs(kept, chunk.alone))
 
     def _split(self, chunk: Chunk, event: Garbled, failed: list[Batch], again: list[Piece]) -> None:
         if chunk.stop - chunk.start > 1:
