@@ -182,6 +182,15 @@ def _parser(prog: str = "ezpool-serve") -> argparse.ArgumentParser:
         "--ns-tls-cert", type=Path, metavar="PEM", help="certificate to show a TLS name server"
     )
     parser.add_argument("--ns-tls-key", type=Path, metavar="PEM", help="the private key of --ns-tls-cert")
+    parser.add_argument(
+        "--max-tasks-per-worker", type=_positive, metavar="N",
+        help="restart a process after it ran N tasks, for calls that set no max_tasks_per_worker",
+    )
+    parser.add_argument(
+        "--max-memory", type=_memory, metavar="SIZE",
+        help="a task that takes a process past SIZE of resident memory (e.g. 2GiB, 500MB) fails "
+        "with WorkerOutOfMemory and the process restarts, for calls that set no max_memory",
+    )
     add_dialing_flags(parser, _seconds)
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     return parser
@@ -204,6 +213,32 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
+
+
+def _memory(text: str) -> int:
+    from ._core.checks import parse_memory
+
+    try:
+        size = parse_memory("--max-memory", text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert size is not None
+    return size
+
+
+def limits(args: argparse.Namespace) -> tuple[Optional[int], Optional[int]]:
+    """``(max_tasks_per_worker, max_memory)`` from the command line, for the servant."""
+    return args.max_tasks_per_worker, args.max_memory
+
+
+def limit_flags(args: argparse.Namespace) -> list[str]:
+    """The limit flags again, for the processes of ``--procs``."""
+    command = []
+    if args.max_tasks_per_worker:
+        command += ["--max-tasks-per-worker", str(args.max_tasks_per_worker)]
+    if args.max_memory:
+        command += ["--max-memory", str(args.max_memory)]
+    return command
 
 
 def _seconds(text: str) -> float:
@@ -346,7 +381,7 @@ def _serve_one(
         signal.signal(signum, ask_stop)
     if args.parent_pid:
         threading.Thread(target=stop_with_parent, args=(args.parent_pid, ask_stop), daemon=True).start()
-    servant = Servant(instance, on_restart=ask_restart, faults=faults)
+    servant = Servant(instance, on_restart=ask_restart, faults=faults, limits=limits(args))
     try:
         server = _pyro.Server(_pyro.worker_methods(servant), args.host, args.port, args.name, key, tls)
     except OSError as exc:
@@ -401,7 +436,7 @@ def _replace_process(argv: list[str]) -> None:
     (``ezpool._worker.launch``)."""
     from ._worker.launch import serve_command, worker_env
 
-    logger.warning("restarting to stop a task that overran its timeout")
+    logger.warning("restarting: a fresh process replaces this one (see above why)")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, serve_command(argv), worker_env(os.environ, sys.path))
@@ -447,6 +482,7 @@ def _child_args(args: argparse.Namespace, port: int) -> list[str]:
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.tls_require_client_cert:
         command.append("--tls-require-client-cert")
+    command += limit_flags(args)
     if args.verbose:
         command.append("-" + "v" * args.verbose)
     return command

@@ -186,7 +186,7 @@ def worker_methods(servant: Any) -> dict[str, Callable[..., Any]]:
 
     return {
         "hello": servant.hello, "ping": servant.ping, "load": servant.load, "run_chunk": run_chunk,
-        "status": servant.status,
+        "status": servant.status, "stop": servant.stop,
     }
 
 

@@ -72,6 +72,9 @@ def dialing_child_args(args: Any) -> list[str]:
     for flag in ("tls_cert", "tls_key", "tls_ca"):
         if getattr(args, flag) is not None:
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    for flag in ("max_tasks_per_worker", "max_memory"):
+        if getattr(args, flag, None):
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.verbose:
         command.append("-" + "v" * args.verbose)
     return command

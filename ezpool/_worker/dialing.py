@@ -310,7 +310,8 @@ def serve_dialing(args: Any, instance: Any, key: Optional[bytes], tls: Any, faul
     where = where_to_dial(args.connect, getattr(args, "connect_line", None))
     leaving = Leaving(end_time(args.end_at, os.environ))
     restart: list[Callable[[], None]] = []  # set below, once the dialer exists
-    servant = Servant(instance, on_restart=lambda: restart[0](), faults=faults, leaving=leaving)
+    servant = Servant(instance, on_restart=lambda: restart[0](), faults=faults, leaving=leaving,
+                      limits=(getattr(args, "max_tasks_per_worker", None), getattr(args, "max_memory", None)))
 
     def say(line: str) -> None:
         print(f"{args.prog}: {line}", file=sys.stderr, flush=True)
@@ -377,7 +378,7 @@ def _restart(args: Any, key: Optional[bytes], dialer: Dialer) -> None:
             argv.append(arg)
     if args.connect == "-":
         argv[argv.index("-", argv.index("--connect"))] = getattr(args, "connect_line", "")
-    logger.warning("restarting to stop a task that overran its timeout")
+    logger.warning("restarting: a fresh process replaces this one (see above why)")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, serve_command(argv), env)

@@ -43,7 +43,7 @@ the text of a ``Status`` (``ezpool._core.records``):
 
 One chunk runs at a time, whoever sends it. Without a ``timeout`` it runs in the
 thread that received the request, which looks for the client's hang-up between
-groups of tasks (at most every ``_WATCH_EVERY`` seconds): nothing is handed to
+groups of tasks (at most every ``WATCH_EVERY`` seconds): nothing is handed to
 another thread, and no thread wakes to watch it. With a ``timeout`` it runs in a
 runner thread of its own, and the thread that received the request watches it:
 a task that runs past ``timeout`` (measured here, from the moment the task
@@ -60,24 +60,25 @@ import functools
 import os
 import platform
 import secrets
-import select
 import sys
 import threading
 import time
 from array import array
-from collections.abc import Sequence
 from typing import Any, Callable, Optional, cast
 
 from .._core.logs import get_logger
-from .._core.records import ChunkCall, ChunkOutcome, ExceptionRecord, GroupTimes, Status, TaskOutput
+from .._core.records import ChunkCall, ChunkOutcome, Status
 from .._core.serialization import dumps, loads_tasks, record_exception
 from .._core.shipping import fingerprint, unpack
 from ..errors import TaskTimeout
 from ..worker import BaseWorker
 from .activity import Activity
 from .faults import NO_FAULTS, Faults
+from .jobs import WATCH_EVERY, ClientGone, Hangup, Job, execute, or_leaving, stays
 from .leaving import Leaving
-from .running import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
+from .limits import MemoryGuard
+from .memory import human_size, out_of_memory
+from .running import failed_chunk, pack_chunk
 
 logger = get_logger(__name__)
 
@@ -89,26 +90,11 @@ GENERIC = "*"
 #: Functions a generic worker keeps loaded (the least recently used goes first).
 FUNCTIONS_KEPT = 32
 
-#: Seconds between two looks at a running chunk (its client, its timeout) at first
-#: (at most, for a chunk without a timeout)...
-_WATCH_EVERY = 0.05
-
-#: ...and at most, once it has run a while: the gap doubles from one look to the next,
-#: so a short chunk is answered at once and a long one costs a few wakeups, not 20 a
-#: second (which 128 workers on one machine would pay together). A task's timeout
-#: is looked at ten times over, at least.
+#: Seconds between two looks at a running chunk at first (``jobs.WATCH_EVERY``), and at
+#: most, once it has run a while: the gap doubles from one look to the next, so a short
+#: chunk is answered at once and a long one costs a few wakeups, not 20 a second (which
+#: 128 workers on one machine would pay together). A timeout is looked at ten times over.
 _WATCH_MOST = 0.5
-
-
-#: ``client_gone(seconds, wake)``: see ``Servant.run_chunk``.
-ClientGone = Callable[[float, Optional[int]], bool]
-
-
-def _stays(seconds: float = 0.0, wake: Optional[int] = None) -> bool:
-    """A client that never goes: wait ``seconds``, or until ``wake`` becomes readable."""
-    if seconds > 0:
-        select.select([] if wake is None else [wake], [], [], seconds)
-    return False
 
 
 def served_name(target: Any) -> str:
@@ -120,36 +106,6 @@ def _is_worker_class(target: Any) -> bool:
     return isinstance(target, type) and issubclass(target, BaseWorker)
 
 
-class _Job:
-    """One chunk, run by the request's thread or handed to the runner thread, and what
-    it has done so far."""
-
-    __slots__ = (
-        "run", "tasks", "fid", "first", "level", "exact", "mark", "cancel", "done", "values", "times",
-        "failures", "outputs",
-    )
-
-    def __init__(
-        self, run: Callable[..., Any], tasks: Sequence[Any], fid: str, first: int, level: Optional[int],
-        exact: bool,
-    ) -> None:
-        self.run = run
-        self.tasks = tasks
-        self.fid = fid  # what the client called the code it runs (see ``ping``)
-        self.first = first
-        self.level = level  # None, or the lowest log level to keep with what tasks print
-        self.exact = exact  # whether the mark names every task: for a timeout, run by the runner
-        self.mark = [-1]  # what runs now (see execution.group_mark), -1 between tasks
-        self.cancel = False  # set by the watching thread: stop after the current task
-        self.done = threading.Event()
-        # Filled by the runner as tasks finish, so that a timeout can answer with them.
-        # Times by group: a reply carries 16 bytes a group, not 8 a task.
-        self.values: list[Any] = []
-        self.times = GroupTimes()
-        self.failures: dict[int, ExceptionRecord] = {}
-        self.outputs: dict[int, TaskOutput] = {}
-
-
 class Servant:
     """Runs chunks of tasks with a ``BaseWorker`` instance or a plain function."""
 
@@ -159,10 +115,15 @@ class Servant:
         on_restart: Optional[Callable[[], None]] = None,
         faults: Faults = NO_FAULTS,
         leaving: Optional[Leaving] = None,
+        limits: tuple[Optional[int], Optional[int]] = (None, None),
     ) -> None:
         """``target``: a ``BaseWorker`` instance or a function to serve; ``None``: run what clients send.
-        ``leaving``: when it stops taking chunks (a worker that dials its pool)."""
+        ``leaving``: when it stops taking chunks (a worker that dials its pool). ``limits``:
+        ``(max_tasks_per_worker, max_memory)`` for calls that set none (``ezpool-serve``'s
+        flags); both need ``on_restart``."""
         self.identity = secrets.token_hex(16)
+        self._limits = limits
+        self._ran = 0  # tasks this process has run, for max_tasks_per_worker
         self.leaving = leaving or Leaving()
         self._pinned = target is not None
         if self._pinned:
@@ -178,7 +139,7 @@ class Servant:
         self.activity = Activity(target)  # what ``status`` says it did
         self._calls = 0
         self._lock = threading.Condition()
-        self._job: Optional[_Job] = None  # the chunk the runner holds, guarded by _lock
+        self._job: Optional[Job] = None  # the chunk the runner holds, guarded by _lock
         self._restarting = False
         self._leaves = leaving is not None  # it may be told to leave (its chunks look out for it)
         # The runner writes a byte here when a chunk is done, so that the thread waiting
@@ -186,6 +147,7 @@ class Servant:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
+        self._memory = MemoryGuard(self._wake_write)
         self._runner = threading.Thread(target=self._run_jobs, daemon=True, name="ezpool-runner")
         self._runner.start()
 
@@ -289,7 +251,7 @@ class Servant:
         runner writes to it when a chunk is done); without it, the client never goes.
         ``client``: its address, for ``status``.
         """
-        status, reply = self._run_call(ChunkCall(*wire), client_gone or _stays, client)
+        status, reply = self._run_call(ChunkCall(*wire), client_gone or stays, client)
         return status.value, reply
 
     def _run_call(self, call: ChunkCall, client_gone: ClientGone, client: str = "") -> tuple[Status, bytes]:
@@ -310,7 +272,7 @@ class Servant:
             while not client_gone(0.0, None):
                 if self._job is None or self._restarting:
                     break
-                self._lock.wait(_WATCH_EVERY)
+                self._lock.wait(WATCH_EVERY)
             else:
                 return Status.GONE, b""
             if self._restarting:
@@ -319,21 +281,35 @@ class Servant:
             if why:
                 return Status.LEAVING, why.encode()
             if self._leaves:  # a chunk stops early, as when its client leaves, when this worker must go
-                client_gone = _or_leaving(self.leaving, client_gone)
+                client_gone = or_leaving(self.leaving, client_gone)
             try:
                 tasks = loads_tasks(call.payloads)
             except BaseException as exc:
                 return Status.OK, pack_chunk(first, failed_chunk(count, record_exception(exc)))
-            exact = call.timeout is not None
-            job = self._job = _Job(run, tasks, str(call.fid), first, call.level, exact)
+            most, memory = self._limits_of(call)
+            recycle = most if self._on_restart is not None else None
+            if recycle is not None:  # as many as it may run before it is replaced; the rest go back
+                tasks = tasks[:max(1, recycle - self._ran)]
+            exact = call.timeout is not None or memory is not None
+            job = self._job = Job(run, tasks, str(call.fid), first, call.level, exact, memory, recycle)
+            if memory is not None:
+                job.halt = self._memory.arm(job)
             if job.exact:
                 self._lock.notify_all()  # for the runner
             self.activity.began(client)
         began = time.monotonic()
-        if call.timeout is None:
-            outcome = self._run_here(job, client_gone)
+        if not job.exact:
+            outcome: Optional[ChunkOutcome] = self._run_here(job, client_gone)
         else:
-            outcome = self._watch(job, call.timeout, client_gone)
+            try:
+                outcome = self._watch(job, call.timeout, client_gone)
+            finally:
+                self._memory.disarm(job)
+        if outcome is None or job.stopped:  # a client stopped it: the process restarts, no answer
+            return Status.GONE, b""
+        if job.recycle is not None and self._ran >= job.recycle and job.over is None:
+            logger.warning("this process ran %d tasks, its max_tasks_per_worker: restarting", self._ran)
+            self._restart()
         ran = len(outcome.values)  # a timed-out chunk answers for fewer tasks than the runner holds
         self.leaving.ran(ran, time.monotonic() - began)
         self.activity.ended(ran, sum(1 for index in outcome.failures if index < ran))
@@ -343,7 +319,7 @@ class Servant:
             return Status.GONE, b""
         return Status.OK, reply
 
-    def _run_here(self, job: _Job, client_gone: ClientGone) -> ChunkOutcome:
+    def _run_here(self, job: Job, client_gone: ClientGone) -> ChunkOutcome:
         """Run a chunk without a timeout in this, the request's thread.
 
         Handed to the runner, a chunk cost two thread wakeups more (the runner's, and
@@ -351,21 +327,68 @@ class Servant:
         together at every chunk. The client's hang-up is looked for between groups.
         """
         try:
-            _execute(job, _Hangup(client_gone, job.first))
+            execute(job, Hangup(client_gone, job.first))
         finally:
             with self._lock:
                 job.done.set()
+                self._tally(job)
                 if self._job is job:
                     self._job = None
                 self._lock.notify_all()
         return ChunkOutcome(job.values, job.times, job.failures)
 
-    def _watch(self, job: _Job, timeout: float, client_gone: ClientGone) -> ChunkOutcome:
-        """Wait for the runner, stopping it when the client leaves or a task overruns."""
+    def _limits_of(self, call: ChunkCall) -> tuple[Optional[int], Optional[int]]:
+        """``(max_tasks_per_worker, max_memory)`` for ``call``: its own, else this worker's."""
+        most, memory = self._limits
+        if call.limits is not None:
+            tasks, size = call.limits
+            most, memory = (tasks or most), (size or memory)
+        return (int(most) if most else None), (int(memory) if memory else None)
+
+    def _tally(self, job: Job) -> None:
+        """Count what ``job`` ran (with the lock held): a process that ran its
+        ``max_tasks_per_worker`` restarts, and takes no chunk from now on."""
+        self._ran += len(job.values)
+        if job.recycle is not None and self._ran >= job.recycle:
+            self._restarting = True
+
+    def _restart(self) -> None:
+        with self._lock:
+            self._restarting = True
+            self._lock.notify_all()
+        if self._on_restart is not None:
+            self._on_restart()
+
+    def stop(self, identity: str, first: int, position: int = -1) -> bool:
+        """Stop the chunk from task ``first`` that runs here, unless the task at ``position``
+        (-1: any) has finished, by restarting this process (the one way to stop a running
+        task); the chunk gets no answer. Whether it stops."""
+        if identity != self.identity or self._on_restart is None:
+            return False
+        with self._lock:
+            job = self._job
+            if job is None or job.first != first or job.done.is_set() or job.stopped:
+                return job is not None and job.stopped and job.first == first
+            if position >= 0 and position - first < len(job.values):
+                return False
+            job.stopped = job.cancel = True
+        logger.warning("a client stops the chunk from task %d, which runs here: restarting", first)
+        self._restart()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write, b"\0")
+        return True
+
+    def _watch(self, job: Job, timeout: Optional[float], client_gone: ClientGone) -> Optional[ChunkOutcome]:
+        """Wait for the runner, stopping it when the client leaves, a task overruns, the
+        process passes its memory limit, or a client stops it (``None``: no answer)."""
         seen, since = -1, time.monotonic()
-        most = max(_WATCH_EVERY, min(_WATCH_MOST, timeout / 10))
-        every = _WATCH_EVERY
+        most = _WATCH_MOST if timeout is None else max(WATCH_EVERY, min(_WATCH_MOST, timeout / 10))
+        every = WATCH_EVERY
         while not job.done.is_set():
+            if job.stopped:
+                return None
+            if job.over is not None:
+                return self._out_of_memory(job, *job.over)
             gone = False
             if job.cancel:  # the client left (a hang-up stays visible): wait for the running task
                 job.done.wait(every)
@@ -382,13 +405,33 @@ class Servant:
             if gone:
                 job.cancel = True
                 logger.info("client gone: the chunk from task %d stops after the running task", job.first)
-            if position >= 0 and now - since > timeout:
+            if timeout is not None and position >= 0 and now - since > timeout:
                 job.cancel = True
-                return self._timed_out(job, position, now - since, timeout)
+                error = TaskTimeout(
+                    f"task {job.tasks[position - job.first]!r} ran longer than its timeout of {timeout} s "
+                    f"on the worker (pid {os.getpid()}), which restarts to stop it"
+                )
+                logger.warning("task at position %d overran its timeout of %s s; restarting",
+                               position, timeout)
+                return self._cut(job, position, now - since, error)
+        if job.stopped:
+            return None
+        if job.over is not None:  # it passed the limit as the chunk ended
+            return self._out_of_memory(job, *job.over)
         return ChunkOutcome(job.values, job.times, job.failures)
 
-    def _timed_out(self, job: _Job, position: int, ran: float, timeout: float) -> ChunkOutcome:
-        """Answer with what ran; the overrunning task gets ``TaskTimeout``; restart to stop it."""
+    def _out_of_memory(self, job: Job, position: int, size: int) -> ChunkOutcome:
+        """The task at ``position`` took the process past ``max_memory``: it fails, and the
+        process restarts (the memory watch keeps it from growing on meanwhile)."""
+        job.cancel = True
+        offset = min(max(0, position - job.first), len(job.tasks) - 1)
+        error = out_of_memory(job.tasks[offset], job.memory, size, f"served worker pid {os.getpid()}")
+        logger.warning("task at position %d took this worker past max_memory (%s); restarting",
+                       job.first + offset, human_size(size))
+        return self._cut(job, job.first + offset, 0.0, error)
+
+    def _cut(self, job: Job, position: int, ran: float, error: BaseException) -> ChunkOutcome:
+        """Answer with what ran; the task at ``position`` fails with ``error``; restart to stop it."""
         with self._lock:
             self._restarting = True
             self._lock.notify_all()
@@ -397,15 +440,10 @@ class Servant:
         # Times are added a group at a time (see execution.run_chunk): the tasks of the
         # unfinished group, all short ones, were not timed.
         times.extend(array("d", bytes(8 * (offset - len(times)))))
-        error = TaskTimeout(
-            f"task {job.tasks[offset]!r} ran longer than its timeout of {timeout} s "
-            f"on the worker (pid {os.getpid()}), which restarts to stop it"
-        )
         failures = {k: v for k, v in list(job.failures.items()) if k < offset}
         failures[offset] = record_exception(error)
         values.append(None)
         times.append(ran)
-        logger.warning("task at position %d overran its timeout of %s s; restarting", position, timeout)
         if self._on_restart is not None:
             self._on_restart()
         return ChunkOutcome(values, times, failures)
@@ -418,9 +456,10 @@ class Servant:
                 while self._job is None or self._job.done.is_set() or not self._job.exact:
                     self._lock.wait()
                 job = self._job
-            _execute(job, job)
+            execute(job, job.halt or job)
             with self._lock:
                 job.done.set()
+                self._tally(job)
                 if not self._restarting:
                     self._job = None
                 self._lock.notify_all()
@@ -432,45 +471,3 @@ class Servant:
         with contextlib.suppress(OSError):
             while os.read(self._wake_read, 4096):
                 pass
-
-
-def _or_leaving(leaving: Leaving, client_gone: ClientGone) -> ClientGone:
-    def gone(seconds: float, wake: Optional[int]) -> bool:
-        return leaving.cut() or client_gone(seconds, wake)
-
-    return gone
-
-
-def _execute(job: _Job, stop: Any) -> None:
-    """Run ``job``'s tasks into it; ``stop.cancel`` ends it after the running task or group."""
-    into = ChunkOutcome(job.values, job.times, job.failures)
-    if job.level is None:
-        run_chunk(job.run, job.tasks, job.first, job.mark, into, stop, job.exact)
-    else:
-        run_chunk_captured(job.run, job.tasks, job.first, job.mark, job.level, job.outputs, into, stop)
-
-
-class _Hangup:
-    """``stop`` for a chunk run in the request's thread: ``cancel`` is whether its client
-    has hung up, looked at when a group of tasks ends, at most every ``_WATCH_EVERY``
-    seconds (a chunk shorter than that never looks). Once gone, a client stays gone."""
-
-    __slots__ = ("_client_gone", "_first", "_next", "_gone")
-
-    def __init__(self, client_gone: ClientGone, first: int) -> None:
-        self._client_gone = client_gone
-        self._first = first
-        self._next = time.monotonic() + _WATCH_EVERY
-        self._gone = False
-
-    @property
-    def cancel(self) -> bool:
-        if not self._gone:
-            now = time.monotonic()
-            if now >= self._next:
-                self._next = now + _WATCH_EVERY
-                self._gone = self._client_gone(0.0, None)
-                if self._gone:
-                    logger.info("client gone: the chunk from task %d stops after the running task",
-                                self._first)
-        return self._gone

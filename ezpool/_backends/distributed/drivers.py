@@ -214,7 +214,7 @@ class PushDriver(Driver):
         assert connection is not None
         payloads = [b"".join(parts) for parts in chunk.payloads]
         call = ChunkCall(self.link.identity, self.target.shipment.fid, chunk.start, chunk.stop - chunk.start,
-                         payloads, self.work.timeout, self.work.capture_level)
+                         payloads, self.work.timeout, self.work.capture_level, self.work.limits)
         return connection.send("run_chunk", *call.wire(), queued=queued)
 
     def _prepare(self, chunk: Chunk) -> Optional[tuple[Event, bytes]]:
@@ -308,7 +308,7 @@ class PushDriver(Driver):
             if last:
                 link.on(LinkEvent.IDLE)
         elif answered is Status.RESTARTING:
-            link.on(LinkEvent.RESTARTING, "it restarts to stop a task that overran its timeout")
+            link.on(LinkEvent.RESTARTING, "it restarts (to stop a task, or after its max_tasks_per_worker)")
         elif answered is Status.LEAVING:  # nothing ran; what it handed back costs nothing
             link.on(LinkEvent.LEFT, f"it left: {bytes(reply).decode(errors='replace')}")
         else:  # WRONG_WORKER: another process answers at its address; nothing ran

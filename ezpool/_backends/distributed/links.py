@@ -53,7 +53,7 @@ class LinkEvent(enum.Enum):
     IDLE = "holds nothing any more"
     SILENT = "left a check unanswered for heartbeat seconds"
     BROKEN = "its connection broke"
-    RESTARTING = "restarts to stop a task past its timeout"
+    RESTARTING = "restarts: to stop a task, or to be replaced after max_tasks_per_worker"
     REPLACED = "another process answers at its address"
     FAILED = "the thread driving it failed"
     LEFT = "left its pool (told to stop, or its job ends): it comes back no more"

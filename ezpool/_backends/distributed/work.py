@@ -121,6 +121,8 @@ class Work:
         self.timeout = options.timeout
         self.backup = backups(options, pending.feed)
         self.depth = held_at_once(options, pending.feed)
+        # The call's limits on the workers' processes, as they travel (``ChunkCall.limits``).
+        self.limits = limits(options)
         # The lowest log level kept with what tasks print, or None; sent only when set.
         self.capture_level = capture_level(options)
         # A worker's mark is only what it last reported (``breaks``): a loss is laid on a
@@ -390,7 +392,16 @@ def held_at_once(options: Options, feed: Optional[Feed]) -> int:
     backup copy on an idle worker gets it done sooner. Without backups (``backup=False``
     or a live source) a worker holds only the chunk it runs.
     """
+    if options.max_tasks_per_worker is not None:  # a chunk behind would find its worker restarting
+        return 1
     return PIPELINE if backups(options, feed) else 1
+
+
+def limits(options: Options) -> Optional[list[int]]:
+    """``[max_tasks_per_worker, max_memory]`` (0: none) for the workers, or ``None`` when neither is set."""
+    if options.max_tasks_per_worker is None and options.max_memory is None:
+        return None
+    return [options.max_tasks_per_worker or 0, options.max_memory or 0]
 
 
 def chunk_of(answer: Optional[ChunkReply], chunks: list[Chunk]) -> str:
