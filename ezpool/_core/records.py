@@ -219,6 +219,8 @@ class ChunkCall(NamedTuple):
         timeout: seconds a task may run there (``None``: no limit).
         level: ``None``, or the lowest log level to keep with what tasks print
             (sent only when set, so that a call without it is one any worker knows).
+        limits: ``None``, or ``[max_tasks_per_worker, max_memory]`` (0: none), the
+            call's limits on the worker's process (sent only when set, like ``level``).
     """
 
     identity: str
@@ -228,10 +230,13 @@ class ChunkCall(NamedTuple):
     payloads: list[bytes]
     timeout: Optional[float]
     level: Optional[int] = None
+    limits: Optional[list[int]] = None
 
     def wire(self) -> list[Any]:
         """The arguments as they travel."""
-        return list(self) if self.level is not None else list(self[:-1])
+        if self.limits is not None:
+            return list(self)
+        return list(self[:-1]) if self.level is not None else list(self[:-2])
 
 
 class Status(str, enum.Enum):
