@@ -258,7 +258,7 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
             return 1
         if mode == "distributed":
             return max(2, planned_workers(settings.workers))
-        if multiprocessing.current_process().daemon:
+        if mode != "threads" and multiprocessing.current_process().daemon:
             warnings.warn(
                 "the 'ezpool' joblib backend cannot start processes in a daemonic process; "
                 "setting n_jobs=1",
@@ -343,15 +343,15 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:
             if self._executor is None:
                 call, size = self._call, self._size
-                parallel = call.mode == "parallel"
-                options = {**call.options, "ncpu": size} if parallel else call.options
+                sized = {"parallel": "ncpu", "threads": "nthreads"}.get(call.mode)
+                options = {**call.options, sized: size} if sized else call.options
 
                 def make() -> PoolExecutor:
                     logger.debug("starting a %s executor for joblib (%d jobs)", call.mode, size)
                     return PoolExecutor(call.mode, **options)
 
-                # The number of jobs sizes a parallel pool; workers are what they are.
-                self._executor = self.kept.take((call.mode, call.settings, size if parallel else None), make)
+                # The number of jobs sizes a parallel (or threads) pool; workers are what they are.
+                self._executor = self.kept.take((call.mode, call.settings, size if sized else None), make)
                 self._made_for = (call, size)
             return self._executor
 

@@ -6,7 +6,7 @@ The tests are imported from the ``test`` package of the interpreter that runs th
 module (``test.test_concurrent_futures``: a package since 3.12, one module in 3.9
 and 3.10), never copied here. Its executor-protocol suites (``ExecutorTest``,
 ``WaitTests``, ``AsCompletedTests``, ``ExecutorShutdownTest``) run in every mode;
-the serial mode also runs ``ThreadPoolExecutorTest`` and the parallel mode
+the serial and threads modes also run ``ThreadPoolExecutorTest`` and the parallel mode
 ``ProcessPoolExecutorTest``, the suites of the stdlib executors they stand in for.
 Each mode is a mixin, as in CPython's ``util``: ``executor_type`` is a small
 ``PoolExecutor`` subclass taking the arguments the tests pass (``max_workers``,
@@ -47,8 +47,8 @@ EXCLUDED: dict[tuple[str, str], str] = {
     ("ExecutorShutdownTest", "test_submit_after_interpreter_shutdown"): _CHILD_SCRIPT,
     ("ExecutorShutdownTest", "test_hang_gh83386"): _CHILD_SCRIPT,
     ("ThreadPoolExecutorTest", "test_default_workers"):
-        "checks ThreadPoolExecutor's own default max_workers, min(32, cpus + 4); "
-        "the serial mode has one thread",
+        "reads the private _max_workers of ThreadPoolExecutor, min(32, cpus + 4); the serial mode "
+        "has one thread, and the threads mode starts that many (tests/test_threads.py)",
     ("ThreadPoolExecutorTest", "test_saturation"): "counts ThreadPoolExecutor's private _threads",
     ("ThreadPoolExecutorTest", "test_idle_thread_reuse"): "counts ThreadPoolExecutor's private _threads",
     ("ThreadPoolExecutorTest", "test_hang_global_shutdown_lock"):
@@ -89,6 +89,13 @@ class SerialExecutor(PoolExecutor):
 
     def __init__(self, max_workers: Optional[int] = None, **options: Any) -> None:
         super().__init__("serial", max_workers, **options)
+
+
+class ThreadsExecutor(PoolExecutor):
+    """The threads mode, built as the tests build a ``ThreadPoolExecutor``."""
+
+    def __init__(self, max_workers: Optional[int] = None, **options: Any) -> None:
+        super().__init__("threads", max_workers, **options)
 
 
 class ParallelExecutor(PoolExecutor):
@@ -151,7 +158,7 @@ def load_cpython_tests() -> types.SimpleNamespace:
 def build_suite(cpython: types.SimpleNamespace, mode: str) -> unittest.TestSuite:
     """Every suite that ``mode`` runs, as test cases of classes made here, exclusions skipped."""
     kind, start_method = MODES[mode].kind, MODES[mode].start_method
-    executor_type = {"serial": SerialExecutor, "parallel": ParallelExecutor,
+    executor_type = {"serial": SerialExecutor, "threads": ThreadsExecutor, "parallel": ParallelExecutor,
                      "distributed": DistributedExecutor}[kind]
     if MODES[mode].dial_in:
         executor_type = DialInExecutor
@@ -161,7 +168,7 @@ def build_suite(cpython: types.SimpleNamespace, mode: str) -> unittest.TestSuite
     attributes["worker_count"] = _WORKERS
     mixin = type(f"{mode.title()}Mixin", (cpython.ExecutorMixin,), attributes)
     suites: list[type] = [cpython.WaitTests, cpython.AsCompletedTests, cpython.ExecutorShutdownTest]
-    if kind == "serial":
+    if kind in ("serial", "threads"):
         suites.append(cpython.ThreadPoolExecutorTest)  # ExecutorTest, and the thread pool's own
     elif kind == "parallel":
         suites.append(cpython.ProcessPoolExecutorTest)  # ExecutorTest, and the process pool's own
@@ -188,7 +195,7 @@ def print_exclusions() -> None:
         print(f"  {owner}.{test}: {reason}")
     for module, reason in NOT_RUN.items():
         print(f"  {module} (whole module): {reason}")
-    print("  (test_thread_pool / test_process_pool suites run only in the serial / parallel mode)")
+    print("  (test_thread_pool runs only in the serial and threads modes, test_process_pool in the parallel)")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

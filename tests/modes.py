@@ -27,7 +27,7 @@ class Mode:
         self.start_method = start_method
         self.dial_in = dial_in  # distributed workers that dial in to the pool
         #: Whether tasks run in another process (their exceptions arrive rebuilt).
-        self.remote = kind != "serial"
+        self.remote = kind not in ("serial", "threads")
 
     def options(self, workers: int = 2) -> dict[str, Any]:
         """The options that select this mode with ``workers`` workers (``ncpu`` aside: the
@@ -50,8 +50,8 @@ class Mode:
         return PoolExecutor(self.kind, **self._counted(workers), **options)
 
     def _counted(self, workers: int) -> dict[str, Any]:
-        ncpu = {"ncpu": workers} if self.kind == "parallel" else {}
-        return {**self.options(workers), **ncpu}
+        count = {"parallel": {"ncpu": workers}, "threads": {"nthreads": workers}}.get(self.kind, {})
+        return {**self.options(workers), **count}
 
     def __repr__(self) -> str:
         return f"Mode({self.name!r})"
@@ -103,12 +103,13 @@ class LocalDialers(Cluster):
                 process.wait()
 
 
-#: Every mode, by name: the serial loop, processes under each start method, and
+#: Every mode, by name: the serial loop, threads of this process, processes under each start method, and
 #: distributed workers (dialled by the pool, and dialling in to it).
 MODES: dict[str, Mode] = {
     mode.name: mode
     for mode in (
         Mode("serial", "serial"),
+        Mode("threads", "threads"),
         Mode("fork", "parallel", "fork"),
         Mode("spawn", "parallel", "spawn"),
         Mode("forkserver", "parallel", "forkserver"),
