@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, TypeVar, Union
 
 from ._core.logs import get_logger
@@ -86,6 +86,14 @@ class Results(Dict[Any, R]):
         self._workers: Optional[dict[Any, str]] = None
         self._record: Optional[Recording] = None
         self._timeline: Optional[Timeline] = None
+        self._tries: dict[Any, int] = {}  # task -> runs, for tasks run more than once (retries)
+
+    @property
+    def attempts(self) -> Mapping[Any, int]:
+        """How many times each task ran: 1, or more where ``retries`` ran it again (a run
+        cut by its worker's death and run again under ``max_attempts`` is not counted
+        here: the timeline shows those)."""
+        return _Attempts(self, self._tries)
 
     @property
     def timeline(self) -> Timeline:
@@ -174,6 +182,7 @@ class ResultsBuilder:
         self._time_parts: list[tuple[int, Sequence[float]]] = []  # (first position, times), as they came
         self._spans: list[tuple[int, int, str]] = []
         self._failed: list[int] = []
+        self._tries: dict[int, int] = {}
         self._reported = 0
 
     def add(self, batch: Batch) -> None:
@@ -183,6 +192,8 @@ class ResultsBuilder:
         self._spans.append((start, stop, batch.worker))
         if batch.failed:
             self._failed.extend(start + offset for offset in batch.failed)
+        if batch.tries > 1:
+            self._tries.update(dict.fromkeys(range(start, stop), batch.tries))
         self._reported += stop - start
         if start != self._next:
             self._early[start] = batch
@@ -220,6 +231,7 @@ class ResultsBuilder:
         results.errors = {self._keys[position]: results[self._keys[position]] for position in failed}
         results.wall_time = wall_time
         results._keys, results._time_parts, results._spans = keys, [(0, times)], rebased
+        results._tries = {self._keys[position]: tries for position, tries in self._tries.items()}
         return results
 
     def finish(self, wall_time: float) -> Results:
@@ -231,4 +243,30 @@ class ResultsBuilder:
         results.errors = {keys[position]: results[keys[position]] for position in sorted(self._failed)}
         results.wall_time = wall_time
         results._keys, results._time_parts, results._spans = self._keys, self._time_parts, self._spans
+        results._tries = {keys[position]: tries for position, tries in self._tries.items()}
         return results
+
+
+class _Attempts(Mapping[Any, int]):
+    """``Results.attempts``: 1 for every task, but those ``retries`` ran again."""
+
+    def __init__(self, results: Results[Any], tries: dict[Any, int]) -> None:
+        self._results = results
+        self._tries = tries
+
+    def __getitem__(self, task: Any) -> int:
+        found = self._tries.get(task)
+        if found is not None:
+            return found
+        if task in self._results:
+            return 1
+        raise KeyError(task)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __repr__(self) -> str:
+        return f"<attempts of {len(self)} tasks, {len(self._tries)} run more than once>"

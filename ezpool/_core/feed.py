@@ -66,6 +66,7 @@ class Live:
         self._reader: Optional[int] = None  # the thread that last read
         self._fed = 0.0  # when it last took tasks (time.monotonic)
         self._givers = 0  # threads in put() waiting for a reader to take what they put
+        self._poked = False  # poke() was called since the last wait()
         self.closed = False
 
     def put(self, entries: Iterable[Any]) -> None:
@@ -97,6 +98,13 @@ class Live:
         idle = not self._waiting  # else the reader was woken already and has not read yet
         add(entries)
         return self._wake() if idle else False
+
+    def poke(self) -> None:
+        """Wake the reader, as new entries would, though nothing was put here: work came from
+        elsewhere (a task to run again, now due). A ``wait`` that begins after this returns at once."""
+        with self._lock:
+            self._poked = True
+            self._wake()
 
     def close(self) -> None:
         """Take no more entries; those already waiting are still handed out."""
@@ -157,12 +165,13 @@ class Live:
         if not self.reading.is_set():
             self.reading.set()
         with self._cond:
-            if not self._waiting and not self.closed:
+            if not self._waiting and not self.closed and not self._poked:
                 self._readers += 1
                 try:
                     self._cond.wait(timeout)
                 finally:
                     self._readers -= 1
+            self._poked = False
 
     def add_waker(self, wake: Callable[[], bool]) -> None:
         """Call ``wake`` (with the source's lock held: it must not block) whenever entries

@@ -71,9 +71,11 @@ class Batch:
             (``time.perf_counter``), where known; the timeline corrects it to the
             caller's clock (``ezpool._core.recording``).
         attempt: which run of its tasks this is (2: the second, after a worker died).
+        tries: how many times its tasks ran for ``retries`` (1: never run again).
     """
 
-    __slots__ = ("start", "values", "elapsed", "failed", "worker", "outputs", "stored", "origin", "attempt")
+    __slots__ = ("start", "values", "elapsed", "failed", "worker", "outputs", "stored", "origin", "attempt",
+                 "tries")
 
     def __init__(
         self,
@@ -93,6 +95,7 @@ class Batch:
         self.stored = False
         self.origin: Optional[float] = None
         self.attempt = 1
+        self.tries = 1
 
     def __repr__(self) -> str:
         return (

@@ -5,7 +5,8 @@ outcomes a store already holds); ``imap`` hands its outcomes on as they come
 (``outcomes``); ``PoolExecutor`` settles futures from it. Whatever consumes it,
 each batch has first been::
 
-    backend.run(fun, tasks) ── Batch ──▶ stored (sweep.record, with ``store=``)
+    backend.run(fun, tasks) ── Batch ──▶ (with ``retries``: failures to retry kept back, see retrying)
+                                         stored (sweep.record, with ``store=``)
                                          shown  (what tasks printed, with ``capture_output``)
                                          counted (progress: the bar, the hook)
                                          ──▶ yielded to the consumer
@@ -25,6 +26,7 @@ from .progress import Progress
 from .recording import Recording, settings_of
 from .records import Batch
 from .relay import Relay
+from .retrying import Failure, RetryFeed, open_retries
 from .stopping import Stops
 from .tasks import iterate_tasks
 
@@ -53,6 +55,7 @@ def stream(
     eager: bool = False,
     record: Optional[Recording] = None,
     stops: Optional[Stops] = None,
+    failure: Optional[Failure] = None,
 ) -> Generator[Batch, None, None]:
     """``fun`` over ``tasks`` (a list of distinct tasks, or a ``Feed``) on ``backend``: each
     batch as it finishes, once recorded in ``sweep``, relayed, counted and kept in ``record``.
@@ -60,31 +63,54 @@ def stream(
     ``total`` is the number of tasks, where known (for the progress bar); ``eager`` asks
     for every outcome as soon as it is known, even where waiting would batch more.
     Closing the generator stops the work; ``stops`` asks the backend, from other
-    threads, to stop tasks that run (``ezpool._core.stopping``). Without ``record`` one is made that keeps
-    only which workers are live, unless a trace or report is asked for; the trace and
-    report in ``options`` are written when the stream ends (``map`` writes its own).
+    threads, to stop tasks that run (``ezpool._core.stopping``). ``failure`` finds the
+    exception of a task that failed inside its value, for ``retries`` (an executor's
+    call). Without ``record`` one is made that keeps only which workers are live,
+    unless a trace or report is asked for; the trace and report in ``options`` are
+    written when the stream ends (``map`` writes its own). With ``retries``, the
+    backend runs a ``RetryFeed`` of runs, and each batch is turned back into the
+    call's positions here (``ezpool._core.retrying``).
     """
     if record is None:
         record = open_recording(tasks, backend.mode, options)
     live = record.live if backend.mode == "distributed" else None
     progress = Progress(options.progress, options.msg, tasks, total, live)
     relay = Relay(tasks, progress)
-    batches = backend.run(fun, tasks, options, progress.per_task or eager, record, stops)
+    retrying = open_retries(tasks, options, failure)
+    if retrying is not None:
+        record.reading(retrying)  # it numbers runs, not tasks
+    runs = tasks if retrying is None else retrying
+    batches = backend.run(fun, runs, options, progress.per_task or eager, record, stops)
     try:
         for batch in batches:
-            if sweep is not None and not batch.stored:
-                sweep.record(tasks, batch.start, batch.values, batch.elapsed, batch.failed, batch.worker)
-            if batch.outputs:
-                relay.show(batch)
-            record.add(batch)
-            progress.update(batch)
-            yield batch
+            for part, final in _settled(batch, retrying, record):
+                if part.outputs:
+                    relay.show(part)
+                if not final:  # its task runs again: only the last run is kept and counted
+                    continue
+                if sweep is not None and not part.stored:
+                    sweep.record(tasks, part.start, part.values, part.elapsed, part.failed, part.worker)
+                progress.update(part)
+                yield part
     finally:
         batches.close()
+        if retrying is not None:
+            retrying.close()
         progress.close()
         record.end()
         if record.keep and isinstance(tasks, Feed):
             write_outputs(record, options)
+
+
+def _settled(
+    batch: Batch, retrying: Optional[RetryFeed], record: Recording
+) -> Iterable[tuple[Batch, bool]]:
+    """``batch`` recorded, as parts in the call's positions, each with whether it is final
+    (with retries, a failure that runs again is not)."""
+    if retrying is not None:
+        return retrying.settle(batch, record)
+    record.add(batch)
+    return ((batch, True),)
 
 
 def open_recording(tasks: Sequence[Any], mode: str, options: Options, workers: int = 0) -> Recording:
@@ -194,6 +220,8 @@ def placed(batch: Batch, where: list[int]) -> Generator[Batch, None, None]:
         while end < count and where[batch.start + end] == where[batch.start + offset] + end - offset:
             end += 1
         failed = {spot - offset for spot in batch.failed if offset <= spot < end}
-        yield Batch(where[batch.start + offset], batch.values[offset:end], batch.elapsed[offset:end],
-                    failed, batch.worker)
+        part = Batch(where[batch.start + offset], batch.values[offset:end], batch.elapsed[offset:end],
+                     failed, batch.worker)
+        part.tries = batch.tries
+        yield part
         offset = end
