@@ -267,7 +267,8 @@ class Pool:
         return 1
 
     def _map(
-        self, mode: str, fun: Any, tasks: Iterable[Hashable], given: dict[str, Any], stops: Optional[Stops] = None
+        self, mode: str, fun: Any, tasks: Iterable[Hashable], given: dict[str, Any],
+        stops: Optional[Stops] = None,
     ) -> Results:
         """``map``: the stream of the distinct tasks that are not stored yet, collected (``stops``:
         asks from another thread to stop its tasks, as ``amap`` does when cancelled)."""
