@@ -39,35 +39,29 @@ second call pays no start-up either.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
-import socket
-import sys
 from collections.abc import Generator, Iterator, Sequence
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from multiprocessing.util import Finalize
 from time import perf_counter
-from types import FunctionType
 from typing import Any, Callable, Optional, Union
 
-from ..._core.chunking import Chunk, ChunkQueue, Priors
+from ..._core.chunking import ChunkQueue, Priors
 from ..._core.deaths import how_it_ended
-from ..._core.feed import Live
 from ..._core.ledger import Answered, Garbled, Ledger, Lost, Settlement, TimedOut
 from ..._core.logs import get_logger
 from ..._core.parcels import Parcel, Shelf
 from ..._core.recording import Recording
-from ..._core.records import Batch, ChunkReply, ChunkRequest, run_time
+from ..._core.records import Batch, ChunkReply, run_time
 from ..._core.relay import capture_level
-from ..._core.serialization import dumps, rebuild, short_repr
+from ..._core.serialization import rebuild
 from ..._core.stopping import Stops
-from ..._core.tasks import bind
 from ...errors import EzPoolError, WorkerCrashed
 from ...options import Options
 from ..base import Backend
-from . import pipes
 from .processes import STOP_GRACE, WorkerProcess, preload, stop_with
+from .sending import Waker, forget, main_functions, publish, send_request, sent_reply
 
 logger = get_logger(__name__)
 
@@ -75,10 +69,6 @@ __all__ = ["ParallelBackend", "available_cpus"]
 
 #: Longest pause between two looks for overdue tasks when a timeout is set.
 _TIMEOUT_POLL = 0.1
-
-#: A piece of tasks in one part smaller than this rides inside the request; a
-#: larger one follows it, part by part (see ``_send_request``).
-_INLINE = 1 << 16
 
 #: Chunks a worker holds at once: one running, one waiting, so it never idles
 #: while the calling process is busy with another worker's results.
@@ -127,12 +117,12 @@ class ParallelBackend(Backend):
         # How the processes come by a function of __main__ (else it travels by value):
         # they run the script again, or were all forked from here since it was there.
         if forks and (not self._processes or self._shape != (ncpu, options.start_method)):
-            self._forked_with = _main_functions()  # the processes are all forked after now
+            self._forked_with = main_functions()  # the processes are all forked after now
         named = self._forked_with.get(getattr(fun, "__qualname__", None)) is fun
         main = "import" if not forks else "fork" if named else None
         if not forks:
             self._start(ncpu, options.start_method)
-        parcel = _publish(self._shelf, fun, options.context, ncpu, main)
+        parcel = publish(self._shelf, fun, options.context, ncpu, main)
         if forks:
             self._start(ncpu, options.start_method)
         prior = self._priors.get(parcel.fid)
@@ -212,7 +202,7 @@ class _Call:
         self.ledger = Ledger(tasks, options.max_attempts, name=lambda proc: proc.name)
         self.stillborn = 0  # processes that died before running anything, this call
         live = pending.feed.live if pending.feed is not None else None
-        self.waker = _Waker(live) if live is not None else None
+        self.waker = Waker(live) if live is not None else None
         for proc in backend._processes:
             proc.seen = (-1, 0.0)  # positions restart with every call
 
@@ -259,7 +249,7 @@ class _Call:
                     # sized with these run times too (it still has one to run meanwhile).
                     decoded = self._answered(proc, reply)
                     if not self.ledger.holds(proc):
-                        _forget(busy, proc)
+                        forget(busy, proc)
                     self._feed(proc, busy)
                     yield from decoded
                 if self.timeout is not None:
@@ -299,7 +289,7 @@ class _Call:
             try:
                 # Every task is marked where a timeout must find it, or a crash is narrowed down.
                 exact = self.timeout is not None or chunk.alone
-                _send_request(proc.conn, fid, parcel, chunk, exact, self.capture_level)
+                send_request(proc.conn, fid, parcel, chunk, exact, self.capture_level)
             except OSError:  # it died: its sentinel will say so; this chunk never left
                 self.pending.put_back(chunk.start, chunk.stop, alone=chunk.alone)
                 if not self.ledger.holds(proc):
@@ -361,14 +351,14 @@ class _Call:
 
     def _lost(self, proc: WorkerProcess, busy: dict[Any, WorkerProcess], timed_out: bool) -> Iterator[Batch]:
         """A process died (or was killed for a timeout) with chunks in flight."""
-        _forget(busy, proc)
+        forget(busy, proc)
         position, group, began = proc.running(perf_counter())
         if timed_out:
             proc.process.kill()
         proc.process.join(STOP_GRACE)
         # Replies it finished sending before it died are good: use them.
         while self.ledger.holds(proc):
-            reply = _sent_reply(proc)
+            reply = sent_reply(proc)
             if reply is None:
                 break
             yield from self._answered(proc, reply)
@@ -410,89 +400,3 @@ class _Call:
         self._apply(self.ledger.release(proc, f"its process {how} before running any task"))
         replacement = self.backend._replace(proc)
         self._feed(replacement, busy)
-
-
-class _Waker:
-    """Wakes the caller's ``wait`` on the pipes when tasks arrive in a live source."""
-
-    def __init__(self, live: Live) -> None:
-        self.live = live
-        self.handle, self._poke = socket.socketpair()
-        self.handle.setblocking(False)
-        self._poke.setblocking(False)
-        self.watching = False  # whether the caller's wait includes the handle now
-        live.add_waker(self._wake)
-
-    def _wake(self) -> bool:
-        with contextlib.suppress(OSError):  # full (it will wake anyway) or closed (the call ended)
-            self._poke.send(b"!")
-        return self.watching
-
-    def clear(self) -> None:
-        try:
-            while self.handle.recv(4096):
-                pass
-        except OSError:
-            pass
-
-    def wait(self) -> None:
-        self.live.wait()
-
-    def close(self) -> None:
-        self.live.remove_waker(self._wake)
-        self.handle.close()
-        self._poke.close()
-
-
-def _main_functions() -> dict[str, Any]:
-    """The functions of ``__main__`` now, by name."""
-    found = vars(sys.modules["__main__"]) if "__main__" in sys.modules else {}
-    return {name: value for name, value in found.items() if isinstance(value, FunctionType)}
-
-
-def _publish(
-    shelf: Shelf, fun: Callable[..., Any], context: Any, workers: int, main: Optional[str] = None
-) -> Parcel:
-    """The parcel of ``fun`` bound to ``context``; a ``TypeError`` naming what cannot be sent."""
-    try:
-        return shelf.publish(bind(fun, context), workers, main)
-    except TypeError as exc:
-        if context is not None:
-            try:
-                dumps(context)
-            except Exception as error:
-                raise TypeError(
-                    f"cannot send the context {short_repr(context)} to another process: {error}"
-                ) from error
-            raise TypeError(f"cannot send {fun!r} to another process: {exc.__cause__}") from exc.__cause__
-        raise
-
-
-def _send_request(
-    conn: Connection, fid: str, parcel: Optional[Parcel], chunk: Chunk, exact: bool, level: Optional[int]
-) -> None:
-    """Send a chunk as ``child.main`` reads it: a ``ChunkRequest`` (as a tuple) whose
-    pieces are their pickles when small, or else ``None``, each pickle then following
-    as a message of its own."""
-    payloads = chunk.payloads
-    pieces = [parts[0] if len(parts) == 1 and len(parts[0]) < _INLINE else None for parts in payloads]
-    request = ChunkRequest(fid, parcel, chunk.start, chunk.stop, exact, pieces, level)
-    pipes.send(conn, [dumps(tuple(request))])
-    for parts, piece in zip(payloads, pieces):
-        if piece is None:
-            pipes.send(conn, parts)
-
-
-def _sent_reply(proc: WorkerProcess) -> Optional[memoryview]:
-    """A whole reply that a dead process left in its pipe, if there is one."""
-    try:
-        return proc.inbox.receive(proc.conn) if proc.conn.poll(0) else None
-    except (EOFError, OSError):
-        return None
-
-
-def _forget(busy: dict[Any, Any], proc: WorkerProcess) -> None:
-    """Stop watching a process's pipe and sentinel."""
-    for handle in (proc.conn, proc.process.sentinel):
-        busy.pop(handle, None)
-

@@ -15,11 +15,13 @@ may not have children. None of them outlives the pool that started it:
   so it watches the caller's pid); the processes of its own EzPool pools run the
   same loop, so they follow it within another half second.
 
-Each process has a ``mark``: one 64-bit integer in memory shared with the caller,
-the position of the task it is running, or of the group of tiny tasks (-1: none;
-see ``execution.group_mark``), so that a crash or a timeout is blamed on that
-task, or narrowed down to it. It is an anonymous shared page, which a forked process
-inherits; a ``spawn`` or ``forkserver`` process gets it as a memory file
+Each process has a ``mark``: two 64-bit integers in memory shared with the caller.
+The first is the position of the task it is running, or of the group of tiny tasks
+(-1: none; see ``execution.group_mark``), so that a crash or a timeout is blamed
+on that task, or narrowed down to it. The second is 0, or the resident size the
+process reached past its ``max_memory`` (``ezpool._worker.memory``): written before
+it answers and retires, or before its watchdog kills it. It is an anonymous shared
+page, which a forked process inherits; a ``spawn`` or ``forkserver`` process gets it as a memory file
 descriptor (``memfd``), sent with its start-up arguments (each side then holds
 the mapping's own descriptor while the process lives). Neither needs ``ctypes``,
 the ``multiprocessing`` heap, or a file.
@@ -35,7 +37,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import DupFd
 from multiprocessing.util import Finalize
 from time import monotonic, perf_counter
-from typing import Any
+from typing import Any, Optional
 
 from ..._core.deaths import MemoryWitness
 from ..._core.logs import get_logger
@@ -54,14 +56,15 @@ STOP_GRACE = 2.0
 #: children of an exiting process; ``multiprocessing.Pool`` uses 15 for the same reason.
 _EXIT_PRIORITY = 10
 
-#: Bytes of a mark: one signed 64-bit integer.
-_MARK_BYTES = 8
+#: Bytes of a mark: two signed 64-bit integers (what runs; the size past ``max_memory``).
+_MARK_BYTES = 16
 
 
 class WorkerProcess:
     """One worker process, seen from the calling process."""
 
-    __slots__ = ("process", "conn", "inbox", "mark", "name", "holds", "seen", "served", "witness", "born")
+    __slots__ = ("process", "conn", "inbox", "mark", "name", "holds", "seen", "served", "witness", "born",
+                 "ran", "limit")
 
     def __init__(self, context: Any) -> None:
         self.born = perf_counter()  # when it was started (``time.perf_counter``), for the timeline
@@ -70,6 +73,7 @@ class WorkerProcess:
         try:
             self.mark = memoryview(buffer).cast("B").cast("q")
             self.mark[0] = -1
+            self.mark[1] = 0
             self.process = context.Process(
                 target=child.main, args=(child_end, sent, os.getpid()), daemon=False, name="ezpool-worker"
             )
@@ -85,6 +89,13 @@ class WorkerProcess:
         self.seen = (-1, 0.0)  # (mark, when the caller first saw it), for timeouts
         self.served = False  # whether it ever sent a reply
         self.witness = MemoryWitness.of(self.process.pid)  # to tell an OOM kill from another SIGKILL
+        self.ran = 0  # tasks it answered for (for ``max_tasks_per_worker``)
+        self.limit: Optional[int] = None  # the ``max_memory`` it was told (``child.Limits``)
+
+    @property
+    def outgrown(self) -> int:
+        """The resident size it reached past its ``max_memory`` (0: it did not)."""
+        return int(self.mark[1])
 
     def running(self, now: float) -> tuple[int, int, float]:
         """What runs now: the position of its first task (-1: none), how many tasks
@@ -132,7 +143,7 @@ def _shared_mark(context: Any) -> tuple[Any, Any]:
         return page, page
     memfd_create = getattr(os, "memfd_create", None)
     if memfd_create is None or method not in ("spawn", "forkserver"):  # pragma: no cover - not Linux
-        raw = context.RawArray("q", 1)
+        raw = context.RawArray("q", _MARK_BYTES // 8)
         return raw, raw
     fd = memfd_create("ezpool-mark", os.MFD_CLOEXEC)
     try:
