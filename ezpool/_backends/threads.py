@@ -203,7 +203,9 @@ class _Crew:
                 error = TaskTimeout(f"task {task!r} ran longer than its timeout of {timeout} s; its thread "
                                     "cannot be stopped and runs on, abandoned (a new thread took its place)")
                 logger.warning("task %r ran past %s s: its thread %s is abandoned", task, timeout, name)
-                self.threads.pop(name, None)
+                abandoned = self.threads.pop(name, None)
+                if abandoned is not None:
+                    abandoned.name += " (abandoned)"
                 self.outbox.put(batch_of(position, [error], [ran], {0}, name, began))
                 self.start_thread()
                 cut = True
