@@ -22,19 +22,22 @@ feed's ``Live`` (``Live.poke``).
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import concurrent.futures
 import heapq
 import itertools
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union, overload
 
 from .feed import Feed, Live
 from .logs import get_logger
 from .records import Batch
+from .stopping import Stops
 
 if TYPE_CHECKING:
     from ..options import Options
@@ -42,14 +45,15 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-__all__ = ["RetryPolicy", "RetryFeed", "open_retries"]
+__all__ = ["RetryPolicy", "RetryFeed", "RunStops", "open_retries"]
 
 #: The longest wait before a run again, whatever ``retry_backoff`` doubles to
 #: (unless ``retry_backoff`` itself is longer).
 BACKOFF_CAP = 60.0
 
-#: Exceptions that end a task whatever ``retry_on`` says.
-_NEVER = (KeyboardInterrupt, SystemExit)
+#: Exceptions that end a task whatever ``retry_on`` says (a task stopped on purpose is
+#: one: ``ezpool._core.stopping``).
+_NEVER = (KeyboardInterrupt, SystemExit, concurrent.futures.CancelledError, asyncio.CancelledError)
 
 
 class RetryPolicy(NamedTuple):
@@ -127,7 +131,7 @@ class RetryFeed(Feed):
         self.limit = self._feed.limit if self._feed is not None else max(1, len(tasks))
         self.read = 0
         self._starts: list[int] = []  # first runs of the blocks held, ascending
-        self._blocks: dict[int, _Block] = {}
+        self._runs_held: dict[int, _Block] = {}
         self._left: dict[int, int] = {}  # first run -> runs of its block not yet settled
         self._unsettled = 0  # runs read and not yet settled
         self._next = 0  # a list's: the position of the next task to read
@@ -141,6 +145,8 @@ class RetryFeed(Feed):
         self._rng = random.Random()
         self._timer: Optional[threading.Thread] = None
         self._closed = False
+        self._stopping: set[int] = set()  # tasks stopped while they waited to run again
+        self._stops: Optional[RunStops] = None
 
     # --- the Feed, as the backends read it ----------------------------------------------
 
@@ -173,6 +179,10 @@ class RetryFeed(Feed):
             due = [self._due.popleft() for _ in range(min(count, len(self._due)))]
         for again in due:
             runs.append(self._add(again.position, 1, again))
+            if again.position in self._stopping:  # stopped while it waited to run again
+                self._stopping.discard(again.position)
+                if self._stops is not None:
+                    self._stops.later(runs[-1][0])
         rest = count - len(due)
         if rest <= 0 or self._outer_done:
             return runs
@@ -216,14 +226,14 @@ class RetryFeed(Feed):
     def __getitem__(self, index: Union[int, slice]) -> Any:
         if not isinstance(index, slice):
             first = self._block_of(index)
-            start, _, again = self._blocks[first]
+            start, _, again = self._runs_held[first]
             return again.task if again is not None else self.outer[start + index - first]
         begin, end, _ = index.indices(self.read)
         found: list[Any] = []
         run = begin
         while run < end:
             first = self._block_of(run)
-            start, count, again = self._blocks[first]
+            start, count, again = self._runs_held[first]
             stop = min(end, first + count)
             if again is not None:
                 found.append(again.task)
@@ -237,7 +247,7 @@ class RetryFeed(Feed):
     def _add(self, start: int, count: int, again: Optional[_Again]) -> tuple[int, int]:
         first = self.read
         self._starts.append(first)
-        self._blocks[first] = (start, count, again)
+        self._runs_held[first] = (start, count, again)
         self._left[first] = count
         self._unsettled += count
         self.read = first + count
@@ -248,6 +258,38 @@ class RetryFeed(Feed):
         if index < 0 or run >= self.read:
             raise IndexError(f"run {run} is not held")
         return self._starts[index]
+
+    def runs_of(self, positions: set[int]) -> set[int]:
+        """The runs held of the tasks at ``positions`` (to stop them). A task waiting to run
+        again is made due now, its run to be stopped as soon as it is read."""
+        if not positions:
+            return set()
+        runs: set[int] = set()
+        for first in list(self._starts):
+            start, count, again = self._runs_held[first]
+            if again is not None:
+                if again.position in positions:
+                    runs.add(first)
+                continue
+            runs.update(first + spot - start for spot in positions if start <= spot < start + count)
+        with self._lock:
+            waiting = [again for again in self._later if again.position in positions]
+            if waiting:
+                self._later = [again for again in self._later if again.position not in positions]
+                heapq.heapify(self._later)
+                self._due.extendleft(waiting)
+            self._stopping.update(again.position for again in [*waiting, *self._due]
+                                  if again.position in positions)
+        if waiting:
+            self._waker.poke()
+        return runs
+
+    def stops(self, stops: Optional[Stops]) -> Optional[Stops]:
+        """``stops`` as the backend must read them: of runs, not tasks."""
+        if stops is None:
+            return None
+        self._stops = RunStops(stops, self)
+        return self._stops
 
     # --- the stream's side -------------------------------------------------------------
 
@@ -262,7 +304,7 @@ class RetryFeed(Feed):
         run, end = batch.start, batch.start + len(batch.values)
         while run < end:
             first = self._block_of(run)
-            start, count, again = self._blocks[first]
+            start, count, again = self._runs_held[first]
             stop = min(end, first + count)
             part = _cut(batch, run - batch.start, stop - batch.start, run)
             part.attempt = batch.attempt + (again.before if again is not None else 0)
@@ -272,7 +314,7 @@ class RetryFeed(Feed):
             yield from self._kept_back(part, again)
             left = self._left[first] = self._left[first] - (stop - run)
             if not left and self._feed is not None:  # map keeps every run, for its timeline
-                del self._blocks[first], self._left[first]
+                del self._runs_held[first], self._left[first]
                 self._starts.remove(first)
             self._unsettled -= stop - run
             run = stop
@@ -340,6 +382,50 @@ class RetryFeed(Feed):
             self._due.clear()
             self._later.clear()
             self._cond.notify()
+
+
+class RunStops(Stops):
+    """A call's ``Stops`` as its backend reads them when it runs a ``RetryFeed``: each task
+    asked to stop becomes the runs of it (``RetryFeed.runs_of``)."""
+
+    def __init__(self, stops: Stops, feed: RetryFeed) -> None:
+        super().__init__()
+        self._asked = stops
+        self._feed = feed
+        self._runs: set[int] = set()  # runs found to stop as they were read
+
+    def stop(self, positions: Iterable[int]) -> None:
+        self._asked.stop(positions)
+
+    def stop_all(self) -> None:
+        self._asked.stop_all()
+
+    @property
+    def everything(self) -> bool:
+        return self._asked.everything
+
+    @property
+    def asked(self) -> bool:
+        return self._asked.asked or bool(self._runs)
+
+    def take(self) -> tuple[set[int], bool]:
+        positions, everything = self._asked.take()
+        runs = self._feed.runs_of(positions)
+        with self._lock:
+            runs |= self._runs
+            self._runs = set()
+        return runs, everything
+
+    def later(self, run: int) -> None:
+        """Stop ``run`` too (read by the backend, which asks next time it looks)."""
+        with self._lock:
+            self._runs.add(run)
+
+    def add_waker(self, wake: Callable[[], object]) -> None:
+        self._asked.add_waker(wake)
+
+    def remove_waker(self, wake: Callable[[], object]) -> None:
+        self._asked.remove_waker(wake)
 
 
 def _cut(batch: Batch, begin: int, end: int, start: int) -> Batch:

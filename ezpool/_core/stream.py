@@ -80,6 +80,8 @@ def stream(
     if retrying is not None:
         record.reading(retrying)  # it numbers runs, not tasks
     runs = tasks if retrying is None else retrying
+    if retrying is not None:
+        stops = retrying.stops(stops)
     batches = backend.run(fun, runs, options, progress.per_task or eager, record, stops)
     try:
         for batch in batches:
