@@ -35,11 +35,20 @@ def _ours() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("ezpool thread ")]
 
 
+def _left(seconds: float = 5.0) -> list[threading.Thread]:
+    """The threads of the threads mode still alive after ``seconds`` (a call that ended early
+    lets its threads go without waiting: they leave once their running task returns)."""
+    deadline = time.monotonic() + seconds
+    while _ours() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _ours()
+
+
 @pytest.fixture
 def pool():
     with Pool("threads", progress=False) as opened:
         yield opened
-    assert not [thread for thread in _ours() if not thread.name.endswith("(abandoned)")]
+    assert not _left(), "threads of the threads mode outlived their calls"
 
 
 # --- threads ----------------------------------------------------------------------------
@@ -213,9 +222,7 @@ def test_stop_all_ends_the_stream_and_no_other_task_starts(mode, tmp_path):
         assert ended.wait(5)
     time.sleep(0.3)
     assert set(h.calls(tmp_path)) <= {"'gate'"}, "tasks started after stop_all"
-    for thread in _ours():
-        thread.join(5)
-    assert not _ours()
+    assert not _left()
 
 
 def test_imap_left_early_starts_no_more_tasks_and_lets_its_threads_go(pool, tmp_path):
@@ -227,10 +234,7 @@ def test_imap_left_early_starts_no_more_tasks_and_lets_its_threads_go(pool, tmp_
     ran = len(list(tmp_path.iterdir()))
     time.sleep(0.5)
     assert len(list(tmp_path.iterdir())) == ran <= 2 * 4, "tasks went on starting after the loop broke"
-    deadline = time.monotonic() + 5
-    while _ours() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _ours()
+    assert not _left()
 
 
 # --- free-threaded CPython: pure-Python work on threads -------------------------------------
