@@ -13,6 +13,7 @@ import subprocess
 import textwrap
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -287,3 +288,14 @@ def test_on_a_free_threaded_python_pure_python_work_runs_on_threads(core_child_e
     gil, threads, _ = done.stdout.split()
     assert gil == "False", "importing or running ezpool turned the GIL back on"
     assert int(threads) >= 2
+
+
+def test_a_store_keeps_each_outcome_and_the_next_call_runs_only_the_rest(pool, tmp_path):
+    store, folder = str(tmp_path / "results.sqlite"), tmp_path / "calls"
+    folder.mkdir()
+    fun = partial(h.record_call, str(folder))
+    even = pool.tmap(fun, range(0, 40, 2), nthreads=3, store=store, store_key="f")
+    assert even == {n: n for n in range(0, 40, 2)}
+    outcomes = list(pool.imap(fun, iter(range(40)), nthreads=3, store=store, store_key="f", ordered=True))
+    assert [outcome.value for outcome in outcomes] == list(range(40))
+    assert h.calls(folder) == {str(n): 1 for n in range(40)}  # the even ones ran once, in the first call

@@ -329,8 +329,11 @@ class _Source:
                 return
             length = 1 if trickles else self.chunksize or crew.run_length(math.inf)
             runs = feed.pull(most - self.out if trickles else length)
-            yield from feed.settled()
+            settled = feed.settled()
+            yield from settled
             if not runs:
+                if settled:
+                    continue  # all it read was stored already: read on
                 if not self.out and not feed.exhausted and (feed.live is None or not feed.room()):
                     raise EzPoolError(f"no room to read more tasks: {feed.held} are held")
                 return  # nothing to read now: a live source wakes the caller when tasks come
