@@ -39,6 +39,7 @@ from .._core.logs import get_logger
 from ..options import Options
 from ..timeline import Timeline
 from ._calls import Code, unwrap
+from ._future import CallFuture
 from ._submitted import Calls, MapCalls, MapRun, Submitted
 
 if TYPE_CHECKING:
@@ -70,11 +71,16 @@ class PoolExecutor(concurrent.futures.Executor):
 
     ``mode`` is ``'parallel'`` (processes on this machine, ``max_workers`` of them;
     ``None``: one per CPU), ``'distributed'`` (generic workers named by ``workers``,
-    or started on this machine) or ``'serial'`` (one thread here); ``max_workers``
-    is checked in every mode and used by the parallel one. Other keyword options
+    or started on this machine), ``'threads'`` (``max_workers`` threads here; ``None``: as
+    ``ThreadPoolExecutor``) or ``'serial'`` (one thread here); ``max_workers``
+    is checked in every mode and used by the parallel and threads ones. Other keyword options
     are the ``Pool``'s (``timeout``, ``max_attempts``, ``hmac_key``, ...); a
     progress bar is off unless asked for. ``Pool.executor()`` makes one with a
-    pool's mode and options. The executor has processes or workers of its own,
+    pool's mode and options. In the parallel and distributed modes ``cancel()`` stops a
+    running call too: its worker is killed and replaced, and the future ends cancelled
+    (in the serial mode a running call cannot be stopped, and ``cancel()`` refuses it,
+    as the standard executors do). Leaving a ``map``'s results unread (closing the
+    iterator) stops its running calls as well. The executor has processes or workers of its own,
     started by the constructor (which returns once they are up) and stopped by
     ``shutdown`` (or at interpreter exit, once the calls submitted have run); use
     it as a context manager.
@@ -88,8 +94,10 @@ class PoolExecutor(concurrent.futures.Executor):
                 raise TypeError(f"max_workers must be a positive integer or None, got {max_workers!r}")
             if max_workers <= 0:
                 raise ValueError(f"max_workers must be greater than 0, got {max_workers!r}")
-            if mode == "parallel":
-                options.setdefault("ncpu", max_workers)
+            if mode == "parallel" and options.get("ncpu") is None:  # (a pool's options hold None)
+                options["ncpu"] = max_workers
+            elif mode == "threads" and options.get("nthreads") is None:
+                options["nthreads"] = max_workers
         options.setdefault("progress", False)
         settings = Options(**options)
         if settings.buffersize is None:
@@ -122,7 +130,7 @@ class PoolExecutor(concurrent.futures.Executor):
         mode ``fn`` may be a lambda or a function from ``__main__`` (it travels by value)."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future = CallFuture()
         self._submitted.put(((future, (self._sendable(fn), args, kwargs or False)),))
         return future
 
@@ -166,11 +174,16 @@ class PoolExecutor(concurrent.futures.Executor):
         if first:
             self._submitted.put((MapCalls(run, sent, 0, first, how),))
         more = calls if buffersize is not None else None
-        return self._results(run, sent, how, len(first), more, buffersize, deadline)
+        results = self._results(run, sent, how, len(first), more, buffersize, deadline)
+        if self._submitted.stoppable:  # left unread, even before the first: its running calls stop
+            weakref.finalize(results, run.abandon)
+        return results
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Take no more calls; those submitted still run (unless ``cancel_futures`` cancels
-        the ones not started), then the pool stops. ``wait`` waits for all that."""
+        """Take no more calls; those submitted still run, then the pool stops. ``wait`` waits
+        for all that. ``cancel_futures`` cancels the calls not started and, in the parallel
+        and distributed modes, stops the running ones too (their workers are killed): their
+        futures end cancelled, and a ``map``'s calls raise ``CancelledError`` where read."""
         self._submitted.close(wait, cancel_futures)
 
     def terminate_workers(self) -> None:
@@ -239,7 +252,7 @@ class PoolExecutor(concurrent.futures.Executor):
                     yield values.pop()
         finally:
             if values or index < submitted:
-                run.cancelled = True  # what was not taken yet will not run
+                run.abandon()  # what was not taken yet will not run; its running slices stop
 
     def _sendable(self, fn: Callable[..., Any]) -> Any:
         """``fn`` as it goes into a task: itself, or (for distributed workers) a ``Code``."""

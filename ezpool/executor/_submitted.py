@@ -5,6 +5,14 @@ Submitted calls wait in a ``Live`` source as entries: ``(future, task)`` for a
 ``Again`` for a task sent again after its stream broke off. ``Dispatcher.loop`` runs
 one ``Pool`` stream over that source in a thread of its own and settles each batch:
 futures one by one, each map's slices at once (``MapRun``).
+
+Where the mode can stop a running task (parallel, distributed), each stream has a
+``Stops`` and every task taken knows its position in the stream: a submitted call's
+``CallFuture`` holds it (``cancel()`` stops the task), a map holds those of its
+running slices (a map left unread stops them). ``shutdown(cancel_futures=True)``
+stops the whole stream: the running calls end cancelled, and the calls of a map's
+running slices raise ``CancelledError`` where they are read, as its waiting calls do.
+A stopped slice's other calls are not run again.
 """
 
 from __future__ import annotations
@@ -20,9 +28,11 @@ from .._core.feed import Live
 from .._core.logs import get_logger
 from .._core.recording import Recording, settings_of
 from .._core.records import Batch
+from .._core.stopping import Stops
 from .._core.stream import open_feed, open_sweep, stream
 from ..options import Options
 from ._calls import describe, failure, run_in_context, run_task, unwrap
+from ._future import CallFuture, settle_future
 
 logger = get_logger(__name__)
 
@@ -38,6 +48,9 @@ SLICE_MOST = 64
 #: time alone says little, and a quick call is not held back by a slow one next to it.
 SLICE_PROBES = 4
 
+#: The modes that can stop a running task (they kill its worker and start another).
+STOPPABLE = frozenset({"parallel", "distributed"})
+
 #: The calls of a map: tuples of arguments or, over one iterable, the arguments themselves.
 Calls = Sequence[Any]
 Errors = Optional[dict[int, BaseException]]
@@ -46,12 +59,14 @@ Errors = Optional[dict[int, BaseException]]
 class MapRun:
     """The results of one ``map`` call: slices filled in any order, read in order."""
 
-    __slots__ = ("cond", "ready", "cancelled", "_calls", "_seconds")
+    __slots__ = ("cond", "ready", "cancelled", "running", "_calls", "_seconds")
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.ready: dict[int, tuple[list[Any], Errors]] = {}  # first position -> values, errors
         self.cancelled = False  # nobody reads the results any more: run nothing more
+        # first position of a running slice -> its stream's stops, its position there
+        self.running: dict[int, tuple[Stops, int]] = {}
         self._calls = 0  # measured by the dispatcher thread, for the size of the next slices
         self._seconds = 0.0
 
@@ -66,9 +81,24 @@ class MapRun:
         mean = self._seconds / self._calls
         return SLICE_MOST if mean * SLICE_MOST <= SLICE_SECONDS else max(1, int(SLICE_SECONDS / mean))
 
+    def started(self, first: int, stops: Stops, position: int) -> None:
+        with self.cond:
+            self.running[first] = (stops, position)
+
+    def abandon(self) -> None:
+        """Nobody reads the results any more: run nothing more, and stop the slices running."""
+        with self.cond:
+            self.cancelled = True
+            running, self.running = self.running, {}
+        for stops, position in running.values():
+            stops.stop((position,))
+
     def deliver(self, slices: dict[int, tuple[list[Any], Errors]]) -> None:
         with self.cond:
             self.ready.update(slices)
+            if self.running:
+                for first in slices:
+                    self.running.pop(first, None)
             self.cond.notify_all()
 
     def fail(self, first: int, count: int, error: BaseException) -> None:
@@ -116,7 +146,7 @@ class Again:
 
 #: Where a task's outcome goes: a submitted call's future, or a map (with the position
 #: of the slice's first call).
-Target = Union["concurrent.futures.Future[Any]", MapRun]
+Target = Union[CallFuture, MapRun]
 
 
 class Submitted:
@@ -137,6 +167,9 @@ class Submitted:
         self.thread: Optional[threading.Thread] = None
         self.taken: dict[int, tuple[Any, Target, int]] = {}  # id(task) -> task, target, first
         self.remote = mode != "serial"
+        self.stoppable = mode in STOPPABLE
+        self.stops: Optional[Stops] = None  # the running stream's, where tasks can be stopped
+        self.position = 0  # the running stream's position of the next task taken
         # Every call's run, kept only where a trace or report is asked for (an executor may
         # run for ever): written when the stream ends, and on demand (``PoolExecutor.timeline``).
         wanted = options.trace is not None or options.report is not None
@@ -164,11 +197,15 @@ class Submitted:
         with self.lock:
             self.live.close()
             waiting = self.live.drain() if cancel else []
+            stops = self.stops if cancel and self.stoppable else None
             again = [entry for entry in waiting if type(entry) is Again]
-            if again:
+            if again and stops is None:
                 self.live.requeue(again)  # running already: they cannot be cancelled
             thread = self.thread
         self.cancel(waiting)  # (outside the lock: a future's callbacks may run here)
+        if stops is not None and thread is not None:
+            logger.debug("shutdown(cancel_futures=True): stopping the running calls")
+            stops.stop_all()  # the stream ends; run_stream cancels what it had taken
         if thread is None:
             self.backend.close()
         elif wait and thread is not threading.current_thread():
@@ -182,6 +219,8 @@ class Submitted:
             elif type(entry) is MapCalls:
                 left = len(entry.calls) - entry.offset
                 entry.run.fail(entry.first + entry.offset, left, concurrent.futures.CancelledError())
+            elif type(entry) is Again:  # taken by a stream that broke off: a running call
+                cancel_target(entry.target, entry.first, len(entry.task[1]))
 
     # --- the thread that runs the stream ---------------------------------------------------
 
@@ -190,12 +229,22 @@ class Submitted:
         kind = type(entry)
         if kind is tuple:  # (future, task) from submit
             future, task = entry
+            stops = self.stops
+            if stops is not None:
+                future.stop = (stops, self.position)
             if not future.set_running_or_notify_cancel():
                 return None, True
             self.taken[id(task)] = (task, future, 0)
+            self.position += 1
             return task, True
         if kind is Again:
             self.taken[id(entry.task)] = (entry.task, entry.target, entry.first)
+            if self.stops is not None:
+                if isinstance(entry.target, MapRun):
+                    entry.target.started(entry.first, self.stops, self.position)
+                else:
+                    entry.target.stop = (self.stops, self.position)
+            self.position += 1
             return entry.task, True
         run = entry.run
         if run.cancelled:
@@ -206,6 +255,9 @@ class Submitted:
         entry.offset = start + len(piece)
         task = (entry.fn, piece, entry.how)
         self.taken[id(task)] = (task, run, entry.first + start)
+        if self.stops is not None:
+            run.started(entry.first + start, self.stops, self.position)
+        self.position += 1
         return task, entry.offset >= len(calls)
 
     def loop(self) -> None:
@@ -231,10 +283,13 @@ class Submitted:
         # With a context, the stream gives it to each task: run_in_context passes it on.
         runner = run_task if self.options.context is None else run_in_context
         sweep = open_sweep(self.options, runner)
+        stops = Stops() if self.stoppable else None
+        self.stops, self.position = stops, 0  # (no stream takes tasks meanwhile: this is its thread)
         try:
             feed = open_feed(self.live, self.options.buffersize, sweep)
             self.record.reading(feed)
-            batches = stream(self.backend, runner, feed, self.options, sweep, eager=True, record=self.record)
+            batches = stream(self.backend, runner, feed, self.options, sweep, eager=True, record=self.record,
+                             stops=stops)
             try:
                 for batch in batches:
                     stop = batch.start + len(batch.values)
@@ -246,6 +301,11 @@ class Submitted:
         finally:
             if sweep is not None:
                 sweep.close()
+        if stops is not None and stops.everything:  # shutdown(cancel_futures=True): the stream ended
+            taken = list(self.taken.values())
+            self.taken.clear()
+            for task, target, first in taken:
+                cancel_target(target, first, len(task[1]))
 
     def settle(self, tasks: Sequence[Any], batch: Batch) -> None:
         """Hand a batch's outcomes on: futures one by one, each map's slices at once."""
@@ -264,9 +324,9 @@ class Submitted:
                     ready = slices[target] = {}
                 ready[first] = (results, errors)
             elif errors is not None:
-                target.set_exception(unwrap(errors))
+                settle_future(target, error=unwrap(errors))
             else:
-                target.set_result(results)
+                settle_future(target, results)
         for run, ready in slices.items():
             run.deliver(ready)
 
@@ -274,7 +334,9 @@ class Submitted:
         """A task failed as a whole: a slice of several calls is retried call by call."""
         fn, calls, how = task
         if not isinstance(target, MapRun):
-            target.set_exception(error)
+            settle_future(target, error=error)
+        elif target.cancelled or isinstance(error, concurrent.futures.CancelledError):
+            target.fail(first, len(calls), error)  # a slice stopped: its calls are not run again
         elif len(calls) > 1:
             logger.debug("a slice of %d calls failed as a whole (%r); retrying them alone", len(calls), error)
             self.live.requeue([MapCalls(target, fn, first, calls, how, single=True)])
@@ -300,7 +362,7 @@ class Submitted:
         for entry in self.live.drain():
             if type(entry) is tuple:
                 if entry[0].set_running_or_notify_cancel():
-                    entry[0].set_exception(exc)
+                    settle_future(entry[0], error=exc)
             elif type(entry) is Again:
                 fail(entry.target, entry.first, len(entry.task[1]), exc)
             else:
@@ -311,7 +373,15 @@ def fail(target: Target, first: int, count: int, error: BaseException) -> None:
     if isinstance(target, MapRun):
         target.fail(first, count, error)
     else:
-        target.set_exception(error)
+        settle_future(target, error=error)
+
+
+def cancel_target(target: Target, first: int, count: int) -> None:
+    """A running call is stopped: its future ends cancelled, a map's calls raise ``CancelledError``."""
+    if isinstance(target, MapRun):
+        target.fail(first, count, concurrent.futures.CancelledError())
+    else:
+        target.cancel()  # (refused once it has finished)
 
 
 def picklable(task: Any) -> bool:
