@@ -6,7 +6,8 @@ the signal: in the memory cgroup of the victim (``oom_kill`` in ``memory.events`
 cgroup v2, in ``memory.oom_control`` under v1) and for the whole system (``oom_kill``
 in ``/proc/vmstat``). A ``MemoryWitness`` reads the count of a process's memory cgroup
 (the system's where it has none) when the process starts; a SIGKILL with that count
-up since then is put down to memory.
+up since then is put down to memory; the parallel backend then fails the task the worker
+ran with ``WorkerOutOfMemory`` (``ezpool._backends.parallel.control``), not as a crash.
 
 It can be wrong one way: another process of the same cgroup killed by the OOM killer
 while this one lived, and this one then killed by SIGKILL for another reason, reads
@@ -70,9 +71,9 @@ def how_it_ended(exitcode: Optional[int], witness: Optional[MemoryWitness] = Non
         return f"exited with code {exitcode}"
     if exitcode == -signal.SIGKILL and witness is not None and witness.oom_killed():
         if witness.system_wide:
-            return ("was killed by SIGKILL, most likely by the kernel's OOM killer (out of memory: "
+            return ("was killed by SIGKILL, most likely by the operating system's OOM killer (out of memory: "
                     f"the system's count of OOM kills, in {witness.source}, went up while it ran)")
-        return (f"was killed by the kernel's OOM killer (out of memory: its memory cgroup counted "
+        return (f"was killed by the operating system's OOM killer (out of memory: its memory cgroup counted "
                 f"an OOM kill in {witness.source})")
     try:
         return f"was killed by {signal.Signals(-exitcode).name}"

@@ -49,7 +49,7 @@ from typing import Any, Callable, Optional, Union
 
 from ..._core.chunking import ChunkQueue, Priors
 from ..._core.deaths import how_it_ended
-from ..._core.ledger import Answered, Garbled, Ledger, Lost, Settlement, TimedOut
+from ..._core.ledger import Answered, Garbled, Ledger, Lost, OutOfMemory, Settlement, Stopped, TimedOut
 from ..._core.logs import get_logger
 from ..._core.parcels import Parcel, Shelf
 from ..._core.recording import Recording
@@ -60,6 +60,7 @@ from ..._core.stopping import Stops
 from ...errors import EzPoolError, WorkerCrashed
 from ...options import Options
 from ..base import Backend
+from .control import CallLimits, CallStops
 from .processes import STOP_GRACE, WorkerProcess, preload, stop_with
 from .sending import Waker, forget, main_functions, publish, send_request, sent_reply
 
@@ -128,7 +129,7 @@ class ParallelBackend(Backend):
         prior = self._priors.get(parcel.fid)
         if prior is not None:
             pending.sizer.seed(prior)
-        call = _Call(self, tasks, parcel, pending, options, record)
+        call = _Call(self, tasks, parcel, pending, options, record, stops)
         try:
             yield from call.batches()
         finally:
@@ -191,6 +192,7 @@ class _Call:
         pending: ChunkQueue,
         options: Options,
         record: Recording,
+        stops: Optional[Stops] = None,
     ) -> None:
         self.backend = backend
         self.record = record
@@ -203,6 +205,8 @@ class _Call:
         self.stillborn = 0  # processes that died before running anything, this call
         live = pending.feed.live if pending.feed is not None else None
         self.waker = Waker(live) if live is not None else None
+        self.limits = CallLimits(options, tasks)
+        self.stops = CallStops(stops, tasks) if stops is not None else None
         for proc in backend._processes:
             proc.seen = (-1, 0.0)  # positions restart with every call
 
@@ -214,6 +218,13 @@ class _Call:
             yield from pending.refill()
             self._feed_all(busy)
             while busy or pending or not pending.exhausted:
+                if self.stops is not None:
+                    yield from self.stops.flush()
+                    if self.stops.stops.asked:
+                        if self.stops.take():
+                            return  # stop_all: the processes running this call's chunks are killed below
+                        yield from self._stop(busy)
+                        continue
                 if not busy:  # nothing out: read more tasks (a feed), or send what is pending
                     settled = pending.refill()
                     yield from settled
@@ -224,6 +235,8 @@ class _Call:
                         self.waker.wait()  # a live source: until more tasks arrive
                     continue
                 handles = list(busy)
+                if self.stops is not None:
+                    handles.append(self.stops.alarm.handle)
                 if self.waker is not None and self._wants_tasks():
                     handles.append(self.waker.handle)
                     self.waker.watching = True
@@ -234,7 +247,7 @@ class _Call:
                     if self.waker is not None and handle is self.waker.handle:
                         self.waker.clear()
                         continue
-                    if handle not in busy:  # its pipe and its sentinel were both ready
+                    if handle not in busy:  # its pipe and its sentinel were both ready (or: the alarm)
                         continue
                     proc = busy[handle]
                     try:
@@ -248,6 +261,8 @@ class _Call:
                     # Decoded before the process is topped up, so that its next chunk is
                     # sized with these run times too (it still has one to run meanwhile).
                     decoded = self._answered(proc, reply)
+                    if self.limits.due(proc):
+                        proc = self._retire(proc, busy, decoded)
                     if not self.ledger.holds(proc):
                         forget(busy, proc)
                     self._feed(proc, busy)
@@ -257,10 +272,14 @@ class _Call:
                         yield from self._lost(proc, busy, timed_out=True)
                 yield from pending.refill()
                 self._feed_all(busy)  # what was read, and work put back, goes out
+            if self.stops is not None:
+                yield from self.stops.flush()
             finished = True
         finally:
             if self.waker is not None:
                 self.waker.close()
+            if self.stops is not None:
+                self.stops.close()
             if not finished:
                 stuck = [proc for proc in self.backend._processes if self.ledger.holds(proc)]
                 logger.debug("call abandoned: killing %d busy worker processes", len(stuck))
@@ -282,13 +301,22 @@ class _Call:
 
     def _feed(self, proc: WorkerProcess, busy: dict[Any, WorkerProcess], depth: int = _DEPTH) -> None:
         """Top a process up to ``depth`` chunks in flight, while work is pending."""
+        limits = self.limits
         while self.pending and len(self.ledger.holds(proc)) < depth:
-            chunk = self.pending.take()
+            room = limits.room(proc, self.ledger.holds(proc))
+            if room <= 0:
+                return
+            chunk = limits.cut(self.pending.take(), room, self.pending)
+            if self.stops is not None and self.stops.cut(chunk, self.pending, proc.name) is None:
+                continue
             fid = self.parcel.fid
             parcel = None if fid in proc.holds else self.parcel
             try:
-                # Every task is marked where a timeout must find it, or a crash is narrowed down.
-                exact = self.timeout is not None or chunk.alone
+                # Every task is marked where a timeout (or max_memory) must find it, or a crash
+                # is narrowed down.
+                exact = self.timeout is not None or chunk.alone or limits.exact
+                if limits.max_memory is not None or proc.limit is not None:
+                    limits.tell(proc)
                 send_request(proc.conn, fid, parcel, chunk, exact, self.capture_level)
             except OSError:  # it died: its sentinel will say so; this chunk never left
                 self.pending.put_back(chunk.start, chunk.stop, alone=chunk.alone)
@@ -312,6 +340,7 @@ class _Call:
         except Exception as exc:
             return self._apply([self.ledger.settle(proc, chunk, Garbled(proc.name, exc))])
         settled = self.ledger.settle(proc, chunk, Answered(len(answer.values)))
+        proc.ran += len(answer.values)
         values = answer.values
         for offset, record in answer.failures.items():
             values[offset] = rebuild(record)
@@ -366,11 +395,20 @@ class _Call:
         if not proc.served and position < 0 and not timed_out:
             self._stillborn(proc, how, busy)
             return
-        event: Union[Lost, TimedOut]
+        event: Union[Lost, TimedOut, OutOfMemory]
+        memory = None if timed_out else self.limits.memory_error(proc, position, group, how)
         if timed_out:
             assert self.timeout is not None
             what = f"worker process {proc.name} was killed and replaced"
             event = TimedOut(what, position, perf_counter() - began, self.timeout)
+        elif memory is not None:
+            logger.warning("%s", memory)
+            event = OutOfMemory(position, memory, perf_counter() - began)
+        elif proc.outgrown:  # its watchdog killed it between two tasks: nothing to blame
+            replacement = self.backend._replace(proc)
+            yield from self._apply(self.ledger.release(proc, "its process outgrew max_memory between tasks"))
+            self._feed(replacement, busy)
+            return
         else:
             mark = (position, group) if position >= 0 else None
             event = Lost(f"worker process {proc.name} {how}", mark, perf_counter() - began)
@@ -379,6 +417,38 @@ class _Call:
         replacement = self.backend._replace(proc)
         yield from self._apply(self.ledger.lose(proc, event))
         self._feed(replacement, busy)
+
+    def _retire(
+        self, proc: WorkerProcess, busy: dict[Any, WorkerProcess], decoded: list[Batch]
+    ) -> WorkerProcess:
+        """Replace ``proc``, which ran its last task (``max_tasks_per_worker``) or outgrew
+        ``max_memory``: what it still holds never started, and goes back at no cost."""
+        held = list(self.ledger.holds(proc))
+        settled = [self.ledger.settle(proc, claim.chunk, Answered(0)) for claim in held]
+        decoded.extend(self._apply(settled))
+        forget(busy, proc)
+        return self.backend._replace(proc)
+
+    def _stop(self, busy: dict[Any, WorkerProcess]) -> Iterator[Batch]:
+        """Kill and replace the processes that hold tasks asked to stop: those end as
+        cancelled (unless their answer came already), the rest goes back at no cost."""
+        assert self.stops is not None
+        for proc in list(self.backend._processes):
+            hit = self.stops.hit(self.ledger.holds(proc))
+            if not hit:
+                continue
+            forget(busy, proc)
+            proc.process.kill()
+            proc.process.join(STOP_GRACE)
+            while self.ledger.holds(proc):  # answers it sent before it died are good
+                reply = sent_reply(proc)
+                if reply is None:
+                    break
+                yield from self._answered(proc, reply)
+            what = f"worker process {proc.name} was killed and replaced"
+            replacement = self.backend._replace(proc)
+            yield from self._apply(self.ledger.lose(proc, Stopped(what, hit)))
+            self._feed(replacement, busy)
 
     def _stillborn(self, proc: WorkerProcess, how: str, busy: dict[Any, WorkerProcess]) -> None:
         """A process died before running any task: blame its start, not the tasks.

@@ -25,7 +25,7 @@ from .processes import WorkerProcess
 
 logger = get_logger(__name__)
 
-__all__ = ["Waker", "forget", "main_functions", "publish", "send_request", "sent_reply"]
+__all__ = ["Alarm", "Waker", "forget", "main_functions", "publish", "send_request", "sent_reply"]
 
 #: A piece of tasks in one part smaller than this rides inside the request; a
 #: larger one follows it, part by part (see ``send_request``).
@@ -116,3 +116,26 @@ def forget(busy: dict[Any, Any], proc: WorkerProcess) -> None:
     for handle in (proc.conn, proc.process.sentinel):
         busy.pop(handle, None)
 
+
+
+class Alarm:
+    """A socket pair whose ``handle`` becomes readable when ``ring`` is called, from any
+    thread: it cuts the caller's ``wait`` on the pipes short (a stop was asked)."""
+
+    def __init__(self) -> None:
+        self.handle, self._bell = socket.socketpair()
+        self.handle.setblocking(False)
+        self._bell.setblocking(False)
+
+    def ring(self) -> None:
+        with contextlib.suppress(OSError):  # full (it will wake anyway) or closed (the call ended)
+            self._bell.send(b"!")
+
+    def clear(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.handle.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self.handle.close()
+        self._bell.close()
