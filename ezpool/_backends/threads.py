@@ -202,7 +202,7 @@ class _Crew:
             elif self.running.pop(position, None) is not None:  # else it ended meanwhile
                 error = TaskTimeout(f"task {task!r} ran longer than its timeout of {timeout} s; its thread "
                                     "cannot be stopped and runs on, abandoned (a new thread took its place)")
-                logger.warning("task %r ran past %s s: its thread %s is abandoned", task, timeout, name)
+                logger.warning("task %r ran past %s s: %s is abandoned (it runs on)", task, timeout, name)
                 abandoned = self.threads.pop(name, None)
                 if abandoned is not None:
                     abandoned.name += " (abandoned)"
