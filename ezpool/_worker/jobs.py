@@ -13,17 +13,19 @@ from __future__ import annotations
 import select
 import threading
 import time
+from array import array
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from .._core.logs import get_logger
 from .._core.records import ChunkOutcome, ExceptionRecord, GroupTimes, TaskOutput
+from .._core.serialization import record_exception
 from .leaving import Leaving
 from .running import run_chunk, run_chunk_captured
 
 logger = get_logger(__name__)
 
-__all__ = ["ClientGone", "Hangup", "Job", "WATCH_EVERY", "execute", "or_leaving", "stays"]
+__all__ = ["ClientGone", "Hangup", "Job", "WATCH_EVERY", "cut", "execute", "or_leaving", "stays"]
 
 #: Seconds between two looks at a running chunk (its client, its timeout) at first
 #: (at most, for a chunk run by the request's thread).
@@ -79,6 +81,21 @@ class Job:
         self.times = GroupTimes()
         self.failures: dict[int, ExceptionRecord] = {}
         self.outputs: dict[int, TaskOutput] = {}
+
+
+def cut(job: Job, position: int, ran: float, error: BaseException) -> ChunkOutcome:
+    """What ``job`` answers when its task at ``position`` fails with ``error`` (ran ``ran``
+    seconds) and the process restarts to stop it: the tasks before it, and it."""
+    offset = position - job.first
+    values, times = job.values[:offset], array("d", job.times[:offset])
+    # Times are added a group at a time (see execution.run_chunk): the tasks of the
+    # unfinished group, all short ones, were not timed.
+    times.extend(array("d", bytes(8 * (offset - len(times)))))
+    failures = {k: v for k, v in list(job.failures.items()) if k < offset}
+    failures[offset] = record_exception(error)
+    values.append(None)
+    times.append(ran)
+    return ChunkOutcome(values, times, failures)
 
 
 def or_leaving(leaving: Leaving, client_gone: ClientGone) -> ClientGone:

@@ -25,18 +25,41 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from typing import Any, Optional
 
 from .._core.logs import get_logger
 from .jobs import Job
-from .memory import MemoryWatch, human_size
+from .memory import MemoryWatch, human_size, out_of_memory
 
 logger = get_logger(__name__)
 
-__all__ = ["MemoryGuard"]
+__all__ = ["MemoryGuard", "blame", "limits_of"]
 
 #: Seconds after passing its limit that a worker which has not restarted yet kills itself.
 _KILL_AFTER = 5.0
+
+
+def limits_of(
+    sent: Optional[Sequence[Any]], own: tuple[Optional[int], Optional[int]]
+) -> tuple[Optional[int], Optional[int]]:
+    """``(max_tasks_per_worker, max_memory)`` for a call that ``sent`` its limits
+    (``ChunkCall.limits``, or ``None``): its own, else this worker's (``own``)."""
+    most, memory = own
+    if sent is not None:
+        tasks, size = sent
+        most, memory = (tasks or most), (size or memory)
+    return (int(most) if most else None), (int(memory) if memory else None)
+
+
+def blame(job: Job, position: int, size: int) -> tuple[int, BaseException]:
+    """The task of ``job`` that took the process to ``size`` bytes, past its ``max_memory``
+    (``position``, or the next to run if it is -1), and its ``WorkerOutOfMemory``."""
+    offset = min(max(0, position - job.first), len(job.tasks) - 1)
+    error = out_of_memory(job.tasks[offset], job.memory, size, f"served worker pid {os.getpid()}")
+    logger.warning("task at position %d took this worker past max_memory (%s); restarting",
+                   job.first + offset, human_size(size))
+    return job.first + offset, error
 
 
 class _PeakStop:

@@ -24,6 +24,11 @@ the text of a ``Status`` (``ezpool._core.records``):
     ``functools.partial`` of either carries a call's ``context``: its ``run`` or the
     function gets it as first argument); ``(status, reply)`` is ``(OK, b"")``, or
     ``(ERROR, pickled ExceptionRecord)`` when it cannot be loaded here.
+``stop(identity, first, position)``
+    whether it stops the chunk from task ``first`` that runs here (unless the task at
+    ``position``, -1: any, has finished), by restarting this process: a client asks
+    it to stop tasks that run (``ezpool._backends.distributed.halting``); that chunk
+    gets no answer.
 ``status()``
     what ``python -m ezpool.status`` shows: who it is, what it serves, whether a chunk
     runs and for which client, the tasks it ran, its uptime (see ``activity``).
@@ -50,34 +55,38 @@ a task that runs past ``timeout`` (measured here, from the moment the task
 starts) gets ``TaskTimeout``, the chunk is answered with what ran, and the
 process is restarted to stop that task. Either way, a client that hangs up makes
 the chunk stop after the task it is running.
+
+Limits (a call's ``ChunkCall.limits``, else ``limits``, from ``ezpool-serve``'s flags):
+with ``max_tasks_per_worker`` a chunk runs only as many tasks as the process may still
+run (the client sends the rest again), and the process restarts once it ran that
+many; with ``max_memory`` the chunk runs in the runner thread under a memory watch
+(``limits``), and a task that takes the process past it fails with
+``WorkerOutOfMemory`` before the process restarts.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import functools
 import os
 import platform
 import secrets
 import sys
 import threading
 import time
-from array import array
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional
 
 from .._core.logs import get_logger
 from .._core.records import ChunkCall, ChunkOutcome, Status
 from .._core.serialization import dumps, loads_tasks, record_exception
-from .._core.shipping import fingerprint, unpack
+from .._core.shipping import fingerprint
 from ..errors import TaskTimeout
 from ..worker import BaseWorker
 from .activity import Activity
 from .faults import NO_FAULTS, Faults
-from .jobs import WATCH_EVERY, ClientGone, Hangup, Job, execute, or_leaving, stays
+from .jobs import WATCH_EVERY, ClientGone, Hangup, Job, cut, execute, or_leaving, stays
 from .leaving import Leaving
-from .limits import MemoryGuard
-from .memory import human_size, out_of_memory
+from .library import Library
+from .limits import MemoryGuard, blame, limits_of
 from .running import failed_chunk, pack_chunk
 
 logger = get_logger(__name__)
@@ -86,9 +95,6 @@ __all__ = ["Servant", "served_name", "GENERIC"]
 
 #: What a generic worker says it serves: whatever a client sends.
 GENERIC = "*"
-
-#: Functions a generic worker keeps loaded (the least recently used goes first).
-FUNCTIONS_KEPT = 32
 
 #: Seconds between two looks at a running chunk at first (``jobs.WATCH_EVERY``), and at
 #: most, once it has run a while: the gap doubles from one look to the next, so a short
@@ -102,8 +108,16 @@ def served_name(target: Any) -> str:
     return str(getattr(target, "__qualname__", getattr(target, "__name__", repr(target))))
 
 
-def _is_worker_class(target: Any) -> bool:
-    return isinstance(target, type) and issubclass(target, BaseWorker)
+def _process() -> dict[str, Any]:
+    """What ``hello`` says of this process: its pid, host, platform and versions."""
+    import cloudpickle
+
+    from .._version import __version__
+
+    return {
+        "pid": os.getpid(), "host": platform.node(), "platform": sys.platform,
+        "python": platform.python_version(), "cloudpickle": cloudpickle.__version__, "ezpool": __version__,
+    }
 
 
 class Servant:
@@ -132,13 +146,12 @@ class Servant:
             self._run: Optional[Callable[..., Any]] = target.run if isinstance(target, BaseWorker) else target
         else:
             self._name, self._fingerprint, self._run = GENERIC, "", None
-        self._functions: collections.OrderedDict[str, Callable[..., Any]] = collections.OrderedDict()
-        self._instances: dict[str, BaseWorker] = {}  # BaseWorker instances this process set up
         self._on_restart = on_restart
         self._faults = faults
         self.activity = Activity(target)  # what ``status`` says it did
         self._calls = 0
         self._lock = threading.Condition()
+        self._library = Library(self._lock)  # the code clients sent (a generic worker)
         self._job: Optional[Job] = None  # the chunk the runner holds, guarded by _lock
         self._restarting = False
         self._leaves = leaving is not None  # it may be told to leave (its chunks look out for it)
@@ -153,27 +166,9 @@ class Servant:
 
     def hello(self) -> dict[str, Any]:
         """Who this worker is and what it serves."""
-        import cloudpickle
-
         logger.debug("a client checks who this worker is")
-
-        from .._version import __version__
-
-        versions = {
-            "python": platform.python_version(),
-            "cloudpickle": cloudpickle.__version__,
-            "ezpool": __version__,
-        }
-        info = {
-            "identity": self.identity,
-            "serves": self._name,
-            "fingerprint": self._fingerprint,
-            "restarting": self._restarting,
-            "pid": os.getpid(),
-            "host": platform.node(),
-            "platform": sys.platform,
-            **versions,
-        }
+        info = {"identity": self.identity, "serves": self._name, "fingerprint": self._fingerprint,
+                "restarting": self._restarting, **_process()}
         return dict(self._faults.at("hello", info))
 
     def load(self, fid: str, blob: bytes) -> tuple[str, bytes]:
@@ -181,47 +176,15 @@ class Servant:
         if self._pinned:
             refused = TypeError(f"this worker serves only {self._name!r}")
             return Status.ERROR.value, dumps(record_exception(refused))
-        with self._lock:
-            if fid in self._functions:
-                self._functions.move_to_end(fid)
-                return Status.OK.value, b""
         try:
-            target = unpack(blob)
-            run = self._prepare(fid, target)
+            self._library.load(fid, blob)
         except BaseException as exc:
             return Status.ERROR.value, dumps(record_exception(exc))
-        with self._lock:
-            self._functions[fid] = run
-            while len(self._functions) > FUNCTIONS_KEPT:
-                old, _ = self._functions.popitem(last=False)
-                self._retire(old)
         return Status.OK.value, b""
 
     def close(self) -> None:
         """Tear down every ``BaseWorker`` this process set up for clients."""
-        for fid in list(self._instances):
-            self._retire(fid)
-
-    def _prepare(self, fid: str, target: Any) -> Callable[..., Any]:
-        if isinstance(target, functools.partial) and _is_worker_class(target.func):
-            # A BaseWorker with a context (see ezpool._core.tasks.bind): run(context, *args).
-            return functools.partial(self._prepare(fid, target.func), *target.args)
-        if _is_worker_class(target):
-            instance = target()
-            instance.setup()
-            self._instances[fid] = instance
-            return instance.run
-        if not callable(target):
-            raise TypeError(f"{target!r} is neither a BaseWorker subclass nor a function")
-        return cast(Callable[..., Any], target)
-
-    def _retire(self, fid: str) -> None:
-        instance = self._instances.pop(fid, None)
-        if instance is not None:
-            try:
-                instance.teardown()
-            except Exception:
-                logger.exception("teardown of %s failed", type(instance).__name__)
+        self._library.close()
 
     def ping(self) -> tuple[str, Any]:
         """``(identity, busy)``: proof of life, answered even while a chunk runs; ``busy``
@@ -261,7 +224,7 @@ class Servant:
         if call.level is not None and type(call.level) is not int:
             error = TypeError(f"capture_level must be a log level or None, got {call.level!r}")
             return Status.OK, pack_chunk(first, failed_chunk(count, record_exception(error)))
-        run = self._run if self._pinned else self._functions.get(call.fid)
+        run = self._run if self._pinned else self._library.get(call.fid)
         if run is None:
             return Status.NEED_FUNCTION, b""
         with self._lock:
@@ -286,7 +249,7 @@ class Servant:
                 tasks = loads_tasks(call.payloads)
             except BaseException as exc:
                 return Status.OK, pack_chunk(first, failed_chunk(count, record_exception(exc)))
-            most, memory = self._limits_of(call)
+            most, memory = limits_of(call.limits, self._limits)
             recycle = most if self._on_restart is not None else None
             if recycle is not None:  # as many as it may run before it is replaced; the rest go back
                 tasks = tasks[:max(1, recycle - self._ran)]
@@ -336,14 +299,6 @@ class Servant:
                     self._job = None
                 self._lock.notify_all()
         return ChunkOutcome(job.values, job.times, job.failures)
-
-    def _limits_of(self, call: ChunkCall) -> tuple[Optional[int], Optional[int]]:
-        """``(max_tasks_per_worker, max_memory)`` for ``call``: its own, else this worker's."""
-        most, memory = self._limits
-        if call.limits is not None:
-            tasks, size = call.limits
-            most, memory = (tasks or most), (size or memory)
-        return (int(most) if most else None), (int(memory) if memory else None)
 
     def _tally(self, job: Job) -> None:
         """Count what ``job`` ran (with the lock held): a process that ran its
@@ -422,31 +377,14 @@ class Servant:
 
     def _out_of_memory(self, job: Job, position: int, size: int) -> ChunkOutcome:
         """The task at ``position`` took the process past ``max_memory``: it fails, and the
-        process restarts (the memory watch keeps it from growing on meanwhile)."""
-        job.cancel = True
-        offset = min(max(0, position - job.first), len(job.tasks) - 1)
-        error = out_of_memory(job.tasks[offset], job.memory, size, f"served worker pid {os.getpid()}")
-        logger.warning("task at position %d took this worker past max_memory (%s); restarting",
-                       job.first + offset, human_size(size))
-        return self._cut(job, job.first + offset, 0.0, error)
+        process restarts (``limits``)."""
+        position, error = blame(job, position, size)
+        return self._cut(job, position, 0.0, error)
 
     def _cut(self, job: Job, position: int, ran: float, error: BaseException) -> ChunkOutcome:
         """Answer with what ran; the task at ``position`` fails with ``error``; restart to stop it."""
-        with self._lock:
-            self._restarting = True
-            self._lock.notify_all()
-        offset = position - job.first
-        values, times = job.values[:offset], array("d", job.times[:offset])
-        # Times are added a group at a time (see execution.run_chunk): the tasks of the
-        # unfinished group, all short ones, were not timed.
-        times.extend(array("d", bytes(8 * (offset - len(times)))))
-        failures = {k: v for k, v in list(job.failures.items()) if k < offset}
-        failures[offset] = record_exception(error)
-        values.append(None)
-        times.append(ran)
-        if self._on_restart is not None:
-            self._on_restart()
-        return ChunkOutcome(values, times, failures)
+        self._restart()
+        return cut(job, position, ran, error)
 
     def _run_jobs(self) -> None:
         """The runner thread: run each job handed over (those with a timeout), one at a

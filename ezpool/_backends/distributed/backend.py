@@ -61,11 +61,12 @@ from ..._worker.servant import GENERIC
 from ...errors import AuthenticationError, WorkerUnavailable
 from ...options import DEFAULT_WORKER, Options
 from ..base import Backend
-from .call import Call
+from .call import Call, no_more
 from .connect import can_start, fits, hello, may_start, name_of, not_started, version_table
 from .crew import Crew
 from .dialin import DialIn, wants_dial_in
 from .drivers import PushDriver, Target
+from .halting import await_restarts
 from .links import Link, LinkEvent, State
 from .started import Started
 from .watch import Watcher
@@ -129,6 +130,7 @@ class DistributedBackend(Backend):
             link.heartbeat = options.heartbeat
             if link.connection is None and link.address is not None:
                 link.reconnect(options.heartbeat)  # the check opens it, and chunks use it
+        await_restarts(links, options.heartbeat)  # workers the last call stopped, coming back
         self._check(links, target, options.spawn)
         for link in fresh:  # started (with spawn), reached and checked in this call
             record.span("start-up", link.text, checking, perf_counter(), "reached and checked")
@@ -150,7 +152,7 @@ class DistributedBackend(Backend):
         if self._watcher is None:
             self._watcher = Watcher(self._all_links)
         work = Work(tasks, pending, options, record)
-        call = Call(work, self._crew) if dial is None else Call(work, self._crew, dial.more)
+        call = Call(work, self._crew, dial.more if dial is not None else no_more, stops)
         for link in links:
             call.add(PushDriver(work, link, target, self._started.restart))
         if dial is not None:

@@ -22,12 +22,14 @@ import queue
 import threading
 import time
 from collections.abc import Generator
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 from ..._core.logs import get_logger
 from ..._core.records import Batch
+from ..._core.stopping import Stops
 from ...errors import WorkerCrashed
 from .crew import Crew
+from .halting import stop_left
 from .work import EXIT, UNPARK, Driver, Work, failed
 
 logger = get_logger(__name__)
@@ -38,6 +40,7 @@ __all__ = ["Call"]
 _JOIN_TIMEOUT = 5.0
 
 _WAKE = object()  # tasks arrived in a live source: read them
+_STOP = object()  # tasks were asked to stop (``Stops``)
 
 
 class _Joined(NamedTuple):
@@ -46,7 +49,7 @@ class _Joined(NamedTuple):
     driver: Driver
 
 
-def _never() -> bool:
+def no_more() -> bool:
     return False
 
 
@@ -57,8 +60,11 @@ class Call:
     until it says no, tasks left when every worker has gone wait for one.
     """
 
-    def __init__(self, work: Work, crew: Crew, more: Callable[[], bool] = _never) -> None:
+    def __init__(
+        self, work: Work, crew: Crew, more: Callable[[], bool] = no_more, stops: Optional[Stops] = None
+    ) -> None:
         self.work = work
+        self.stops = stops
         self.crew = crew  # the pool's threads: each runs a driver during the call
         self.more = more
         self._joining = threading.Lock()  # a driver joins before the drivers run, or after
@@ -90,6 +96,9 @@ class Call:
         wake = self._wake
         if live is not None:
             live.add_waker(wake)
+        stops = self.stops
+        if stops is not None:
+            stops.add_waker(self._stop_asked)
         try:
             self._first_round()
             with self._joining:
@@ -114,6 +123,9 @@ class Call:
                     alive += self._unpark(ended)
                 elif item is _WAKE:
                     yield from self._refill()
+                elif item is _STOP:
+                    if not self._stop(stops):
+                        return  # stop_all: the outcomes not known yet are never yielded
                 elif isinstance(item, _Joined):
                     ended.append((item.driver, self.crew.run(item.driver.run)))
                     alive += 1
@@ -130,11 +142,16 @@ class Call:
         finally:
             if live is not None:
                 live.remove_waker(wake)
+            if stops is not None:
+                stops.remove_waker(self._stop_asked)
             self.work.stop.set()
             with self.work.cond:
                 self.work.cond.notify_all()
+                held = [(driver, [claim.chunk.start for claim in self.work.ledger.holds(driver)])
+                        for driver in self.drivers]
             for driver in self.drivers:  # the caller left early: workers stop when their client hangs up
                 driver.break_off()
+            stop_left(held)  # those whose worker still runs a chunk after a moment restart
             started = {driver for driver, _ in ended}
             for driver in self.drivers:
                 if driver not in started:  # interrupted before its thread ran
@@ -144,6 +161,31 @@ class Call:
                 if not done.wait(max(0.0, deadline - time.monotonic())):
                     logger.debug("thread for %s still busy; it keeps its old connections", driver.name)
                     driver.left_behind()
+
+    def _stop_asked(self) -> None:
+        self.work.outbox.put(_STOP)
+
+    def _stop(self, stops: Optional[Stops]) -> bool:
+        """Stop the positions asked (``Stops``): the workers running them restart, those not
+        sent yet are cancelled when taken. False: everything is to stop."""
+        if stops is None:
+            return True
+        positions, everything = stops.take()
+        if everything:
+            return False
+        by_driver: dict[Driver, set[int]] = {}
+        with self.work.cond:
+            for claim in list(self.work.ledger.claims()):
+                asked = {p for p in positions if claim.chunk.start <= p < claim.chunk.stop}
+                for holder in claim.holders if asked else ():
+                    by_driver.setdefault(holder, set()).update(asked)
+            held = set().union(*by_driver.values()) if by_driver else set()
+            self.work.cancelled.update(positions - held)  # not sent: cancelled when taken
+        for driver, asked in by_driver.items():
+            stop = getattr(driver, "stop_tasks", None)
+            if stop is not None and not stop(frozenset(asked)):
+                logger.debug("tasks %s had finished on %s: not stopped", sorted(asked), driver.name)
+        return True
 
     def _first_round(self) -> None:
         """The first chunk of each driver that can send it from this thread, sent one after

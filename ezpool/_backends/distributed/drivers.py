@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ... import _pyro
 from ..._core.chunking import Chunk
-from ..._core.ledger import Answered, Event, Lost, Returned
+from ..._core.ledger import Answered, Event, Lost, Returned, Stopped
 from ..._core.logs import get_logger
 from ..._core.records import ChunkCall, Status
 from ..._core.serialization import loads, pickled_size
@@ -40,6 +40,7 @@ from ..._worker.running import failed_chunk, pack_chunk
 from ..._worker.servant import GENERIC
 from .breaks import judge
 from .connect import CONNECT_TIMEOUT, rejoin
+from .halting import ask_stop, restarted
 from .links import Link, LinkEvent, State
 from .work import Driver, Target, Work
 
@@ -74,6 +75,7 @@ class PushDriver(Driver):
         self._first: Optional[Chunk] = None  # taken by the caller's thread, not sent yet
         self._first_error: Optional[Exception] = None  # why the caller's thread could not send it
         self._counted = False  # whether it told the call that its first chunk went out
+        self._stopping: frozenset[int] = frozenset()  # positions its worker restarts to stop
 
     @property
     def lost_since(self) -> Optional[float]:
@@ -93,9 +95,8 @@ class PushDriver(Driver):
         if not (link.state is State.READY and link.connection is not None and link.connection.idle
                 and (link.serves != GENERIC or fid in link.loaded)):
             return False  # connecting, or loading code, could make the caller's thread wait
-        self._first = self.work.pending.take()
-        self.work.ledger.take(self, self._first, time.monotonic())
-        return True
+        self._first = self.work.next(self, time.monotonic())
+        return self._first is not None
 
     def send_first(self) -> bool:
         first = self._first
@@ -287,7 +288,8 @@ class PushDriver(Driver):
             logger.debug("worker %s: the chunks sent behind tasks %d..%d never started; they go back (%s)",
                          link.text, head.chunk.start, head.chunk.stop - 1, why)
         for item in behind:
-            self._settle(item.chunk, Returned(f"it waited behind a chunk that did not come back ({why})"))
+            why_back = Returned(f"it waited behind a chunk that did not come back ({why})")
+            self._settle(item.chunk, event if isinstance(event, Stopped) else why_back)
 
     def _receive(self, item: _Flight, last: bool) -> tuple[Event, Any, Optional[float]]:
         """The answer to ``item``; the link leaves RUNNING only with the ``last`` in flight."""
@@ -297,6 +299,9 @@ class PushDriver(Driver):
         try:
             status, reply = connection.receive(item.ticket)
         except Exception as exc:
+            if self._stopping:  # it restarts, as asked: those tasks end cancelled
+                asked, self._stopping = self._stopping, frozenset()
+                return restarted(link, asked), b"", None
             return self._broken(item.chunk, exc, item.sent), b"", None
         now = time.monotonic()
         answered = Status(status)
@@ -327,6 +332,16 @@ class PushDriver(Driver):
         if self.link.left:
             return False
         return rejoin(self.link, target.name, target.code, self.restart, work.finished, work.stop)
+
+    def stop_tasks(self, positions: frozenset[int]) -> bool:
+        """From the caller's thread: ``positions``, held here, must stop (``halting``)."""
+        with self.work.cond:
+            starts = [claim.chunk.start for claim in self.work.ledger.holds(self)]
+        self._stopping = self._stopping | positions
+        if not ask_stop(self.link, starts, positions):
+            self._stopping = frozenset()
+            return False
+        return True
 
     # --- when the call ends ----------------------------------------------------------------
 

@@ -120,6 +120,8 @@ class Link:
         self.pinger: Optional[_pyro.Connection] = None  # the connection the watcher's checks travel on
         self.process: Optional[Watched] = None  # the worker process this pool started for it, if any
         self.left = False  # it left for good (a worker that dialed in): no call waits for it
+        # When a call asked it to stop (it restarts), and the identity it had then.
+        self.stopped: Optional[tuple[float, str]] = None
         self._lock = threading.Lock()
 
     @property

@@ -33,7 +33,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ..._core.chunking import Chunk, ChunkQueue
 from ..._core.feed import Feed
-from ..._core.ledger import Answered, Event, Fate, Garbled, Ledger, Lost, Settlement
+from ..._core.ledger import Answered, Event, Fate, Garbled, Ledger, Lost, Settlement, Stopped
 from ..._core.logs import get_logger
 from ..._core.recording import Recording
 from ..._core.records import Batch, ChunkReply, run_time
@@ -146,6 +146,9 @@ class Work:
         # guarded by cond.
         self.lingering = 0
         self.parked: list[Driver] = []
+        # Positions asked to stop before they were sent (guarded by cond): each ends
+        # cancelled when its chunk is taken (``_next``), and never runs.
+        self.cancelled: set[int] = set()
 
     def add(self, driver: Driver) -> None:
         """A worker for this call, before it runs: it counts itself once started (``started_one``)."""
@@ -181,9 +184,8 @@ class Work:
         with self.cond:
             while not self.stop.is_set():
                 now = time.monotonic()
-                if self.pending:
-                    chunk = self.pending.take()
-                    ledger.take(driver, chunk, now)
+                chunk = self.next(driver, now)
+                if chunk is not None:
                     return chunk
                 if not ledger.busy and self.pending.exhausted:
                     return None
@@ -216,9 +218,24 @@ class Work:
             waiting = self.pending.waiting
             if waiting <= len(idle) and waiting <= sum(1 for other in idle if other.lost_since is None):
                 return None  # an idle worker will want it: leave it
+            return self.next(driver, time.monotonic())
+
+    def next(self, driver: Driver, now: float) -> Optional[Chunk]:
+        """The next chunk waiting, now ``driver``'s, or ``None``; with ``cond`` held. One
+        holding positions asked to stop ends there: they are cancelled, the rest go back."""
+        while self.pending:
             chunk = self.pending.take()
-            self.ledger.take(driver, chunk, time.monotonic())
-            return chunk
+            self.ledger.take(driver, chunk, now)
+            if not self.cancelled:
+                return chunk
+            asked = frozenset(p for p in self.cancelled if chunk.start <= p < chunk.stop)
+            if not asked:
+                return chunk
+            self.cancelled -= asked
+            event = Stopped("it was asked to stop before it was sent", asked)
+            self._apply(driver, [chunk], lambda chunk=chunk, event=event: [  # type: ignore[misc]
+                self.ledger.settle(driver, chunk, event)])
+        return None
 
     def restart_clock(self, driver: Driver, chunk: Chunk, now: float) -> None:
         """The chunk ``driver`` holds behind another starts now: its lateness counts from here."""
