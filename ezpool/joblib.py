@@ -24,7 +24,9 @@ How a ``Parallel`` call flows::
     ...
     terminate() at the end of the call         ──▶   the executor goes back to KeptPools,
                                                      idle, for the next call
-    (a task raised) abort_everything()         ──▶   executor.terminate_workers(): workers it
+    (a task raised) abort_everything()         ──▶   every batch's future cancelled (a running
+                                                     one is stopped: its process is replaced);
+                                                     executor.terminate_workers(): workers it
                                                      started are killed and waited for
 
 The mode and pool options are the backend's keyword arguments
@@ -226,6 +228,7 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
         self._executor: Optional[PoolExecutor] = None  # taken from self.kept, for this call
         self._made_for: Optional[tuple[_Call, int]] = None  # the call and size of the executor
         self._lock = threading.Lock()  # joblib submits from its thread and from callbacks
+        self._pending: set[concurrent.futures.Future[Any]] = set()  # batches sent and not done
         self.parallel: Any = None
 
     def __repr__(self) -> str:
@@ -305,9 +308,16 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
     def submit(self, func: Callable[[], Any], callback: Optional[Callable[[Any], None]] = None) -> Any:
         """Run one joblib batch (a ``BatchedCalls``); ``callback`` gets its future when done."""
         future = self._pool().submit(_run, _Batch(func))
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._done)
         if callback is not None:
             future.add_done_callback(callback)
         return future
+
+    def _done(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
 
     def apply_async(self, func: Callable[[], Any], callback: Optional[Callable[[Any], None]] = None) -> Any:
         """What joblib before 1.5 calls ``submit``."""
@@ -323,13 +333,19 @@ class EzPoolBackend(AutoBatchingMixin, ParallelBackendBase):
         return out.result(timeout=timeout)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """Drop the batches not handed to a process or worker yet, and the pool.
+        """Stop this call's batches, running ones included, and drop the pool.
 
-        The workers the pool started are killed, and waited for, before this returns
-        (the batches they ran are lost); batches running in processes or on workers
-        started elsewhere run to their end, with nothing waiting for them. The next
-        submit, if any (``ensure_ready``), takes a new pool.
+        Each batch's future is cancelled: one not sent yet never runs, and in the
+        parallel and distributed modes a running one is stopped (its process or served
+        worker is killed and replaced) rather than left to run in the background. The
+        workers the pool started are then killed, and waited for, unless another call
+        uses the pool. The next submit, if any (``ensure_ready``), takes a new pool.
         """
+        with self._lock:
+            pending, self._pending = self._pending, set()
+        for future in pending:
+            future.cancel()
+        logger.debug("joblib aborts: %d batches cancelled", len(pending))
         self._give_back(failed=True)
 
     def terminate(self) -> None:
