@@ -79,7 +79,6 @@ from .fates import (
 )
 from .logs import get_logger
 from .records import Batch
-from .stopping import cancelled
 
 logger = get_logger(__name__)
 
@@ -360,6 +359,8 @@ class Ledger:
         self, holder: Any, chunk: Chunk, positions: frozenset[int], failed: list[Batch], again: list[Piece]
     ) -> None:
         """The tasks at ``positions`` end as cancelled; the others go back at no cost."""
+        from .stopping import cancelled  # concurrent.futures: only a call that stops tasks pays for it
+
         kept = []
         for position in range(chunk.start, chunk.stop):
             if position in positions:

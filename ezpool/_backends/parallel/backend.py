@@ -45,7 +45,7 @@ from collections.abc import Generator, Iterator, Sequence
 from multiprocessing.connection import wait
 from multiprocessing.util import Finalize
 from time import perf_counter
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ..._core.chunking import ChunkQueue, Priors
 from ..._core.deaths import how_it_ended
@@ -56,13 +56,15 @@ from ..._core.recording import Recording
 from ..._core.records import Batch, ChunkReply, run_time
 from ..._core.relay import capture_level
 from ..._core.serialization import rebuild
-from ..._core.stopping import Stops
 from ...errors import EzPoolError, WorkerCrashed
 from ...options import Options
 from ..base import Backend
 from .control import CallLimits, CallStops
 from .processes import STOP_GRACE, WorkerProcess, preload, stop_with
 from .sending import Waker, forget, main_functions, publish, send_request, sent_reply
+
+if TYPE_CHECKING:
+    from ..._core.stopping import Stops
 
 logger = get_logger(__name__)
 

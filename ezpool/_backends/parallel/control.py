@@ -18,14 +18,13 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..._core.chunking import Chunk, ChunkQueue
 from ..._core.ledger import Claim
 from ..._core.logs import get_logger
 from ..._core.records import Batch
 from ..._core.serialization import dumps, dumps_tasks
-from ..._core.stopping import Stops, cancelled
 from ..._worker.memory import human_size, out_of_memory
 from ...errors import WorkerOutOfMemory
 from ...options import Options
@@ -33,6 +32,9 @@ from . import pipes
 from .child import Limits
 from .processes import WorkerProcess
 from .sending import Alarm
+
+if TYPE_CHECKING:
+    from ..._core.stopping import Stops
 
 logger = get_logger(__name__)
 
@@ -126,6 +128,8 @@ class CallStops:
         inside = sorted(spot for spot in self.asked if chunk.start <= spot < chunk.stop)
         if not inside:
             return chunk
+        from ..._core.stopping import cancelled  # concurrent.futures: only where tasks are stopped
+
         self.asked -= set(inside)
         for spot in inside:
             self.ready.append(Batch(spot, [cancelled(self.tasks[spot])], [0.0], {0}, worker))
