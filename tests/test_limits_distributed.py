@@ -18,7 +18,7 @@ import time
 import pytest
 
 from ezpool import Pool, WorkerOutOfMemory
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, free_port, stop_group
 
 #: Drawn once per process that imports this module: a worker's new process draws another.
 BORN = secrets.token_hex(8)
@@ -107,3 +107,38 @@ def test_ezpool_serve_refuses_a_bad_max_memory_naming_it_before_serving(size, co
     assert done.returncode == 2, done
     assert "--max-memory" in done.stderr and repr(size) in done.stderr, done.stderr
     assert "serving" not in done.stderr
+
+
+@pytest.fixture
+def dialing(core_child_env):
+    """``dialing(ADDRESS, *flags, n=1)``: ``n`` workers that dial ADDRESS (``--connect``); killed
+    at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(address, *flags, n=1):
+        for _ in range(n):
+            started.append(subprocess.Popen(
+                [sys.executable, "-m", "ezpool.serve", "--connect", str(address), *flags],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                env=core_child_env, start_new_session=True, cwd=REPO_ROOT,
+            ))
+        return started[-n:]
+
+    yield start
+    for process in started:
+        stop_group(process)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_workers_that_dial_in_restart_after_n_tasks_and_for_memory(dialing, tmp_path):
+    listen_file = tmp_path / "pool.json"
+    dialing(listen_file, "--max-tasks-per-worker", "3", n=2)
+    with Pool(mode="distributed", listen="127.0.0.1:0", listen_file=listen_file) as pool:
+        results = pool.map(born, range(12))
+        assert all(results[x][2] == x for x in range(12)), results
+        ran = collections.Counter(results[x][0] for x in range(12))
+        assert all(count <= 3 for count in ran.values()) and len(ran) >= 4, ran
+        eaten = pool.map(hog, [1, ("eat", 800), 2], max_memory="200MiB", chunksize=1)
+        assert isinstance(eaten[("eat", 800)], WorkerOutOfMemory), eaten
+        assert eaten[1] == 1 and eaten[2] == 2

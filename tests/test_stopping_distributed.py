@@ -17,7 +17,7 @@ import pytest
 
 from ezpool import EzPoolError, Pool
 from ezpool._core.stopping import Stops
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, stop_group
 
 
 def nap(seconds, tag, mark_dir=None):
@@ -113,3 +113,27 @@ def test_an_imap_left_early_stops_the_chunks_still_running(two_generic):
         assert again == {(0, "x"): "x", (0, "y"): "y"}
         assert time.monotonic() - began < 15
     assert busy(two_generic) == [False, False]
+
+
+@pytest.mark.timeout(120)
+def test_an_imap_left_early_stops_workers_that_dial_in(core_child_env, tmp_path):
+    listen_file = tmp_path / "pool.json"
+    started = [subprocess.Popen(
+        [sys.executable, "-m", "ezpool.serve", "--connect", str(listen_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env=core_child_env, start_new_session=True, cwd=REPO_ROOT,
+    ) for _ in range(2)]
+    try:
+        with Pool(mode="distributed", listen="127.0.0.1:0", listen_file=listen_file) as pool:
+            assert pool.map(nap, [(0, "warm"), (0, "up")], chunksize=1)[(0, "up")] == "up"
+            began = time.monotonic()
+            for _ in pool.imap(nap, [(0.2, "quick"), (60, "a"), (60, "b")], chunksize=1):
+                break
+            assert time.monotonic() - began < 5
+            began = time.monotonic()
+            again = pool.map(nap, [(0, "x"), (0, "y")], chunksize=1)
+            assert again == {(0, "x"): "x", (0, "y"): "y"}
+            assert time.monotonic() - began < 20
+    finally:
+        for process in started:
+            stop_group(process)

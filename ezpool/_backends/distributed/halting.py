@@ -94,7 +94,7 @@ def await_restarts(links: Iterable[Link], timeout: Optional[float] = None) -> No
     finds them ready, not lost."""
     for link in links:
         stopped, link.stopped = link.stopped, None
-        if stopped is None or link.address is None or link.left:
+        if stopped is None or link.address is None or link.left or link.address.protocol == "DIAL":
             continue
         asked, old = stopped
         if link.identity != old:  # seen again since, as a new process
