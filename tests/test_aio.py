@@ -271,7 +271,10 @@ def test_uvloop_runs_amap_and_aimap(make: Callable[..., Pool]) -> None:
         assert "uvloop" in type(asyncio.get_running_loop()).__module__
         return await pool.amap(h.square, range(50)), await collect(pool.aimap(h.square, range(50)))
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        results, outcomes = runner.run(main())
+    loop = uvloop.new_event_loop()
+    try:
+        results, outcomes = loop.run_until_complete(main())
+    finally:
+        loop.close()
     assert dict(results) == {n: n * n for n in range(50)}
     assert {o.task: o.value for o in outcomes} == {n: n * n for n in range(50)}

@@ -359,3 +359,29 @@ def test_the_default_progress_is_one_text_line_in_a_notebook_without_ipywidgets(
     # One line, redrawn with carriage returns, whose last drawing is the full bar.
     assert len(lines) == 1, text
     assert lines[0].split("\r")[-1].startswith("In a notebook: 100%") and "40/40" in lines[0], text
+
+
+def test_amap_and_aimap_run_in_the_kernels_own_running_loop(jupyter: Path) -> None:
+    """``await pool.amap(...)`` in a cell runs in the loop the kernel already runs, which
+    keeps running meanwhile: a coroutine started in that loop ticks while the call waits."""
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    cells = {
+        "setup": "import asyncio, time\nfrom ezpool import Pool\n"
+                 "pool = Pool('parallel', ncpu=2, progress=False)\n"
+                 "def nap_square(x):\n    time.sleep(0.1)\n    return x * x",
+        "amap": "ticks = 0\n"
+                "async def beat():\n    global ticks\n    while True:\n"
+                "        await asyncio.sleep(0.01)\n        ticks += 1\n"
+                "beating = asyncio.ensure_future(beat())\n"
+                "results = await pool.amap(nap_square, range(16))\n"
+                "beating.cancel()\n"
+                "(sorted(results.items()), ticks >= 20)",
+        "aimap": "[outcome.value async for outcome in pool.aimap(abs, [-1, -2, -3], ordered=True)]",
+        "close": "pool.shutdown()",
+    }
+    notebook = new_notebook(cells=[new_code_cell(source, id=name) for name, source in cells.items()])
+    notebook = execute(jupyter, notebook)
+
+    assert result(notebook, "amap") == ([(x, x * x) for x in range(16)], True)
+    assert result(notebook, "aimap") == [1, 2, 3]
