@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from ezpool import Pool
+from ezpool._core.feed import Live
 from ezpool._core.stopping import Stops
-from ezpool._core.stream import stream
+from ezpool._core.stream import open_feed, stream
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -132,6 +133,23 @@ def test_stop_all_kills_the_running_processes_and_returns_promptly(pool):
     assert batches == []  # outcomes never known are never yielded
     assert all(_dead(pid) for pid in before)
     assert pool.pmap(abs, [-1, -2], ncpu=2) == {-1: 1, -2: 2}
+
+
+def test_stop_all_wakes_a_call_waiting_for_tasks_from_a_live_source(pool):
+    live = Live()
+    live.put([0.0])
+    stops = Stops()
+    settings = pool._settings({"progress": False, "ncpu": 2})
+    timer = _after(1.0, stops.stop_all)
+    began = time.monotonic()
+    try:
+        feed = open_feed(live, 100, None)
+        batches = list(stream(pool._backend("parallel"), nap, feed, settings, stops=stops))
+    finally:
+        timer.cancel()
+        live.close()
+    assert time.monotonic() - began < 10
+    assert [len(batch.values) for batch in batches] == [1]
 
 
 def test_imap_left_early_stops_its_running_processes(pool):

@@ -208,7 +208,7 @@ class _Call:
         live = pending.feed.live if pending.feed is not None else None
         self.waker = Waker(live) if live is not None else None
         self.limits = CallLimits(options, tasks)
-        self.stops = CallStops(stops, tasks) if stops is not None else None
+        self.stops = CallStops(stops, tasks, live) if stops is not None else None
         for proc in backend._processes:
             proc.seen = (-1, 0.0)  # positions restart with every call
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..._core.chunking import Chunk, ChunkQueue
+from ..._core.feed import Live
 from ..._core.ledger import Claim
 from ..._core.logs import get_logger
 from ..._core.records import Batch
@@ -98,13 +99,16 @@ class CallLimits:
 class CallStops:
     """The stops asked of one call: positions asked, and the cancelled outcomes to yield."""
 
-    def __init__(self, stops: Stops, tasks: Sequence[Any]) -> None:
+    def __init__(self, stops: Stops, tasks: Sequence[Any], live: Optional[Live] = None) -> None:
         self.stops = stops
         self.tasks = tasks
         self.alarm = Alarm()
         self.asked: set[int] = set()  # asked and not settled yet (or yielded already: ignored)
         self.ready: list[Batch] = []  # cancelled before they were sent, to yield
+        self.live = live  # a live source the call may wait on for tasks: poked awake too
         stops.add_waker(self.alarm.ring)
+        if live is not None:
+            stops.add_waker(live.poke)
 
     def take(self) -> bool:
         """Take what was asked since the last time; whether everything is to stop."""
@@ -144,5 +148,7 @@ class CallStops:
         return ready
 
     def close(self) -> None:
+        if self.live is not None:
+            self.stops.remove_waker(self.live.poke)
         self.stops.remove_waker(self.alarm.ring)
         self.alarm.close()
