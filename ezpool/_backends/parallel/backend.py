@@ -17,8 +17,19 @@ How data flows (one duplex pipe and one shared ``mark`` slot per process)::
       │   the task it was running an attempt (WorkerCrashed after ``max_attempts``),
       │   or runs a group of tiny tasks again with every task marked; its other
       │   chunks go back at no cost
-      └─ a timeout: a mark unchanged for ``timeout`` seconds: kill the process
-          (TimedOut): the task gets TaskTimeout, the rest goes back, a new one starts
+      ├─ a timeout: a mark unchanged for ``timeout`` seconds: kill the process
+      │   (TimedOut): the task gets TaskTimeout, the rest goes back, a new one starts
+      └─ the alarm: tasks asked to stop (``stops``): the processes holding them are
+          killed (Stopped: those tasks cancelled, the rest back); ``stop_all`` ends the call
+
+Limits (``control.py``): with ``max_tasks_per_worker`` no chunk holds more tasks than
+its process has left, and the process is replaced after its last; with ``max_memory``
+each process is told the limit (a ``Limits`` message) and watches itself
+(``ezpool._worker.memory``): past it, the answer's last task is WorkerOutOfMemory and
+``mark[1]`` holds the size (the process is replaced), or its watchdog kills it with the
+size in ``mark[1]`` (OutOfMemory for the marked task). So does a SIGKILL that the
+memory cgroup's OOM kill count explains (``ezpool._core.deaths``). Closing the
+generator (``imap`` left early) kills the processes still running this call's chunks.
 
 A request is one small pickle; a piece of tasks rides in it when it is small,
 and otherwise follows as a message of its own, written from its parts
