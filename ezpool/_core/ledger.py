@@ -14,8 +14,9 @@ and the *fate* of its tasks::
     taken ──▶ HELD ──a copy taken (backups)──▶ COPIED
                │                                  │
                │ answered / returned / lost /     │ answered: REPORT, the other copy
-               │ timed out / garbled              │   is broken off; anything else:
-               ▼                                  │   DROP, back to HELD (the other
+               │ timed out / garbled / stopped /  │   is broken off; anything else:
+               │ out of memory                    │   DROP, back to HELD (the other
+               ▼                                  │
             SETTLED ◀─────────────────────────────┘   copy decides)
                (anything more: DROP)
 
