@@ -16,8 +16,8 @@ and the *fate* of its tasks::
                │ answered / returned / lost /     │ answered: REPORT, the other copy
                │ timed out / garbled / stopped /  │   is broken off; anything else:
                │ out of memory                    │   DROP, back to HELD (the other
-               ▼                                  │
-            SETTLED ◀─────────────────────────────┘   copy decides)
+               ▼                                  │   copy decides)
+            SETTLED ◀─────────────────────────────┘
                (anything more: DROP)
 
 The events, the states and the table are in ``ezpool._core.fates``. The fates, per task:
