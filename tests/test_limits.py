@@ -149,3 +149,31 @@ def test_where_the_system_refuses_memory_the_task_fails_with_a_memory_error(pool
     results = pool.pmap(eat_under_rlimit, range(4), ncpu=2, max_tasks_per_worker=1)
     assert isinstance(results[1], MemoryError), repr(results[1])
     assert [results[task] for task in (0, 2, 3)] == [0, 2, 3]
+
+
+def test_the_memory_watch_calls_back_past_its_limit_while_a_task_runs():
+    """ezpool._worker.memory, in this process, without the kill: what served workers reuse."""
+    from ezpool._worker.memory import MemoryWatch, human_size, resident_bytes
+
+    assert [human_size(size) for size in (512 * MiB, 1023, 3 * 1024 * MiB // 2)] == ["512.0 MiB", "1023 B",
+                                                                                       "1.5 GiB"]
+    now = resident_bytes()
+    assert now is not None and now > 0
+    seen: list[int] = []
+    watch = MemoryWatch(now + 50 * MiB, seen.append, kill=False)
+    try:
+        kept = bytearray(20 * MiB)
+        watch.begin()
+        time.sleep(0.1)
+        assert seen == []  # under the limit
+        kept += bytearray(80 * MiB)
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen and seen[0] > now + 50 * MiB
+        # The peak says so too, unless this process had a higher one before (it counts only a rise).
+        assert watch.cancel == (watch.over() is not None)
+        watch.end()
+        del kept
+    finally:
+        watch.close()
