@@ -76,7 +76,7 @@ class CallLimits:
         """Whether ``proc``, which just answered, must be replaced now."""
         if proc.outgrown:
             logger.info("worker process %s grew to %s, past its max_memory of %s: replaced",
-                           proc.name, human_size(proc.outgrown), human_size(self.max_memory or 0))
+                        proc.name, human_size(proc.outgrown), human_size(self.max_memory or 0))
             return True
         return proc.ran >= self.max_tasks
 
