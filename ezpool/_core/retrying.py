@@ -22,12 +22,11 @@ feed's ``Live`` (``Live.poke``).
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import concurrent.futures
 import heapq
 import itertools
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -51,9 +50,13 @@ __all__ = ["RetryPolicy", "RetryFeed", "RunStops", "open_retries"]
 #: (unless ``retry_backoff`` itself is longer).
 BACKOFF_CAP = 60.0
 
-#: Exceptions that end a task whatever ``retry_on`` says (a task stopped on purpose is
-#: one: ``ezpool._core.stopping``).
-_NEVER = (KeyboardInterrupt, SystemExit, concurrent.futures.CancelledError, asyncio.CancelledError)
+#: Exceptions that end a task whatever ``retry_on`` says; so does a task stopped on purpose
+#: (a ``CancelledError``, see ``ezpool._core.stopping``), found by ``_never``.
+_NEVER = (KeyboardInterrupt, SystemExit)
+
+#: The modules whose ``CancelledError`` ends a task (looked up only if already imported:
+#: an instance of one cannot exist otherwise, and importing them costs a cold start).
+_CANCELLED_IN = ("concurrent.futures", "asyncio")
 
 
 class RetryPolicy(NamedTuple):
@@ -65,8 +68,7 @@ class RetryPolicy(NamedTuple):
 
     def wants(self, error: Any, tries: int) -> bool:
         """Whether a task that failed with ``error`` on its ``tries``-th run runs again."""
-        return (tries <= self.retries and isinstance(error, self.retry_on)
-                and not isinstance(error, _NEVER))
+        return tries <= self.retries and isinstance(error, self.retry_on) and not _never(error)
 
     def delay(self, tries: int, rng: random.Random) -> float:
         """Seconds to wait before the run after the ``tries``-th: ``backoff`` doubled each time,
@@ -76,6 +78,17 @@ class RetryPolicy(NamedTuple):
             return 0.0
         longest = self.backoff * 2.0 ** min(tries - 1, 64)
         return min(longest, max(BACKOFF_CAP, self.backoff)) * rng.uniform(0.5, 1.0)
+
+
+def _never(error: BaseException) -> bool:
+    """Whether ``error`` ends its task whatever ``retry_on`` says."""
+    if isinstance(error, _NEVER):
+        return True
+    for name in _CANCELLED_IN:
+        module = sys.modules.get(name)
+        if module is not None and isinstance(error, module.CancelledError):
+            return True
+    return False
 
 
 def open_retries(

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from concurrent.futures import CancelledError
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .logs import get_logger
+
+if TYPE_CHECKING:
+    from concurrent.futures import CancelledError
 
 logger = get_logger(__name__)
 
@@ -83,4 +85,6 @@ class Stops:
 
 def cancelled(task: object) -> CancelledError:
     """The outcome of a task stopped while it ran or waited to (``concurrent.futures.CancelledError``)."""
+    from concurrent.futures import CancelledError  # here: it costs a cold start a good deal
+
     return CancelledError(f"task {task!r} was cancelled")
