@@ -366,8 +366,8 @@ class Servant:
                     f"task {job.tasks[position - job.first]!r} ran longer than its timeout of {timeout} s "
                     f"on the worker (pid {os.getpid()}), which restarts to stop it"
                 )
-                logger.warning("task at position %d overran its timeout of %s s; restarting",
-                               position, timeout)
+                logger.warning("restarting to stop a task that overran its timeout (task at position %d, "
+                               "timeout %s s)", position, timeout)
                 return self._cut(job, position, now - since, error)
         if job.stopped:
             return None

@@ -40,6 +40,9 @@ __all__ = ["GRACE", "ask_stop", "await_restarts", "restarted", "stop_left"]
 #: the running task or group) before it is asked to stop by restarting.
 GRACE = 0.2
 
+#: Seconds a call that ends waits for its workers to say they stop.
+_ASK_WAIT = 2.0
+
 #: Seconds the next call waits for a worker stopped by the last one to answer again.
 _RESTART_WAIT = 10.0
 
@@ -83,7 +86,7 @@ def stop_left(held: list[tuple[Any, list[int]]], grace: float = GRACE) -> None:
                                 name="ezpool-stop") for driver, starts in held]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + max(held[0][0].link.heartbeat, 1.0)
+    deadline = time.monotonic() + _ASK_WAIT  # a worker that does not answer is asked on, unawaited
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
 
