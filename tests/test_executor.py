@@ -178,6 +178,7 @@ def test_a_pending_future_can_be_cancelled(make, gate, mode):
 
 
 def test_shutdown_with_cancel_futures_cancels_what_waits_and_finishes_the_rest(make, gate, mode):
+    """What waits is cancelled; the running call finishes where it cannot be stopped."""
     path, open_gate = gate
     executor = make(mode, workers=1)
     blocker = executor.submit(h.wait_for, path, "first")
@@ -186,7 +187,10 @@ def test_shutdown_with_cancel_futures_cancels_what_waits_and_finishes_the_rest(m
     results = executor.map(h.square, range(10))
     threading.Timer(0.5, open_gate).start()
     executor.shutdown(wait=True, cancel_futures=True)
-    assert blocker.result(timeout=0) == "first"
+    if mode.kind in ("parallel", "distributed"):  # a running call is stopped too (test_executor_cancel.py)
+        assert blocker.cancelled()
+    else:
+        assert blocker.result(timeout=0) == "first"
     cancelled = [f for f in queued if f.cancelled()]
     assert len(cancelled) >= 10 and all(f.done() for f in queued)
     assert all(f.result() == n * n for n, f in enumerate(queued) if not f.cancelled())
