@@ -142,3 +142,14 @@ def test_workers_that_dial_in_restart_after_n_tasks_and_for_memory(dialing, tmp_
         eaten = pool.map(hog, [1, ("eat", 800), 2], max_memory="200MiB", chunksize=1)
         assert isinstance(eaten[("eat", 800)], WorkerOutOfMemory), eaten
         assert eaten[1] == 1 and eaten[2] == 2
+
+
+@pytest.mark.timeout(120)
+def test_the_processes_of_procs_get_the_limits_too(serve):
+    uris = serve("", "--max-tasks-per-worker", "2", "--max-memory", "150MiB", procs=2).uris
+    with Pool() as pool:
+        results = pool.dmap(born, range(8), workers=uris, spawn=False)
+        eaten = pool.dmap(hog, [1, ("spike", 600)], workers=uris, spawn=False, chunksize=1)
+    ran = collections.Counter(results[x][0] for x in range(8))
+    assert all(count <= 2 for count in ran.values()) and len(ran) >= 4, ran
+    assert isinstance(eaten[("spike", 600)], WorkerOutOfMemory) and eaten[1] == 1, eaten
