@@ -10,7 +10,8 @@ cleanly on SIGINT or SIGTERM. ``--procs N`` serves from N processes, on ports
 times a minute, and the others serve on (``ezpool._worker.supervisor``). Started by a
 person (not by a pool or by ``--procs``, which pass ``--parent-pid``), it also says on
 stderr, in one line, what it serves, where, and that Ctrl-C stops it. ``-v`` logs what
-the worker does, to stderr.
+the worker does, to stderr. ``--max-tasks-per-worker`` and ``--max-memory`` limit each
+process for the calls that set no limit of their own (``ezpool._worker.limits``).
 
 Security: workers unpickle what clients send, and unpickling can run code, so
 every connection needs the key (``ezpool.security``: ``--hmac-key-file``,

@@ -35,7 +35,9 @@ When no chunk is left to send, an idle worker runs a backup copy of one that is
 late (``Ledger.late``), so that a slow but live worker does not hold up the end.
 A worker's states, and the events that move it between them, are in ``links``;
 what happens to a chunk, whatever went wrong, is the ledger's to decide
-(``ezpool._core.ledger``), as it is for ``pmap``.
+(``ezpool._core.ledger``), as it is for ``pmap``. Running tasks stop only with their
+worker's process: ``Stops``, and a call left early, make the workers running them
+restart themselves (``halting``).
 """
 
 from __future__ import annotations
