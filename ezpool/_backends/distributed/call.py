@@ -235,6 +235,8 @@ class Call:
     def _refill(self) -> list[Batch]:
         """Read more tasks from a feed, here in the caller's thread, and wake the drivers."""
         if self.work.pending.exhausted:
+            with self.work.cond:  # drivers waiting for more input learn there is none (retries)
+                self.work.cond.notify_all()
             return []
         with self.work.cond:
             settled = self.work.pending.refill()
