@@ -1,8 +1,8 @@
 """``Pool.amap`` and ``Pool.aimap``: the pool from ``asyncio``, in every mode, with real processes.
 
 The event loop is never blocked (a heartbeat coroutine measures it, and is shown to
-notice a blocked loop); cancelling the awaiting task stops the running tasks (their
-processes end); it runs on uvloop's loop too. The Jupyter kernel's running loop is
+notice a blocked loop); cancelling the awaiting task stops the running tasks (they
+stop beating: ``tests/_beats.py``); it runs on uvloop's loop too. The Jupyter kernel's running loop is
 tested in ``tests/test_notebook.py``.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 from ezpool import Pool
 from tests import _helpers as h
-from tests.conftest import eventually
+from tests._beats import beat, started, stop_beating
 from tests.modes import MODES, Mode
 
 T = TypeVar("T")
@@ -32,7 +32,7 @@ STOPPING = [MODES["fork"], MODES["distributed"]]
 #: The longest the loop may go without running a 10 ms heartbeat, on a loaded 2-core machine.
 LONGEST_GAP = 0.5
 
-#: How long a cancelled call may take to end, and its processes to be gone.
+#: How long a cancelled call may take to end, and its tasks to stop running.
 STOPPED_WITHIN = 15.0
 
 
@@ -61,20 +61,6 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 async def collect(outcomes: Any) -> list[Any]:
     return [outcome async for outcome in outcomes]
-
-
-def started(directory: Path, count: int) -> list[int]:
-    """The pids of the processes that started ``count`` tasks of ``h.record_then_nap``."""
-    eventually(lambda: len(list(directory.iterdir())) >= count, f"{count} tasks to start", 60)
-    return [int(path.name.rsplit("-", 2)[1]) for path in directory.iterdir()]
-
-
-def gone(pid: int) -> bool:
-    """Whether process ``pid`` has ended (a zombie not reaped yet counts as ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 # --- results ---------------------------------------------------------------------------
@@ -177,11 +163,11 @@ def test_cancelling_amap_stops_its_running_tasks(
     make: Callable[..., Pool], mode: Mode, tmp_path: Path
 ) -> None:
     pool = make(mode)
-    sleeper = functools.partial(h.record_then_nap, str(tmp_path), seconds=60)
+    beating = functools.partial(beat, str(tmp_path), seconds=60)
 
     async def main() -> float:
-        call = asyncio.create_task(pool.amap(sleeper, ["a", "b", "c", "d"]))
-        await asyncio.to_thread(started, tmp_path, 2)
+        call = asyncio.create_task(pool.amap(beating, ["a", "b", "c", "d"]))
+        await asyncio.to_thread(started, tmp_path, ["a", "b"])
         began = time.monotonic()
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -190,10 +176,8 @@ def test_cancelling_amap_stops_its_running_tasks(
 
     took = run(main())
     assert took < STOPPED_WITHIN, f"the cancelled amap took {took:.1f} s to end"
-    pids = started(tmp_path, 2)
-    assert len(pids) == 2, "the tasks not started were not run"
-    for pid in pids:
-        eventually(lambda pid=pid: gone(pid), f"end of the process {pid} of a cancelled task", STOPPED_WITHIN)
+    stop_beating(tmp_path, ["a", "b"], STOPPED_WITHIN)
+    assert not list(tmp_path.glob("c.*")) and not list(tmp_path.glob("d.*")), "tasks not started ran"
     assert dict(run(pool.amap(h.square, range(4)))) == {n: n * n for n in range(4)}
 
 
@@ -202,24 +186,23 @@ def test_cancelling_the_task_reading_aimap_stops_its_running_tasks(
     make: Callable[..., Pool], mode: Mode, tmp_path: Path
 ) -> None:
     pool = make(mode)
-    sleeper = functools.partial(h.record_then_nap, str(tmp_path), seconds=60)
+    beating = functools.partial(beat, str(tmp_path), seconds=60)
     read: list[Any] = []
 
     async def reader() -> None:
-        async for outcome in pool.aimap(sleeper, ["a", "b", "c"]):
+        async for outcome in pool.aimap(beating, ["a", "b", "c"]):
             read.append(outcome)
 
     async def main() -> None:
         reading = asyncio.create_task(reader())
-        await asyncio.to_thread(started, tmp_path, 2)
+        await asyncio.to_thread(started, tmp_path, ["a", "b"])
         reading.cancel()
         with pytest.raises(asyncio.CancelledError):
             await reading
 
     run(main())
     assert read == []
-    for pid in started(tmp_path, 2):
-        eventually(lambda pid=pid: gone(pid), f"end of the process {pid} of a cancelled task", STOPPED_WITHIN)
+    stop_beating(tmp_path, ["a", "b"], STOPPED_WITHIN)
 
 
 @pytest.mark.parametrize("mode", STOPPING, ids=lambda mode: mode.name)
@@ -227,28 +210,27 @@ def test_aclose_stops_the_running_tasks_of_aimap(
     make: Callable[..., Pool], mode: Mode, tmp_path: Path
 ) -> None:
     pool = make(mode)
-    sleeper = functools.partial(h.record_then_nap, str(tmp_path), seconds=60)
+    beating = functools.partial(beat, str(tmp_path), seconds=60)
 
     async def main() -> None:
-        outcomes = pool.aimap(sleeper, ["a", "b", "c"])
+        outcomes = pool.aimap(beating, ["a", "b", "c"])
         waiting = asyncio.create_task(outcomes.__anext__())
-        await asyncio.to_thread(started, tmp_path, 2)
+        await asyncio.to_thread(started, tmp_path, ["a", "b"])
         await outcomes.aclose()  # type: ignore[attr-defined]
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(waiting, STOPPED_WITHIN)
 
     run(main())
-    for pid in started(tmp_path, 2):
-        eventually(lambda pid=pid: gone(pid), f"end of the process {pid} of a closed aimap", STOPPED_WITHIN)
+    stop_beating(tmp_path, ["a", "b"], STOPPED_WITHIN)
 
 
-def record_then_nap_unless_fast(directory: str, task: str) -> str:
-    return h.record_then_nap(directory, task, 0.0 if task == "fast" else 60.0)
+def beat_unless_fast(directory: str, task: str) -> str:
+    return beat(directory, task, 0.0 if task == "fast" else 60.0)
 
 
 def test_breaking_out_of_aimap_stops_its_running_tasks(make: Callable[..., Pool], tmp_path: Path) -> None:
     pool = make(MODES["fork"], 3)
-    run_task = functools.partial(record_then_nap_unless_fast, str(tmp_path))
+    run_task = functools.partial(beat_unless_fast, str(tmp_path))
 
     async def main() -> Any:
         async for outcome in pool.aimap(run_task, ["a", "b", "fast"]):
@@ -257,10 +239,8 @@ def test_breaking_out_of_aimap_stops_its_running_tasks(make: Callable[..., Pool]
 
     first = run(main())
     assert not first.failed and first.task == "fast"
-    pids = [int(path.name.rsplit("-", 2)[1]) for path in tmp_path.iterdir() if "fast" not in path.name]
-    assert len(pids) == 2
-    for pid in pids:
-        eventually(lambda pid=pid: gone(pid), f"end of the process {pid} of a left task", STOPPED_WITHIN)
+    started(tmp_path, ["a", "b"])
+    stop_beating(tmp_path, ["a", "b"], STOPPED_WITHIN)
 
 
 # --- other loops ------------------------------------------------------------------------------

@@ -245,30 +245,23 @@ def _raise_after(seconds: float) -> None:
     raise h.CustomError("late")
 
 
-def _ended(pid: int) -> bool:
-    """Whether process ``pid`` has ended (a zombie not reaped yet counts as ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("mode", ["fork", "distributed"])
 def test_after_an_error_the_running_batches_are_stopped_not_left_running(mode: str, tmp_path: Path) -> None:
     import time
 
-    calls = [delayed(h.record_then_nap)(str(tmp_path), name, 60) for name in ("a", "b")]
-    with parallel_config(backend="ezpool", n_jobs=3, **_selecting(mode)):
+    from tests._beats import beat, started, stop_beating
+
+    calls = [delayed(beat)(str(tmp_path), name, 60) for name in ("a", "b")]
+    three = {"mode": MODES[mode].kind, **MODES[mode].options(3)}  # a worker for each call
+    with parallel_config(backend="ezpool", n_jobs=3, **three):
         began = time.monotonic()
         with pytest.raises(h.CustomError, match="late"):
             Parallel(batch_size=1)([*calls, delayed(_raise_after)(3.0)])
         took = time.monotonic() - began
-    pids = [int(path.name.split("-")[1]) for path in tmp_path.iterdir()]
-    assert len(pids) == 2, "both sleeping tasks started before the other raised"
+    started(tmp_path, ["a", "b"], timeout=0)  # both had started before the other raised
     assert took < 20, f"the call raised after {took:.1f} s"
-    for pid in pids:
-        eventually(lambda pid=pid: _ended(pid), f"end of the process {pid} of a stopped batch", timeout=15)
+    stop_beating(tmp_path, ["a", "b"], within=10)
 
 
 def test_parallel_timeout_raises_joblibs_timeout_error() -> None:
