@@ -90,9 +90,9 @@ class Results(Dict[Any, R]):
 
     @property
     def attempts(self) -> Mapping[Any, int]:
-        """How many times each task ran: 1, or more where ``retries`` ran it again (a run
-        cut by its worker's death and run again under ``max_attempts`` is not counted
-        here: the timeline shows those)."""
+        """How many times each task ran, by task (1, or more where ``retries`` ran it
+        again). A run cut by its worker's death, and run again under ``max_attempts``,
+        is not counted here; the timeline shows those."""
         return _Attempts(self, self._tries)
 
     @property
