@@ -11,7 +11,10 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional, Union, cast
 
-__all__ = ["run_task", "run_in_context", "Raised", "unwrap", "Code", "load_code", "describe", "failure"]
+__all__ = [
+    "run_task", "run_in_context", "Raised", "unwrap", "Code", "load_code", "describe", "failure",
+    "call_failure",
+]
 
 
 def run_task(fn: Callable[..., Any], calls: Any, how: Union[bool, dict[str, Any], None]) -> Any:
@@ -84,6 +87,16 @@ def failure(value: Any) -> Optional[BaseException]:
     if isinstance(errors, dict):
         errors = next(iter(errors.values()), None)
     return unwrap(errors) if type(errors) is Raised or isinstance(errors, BaseException) else None
+
+
+def call_failure(value: Any) -> Optional[BaseException]:
+    """The exception of a ``submit``'s call that raised, from its task's value (what
+    ``retries`` look for); ``None`` for a value, and for a slice of a ``map``, whose calls
+    that did not raise must not run again."""
+    if type(value) is not tuple or len(value) != 2 or value[0] is not None:
+        return None
+    error = value[1]
+    return unwrap(error) if type(error) is Raised or isinstance(error, BaseException) else None
 
 
 def unwrap(error: Any) -> BaseException:

@@ -31,7 +31,7 @@ from .._core.records import Batch
 from .._core.stopping import Stops
 from .._core.stream import open_feed, open_sweep, stream
 from ..options import Options
-from ._calls import describe, failure, run_in_context, run_task, unwrap
+from ._calls import call_failure, describe, failure, run_in_context, run_task, unwrap
 from ._future import CallFuture, settle_future
 
 logger = get_logger(__name__)
@@ -289,7 +289,7 @@ class Submitted:
             feed = open_feed(self.live, self.options.buffersize, sweep)
             self.record.reading(feed)
             batches = stream(self.backend, runner, feed, self.options, sweep, eager=True, record=self.record,
-                             stops=stops)
+                             stops=stops, failure=call_failure)
             try:
                 for batch in batches:
                     stop = batch.start + len(batch.values)
