@@ -102,3 +102,9 @@ class WorkerOutOfMemory(EzPoolError, MemoryError):
     """A worker process grew past its ``max_memory`` (or the operating system killed it for
     memory): the message names the task, the limit and the size reached. The worker is
     replaced; the other tasks go on. It is also a builtin ``MemoryError``."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> WorkerOutOfMemory:
+        # Made as EzPoolError's are: MemoryError.__new__, which picklers that rebuild
+        # exceptions by calling cls.__new__ (tblib's, installed by dask.distributed) would
+        # find first, refuses to make an instance of a class whose layout is Exception's.
+        return Exception.__new__(cls, *args)

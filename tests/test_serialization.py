@@ -161,3 +161,31 @@ def test_pickled_parts_keep_big_bytes_by_reference_and_copy_what_may_change():
     changing[0] = 9  # what was pickled does not change with it
     assert pickle.loads(b"".join(parts)) == [big, bytearray(big), 3]
     assert dumps_parts([1, 2]) == (pickle.dumps([1, 2], pickle.HIGHEST_PROTOCOL),)
+
+
+@pytest.mark.timeout(60)
+def test_every_ezpool_error_survives_tblibs_pickler():
+    # dask.distributed installs tblib's pickler for every exception class defined when it is
+    # imported; it rebuilds with cls.__new__, which MemoryError refused for WorkerOutOfMemory.
+    # (In a subprocess: the install is global.)
+    pytest.importorskip("tblib", reason="tblib (a dask.distributed dependency) is not installed")
+    import subprocess
+    import sys
+
+    script = (
+        "import pickle, ezpool.errors as errors\n"
+        "from tblib import pickling_support\n"
+        "pickling_support.install()\n"
+        "for name in errors.__all__:\n"
+        "    kind = getattr(errors, name)\n"
+        "    try:\n"
+        "        made = kind('what went wrong')\n"
+        "    except TypeError:  # needs more than a message (RemoteError): made only by EzPool\n"
+        "        continue\n"
+        "    back = pickle.loads(pickle.dumps(made))\n"
+        "    assert type(back) is kind and str(back) == str(made), name\n"
+        "print('ok', len(errors.__all__))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok")
