@@ -280,3 +280,12 @@ def counted_n(task: Counted) -> int:
 def megabyte_from(n: int) -> bytes:
     """1 MB of bytes, starting with ``n``."""
     return n.to_bytes(8, "little") + bytes((1 << 20) - 8)
+
+
+def process_gone(pid: int) -> bool:
+    """Whether a process has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")

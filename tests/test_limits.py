@@ -12,12 +12,12 @@ import collections
 import os
 import resource
 import time
-from pathlib import Path
 
 import pytest
 
 from ezpool import Pool
 from ezpool.errors import EzPoolError, WorkerCrashed, WorkerOutOfMemory
+from tests._helpers import process_gone
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -32,15 +32,6 @@ def pool(request):
         yield pool
     finally:
         pool.shutdown()
-
-
-def _dead(pid: int) -> bool:
-    """Whether a process has exited (a zombie not yet reaped counts as dead)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 def pid_of(_task: object) -> int:
@@ -77,7 +68,7 @@ def test_a_worker_process_is_replaced_after_max_tasks_per_worker(pool, chunksize
     assert len(ran) >= 8, ran  # 24 tasks, 3 each: at least 8 processes
     assert not results.errors
     live = {proc.process.pid for proc in pool._backend("parallel")._processes}
-    assert all(_dead(pid) for pid in ran if pid not in live)  # those replaced are gone
+    assert all(process_gone(pid) for pid in ran if pid not in live)  # those replaced are gone
     # The next call, without the limit, keeps its processes.
     again = pool.pmap(pid_of, range(24), ncpu=2)
     assert len(set(again.values())) <= 2
@@ -100,7 +91,7 @@ def test_a_task_past_max_memory_fails_alone_and_the_others_finish(pool):
     assert reached >= 4 * 200, text  # the size it reached, 800 MiB and more
     assert [task for task in results if task != 3 and not isinstance(results[task], int)] == []
     culprit = int(text.split("worker process pid ")[1].split()[0])
-    assert _dead(culprit)  # replaced
+    assert process_gone(culprit)  # replaced
     assert set(results.errors) == {3}
 
 

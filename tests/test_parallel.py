@@ -9,13 +9,13 @@ import subprocess
 import threading
 import time
 from functools import partial
-from pathlib import Path
 
 import pytest
 
 from ezpool import Pool, ResultNotSerializable, TaskTimeout, WorkerCrashed
 from ezpool._backends.parallel.backend import available_cpus
 from tests import _helpers as h
+from tests._helpers import process_gone
 
 START_METHODS = ["fork", "spawn"]
 
@@ -32,15 +32,6 @@ def parallel_pool(start_method):
         yield pool
     finally:
         pool.shutdown()
-
-
-def _dead(pid: int) -> bool:
-    """Whether a process has exited (a zombie not yet reaped counts as dead)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 def _pids(results) -> set[int]:
@@ -261,9 +252,9 @@ def test_a_worker_killed_between_calls_is_replaced(parallel_pool):
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while not _dead(victim) and time.monotonic() < deadline:
+    while not process_gone(victim) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _dead(victim)
+    assert process_gone(victim)
     results = parallel_pool.pmap(h.pid_after_nap, range(8, 16), ncpu=2)
     assert results.errors == {}
     second = _pids(results)
@@ -277,7 +268,7 @@ def _alive_after(pids, seconds: float) -> list[int]:
     """The pids still running after waiting up to ``seconds`` for them all to exit."""
     deadline = time.monotonic() + seconds
     while True:
-        alive = [pid for pid in pids if not _dead(pid)]
+        alive = [pid for pid in pids if not process_gone(pid)]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.05)

@@ -17,6 +17,7 @@ from ezpool import Pool
 from ezpool._core.feed import Live
 from ezpool._core.stopping import Stops
 from ezpool._core.stream import open_feed, stream
+from tests._helpers import process_gone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,15 +29,6 @@ def pool(request):
         yield pool
     finally:
         pool.shutdown()
-
-
-def _dead(pid: int) -> bool:
-    """Whether a process has exited (a zombie not yet reaped counts as dead)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 def nap(seconds: float) -> int:
@@ -93,7 +85,7 @@ def test_the_process_of_a_stopped_task_is_killed(pool, tmp_path):
     finally:
         timer.cancel()
     assert isinstance(results[30.0], CancelledError)
-    assert all(_dead(pid) for pid in before)
+    assert all(process_gone(pid) for pid in before)
     assert _workers(pool).isdisjoint(before)
 
 
@@ -131,7 +123,7 @@ def test_stop_all_kills_the_running_processes_and_returns_promptly(pool):
         timer.cancel()
     assert time.monotonic() - began < 10
     assert batches == []  # outcomes never known are never yielded
-    assert all(_dead(pid) for pid in before)
+    assert all(process_gone(pid) for pid in before)
     assert pool.pmap(abs, [-1, -2], ncpu=2) == {-1: 1, -2: 2}
 
 
@@ -159,5 +151,5 @@ def test_imap_left_early_stops_its_running_processes(pool):
     for _ in pool.imap(nap, [0.0] + [60.0] * 4, ncpu=2, chunksize=1):
         break
     assert time.monotonic() - began < 10
-    assert all(_dead(pid) for pid in before)
+    assert all(process_gone(pid) for pid in before)
     assert pool.pmap(abs, [-1, -2], ncpu=2) == {-1: 1, -2: 2}
