@@ -39,6 +39,7 @@ from json.encoder import encode_basestring_ascii as _quote
 from typing import IO, Any, Union
 
 from ._core.logs import get_logger
+from ._core.writing import replacing
 from ._version import __version__
 from .timeline import Span, Timeline, WorkerInfo
 
@@ -142,7 +143,7 @@ def write_trace(timeline: Timeline, path: Union[str, os.PathLike[str]]) -> None:
         "ezpool_version": __version__,
         "python_version": platform.python_version(),
     }
-    with open(path, "w", encoding="ascii") as out:
+    with replacing(path, "ascii") as out:  # whole or not at all: two writers may race
         out.write(f'{_HEAD}{json.dumps(other)},\n"displayTimeUnit": "ms",\n"traceEvents": [\n')
         out.write(",\n".join(metadata))
         for index, span in enumerate(timeline.spans):

@@ -552,3 +552,39 @@ def test_chrome_places_every_event_on_its_named_track(chrome, tmp_path):
         assert tracks == {track: (threads[track], count, count) for track, count in held.items()}, path.name
         assert hosts == {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
         assert len(tracks) >= 4 and sum(held.values()) >= 20
+
+
+@pytest.mark.timeout(120)
+def test_two_writers_of_one_path_at_once_leave_a_whole_file(tmp_path):
+    # A joblib call that fails writes its trace as its pool is given back, while the
+    # executor may write it as it shuts down: the file must be one writer's, whole.
+    import threading
+
+    from ezpool import Pool
+    from ezpool.report import write_report
+
+    with Pool("serial", progress=False) as pool:
+        big = pool.map(abs, range(20_000)).timeline
+        small = pool.map(abs, range(3)).timeline
+    for writer, path in ((write_trace, tmp_path / "run.json"), (write_report, tmp_path / "run.html")):
+        for _ in range(5):
+            errors: list[BaseException] = []
+
+            def write(timeline: Timeline, writer=writer, path=path, errors=errors) -> None:
+                try:
+                    writer(timeline, path)
+                except BaseException as exc:  # shown by the assertion below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=write, args=(timeline,)) for timeline in (big, small)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert errors == []
+            text = path.read_text()
+            if writer is write_trace:
+                assert len(json.loads(text)["traceEvents"]) > 3
+            else:
+                assert text.rstrip().endswith("</html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.html", "run.json"]  # no leftovers

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Union
 
 from .._core.logs import get_logger
+from .._core.writing import replacing
 from ..timeline import Timeline
 
 logger = get_logger(__name__)
@@ -52,13 +53,6 @@ def write_report(
 
     target = os.fspath(path)
     text = page(timeline, __version__, notes)
-    temporary = f"{target}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "w", encoding="utf-8", errors="backslashreplace") as file:
-            file.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with replacing(target, "utf-8", "backslashreplace") as file:
+        file.write(text)
     logger.debug("report of %r written to %s (%d bytes)", timeline, target, len(text))
