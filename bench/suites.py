@@ -25,6 +25,8 @@ from .harness import Comparison, Contender, Runner, Settings, Timed, simple
 from .naive_pyro import naive_client
 from .scale import scale
 from .serving import distributed_available, free_port, served_workers, shared
+from .storing import storing
+from .streaming import streaming
 from .workloads import (
     CPU_N,
     NAP_SECONDS,
@@ -361,4 +363,6 @@ WORKLOADS: dict[str, Callable[[Settings], list[Comparison]]] = {
     "dialin": dialin,
     "joining": joining,
     "clusters": clusters,
+    "imap": streaming,
+    "store": storing,
 }
