@@ -40,7 +40,10 @@ class Row(NamedTuple):
     cell: Callable[[dict[str, Any]], Optional[str]]
 
 
-def _ratio(comparison: str, ours: str, peer: str, size: Optional[int] = None) -> Callable[[dict[str, Any]], Optional[str]]:
+Cell = Callable[[dict[str, Any]], Optional[str]]
+
+
+def _ratio(comparison: str, ours: str, peer: str, size: Optional[int] = None) -> Cell:
     def cell(run: dict[str, Any]) -> Optional[str]:
         record = run["comparisons"].get(comparison)
         if not record:
@@ -52,7 +55,7 @@ def _ratio(comparison: str, ours: str, peer: str, size: Optional[int] = None) ->
     return cell
 
 
-def _derived(comparison: str, *path: str, digits: int = 2, unit: str = "") -> Callable[[dict[str, Any]], Optional[str]]:
+def _derived(comparison: str, *path: str, digits: int = 2, unit: str = "") -> Cell:
     def cell(run: dict[str, Any]) -> Optional[str]:
         value: Any = (run["comparisons"].get(comparison) or {}).get("derived") or {}
         for key in path:
@@ -65,15 +68,20 @@ def _derived(comparison: str, *path: str, digits: int = 2, unit: str = "") -> Ca
 
 
 #: The README's table: one line per claim, each read from the run.
+_MP, _TINY = "``multiprocessing.Pool.map``", "tiny tasks"
 HEADLINE: tuple[Row, ...] = (
-    Row("``pmap`` / ``multiprocessing.Pool.map``, 10^5 tiny tasks", _ratio("tiny", "pmap", "multiprocessing.Pool.map", 100_000)),
-    Row("``pmap`` / ``multiprocessing.Pool.map``, 10^6 tiny tasks", _ratio("tiny", "pmap", "multiprocessing.Pool.map", 1_000_000)),
-    Row("``pmap`` / loky (tuned), 10^6 tiny tasks", _ratio("tiny", "pmap", "loky tuned", 1_000_000)),
-    Row("``pmap`` / joblib, 10^6 tiny tasks", _ratio("tiny", "pmap", "joblib", 1_000_000)),
-    Row("``dmap`` / Ray (batched by hand), 10^6 tiny tasks", _ratio("ray", "dmap", "Ray, tasks batched by hand", 1_000_000)),
-    Row("``dmap`` on 2 local workers, µs per tiny task", _derived("distributed", "us_per_task", "dmap", "20000")),
-    Row("``dmap``, 128 workers, efficiency (1.0 is ideal)", _derived("many-128", "efficiency", "dmap", "2560", digits=3)),
-    Row("``dmap``, 128 workers, new pool, efficiency", _derived("many-128", "efficiency", "dmap cold", "2560", digits=3)),
+    Row(f"``pmap`` / {_MP}, 10^5 {_TINY}", _ratio("tiny", "pmap", "multiprocessing.Pool.map", 10**5)),
+    Row(f"``pmap`` / {_MP}, 10^6 {_TINY}", _ratio("tiny", "pmap", "multiprocessing.Pool.map", 10**6)),
+    Row(f"``pmap`` / loky (tuned), 10^6 {_TINY}", _ratio("tiny", "pmap", "loky tuned", 10**6)),
+    Row(f"``pmap`` / joblib, 10^6 {_TINY}", _ratio("tiny", "pmap", "joblib", 10**6)),
+    Row(f"``dmap`` / Ray (batched by hand), 10^6 {_TINY}",
+        _ratio("ray", "dmap", "Ray, tasks batched by hand", 10**6)),
+    Row("``dmap`` on 2 local workers, µs per tiny task",
+        _derived("distributed", "us_per_task", "dmap", "20000")),
+    Row("``dmap``, 128 workers, efficiency (1.0 is ideal)",
+        _derived("many-128", "efficiency", "dmap", "2560", digits=3)),
+    Row("``dmap``, 128 workers, new pool, efficiency",
+        _derived("many-128", "efficiency", "dmap cold", "2560", digits=3)),
 )
 
 
@@ -83,10 +91,8 @@ def _run(path: Path, partial: bool) -> dict[str, Any]:
     if not partial:
         missing = [name for name in REQUIRED if name not in settings["only"]]
         if settings["quick"] or missing:
-            raise SystemExit(
-                f"{path} is not one full run ({'--quick' if settings['quick'] else 'missing ' + ', '.join(missing)}):"
-                " run python -m bench first, or pass --partial"
-            )
+            why = "--quick" if settings["quick"] else "missing " + ", ".join(missing)
+            raise SystemExit(f"{path} is not one full run ({why}): run python -m bench, or pass --partial")
     return run
 
 
@@ -95,8 +101,9 @@ def _heading(run: dict[str, Any]) -> str:
     load = machine.get("load_average") or [0.0]
     end = machine.get("load_average_end") or [0.0]
     revision = machine["ezpool"].get("revision") or machine["ezpool"]["version"]
-    return (f"{machine['date'][:10]}, EzPool {revision}, {machine['usable_cores']} cores ({machine['cpu']}), "
-            f"CPython {machine['python']}, load average {load[0]:.2f} at the start and {end[0]:.2f} at the end")
+    return (f"{machine['date'][:10]}, EzPool {revision}, {machine['usable_cores']} cores "
+            f"({machine['cpu']}), CPython {machine['python']}, "
+            f"load average {load[0]:.2f} at the start and {end[0]:.2f} at the end")
 
 
 def readme_table(run: dict[str, Any]) -> str:
@@ -113,8 +120,8 @@ def readme_table(run: dict[str, Any]) -> str:
 
 def docs_tables(run: dict[str, Any]) -> str:
     """Every comparison of the run, as printed by ``python -m bench``, for the docs."""
-    lines = [f"Every table of one full run of ``python -m bench`` ({_heading(run)}). "
-             "Ratios are EzPool's median time over the peer's, in the same run; below 1.0 EzPool is faster.", ""]
+    lines = [f"Every table of one full run of ``python -m bench`` ({_heading(run)}). Ratios are "
+             "EzPool's median time over the peer's, in the same run; below 1.0 EzPool is faster.", ""]
     for name, record in run["comparisons"].items():
         if "error" in record:
             lines += [f"``{name}``: failed ({record['error']})", ""]
@@ -153,7 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             path.write_text(text, encoding="utf-8")
     if stale:
-        print(f"not made from {args.results}: {', '.join(stale)}; run python -m bench.tables", file=sys.stderr)
+        print(f"not made from {args.results}: {', '.join(stale)}; run python -m bench.tables",
+              file=sys.stderr)
         return 1
     return 0
 
