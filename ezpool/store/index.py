@@ -7,6 +7,11 @@ a later row wins, and the dict keeps the order in which each key was first seen,
 which is the order ``results`` lists tasks in. A ``forgotten`` row removes keys whose
 latest entry is in a row up to its ``upto`` id.
 
+Rows whose tasks are a ``range`` (what a ``map`` over a range records) are not keyed
+while every row read is one: a range of tasks is then found by arithmetic (``spans``),
+with no key at all. The first row of other tasks, ``forgotten`` row, or read that needs
+keys (``results``, counts) keys them, once, and from then on every row is keyed.
+
 The index remembers the last row and the last ``forgotten`` row it read, so that
 ``refresh`` reads only what was written since, by this process or any other.
 
@@ -27,6 +32,7 @@ from .._core.logs import get_logger
 from .batches import Outcomes, load_tasks, offsets
 from .keys import task_key, task_keys
 from .signing import MAC_SIZE, Forged, Signer, verify
+from .spans import Segment, segments
 
 logger = get_logger(__name__)
 
@@ -61,8 +67,14 @@ class Index:
         self.sweep_id = sweep_id
         self.where = where  # for log messages
         self.signer = signer
-        #: task key -> entry number of its latest outcome, in the order first seen.
+        #: task key -> entry number of its latest outcome, in the order first seen; once ``keyed``.
         self.latest: dict[bytes, int] = {}
+        #: Whether ``latest`` holds the rows read (else every row read holds a range of tasks).
+        self.keyed = False
+        #: (first entry, tasks) of each row read whose tasks are a range, oldest first.
+        self.spans: list[tuple[int, range]] = []
+        #: The offsets of the failures of each row read.
+        self.row_failed: list[array] = []
         #: Entry numbers of failures.
         self.failed: set[int] = set()
         #: Run time of each entry, and the row it is in.
@@ -92,6 +104,25 @@ class Index:
         for marker in forgotten[pending:]:
             self._forget_row(*marker)
 
+    def by_key(self) -> dict[bytes, int]:
+        """``latest``, once the rows of ranges read so far are keyed too."""
+        if not self.keyed:
+            self.keyed = True
+            for first, tasks in self.spans:
+                self.latest.update(zip(task_keys(tasks)[0], range(first, first + len(tasks))))
+        return self.latest
+
+    def segments(self, tasks: Any) -> Optional[list[Segment]]:
+        """Where a range of tasks is stored, by arithmetic (see ``spans``); ``None`` when it
+        cannot be told so (other tasks, or rows of other tasks) and keys are needed."""
+        if self.keyed or type(tasks) is not range:
+            return None
+        return segments(tasks, self.spans)
+
+    def stop_of(self, row: int) -> int:
+        """The entry after the last of row ``row``."""
+        return self.firsts[row + 1] if row + 1 < len(self.firsts) else len(self.elapsed)
+
     def locate(self, entry: int) -> tuple[int, int]:
         """The row number (in ``ids``) and offset of an entry."""
         row = self.row_of[entry]
@@ -100,11 +131,11 @@ class Index:
     def failing(self) -> list[bytes]:
         """The keys whose latest outcome is a failure."""
         failed = self.failed
-        return [key for key, entry in self.latest.items() if entry in failed] if failed else []
+        return [key for key, entry in self.by_key().items() if entry in failed] if failed else []
 
     def forget(self, keys: Iterable[bytes], upto: int) -> int:
         """Remove the keys whose latest outcome is in a row up to id ``upto``; how many."""
-        latest, removed = self.latest, 0
+        latest, removed = self.by_key(), 0
         for key in keys:
             entry = latest.get(key)
             if entry is not None and self.ids[self.locate(entry)[0]] <= upto:
@@ -120,20 +151,8 @@ class Index:
         """
         complete = True
         values: list[Any] = [MISSING] * len(self.elapsed)
-        if len(rows) >= SCAN_SHARE * len(self.ids):
-            found = {batch_id: row for row, batch_id in enumerate(self.ids)}
-            for batch_id, blob, layout, mac in db.execute(_ALL_OUTCOMES, (self.sweep_id, self.last_batch)):
-                row = found.get(batch_id)
-                if row in rows:
-                    complete = self._load_row(row, blob, layout, mac, values) and complete
-            return values, complete
-        ids = [self.ids[row] for row in rows]
-        found = {self.ids[row]: row for row in rows}
-        for first in range(0, len(ids), LOOKUP_GROUP):
-            group = ids[first : first + LOOKUP_GROUP]
-            query = f"SELECT id, outcome, layout, mac FROM batches WHERE id IN ({','.join('?' * len(group))})"
-            for batch_id, blob, layout, mac in db.execute(query, group):
-                complete = self._load_row(found[batch_id], blob, layout, mac, values) and complete
+        for row, blob, layout, mac in self.rows_read(db, rows):
+            complete = self._load_row(row, blob, layout, mac, values) and complete
         return values, complete
 
     def load(self, columns: tuple[Any, ...]) -> tuple[list[Any], Outcomes]:
@@ -170,26 +189,54 @@ class Index:
     def _load_row(self, row: int, blob: bytes, layout: int, mac: bytes, values: list[Any]) -> bool:
         """Put the values of one row into ``values`` at their entries; false if one cannot be loaded."""
         first = self.firsts[row]
-        stop = self.firsts[row + 1] if row + 1 < len(self.firsts) else len(self.elapsed)
+        loaded, values[first : self.stop_of(row)] = self.row_values(row, blob, layout, mac)
+        return loaded
+
+    def row_values(self, row: int, blob: bytes, layout: int, mac: bytes) -> tuple[bool, list[Any]]:
+        """Whether every value of row ``row`` (read as ``blob``, ``layout``, ``mac``) loads, and its
+        values: each failure rebuilt, ``MISSING`` for one that cannot be loaded (or for every
+        one when the row does not verify)."""
+        count = self.stop_of(row) - self.firsts[row]
         try:
             outcomes = self._checked_outcomes(self.ids[row], self.macs[row], blob, layout, mac)
         except Forged as exc:
             logger.warning("%s: %s; its tasks run again", self.where, exc)
-            values[first:stop] = [MISSING] * (stop - first)
-            return False
-        plain, failed = outcomes.plain(), self.failed
-        todo: Iterable[int] = range(first, stop)
-        if plain is not None and len(plain) == stop - first:
-            values[first:stop] = plain
-            todo = [entry for entry in todo if entry in failed] if failed else ()
+            return False, [MISSING] * count
+        plain, failed = outcomes.plain(), self.row_failed[row]
+        todo: Iterable[int] = range(count)
+        if plain is not None and len(plain) == count:
+            if not failed:
+                return True, plain
+            values, todo = list(plain), failed
+        else:
+            values = [MISSING] * count
         loaded = True
-        for entry in todo:
+        failures = set(failed)
+        for offset in todo:
             try:
-                values[entry] = outcomes.get(entry - first, entry in failed)
+                values[offset] = outcomes.get(offset, offset in failures)
             except Exception as exc:
                 logger.debug("%s: a stored value cannot be loaded (%s); it runs again", self.where, exc)
-                values[entry], loaded = MISSING, False
-        return loaded
+                values[offset], loaded = MISSING, False
+        return loaded, values
+
+    def rows_read(self, db: sqlite3.Connection, rows: set[int]) -> Iterable[tuple[int, bytes, int, bytes]]:
+        """``(row, outcome, layout, mac)`` of each of ``rows``: read by id, or, when they are many,
+        all the sweep's rows read in order."""
+        if len(rows) >= SCAN_SHARE * len(self.ids):
+            found = {batch_id: row for row, batch_id in enumerate(self.ids)}
+            for batch_id, blob, layout, mac in db.execute(_ALL_OUTCOMES, (self.sweep_id, self.last_batch)):
+                row = found.get(batch_id)
+                if row in rows:
+                    yield row, blob, layout, mac
+            return
+        ids = [self.ids[row] for row in rows]
+        found = {self.ids[row]: row for row in rows}
+        for first in range(0, len(ids), LOOKUP_GROUP):
+            group = ids[first : first + LOOKUP_GROUP]
+            query = f"SELECT id, outcome, layout, mac FROM batches WHERE id IN ({','.join('?' * len(group))})"
+            for batch_id, blob, layout, mac in db.execute(query, group):
+                yield found[batch_id], blob, layout, mac
 
     def _add(
         self,
@@ -210,22 +257,31 @@ class Index:
             return
         try:
             tasks = load_tasks(blob, layout)
-            keys, complete = _keys(tasks, self.where)
-            if len(elapsed) != 8 * len(keys):
-                raise ValueError(f"{len(keys)} tasks but {len(elapsed) // 8} run times")
+            spanned = type(tasks) is range
+            if not spanned:
+                self.by_key()  # rows of other tasks: every row is keyed from now on
+            keys, complete = _keys(tasks, self.where) if self.keyed else ((), True)
+            if len(elapsed) != 8 * len(tasks):
+                raise ValueError(f"{len(tasks)} tasks but {len(elapsed) // 8} run times")
+            failures = offsets(failed)
         except Exception as exc:
             logger.warning("%s: the tasks of a stored batch cannot be loaded, left out: %s", self.where, exc)
             return
         first = len(self.elapsed)
-        self.row_of += array("I", [len(self.ids)]) * len(keys)
+        self.row_of += array("I", [len(self.ids)]) * len(tasks)
         self.ids.append(batch_id)
         self.firsts.append(first)
         self.workers.append(worker)
         self.recorded.append(recorded)
         self.macs.append(tasks_mac)
         self.elapsed.frombytes(elapsed)
-        if failed:
-            self.failed.update(first + offset for offset in offsets(failed))
+        self.row_failed.append(failures)
+        if failures:
+            self.failed.update(first + offset for offset in failures)
+        if spanned:
+            self.spans.append((first, tasks))
+        if not self.keyed:
+            return
         if complete:
             self.latest.update(zip(keys, range(first, first + len(keys))))  # type: ignore[arg-type]
         else:
@@ -238,7 +294,7 @@ class Index:
         except Forged as exc:
             logger.warning("%s: %s; left out, never loaded", self.where, exc)
             return
-        self.forget(pickle.loads(blob), upto)
+        self.forget(pickle.loads(blob), upto)  # keys every row: forgetting is by key
 
 
 def _keys(tasks: list[Any], where: str) -> tuple[Sequence[Optional[bytes]], bool]:

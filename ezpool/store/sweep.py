@@ -20,6 +20,7 @@ from itertools import compress, count, repeat
 from operator import is_not
 from typing import Any, Callable, NamedTuple, Optional, cast
 
+from .._core.feed import Feed, stored_batches
 from .._core.logs import get_logger
 from .._core.records import Batch
 from .._core.serialization import short_repr
@@ -30,6 +31,7 @@ from .database import Database
 from .index import MISSING, ROW_COLUMNS, Index
 from .keys import task_keys
 from .signing import Forged
+from .spans import Segment
 
 logger = get_logger(__name__)
 
@@ -98,29 +100,53 @@ class Sweep:
         whole sweep; later ones read only what was recorded since.
         """
         self.flush()
-        keys, lost = task_keys(tasks)
         with self._connection.transaction(write=False) as db:
             index = self._refreshed(db)
-            entries = list(map(index.latest.get, keys))
-            for position in lost:
-                entries[position] = None
-            # The rest is written with map and zip, so that it loops in C: a loop in Python
-            # would cost more than the index it uses.
-            hits = list(map(is_not, entries, repeat(None)))
-            chosen = cast("list[int]", list(compress(entries, hits)))  # the entries found
-            row_of = index.row_of
-            rows = set(map(row_of.__getitem__, chosen))
-            if not rows:
-                return {}
-            values, complete = index.values(db, rows)
-            outcomes = zip(
-                map(values.__getitem__, chosen),
-                map(index.elapsed.__getitem__, chosen),
-                map(index.workers.__getitem__, map(row_of.__getitem__, chosen)),
-                map(index.failed.__contains__, chosen),
-            )
-            # StoredOutcome(*outcome), without the call of its __new__
-            found = dict(zip(compress(count(), hits), map(tuple.__new__, repeat(StoredOutcome), outcomes)))
+            spans = index.segments(tasks)
+            if spans is not None:
+                return {
+                    batch.start + offset: StoredOutcome(value, took, batch.worker, offset in batch.failed)
+                    for batch in _stored(index, db, spans)
+                    for offset, (value, took) in enumerate(zip(batch.values, batch.elapsed))
+                }
+            return self._looked_up(index, db, tasks)
+
+    def found(self, tasks: Sequence[Any]) -> list[Batch]:
+        """The stored outcomes of ``tasks`` as batches (``Batch.stored``), in the positions of
+        ``tasks``, in position order; a batch a run of one row's outcomes. As ``lookup`` finds
+        them, but a range of tasks stored as ranges is found with no task key, and the values
+        of each row are loaded once, a batch at a time."""
+        self.flush()
+        with self._connection.transaction(write=False) as db:
+            index = self._refreshed(db)
+            spans = index.segments(tasks)
+            if spans is not None:
+                return _stored(index, db, spans)
+            return list(stored_batches(self._looked_up(index, db, tasks)))
+
+    def _looked_up(self, index: Index, db: Any, tasks: Sequence[Any]) -> dict[int, StoredOutcome]:
+        """``lookup`` by task keys (inside a transaction, with the index refreshed)."""
+        keys, lost = task_keys(tasks)
+        entries = list(map(index.by_key().get, keys))
+        for position in lost:
+            entries[position] = None
+        # The rest is written with map and zip, so that it loops in C: a loop in Python
+        # would cost more than the index it uses.
+        hits = list(map(is_not, entries, repeat(None)))
+        chosen = cast("list[int]", list(compress(entries, hits)))  # the entries found
+        row_of = index.row_of
+        rows = set(map(row_of.__getitem__, chosen))
+        if not rows:
+            return {}
+        values, complete = index.values(db, rows)
+        outcomes = zip(
+            map(values.__getitem__, chosen),
+            map(index.elapsed.__getitem__, chosen),
+            map(index.workers.__getitem__, map(row_of.__getitem__, chosen)),
+            map(index.failed.__contains__, chosen),
+        )
+        # StoredOutcome(*outcome), without the call of its __new__
+        found = dict(zip(compress(count(), hits), map(tuple.__new__, repeat(StoredOutcome), outcomes)))
         if not complete:
             found = {position: outcome for position, outcome in found.items() if outcome[0] is not MISSING}
         return found
@@ -147,7 +173,10 @@ class Sweep:
         if not values:
             return
         stop = start + len(values)
-        chunk = tasks[start:stop] if type(tasks) is list else [tasks[i] for i in range(start, stop)]
+        if type(tasks) is list or type(tasks) is range or isinstance(tasks, Feed):
+            chunk = tasks[start:stop]  # a range stays one: three numbers to store, and no key to compare
+        else:
+            chunk = [tasks[i] for i in range(start, stop)]
         now, sweep, sign = time.time(), self._id, self._connection.signer.batch
         rows = [
             (sweep, *encoded, worker, now, sign(sweep, *encoded, worker, now))
@@ -234,7 +263,7 @@ class Sweep:
         self.flush()
         with self._connection.transaction(write=False) as db:
             index = self._refreshed(db)
-            places = [(entry, *index.locate(entry)) for entry in index.latest.values()]
+            places = [(entry, *index.locate(entry)) for entry in index.by_key().values()]
             needed = {row for _, row, _ in places}
             rows = {batch_id: row for row, batch_id in enumerate(index.ids)}
             loaded: dict[int, tuple[list[Any], Outcomes]] = {}
@@ -293,7 +322,7 @@ class Sweep:
         with self._connection.transaction(write=False) as db:
             ((created,),) = db.execute("SELECT created FROM sweeps WHERE id = ?", (self._id,)).fetchall()
             index = self._refreshed(db)
-            entries = list(index.latest.values())
+            entries = list(index.by_key().values())
             elapsed = index.elapsed
             slow = heapq.nlargest(slowest, entries, key=elapsed.__getitem__)
             slow_rows = {index.locate(entry)[0] for entry in slow}
@@ -337,7 +366,8 @@ class Sweep:
         self.flush()
         with self._connection.transaction(write=False) as db:
             index = self._refreshed(db)
-            return len(index.latest), len(index.failed.intersection(index.latest.values()))
+            latest = index.by_key()
+            return len(latest), len(index.failed.intersection(latest.values()))
 
     def _refreshed(self, db: Any) -> Index:
         """The index, brought up to date with the file (call it inside a transaction)."""
@@ -349,6 +379,44 @@ class Sweep:
             self._index = None  # read again from the start next time
             raise
         return self._index
+
+
+def _stored(index: Index, db: Any, spans: list[Segment]) -> list[Batch]:
+    """The batches of stored outcomes the segments ``spans`` point to, each row's values loaded once
+    (values that cannot be loaded are left out: their tasks run again)."""
+    row_of = index.row_of
+    loaded = {row: values for row, blob, layout, mac in index.rows_read(db, {row_of[s.entry] for s in spans})
+              for values in (index.row_values(row, blob, layout, mac)[1],)}
+    found = []
+    for start, stop, entry in spans:
+        row = row_of[entry]
+        offset = entry - index.firsts[row]
+        count = stop - start
+        values = loaded[row][offset : offset + count]
+        failed = {spot - offset for spot in index.row_failed[row] if offset <= spot < offset + count}
+        runs = [(0, count)] if MISSING not in values else _loaded_runs(values)
+        for first, end in runs:
+            part = values if (first, end) == (0, count) else values[first:end]
+            failures = failed if (first, end) == (0, count) else {
+                spot - first for spot in failed if first <= spot < end}
+            elapsed = index.elapsed[entry + first : entry + end]
+            batch = Batch(start + first, part, elapsed, failures, index.workers[row])
+            batch.stored = True
+            found.append(batch)
+    return found
+
+
+def _loaded_runs(values: list[Any]) -> list[tuple[int, int]]:
+    """The runs ``(first, stop)`` of ``values`` that are not ``MISSING``."""
+    runs: list[tuple[int, int]] = []
+    for offset, value in enumerate(values):
+        if value is MISSING:
+            continue
+        if runs and runs[-1][1] == offset:
+            runs[-1] = (runs[-1][0], offset + 1)
+        else:
+            runs.append((offset, offset + 1))
+    return runs
 
 
 def label(name: str, store_key: Optional[str]) -> str:
