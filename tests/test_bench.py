@@ -167,6 +167,26 @@ def test_the_captured_workload_reports_ratios_and_peak_memory(tmp_path: Path) ->
     assert "workers_peak_rss_mib" in done.stdout
 
 
+@pytest.mark.timeout(100)
+def test_the_store_workload_times_new_and_full_stores_against_map_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # where the workload makes its store files
+    done = _run_bench("--quick", "--repeats", "1", "--only", "store", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    record = json.loads((out / "results.json").read_text(encoding="utf-8"))["comparisons"]["store"]
+    assert {entry["status"] for entry in record["contenders"].values()} == {"ok"}
+    ratios = {(r["ezpool"], r["peer"], r["size"]): r["ratio"] for r in record["ratios"]}
+    assert set(ratios) == {(store, "map", size) for store in ("map, new store", "map, full store")
+                           for size in record["sizes"]}
+    assert all(math.isfinite(ratio) and ratio > 0 for ratio in ratios.values())
+    assert set(record["params"]["store_bytes"]) == {str(size) for size in record["sizes"]}
+    assert "map, full store / map" in done.stdout
+    assert list(scratch.iterdir()) == []  # every store file is removed
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_the_memory_workload_measures_each_callers_peak_in_a_fresh_process() -> None:
