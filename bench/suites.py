@@ -22,6 +22,7 @@ from .clusters import clusters
 from .coldstart import cold_start
 from .dialin import dialin, joining
 from .harness import Comparison, Contender, Runner, Settings, Timed, simple
+from .lean import lean
 from .naive_pyro import naive_client
 from .scale import scale
 from .serving import distributed_available, free_port, served_workers, shared
@@ -365,4 +366,5 @@ WORKLOADS: dict[str, Callable[[Settings], list[Comparison]]] = {
     "clusters": clusters,
     "imap": streaming,
     "store": storing,
+    "lean": lean,
 }

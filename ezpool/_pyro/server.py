@@ -27,6 +27,11 @@ off (EzPool's signed calls authenticate every message), the connect answer is a
 bare nonce, and a failed ``auth`` gets an unsigned refusal (``REFUSED_WRONG_KEY``
 or ``REFUSED_NO_KEY``) and a hang-up. A peer without the key thus learns nothing
 to test guesses of the key against.
+
+Until a connection has proven the key, Pyro4 handles each of its requests. From
+then on its calls take the lean path (``lean``): read and answered here, with
+the same checks of each call's MAC and counter (``ExposedServant.invoke``), but
+none of Pyro4's per-request machinery.
 """
 
 from __future__ import annotations
@@ -38,15 +43,17 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import Pyro4
 import Pyro4.errors
+import Pyro4.util
 from Pyro4.socketserver.threadpoolserver import ClientConnectionJob
 
 from .._core.logs import get_logger
 from .._core.records import Status
 from ..security import same, sign
+from .lean import read_call, send_reply
 from .sessions import (
     PREAUTH_BYTES,
     PREAUTH_CONNECTIONS,
@@ -68,6 +75,7 @@ __all__ = [
     "configure_worker_process",
     "configure_server_process",
     "worker_methods",
+    "WithConnection",
     "PREAUTH_CONNECTIONS",
     "PREAUTH_SECONDS",
     "PREAUTH_BYTES",
@@ -80,6 +88,9 @@ __all__ = [
 SERVER_THREADS = 256  # connections served at once
 SERVER_IDLE_TIMEOUT = 10.0  # seconds a connection may stay silent mid-request or between requests
 MAX_MESSAGE_SIZE = 1 << 30  # bytes: a frame that announces more is refused, not awaited
+
+#: Pyro4's id of the ``marshal`` serializer, the only one a server accepts.
+_MARSHAL = Pyro4.util.MarshalSerializer.serializer_id
 
 #: What a failed ``auth`` is answered: the client's MAC is not the key's.
 REFUSED_WRONG_KEY = "ezpool-refused:wrong-key"
@@ -112,7 +123,7 @@ class Server:
 
     def __init__(
         self,
-        methods: Mapping[str, Callable[..., Any]],
+        methods: Mapping[str, Any],
         host: str,
         port: int,
         name: str,
@@ -128,6 +139,7 @@ class Server:
         self._daemon = _Daemon(host, port, hmac_key, tls, limits, connected)
         exposed = ExposedServant(methods, self._daemon.sessions, hmac_key)
         self.uri = str(self._daemon.register(exposed, name))
+        self._daemon.lean = (name, exposed)
         self._thread = threading.Thread(target=self._daemon.requestLoop, daemon=True, name="ezpool-daemon")
         self._stopped = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, daemon=True, name="ezpool-sweeper")
@@ -170,23 +182,30 @@ class Server:
             self._daemon.sessions.sweep(self._stopped)
 
 
-def worker_methods(servant: Any) -> dict[str, Callable[..., Any]]:
+class WithConnection(NamedTuple):
+    """A method of a ``Server``'s table that is given the caller's connection first."""
+
+    run: Callable[..., Any]
+
+
+def worker_methods(servant: Any) -> dict[str, Any]:
     """The calls a worker's ``Servant`` answers; ``run_chunk`` watches its client while it runs,
     and tells the servant the client's address (for ``status``)."""
 
-    def run_chunk(*args: Any) -> Any:  # args: a ChunkCall as it travels (ezpool._core.records)
-        connection = Pyro4.current_context.client
+    def run_chunk(connection: Any, *args: Any) -> Any:  # args: a ChunkCall as it travels
+        client = connection.peer
+        if not client:  # asked once a connection: the address of a socket does not change
+            peer = _peer(connection.sock)
+            client = connection.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         gone = functools.partial(_peer_closed, connection)
-        peer = _peer(connection.sock)
-        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         status, reply = servant.run_chunk(*args, client_gone=gone, client=client)
         if status == Status.GONE.value:  # the servant has no answer: hang up
             hang_up(connection)
         return status, reply
 
     return {
-        "hello": servant.hello, "ping": servant.ping, "load": servant.load, "run_chunk": run_chunk,
-        "status": servant.status, "stop": servant.stop,
+        "hello": servant.hello, "ping": servant.ping, "load": servant.load,
+        "run_chunk": WithConnection(run_chunk), "status": servant.status, "stop": servant.stop,
     }
 
 
@@ -208,6 +227,35 @@ class _Daemon(Pyro4.Daemon):
         self.sessions = Sessions(limits, tls=tls is not None)
         self._dialed: dict[int, list[Session]] = {}  # raw sockets this side dialed: their sessions
         self._dialed_lock = threading.Lock()
+        self.lean: Optional[tuple[str, ExposedServant]] = None  # the object whose calls take the lean path
+
+    def handleRequest(self, conn: Any) -> None:
+        """One request: Pyro4 handles it until the connection has proven the key, and
+        whatever is not an EzPool call after; the calls themselves take the lean path
+        (``lean``, and the module docstring)."""
+        session, lean = self.sessions.get(conn), self.lean
+        call = None
+        if session is not None and session.authenticated and lean is not None:
+            call = read_call(conn, lean[0])  # None: anything else, put back for Pyro4
+        if call is None or lean is None:
+            super().handleRequest(conn)
+            return
+        exposed = lean[1]
+        seq, args = call
+        try:
+            answer = exposed.invoke(conn, session, *args)
+            if answer is None:  # hung up on
+                raise Pyro4.errors.ConnectionClosedError("hung up on a call that failed its checks")
+            send_reply(conn, seq, answer)
+        except Exception as exc:  # answered as Pyro4 answers a call that raised
+            errors = Pyro4.errors
+            if type(exc) is not errors.ConnectionClosedError:
+                logger.debug("a call raised %r", exc)
+                if isinstance(exc, errors.SerializeError) or not isinstance(exc, errors.CommunicationError):
+                    lines = Pyro4.util.formatTraceback(detailed=Pyro4.config.DETAILED_TRACEBACK)
+                    self._sendExceptionResponse(conn, seq, _MARSHAL, exc, lines)
+            if isinstance(exc, (Pyro4.errors.CommunicationError, Pyro4.errors.SecurityError)):
+                raise
 
     @contextlib.contextmanager
     def dialing(self, sock: socket.socket) -> Iterator[list[Session]]:
@@ -296,7 +344,7 @@ class ExposedServant:
     methods in the table."""
 
     def __init__(
-        self, methods: Mapping[str, Callable[..., Any]], sessions: Sessions, key: Optional[bytes]
+        self, methods: Mapping[str, Any], sessions: Sessions, key: Optional[bytes]
     ) -> None:
         self._methods = dict(methods)
         self._sessions = sessions
@@ -333,17 +381,30 @@ class ExposedServant:
         return None
 
     def call(self, method: Any, counter: Any, mac: Any, args: Any) -> Any:
+        """A call that Pyro4 handles (one from a connection that has not proven the key
+        is hung up on; the others take the lean path, see ``_Daemon.handleRequest``)."""
         connection = Pyro4.current_context.client
-        session = self._sessions.get(connection)
-        if session is None or not session.authenticated or not isinstance(counter, int):
-            return hang_up(connection)
-        if counter <= session.counter or method not in self._methods or not isinstance(args, (list, tuple)):
-            return hang_up(connection)
+        return self.invoke(connection, self._sessions.get(connection), method, counter, mac, args)
+
+    def invoke(
+        self, connection: Any, session: Optional[Session], method: Any, counter: Any, mac: Any, args: Any
+    ) -> Optional[tuple[Any, bytes]]:
+        """Run ``method`` with ``args`` if the call's MAC and counter hold, before anything in
+        it is used: ``(result, MAC of the result)``; else ``None``, the connection hung up on."""
+        if (
+            session is None or not session.authenticated or not isinstance(counter, int)
+            or counter <= session.counter or method not in self._methods
+            or not isinstance(args, (list, tuple))
+        ):
+            hang_up(connection)
+            return None
         if self._key and not same(mac, sign(self._key, session.nonce, counter, str(method), list(args))):
             logger.debug("a call with a bad signature: hanging up")
-            return hang_up(connection)
+            hang_up(connection)
+            return None
         session.counter = counter
-        result = self._methods[method](*args)
+        run = self._methods[method]
+        result = run.run(connection, *args) if type(run) is WithConnection else run(*args)
         return result, sign(self._key, session.nonce, counter, "reply", result)
 
 

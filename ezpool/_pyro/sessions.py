@@ -269,17 +269,28 @@ def _message_length(header: bytes, tls: bool) -> Optional[int]:
 
 class GuardedConnection(Pyro4.socketutil.SocketConnection):
     """A Pyro4 connection that refuses to read a large message before authentication,
-    and that can be told to hang up once its next message is sent (a refusal)."""
+    that can be told to hang up once its next message is sent (a refusal), and that
+    can be given back bytes read from it, to be read again (``replay``: a message the
+    lean path leaves to Pyro4, see ``lean``)."""
 
     preauth_limit = 0
     hang_up_after_send = False
+    replayed = b""  # read again before anything more is read from the socket
+    peer = ""  # the client's address as ``host:port``, once asked (``server.worker_methods``)
 
     def recv(self, size: int) -> bytes:
         if self.preauth_limit and size > self.preauth_limit:
             raise Pyro4.errors.ConnectionClosedError(
                 f"a message of {size} bytes before authentication (the limit is {self.preauth_limit})"
             )
+        if self.replayed:
+            again, self.replayed = self.replayed[:size], self.replayed[size:]
+            return again if len(again) == size else again + bytes(super().recv(size - len(again)))
         return bytes(super().recv(size))
+
+    def replay(self, data: bytes) -> None:
+        """Make ``data``, just read, the next bytes read."""
+        self.replayed = data + self.replayed
 
     def send(self, data: bytes) -> None:
         super().send(data)
