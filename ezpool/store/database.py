@@ -46,7 +46,12 @@ __all__ = ["Database"]
 
 #: The file's ``PRAGMA application_id`` ("EzPL") and ``user_version``.
 APPLICATION_ID = 0x457A504C
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+#: The format before rows could hold run times by group (``batches.TIMES_GROUPED``): read as it
+#: is, and marked ``SCHEMA_VERSION`` when opened to write, so that an ezpool that cannot read
+#: such rows refuses the file rather than leave them out.
+UNGROUPED_VERSION = 3
 
 #: The format before rows were signed; ``python -m ezpool.store --upgrade`` signs one.
 UNSIGNED_VERSION = 2
@@ -346,10 +351,10 @@ def _check_schema(db: sqlite3.Connection, path: str, readonly: bool, key: bytes,
                 f"loading a store can run the code of whoever wrote it. If you made it yourself, sign it "
                 f"with your key once: python -m ezpool.store --upgrade {path}"
             )
-        if app == APPLICATION_ID and version != SCHEMA_VERSION:
+        if app == APPLICATION_ID and version not in (UNGROUPED_VERSION, SCHEMA_VERSION):
             raise StoreError(
-                f"{path} is an ezpool store of format {version}; this ezpool reads format "
-                f"{SCHEMA_VERSION} (use the ezpool that wrote it, or another file)"
+                f"{path} is an ezpool store of format {version}; this ezpool reads formats "
+                f"{UNGROUPED_VERSION} and {SCHEMA_VERSION} (use the ezpool that wrote it, or another file)"
             )
         if app != APPLICATION_ID:
             (tables,) = db.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -366,6 +371,8 @@ def _check_schema(db: sqlite3.Connection, path: str, readonly: bool, key: bytes,
             logger.debug("%s: created a store", path)
         else:
             signer = check_store_key(db, path, key, source)
+            if version == UNGROUPED_VERSION and not readonly:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         if db.in_transaction:
             db.execute("COMMIT")
     except BaseException:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 from .._core.logs import get_logger
-from .batches import Outcomes, load_tasks, offsets
+from .batches import Outcomes, load_tasks, load_times, offsets
 from .keys import task_key, task_keys
 from .signing import MAC_SIZE, Forged, Signer, verify
 from .spans import Segment, segments
@@ -155,7 +155,7 @@ class Index:
             complete = self._load_row(row, blob, layout, mac, values) and complete
         return values, complete
 
-    def load(self, columns: tuple[Any, ...]) -> tuple[list[Any], Outcomes]:
+    def load(self, columns: tuple[Any, ...]) -> tuple[Sequence[Any], Outcomes]:
         """The tasks and values of a row read as ``ROW_COLUMNS``, once both are checked.
 
         Raises ``Forged`` when they do not verify, before anything is unpickled, and
@@ -257,12 +257,13 @@ class Index:
             return
         try:
             tasks = load_tasks(blob, layout)
-            spanned = type(tasks) is range
+            spanned = isinstance(tasks, range)
             if not spanned:
                 self.by_key()  # rows of other tasks: every row is keyed from now on
             keys, complete = _keys(tasks, self.where) if self.keyed else ((), True)
-            if len(elapsed) != 8 * len(tasks):
-                raise ValueError(f"{len(tasks)} tasks but {len(elapsed) // 8} run times")
+            times = load_times(elapsed, layout)
+            if len(times) != len(tasks):
+                raise ValueError(f"{len(tasks)} tasks but {len(times)} run times")
             failures = offsets(failed)
         except Exception as exc:
             logger.warning("%s: the tasks of a stored batch cannot be loaded, left out: %s", self.where, exc)
@@ -274,11 +275,11 @@ class Index:
         self.workers.append(worker)
         self.recorded.append(recorded)
         self.macs.append(tasks_mac)
-        self.elapsed.frombytes(elapsed)
+        self.elapsed += times
         self.row_failed.append(failures)
         if failures:
             self.failed.update(first + offset for offset in failures)
-        if spanned:
+        if isinstance(tasks, range):
             self.spans.append((first, tasks))
         if not self.keyed:
             return
@@ -297,7 +298,7 @@ class Index:
         self.forget(pickle.loads(blob), upto)  # keys every row: forgetting is by key
 
 
-def _keys(tasks: list[Any], where: str) -> tuple[Sequence[Optional[bytes]], bool]:
+def _keys(tasks: Sequence[Any], where: str) -> tuple[Sequence[Optional[bytes]], bool]:
     """Each task's key (``None`` for a task that has none: it is never found), and whether all have one."""
     try:
         return task_keys(tasks)[0], True

@@ -104,12 +104,8 @@ class Sweep:
             index = self._refreshed(db)
             spans = index.segments(tasks)
             if spans is not None:
-                return {
-                    batch.start + offset: StoredOutcome(value, took, batch.worker, offset in batch.failed)
-                    for batch in _stored(index, db, spans)
-                    for offset, (value, took) in enumerate(zip(batch.values, batch.elapsed))
-                }
-            return self._looked_up(index, db, tasks)
+                return _per_task(_stored(index, db, spans))
+            return _by_keys(index, db, tasks)
 
     def found(self, tasks: Sequence[Any]) -> list[Batch]:
         """The stored outcomes of ``tasks`` as batches (``Batch.stored``), in the positions of
@@ -122,34 +118,7 @@ class Sweep:
             spans = index.segments(tasks)
             if spans is not None:
                 return _stored(index, db, spans)
-            return list(stored_batches(self._looked_up(index, db, tasks)))
-
-    def _looked_up(self, index: Index, db: Any, tasks: Sequence[Any]) -> dict[int, StoredOutcome]:
-        """``lookup`` by task keys (inside a transaction, with the index refreshed)."""
-        keys, lost = task_keys(tasks)
-        entries = list(map(index.by_key().get, keys))
-        for position in lost:
-            entries[position] = None
-        # The rest is written with map and zip, so that it loops in C: a loop in Python
-        # would cost more than the index it uses.
-        hits = list(map(is_not, entries, repeat(None)))
-        chosen = cast("list[int]", list(compress(entries, hits)))  # the entries found
-        row_of = index.row_of
-        rows = set(map(row_of.__getitem__, chosen))
-        if not rows:
-            return {}
-        values, complete = index.values(db, rows)
-        outcomes = zip(
-            map(values.__getitem__, chosen),
-            map(index.elapsed.__getitem__, chosen),
-            map(index.workers.__getitem__, map(row_of.__getitem__, chosen)),
-            map(index.failed.__contains__, chosen),
-        )
-        # StoredOutcome(*outcome), without the call of its __new__
-        found = dict(zip(compress(count(), hits), map(tuple.__new__, repeat(StoredOutcome), outcomes)))
-        if not complete:
-            found = {position: outcome for position, outcome in found.items() if outcome[0] is not MISSING}
-        return found
+            return list(stored_batches(_by_keys(index, db, tasks)))
 
     def record(
         self,
@@ -266,7 +235,7 @@ class Sweep:
             places = [(entry, *index.locate(entry)) for entry in index.by_key().values()]
             needed = {row for _, row, _ in places}
             rows = {batch_id: row for row, batch_id in enumerate(index.ids)}
-            loaded: dict[int, tuple[list[Any], Outcomes]] = {}
+            loaded: dict[int, tuple[Sequence[Any], Outcomes]] = {}
             for columns in db.execute(_ALL_ROWS, (self._id, index.last_batch)):
                 row = rows.get(columns[0])
                 if row in needed:
@@ -381,20 +350,60 @@ class Sweep:
         return self._index
 
 
+def _by_keys(index: Index, db: Any, tasks: Sequence[Any]) -> dict[int, StoredOutcome]:
+    """``lookup`` by task keys (inside a transaction, with the index refreshed)."""
+    keys, lost = task_keys(tasks)
+    entries = list(map(index.by_key().get, keys))
+    for position in lost:
+        entries[position] = None
+    # The rest is written with map and zip, so that it loops in C: a loop in Python
+    # would cost more than the index it uses.
+    hits = list(map(is_not, entries, repeat(None)))
+    chosen = cast("list[int]", list(compress(entries, hits)))  # the entries found
+    row_of = index.row_of
+    rows = set(map(row_of.__getitem__, chosen))
+    if not rows:
+        return {}
+    values, complete = index.values(db, rows)
+    outcomes = zip(
+        map(values.__getitem__, chosen),
+        map(index.elapsed.__getitem__, chosen),
+        map(index.workers.__getitem__, map(row_of.__getitem__, chosen)),
+        map(index.failed.__contains__, chosen),
+    )
+    # StoredOutcome(*outcome), without the call of its __new__
+    found = dict(zip(compress(count(), hits), map(tuple.__new__, repeat(StoredOutcome), outcomes)))
+    if not complete:
+        found = {position: outcome for position, outcome in found.items() if outcome[0] is not MISSING}
+    return found
+
+
+def _per_task(batches: list[Batch]) -> dict[int, StoredOutcome]:
+    """The outcomes of stored batches by position."""
+    return {
+        batch.start + offset: StoredOutcome(value, took, batch.worker, offset in batch.failed)
+        for batch in batches
+        for offset, (value, took) in enumerate(zip(batch.values, batch.elapsed))
+    }
+
+
 def _stored(index: Index, db: Any, spans: list[Segment]) -> list[Batch]:
     """The batches of stored outcomes the segments ``spans`` point to, each row's values loaded once
     (values that cannot be loaded are left out: their tasks run again)."""
     row_of = index.row_of
-    loaded = {row: values for row, blob, layout, mac in index.rows_read(db, {row_of[s.entry] for s in spans})
-              for values in (index.row_values(row, blob, layout, mac)[1],)}
+    loaded = {row: index.row_values(row, blob, layout, mac)
+              for row, blob, layout, mac in index.rows_read(db, {row_of[s.entry] for s in spans})}
     found = []
     for start, stop, entry in spans:
         row = row_of[entry]
         offset = entry - index.firsts[row]
         count = stop - start
-        values = loaded[row][offset : offset + count]
+        if row not in loaded:  # gone from the file since the index read it
+            continue
+        complete, values = loaded[row]
+        values = values[offset : offset + count]
         failed = {spot - offset for spot in index.row_failed[row] if offset <= spot < offset + count}
-        runs = [(0, count)] if MISSING not in values else _loaded_runs(values)
+        runs = [(0, count)] if complete else _loaded_runs(values)
         for first, end in runs:
             part = values if (first, end) == (0, count) else values[first:end]
             failures = failed if (first, end) == (0, count) else {

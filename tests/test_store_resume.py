@@ -1,0 +1,154 @@
+"""Resuming from a store: a range of tasks stored as ranges and found by arithmetic (``ezpool.store.spans``),
+outcomes read back a row at a time, mixed with rows of other tasks, and stores of the format before."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from functools import partial
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ezpool.store.index as index_module
+import ezpool.store.sweep as sweep_module
+from ezpool import Pool, open_store
+from ezpool.store import Store
+from ezpool.store.database import SCHEMA_VERSION
+from tests import _helpers as h
+
+MODES = [
+    pytest.param(("serial", {}), id="serial"),
+    pytest.param(("parallel", {"ncpu": 2}), id="parallel"),
+]
+
+
+@pytest.fixture(params=MODES)
+def pool(request):
+    mode, options = request.param
+    with Pool(mode, progress=False, **options) as pool:
+        yield pool
+
+
+def _sql(path, statement):
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        return db.execute(statement).fetchall()
+
+
+def _no_keys(monkeypatch):
+    """Make computing a task key fail the test."""
+    def refused(*args):
+        raise AssertionError("a task key was computed")
+
+    for module in (index_module, sweep_module):
+        for name in ("task_key", "task_keys"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, refused)
+
+
+@pytest.mark.timeout(60)
+def test_a_range_is_stored_as_a_range_and_resumed_without_a_task_key(pool, tmp_path, monkeypatch):
+    store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
+    calls.mkdir()
+    fun = partial(h.record_call, str(calls))
+    first = pool.map(fun, range(3000), store=store)
+    # A row's tasks are the pickle of a range: a few bytes, whatever the number of tasks.
+    assert _sql(store, "SELECT max(length(tasks)) FROM batches")[0][0] < 64
+    with monkeypatch.context() as patch:
+        _no_keys(patch)
+        again = pool.map(fun, range(3000), store=store)
+        assert again == first and list(again) == list(range(3000))
+        assert again.elapsed == first.elapsed and again.workers == first.workers
+        more = pool.map(fun, range(1000, 5000), store=store)  # the first 2000 stored: only the rest run
+    assert more == {n: n for n in range(1000, 5000)} and list(more) == list(range(1000, 5000))
+    assert sum(h.calls(calls).values()) == 5000 and set(h.calls(calls).values()) == {1}
+
+
+@pytest.mark.timeout(60)
+def test_a_resume_over_ranges_lists_and_strings_gives_exactly_the_computed_results(pool, tmp_path):
+    store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
+    calls.mkdir()
+    fun = partial(h.record_call, str(calls))
+    pool.map(fun, range(0, 40), store=store)
+    pool.map(fun, range(100, 60, -2), store=store)
+    pool.map(fun, [45, "a", 39.0, frozenset({1, 2}), 50, True], store=store)  # 39.0, True: stored as 39, 1
+    pool.map(fun, range(200, 300, 7), store=store)
+    tasks = [*range(0, 120), "a", "b", frozenset({2, 1}), *range(200, 300, 7)]
+    results = pool.map(fun, tasks, store=store)
+    assert results == {task: task for task in tasks} and list(results) == tasks
+    assert {repr(t) for t in results} <= set(h.calls(calls))
+    assert set(h.calls(calls).values()) == {1}  # each task ran once, over the five calls
+    resumed = pool.map(fun, range(0, 120), store=store)
+    assert resumed == {n: n for n in range(120)} and list(resumed) == list(range(120))
+    assert set(h.calls(calls).values()) == {1}
+    assert open_store(store) == {task: task for task in [*tasks, 45, 39.0, 50, True]}
+
+
+@pytest.mark.timeout(60)
+def test_a_store_of_the_format_before_resumes_and_is_marked_as_of_this_format(pool, tmp_path):
+    store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
+    calls.mkdir()
+    fun = partial(h.record_call, str(calls))
+    with Store(store) as opened:  # the rows format 3 held: tasks as a list, a run time a task
+        sweep = opened.sweep(fun)
+        for start in range(0, 500, 100):
+            sweep.record(list(range(500)), start, list(range(start, start + 100)), [0.25] * 100, (), "pid 7")
+    _sql(store, "PRAGMA user_version = 3")
+    results = pool.map(fun, range(600), store=store)
+    assert results == {n: n for n in range(600)} and list(results) == list(range(600))
+    assert h.calls(calls) == {repr(n): 1 for n in range(500, 600)}
+    assert results.elapsed[3] == 0.25 and results.workers[3] == "pid 7"
+    assert _sql(store, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
+    again = open_store(store)
+    assert again == results and list(again)[:500] == list(range(500))  # in the order first recorded
+
+
+# --- the arithmetic of ranges against a reference ---
+
+stored_ranges = st.lists(
+    st.tuples(st.integers(-20, 20), st.integers(-20, 20), st.sampled_from([1, 1, 1, 2, 3, -1, -2])),
+    min_size=1, max_size=6,
+)
+
+
+@settings(deadline=None, max_examples=150)
+@given(stored_ranges, st.tuples(st.integers(-25, 25), st.integers(-25, 25), st.sampled_from([1, 2, -1, 3])),
+       st.booleans())
+def test_ranges_stored_over_each_other_are_found_as_a_dict_would_keep_them(rows, wanted, then_a_list):
+    import tempfile
+    from pathlib import Path
+
+    expected: dict[int, tuple[object, str, bool]] = {}  # task -> its latest (value, worker, failed)
+    with tempfile.TemporaryDirectory() as directory, Store(Path(directory, "s.db")) as store:
+        sweep = store.sweep(h.square)
+        for number, (start, stop, step) in enumerate(rows):
+            tasks = range(start, stop, step)
+            values: list[object] = [(number, task) for task in tasks]
+            if len(values) > 1:  # the second task of each row failed
+                values[1] = ValueError(f"row {number} task {tasks[1]}")
+            sweep.record(tasks, 0, values, [0.5] * len(values), {1}, f"row {number}")
+            for offset, task in enumerate(tasks):
+                failed = offset == 1
+                value = ("error", str(values[1])) if failed else values[offset]
+                expected[task] = (value, f"row {number}", failed)
+        if then_a_list:  # a row of other tasks: every row is keyed from then on
+            sweep.record([0.0, "x"], 0, [("list", 0), ("list", 1)], [0.5, 0.5], (), "list")
+            expected[0] = (("list", 0), "list", False)
+        query = range(*wanted)
+        found = sweep.found(query)
+        looked_up = sweep.lookup(query)
+
+    def seen(value: object, failed: bool) -> object:
+        return ("error", str(value)) if failed and isinstance(value, ValueError) else value
+
+    positions = {}
+    for batch in found:
+        assert batch.stored and len(batch.elapsed) == len(batch.values)
+        for offset, value in enumerate(batch.values):
+            failed = offset in batch.failed
+            positions[batch.start + offset] = (seen(value, failed), batch.worker, failed)
+    assert [batch.start for batch in found] == sorted(batch.start for batch in found)
+    want = {position: expected[task] for position, task in enumerate(query) if task in expected}
+    assert positions == want
+    assert {p: (seen(o.value, o.failed), o.worker, o.failed) for p, o in looked_up.items()} == want
