@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import linecache
 import logging
-import pickle
+import os
 import sys
 import textwrap
 import traceback
@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 
 from ezpool import BaseWorker, Pool, WorkerUnavailable
-from ezpool._core.shipping import fingerprint, ship, unpack
+from ezpool._core.shipping import contents, fingerprint, ship, unpack
 from tests import _helpers as h
 from tests.conftest import free_port
 
@@ -174,7 +174,7 @@ def cells() -> Iterator[Callable[[str], dict[str, Any]]]:
 
 
 def shipped_sources(fun: Any) -> dict[str, list[str]]:
-    _, sources, _ = pickle.loads(ship(fun).blob)
+    _, sources, _ = contents(ship(fun).blob)
     return sources
 
 
@@ -234,3 +234,152 @@ def test_the_id_follows_captured_arrays_and_the_pickle_is_made_only_when_asked_f
     changed = ship(made())
     assert changed.fid != first.fid
     assert unpack(changed.blob)(3) == 2.0 and changed.blob is changed.blob  # made once
+
+
+# --- a pool's shipper: a warm call hashes only what is new -------------------------------------
+
+
+class _Hashed:
+    """The sizes of what ``shipping`` hashes, by ``hashlib.sha256`` calls and updates."""
+
+    def __init__(self, monkeypatch) -> None:
+        import hashlib
+
+        from ezpool._core import shipping
+
+        self.sizes: list[int] = []
+        sizes = self.sizes
+
+        class Counted:
+            def __init__(self, data=b"") -> None:
+                self._hash = hashlib.sha256()
+                self.update(data)
+
+            def update(self, data) -> None:
+                sizes.append(memoryview(data).nbytes)
+                self._hash.update(data)
+
+            def digest(self) -> bytes:
+                return self._hash.digest()
+
+            def hexdigest(self) -> str:
+                return self._hash.hexdigest()
+
+        class Module:
+            sha256 = Counted
+
+        monkeypatch.setattr(shipping, "hashlib", Module)
+
+    def big(self) -> list[int]:
+        from ezpool._core.shipping import BIG
+
+        return [size for size in self.sizes if size >= BIG]
+
+
+def _reading(data: Any) -> Callable[[int], Any]:
+    return lambda n: data[n]  # a new function each time, with the same code
+
+
+def test_a_warm_shipment_compares_a_captured_array_and_hashes_it_only_when_it_changed(monkeypatch):
+    numpy = pytest.importorskip("numpy")
+    from ezpool._core.shipping import BIG, Shipper
+
+    hashed = _Hashed(monkeypatch)
+    shipper = Shipper()
+    big = numpy.zeros(2 * BIG // 8)
+    first = shipper.ship(_reading(big))
+    assert hashed.big() == [big.nbytes]
+    hashed.sizes.clear()
+    again = shipper.ship(_reading(big))
+    assert again.fid == first.fid and hashed.big() == []  # compared with the copy, not hashed
+    big[-1] = 1.0
+    changed = shipper.ship(_reading(big))
+    assert changed.fid != first.fid and hashed.big() == [big.nbytes]
+    assert unpack(changed.blob)(big.size - 1) == 1.0
+    big[-1] = 0.0
+    assert shipper.ship(_reading(big)).fid == first.fid
+    assert first.fid == ship(_reading(numpy.zeros(2 * BIG // 8))).fid  # the id is the content's
+
+
+def test_a_warm_shipment_knows_captured_bytes_and_str_by_identity(monkeypatch):
+    from ezpool._core.shipping import BIG, Shipper
+
+    hashed = _Hashed(monkeypatch)
+    shipper = Shipper()
+    data, text = os.urandom(BIG), "ü" * BIG
+    first = shipper.ship(_reading((data, text)))
+    assert sorted(hashed.big()) == sorted([len(data), len(text.encode())])
+    hashed.sizes.clear()
+    assert shipper.ship(_reading((data, text))).fid == first.fid and hashed.big() == []
+    assert shipper.ship(_reading((bytes(bytearray(data)), text))).fid == first.fid  # equal content
+    assert shipper.ship(_reading((data, text + "!"))).fid != first.fid
+    fun = unpack(first.blob)
+    assert fun(0) == data and type(fun(0)) is bytes and fun(1) == text
+
+
+def test_fresh_bytes_in_each_shipment_get_their_own_id_even_where_ids_are_reused():
+    from ezpool._core.shipping import BIG, Shipper
+
+    shipper, fids = Shipper(), set()
+    for _ in range(20):
+        data = os.urandom(BIG)  # the last one is gone: the new one may get its id
+        fids.add(shipper.ship(_reading(data)).fid)
+        del data
+    assert len(fids) == 20
+
+
+def test_a_shipper_holds_what_its_recent_functions_capture_until_closed():
+    from ezpool._core.shipping import BIG, KEPT, Shipper
+
+    shipper, data = Shipper(), os.urandom(BIG)
+    alone = sys.getrefcount(data)
+    shipper.ship(_reading(data))
+    assert shipper.holds(data) and sys.getrefcount(data) == alone + 1
+    for n in range(KEPT):
+        shipper.ship(lambda x, n=n: x + n)
+    assert not shipper.holds(data) and sys.getrefcount(data) == alone
+    shipper.ship(_reading(data))
+    shipper.close()
+    assert not shipper.holds(data) and sys.getrefcount(data) == alone
+
+
+@pytest.mark.timeout(120)
+def test_captured_data_changed_between_dmap_calls_is_seen(serve):
+    numpy = pytest.importorskip("numpy")
+    from ezpool._core.shipping import BIG
+
+    uris = serve("").uris
+    array = numpy.zeros(2 * BIG // 8)
+    with Pool() as pool:
+        for round_ in range(3):
+            array[-1] = round_
+            data = os.urandom(BIG)  # fresh bytes each call (the last ones' id may be reused)
+            fun = _reading((array, data))
+            results = pool.dmap(lambda n, fun=fun: (float(fun(0)[n - 1]), fun(1)[n]), range(4),
+                                workers=uris, spawn=False)
+            assert results == {n: (float(array[n - 1]), data[n]) for n in range(4)}, round_
+            del data, fun
+        data = os.urandom(BIG)
+        alone = sys.getrefcount(data)
+        pool.dmap(_reading(data), range(2), workers=uris, spawn=False)
+        assert sys.getrefcount(data) > alone
+    assert sys.getrefcount(data) == alone  # let go at shutdown
+
+
+def test_a_worker_copies_captured_arrays_into_memory_of_their_own_as_writable_as_they_were():
+    import mmap
+
+    numpy = pytest.importorskip("numpy")
+    from ezpool._core.shipping import BIG
+
+    big, small, frozen = numpy.arange(BIG // 4, dtype=float), numpy.arange(8.0), numpy.arange(BIG // 4.0)
+    frozen.flags.writeable = False
+    strided = numpy.arange(BIG // 4, dtype=float)[::2]  # not contiguous: inside the pickle
+    back = unpack(ship(lambda: (big, small, frozen, strided)).blob)()
+    assert [array.flags.writeable for array in back] == [True, True, False, True]
+    for sent, arrived in zip((big, small, frozen, strided), back):
+        assert numpy.array_equal(sent, arrived)
+    base = back[0]
+    while isinstance(base, (numpy.ndarray, memoryview)):
+        base = base.base if isinstance(base, numpy.ndarray) else base.obj
+    assert isinstance(base, mmap.mmap)  # an anonymous mapping (huge pages where the system has them)

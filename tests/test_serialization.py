@@ -189,3 +189,60 @@ def test_every_ezpool_error_survives_tblibs_pickler():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok")
+
+
+# --- ezpool._core.immutables: big bytes and str set aside from a function's pickle ---------------
+
+
+def test_big_bytes_and_str_are_set_aside_once_each_and_put_back_where_they_were():
+    from ezpool._core import immutables
+
+    big, text, small = bytes(range(256)) * 64, "ünïcode\ud800" * 2000, b"small"
+    held = {"a": (big, text, small), "b": [big, text]}
+    blob, aside = immutables.dumps(lambda: held, 10_000)
+    assert aside == [big, text] or aside == [text, big]
+    assert big not in blob and len(blob) < 2000 and small in blob
+    kinds = {id(big): immutables.BYTES, id(text): immutables.STR}
+    given = [immutables.from_bytes(kinds[id(obj)], immutables.as_bytes(obj)) for obj in aside]
+    asked = []
+
+    def rebuild(kind, number):
+        asked.append((kind, number))
+        return given[number]
+
+    back = immutables.loads(blob, rebuild)()
+    assert back == held and type(back["a"][0]) is bytes and type(back["a"][1]) is str
+    assert back["a"][0] is back["b"][0]  # one object, as it was
+    assert set(asked) == {(kinds[id(obj)], n) for n, obj in enumerate(aside)}
+
+
+class _Bytes(bytes):
+    pass
+
+
+def test_small_objects_stay_in_the_pickle_and_a_subclass_comes_back_as_itself():
+    from ezpool._core import immutables
+
+    held = (_Bytes(b"x" * 50_000), b"y" * 100, "z" * 100)
+    blob, aside = immutables.dumps(lambda: held, 10_000)
+    assert aside == [b"x" * 50_000] and b"y" * 100 in blob  # the subclass's content only
+    back = immutables.loads(blob, lambda kind, n: aside[n])()
+    assert back == held and type(back[0]) is _Bytes
+
+
+def test_a_segment_is_read_whole_into_one_bytes_object(tmp_path):
+    import os
+
+    from ezpool._core import immutables
+
+    data = os.urandom(1 << 20)
+    path = tmp_path / "data"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert immutables.read_whole(fd, len(data)) == data
+        assert immutables.read_whole(fd, 10) == data[:10]
+        with pytest.raises(EOFError):
+            immutables.read_whole(fd, len(data) + 1)
+    finally:
+        os.close(fd)

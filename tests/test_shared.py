@@ -179,7 +179,7 @@ def test_no_segment_outlives_a_caller_killed_by_sigkill(tmp_path, core_child_env
 
 @pytest.mark.parametrize("numpy_loaded", [True, False])
 def test_a_big_buffer_differing_in_any_one_byte_is_not_the_same(monkeypatch, numpy_loaded):
-    from ezpool._core.parcels import _same
+    from ezpool._core.compare import same as _same
 
     if not numpy_loaded:
         monkeypatch.delitem(sys.modules, "numpy")
@@ -278,3 +278,141 @@ def test_a_pool_never_shut_down_lets_its_segments_go_when_collected():
     del pool
     gc.collect()
     assert _segments() == []
+
+
+# --- big bytes and str: known by identity while the shelf holds them ----------------------------
+
+#: Bytes big enough to be set aside from the pickle.
+BYTES = 4 * shared_module.SHARED_LEAST
+
+
+class _Compares:
+    """Counts the byte-for-byte comparisons of the shelf."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.count = 0
+        same = shared_module.same
+
+        def counted(left, right):
+            self.count += 1
+            return same(left, right)
+
+        monkeypatch.setattr(shared_module, "same", counted)
+
+
+def test_a_captured_bytes_object_travels_beside_the_pickle_and_a_warm_call_only_finds_it(monkeypatch):
+    compares = _Compares(monkeypatch)
+    shelf = Shelf()
+    try:
+        big = os.urandom(BYTES)
+
+        def made():  # a new function object each time, capturing the same bytes
+            return lambda n: big[n]
+
+        first = shelf.publish(made(), 2)
+        assert len(first.blob) < 4096 and len(first.objects) == 1 and big not in first.blob
+        segments = _segments()
+        compares.count = 0
+        again = shelf.publish(made(), 2)
+        assert again.fid == first.fid and again.objects == first.objects
+        assert compares.count == 0 and _segments() == segments  # found by identity: no compare, no copy
+        loader = Loader()
+        loader.receive(again)
+        assert loader.get(again.fid)(7) == big[7]
+    finally:
+        shelf.close()
+
+
+def test_bytes_equal_to_ones_sent_share_their_segment_and_other_bytes_get_their_own():
+    shelf = Shelf()
+    try:
+        def made(data):
+            return lambda n: data[n]
+
+        big = os.urandom(BYTES)
+        first = shelf.publish(made(big), 2)
+        equal = bytes(bytearray(big))  # another object, the same content
+        assert equal is not big and shelf.publish(made(equal), 2).fid == first.fid
+        other = big[:-1] + bytes([big[-1] ^ 1])
+        changed = shelf.publish(made(other), 2)
+        assert changed.fid != first.fid and changed.objects != first.objects
+    finally:
+        shelf.close()
+
+
+def test_str_tuples_and_repeated_objects_come_back_as_they_were():
+    shelf = Shelf()
+    try:
+        text = "é\ud800" + "x" * BYTES  # not ASCII, and a lone surrogate: it still comes back
+        raw = os.urandom(BYTES)
+        held = (raw, (text, raw), {"k": raw}, b"small", "small")
+        parcel = shelf.publish(lambda: held, 2)
+        assert len(parcel.objects) == 2 and len(parcel.blob) < 4096  # raw once, text once
+        loader, other = Loader(), shelf.publish(lambda: (raw, text), 2)
+        loader.receive(parcel)
+        loader.receive(other)
+        back = loader.get(parcel.fid)()
+        assert back == held and type(back[0]) is bytes and type(back[1][0]) is str
+        assert back[0] is back[1][1] is back[2]["k"]  # one object, as in the caller
+        assert loader.get(other.fid)()[0] is back[0]  # read once, whatever function uses it
+    finally:
+        shelf.close()
+
+
+def test_the_shelf_holds_captured_bytes_only_while_it_keeps_their_function():
+    shelf = Shelf()
+    try:
+        big = os.urandom(BYTES)
+        alone = sys.getrefcount(big)
+        shelf.publish(lambda n: big[n], 2)
+        assert shelf.holds(big) and sys.getrefcount(big) == alone + 1
+        for n in range(shared_module.KEPT):  # the function leaves the shelf's recent set
+            shelf.publish(lambda x, n=n: x + n, 2)
+        assert not shelf.holds(big) and sys.getrefcount(big) == alone
+        shelf.publish(lambda n: big[n], 2)
+        assert shelf.holds(big)
+    finally:
+        shelf.close()
+    assert not shelf.holds(big) and sys.getrefcount(big) == alone
+
+
+def test_without_segments_big_bytes_travel_in_the_parcel(monkeypatch):
+    monkeypatch.setattr(shared_module, "_can_share", lambda: False)
+    shelf = Shelf()
+    def made(data):
+        return lambda n: data[n]
+
+    big = os.urandom(BYTES)
+    parcel = shelf.publish(made(big), 2)
+    assert parcel.objects == (big,) and big not in parcel.blob
+    loader = Loader()
+    loader.receive(parcel)
+    assert loader.get(parcel.fid)(3) == big[3]
+    assert shelf.publish(made(big), 2).fid == parcel.fid
+    assert shelf.publish(made(bytes(bytearray(big))), 2).fid == parcel.fid
+    assert shelf.publish(made(os.urandom(BYTES)), 2).fid != parcel.fid
+
+
+@pytest.mark.timeout(120)
+def test_fresh_bytes_in_each_call_are_always_seen(pool):
+    """Each call captures new bytes, the last call's gone: its id may be the old one's."""
+    def made(data, text):
+        return lambda n: (data[n * 4096], text[n * 4096 : n * 4096 + 2])
+
+    for round_ in range(12):
+        data = os.urandom(1 << 20)
+        text = data.hex()
+        expected = {n: (data[n * 4096], text[n * 4096 : n * 4096 + 2]) for n in range(8)}
+        assert pool.pmap(made(data, text), range(8)) == expected, round_
+        del data, text
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_lets_go_of_captured_bytes_when_shut_down():
+    big = os.urandom(BYTES)
+    alone = sys.getrefcount(big)
+    with Pool("parallel", ncpu=2, progress=False) as pool:
+        for _ in range(2):
+            assert pool.pmap(lambda n: big[n], range(4)) == {n: big[n] for n in range(4)}
+        assert sys.getrefcount(big) > alone
+    assert sys.getrefcount(big) == alone

@@ -4,23 +4,29 @@ How it travels (``Shelf`` in the calling process, ``Loader`` in each worker)::
 
     calling process (Shelf.publish)                     worker process (Loader)
     ───────────────────────────────                     ───────────────────────
-    cloudpickle, protocol 5: a small pickle, and
-    the big buffers it names (numpy arrays, ...)
+    cloudpickle, protocol 5: a small pickle, the
+    big buffers it names (numpy arrays, ...) and
+    the big bytes and str it holds (immutables)
     each big buffer: equal, byte for byte, to a
       segment made earlier? reuse it; else copy it
       into a new segment (an anonymous memfd)
+    each big bytes or str: the segment made for
+      that very object (held since), or as a buffer
     fid = digest(pickle, the segments' ids)
     a worker that holds fid is sent only fid;     ──▶  fid known: the function it loaded
-    another gets a Parcel: fid, the pickle, where ──▶  else map each segment read-only
-      the segments are, the fids worth keeping          (/proc/CALLER/fd/N), unpickle with
-                                                        the mapped buffers; forget the fids
+    another gets a Parcel: fid, the pickle, where ──▶  else map each buffer's segment read-
+      the segments are, the fids worth keeping          only (/proc/CALLER/fd/N), read each
+                                                        bytes or str from its own (once),
+                                                        unpickle with them; forget the fids
                                                         the caller no longer keeps
 
 So a second call with the same function sends a few bytes, and every worker
 maps the same pages of a big array instead of holding its own copy. Captured
 data that changed between calls is always seen: each big buffer is compared
 with its segment (at memory speed, which beats any hash here), and the small
-pickle is hashed whole.
+pickle is hashed whole. A big ``bytes`` or ``str`` cannot change: while the shelf
+holds the function that captures it, it holds the object too, so that its id
+stays its own, and a warm call finds its segment by that id (see ``immutables``).
 
 A segment is a ``memfd``: a file with no name, which exists while a process
 keeps it open or mapped. The calling process holds it until ``Shelf.close``
@@ -38,14 +44,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import mmap
 import multiprocessing.util
 import os
 import pickle
-import sys
 import weakref
-from typing import Any, Callable, NamedTuple, Optional, Union, cast
+from typing import Any, Callable, NamedTuple, Optional, Union
 
+from . import immutables
+from .compare import same
 from .logs import get_logger
 from .serialization import pickle_by_name
 
@@ -91,6 +99,7 @@ class Parcel(NamedTuple):
     blob: bytes  # the pickle, protocol 5, without its big buffers
     buffers: tuple[Union[Mapped, bytes], ...]  # each big buffer: a segment, or its bytes
     keep: tuple[str, ...]  # the fids the caller keeps: a worker may forget the others
+    objects: tuple[Union[Mapped, bytes], ...] = ()  # each big bytes or str: a segment, or its bytes
 
 
 class _Segment:
@@ -109,7 +118,7 @@ class _Segment:
         self.where = Mapped(os.getpid(), self.fd, os.fstat(self.fd).st_ino, self.size, False)
 
     def holds(self, data: memoryview) -> bool:
-        return _same(data, memoryview(self.map))
+        return same(data, memoryview(self.map))
 
     def close(self) -> None:
         with contextlib.suppress(BufferError):  # a view still open: the mapping goes with it
@@ -117,13 +126,25 @@ class _Segment:
         os.close(self.fd)
 
 
+class _Made(NamedTuple):
+    """What the shelf made of a big ``bytes`` or ``str``: where it travels, what goes
+    into the fid for it, and its segment (``None``: it travels in the parcel)."""
+
+    part: Union[Mapped, bytes]
+    stamp: bytes
+    segment: Optional[_Segment]
+
+
 class Shelf:
     """The calling process's side: functions published to its workers, and their segments."""
 
     def __init__(self) -> None:
-        # fid -> the segments its function uses, newest first
-        self._recent: collections.OrderedDict[str, tuple[_Segment, ...]] = collections.OrderedDict()
+        # fid -> the segments its function uses and the ids of its immutables, newest first
+        self._recent: collections.OrderedDict[str, tuple[tuple[_Segment, ...], tuple[int, ...]]] = (
+            collections.OrderedDict()
+        )
         self._segments: list[_Segment] = []  # changed in place only: the finalizer holds it
+        self._known: immutables.Known[_Made] = immutables.Known()  # the immutables of _recent
         self._shared = _can_share()
         # Closed by close(), or when this shelf is garbage-collected (a pool never shut down).
         self._finalizer = weakref.finalize(self, _close_all, self._segments)
@@ -133,9 +154,9 @@ class Shelf:
     def publish(self, fun: Callable[..., Any], workers: int, main: Optional[str] = None) -> Parcel:
         """The parcel of ``fun`` for ``workers`` processes; ``TypeError`` naming ``fun``
         when it cannot be pickled. ``main``: see ``serialization.pickle_by_name``."""
-        blob, buffers = _pickle(fun, main)
-        if not buffers and len(blob) <= _NAMED:  # a reference by name is its own fid: no hashlib
-            return self._keep("n" + blob.hex(), (), blob, ())
+        blob, buffers, objects = _pickle(fun, main)
+        if not buffers and not objects and len(blob) <= _NAMED:  # a reference by name: no hashlib
+            return self._keep("n" + blob.hex(), (), (), blob, (), ())
         import hashlib  # here, not at the top: a worker never needs it (OpenSSL, ~5 ms)
 
         digest = hashlib.sha256(blob)
@@ -154,22 +175,54 @@ class Shelf:
                 data = bytes(buffer)
                 parts.append(data)
                 digest.update(hashlib.sha256(data).digest())
+        places: list[Union[Mapped, bytes]] = []
+        for obj in objects:
+            made = self._made(obj)
+            places.append(made.part)
+            digest.update(made.stamp)
+            if made.segment is not None:
+                held.append(made.segment)
         fid = digest.hexdigest()[:32]
         if fid not in self._recent:
-            logger.debug("function %s: %d bytes pickled, %d big buffers (%d bytes)",
-                         fid, len(blob), len(buffers), sum(b.nbytes for b in buffers))
-        return self._keep(fid, tuple(held), blob, tuple(parts))
+            logger.debug("function %s: %d bytes pickled, %d big buffers (%d bytes), %d big bytes or str",
+                         fid, len(blob), len(buffers), sum(b.nbytes for b in buffers), len(objects))
+        ids = tuple(id(obj) for obj in objects)
+        return self._keep(fid, tuple(held), ids, blob, tuple(parts), tuple(places))
 
-    def _keep(self, fid: str, held: tuple[_Segment, ...], blob: bytes, parts: tuple[Any, ...]) -> Parcel:
+    def _keep(
+        self, fid: str, held: tuple[_Segment, ...], ids: tuple[int, ...], blob: bytes,
+        parts: tuple[Any, ...], places: tuple[Any, ...],
+    ) -> Parcel:
         """The parcel of ``fid``, now the newest function kept."""
-        self._recent[fid] = held
+        self._recent[fid] = (held, ids)
         self._recent.move_to_end(fid, last=False)
         self._trim()
-        return Parcel(fid, blob, parts, tuple(self._recent))
+        return Parcel(fid, blob, parts, tuple(self._recent), places)
+
+    def _made(self, obj: Any) -> _Made:
+        """What travels for a big ``bytes`` or ``str``: found by the object's identity
+        (not copied, compared nor hashed again), else made and remembered."""
+        made = self._known.get(obj)
+        if made is None:
+            data = immutables.as_bytes(obj)
+            if self._shared:
+                segment = self._segment_for(memoryview(data))
+                made = _Made(segment.where, repr(segment.where).encode(), segment)
+            else:
+                import hashlib
+
+                made = _Made(data, hashlib.sha256(data).digest(), None)
+            self._known.add(obj, made)
+        return made
+
+    def holds(self, obj: Any) -> bool:
+        """Whether this shelf holds ``obj`` (a big ``bytes`` or ``str`` a kept function captures)."""
+        return obj in self._known
 
     def close(self) -> None:
         """Close every segment: the memory goes once the workers let go of it too."""
         self._recent.clear()
+        self._known.clear()
         _close_all(self._segments)
 
     def _segment_for(self, buffer: memoryview) -> _Segment:
@@ -185,11 +238,12 @@ class Shelf:
         segments none of the others uses."""
         total = 0
         for rank, fid in enumerate(list(self._recent)):
-            size = sum(segment.size for segment in self._recent[fid])
+            size = sum(segment.size for segment in set(self._recent[fid][0]))
             total += size
             if rank > 0 and (rank >= KEPT or total > KEPT_BYTES):
                 del self._recent[fid]
-        used = {id(segment) for segments in self._recent.values() for segment in segments}
+        self._known.keep_only({key for _, ids in self._recent.values() for key in ids})
+        used = {id(segment) for segments, _ in self._recent.values() for segment in segments}
         for segment in [s for s in self._segments if id(s) not in used]:
             self._segments.remove(segment)
             segment.close()
@@ -208,6 +262,7 @@ class Loader:
         self._functions: dict[str, Any] = {}
         self._uses: dict[str, tuple[Mapped, ...]] = {}  # the segments each function reads
         self._views: dict[Mapped, memoryview] = {}  # each opened once, whatever reads it
+        self._objects: dict[tuple[str, Mapped], Any] = {}  # each bytes or str read once
 
     def receive(self, parcel: Parcel) -> None:
         """Load ``parcel``'s function (an exception is kept and raised by ``get``)."""
@@ -218,13 +273,29 @@ class Loader:
                 if where not in self._views:
                     self._views[where] = _open(where)
             buffers = [self._views[part] if isinstance(part, Mapped) else part for part in parcel.buffers]
-            self._functions[parcel.fid] = pickle.loads(parcel.blob, buffers=buffers)
+            if parcel.objects:
+                fun = immutables.loads(parcel.blob, functools.partial(self._rebuild, parcel.objects), buffers)
+            else:
+                fun = pickle.loads(parcel.blob, buffers=buffers)
+            self._functions[parcel.fid] = fun
         except Exception as exc:
             self._functions[parcel.fid] = _LoadFailed(exc)
-        self._uses[parcel.fid] = mapped
+        self._uses[parcel.fid] = mapped + tuple(part for part in parcel.objects if isinstance(part, Mapped))
         self._uses = {fid: self._uses[fid] for fid in self._functions}
         used = {where for uses in self._uses.values() for where in uses}
         self._views = {where: view for where, view in self._views.items() if where in used}
+        self._objects = {key: obj for key, obj in self._objects.items() if key[1] in used}
+
+    def _rebuild(self, places: tuple[Union[Mapped, bytes], ...], kind: str, number: int) -> Any:
+        """The ``number``-th big ``bytes`` or ``str`` of a parcel (read from its segment
+        once, whatever functions use it)."""
+        place = places[number]
+        if not isinstance(place, Mapped):
+            return immutables.from_bytes(kind, place)
+        found = self._objects.get((kind, place))
+        if found is None:
+            found = self._objects[kind, place] = immutables.from_bytes(kind, _read(place))
+        return found
 
     def get(self, fid: str) -> Callable[..., Any]:
         """The function under ``fid``, or the exception that loading it raised."""
@@ -243,17 +314,16 @@ class _LoadFailed:
         self.exc = exc
 
 
-def _pickle(fun: Any, main: Optional[str] = None) -> tuple[bytes, list[memoryview]]:
-    """``fun`` pickled (protocol 5) without its big buffers, and those buffers.
+def _pickle(fun: Any, main: Optional[str] = None) -> tuple[bytes, list[memoryview], list[Any]]:
+    """``fun`` pickled (protocol 5) without its big buffers and big ``bytes`` and
+    ``str`` objects, those buffers, and those objects.
 
     A function found by its module and name needs no cloudpickle (and has no
     buffers): plain pickle sends what cloudpickle would, and neither side imports it.
     """
     blob = pickle_by_name(fun, main)
     if blob is not None:
-        return blob, []
-    import cloudpickle  # imported when first needed: ``import ezpool`` stays light
-
+        return blob, [], []
     buffers: list[memoryview] = []
 
     def aside(buffer: pickle.PickleBuffer) -> bool:
@@ -267,18 +337,35 @@ def _pickle(fun: Any, main: Optional[str] = None) -> tuple[bytes, list[memoryvie
         return False
 
     try:
-        return cloudpickle.dumps(fun, 5, buffer_callback=aside), buffers
+        blob, objects = immutables.dumps(fun, SHARED_LEAST, aside)
     except Exception as exc:
         raise TypeError(f"cannot send {fun!r} to another process: {exc}") from exc
+    return blob, buffers, objects
+
+
+def _opened(where: Mapped) -> int:
+    """A descriptor of a segment of the calling process (checked to be that segment)."""
+    fd = os.open(f"/proc/{where.pid}/fd/{where.fd}", os.O_RDONLY | os.O_CLOEXEC)
+    found = os.fstat(fd)
+    if found.st_ino != where.inode or found.st_size != where.size:
+        os.close(fd)
+        raise RuntimeError(f"shared segment {where} is gone from the calling process")
+    return fd
+
+
+def _read(where: Mapped) -> bytes:
+    """What a segment of the calling process holds, read into this process's memory."""
+    fd = _opened(where)
+    try:
+        return immutables.read_whole(fd, where.size)
+    finally:
+        os.close(fd)
 
 
 def _open(where: Mapped) -> memoryview:
     """A read-only view of a segment of the calling process, or of a copy of it."""
-    fd = os.open(f"/proc/{where.pid}/fd/{where.fd}", os.O_RDONLY | os.O_CLOEXEC)
+    fd = _opened(where)
     try:
-        found = os.fstat(fd)
-        if found.st_ino != where.inode or found.st_size != where.size:
-            raise RuntimeError(f"shared segment {where} is gone from the calling process")
         if where.size == 0:
             return memoryview(b"")
         shared = mmap.mmap(fd, where.size, prot=mmap.PROT_READ)
@@ -342,39 +429,3 @@ def _can_share() -> bool:
     finally:
         os.close(fd)
     return True
-
-
-def _same(left: memoryview, right: memoryview) -> bool:
-    """Whether two byte buffers of the same size are equal, as fast as this process can tell.
-
-    Every call of a function that captures a big array pays this once per array:
-    with numpy loaded (a big buffer usually comes from it), C's ``memcmp`` over
-    the addresses numpy gives, at memory speed (200 MB: 15 ms here, against 22 ms
-    for ``numpy.array_equal`` in slices and 600 ms for ``memoryview`` equality).
-    """
-    numpy = sys.modules.get("numpy")
-    memcmp = _memcmp() if numpy is not None else None
-    if numpy is not None and memcmp is not None:  # numpy gives the addresses
-        here, there = (numpy.frombuffer(view, numpy.uint8).ctypes.data for view in (left, right))
-        return memcmp(here, there, left.nbytes) == 0
-    whole = left.nbytes - left.nbytes % 8
-    if left[whole:] != right[whole:]:  # the last few bytes, then 8 at a time
-        return False
-    words, others = left[:whole].cast("Q"), right[:whole].cast("Q")
-    if numpy is None:
-        return words == others
-    a, b, step = numpy.frombuffer(words, numpy.uint64), numpy.frombuffer(others, numpy.uint64), _STEP // 8
-    return all(numpy.array_equal(a[i : i + step], b[i : i + step]) for i in range(0, len(a), step))
-
-
-def _memcmp() -> Optional[Callable[[int, int, int], int]]:
-    """C's ``memcmp`` through ``ctypes``, where this process can call it."""
-    try:
-        import ctypes
-
-        memcmp = ctypes.CDLL(None).memcmp
-    except (ImportError, OSError, AttributeError):
-        return None
-    memcmp.restype = ctypes.c_int
-    memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-    return cast(Callable[[int, int, int], int], memcmp)

@@ -56,7 +56,7 @@ from ..._core.logs import get_logger
 from ..._core.recording import Recording
 from ..._core.records import Batch
 from ..._core.serialization import dumps, short_repr
-from ..._core.shipping import Shipment, fingerprint, ship
+from ..._core.shipping import Shipment, Shipper, fingerprint
 from ..._core.stopping import Stops
 from ..._core.tasks import bind
 from ..._worker.servant import GENERIC
@@ -71,6 +71,7 @@ from .drivers import PushDriver, Target
 from .halting import await_restarts
 from .links import Link, LinkEvent, State
 from .started import Started
+from .startup import Checks
 from .watch import Watcher
 from .work import Work, held_at_once
 
@@ -102,6 +103,7 @@ class DistributedBackend(Backend):
         self._watcher: Optional[Watcher] = None
         self._crew = Crew()
         self._priors = Priors()  # run times measured in earlier calls, by function
+        self._shipper = Shipper()  # what the calls shipped lately: the next one hashes only what is new
         self._dial: Optional[DialIn] = None  # where workers dial in, once a call asked for it
         self._said: set[tuple[str, str]] = set()  # (worker, why it may not run a call), said once
 
@@ -109,7 +111,7 @@ class DistributedBackend(Backend):
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
         record: Recording, stops: Optional[Stops] = None,
     ) -> Generator[Batch, None, None]:
-        target = Target(name_of(fun), fingerprint(fun), _shipment(fun, options))
+        target = Target(name_of(fun), fingerprint(fun), _shipment(self._shipper, fun, options))
         key = security.resolve_key(options.hmac_key, insecure=options.insecure)
         tls = self._tls_context(options)
         dial = self._dial_in(options, key) if wants_dial_in(options) else None
@@ -133,18 +135,17 @@ class DistributedBackend(Backend):
             if link.connection is None and link.address is not None:
                 link.reconnect(options.heartbeat)  # the check opens it, and chunks use it
         await_restarts(links, options.heartbeat)  # workers the last call stopped, coming back
-        self._check(links, target, options.spawn)
-        for link in fresh:  # started (with spawn), reached and checked in this call
-            record.span("start-up", link.text, checking, perf_counter(), "reached and checked")
+        nothing = not pending and pending.exhausted
+        checks = None if nothing else self._checks(links, target, options, checking, record)
+        if checks is None:
+            self._check(links, target, options.spawn)
+            for link in fresh:  # started (with spawn), reached and checked in this call
+                record.span("start-up", link.text, checking, perf_counter(), "reached and checked")
         if options.context is not None:
             for link in links:
                 if link.state is State.READY and link.serves != GENERIC:
-                    raise WorkerUnavailable(
-                        f"worker {link.text} serves {link.serves!r} with code of its own, which "
-                        "takes no context: give context to generic workers (python -m ezpool.serve "
-                        "without MODULE:NAME), or load the data in the worker's setup()"
-                    )
-        if not pending and pending.exhausted:
+                    raise _takes_no_context(link)
+        if nothing:
             return
         for link in links:
             if link.connection is None:
@@ -154,9 +155,9 @@ class DistributedBackend(Backend):
         if self._watcher is None:
             self._watcher = Watcher(self._all_links)
         work = Work(tasks, pending, options, record)
-        call = Call(work, self._crew, dial.more if dial is not None else no_more, stops)
+        call = Call(work, self._crew, dial.more if dial is not None else no_more, stops, checks)
         for link in links:
-            call.add(PushDriver(work, link, target, self._started.restart))
+            call.add(PushDriver(work, link, target, self._started.restart, checks))
         if dial is not None:
             driven = {id(link) for link in links}  # each worker gets one driver, however it came
             joining = threading.Lock()
@@ -202,6 +203,7 @@ class DistributedBackend(Backend):
             link.release()
         self._links = {}
         self._started.stop()
+        self._shipper.close()
 
     def terminate(self) -> None:
         """Stop the running calls' drivers, and kill the workers this pool started and
@@ -270,6 +272,29 @@ class DistributedBackend(Backend):
             context = self._tls[files] = security.client_tls_context(*files)
         return context
 
+    def _checks(
+        self, links: list[Link], target: Target, options: Options, began: float, record: Recording
+    ) -> Optional[Checks]:
+        """The checks of the workers not known to be ready, for their drivers to make as
+        the others start work (``startup``); None if there are none. A ready worker that
+        cannot run ``target`` stops the call here, before any work."""
+        todo = [link for link in links if link.state in (State.NEW, State.LOST)]
+        if not todo:
+            return None
+        for link in links:
+            if link.state is State.READY:
+                reason = fits(link.info, target.name, target.code)
+                if reason:
+                    raise WorkerUnavailable(f"worker {link.text}: {reason}")
+
+        def check(link: Link) -> tuple[Optional[Exception], bool]:
+            error, fatal = self._check_one(link, target, options.spawn)
+            if error is None and options.context is not None and link.serves != GENERIC:
+                return _takes_no_context(link), True
+            return error, fatal
+
+        return Checks(todo, check, len(links), began, record)
+
     def _check(self, links: list[Link], target: Target, spawn: Optional[bool]) -> None:
         """Check every worker not known to be ready, at once: 32 workers cost one round trip.
 
@@ -330,11 +355,11 @@ class DistributedBackend(Backend):
         return None, False
 
 
-def _shipment(fun: Any, options: Options) -> Shipment:
+def _shipment(shipper: Shipper, fun: Any, options: Options) -> Shipment:
     """``fun`` (with the call's context, if any) ready for generic workers; a
     ``TypeError`` naming what cannot be sent."""
     try:
-        return ship(bind(fun, options.context), options.ship_modules)
+        return shipper.ship(bind(fun, options.context), options.ship_modules)
     except TypeError as exc:
         if options.context is None:
             raise
@@ -344,6 +369,14 @@ def _shipment(fun: Any, options: Options) -> Shipment:
             what = short_repr(options.context)
             raise TypeError(f"cannot send the context {what} to a worker: {error}") from error
         raise TypeError(f"cannot send {fun!r} to a worker: {exc.__cause__}") from exc.__cause__
+
+
+def _takes_no_context(link: Link) -> WorkerUnavailable:
+    return WorkerUnavailable(
+        f"worker {link.text} serves {link.serves!r} with code of its own, which "
+        "takes no context: give context to generic workers (python -m ezpool.serve "
+        "without MODULE:NAME), or load the data in the worker's setup()"
+    )
 
 
 def chunk_target(workers: int) -> float:
