@@ -15,19 +15,32 @@ After the runs each contender's worker processes report their peak memory
 (``VmHWM``); it goes to ``params.workers_peak_rss_mib`` of the record. Pages
 that forked workers share with the parent (copy-on-write) count there in full.
 EzPool's processes start before ``big`` exists, so they inherit none of it.
+
+Two more comparisons of the same kind:
+
+- ``captured bytes``: ``pmap`` of a lambda capturing a 200 MB ``bytes`` object
+  (each task counts one byte value in its thousandth of it), against
+  ``multiprocessing.Pool`` forked after the bytes were made, reading them as a global;
+- ``captured dmap``: ``dmap`` over 2 served generic workers of a lambda capturing
+  the 200 MB array (warm: the workers hold it already, and the client must only
+  see that it did not change), against the same sums over an array each worker
+  made itself: the difference is what capturing costs each call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
+import random
 from collections.abc import Iterator
 from typing import Any, Callable
 
 from ezpool import Pool
 
 from .harness import Comparison, Contender, Runner, Settings, Skip
+from .serving import distributed_available, served_workers, shared
 
 __all__ = ["captured"]
 
@@ -49,6 +62,26 @@ def _strided(big: Any, i: int) -> float:
     return float(big[i::STRIDE].sum())
 
 
+def _array(size: int) -> Any:
+    import numpy
+
+    return numpy.random.default_rng(0).random(size)
+
+
+def _strided_made(size: int, i: int) -> float:
+    """``_strided`` over the array of ``size`` elements that this process made (once)."""
+    big = _GLOBAL.get(("made", size))
+    if big is None:
+        big = _GLOBAL["made", size] = _array(size)
+    return float(big[i::STRIDE].sum())
+
+
+def _counted_global(i: int) -> int:
+    big = _GLOBAL["bytes"]
+    part = len(big) // STRIDE
+    return int(big.count(7, i * part, (i + 1) * part))
+
+
 def _pid(*_: Any) -> int:
     return os.getpid()
 
@@ -67,21 +100,55 @@ def peak_rss_mib(pids: Any) -> float:
     return peak / 1024
 
 
-class _Data:
-    """The array, made once, after EzPool's processes have started (by the first peer
-    prepared, or EzPool's first run)."""
+class _Made:
+    """Data made once, when first asked for (after EzPool's processes have started: by
+    the first peer prepared, or EzPool's first run), and let go when the last contender
+    using it stops, so that the processes of the next comparison do not inherit it
+    (their peak memory would count it)."""
 
-    def __init__(self, megabytes: int) -> None:
-        self.size = megabytes * (1 << 20) // 8
-        self.array: Any = None
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._users = 0
+
+    def make(self) -> Any:
+        raise NotImplementedError
 
     def get(self) -> Any:
-        if self.array is None:
-            import numpy
+        if self.name not in _GLOBAL:
+            _GLOBAL[self.name] = self.make()
+        return _GLOBAL[self.name]
 
-            self.array = numpy.random.default_rng(0).random(self.size)
-            _GLOBAL["big"] = self.array
-        return self.array
+    @contextlib.contextmanager
+    def used(self) -> Iterator[None]:
+        self._users += 1
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                _GLOBAL.pop(self.name, None)
+
+
+class _Data(_Made):
+    """The array."""
+
+    def __init__(self, megabytes: int) -> None:
+        super().__init__("big")
+        self.size = megabytes * (1 << 20) // 8
+
+    def make(self) -> Any:
+        return _array(self.size)
+
+
+class _Bytes(_Made):
+    """The bytes."""
+
+    def __init__(self, megabytes: int) -> None:
+        super().__init__("bytes")
+        self.size = megabytes * (1 << 20)
+
+    def make(self) -> Any:
+        return random.Random(0).randbytes(self.size)
 
 
 def captured(settings: Settings) -> list[Comparison]:
@@ -102,7 +169,7 @@ def captured(settings: Settings) -> list[Comparison]:
         @contextlib.contextmanager
         def prepare() -> Iterator[Runner]:
             needs_numpy()
-            with Pool(ncpu=NCPU, progress=False) as pool:
+            with data.used(), Pool(ncpu=NCPU, progress=False) as pool:
                 pool.pmap(_pid, range(NCPU))  # the processes start before the data exists
                 workers: set[int] = set()
 
@@ -123,10 +190,11 @@ def captured(settings: Settings) -> list[Comparison]:
     @contextlib.contextmanager
     def mp_fork_global() -> Iterator[Runner]:
         needs_numpy()
-        data.get()
-        with multiprocessing.get_context("fork").Pool(NCPU) as pool:
-            yield lambda size: pool.map(_strided_global, range(size))
-            peaks["multiprocessing.Pool, fork global"] = peak_rss_mib(pool.map(_pid, range(4 * NCPU)))
+        with data.used():
+            data.get()
+            with multiprocessing.get_context("fork").Pool(NCPU) as pool:
+                yield lambda size: pool.map(_strided_global, range(size))
+                peaks["multiprocessing.Pool, fork global"] = peak_rss_mib(pool.map(_pid, range(4 * NCPU)))
 
     @contextlib.contextmanager
     def mpire_shared() -> Iterator[Runner]:
@@ -135,8 +203,9 @@ def captured(settings: Settings) -> list[Comparison]:
             import mpire
         except ImportError:
             raise Skip("mpire is not installed") from None
-        big = data.get()
-        with mpire.WorkerPool(n_jobs=NCPU, shared_objects=big, start_method="fork", keep_alive=True) as pool:
+        with data.used(), mpire.WorkerPool(
+            n_jobs=NCPU, shared_objects=data.get(), start_method="fork", keep_alive=True
+        ) as pool:
             yield lambda size: pool.map(_strided, range(size), progress_bar=False)
             pids = pool.map(_pid, range(4 * NCPU), progress_bar=False)
             peaks["mpire shared_objects"] = peak_rss_mib(pids)
@@ -148,10 +217,9 @@ def captured(settings: Settings) -> list[Comparison]:
             import joblib
         except ImportError:
             raise Skip("joblib is not installed") from None
-        big = data.get()
-        with joblib.Parallel(n_jobs=NCPU) as parallel:
+        with data.used(), joblib.Parallel(n_jobs=NCPU) as parallel:
             strided = joblib.delayed(_strided)
-            yield lambda size: parallel(strided(big, i) for i in range(size))
+            yield lambda size: parallel(strided(data.get(), i) for i in range(size))
             pid = joblib.delayed(_pid)
             peaks["joblib (memmap)"] = peak_rss_mib(parallel(pid(i) for i in range(4 * NCPU)))
 
@@ -178,5 +246,102 @@ def captured(settings: Settings) -> list[Comparison]:
             ],
             # A dict filled as the contenders stop: the record holds the same dict.
             params={"megabytes": megabytes, "workers_peak_rss_mib": peaks},
-        )
+        ),
+        _captured_bytes(megabytes),
+        _captured_dmap(megabytes, data, needs_numpy),
     ]
+
+
+def _captured_bytes(megabytes: int) -> Comparison:
+    """pmap of a lambda capturing big bytes, against a forked pool reading them as a global."""
+    data = _Bytes(megabytes)
+    peaks: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def ezpool() -> Iterator[Runner]:
+        with data.used(), Pool(ncpu=NCPU, progress=False) as pool:
+            pool.pmap(_pid, range(NCPU))  # the processes start before the data exists
+            workers: set[int] = set()
+
+            def run(size: int) -> Any:
+                big = data.get()
+                part = len(big) // STRIDE
+                results = pool.pmap(lambda i: big.count(7, i * part, (i + 1) * part), range(size), ncpu=NCPU)
+                workers.update(int(worker.split()[1]) for worker in results.workers.values())
+                return results
+
+            yield run
+            peaks["pmap"] = peak_rss_mib(workers)
+
+    @contextlib.contextmanager
+    def mp_fork_global() -> Iterator[Runner]:
+        with data.used():
+            data.get()
+            with multiprocessing.get_context("fork").Pool(NCPU) as pool:
+                yield lambda size: pool.map(_counted_global, range(size))
+                peaks["multiprocessing.Pool, fork global"] = peak_rss_mib(pool.map(_pid, range(4 * NCPU)))
+
+    def check(size: int, result: Any) -> None:
+        big = data.get()
+        part = len(big) // STRIDE
+        expected = big.count(7, (size - 1) * part, size * part)
+        if len(result) != size or result[size - 1] != expected:
+            raise AssertionError(f"wrong counts over {size} tasks")
+
+    return Comparison(
+        name="captured bytes",
+        title=f"Captured bytes: {STRIDE} counts over {megabytes} MB of bytes, warm, {NCPU} processes",
+        unit="tasks",
+        sizes=[STRIDE],
+        check=check,
+        contenders=[
+            Contender("pmap", ezpool, ezpool=True),
+            Contender("multiprocessing.Pool, fork global", mp_fork_global),
+        ],
+        params={"megabytes": megabytes, "workers_peak_rss_mib": peaks},
+    )
+
+
+def _captured_dmap(megabytes: int, data: _Data, needs_numpy: Callable[[], None]) -> Comparison:
+    """dmap of a lambda capturing a big array, warm, against the same work on data
+    the workers made themselves: the difference is what capturing costs a call."""
+    served = shared(lambda: served_workers("ezpool.serve", [], NCPU))
+
+    def dmap(capturing: bool) -> Callable[[], Any]:
+        @contextlib.contextmanager
+        def prepare() -> Iterator[Runner]:
+            needs_numpy()
+            distributed_available()
+            with data.used(), served() as uris, Pool(progress=False) as pool:
+
+                def run(size: int) -> Any:
+                    if capturing:
+                        big = data.get()
+                        fun: Callable[[int], float] = lambda i: float(big[i::STRIDE].sum())  # noqa: E731
+                    else:
+                        fun = functools.partial(_strided_made, data.size)
+                    return pool.dmap(fun, range(size), workers=uris, spawn=False)
+
+                yield run
+
+        return prepare
+
+    def check(size: int, result: Any) -> None:
+        big = data.get()
+        expected = float(big[size - 1 :: STRIDE].sum())
+        if len(result) != size or abs(result[size - 1] - expected) > 1e-9 * abs(expected):
+            raise AssertionError(f"wrong sums over {size} tasks")
+
+    return Comparison(
+        name="captured dmap",
+        title=f"Captured data, dmap: {STRIDE} strided sums over a {megabytes} MB array, warm, "
+        f"{NCPU} served workers",
+        unit="tasks",
+        sizes=[STRIDE],
+        check=check,
+        contenders=[
+            Contender("dmap, lambda capturing the array", dmap(True), ezpool=True),
+            Contender("dmap, the array made by each worker", dmap(False)),
+        ],
+        params={"megabytes": megabytes},
+    )

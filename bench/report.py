@@ -100,7 +100,7 @@ def derived(name: str, record: dict[str, Any]) -> dict[str, Any]:
             contender: {size: 1e6 * t / size for size, t in points.items()}
             for contender, points in medians.items()
         }
-    elif name == "captured":
+    elif name in ("captured", "captured bytes"):
         out["workers_peak_rss_mib"] = dict(record["params"].get("workers_peak_rss_mib", {}))
     elif name == "cpu":
         # Medians, and best runs: when other work takes a core for a while, it slows

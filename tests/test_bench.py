@@ -121,6 +121,27 @@ def test_unknown_workload_is_refused_by_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(100)
+def test_the_imap_workload_times_imap_and_idle_retries_against_map(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = _run_bench("--quick", "--repeats", "1", "--only", "imap", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    comparisons = json.loads((out / "results.json").read_text(encoding="utf-8"))["comparisons"]
+    assert set(comparisons) == {"imap", "imap-distributed", "retries-idle"}
+    expected = {
+        "imap": {("imap", "map"), ("imap, ordered", "map")},
+        "imap-distributed": {("imap", "map"), ("imap, ordered", "map")},
+        "retries-idle": {("pmap, retries idle", "pmap"), ("dmap, retries idle", "dmap")},
+    }
+    for name, record in comparisons.items():
+        assert {entry["status"] for entry in record["contenders"].values()} == {"ok"}, (name, record)
+        ratios = {(r["ezpool"], r["peer"], r["size"]): r["ratio"] for r in record["ratios"]}
+        assert {(ours, peer) for ours, peer, _ in ratios} == expected[name]
+        assert {size for _, _, size in ratios} == set(record["sizes"])
+        assert all(math.isfinite(ratio) and ratio > 0 for ratio in ratios.values()), ratios
+    assert "imap, ordered / map" in done.stdout
+
+
+@pytest.mark.timeout(100)
 def test_joblib_bench_times_the_ezpool_backend_against_loky(tmp_path: Path) -> None:
     pytest.importorskip("joblib")
     out = tmp_path / "joblib.json"
@@ -165,6 +186,14 @@ def test_the_captured_workload_reports_ratios_and_peak_memory(tmp_path: Path) ->
     peaks = record["params"]["workers_peak_rss_mib"]
     assert peaks["pmap"] > record["params"]["megabytes"] / 2  # each worker holds the data once
     assert "workers_peak_rss_mib" in done.stdout
+    comparisons = json.loads((out / "results.json").read_text(encoding="utf-8"))["comparisons"]
+    held = comparisons["captured bytes"]
+    assert {entry["status"] for entry in held["contenders"].values()} == {"ok"}
+    assert math.isfinite({(r["ezpool"], r["peer"]): r["ratio"] for r in held["ratios"]}[("pmap", peer)])
+    assert held["params"]["workers_peak_rss_mib"]["pmap"] > held["params"]["megabytes"] / 2
+    served = comparisons["captured dmap"]
+    assert {entry["status"] for entry in served["contenders"].values()} == {"ok"}
+    assert [math.isfinite(r["ratio"]) for r in served["ratios"]] == [True]
 
 
 @pytest.mark.timeout(100)
