@@ -32,7 +32,7 @@ from .._core.logs import get_logger
 from .batches import Outcomes, load_tasks, load_times, offsets
 from .keys import task_key, task_keys
 from .signing import MAC_SIZE, Forged, Signer, verify
-from .spans import Segment, segments
+from .spans import Segment, as_range, segments
 
 logger = get_logger(__name__)
 
@@ -115,9 +115,10 @@ class Index:
     def segments(self, tasks: Any) -> Optional[list[Segment]]:
         """Where a range of tasks is stored, by arithmetic (see ``spans``); ``None`` when it
         cannot be told so (other tasks, or rows of other tasks) and keys are needed."""
-        if self.keyed or type(tasks) is not range:
+        if self.keyed:
             return None
-        return segments(tasks, self.spans)
+        wanted = as_range(tasks)
+        return None if wanted is None else segments(wanted, self.spans)
 
     def stop_of(self, row: int) -> int:
         """The entry after the last of row ``row``."""
@@ -257,8 +258,8 @@ class Index:
             return
         try:
             tasks = load_tasks(blob, layout)
-            spanned = isinstance(tasks, range)
-            if not spanned:
+            span = None if self.keyed else as_range(tasks)
+            if span is None:
                 self.by_key()  # rows of other tasks: every row is keyed from now on
             keys, complete = _keys(tasks, self.where) if self.keyed else ((), True)
             times = load_times(elapsed, layout)
@@ -279,8 +280,8 @@ class Index:
         self.row_failed.append(failures)
         if failures:
             self.failed.update(first + offset for offset in failures)
-        if isinstance(tasks, range):
-            self.spans.append((first, tasks))
+        if span is not None:
+            self.spans.append((first, span))
         if not self.keyed:
             return
         if complete:

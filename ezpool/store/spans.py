@@ -14,15 +14,21 @@ steps and lengths, and the run of a later row is painted over those of earlier r
 A *segment* is a run of positions whose entries (see ``index``) follow one another in
 one row. Ranges of different steps whose values meet are not matched here (``None``):
 the index then keys them one by one.
+
+A list of tasks equal to a range, item by item (``[0, 1, 2]``, or ``[0, True, 2.0]``: equal
+numbers share a key), is matched as that range (``as_range``): a ``map`` over a list of
+numbers, or a row an older ezpool stored as a list.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
-from typing import NamedTuple, Optional
+import numbers
+from collections.abc import Iterable, Sequence
+from operator import eq
+from typing import Any, NamedTuple, Optional
 
-__all__ = ["Segment", "segments"]
+__all__ = ["Segment", "segments", "as_range"]
 
 
 class Segment(NamedTuple):
@@ -45,6 +51,26 @@ def segments(tasks: range, rows: Iterable[tuple[int, range]]) -> Optional[list[S
         if start < stop:
             _paint(painted, Segment(start, stop, first + offset))
     return painted
+
+
+def as_range(tasks: Sequence[Any]) -> Optional[range]:
+    """``tasks`` as a range, when it is one or a list equal to one item by item; else ``None``."""
+    if type(tasks) is range:
+        return tasks
+    if type(tasks) is not list or not tasks:
+        return None
+    first, last, count = tasks[0], tasks[-1], len(tasks)
+    if not isinstance(first, numbers.Integral) or not isinstance(last, numbers.Integral):
+        return None
+    try:
+        start = int(first)
+        step = int(tasks[1]) - start if count > 1 and isinstance(tasks[1], numbers.Integral) else 1
+    except (TypeError, ValueError):
+        return None
+    if step == 0 or int(last) != start + (count - 1) * step:
+        return None
+    candidate = range(start, start + count * step, step)
+    return candidate if all(map(eq, tasks, candidate)) else None
 
 
 def _overlap(tasks: range, stored: range) -> Optional[tuple[int, int, int]]:
