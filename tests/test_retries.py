@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import pytest
 
 from ezpool import Pool, PoolExecutor
 from ezpool._core.retrying import BACKOFF_CAP, RetryPolicy
-from tests.modes import Mode
+from tests import _helpers as h
+from tests.modes import MODES, Mode
 
 
 def runs_of(folder: Path, task: Any) -> list[float]:
@@ -124,6 +126,21 @@ def test_retries_go_to_the_back_and_never_hold_up_other_tasks(pool: Pool, tmp_pa
     assert sorted(order) == [0, *range(1, 40, 2)]
     last_other = max(max(runs_of(tmp_path, task)) for task in range(1, 40, 2))
     assert last_other < runs_of(tmp_path, 0)[-1]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", [name for name, mode in MODES.items() if mode.remote])
+def test_retries_set_but_idle_share_the_tasks_out_as_without(name: str) -> None:
+    """Nothing fails: the tasks go out in shares for every worker, as without retries (the runs
+    all went to the first worker asking, as one chunk, when the pool had timed the function).
+    Modes that cut tasks into chunks only: the serial and threads modes cut none."""
+    tasks = list(range(100_000))
+    with MODES[name].pool() as pool:
+        assert len(pool.map(h.square, tasks)) == len(tasks)  # the pool times the function first
+        results = pool.map(h.square, tasks, retries=2, retry_on=ConnectionError)
+    assert results == {task: task * task for task in tasks}
+    ran = Counter(results.workers.values())
+    assert len(ran) == 2 and min(ran.values()) >= len(tasks) // 10, ran
 
 
 @pytest.mark.timeout(60)

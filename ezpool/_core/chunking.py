@@ -423,7 +423,10 @@ class ChunkQueue:
         # A live source (an executor's) may have little waiting now: share it out, not
         # chunk it all for one worker.
         live = self.feed is not None and self.feed.trickles
-        remaining = self._undispatched if self.exhausted or live else math.inf
+        # Nor when the feed may read no more now (it holds all it may): what waits is all
+        # there is to share out until outcomes are handed on.
+        full = self.feed is not None and not self.feed.room()
+        remaining = self._undispatched if self.exhausted or live or full else math.inf
         limit = self.sizer.limit(remaining) if not self._fixed else 0
         # Any backend's piece is cut when its answer would be too big to wait for whole.
         most = limit if self._split else self.sizer.by_bytes() if not self._fixed else _MOST
