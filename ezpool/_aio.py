@@ -22,12 +22,12 @@ import contextlib
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Optional
 
 from ._core.logs import get_logger
 from ._core.stopping import Stops
-from ._core.stream import default_buffer, open_feed, open_sweep, outcomes, stream, total_of
+from ._core.stream import Outcomes, open_outcomes
 from .results import TaskOutcome
 
 logger = get_logger(__name__)
@@ -168,8 +168,13 @@ class _Reader:
 
     def read(self) -> None:
         error: Optional[BaseException] = None
+        outcomes: Optional[Outcomes] = None
         try:
-            for outcome in self._outcomes():
+            pool, mode, fun, tasks, ordered, settings = self.call
+            # imap's stream, with the stops of this reader
+            outcomes = open_outcomes(lambda: pool._backend(mode), lambda: pool._workers(mode, settings), fun,
+                                     tasks, settings, ordered, self.stops)
+            for outcome in outcomes:
                 with self.cond:
                     while len(self.ready) >= _AHEAD and not self.closed:
                         self.cond.wait()
@@ -179,29 +184,14 @@ class _Reader:
                     self._wake()
         except BaseException as exc:  # handed to the loop, which raises it
             error = exc
+        finally:
+            if outcomes is not None:  # closed in this thread, once left
+                outcomes.close()
         with self.cond:
             self.ended = True
             self.error = None if self.closed else error
             self._wake()
         logger.debug("an aimap stream ended%s", " (closed)" if self.closed else "")
-
-    def _outcomes(self) -> Iterator[TaskOutcome]:
-        """``imap``'s stream, with the stops of this reader (closed in this thread, once left)."""
-        pool, mode, fun, tasks, ordered, settings = self.call
-        sweep = open_sweep(settings, fun)
-        try:
-            limit = settings.buffersize or default_buffer(pool._workers(mode, settings))
-            feed = open_feed(tasks, limit, sweep)
-            batches = stream(pool._backend(mode), fun, feed, settings, sweep, total_of(tasks),
-                             stops=self.stops)
-            read = outcomes(feed, batches, ordered)
-            try:
-                yield from read
-            finally:
-                read.close()
-        finally:
-            if sweep is not None:
-                sweep.close()
 
     def _wake(self) -> None:
         """Wake the loop if it waits for an outcome (with ``cond`` held)."""

@@ -15,9 +15,10 @@ each batch has first been::
 from __future__ import annotations
 
 import importlib
-from collections.abc import Generator, Iterable, Sequence, Sized
-from itertools import repeat
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator, Sequence, Sized
+from itertools import chain, repeat
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 
 from ..results import TaskOutcome
 from .feed import Feed, Live
@@ -37,8 +38,13 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-__all__ = ["stream", "open_feed", "open_sweep", "open_recording", "outcomes", "placed", "default_buffer",
-           "write_outputs"]
+__all__ = ["stream", "open_feed", "open_sweep", "open_recording", "open_outcomes", "outcomes", "Outcomes",
+           "placed", "default_buffer", "write_outputs"]
+
+if TYPE_CHECKING:
+    _Chain = chain[TaskOutcome]
+else:
+    _Chain = chain
 
 #: ``imap``'s default ``buffersize``: this many tasks per worker, and never fewer than the least.
 _BUFFER_PER_WORKER = 16384
@@ -166,6 +172,31 @@ def open_feed(tasks: Union[Iterable[Any], Live], limit: int, sweep: Optional[Swe
     return Feed(source, limit, lookup)
 
 
+def open_outcomes(
+    backend: Callable[[], Backend],
+    workers: Callable[[], int],
+    fun: Callable[..., Any],
+    tasks: Iterable[Any],
+    options: Options,
+    ordered: bool,
+    stops: Optional[Stops] = None,
+) -> Outcomes:
+    """``imap`` (and ``aimap``): the outcomes of ``fun`` over ``tasks``, read lazily, on the
+    backend ``backend()`` gives, which has ``workers()`` workers (for the default
+    ``buffersize``). Bad tasks or options raise here, with nothing left open."""
+    sweep = open_sweep(options, fun)
+    try:
+        limit = options.buffersize or default_buffer(workers())
+        feed = open_feed(tasks, limit, sweep)
+        runs_on = backend()
+    except BaseException:
+        if sweep is not None:
+            sweep.close()
+        raise
+    batches = stream(runs_on, fun, feed, options, sweep, total_of(tasks), stops=stops)
+    return outcomes(feed, batches, ordered, sweep)
+
+
 def total_of(tasks: Iterable[Any]) -> Optional[int]:
     """How many tasks there are, where that is known without reading them."""
     return len(tasks) if isinstance(tasks, Sized) else None
@@ -177,39 +208,87 @@ def default_buffer(workers: int) -> int:
     return max(_BUFFER_LEAST, _BUFFER_PER_WORKER * workers)
 
 
-def _outcome(fields: tuple[Any, ...]) -> TaskOutcome:
-    """A ``TaskOutcome`` from a tuple of its fields, without the keyword handling."""
-    return tuple.__new__(TaskOutcome, fields)
+class Outcomes(_Chain):
+    """What ``imap`` returns: an iterator over the outcomes of a stream (see ``outcomes``).
+
+    Its ``__next__`` is ``itertools.chain``'s: each batch's outcomes are made by ``map``
+    and ``zip`` as they are asked for, so no Python frame runs for an outcome, only one
+    a batch (in ``_handed``). ``close()``, or letting it go, stops the work.
+    """
+
+    __slots__ = ("_runs", "_current", "_sweep")
+
+    _runs: Generator[Iterator[TaskOutcome], None, None]
+    _current: list[Optional[Iterator[Any]]]  # the tasks of the run being handed out
+    _sweep: Optional[Sweep]
+
+    def close(self) -> None:
+        """Stop the work (and close the store); no outcome comes after this."""
+        try:
+            self._runs.close()
+        finally:
+            if self._sweep is not None:  # closed already, unless nothing was asked for yet
+                self._sweep.close()
+        tasks, self._current[0] = self._current[0], None
+        if tasks is not None:  # what is left of the run being handed out ends with it
+            deque(tasks, maxlen=0)
 
 
 def outcomes(
-    feed: Feed, batches: Generator[Batch, None, None], ordered: bool
-) -> Generator[TaskOutcome, None, None]:
+    feed: Feed, batches: Generator[Batch, None, None], ordered: bool, sweep: Optional[Sweep] = None
+) -> Outcomes:
     """What ``imap`` gives: each outcome as it comes (``ordered``: in the order of the
-    tasks), each task let go once handed on. Closing it stops the work."""
-    waiting: dict[int, list[TaskOutcome]] = {}
-    following = 0  # with ordered=True, the position of the next outcome to yield
+    tasks), each task let go once handed on. Closing it stops the work, and closes
+    ``sweep`` (if any) once the stream has ended."""
+    current: list[Optional[Iterator[Any]]] = [None]
+    runs = _handed(feed, batches, ordered, sweep, current)
+    made = cast(Outcomes, Outcomes.from_iterable(runs))
+    made._runs, made._current, made._sweep = runs, current, sweep
+    return made
+
+
+def _handed(
+    feed: Feed, batches: Generator[Batch, None, None], ordered: bool, sweep: Optional[Sweep],
+    current: list[Optional[Iterator[Any]]],
+) -> Generator[Iterator[TaskOutcome], None, None]:
+    """The outcomes of each batch, as one iterator a batch, in the order they are to be handed
+    out; a batch's tasks are released once the next is asked for (all of its outcomes were
+    handed on). ``current[0]`` is the iterator over the tasks of the run handed out last."""
+    waiting: dict[int, tuple[int, Iterator[Any], Iterator[TaskOutcome]]] = {}
+    following = 0  # with ordered=True, the position of the next outcome to hand out
     try:
         for batch in batches:
-            start, count, failed = batch.start, len(batch.values), batch.failed
-            flags: Iterable[bool] = repeat(False)
-            if failed:
-                flags = [offset in failed for offset in range(count)]
-            rows = zip(feed[start : start + count], batch.values, batch.elapsed, repeat(batch.worker), flags)
-            made = list(map(_outcome, rows))
+            start, count = batch.start, len(batch.values)
+            tasks = iter(feed[start : start + count])
+            run = _made(tasks, batch)
             if not ordered:
-                yield from made
+                current[0] = tasks
+                yield run
                 feed.release(start, start + count)
                 continue
-            # Batches cut the positions into runs, so the next run to yield starts at `following`.
-            waiting[start] = made
+            # Batches cut the positions into runs, so the next run to hand out starts at `following`.
+            waiting[start] = (count, tasks, run)
             while following in waiting:
-                run = waiting.pop(following)
-                yield from run
-                feed.release(following, following + len(run))
-                following += len(run)
+                count, tasks, run = waiting.pop(following)
+                current[0] = tasks
+                yield run
+                feed.release(following, following + count)
+                following += count
     finally:
-        batches.close()
+        try:
+            batches.close()
+        finally:
+            if sweep is not None:
+                sweep.close()
+
+
+def _made(tasks: Iterator[Any], batch: Batch) -> Iterator[TaskOutcome]:
+    """The outcomes of ``batch``, whose tasks ``tasks`` gives, made as they are asked for (in C:
+    ``tuple.__new__`` skips ``TaskOutcome``'s keyword handling)."""
+    failed = batch.failed
+    flags: Iterator[bool] = map(failed.__contains__, range(len(batch.values))) if failed else repeat(False)
+    rows = zip(tasks, batch.values, batch.elapsed, repeat(batch.worker), flags)
+    return map(tuple.__new__, repeat(TaskOutcome), rows)
 
 
 def placed(batch: Batch, where: list[int]) -> Generator[Batch, None, None]:
