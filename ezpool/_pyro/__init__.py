@@ -9,7 +9,9 @@ and are opened only after the call that carries them was authenticated.
 
 - ``client``: ``Connection``, EzPool's own handshake and signed calls;
   ``dialed``: ``DialedConnection``, to a worker that dialed in.
-- ``server``: ``Server``, a daemon that trusts no one before the key.
+- ``server``: ``Server``, a daemon that trusts no one before the key; ``lean``: how
+  it reads and answers the calls of a connection that proved the key, without
+  Pyro4's per-request machinery.
 - ``names``: the name server's clients; ``registry``: the name server itself.
 """
 
