@@ -157,3 +157,21 @@ def test_ranges_over_each_other_are_found_as_a_dict_of_the_latest_would(rows, wa
     want = {position: expected[task] for position, task in enumerate(query) if task in expected}
     assert positions == want
     assert {p: (seen(o.value, o.failed), o.worker, o.failed) for p, o in looked_up.items()} == want
+
+
+@pytest.mark.timeout(60)
+def test_imap_resumes_a_range_from_the_store_and_runs_only_the_rest(pool, tmp_path, monkeypatch):
+    store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
+    calls.mkdir()
+    fun = partial(h.record_call, str(calls))
+    pool.map(fun, range(0, 2000), store=store)
+    pool.map(fun, range(3000, 3500), store=store)
+    with monkeypatch.context() as patch:
+        _no_keys(patch)
+        outcomes = list(pool.imap(fun, range(4000), store=store, ordered=True, buffersize=700))
+    assert [(outcome.task, outcome.value) for outcome in outcomes] == [(n, n) for n in range(4000)]
+    assert h.calls(calls) == {repr(n): 1 for n in range(4000)}
+    pool.map(fun, range(5000, 6000, 2), store=store)  # another step: matched by keys
+    outcomes = list(pool.imap(fun, range(3500, 6000), store=store))
+    assert sorted((o.task, o.value) for o in outcomes) == [(n, n) for n in range(3500, 6000)]
+    assert h.calls(calls) == {repr(n): 1 for n in range(6000)}
