@@ -150,7 +150,10 @@ class Servant:
         self._faults = faults
         self.activity = Activity(target)  # what ``status`` says it did
         self._calls = 0
-        self._lock = threading.Condition()
+        self._lock = threading.Condition()  # notified when a chunk ends, or the process restarts
+        # Notified only when a chunk is handed to the runner: a chunk that runs in its
+        # request's thread (most do) wakes no other thread when it ends.
+        self._runnable = threading.Condition(self._lock)
         self._library = Library(self._lock)  # the code clients sent (a generic worker)
         self._job: Optional[Job] = None  # the chunk the runner holds, guarded by _lock
         self._restarting = False
@@ -258,7 +261,7 @@ class Servant:
             if memory is not None:
                 job.halt = self._memory.arm(job)
             if job.exact:
-                self._lock.notify_all()  # for the runner
+                self._runnable.notify()
             self.activity.began(client)
         began = time.monotonic()
         if not job.exact:
@@ -392,7 +395,7 @@ class Servant:
         while True:
             with self._lock:
                 while self._job is None or self._job.done.is_set() or not self._job.exact:
-                    self._lock.wait()
+                    self._runnable.wait()
                 job = self._job
             execute(job, job.halt or job)
             with self._lock:
