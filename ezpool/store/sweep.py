@@ -401,7 +401,8 @@ def _stored(index: Index, db: Any, spans: list[Segment]) -> list[Batch]:
         if row not in loaded:  # gone from the file since the index read it
             continue
         complete, values = loaded[row]
-        values = values[offset : offset + count]
+        if offset or count != len(values):
+            values = values[offset : offset + count]
         failed = {spot - offset for spot in index.row_failed[row] if offset <= spot < offset + count}
         runs = [(0, count)] if complete else _loaded_runs(values)
         for first, end in runs:
