@@ -383,3 +383,25 @@ def test_a_worker_copies_captured_arrays_into_memory_of_their_own_as_writable_as
     while isinstance(base, (numpy.ndarray, memoryview)):
         base = base.base if isinstance(base, numpy.ndarray) else base.obj
     assert isinstance(base, mmap.mmap)  # an anonymous mapping (huge pages where the system has them)
+
+
+def test_a_read_only_array_over_bytes_is_hashed_once_and_any_other_is_compared(monkeypatch):
+    numpy = pytest.importorskip("numpy")
+    from ezpool._core.shipping import BIG, Shipper
+
+    hashed = _Hashed(monkeypatch)
+    shipper, raw = Shipper(), os.urandom(2 * BIG)
+    frozen = numpy.frombuffer(raw, numpy.float64)
+    alone = sys.getrefcount(raw)
+    first = shipper.ship(_reading(frozen))
+    hashed.sizes.clear()
+    assert shipper.ship(_reading(frozen)).fid == first.fid and hashed.big() == []
+    writable = numpy.zeros(2 * BIG // 8)
+    view = writable.view()
+    view.flags.writeable = False
+    before = shipper.ship(_reading(view))
+    writable[0] = 1.0
+    assert shipper.ship(_reading(view)).fid != before.fid
+    assert sys.getrefcount(raw) == alone + 1
+    shipper.close()
+    assert sys.getrefcount(raw) == alone

@@ -416,3 +416,36 @@ def test_a_pool_lets_go_of_captured_bytes_when_shut_down():
             assert pool.pmap(lambda n: big[n], range(4)) == {n: big[n] for n in range(4)}
         assert sys.getrefcount(big) > alone
     assert sys.getrefcount(big) == alone
+
+
+def _giving(data):
+    return lambda: data  # a new function each time, with the same code
+
+
+def test_a_read_only_array_over_bytes_is_known_by_where_it_lies_and_any_other_is_compared(monkeypatch):
+    compares = _Compares(monkeypatch)
+    shelf = Shelf()
+    try:
+        raw = os.urandom(BYTES + 64)
+        frozen = numpy.frombuffer(raw, numpy.uint8)[64:]  # read-only, inside raw
+        alone = sys.getrefcount(raw)
+        first = shelf.publish(_giving(frozen), 2)
+        compares.count = 0
+        assert shelf.publish(_giving(frozen), 2).fid == first.fid and compares.count == 0
+        assert shelf.holds(raw) is False  # a buffer's owner is not a captured object
+        writable = numpy.zeros(BIG)
+        view = writable.view()
+        view.flags.writeable = False  # read-only, but its memory may change
+        before = shelf.publish(_giving(view), 2)
+        compares.count = 0
+        assert shelf.publish(_giving(view), 2).fid == before.fid and compares.count >= 1
+        writable[0] = 1.0
+        changed = shelf.publish(_giving(view), 2)
+        assert changed.fid != before.fid
+        loader = Loader()
+        loader.receive(first)
+        loader.receive(changed)
+        assert loader.get(changed.fid)()[0] == 1.0 and loader.get(first.fid)().tobytes() == raw[64:]
+    finally:
+        shelf.close()
+    assert sys.getrefcount(raw) == alone  # let go

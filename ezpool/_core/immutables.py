@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import sys
 from collections.abc import Iterable
 from typing import Any, Callable, Generic, Optional, TypeVar
 
@@ -32,7 +33,7 @@ from .logs import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["BYTES", "STR", "dumps", "loads", "as_bytes", "from_bytes", "read_whole", "Known"]
+__all__ = ["BYTES", "STR", "dumps", "loads", "as_bytes", "from_bytes", "inside", "read_whole", "Known"]
 
 #: Kinds of objects set aside, as they appear in a persistent id.
 BYTES, STR = "b", "s"
@@ -98,6 +99,25 @@ def from_bytes(kind: str, data: Any) -> Any:
     if kind == BYTES:
         return data if type(data) is bytes else bytes(data)
     raise ValueError(f"unknown kind of object set aside: {kind!r}")
+
+
+def inside(buffer: memoryview) -> Optional[tuple[bytes, int]]:
+    """The ``bytes`` object a read-only buffer lies in (a read-only numpy array made
+    over it, or a view of such an array), and where in it the buffer starts; ``None``
+    for any other buffer, whose content may change under it."""
+    numpy = sys.modules.get("numpy")
+    if not buffer.readonly or numpy is None:
+        return None
+    owner = buffer.obj
+    while isinstance(owner, numpy.ndarray):
+        owner = owner.base
+    if type(owner) is not bytes:
+        return None
+    address = numpy.frombuffer(buffer, numpy.uint8).ctypes.data
+    start = address - numpy.frombuffer(owner, numpy.uint8).ctypes.data
+    if not 0 <= start <= len(owner) - buffer.nbytes:
+        return None
+    return owner, start
 
 
 def read_whole(fd: int, size: int) -> bytes:

@@ -145,6 +145,8 @@ class Shelf:
         )
         self._segments: list[_Segment] = []  # changed in place only: the finalizer holds it
         self._known: immutables.Known[_Made] = immutables.Known()  # the immutables of _recent
+        # the bytes objects that read-only buffers of _recent lie in: (start, size) -> segment
+        self._inside: immutables.Known[dict[tuple[int, int], _Segment]] = immutables.Known()
         self._shared = _can_share()
         # Closed by close(), or when this shelf is garbage-collected (a pool never shut down).
         self._finalizer = weakref.finalize(self, _close_all, self._segments)
@@ -164,9 +166,10 @@ class Shelf:
         parts: list[Union[Mapped, bytes]] = []
         big = sum(buffer.nbytes for buffer in buffers)
         copy = bool(buffers) and big * workers <= _available_memory() * COPY_SHARE
+        owners: list[int] = []
         for buffer in buffers:
             if self._shared:
-                segment = self._segment_for(buffer)
+                segment = self._segment_of(buffer, owners)
                 held.append(segment)
                 where = segment.where._replace(copy=copy)
                 parts.append(where)
@@ -186,7 +189,7 @@ class Shelf:
         if fid not in self._recent:
             logger.debug("function %s: %d bytes pickled, %d big buffers (%d bytes), %d big bytes or str",
                          fid, len(blob), len(buffers), sum(b.nbytes for b in buffers), len(objects))
-        ids = tuple(id(obj) for obj in objects)
+        ids = (*(id(obj) for obj in objects), *owners)
         return self._keep(fid, tuple(held), ids, blob, tuple(parts), tuple(places))
 
     def _keep(
@@ -223,7 +226,26 @@ class Shelf:
         """Close every segment: the memory goes once the workers let go of it too."""
         self._recent.clear()
         self._known.clear()
+        self._inside.clear()
         _close_all(self._segments)
+
+    def _segment_of(self, buffer: memoryview, owners: list[int]) -> _Segment:
+        """The segment of a big buffer. One that lies in a ``bytes`` object (a read-only
+        array over it) is found by where it lies, while the shelf holds that object,
+        whose id goes into ``owners``: it cannot change. Any other is compared."""
+        inside = immutables.inside(buffer)
+        if inside is None:
+            return self._segment_for(buffer)
+        owner, start = inside
+        places = self._inside.get(owner)
+        if places is None:
+            places = {}
+            self._inside.add(owner, places)
+        owners.append(id(owner))
+        segment = places.get((start, buffer.nbytes))
+        if segment is None or not any(segment is kept for kept in self._segments):
+            segment = places[start, buffer.nbytes] = self._segment_for(buffer)
+        return segment
 
     def _segment_for(self, buffer: memoryview) -> _Segment:
         for segment in self._segments:
@@ -242,7 +264,9 @@ class Shelf:
             total += size
             if rank > 0 and (rank >= KEPT or total > KEPT_BYTES):
                 del self._recent[fid]
-        self._known.keep_only({key for _, ids in self._recent.values() for key in ids})
+        alive = {key for _, held in self._recent.values() for key in held}
+        self._known.keep_only(alive)
+        self._inside.keep_only(alive)
         used = {id(segment) for segments, _ in self._recent.values() for segment in segments}
         for segment in [s for s in self._segments if id(s) not in used]:
             self._segments.remove(segment)

@@ -126,6 +126,8 @@ class Shipper:
         self._recent: OrderedDict[str, tuple[tuple[_Copy, ...], tuple[int, ...]]] = OrderedDict()
         self._copies: list[_Copy] = []
         self._known: immutables.Known[bytes] = immutables.Known()  # digests of the immutables of _recent
+        # the bytes objects that read-only buffers of _recent lie in: (start, size) -> digest
+        self._inside: immutables.Known[dict[tuple[int, int], bytes]] = immutables.Known()
         self._lock = threading.Lock()  # calls may start from several threads
 
     def ship(self, fun: Any, by_value: Sequence[ModuleLike] = ()) -> Shipment:
@@ -154,14 +156,15 @@ class Shipper:
         blob, objects = dumps(lambda: immutables.dumps(content, BIG, buffers.append))
         digest = hashlib.sha256(blob)
         with self._lock:
-            copies = [self._digest(buffer) for buffer in buffers]
+            owners: list[int] = []
+            copies = [self._digest(buffer, owners) for buffer in buffers]
             for copy in copies:
                 digest.update(copy.digest if isinstance(copy, _Copy) else copy)
             for obj in objects:
                 digest.update(self._stamp(obj))
             fid = digest.hexdigest()[:32]
             kept = tuple(copy for copy in copies if isinstance(copy, _Copy))
-            self._keep(fid, kept, tuple(id(obj) for obj in objects))
+            self._keep(fid, kept, (*(id(obj) for obj in objects), *owners))
         return Shipment(fid, lambda: cast(bytes, dumps(functools.partial(_packed, content))))
 
     def holds(self, obj: Any) -> bool:
@@ -174,16 +177,31 @@ class Shipper:
             self._recent.clear()
             self._copies.clear()
             self._known.clear()
+            self._inside.clear()
 
-    def _digest(self, buffer: pickle.PickleBuffer) -> Union[_Copy, bytes]:
+    def _digest(self, buffer: pickle.PickleBuffer, owners: list[int]) -> Union[_Copy, bytes]:
         """The digest of a buffer: a copy's (equal byte for byte), or new; a big one's is
-        kept with a copy of it."""
+        kept with a copy of it. One that lies in a ``bytes`` object (a read-only array
+        over it) is known by where it lies while the shipper holds that object, whose
+        id goes into ``owners``."""
         try:
             raw = buffer.raw()
         except BufferError:  # not contiguous
             return hashlib.sha256(memoryview(buffer).tobytes()).digest()
         if raw.nbytes < BIG:
             return hashlib.sha256(raw).digest()
+        inside = immutables.inside(raw)
+        if inside is not None:
+            owner, start = inside
+            places = self._inside.get(owner)
+            if places is None:
+                places = {}
+                self._inside.add(owner, places)
+            owners.append(id(owner))
+            stamp = places.get((start, raw.nbytes))
+            if stamp is None:
+                stamp = places[start, raw.nbytes] = hashlib.sha256(raw).digest()
+            return stamp
         for copy in self._copies:
             if len(copy.data) == raw.nbytes and same(raw, memoryview(copy.data)):
                 return copy
@@ -211,7 +229,9 @@ class Shipper:
                 del self._recent[older]
         used = {id(copy) for kept, _ in self._recent.values() for copy in kept}
         self._copies[:] = [copy for copy in self._copies if id(copy) in used]
-        self._known.keep_only({key for _, ids in self._recent.values() for key in ids})
+        alive = {key for _, held in self._recent.values() for key in held}
+        self._known.keep_only(alive)
+        self._inside.keep_only(alive)
 
 
 def ship(fun: Any, by_value: Sequence[ModuleLike] = ()) -> Shipment:
