@@ -341,6 +341,8 @@ def test_a_shipper_holds_what_its_recent_functions_capture_until_closed():
     shipper.ship(_reading(data))
     shipper.close()
     assert not shipper.holds(data) and sys.getrefcount(data) == alone
+    ship(_reading(data))  # shipped once (the executor's code): nothing is kept
+    assert sys.getrefcount(data) == alone
 
 
 @pytest.mark.timeout(120)

@@ -121,7 +121,8 @@ class Shipper:
     copies are let go; the newest function's always stay), until ``close``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, remember: bool = True) -> None:
+        self._remember = remember  # False: nothing is kept for a next call (no copies made)
         # fid -> the copies its function's buffers match and the ids of its immutables, newest first
         self._recent: OrderedDict[str, tuple[tuple[_Copy, ...], tuple[int, ...]]] = OrderedDict()
         self._copies: list[_Copy] = []
@@ -164,7 +165,8 @@ class Shipper:
                 digest.update(self._stamp(obj))
             fid = digest.hexdigest()[:32]
             kept = tuple(copy for copy in copies if isinstance(copy, _Copy))
-            self._keep(fid, kept, (*(id(obj) for obj in objects), *owners))
+            if self._remember:
+                self._keep(fid, kept, (*(id(obj) for obj in objects), *owners))
         return Shipment(fid, lambda: cast(bytes, dumps(functools.partial(_packed, content))))
 
     def holds(self, obj: Any) -> bool:
@@ -188,7 +190,7 @@ class Shipper:
             raw = buffer.raw()
         except BufferError:  # not contiguous
             return hashlib.sha256(memoryview(buffer).tobytes()).digest()
-        if raw.nbytes < BIG:
+        if raw.nbytes < BIG or not self._remember:
             return hashlib.sha256(raw).digest()
         inside = immutables.inside(raw)
         if inside is not None:
@@ -214,7 +216,8 @@ class Shipper:
         stamp = self._known.get(obj)
         if stamp is None:
             stamp = hashlib.sha256(immutables.as_bytes(obj)).digest()
-            self._known.add(obj, stamp)
+            if self._remember:
+                self._known.add(obj, stamp)
         return stamp
 
     def _keep(self, fid: str, copies: tuple[_Copy, ...], ids: tuple[int, ...]) -> None:
@@ -235,8 +238,8 @@ class Shipper:
 
 
 def ship(fun: Any, by_value: Sequence[ModuleLike] = ()) -> Shipment:
-    """``Shipper.ship`` for a function shipped once (nothing is kept for the next)."""
-    return Shipper().ship(fun, by_value)
+    """``Shipper.ship`` for a function shipped once (nothing is kept, nor copied, for a next)."""
+    return Shipper(remember=False).ship(fun, by_value)
 
 
 #: How a shipment's blob begins: a pickle whose buffers follow it (never a pickle's start).
