@@ -71,7 +71,6 @@ from .drivers import PushDriver, Target
 from .halting import await_restarts
 from .links import Link, LinkEvent, State
 from .started import Started
-from .startup import Checks
 from .watch import Watcher
 from .work import Work, held_at_once
 
@@ -135,17 +134,18 @@ class DistributedBackend(Backend):
             if link.connection is None and link.address is not None:
                 link.reconnect(options.heartbeat)  # the check opens it, and chunks use it
         await_restarts(links, options.heartbeat)  # workers the last call stopped, coming back
-        nothing = not pending and pending.exhausted
-        checks = None if nothing else self._checks(links, target, options, checking, record)
-        if checks is None:
-            self._check(links, target, options.spawn)
-            for link in fresh:  # started (with spawn), reached and checked in this call
-                record.span("start-up", link.text, checking, perf_counter(), "reached and checked")
+        self._check(links, target, options.spawn)
+        for link in fresh:  # started (with spawn), reached and checked in this call
+            record.span("start-up", link.text, checking, perf_counter(), "reached and checked")
         if options.context is not None:
             for link in links:
                 if link.state is State.READY and link.serves != GENERIC:
-                    raise _takes_no_context(link)
-        if nothing:
+                    raise WorkerUnavailable(
+                        f"worker {link.text} serves {link.serves!r} with code of its own, which "
+                        "takes no context: give context to generic workers (python -m ezpool.serve "
+                        "without MODULE:NAME), or load the data in the worker's setup()"
+                    )
+        if not pending and pending.exhausted:
             return
         for link in links:
             if link.connection is None:
@@ -155,9 +155,9 @@ class DistributedBackend(Backend):
         if self._watcher is None:
             self._watcher = Watcher(self._all_links)
         work = Work(tasks, pending, options, record)
-        call = Call(work, self._crew, dial.more if dial is not None else no_more, stops, checks)
+        call = Call(work, self._crew, dial.more if dial is not None else no_more, stops)
         for link in links:
-            call.add(PushDriver(work, link, target, self._started.restart, checks))
+            call.add(PushDriver(work, link, target, self._started.restart))
         if dial is not None:
             driven = {id(link) for link in links}  # each worker gets one driver, however it came
             joining = threading.Lock()
@@ -272,29 +272,6 @@ class DistributedBackend(Backend):
             context = self._tls[files] = security.client_tls_context(*files)
         return context
 
-    def _checks(
-        self, links: list[Link], target: Target, options: Options, began: float, record: Recording
-    ) -> Optional[Checks]:
-        """The checks of the workers not known to be ready, for their drivers to make as
-        the others start work (``startup``); None if there are none. A ready worker that
-        cannot run ``target`` stops the call here, before any work."""
-        todo = [link for link in links if link.state in (State.NEW, State.LOST)]
-        if not todo:
-            return None
-        for link in links:
-            if link.state is State.READY:
-                reason = fits(link.info, target.name, target.code)
-                if reason:
-                    raise WorkerUnavailable(f"worker {link.text}: {reason}")
-
-        def check(link: Link) -> tuple[Optional[Exception], bool]:
-            error, fatal = self._check_one(link, target, options.spawn)
-            if error is None and options.context is not None and link.serves != GENERIC:
-                return _takes_no_context(link), True
-            return error, fatal
-
-        return Checks(todo, check, len(links), began, record)
-
     def _check(self, links: list[Link], target: Target, spawn: Optional[bool]) -> None:
         """Check every worker not known to be ready, at once: 32 workers cost one round trip.
 
@@ -369,14 +346,6 @@ def _shipment(shipper: Shipper, fun: Any, options: Options) -> Shipment:
             what = short_repr(options.context)
             raise TypeError(f"cannot send the context {what} to a worker: {error}") from error
         raise TypeError(f"cannot send {fun!r} to a worker: {exc.__cause__}") from exc.__cause__
-
-
-def _takes_no_context(link: Link) -> WorkerUnavailable:
-    return WorkerUnavailable(
-        f"worker {link.text} serves {link.serves!r} with code of its own, which "
-        "takes no context: give context to generic workers (python -m ezpool.serve "
-        "without MODULE:NAME), or load the data in the worker's setup()"
-    )
 
 
 def chunk_target(workers: int) -> float:

@@ -30,18 +30,17 @@ from collections import deque
 from time import perf_counter
 from typing import Any, Callable, NamedTuple, Optional
 
-from ... import _pyro
 from ..._core.chunking import Chunk
 from ..._core.ledger import Answered, Event, Lost, Returned, Stopped
 from ..._core.logs import get_logger
 from ..._core.records import ChunkCall, Status
-from ..._core.serialization import loads, pickled_size
-from ..._worker.running import failed_chunk, pack_chunk
+from ..._core.serialization import pickled_size
 from ..._worker.servant import GENERIC
 from .breaks import judge
-from .connect import CONNECT_TIMEOUT, rejoin
+from .connect import rejoin
 from .halting import ask_stop, restarted
 from .links import Link, LinkEvent, State
+from .startup import prepare
 from .work import Driver, Target, Work
 
 logger = get_logger(__name__)
@@ -219,40 +218,8 @@ class PushDriver(Driver):
         return connection.send("run_chunk", *call.wire(), queued=queued)
 
     def _prepare(self, chunk: Chunk) -> Optional[tuple[Event, bytes]]:
-        """Make the worker ready to run the first of its chunks: connected, RUNNING, and
-        holding the call's code. What became of ``chunk`` when it cannot go there now."""
-        link = self.link
-        connection = link.connection
-        assert connection is not None
-        began = perf_counter()
-        opened = connection.is_open
-        try:
-            link.open(min(CONNECT_TIMEOUT, self.work.heartbeat))
-        except Exception as exc:  # nothing was sent (broken off while connecting: it did not answer)
-            if self.work.stop.is_set():
-                return Returned("the call was stopped"), b""
-            link.on(LinkEvent.UNREACHABLE, f"cannot connect: {_pyro.translate(exc, link.text)}")
-            return Returned(link.reason), b""
-        link.on(LinkEvent.SENT)
-        if self.work.superseded(self, chunk):  # from now on, settling it breaks this connection off
-            link.on(LinkEvent.IDLE)
-            return Returned("another copy of the chunk answered first"), b""
-        fid = self.target.shipment.fid
-        if link.serves != GENERIC or fid in link.loaded:
-            if not opened:
-                self.work.started_up(self, began, "connected")
-            return None
-        try:
-            status, reply = connection.call("load", fid, self.target.shipment.blob)
-        except Exception as exc:
-            return self._broken(chunk, exc), b""
-        self.work.started_up(self, began, "loaded the code" if opened else "connected and loaded the code")
-        if Status(status) is not Status.OK:  # the code cannot run there: every task says why
-            link.on(LinkEvent.IDLE)
-            failed = failed_chunk(chunk.stop - chunk.start, loads(reply))
-            return Answered(chunk.stop - chunk.start), pack_chunk(chunk.start, failed)
-        link.loaded.add(fid)
-        return None
+        """Connected, RUNNING and holding the call's code, or what became of ``chunk``."""
+        return prepare(self, chunk)
 
     def _land(self) -> None:
         """Wait for the answer to the first chunk in flight and settle it. If the connection
