@@ -168,30 +168,33 @@ class _Reader:
 
     def read(self) -> None:
         error: Optional[BaseException] = None
-        outcomes: Optional[Outcomes] = None
         try:
             pool, mode, fun, tasks, ordered, settings = self.call
-            # imap's stream, with the stops of this reader
+            # imap's stream, with the stops of this reader (closed in this thread, once left)
             outcomes = open_outcomes(lambda: pool._backend(mode), lambda: pool._workers(mode, settings), fun,
                                      tasks, settings, ordered, self.stops)
-            for outcome in outcomes:
-                with self.cond:
-                    while len(self.ready) >= _AHEAD and not self.closed:
-                        self.cond.wait()
-                    if self.closed:
-                        break
-                    self.ready.append(outcome)
-                    self._wake()
+            try:
+                self._hand_over(outcomes)
+            finally:
+                outcomes.close()
         except BaseException as exc:  # handed to the loop, which raises it
             error = exc
-        finally:
-            if outcomes is not None:  # closed in this thread, once left
-                outcomes.close()
         with self.cond:
             self.ended = True
             self.error = None if self.closed else error
             self._wake()
         logger.debug("an aimap stream ended%s", " (closed)" if self.closed else "")
+
+    def _hand_over(self, outcomes: Outcomes) -> None:
+        """Put ``outcomes`` where the loop takes them, at most ``_AHEAD`` at a time, until closed."""
+        for outcome in outcomes:
+            with self.cond:
+                while len(self.ready) >= _AHEAD and not self.closed:
+                    self.cond.wait()
+                if self.closed:
+                    return
+                self.ready.append(outcome)
+                self._wake()
 
     def _wake(self) -> None:
         """Wake the loop if it waits for an outcome (with ``cond`` held)."""
