@@ -17,10 +17,10 @@ import threading
 import time
 from collections.abc import Collection, Sequence
 from itertools import compress, count, repeat
-from operator import is_not
+from operator import is_not, sub
 from typing import Any, Callable, NamedTuple, Optional, cast
 
-from .._core.feed import Feed, stored_batches
+from .._core.feed import Feed
 from .._core.logs import get_logger
 from .._core.records import Batch
 from .._core.serialization import short_repr
@@ -118,7 +118,7 @@ class Sweep:
             spans = index.segments(tasks)
             if spans is not None:
                 return _stored(index, db, spans)
-            return list(stored_batches(_by_keys(index, db, tasks)))
+            return _keyed_batches(index, db, tasks)
 
     def record(
         self,
@@ -378,6 +378,28 @@ def _by_keys(index: Index, db: Any, tasks: Sequence[Any]) -> dict[int, StoredOut
     return found
 
 
+def _keyed_batches(index: Index, db: Any, tasks: Sequence[Any]) -> list[Batch]:
+    """``found`` by task keys: runs of positions whose entries follow one another in one row."""
+    keys, lost = task_keys(tasks)
+    entries = list(map(index.by_key().get, keys))
+    for position in lost:
+        entries[position] = None
+    hits = list(map(is_not, entries, repeat(None)))
+    positions = list(compress(count(), hits))
+    chosen = cast("list[int]", list(compress(entries, hits)))
+    if not chosen:
+        return []
+    row_of = index.row_of
+    values, complete = index.values(db, set(map(row_of.__getitem__, chosen)))
+    firsts = set(index.firsts)
+    steps = zip(map(sub, positions[1:], positions), map(sub, chosen[1:], chosen), chosen[1:])
+    stops = [at for at, (moved, step, entry) in enumerate(steps, 1)
+             if moved != 1 or step != 1 or entry in firsts]  # where a run ends
+    spans = [Segment(positions[first], positions[first] + stop - first, chosen[first])
+             for first, stop in zip([0, *stops], [*stops, len(chosen)])]
+    return _batches(index, spans, lambda row: (complete, values), by_entry=True)
+
+
 def _per_task(batches: list[Batch]) -> dict[int, StoredOutcome]:
     """The outcomes of stored batches by position."""
     return {
@@ -393,16 +415,28 @@ def _stored(index: Index, db: Any, spans: list[Segment]) -> list[Batch]:
     row_of = index.row_of
     loaded = {row: index.row_values(row, blob, layout, mac)
               for row, blob, layout, mac in index.rows_read(db, {row_of[s.entry] for s in spans})}
+    return _batches(index, spans, loaded.get, by_entry=False)
+
+
+def _batches(
+    index: Index, spans: list[Segment], values_of: Callable[[int], Optional[tuple[bool, list[Any]]]],
+    by_entry: bool,
+) -> list[Batch]:
+    """The stored batches of ``spans``, whose values ``values_of(row)`` gives (whether all loaded, and
+    the values of the row, or, ``by_entry``, of every entry; ``None``: the row is gone)."""
+    row_of = index.row_of
     found = []
     for start, stop, entry in spans:
         row = row_of[entry]
         offset = entry - index.firsts[row]
         count = stop - start
-        if row not in loaded:  # gone from the file since the index read it
+        loaded = values_of(row)
+        if loaded is None:  # gone from the file since the index read it
             continue
-        complete, values = loaded[row]
-        if offset or count != len(values):
-            values = values[offset : offset + count]
+        complete, values = loaded
+        at = entry if by_entry else offset
+        if at or count != len(values):
+            values = values[at : at + count]
         failed = {spot - offset for spot in index.row_failed[row] if offset <= spot < offset + count}
         runs = [(0, count)] if complete else _loaded_runs(values)
         for first, end in runs:
