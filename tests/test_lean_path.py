@@ -259,6 +259,22 @@ def test_a_call_that_raises_is_answered_as_pyro4_answers_it(serve):
         connection.close()
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_answers_larger_than_what_is_sent_in_place_arrive_whole(serve, tls, request):
+    from ezpool._pyro.lean import SEND_IN_PLACE
+
+    flags, options = [], {}
+    if tls:
+        d = request.getfixturevalue("certificates")
+        flags = ["--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server-key.pem")]
+        options = {"tls_ca": d / "ca.pem"}
+    (uri,) = serve("tests._workers:Square", *flags).uris
+    size = 4 * SEND_IN_PLACE  # one chunk's reply is past SEND_IN_PLACE (about 4 bytes a value)
+    with ezpool.Pool(**options) as pool:
+        results = pool.dmap(w.Square, range(size), workers=[uri], spawn=False, chunksize=size, progress=False)
+    assert len(results) == size and results[size - 1] == (size - 1) ** 2
+
+
 @pytest.mark.parametrize(
     "reply", [b"", b"x" * 100, secrets.token_bytes(200_000)], ids=["empty", "short", "long"]
 )
