@@ -35,13 +35,17 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, Optional
 
 from .harness import Comparison, Contender, Runner, Settings, Skip, Timed
+from .naps import LONG_NAP_SECONDS, LongNapWorker
 from .serving import child_environment, distributed_available, served_workers, shared
 from .workloads import NAP_SECONDS, NapWorker
 
-__all__ = ["dialin", "dialin_comparison", "joining", "dialing_workers", "client_figures"]
+__all__ = [
+    "dialin", "dialin_512", "dialin_comparison", "joining", "dialing_workers", "client_before",
+    "client_figures",
+]
 
 #: The worker every process serves.
 WORKER = f"bench.workloads:{NapWorker.__name__}"
@@ -75,19 +79,22 @@ def client_figures(before: tuple[int, int], workers: int) -> dict[str, float]:
     }
 
 
-def _now() -> tuple[int, int]:
+def client_before() -> tuple[int, int]:
+    """The calling process's resident memory (KiB) and threads now, for ``client_figures``."""
     return _status("VmRSS"), _status("Threads")
 
 
 @contextlib.contextmanager
-def dialing_workers(address: str, count: int, *flags: str) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """``count`` worker processes dialing ``address`` (a listen file or HOST:PORT), in groups of
-    ``ezpool-serve --procs``; every one of them killed on leaving."""
+def dialing_workers(
+    address: str, count: int, *flags: str, worker: str = WORKER
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``count`` worker processes serving ``worker`` dialing ``address`` (a listen file or
+    HOST:PORT), in groups of ``ezpool-serve --procs``; every one of them killed on leaving."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for first in range(0, count, PER_SERVE):
             procs = min(PER_SERVE, count - first)
-            command = [sys.executable, "-m", "ezpool.serve", WORKER, "--connect", address, *flags]
+            command = [sys.executable, "-m", "ezpool.serve", worker, "--connect", address, *flags]
             command += ["--procs", str(procs)] if procs > 1 else []
             processes.append(subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -127,21 +134,27 @@ def _wait_joined(pool: Any, count: int, processes: list[subprocess.Popen[Any]]) 
 # -- dialin ---------------------------------------------------------------------------
 
 
-def dialin_comparison(workers: int) -> Comparison:
-    """Dial-in against ``PYRO:`` workers, ``workers`` of each, warm and cold."""
+def dialin_comparison(
+    workers: int, kinds: Sequence[str] = ("dial-in warm", "PYRO: warm", "dial-in cold", "PYRO: cold"),
+    worker: type[Any] = NapWorker, per_worker: int = 20, task_seconds: float = NAP_SECONDS,
+    name: str = "",
+) -> Comparison:
+    """Dial-in against ``PYRO:`` workers, ``workers`` of each, warm and cold (the contenders
+    named in ``kinds``): ``per_worker`` tasks of ``worker``, each ``task_seconds`` long."""
     from ezpool import Pool
 
     figures: dict[str, Any] = {}
-    served = shared(lambda: served_workers("ezpool.serve", [WORKER], workers))
+    spec = f"{worker.__module__}:{worker.__name__}"
+    served = shared(lambda: served_workers("ezpool.serve", [spec], workers))
 
     def call(pool: Any, size: int, **where: Any) -> Any:
-        return pool.dmap(NapWorker, range(size), progress=False, **where)
+        return pool.dmap(worker, range(size), progress=False, **where)
 
     @contextlib.contextmanager
     def pyro_warm() -> Iterator[Runner]:
         distributed_available()
         with served() as uris:
-            before = _now()
+            before = client_before()
             with Pool() as pool:
                 call(pool, workers, workers=uris, spawn=False)  # connects to every worker
                 figures.setdefault("client", {})["PYRO: warm"] = client_figures(before, workers)
@@ -165,8 +178,8 @@ def dialin_comparison(workers: int) -> Comparison:
         distributed_available()
         with tempfile.TemporaryDirectory(prefix="ezpool-bench-") as scratch:
             listen_file = str(Path(scratch, "pool.json"))
-            with dialing_workers(listen_file, workers) as processes:
-                before = _now()
+            with dialing_workers(listen_file, workers, worker=spec) as processes:
+                before = client_before()
                 with Pool(mode="distributed", listen="127.0.0.1:0", listen_file=listen_file) as pool:
                     _wait_joined(pool, workers, processes)
                     call(pool, workers)
@@ -179,38 +192,53 @@ def dialin_comparison(workers: int) -> Comparison:
         joins: list[float] = []
         with tempfile.TemporaryDirectory(prefix="ezpool-bench-") as scratch:
             listen_file = str(Path(scratch, "pool.json"))
-            with dialing_workers(listen_file, workers, "--stay") as processes:
+            with dialing_workers(listen_file, workers, "--stay", worker=spec) as processes:
 
                 def run(size: int) -> Timed:
+                    before = client_before()
                     with Pool(mode="distributed", listen="127.0.0.1:0", listen_file=listen_file) as pool:
                         joins.append(_wait_joined(pool, workers, processes))
                         figures["dial-in joined (s, median)"] = statistics.median(joins)
                         began = perf_counter()
                         results = call(pool, size)
-                        return Timed(perf_counter() - began, results)
+                        took = perf_counter() - began
+                        figures.setdefault("client", {})["dial-in cold"] = client_figures(before, workers)
+                        return Timed(took, results)
 
                 yield run
 
+    makers = {"dial-in warm": dial_warm, "PYRO: warm": pyro_warm, "dial-in cold": dial_cold,
+              "PYRO: cold": pyro_cold}
+    pairs = [("dial-in warm", "PYRO: warm"), ("dial-in cold", "PYRO: cold")]
     return Comparison(
-        name=f"dialin-{workers}",
-        title=f"Dial-in against PYRO: workers, {workers} local workers, sleep({NAP_SECONDS}) tasks",
+        name=name or f"dialin-{workers}",
+        title=f"Dial-in against PYRO: workers, {workers} local workers, sleep({task_seconds}) tasks",
         unit="tasks",
-        sizes=[20 * workers],
+        sizes=[per_worker * workers],
         check=_check_identity,
-        contenders=[
-            Contender("dial-in warm", dial_warm, ezpool=True),
-            Contender("PYRO: warm", pyro_warm, ezpool=True),
-            Contender("dial-in cold", dial_cold, ezpool=True),
-            Contender("PYRO: cold", pyro_cold, ezpool=True),
-        ],
-        pairs=[("dial-in warm", "PYRO: warm"), ("dial-in cold", "PYRO: cold")],
-        params={"workers": workers, "task_seconds": NAP_SECONDS, "figures": figures},
+        contenders=[Contender(kind, makers[kind], ezpool=True) for kind in kinds],
+        pairs=[pair for pair in pairs if set(pair) <= set(kinds)],
+        params={"workers": workers, "task_seconds": task_seconds, "figures": figures},
     )
 
 
 def dialin(settings: Settings) -> list[Comparison]:
     """Dial-in workers against ``PYRO:`` workers, 32 and 128 of each (``--quick``: 8)."""
     return [dialin_comparison(count) for count in ([8] if settings.quick else [32, 128])]
+
+
+def dialin_512(settings: Settings, workers: int = 512) -> list[Comparison]:
+    """The scale goal for dial-in workers: ``workers`` (512) of them, 10 tasks of 0.5 s each,
+    warm and cold, one comparison each, so that only ``workers`` processes live at once
+    (~13 GB here); their ``PYRO:`` counterpart is ``many-512``. Only in a full run
+    (``--quick`` runs none; ``--only dialin-512``)."""
+    if settings.quick:
+        return []
+    return [
+        dialin_comparison(workers, [kind], LongNapWorker, 10, LONG_NAP_SECONDS,
+                          name=f"dialin-{workers}" + ("-cold" if "cold" in kind else ""))
+        for kind in ("dial-in warm", "dial-in cold")
+    ]
 
 
 # -- joining --------------------------------------------------------------------------
@@ -263,9 +291,9 @@ def _joining_contender(there: int, joining: int, figures: dict[str, Any]) -> Any
                     _tell(process, key, address)
                 _wait_joined(pool, there, processes[:there])
 
-                def progress(outcome: Any, done: int, total: int) -> None:
+                def progress(outcome: Any, done: int, total: Optional[int]) -> None:
                     if done >= size // 2 and not moment:
-                        moment["left"] = total - done
+                        moment["left"] = (size if total is None else total) - done
                         for process in processes[there:]:
                             _tell(process, key, address)
 

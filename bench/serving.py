@@ -26,7 +26,7 @@ from .harness import Skip
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["free_port", "distributed_available", "served_workers", "shared", "child_environment"]
+__all__ = ["free_port", "distributed_available", "served_workers", "shared", "child_environment", "stop_all"]
 
 #: Seconds a worker process may take to print its URI (32 of them start at once on 2 cores).
 _START_TIMEOUT = 120.0
@@ -102,8 +102,7 @@ def served_workers(
                         process, log = launch(index)
             yield uris
         finally:
-            for process in processes:
-                _stop(process)
+            stop_all(processes)
 
 
 def shared(start: Callable[[], ContextManager[Any]]) -> Callable[[], ContextManager[Any]]:
@@ -148,16 +147,21 @@ def _wait_for_uri(process: subprocess.Popen[bytes], log: Path) -> str:
     raise RuntimeError(f"worker {process.args!r} printed no URI within {_START_TIMEOUT:.0f} s")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """End a worker and everything it started: SIGTERM its group, then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+def stop_all(processes: Sequence[subprocess.Popen[Any]]) -> None:
+    """End workers and everything they started: SIGTERM every group at once, then
+    SIGKILL the groups whose leader has not exited within 5 s, and every group whose
+    leader has (nothing it forked outlives it). One at a time, 512 workers took
+    two minutes to stop."""
+    for process in processes:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        # The leader is gone; make sure nothing it forked outlives it.
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5.0
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(max(0.0, deadline - time.monotonic()))
+    for process in processes:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        return
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5.0)

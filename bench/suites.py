@@ -11,7 +11,7 @@ import contextlib
 import multiprocessing
 from collections.abc import Iterator
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from ezpool import BaseWorker, Pool
 
@@ -20,10 +20,11 @@ from .bigdata import big_arguments, big_results
 from .captured import captured
 from .clusters import clusters
 from .coldstart import cold_start
-from .dialin import dialin, joining
+from .dialin import client_before, client_figures, dialin, dialin_512, joining
 from .harness import Comparison, Contender, Runner, Settings, Timed, simple
 from .lean import lean
 from .naive_pyro import naive_client
+from .naps import LONG_NAP_SECONDS, LongNapWorker
 from .scale import scale
 from .serving import distributed_available, free_port, served_workers, shared
 from .storing import storing
@@ -225,16 +226,29 @@ def distributed(settings: Settings) -> list[Comparison]:
     ]
 
 
-def _dmap_many(workers: int, with_dask: bool) -> Comparison:
+def _dmap_many(
+    workers: int, with_dask: bool, worker: type[BaseWorker] = NapWorker, per_worker: int = 20,
+    task_seconds: float = NAP_SECONDS, name: Optional[str] = None,
+) -> Comparison:
     """``dmap`` over ``workers`` local workers, warm (one pool for every run) and cold
-    (a new pool for each run: checking and connecting to every worker is timed)."""
-    served = shared(lambda: served_workers("ezpool.serve", ["bench.workloads:NapWorker"], workers))
+    (a new pool for each run: checking and connecting to every worker is timed).
+
+    Also reported: the calling process's resident memory and threads, and their growth
+    per worker, warm (around the warm pool's first call) and cold (around a whole cold
+    run's call, the pool still open)."""
+    spec = f"{worker.__module__}:{worker.__name__}"
+    served = shared(lambda: served_workers("ezpool.serve", [spec], workers))
+    figures: dict[str, Any] = {}
 
     @contextlib.contextmanager
     def warm() -> Iterator[Runner]:
         distributed_available()
-        with served() as uris, Pool() as pool:
-            yield lambda size: pool.dmap(NapWorker, _tasks(size), workers=uris, progress=False, spawn=False)
+        with served() as uris:
+            before = client_before()
+            with Pool() as pool:
+                pool.dmap(worker, _tasks(workers), workers=uris, progress=False, spawn=False)
+                figures.setdefault("client", {})["dmap"] = client_figures(before, workers)
+                yield lambda size: pool.dmap(worker, _tasks(size), workers=uris, progress=False, spawn=False)
 
     @contextlib.contextmanager
     def cold() -> Iterator[Runner]:
@@ -242,10 +256,13 @@ def _dmap_many(workers: int, with_dask: bool) -> Comparison:
         with served() as uris:
 
             def run(size: int) -> Timed:
+                before = client_before()
                 began = perf_counter()
                 with Pool() as pool:
-                    results = pool.dmap(NapWorker, _tasks(size), workers=uris, progress=False, spawn=False)
-                    return Timed(perf_counter() - began, results)
+                    results = pool.dmap(worker, _tasks(size), workers=uris, progress=False, spawn=False)
+                    took = perf_counter() - began
+                    figures.setdefault("client", {})["dmap cold"] = client_figures(before, workers)
+                    return Timed(took, results)
 
             yield run
 
@@ -253,14 +270,14 @@ def _dmap_many(workers: int, with_dask: bool) -> Comparison:
     if with_dask:
         contenders.append(Contender("Dask LocalCluster", _dask(nap, workers)))
     return Comparison(
-        name="many" if with_dask else f"many-{workers}",
-        title=f"Many workers: {workers} local workers, sleep({NAP_SECONDS}) tasks",
+        name=name or ("many" if with_dask else f"many-{workers}"),
+        title=f"Many workers: {workers} local workers, sleep({task_seconds}) tasks",
         unit="tasks",
-        sizes=[20 * workers],
+        sizes=[per_worker * workers],
         check=_check_identity,
         contenders=contenders,
         pairs=[("dmap", "Dask LocalCluster")] if with_dask else [("dmap cold", "dmap")],
-        params={"workers": workers, "task_seconds": NAP_SECONDS},
+        params={"workers": workers, "task_seconds": task_seconds, "figures": figures},
     )
 
 
@@ -270,6 +287,16 @@ def many(settings: Settings) -> list[Comparison]:
     if settings.quick:
         return [_dmap_many(8, with_dask=True)]
     return [_dmap_many(32, with_dask=True), _dmap_many(128, with_dask=False)]
+
+
+def many_512(settings: Settings, workers: int = 512) -> list[Comparison]:
+    """(5b) The scale goal: ``workers`` local workers (512), 10 tasks of 0.5 s sleep each (so
+    that two cores carry the client), warm and cold. Half a minute to start the workers and
+    ~13 GB of memory: only in a full run (``--quick`` runs none; ``--only many-512``)."""
+    if settings.quick:
+        return []
+    return [_dmap_many(workers, with_dask=False, worker=LongNapWorker, per_worker=10,
+                       task_seconds=LONG_NAP_SECONDS, name=f"many-{workers}")]
 
 
 def startup(settings: Settings) -> list[Comparison]:
@@ -355,6 +382,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Comparison]]] = {
     "skewed": skewed,
     "distributed": distributed,
     "many": many,
+    "many-512": many_512,
     "startup": startup,
     "captured": captured,
     "results": lambda settings: big_results(settings, NCPU),
@@ -362,6 +390,7 @@ WORKLOADS: dict[str, Callable[[Settings], list[Comparison]]] = {
     "scale": scale,
     "stragglers": stragglers.workload,
     "dialin": dialin,
+    "dialin-512": dialin_512,
     "joining": joining,
     "clusters": clusters,
     "imap": streaming,

@@ -335,3 +335,38 @@ def test_the_clusters_workload_times_the_first_result_or_says_why_not() -> None:
                 assert 0 < entry["sizes"][1]["median"] < 120, (name, entry)
         for ratio in record["ratios"]:
             assert math.isfinite(ratio["ratio"]) and ratio["ratio"] > 0, ratio
+
+
+def test_the_512_workers_workloads_run_only_in_a_full_run() -> None:
+    from bench.dialin import dialin_512
+    from bench.harness import Settings
+    from bench.suites import WORKLOADS, many_512
+
+    quick = Settings(quick=True, repeats=1, budget=120)
+    assert many_512(quick) == [] and dialin_512(quick) == []
+    assert WORKLOADS["many-512"] is many_512 and WORKLOADS["dialin-512"] is dialin_512
+    full = Settings(quick=False, repeats=1, budget=120)
+    assert [c.name for c in many_512(full)] == ["many-512"]
+    assert [c.name for c in dialin_512(full)] == ["dialin-512", "dialin-512-cold"]
+    assert [c.sizes for c in many_512(full)] == [[5120]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_512_workers_workloads_report_efficiency_and_the_clients_memory_and_threads() -> None:
+    """Reduced to 3 workers: the same comparisons, warm and cold, PYRO: and dial-in."""
+    from bench.dialin import dialin_512
+    from bench.harness import Settings, measure
+    from bench.report import derived
+    from bench.suites import many_512
+
+    full = Settings(quick=False, repeats=1, budget=120)
+    for comparison in [*many_512(full, workers=3), *dialin_512(full, workers=3)]:
+        record = measure(comparison, full)
+        assert {entry["status"] for entry in record["contenders"].values()} == {"ok"}, record
+        figures = derived(comparison.name, record)
+        for name, points in figures["efficiency"].items():
+            assert 0.1 < points[30] <= 1.05, (name, points)  # 30 naps of 0.5 s over 3 workers: 5 s
+        assert set(figures["client"]) == set(record["contenders"])
+        for client in figures["client"].values():
+            assert client["client_rss_mib"] > 1 and client["client_threads_per_worker"] > 0, client
