@@ -449,3 +449,14 @@ def test_a_read_only_array_over_bytes_is_known_by_where_it_lies_and_any_other_is
     finally:
         shelf.close()
     assert sys.getrefcount(raw) == alone  # let go
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_captured_bytes_and_str_reach_workers_whatever_their_start_method(start_method):
+    data = os.urandom(BYTES)
+    text = data.hex()
+    with Pool("parallel", ncpu=2, start_method=start_method, progress=False) as pool:
+        for _ in range(2):
+            results = pool.pmap(lambda n: (data[n], text[n], type(data).__name__), range(6), chunksize=1)
+            assert results == {n: (data[n], text[n], "bytes") for n in range(6)}
