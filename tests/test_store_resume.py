@@ -175,3 +175,15 @@ def test_imap_resumes_a_range_from_the_store_and_runs_only_the_rest(pool, tmp_pa
     outcomes = list(pool.imap(fun, range(3500, 6000), store=store))
     assert sorted((o.task, o.value) for o in outcomes) == [(n, n) for n in range(3500, 6000)]
     assert h.calls(calls) == {repr(n): 1 for n in range(6000)}
+
+
+def test_found_cuts_its_batches_at_rows_whether_matched_by_ranges_or_by_keys(tmp_path):
+    with Store(tmp_path / "s.db") as store:
+        sweep = store.sweep(h.square)
+        sweep.record(range(5), 0, [0, 1, 4, 9, 16], [0.5] * 5, (), "pid 1")
+        sweep.record([5, 6, 7], 0, [25, 36, 49], [0.25] * 3, (), "pid 2")  # a list equal to a range
+        by_ranges = [(b.start, b.values, b.worker, list(b.elapsed)) for b in sweep.found(range(8))]
+        sweep.record(["x"], 0, ["y"], [1.0], (), "pid 3")  # a row of other tasks: keyed from now on
+        by_keys = [(b.start, b.values, b.worker, list(b.elapsed)) for b in sweep.found([*range(8), "x"])]
+    assert by_ranges == [(0, [0, 1, 4, 9, 16], "pid 1", [0.5] * 5), (5, [25, 36, 49], "pid 2", [0.25] * 3)]
+    assert by_keys == [*by_ranges, (8, ["y"], "pid 3", [1.0])]
