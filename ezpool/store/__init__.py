@@ -7,8 +7,9 @@ How a map call with a store uses it::
     store.sweep(fun, store_key) ─ name, identity ─────▶ sweeps: name, store_key, code and
                                                           data digests, created
     sweep.known()? ◀──────── any batch row? ──────────  batches: one row per record call:
-    sweep.lookup(tasks) ◀── the index, built from ────    tasks, values, run times (each
-        the rows once, then kept up to date               list pickled whole), failed
+    sweep.found(tasks) ◀─── the index, built from ────    tasks (a range, or the list
+        the rows once, then kept up to date:              pickled whole), values (pickled
+        stored Batches, a row's values loaded once        whole), run times, failed
     run the other tasks; for each Batch:                  offsets, worker, recorded
     sweep.record(tasks, start, values, ...)
         one row, buffered; committed every 0.2 s ─────▶
@@ -17,41 +18,49 @@ How a map call with a store uses it::
     sweep.flush() / store.close() ─ the rest ─────────▶
 
 Recording is cheap because it does nothing per task: no key, no row, one pickle of
-each list. Reading pays instead: the sweep's rows are read in id order and each
-task's key computed, into an in-memory index (key -> latest outcome; a later row
-wins, and ``results`` keeps the order in which each task was first recorded). The
-index is kept on the ``Sweep``; each later read first takes in the rows written
-since, by this process or another, so a lookup never misses an outcome that was
-committed, but a lookup after records pays for keying what they recorded.
+each list; the tasks of a ``map`` over a ``range`` are stored as a range slice (three
+numbers a row), and run times as the workers measure tiny tasks, by group. Reading
+pays instead, where it must: the sweep's rows are read in id order into an in-memory
+index (task -> latest outcome; a later row wins, and ``results`` keeps the order in
+which each task was first recorded). While every row holds a range of tasks (or a
+list equal to one), a range of tasks is found by arithmetic on the ranges, with no
+key at all (``spans``); otherwise each task's key is computed (``keys``). The index
+is kept on the ``Sweep``; each later read first takes in the rows written since, by
+this process or another, so a lookup never misses an outcome that was committed.
+``Sweep.found`` hands outcomes back a batch at a time: each row's values are checked
+and unpickled once, as one list, and never one task at a time.
 
-Memory: the index holds about 135-145 bytes a stored task (its key, dict slot,
-run time and row), measured with ``tracemalloc`` for 10**5 ``int``, ``str`` and
-2-tuple tasks; a lookup holds besides the values of the rows it found tasks in.
-The file takes about 18 bytes a task for tiny ``int`` outcomes (against 87 with
-one row a task).
+Memory: an index of ranges holds 13 bytes a stored task (its run time and row); an
+index of keys about 135-145 bytes (its key and dict slot besides), measured with
+``tracemalloc`` for 10**5 ``int``, ``str`` and 2-tuple tasks; a lookup holds besides
+the values of the rows it found tasks in. The file takes about 5 bytes a task for
+tiny ``int`` tasks and values stored from a range (6.4 with the run times of the
+parallel mode's groups; 18 as format 3 stored them, a run time a task and the tasks
+pickled; 87 with one row a task).
 
 Costs measured for 10**5 tiny tasks (``int`` tasks and values) recorded in batches
-of 2,000, best of five, on a loaded 2-core machine where a bare Python loop that
-fills a dict takes 0.3-0.5 µs an item (the figures scale with that, and varied by
-up to half from run to run); the layout of one row a task, measured on the same
-machine, in brackets:
+of 2,000, medians of five, on a shared 2-core machine loaded 4-7 (the figures vary by
+up to half from run to run); format 3's, measured alongside, in brackets:
 
-- ``record`` (and the commits): 14-24 ms, about 0.2 µs a task (1.2 s);
-- ``lookup`` of all 10**5 from a fresh open: 0.23-0.37 s, of which building the
-  index is 0.1 s (0.48 s); with the index built: 0.17-0.27 s (0.67 s). Keying the
-  tasks is most of it: 2-tuple tasks of an ``int`` and a ``float`` take 1.3-1.9 s
-  fresh (1.4 s) and 0.65-1.05 s with the index built (1.3 s);
-- ``lookup`` on an empty sweep: 0.035-0.06 s, to key the tasks (0.13 s); ``known``:
-  50-90 µs, so a first run skips the lookup;
-- a lookup after 10**5 outcomes were recorded since the last one: 0.09-0.1 s more;
-  0.1 ms when nothing was;
-- ``results`` from a fresh open: 0.23-0.41 s (0.57 s); for the 2-tuple tasks
-  1.2-1.4 s (0.7 s): keying them costs more than the rows did.
+- ``record`` of the 50 rows, with opening and closing the file: 35 ms (36 ms);
+- ``found`` of all 10**5 from a fresh open: 6-13 ms for a range stored as ranges
+  (0.19 s), 11-15 ms for a list equal to a range (0.33 s); 2-tuple tasks of an
+  ``int`` and a ``float``, matched by key: 0.6-1.3 s (0.8 s);
+- ``known``: 50-90 µs, so a first run skips the lookup;
+- ``results`` from a fresh open keys every task: 0.17-0.25 s (the same).
+
+``map(store=...)`` over ``range(n)`` of ``x*x`` on two processes (``python -m bench
+--only store``), against ``map`` without a store in the same run, load 8-12: a new
+file 2.0x at 10**5 and 1.4x at 10**6 (3.4x and 1.8x before); a re-run over a full
+store 0.62x and 0.63x (13.4x and 13.4x before). What a new file still costs is
+pickling the values (the workers pickled them once already, for the pipe), creating
+the file and SQLite's checkpoint with its two ``fdatasync`` when it is closed
+(about 3 ms at 10**5).
 
 Signing and checking rows (``signing``) costs one HMAC-SHA256 over each row's bytes
 when it is written and again when it is read: about 6 µs a row and 2 ns a byte, so
-1.4 ms for the 11 rows (1.8 MB) of a ``map(store=...)`` of 10**5 tiny tasks; opening
-a store reads the key and checks the file, 0.3-0.7 ms more.
+about 1.2 ms for the 4 rows (0.6 MB) of a ``map(store=...)`` of 10**5 tiny tasks;
+opening a store reads the key and checks the file, 0.3-0.7 ms more.
 
 - ``keys``: a task is found by its key; tasks equal as dict keys share one.
 - ``identity``: a sweep is named by its function (and an optional ``store_key``) and
@@ -67,6 +76,7 @@ a store reads the key and checks the file, 0.3-0.7 ms more.
   is refused.
 - ``batches``: one row of outcomes: how tasks and values are pickled, and loaded.
 - ``index``: the in-memory index of a sweep's rows.
+- ``spans``: rows of ranges, matched against a range of tasks by arithmetic.
 - ``sweep``: finding, recording, forgetting and summarising outcomes.
 - ``python -m ezpool.store PATH``: what a file holds (``__main__``).
 """

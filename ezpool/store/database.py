@@ -4,7 +4,8 @@ The file is in WAL mode with ``synchronous=NORMAL``: a commit is durable once
 ``COMMIT`` returns, against the process being killed at any moment (SIGKILL
 included); an operating-system crash or a power cut may take back the last
 commits, never the file's integrity. ``PRAGMA application_id`` marks the file as an
-ezpool store and ``PRAGMA user_version`` holds its format, checked on opening.
+ezpool store and ``PRAGMA user_version`` holds its format, checked on opening:
+format 4, or format 3 (run times a task only), which is marked 4 once opened to write.
 
 Opening checks whose the file is (``files``) and that it was made under the user's
 key (``signing``): its ``signing`` row holds its salt and a check value. A store on

@@ -5,8 +5,9 @@ task key: that is what keeps it cheap. Everything that reads (``lookup``,
 ``results``, ``summary``, ``forget_failed``, the counts of ``Store.sweeps``) goes
 through an ``Index`` built in memory from the sweep's rows, the first time one is
 needed, and kept on the ``Sweep``: each later read first reads the rows written
-since (by this process or another) and keys their tasks, so a lookup after a
-record pays for keying what was recorded.
+since (by this process or another), and keys their tasks unless they are ranges
+(see ``spans``). ``found`` gives what is stored as ``Batch``es, cut at rows, each
+row's values loaded once; ``lookup`` gives the same outcomes by position.
 """
 
 from __future__ import annotations
