@@ -348,3 +348,24 @@ def test_a_task_past_its_timeout_is_stopped_and_the_worker_dials_in_again(worker
     status, err = ended(worker)
     assert status == 0, err
     assert "restarting to stop a task that overran its timeout" in err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_128_workers_that_dial_in_at_once_all_get_work(workers, tmp_path):
+    """They wait for the listen file, which the pool writes: all 128 dial it at once."""
+    listen_file = tmp_path / "pool.json"
+    started = workers(listen_file, "--procs", "32", n=4)
+    for process in started:  # each prints one line per process once it waits to dial
+        lines = 0
+        while lines < 32:
+            line = process.stdout.readline()
+            assert line, process.stderr.read()
+            lines += line.startswith("dialing")
+    with ezpool.Pool(mode="distributed", listen="127.0.0.1:0", listen_file=listen_file) as pool:
+        pool.map(square, [0])  # the pool listens from its first call, and writes the file
+        listener = pool._backends["distributed"]._dial.listener
+        eventually(lambda: len(listener.links) == 128, "128 workers joined", timeout=120)
+        results = pool.map(nap, [0.25 + i * 1e-6 for i in range(128 * 4)])
+    assert not results.errors
+    assert len(set(results.values())) == 128  # every process ran tasks

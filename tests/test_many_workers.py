@@ -8,7 +8,9 @@ it checked who they are (``hello``).
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -20,7 +22,7 @@ from ezpool import Pool
 from ezpool._backends.distributed.crew import Crew
 from ezpool._pyro.server import SERVER_IDLE_TIMEOUT
 from tests import _helpers as h
-from tests.conftest import eventually, free_port
+from tests.conftest import eventually, free_port, read_lines, stop_group
 
 #: What a worker logs at debug level when a client connects, and when it is checked.
 CONNECTED = "a client connected and authenticated"
@@ -186,3 +188,48 @@ def test_a_stopped_crew_lets_its_threads_end_and_can_run_again():
     finally:
         crew.stop()
     assert ran == [1]
+
+
+#: What a served worker logs at debug level (``-v``) when a client proves the key, and
+#: when it is checked; each line begins with the time, to the millisecond.
+_LOGGED = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \[pid (\d+)\] .*(" + CONNECTED + "|" + CHECKED + ")"
+)
+
+
+def _most_at_once(log: str) -> int:
+    """The most workers seen between a client's proof of the key and their check at once."""
+    opened: dict[str, str] = {}
+    spans = []
+    for line in log.splitlines():
+        found = _LOGGED.match(line)
+        if found is None:
+            continue
+        when, pid, what = found.groups()
+        if what == CONNECTED:
+            opened[pid] = when
+        elif pid in opened:
+            spans.append((opened.pop(pid), when))
+    return max(sum(1 for b in spans if b[0] < a[1] and a[0] < b[1]) for a in spans)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_cold_call_over_64_workers_checks_them_at_once_and_gets_every_result(core_child_env, tmp_path):
+    port = free_port(count=64)
+    command = [sys.executable, "-m", "ezpool.serve", "-v", "--port", str(port), "--procs", "64"]
+    with open(tmp_path / "workers.log", "w") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
+                                   env=core_child_env, start_new_session=True)
+    try:
+        uris = read_lines(process, 64, command, timeout=180)
+        with Pool("distributed", workers=uris, spawn=False, progress=False) as pool:
+            results = pool.map(h.nap, [0.05 + i * 1e-6 for i in range(64 * 4)])
+        assert results.errors == {} and len(results) == 256
+        assert len(set(results.workers.values())) == 64
+        text = (tmp_path / "workers.log").read_text()
+        assert text.count(CHECKED) == 64
+        # Checked one after another, no two workers would be between the two at once.
+        assert _most_at_once(text) >= 4
+    finally:
+        stop_group(process)
