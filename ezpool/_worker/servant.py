@@ -150,10 +150,11 @@ class Servant:
         self._faults = faults
         self.activity = Activity(target)  # what ``status`` says it did
         self._calls = 0
-        self._lock = threading.Condition()  # notified when a chunk ends, or the process restarts
+        lock = threading.RLock()
+        self._lock = threading.Condition(lock)  # notified when a chunk ends, or the process restarts
         # Notified only when a chunk is handed to the runner: a chunk that runs in its
         # request's thread (most do) wakes no other thread when it ends.
-        self._runnable = threading.Condition(self._lock)
+        self._runnable = threading.Condition(lock)
         self._library = Library(self._lock)  # the code clients sent (a generic worker)
         self._job: Optional[Job] = None  # the chunk the runner holds, guarded by _lock
         self._restarting = False
