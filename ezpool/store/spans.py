@@ -28,6 +28,10 @@ from collections.abc import Iterable, Sequence
 from operator import eq
 from typing import Any, NamedTuple, Optional
 
+from .._core.logs import get_logger
+
+logger = get_logger(__name__)
+
 __all__ = ["Segment", "segments", "as_range"]
 
 
