@@ -187,3 +187,54 @@ def test_found_cuts_its_batches_at_rows_whether_matched_by_ranges_or_by_keys(tmp
         by_keys = [(b.start, b.values, b.worker, list(b.elapsed)) for b in sweep.found([*range(8), "x"])]
     assert by_ranges == [(0, [0, 1, 4, 9, 16], "pid 1", [0.5] * 5), (5, [25, 36, 49], "pid 2", [0.25] * 3)]
     assert by_keys == [*by_ranges, (8, ["y"], "pid 3", [1.0])]
+
+
+steps = st.sampled_from([1, 1, 2, -1, 3])
+recorded = st.tuples(st.just("record"), bounds, bounds, steps)
+operations = st.lists(st.one_of(recorded, st.just(("forget",))), min_size=1, max_size=8)
+
+
+@settings(deadline=None, max_examples=120)
+@given(operations, st.tuples(st.integers(-25, 25), st.integers(-25, 25), steps))
+def test_failures_forgotten_among_ranges_are_forgotten_as_a_dict_would(operations, wanted):
+    """retry_failed over ranges: the failures forgotten (and recorded again) are what a dict of the
+    latest outcomes would hold, found by ranges, read again from the file, and keyed for results."""
+    import tempfile
+    from pathlib import Path
+
+    def seen(value: object) -> object:
+        return ("error", str(value)) if isinstance(value, ValueError) else value
+
+    def positions(found) -> dict:
+        return {batch.start + offset: (seen(value), batch.worker, offset in batch.failed)
+                for batch in found for offset, value in enumerate(batch.values)}
+
+    model: dict[int, tuple[object, str, bool]] = {}  # task -> latest (value, worker, failed), in first order
+    query = range(*wanted)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory, "s.db")
+        with Store(path) as store:
+            sweep = store.sweep(h.square)
+            for number, operation in enumerate(operations):
+                if operation[0] == "forget":
+                    gone = [task for task, (_, _, failed) in model.items() if failed]
+                    assert sweep.forget_failed() == len(gone)
+                    for task in gone:
+                        del model[task]
+                    continue
+                tasks = range(*operation[1:])
+                values = [ValueError(f"{number} {t}") if t % 3 == 0 else (number, t) for t in tasks]
+                failed = {offset for offset, task in enumerate(tasks) if task % 3 == 0}
+                sweep.record(tasks, 0, values, [0.5] * len(values), failed, f"row {number}")
+                for task, value in zip(tasks, values):
+                    model[task] = (seen(value), f"row {number}", task % 3 == 0)
+            live = positions(sweep.found(query))
+        with Store(path) as store:  # read again from the file: the forgotten rows replayed
+            sweep = store.sweep(h.square)
+            again = positions(sweep.found(query))
+            results = sweep.results()
+            keyed = positions(sweep.found(query))
+    want = {position: model[task] for position, task in enumerate(query) if task in model}
+    assert live == again == keyed == want
+    assert list(results) == list(model)
+    assert {task: seen(value) for task, value in results.items()} == {t: v for t, (v, _, _) in model.items()}

@@ -9,8 +9,10 @@ latest entry is in a row up to its ``upto`` id.
 
 Rows whose tasks are a ``range`` (what a ``map`` over a range records) are not keyed
 while every row read is one: a range of tasks is then found by arithmetic (``spans``),
-with no key at all. The first row of other tasks, ``forgotten`` row, or read that needs
-keys (``results``, counts) keys them, once, and from then on every row is keyed.
+with no key at all, and ``forgotten`` rows are applied to the few failures only (their
+entries become *dead*: found no more, never replaced by an older outcome). The first
+row of other tasks, or read that needs every key (``results``, counts), keys them,
+once, and from then on every row is keyed.
 
 The index remembers the last row and the last ``forgotten`` row it read, so that
 ``refresh`` reads only what was written since, by this process or any other.
@@ -75,6 +77,9 @@ class Index:
         self.spans: list[tuple[int, range]] = []
         #: The offsets of the failures of each row read.
         self.row_failed: list[array] = []
+        #: Entries forgotten before ``keyed``, and (``upto``, entries) of each forgetting, in order.
+        self.dead: set[int] = set()
+        self.dead_marks: list[tuple[int, list[int]]] = []
         #: Entry numbers of failures.
         self.failed: set[int] = set()
         #: Run time of each entry, and the row it is in.
@@ -106,11 +111,21 @@ class Index:
 
     def by_key(self) -> dict[bytes, int]:
         """``latest``, once the rows of ranges read so far are keyed too."""
-        if not self.keyed:
-            self.keyed = True
-            for first, tasks in self.spans:
-                self.latest.update(zip(task_keys(tasks)[0], range(first, first + len(tasks))))
-        return self.latest
+        if self.keyed:
+            return self.latest
+        self.keyed = True
+        latest, marks = self.latest, list(reversed(self.dead_marks))
+        key_of: dict[int, bytes] = {}  # the key of each dead entry
+        for row, (first, tasks) in enumerate(self.spans):
+            while marks and marks[-1][0] < self.ids[row]:  # forgotten before this row was written
+                _drop(latest, key_of, marks.pop()[1])
+            keys = task_keys(tasks)[0]
+            latest.update(zip(keys, range(first, first + len(tasks))))
+            key_of.update((entry, keys[entry - first]) for entry in self.dead
+                          if first <= entry < first + len(keys))
+        while marks:
+            _drop(latest, key_of, marks.pop()[1])
+        return latest
 
     def segments(self, tasks: Any) -> Optional[list[Segment]]:
         """Where a range of tasks is stored, by arithmetic (see ``spans``); ``None`` when it
@@ -118,7 +133,8 @@ class Index:
         if self.keyed:
             return None
         wanted = as_range(tasks)
-        return None if wanted is None else segments(wanted, self.spans)
+        found = None if wanted is None else segments(wanted, self.spans)
+        return found if found is None or not self.dead else _alive(found, self.dead)
 
     def stop_of(self, row: int) -> int:
         """The entry after the last of row ``row``."""
@@ -132,11 +148,34 @@ class Index:
     def failing(self) -> list[bytes]:
         """The keys whose latest outcome is a failure."""
         failed = self.failed
-        return [key for key, entry in self.by_key().items() if entry in failed] if failed else []
+        if not self.keyed:
+            alive = sorted(failed - self.dead)
+            return [task_key(self._task(entry))[0] for entry in alive if self._is_latest(entry)]
+        return [key for key, entry in self.latest.items() if entry in failed] if failed else []
+
+    def _task(self, entry: int) -> int:
+        """The task of an entry, before ``keyed`` (every row then holds a range)."""
+        first, tasks = self.spans[self.row_of[entry]]
+        return tasks[entry - first]
+
+    def _is_latest(self, entry: int) -> bool:
+        """Whether ``entry`` holds the latest outcome of its task, before ``keyed``."""
+        task = self._task(entry)
+        for first, tasks in reversed(self.spans):
+            if task in tasks:
+                return first + tasks.index(task) == entry
+        return False  # pragma: no cover - its own row holds it
 
     def forget(self, keys: Iterable[bytes], upto: int) -> int:
         """Remove the keys whose latest outcome is in a row up to id ``upto``; how many."""
-        latest, removed = self.by_key(), 0
+        if not self.keyed:  # only failures are ever forgotten: find them among those
+            wanted, ids = set(keys), self.ids
+            gone = [entry for entry in sorted(self.failed - self.dead) if ids[self.row_of[entry]] <= upto
+                    and self._is_latest(entry) and task_key(self._task(entry))[0] in wanted]
+            self.dead.update(gone)
+            self.dead_marks.append((upto, gone))
+            return len(gone)
+        latest, removed = self.latest, 0
         for key in keys:
             entry = latest.get(key)
             if entry is not None and self.ids[self.locate(entry)[0]] <= upto:
@@ -296,7 +335,29 @@ class Index:
         except Forged as exc:
             logger.warning("%s: %s; left out, never loaded", self.where, exc)
             return
-        self.forget(pickle.loads(blob), upto)  # keys every row: forgetting is by key
+        self.forget(pickle.loads(blob), upto)
+
+
+def _drop(latest: dict[bytes, int], key_of: dict[int, bytes], entries: list[int]) -> None:
+    """Remove from ``latest`` the keys whose latest entries are ``entries`` (a forgetting, replayed)."""
+    for entry in entries:
+        key = key_of.get(entry)
+        if key is not None and latest.get(key) == entry:
+            del latest[key]
+
+
+def _alive(found: list[Segment], dead: set[int]) -> list[Segment]:
+    """``found`` without the positions of dead entries."""
+    kept = []
+    for start, stop, entry in found:
+        for gone in sorted(spot for spot in dead if entry <= spot < entry + stop - start):
+            position = start + gone - entry
+            if position > start:
+                kept.append(Segment(start, position, entry))
+            start, entry = position + 1, gone + 1
+        if start < stop:
+            kept.append(Segment(start, stop, entry))
+    return kept
 
 
 def _keys(tasks: Sequence[Any], where: str) -> tuple[Sequence[Optional[bytes]], bool]:
