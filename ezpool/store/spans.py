@@ -12,8 +12,11 @@ steps and lengths, and the run of a later row is painted over those of earlier r
     segments              (0, 4, entry 0), (4, 8, entry 6)
 
 A *segment* is a run of positions whose entries (see ``index``) follow one another in
-one row. Ranges of different steps whose values meet are not matched here (``None``):
-the index then keys them one by one.
+one row. Ranges of different steps share values a least common multiple apart (found
+by the Chinese remainder theorem): each is a segment of one position (a ``retry_failed``
+run stores its few failed tasks so, as a range of a large step). A row that would give
+more than ``MOST_SINGLES`` of those is not matched here (``None``): the index then keys
+every task.
 
 A list of tasks equal to a range, item by item (``[0, 1, 2]``, or ``[0, True, 2.0]``: equal
 numbers share a key), is matched as that range (``as_range``): a ``map`` over a list of
@@ -23,6 +26,7 @@ numbers, or a row an older ezpool stored as a list.
 from __future__ import annotations
 
 import bisect
+import math
 import numbers
 from collections.abc import Iterable, Sequence
 from operator import eq
@@ -33,6 +37,9 @@ from .._core.logs import get_logger
 logger = get_logger(__name__)
 
 __all__ = ["Segment", "segments", "as_range"]
+
+#: The most one-position segments a row of another step may give (else keys are used).
+MOST_SINGLES = 4096
 
 
 class Segment(NamedTuple):
@@ -50,11 +57,32 @@ def segments(tasks: range, rows: Iterable[tuple[int, range]]) -> Optional[list[S
     for first, stored in rows:
         run = _overlap(tasks, stored)
         if run is None:
-            return None
+            singles = _common(tasks, stored)
+            if singles is None:
+                return None
+            for value in singles:
+                position = tasks.index(value)
+                _paint(painted, Segment(position, position + 1, first + stored.index(value)))
+            continue
         start, stop, offset = run
         if start < stop:
             _paint(painted, Segment(start, stop, first + offset))
     return painted
+
+
+def _common(tasks: range, stored: range) -> Optional[range]:
+    """The values two ranges of different steps share, ascending; ``None`` when they are too many."""
+    low = max(min(tasks[0], tasks[-1]), min(stored[0], stored[-1]))
+    high = min(max(tasks[0], tasks[-1]), max(stored[0], stored[-1]))
+    one, two = abs(stored.step), abs(tasks.step)
+    shared = math.gcd(one, two)
+    if low > high or (tasks.start - stored.start) % shared:
+        return range(0)
+    # value = stored.start + one * k, with one * k = tasks.start - stored.start (mod two)
+    k = (tasks.start - stored.start) // shared * pow(one // shared, -1, two // shared) % (two // shared)
+    lcm = one // shared * two
+    found = range(low + (stored.start + one * k - low) % lcm, high + 1, lcm)
+    return found if len(found) <= MOST_SINGLES else None
 
 
 def as_range(tasks: Sequence[Any]) -> Optional[range]:
