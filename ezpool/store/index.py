@@ -24,6 +24,7 @@ verify (their tasks run again).
 
 from __future__ import annotations
 
+import bisect
 import pickle
 import sqlite3
 from array import array
@@ -348,9 +349,10 @@ def _drop(latest: dict[bytes, int], key_of: dict[int, bytes], entries: list[int]
 
 def _alive(found: list[Segment], dead: set[int]) -> list[Segment]:
     """``found`` without the positions of dead entries."""
-    kept = []
+    kept, ordered = [], sorted(dead)
     for start, stop, entry in found:
-        for gone in sorted(spot for spot in dead if entry <= spot < entry + stop - start):
+        first = bisect.bisect_left(ordered, entry)
+        for gone in ordered[first : bisect.bisect_left(ordered, entry + stop - start)]:
             position = start + gone - entry
             if position > start:
                 kept.append(Segment(start, position, entry))
