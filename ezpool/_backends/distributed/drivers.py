@@ -178,7 +178,7 @@ class PushDriver(Driver):
     def _count(self) -> None:
         if not self._counted:
             self._counted = True
-            self.work.started_one()
+            self.work.started_one(self)
 
     def _settle(
         self, chunk: Chunk, event: Event, reply: Any = b"", trip: Optional[float] = None,
