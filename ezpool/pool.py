@@ -8,17 +8,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import _backends as backends
-from ._core.feed import stored_batches
 from ._core.logs import get_logger
 from ._core.stream import (
-    default_buffer,
-    open_feed,
+    open_outcomes,
     open_recording,
     open_sweep,
-    outcomes,
     placed,
     stream,
-    total_of,
     write_outputs,
 )
 from ._core.tasks import unique_tasks
@@ -159,17 +155,9 @@ class Pool:
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be True or False, got {ordered!r}")
         settings = self._settings(_with(options, ncpu=ncpu, workers=workers))
-        sweep = open_sweep(settings, fun)
-        try:
-            limit = settings.buffersize or default_buffer(self._workers(self.mode, settings))
-            feed = open_feed(tasks, limit, sweep)
-            backend = self._backend(self.mode)
-        except BaseException:
-            if sweep is not None:
-                sweep.close()
-            raise
-        batches = stream(backend, fun, feed, settings, sweep, total_of(tasks))
-        return _closing(outcomes(feed, batches, ordered), sweep)
+        mode = self.mode
+        return open_outcomes(lambda: self._backend(mode), lambda: self._workers(mode, settings), fun, tasks,
+                             settings, ordered)
 
     @described(MapOptions)
     async def amap(
@@ -281,23 +269,31 @@ class Pool:
         record = None
         try:
             backend = self._backend(mode)
-            known = sweep.lookup(keys) if sweep is not None and sweep.known() else {}
+            stored = sweep.found(keys) if sweep is not None and sweep.known() else []
+            known = 0
             where: Optional[list[int]] = None
-            if known:
-                for found in stored_batches(known):
+            shift = 0  # with one run of tasks left to run: where it starts
+            if stored:
+                for found in stored:
                     builder.add(found)
-                where = [position for position in range(len(keys)) if position not in known]
-                todo = [keys[position] for position in where]
+                    known += len(found.values)
+                gaps = _gaps(stored, len(keys))
+                if len(gaps) == 1:
+                    shift = gaps[0].start
+                    todo = keys[gaps[0].start : gaps[0].stop]
+                else:
+                    where = [position for gap in gaps for position in gap]
+                    todo = [keys[position] for position in where]
                 logger.info("%d of %d outcomes were found in %s; running the other %d",
-                            len(known), len(keys), settings.store, len(todo))
+                            known, len(keys), settings.store, len(todo))
             record = open_recording(todo, mode, settings, self._workers(mode, settings))
-            record.stored = len(known)
+            record.stored = known
             if todo:
                 batches = stream(backend, fun, todo, settings, sweep, len(todo), record=record, stops=stops)
                 try:
                     for batch in batches:
                         if where is None:
-                            builder.add(batch)
+                            builder.add(_shifted(batch, shift) if shift else batch)
                             continue
                         for part in placed(batch, where):
                             builder.add(part)
@@ -331,10 +327,20 @@ def _with(options: Any, **positional: Any) -> dict[str, Any]:
     return given
 
 
-def _closing(outcomes: Iterator[TaskOutcome], sweep: Any) -> Iterator[TaskOutcome]:
-    """``outcomes``, closing ``sweep`` (if any) once they end or are abandoned."""
-    try:
-        yield from outcomes
-    finally:
-        if sweep is not None:
-            sweep.close()
+def _gaps(stored: list[Any], count: int) -> list[range]:
+    """The runs of positions ``0 .. count - 1`` that the stored batches (in position order) leave."""
+    gaps, position = [], 0
+    for batch in stored:
+        if batch.start > position:
+            gaps.append(range(position, batch.start))
+        position = batch.start + len(batch.values)
+    if position < count:
+        gaps.append(range(position, count))
+    return gaps
+
+
+def _shifted(batch: Any, shift: int) -> Any:
+    """``batch`` moved ``shift`` positions on (the tasks run were one run of the call's, from ``shift``)."""
+    moved = type(batch)(batch.start + shift, batch.values, batch.elapsed, batch.failed, batch.worker)
+    moved.tries = batch.tries
+    return moved
