@@ -193,9 +193,9 @@ def dialin_comparison(
         with tempfile.TemporaryDirectory(prefix="ezpool-bench-") as scratch:
             listen_file = str(Path(scratch, "pool.json"))
             with dialing_workers(listen_file, workers, "--stay", worker=spec) as processes:
+                before = client_before()  # once: the threads of a pool just closed may not have ended
 
                 def run(size: int) -> Timed:
-                    before = client_before()
                     with Pool(mode="distributed", listen="127.0.0.1:0", listen_file=listen_file) as pool:
                         joins.append(_wait_joined(pool, workers, processes))
                         figures["dial-in joined (s, median)"] = statistics.median(joins)

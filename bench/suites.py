@@ -234,8 +234,8 @@ def _dmap_many(
     (a new pool for each run: checking and connecting to every worker is timed).
 
     Also reported: the calling process's resident memory and threads, and their growth
-    per worker, warm (around the warm pool's first call) and cold (around a whole cold
-    run's call, the pool still open)."""
+    per worker, warm (around the warm pool's first call) and cold (from before the first
+    cold run to the end of a cold run's call, its pool still open)."""
     spec = f"{worker.__module__}:{worker.__name__}"
     served = shared(lambda: served_workers("ezpool.serve", [spec], workers))
     figures: dict[str, Any] = {}
@@ -254,9 +254,9 @@ def _dmap_many(
     def cold() -> Iterator[Runner]:
         distributed_available()
         with served() as uris:
+            before = client_before()  # once: the threads of a pool just closed may not have ended
 
             def run(size: int) -> Timed:
-                before = client_before()
                 began = perf_counter()
                 with Pool() as pool:
                     results = pool.dmap(worker, _tasks(size), workers=uris, progress=False, spawn=False)
