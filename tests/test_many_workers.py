@@ -213,7 +213,6 @@ def _most_at_once(log: str) -> int:
     return max(sum(1 for b in spans if b[0] < a[1] and a[0] < b[1]) for a in spans)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_cold_call_over_64_workers_checks_them_at_once_and_gets_every_result(core_child_env, tmp_path):
     port = free_port(count=64)
