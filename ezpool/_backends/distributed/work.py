@@ -174,16 +174,6 @@ class Work:
             if self._saving:
                 self.cond.notify_all()
 
-    def _saves_for_others(self, driver: Driver) -> bool:
-        """Whether ``driver``, which has had its first chunk, should leave the tasks left
-        to the drivers that have not had theirs yet (they are no more than those, with the
-        biggest chunk so far to spare): with ``cond`` held. Drivers start one after another
-        (a thread each, and a round trip to load the code on a generic worker); the first
-        ones, once they had measured a task, took all of a short call between them, and
-        19 of 128 dial-in workers ran nothing."""
-        return (not self.started.is_set() and id(driver) in self._started_ids
-                and 0 < self.pending.waiting < self._starting + self._biggest)
-
     def wait_to_queue(self, sent: float, chunk: Chunk) -> None:
         """Wait until a chunk may be sent behind ``chunk`` (sent at ``sent``): once every
         worker has its first, or once ``chunk`` is half done (by the run times so far)."""
@@ -201,7 +191,7 @@ class Work:
         with self.cond:
             while not self.stop.is_set():
                 now = time.monotonic()
-                if self._saves_for_others(driver):
+                if _saves_for_others(self, driver):
                     self._saving += 1
                     try:
                         self.cond.wait(0.5)
@@ -236,7 +226,7 @@ class Work:
         """A chunk to wait at a worker behind the one it runs, if one waits to be sent
         now (never a backup copy: those go to idle workers)."""
         with self.cond:
-            if self.stop.is_set() or not self.pending or self._saves_for_others(driver):
+            if self.stop.is_set() or not self.pending or _saves_for_others(self, driver):
                 return None
             idle = [other for other in self.drivers if not self.ledger.holds(other)]
             waiting = self.pending.waiting
@@ -416,6 +406,17 @@ class Work:
         Called with ``cond`` held."""
         tasks, seconds = self.rates.get(driver.name, (0, 0.0))
         return seconds / tasks if tasks else self.pending.sizer.mean
+
+
+def _saves_for_others(work: Work, driver: Driver) -> bool:
+    """Whether ``driver``, which has had its first chunk, should leave the tasks left
+    to the drivers that have not had theirs yet (they are no more than those, with the
+    biggest chunk so far to spare): with ``work.cond`` held. Drivers start one after another
+    (a thread each, and a round trip to load the code on a generic worker); the first
+    ones, once they had measured a task, took all of a short call between them, and
+    19 of 128 dial-in workers ran nothing."""
+    return (not work.started.is_set() and id(driver) in work._started_ids
+            and 0 < work.pending.waiting < work._starting + work._biggest)
 
 
 def backups(options: Options, feed: Optional[Feed]) -> bool:
