@@ -29,8 +29,8 @@ BEGIN = ".. bench-tables: begin (made by python -m bench.tables from bench/resul
 END = ".. bench-tables: end"
 
 #: The workloads a run must have measured for its tables to be published.
-REQUIRED = ("tiny", "cpu", "skewed", "distributed", "many", "startup", "captured", "results",
-            "arguments", "scale", "stragglers", "imap", "store")
+REQUIRED = ("tiny", "cpu", "skewed", "distributed", "many", "many-512", "startup", "captured", "results",
+            "arguments", "scale", "stragglers", "dialin", "dialin-512", "imap", "store", "lean")
 
 
 class Row(NamedTuple):
@@ -68,7 +68,8 @@ def _derived(comparison: str, *path: str, digits: int = 2, unit: str = "") -> Ce
 
 
 #: The README's table: one line per claim, each read from the run.
-_MP, _TINY = "``multiprocessing.Pool.map``", "tiny tasks"
+_MP, _TINY, _FORK = "``multiprocessing.Pool.map``", "tiny tasks", "multiprocessing.Pool, fork global"
+_EFFICIENCY = "efficiency (1.0 is ideal)"
 HEADLINE: tuple[Row, ...] = (
     Row(f"``pmap`` / {_MP}, 10^5 {_TINY}", _ratio("tiny", "pmap", "multiprocessing.Pool.map", 10**5)),
     Row(f"``pmap`` / {_MP}, 10^6 {_TINY}", _ratio("tiny", "pmap", "multiprocessing.Pool.map", 10**6)),
@@ -78,10 +79,32 @@ HEADLINE: tuple[Row, ...] = (
         _ratio("ray", "dmap", "Ray, tasks batched by hand", 10**6)),
     Row("``dmap`` on 2 local workers, µs per tiny task",
         _derived("distributed", "us_per_task", "dmap", "20000")),
-    Row("``dmap``, 128 workers, efficiency (1.0 is ideal)",
+    Row(f"``imap`` consumed whole / ``map``, 10^5 {_TINY}", _ratio("imap", "imap", "map", 10**5)),
+    Row(f"``imap`` consumed whole / ``map``, 10^6 {_TINY}", _ratio("imap", "imap", "map", 10**6)),
+    Row(f"``map(store=new file)`` / ``map``, 10^5 {_TINY}", _ratio("store", "map, new store", "map", 10**5)),
+    Row(f"``map(store=new file)`` / ``map``, 10^6 {_TINY}", _ratio("store", "map, new store", "map", 10**6)),
+    Row(f"``map`` resumed from a full store / ``map``, 10^5 {_TINY}",
+        _ratio("store", "map, full store", "map", 10**5)),
+    Row(f"``map`` with ``retries`` set, none needed / ``map``, 10^5 {_TINY}",
+        _ratio("retries-idle", "pmap, retries idle", "pmap", 10**5)),
+    Row("``pmap`` capturing 200 MB of ``bytes`` / a forked global", _ratio("captured bytes", "pmap", _FORK)),
+    Row("``pmap`` capturing a 200 MB array / a forked global", _ratio("captured", "pmap", _FORK)),
+    Row("``dmap`` capturing a 200 MB array / the array made by each worker",
+        _ratio("captured dmap", "dmap, lambda capturing the array", "dmap, the array made by each worker")),
+    Row("``dmap``, lean path / Pyro4's request path, 10^6 tiny tasks",
+        _ratio("lean", "dmap", "dmap, Pyro4's request path", 10**6)),
+    Row(f"``dmap``, 128 workers, {_EFFICIENCY}",
         _derived("many-128", "efficiency", "dmap", "2560", digits=3)),
-    Row("``dmap``, 128 workers, new pool, efficiency",
+    Row(f"``dmap``, 128 workers, new pool, {_EFFICIENCY}",
         _derived("many-128", "efficiency", "dmap cold", "2560", digits=3)),
+    Row(f"``dmap``, 512 workers, {_EFFICIENCY}",
+        _derived("many-512", "efficiency", "dmap", "5120", digits=3)),
+    Row(f"``dmap``, 512 workers, new pool, {_EFFICIENCY}",
+        _derived("many-512", "efficiency", "dmap cold", "5120", digits=3)),
+    Row(f"``dmap``, 512 dial-in workers, {_EFFICIENCY}",
+        _derived("dialin-512", "efficiency", "dial-in warm", "5120", digits=3)),
+    Row(f"``dmap``, 512 dial-in workers, new pool, {_EFFICIENCY}",
+        _derived("dialin-512-cold", "efficiency", "dial-in cold", "5120", digits=3)),
 )
 
 
@@ -111,7 +134,9 @@ def readme_table(run: dict[str, Any]) -> str:
     rows = [(row.label, row.cell(run) or "not measured") for row in HEADLINE]
     width = max(len(label) for label, _ in rows)
     rule = f"{'=' * width}  {'=' * 12}"
-    lines = [BEGIN, "", f"One full run of ``python -m bench`` ({_heading(run)}):", "", rule,
+    lines = [BEGIN, "", f"One full run of ``python -m bench`` ({_heading(run)}). A ratio is EzPool's "
+             "median time over the other's, in the same run (below 1.0 EzPool is faster); an "
+             "efficiency is the ideal time over the measured one:", "", rule,
              f"{'comparison':<{width}}  measured", rule]
     lines += [f"{label:<{width}}  {value}" for label, value in rows]
     lines += [rule, "", END]

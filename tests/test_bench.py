@@ -370,3 +370,36 @@ def test_the_512_workers_workloads_report_efficiency_and_the_clients_memory_and_
         assert set(figures["client"]) == set(record["contenders"])
         for client in figures["client"].values():
             assert client["client_rss_mib"] > 1 and client["client_threads_per_worker"] > 0, client
+
+
+@pytest.mark.timeout(60)
+def test_the_readme_and_docs_tables_are_those_of_the_committed_full_run(tmp_path: Path) -> None:
+    done = _run_bench("--check", cwd=tmp_path, timeout=50, module="bench.tables")
+    assert done.returncode == 0, done.stderr
+    run = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))
+    assert run["settings"]["quick"] is False
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    assert run["machine"]["ezpool"]["revision"] in readme  # the run it names is the run it shows
+
+
+@pytest.mark.timeout(60)
+def test_tables_refuse_a_quick_run_and_show_a_changed_figure_as_stale(tmp_path: Path) -> None:
+    run = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.rst").write_text((ROOT / "README.rst").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "docs" / "bench_tables.txt").write_text(
+        (ROOT / "docs" / "bench_tables.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    quick = dict(run, settings=dict(run["settings"], quick=True))
+    (tmp_path / "quick.json").write_text(json.dumps(quick), encoding="utf-8")
+    done = _run_bench(str(tmp_path / "quick.json"), "--root", str(tmp_path), cwd=tmp_path, timeout=50,
+                      module="bench.tables")
+    assert done.returncode != 0 and "not one full run (--quick)" in done.stderr
+    changed = json.loads(json.dumps(run))
+    for ratio in changed["comparisons"]["tiny"]["ratios"]:
+        ratio["ratio"] += 1.0
+    (tmp_path / "changed.json").write_text(json.dumps(changed), encoding="utf-8")
+    args = (str(tmp_path / "changed.json"), "--root", str(tmp_path))
+    stale = _run_bench(*args, "--check", cwd=tmp_path, timeout=50, module="bench.tables")
+    assert stale.returncode == 1 and "README.rst" in stale.stderr and "bench_tables.txt" in stale.stderr
+    assert _run_bench(*args, cwd=tmp_path, timeout=50, module="bench.tables").returncode == 0
+    assert _run_bench(*args, "--check", cwd=tmp_path, timeout=50, module="bench.tables").returncode == 0
