@@ -33,7 +33,8 @@ from .logs import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["BYTES", "STR", "dumps", "loads", "as_bytes", "from_bytes", "inside", "read_whole", "Known"]
+__all__ = ["BYTES", "STR", "dumps", "loads", "as_bytes", "from_bytes", "inside", "read_whole", "Known",
+           "places_in"]
 
 #: Kinds of objects set aside, as they appear in a persistent id.
 BYTES, STR = "b", "s"
@@ -167,3 +168,17 @@ class Known(Generic[T]):
 
     def __contains__(self, obj: Any) -> bool:
         return self.get(obj) is not None
+
+
+Places = dict[tuple[int, int], T]
+
+
+def places_in(known: Known[Places[T]], owner: Any, owners: list[int]) -> Places[T]:
+    """What ``known`` made of each (start, length) place within the ``bytes`` object
+    ``owner`` (made empty the first time), with ``owner``'s id added to ``owners``."""
+    places = known.get(owner)
+    if places is None:
+        places = {}
+        known.add(owner, places)
+    owners.append(id(owner))
+    return places

@@ -237,11 +237,7 @@ class Shelf:
         if inside is None:
             return self._segment_for(buffer)
         owner, start = inside
-        places = self._inside.get(owner)
-        if places is None:
-            places = {}
-            self._inside.add(owner, places)
-        owners.append(id(owner))
+        places = immutables.places_in(self._inside, owner, owners)
         segment = places.get((start, buffer.nbytes))
         if segment is None or not any(segment is kept for kept in self._segments):
             segment = places[start, buffer.nbytes] = self._segment_for(buffer)

@@ -195,11 +195,7 @@ class Shipper:
         inside = immutables.inside(raw)
         if inside is not None:
             owner, start = inside
-            places = self._inside.get(owner)
-            if places is None:
-                places = {}
-                self._inside.add(owner, places)
-            owners.append(id(owner))
+            places = immutables.places_in(self._inside, owner, owners)
             stamp = places.get((start, raw.nbytes))
             if stamp is None:
                 stamp = places[start, raw.nbytes] = hashlib.sha256(raw).digest()
