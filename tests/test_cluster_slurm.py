@@ -463,8 +463,9 @@ def test_in_an_allocation_a_worker_that_cannot_start_is_reported_at_once_naming_
 
 
 _INTERRUPTED_CLIENT = '''
-import sys, time
+import faulthandler, signal, sys, time
 from ezpool import Pool
+faulthandler.register(signal.SIGUSR1)  # the test asks for every thread's stack if it hangs
 from ezpool.cluster import Slurm
 
 def slow(x):
@@ -490,7 +491,14 @@ def test_ctrl_c_of_the_client_leaves_no_job_and_no_process(slurm, tmp_path):
         assert client.stdout is not None and client.stdout.readline() == "running\n", client.stderr
         assert len(slurm.live_jobs()) == 2
         client.send_signal(signal.SIGINT)
-        _, stderr = client.communicate(timeout=40)
+        try:
+            _, stderr = client.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            client.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            client.kill()
+            _, stderr = client.communicate()
+            pytest.fail(f"the client did not end within 40 s of Ctrl-C; its threads then:\n{stderr}")
     finally:
         if client.poll() is None:
             client.kill()
