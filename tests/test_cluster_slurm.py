@@ -466,6 +466,9 @@ _INTERRUPTED_CLIENT = '''
 import faulthandler, signal, sys, time
 from ezpool import Pool
 faulthandler.register(signal.SIGUSR1)  # the test asks for every thread's stack if it hangs
+# Ctrl-C raises KeyboardInterrupt even where this was started with SIGINT ignored (a shell's
+# background job: Python then keeps it ignored, and the Ctrl-C below would be lost).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from ezpool.cluster import Slurm
 
 def slow(x):
