@@ -73,6 +73,16 @@ def mode(request) -> Mode:
     return MODES[request.param]
 
 
+@pytest.fixture(params=[("serial", {}), ("parallel", {"ncpu": 2})], ids=["serial", "parallel"])
+def local_pool(request):
+    """A pool of each mode that runs on this machine alone, for the store's tests."""
+    from ezpool import Pool
+
+    mode, options = request.param
+    with Pool(mode, progress=False, **options) as pool:
+        yield pool
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _core_no_worker_left_behind():
     """Every test module must leave no ezpool worker process of this interpreter running."""

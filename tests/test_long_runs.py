@@ -17,50 +17,38 @@ from ezpool import Pool, ResultNotSerializable, StoreMismatch, open_store
 from tests import _helpers as h
 from tests.conftest import REPO_ROOT, eventually
 
-MODES = [
-    pytest.param(("serial", {}), id="serial"),
-    pytest.param(("parallel", {"ncpu": 2}), id="parallel"),
-]
 
-
-@pytest.fixture(params=MODES)
-def pool(request):
-    mode, options = request.param
-    with Pool(mode, progress=False, **options) as pool:
-        yield pool
-
-
-def test_a_second_run_returns_the_stored_outcomes_and_runs_nothing(pool, tmp_path):
+def test_a_second_run_returns_the_stored_outcomes_and_runs_nothing(local_pool, tmp_path):
     store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
     calls.mkdir()
     fun = partial(h.record_call, str(calls))
-    first = pool.map(fun, range(20), store=store)
+    first = local_pool.map(fun, range(20), store=store)
     assert sum(h.calls(calls).values()) == 20
-    again = pool.map(fun, range(20), store=store)
+    again = local_pool.map(fun, range(20), store=store)
     assert sum(h.calls(calls).values()) == 20, "the second run computed tasks again"
     assert again == first and list(again) == list(range(20))
     assert set(again.elapsed) == set(range(20)) and set(again.workers) == set(range(20))
 
 
-def test_only_the_missing_tasks_run_and_the_order_is_the_call_s(pool, tmp_path):
+def test_only_the_missing_tasks_run_and_the_order_is_the_call_s(local_pool, tmp_path):
     store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
     calls.mkdir()
     fun = partial(h.record_call, str(calls))
-    pool.map(fun, [3, 5, 7], store=store)
-    results = pool.map(fun, [9, 7, 1, 5, 3, 2], store=store)
+    local_pool.map(fun, [3, 5, 7], store=store)
+    results = local_pool.map(fun, [9, 7, 1, 5, 3, 2], store=store)
     assert list(results) == [9, 7, 1, 5, 3, 2] and results == {t: t for t in results}
     assert h.calls(calls) == {repr(t): 1 for t in (1, 2, 3, 5, 7, 9)}
 
 
-def test_failures_are_stored_and_retry_failed_runs_them_again(pool, tmp_path):
+def test_failures_are_stored_and_retry_failed_runs_them_again(local_pool, tmp_path):
     store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
     calls.mkdir()
-    first = pool.map(h.fail_on_odd, range(6), store=store)
+    first = local_pool.map(h.fail_on_odd, range(6), store=store)
     assert set(first.errors) == {1, 3, 5}
-    again = pool.map(h.fail_on_odd, range(6), store=store)
+    again = local_pool.map(h.fail_on_odd, range(6), store=store)
     assert set(again.errors) == {1, 3, 5} and isinstance(again[3], ValueError)
     assert "odd" in str(again[3]) or str(first[3]) == str(again[3])
-    retried = pool.map(h.fail_on_odd, range(6), store=store, retry_failed=True)
+    retried = local_pool.map(h.fail_on_odd, range(6), store=store, retry_failed=True)
     assert set(retried.errors) == {1, 3, 5}
     assert open_store(store).errors.keys() == {1, 3, 5}
 
@@ -84,12 +72,12 @@ def test_a_value_that_cannot_be_stored_is_stored_as_its_error(tmp_path):
     assert isinstance(again[(1, 1)], ResultNotSerializable) and again[(1, 2)] == 20
 
 
-def test_imap_with_a_store_yields_stored_outcomes_without_running_them(pool, tmp_path):
+def test_imap_with_a_store_yields_stored_outcomes_without_running_them(local_pool, tmp_path):
     store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
     calls.mkdir()
     fun = partial(h.record_call, str(calls))
-    list(pool.imap(fun, iter(range(0, 30, 2)), store=store))
-    outcomes = list(pool.imap(fun, iter(range(30)), store=store, ordered=True))
+    list(local_pool.imap(fun, iter(range(0, 30, 2)), store=store))
+    outcomes = list(local_pool.imap(fun, iter(range(30)), store=store, ordered=True))
     assert [outcome.task for outcome in outcomes] == list(range(30))
     assert all(outcome.value == outcome.task for outcome in outcomes)
     assert h.calls(calls) == {repr(t): 1 for t in range(30)}

@@ -13,22 +13,10 @@ from hypothesis import strategies as st
 
 import ezpool.store.index as index_module
 import ezpool.store.sweep as sweep_module
-from ezpool import Pool, open_store
+from ezpool import open_store
 from ezpool.store import Store
 from ezpool.store.database import SCHEMA_VERSION
 from tests import _helpers as h
-
-MODES = [
-    pytest.param(("serial", {}), id="serial"),
-    pytest.param(("parallel", {"ncpu": 2}), id="parallel"),
-]
-
-
-@pytest.fixture(params=MODES)
-def pool(request):
-    mode, options = request.param
-    with Pool(mode, progress=False, **options) as pool:
-        yield pool
 
 
 def _sql(path, statement):
@@ -48,45 +36,48 @@ def _no_keys(monkeypatch):
 
 
 @pytest.mark.timeout(60)
-def test_a_range_is_stored_as_a_range_and_resumed_without_a_task_key(pool, tmp_path, monkeypatch):
+def test_a_range_is_stored_as_a_range_and_resumed_without_a_task_key(local_pool, tmp_path, monkeypatch):
     store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
     calls.mkdir()
     fun = partial(h.record_call, str(calls))
-    first = pool.map(fun, range(3000), store=store)
+    first = local_pool.map(fun, range(3000), store=store)
     # A row's tasks are the pickle of a range: a few bytes, whatever the number of tasks.
     assert _sql(store, "SELECT max(length(tasks)) FROM batches")[0][0] < 64
     with monkeypatch.context() as patch:
         _no_keys(patch)
-        again = pool.map(fun, range(3000), store=store)
+        again = local_pool.map(fun, range(3000), store=store)
         assert again == first and list(again) == list(range(3000))
         assert again.elapsed == first.elapsed and again.workers == first.workers
-        more = pool.map(fun, range(1000, 5000), store=store)  # the first 2000 stored: only the rest run
+        more = local_pool.map(fun, range(1000, 5000), store=store)  # the first 2000 stored: only the rest run
     assert more == {n: n for n in range(1000, 5000)} and list(more) == list(range(1000, 5000))
     assert sum(h.calls(calls).values()) == 5000 and set(h.calls(calls).values()) == {1}
 
 
 @pytest.mark.timeout(60)
-def test_a_resume_over_ranges_lists_and_strings_gives_exactly_the_computed_results(pool, tmp_path):
+def test_a_resume_over_ranges_lists_and_strings_gives_exactly_the_computed_results(local_pool, tmp_path):
     store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
     calls.mkdir()
     fun = partial(h.record_call, str(calls))
-    pool.map(fun, range(0, 40), store=store)
-    pool.map(fun, range(100, 60, -2), store=store)
-    pool.map(fun, [45, "a", 39.0, frozenset({1, 2}), 50, True], store=store)  # 39.0, True: stored as 39, 1
-    pool.map(fun, range(200, 300, 7), store=store)
+    local_pool.map(fun, range(0, 40), store=store)
+    local_pool.map(fun, range(100, 60, -2), store=store)
+    # 39.0 and True are stored as 39 and 1
+    local_pool.map(fun, [45, "a", 39.0, frozenset({1, 2}), 50, True], store=store)
+    local_pool.map(fun, range(200, 300, 7), store=store)
     tasks = [*range(0, 120), "a", "b", frozenset({2, 1}), *range(200, 300, 7)]
-    results = pool.map(fun, tasks, store=store)
+    results = local_pool.map(fun, tasks, store=store)
     assert results == {task: task for task in tasks} and list(results) == tasks
     assert {repr(t) for t in results} <= set(h.calls(calls))
     assert set(h.calls(calls).values()) == {1}  # each task ran once, over the five calls
-    resumed = pool.map(fun, range(0, 120), store=store)
+    resumed = local_pool.map(fun, range(0, 120), store=store)
     assert resumed == {n: n for n in range(120)} and list(resumed) == list(range(120))
     assert set(h.calls(calls).values()) == {1}
     assert open_store(store) == {task: task for task in [*tasks, 45, 39.0, 50, True]}
 
 
 @pytest.mark.timeout(60)
-def test_a_store_of_the_format_before_resumes_and_is_marked_as_of_this_format(pool, tmp_path, monkeypatch):
+def test_a_store_of_the_format_before_resumes_and_is_marked_as_of_this_format(
+    local_pool, tmp_path, monkeypatch
+):
     store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
     calls.mkdir()
     fun = partial(h.record_call, str(calls))
@@ -97,7 +88,7 @@ def test_a_store_of_the_format_before_resumes_and_is_marked_as_of_this_format(po
     _sql(store, "PRAGMA user_version = 3")
     with monkeypatch.context() as patch:
         _no_keys(patch)  # lists of tasks equal to a range are matched as that range
-        results = pool.map(fun, range(600), store=store)
+        results = local_pool.map(fun, range(600), store=store)
     assert results == {n: n for n in range(600)} and list(results) == list(range(600))
     assert h.calls(calls) == {repr(n): 1 for n in range(500, 600)}
     assert results.elapsed[3] == 0.25 and results.workers[3] == "pid 7"
@@ -160,19 +151,19 @@ def test_ranges_over_each_other_are_found_as_a_dict_of_the_latest_would(rows, wa
 
 
 @pytest.mark.timeout(60)
-def test_imap_resumes_a_range_from_the_store_and_runs_only_the_rest(pool, tmp_path, monkeypatch):
+def test_imap_resumes_a_range_from_the_store_and_runs_only_the_rest(local_pool, tmp_path, monkeypatch):
     store, calls = tmp_path / "sweep.sqlite", tmp_path / "calls"
     calls.mkdir()
     fun = partial(h.record_call, str(calls))
-    pool.map(fun, range(0, 2000), store=store)
-    pool.map(fun, range(3000, 3500), store=store)
+    local_pool.map(fun, range(0, 2000), store=store)
+    local_pool.map(fun, range(3000, 3500), store=store)
     with monkeypatch.context() as patch:
         _no_keys(patch)
-        outcomes = list(pool.imap(fun, range(4000), store=store, ordered=True, buffersize=700))
+        outcomes = list(local_pool.imap(fun, range(4000), store=store, ordered=True, buffersize=700))
     assert [(outcome.task, outcome.value) for outcome in outcomes] == [(n, n) for n in range(4000)]
     assert h.calls(calls) == {repr(n): 1 for n in range(4000)}
-    pool.map(fun, range(5000, 6000, 2), store=store)  # another step: matched by keys
-    outcomes = list(pool.imap(fun, range(3500, 6000), store=store))
+    local_pool.map(fun, range(5000, 6000, 2), store=store)  # another step: matched by keys
+    outcomes = list(local_pool.imap(fun, range(3500, 6000), store=store))
     assert sorted((o.task, o.value) for o in outcomes) == [(n, n) for n in range(3500, 6000)]
     assert h.calls(calls) == {repr(n): 1 for n in range(6000)}
 
