@@ -16,7 +16,6 @@ import time
 import pytest
 
 from ezpool import Pool
-from ezpool._worker.memory import resident_bytes
 from ezpool.errors import EzPoolError, WorkerCrashed, WorkerOutOfMemory
 from tests._helpers import process_gone
 
@@ -38,17 +37,6 @@ def pool(start_method):
         yield pool
     finally:
         pool.shutdown()
-
-
-@pytest.fixture
-def limit(start_method) -> int:
-    """The tests' ``max_memory``, in whole MiB: ``LIMIT`` above what a worker starts at. A
-    forked worker starts with this test process's resident pages, which count in its size
-    (the whole suite's process grows to about 200 MiB), so under fork the limit is
-    ``LIMIT`` above them."""
-    if start_method != "fork":
-        return LIMIT
-    return (resident_bytes() or 0) // MiB * MiB + LIMIT
 
 
 def _reached_mib(text: str) -> float:
@@ -102,14 +90,14 @@ def test_max_tasks_per_worker_one_runs_each_task_in_a_fresh_process(pool):
     assert len(set(results.values())) == 6
 
 
-def test_a_task_past_max_memory_fails_alone_and_the_others_finish(pool, limit):
-    results = pool.pmap(eat, range(10), ncpu=2, max_memory=f"{limit // MiB}MiB")
+def test_a_task_past_max_memory_fails_alone_and_the_others_finish(pool):
+    results = pool.pmap(eat, range(10), ncpu=2, max_memory=f"{LIMIT // MiB}MiB")
     error = results[3]
     assert isinstance(error, WorkerOutOfMemory) and isinstance(error, MemoryError)
     assert isinstance(error, EzPoolError)
     text = str(error)
     assert text.startswith("task 3 ran out of memory: worker process pid "), text
-    assert f"past its max_memory of {limit / MiB:.1f} MiB" in text, text
+    assert f"past its max_memory of {LIMIT / MiB:.1f} MiB" in text, text
     reached = _reached_mib(text)
     assert reached >= 4 * 200, text  # the size it reached, 800 MiB and more
     assert [task for task in results if task != 3 and not isinstance(results[task], int)] == []
@@ -118,23 +106,23 @@ def test_a_task_past_max_memory_fails_alone_and_the_others_finish(pool, limit):
     assert set(results.errors) == {3}
 
 
-def test_the_watchdog_stops_a_task_that_grows_and_never_ends(pool, limit):
+def test_the_watchdog_stops_a_task_that_grows_and_never_ends(pool):
     began = time.monotonic()
-    results = pool.pmap(eat_slowly_then_hang, range(6), ncpu=2, max_memory=limit)
+    results = pool.pmap(eat_slowly_then_hang, range(6), ncpu=2, max_memory=LIMIT)
     assert time.monotonic() - began < 30
     error = results[1]
     assert isinstance(error, WorkerOutOfMemory), repr(error)
     assert not isinstance(error, WorkerCrashed)
     text = str(error)
     assert text.startswith("task 1 ran out of memory: worker process pid "), text
-    assert f"{limit / MiB:.1f} MiB" in text, text
+    assert f"{LIMIT / MiB:.1f} MiB" in text, text
     reached = _reached_mib(text)
-    assert limit / MiB < reached < limit / MiB + 200, text  # caught within a few samples of passing it
+    assert LIMIT / MiB < reached < LIMIT / MiB + 200, text  # caught within a few samples of passing it
     assert all(isinstance(results[task], int) for task in (0, 2, 3, 4, 5))
 
 
-def test_max_memory_and_max_tasks_per_worker_together(pool, limit):
-    results = pool.pmap(eat, range(12), ncpu=2, max_memory=limit, max_tasks_per_worker=2)
+def test_max_memory_and_max_tasks_per_worker_together(pool):
+    results = pool.pmap(eat, range(12), ncpu=2, max_memory=LIMIT, max_tasks_per_worker=2)
     assert isinstance(results[3], WorkerOutOfMemory)
     ran = collections.Counter(value for task, value in results.items() if task != 3)
     assert all(count <= 2 for count in ran.values()), ran
@@ -146,7 +134,7 @@ def test_max_memory_costs_nothing_to_a_call_that_stays_under_it(pool):
 
 
 def _limit_address_space(limit: int) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    resource.setrlimit(resource.RLIMIT_AS, (LIMIT, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
 def eat_under_rlimit(task: int) -> int:
@@ -158,7 +146,7 @@ def eat_under_rlimit(task: int) -> int:
 
 
 def test_where_the_system_refuses_memory_the_task_fails_with_a_memory_error(pool):
-    """RLIMIT_AS stands in for a memory limit of the operating system where no cgroup can
+    """RLIMIT_AS stands in for a memory LIMIT of the operating system where no cgroup can
     be made (tests/test_deaths.py makes one): the allocation fails, and the task's outcome
     is a MemoryError; the process lives on, the other tasks finish."""
     results = pool.pmap(eat_under_rlimit, range(4), ncpu=2, max_tasks_per_worker=1)
@@ -192,3 +180,17 @@ def test_the_memory_watch_calls_back_past_its_limit_while_a_task_runs():
         del kept
     finally:
         watch.close()
+
+
+def test_a_forked_worker_is_not_charged_for_its_parent_s_memory():
+    """A worker forked from a process holding 2 x LIMIT starts past LIMIT in resident size,
+    all of it its parent's pages: the limit is on the memory it has of its own."""
+    ballast = bytearray(2 * LIMIT)
+    for page in range(0, len(ballast), 4096):
+        ballast[page] = 1  # resident, not a promise of zero pages
+    with Pool("parallel", start_method="fork", progress=False) as pool:
+        results = pool.pmap(eat, [0, 1, 2, 4, 5, 3], ncpu=2, max_memory=LIMIT)
+    assert set(results.errors) == {3}, {task: repr(error) for task, error in results.errors.items()}
+    reached = _reached_mib(str(results[3]))
+    assert 4 * 200 <= reached < 2 * 4 * 200, str(results[3])  # its own growth, not the parent's pages
+    del ballast

@@ -32,12 +32,17 @@ Use, in a worker's loop (the parallel mode's ``ezpool._backends.parallel.child``
         ... answer, then leave: a fresh process takes over
     watch.close()                    # the thread ends (it is a daemon thread anyway)
 
-A forked process inherits its parent's peak (``ru_maxrss`` counts from before the
-fork): the watch reads the peak when it is made, and ``over()`` counts only a peak
-that rose past both that and the limit. A process started big, and staying under
-the peak it inherited, is caught by the watchdog alone. Sizes are bytes; Linux
-gives both readings, other systems the peak alone (``resident_bytes`` is ``None``
-there and the watchdog never fires).
+The limit is on the memory a worker has of its own. A forked process starts with its
+parent's pages, which it shares until one of them writes to a page: a worker forked
+from a notebook holding 2 GiB would otherwise be past a 1 GiB limit before its first
+task. The watch reads, when it is made, how much of the process's resident memory is
+shared (``shared_bytes``: the parent's pages after a fork, and the pages of shared
+libraries) and leaves that out of both readings. A forked process also inherits its
+parent's peak (``ru_maxrss`` counts from before the fork): ``over()`` counts only a
+peak that rose past both that and the limit. A process started big, and staying
+under the peak it inherited, is caught by the watchdog alone. Sizes are bytes;
+Linux gives both readings, other systems the peak alone (``resident_bytes`` is
+``None`` there and the watchdog never fires).
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ from ..errors import WorkerOutOfMemory
 logger = get_logger(__name__)
 
 __all__ = ["INTERVAL", "MemoryWatch", "blame_last", "human_size", "out_of_memory", "peak_bytes",
-           "resident_bytes"]
+           "resident_bytes", "shared_bytes"]
 
 #: Seconds between two samples of the watchdog while a task runs.
 INTERVAL = 0.02
@@ -77,6 +82,22 @@ def resident_bytes() -> Optional[int]:
             return int(statm.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None
+
+
+def shared_bytes() -> int:
+    """How much of this process's resident memory it shares with other processes now, in
+    bytes (``Shared_Clean`` and ``Shared_Dirty`` of ``/proc/self/smaps_rollup``, Linux 4.14
+    and later; 0 where that cannot tell). Reading it walks the process's page tables: it
+    is read once per watch, never per sample."""
+    shared = 0
+    try:
+        with open("/proc/self/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith((b"Shared_Clean:", b"Shared_Dirty:")):
+                    shared += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return shared
 
 
 def peak_bytes() -> int:
@@ -133,6 +154,7 @@ class MemoryWatch:
         self._on_over = on_over
         self._kill = kill
         self._inherited = peak_bytes()  # what a forked process's peak starts at
+        self._shared = shared_bytes()  # not the worker's own: the parent's pages after a fork
         self._armed = threading.Event()
         self._closed = False
         self._thread: Optional[threading.Thread] = None
@@ -149,9 +171,11 @@ class MemoryWatch:
         self._armed.clear()
 
     def over(self) -> Optional[int]:
-        """The peak resident size, if it has passed the limit (and what a fork inherited)."""
+        """The peak resident size of the worker's own, if it has passed the limit (and what a
+        fork inherited)."""
         peak = peak_bytes()
-        return peak if peak > self.limit and peak > self._inherited else None
+        own = peak - self._shared
+        return own if own > self.limit and peak > self._inherited else None
 
     @property
     def cancel(self) -> bool:
@@ -176,8 +200,9 @@ class MemoryWatch:
             if not armed.is_set():
                 continue
             size = resident_bytes()
-            if size is None or size <= self.limit:
+            if size is None or size - self._shared <= self.limit:
                 continue
+            size -= self._shared
             try:
                 self._on_over(size)
             except Exception:  # the kill matters more than the record of it
