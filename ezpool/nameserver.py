@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from ._core.cli import command_line, stdout_line
 from ._core.logs import get_logger
 from ._core.tls_contexts import add_server_tls_flags, server_tls_from_flags
 from .errors import SecurityError
@@ -30,6 +31,7 @@ logger = get_logger(__name__)
 __all__ = ["main"]
 
 
+@command_line
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -53,7 +55,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
-    print(server.address, flush=True)
+    stdout_line(server.address)  # if no one reads it, it serves all the same
     try:
         stop.wait()
     finally:

@@ -45,6 +45,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ._core.cli import command_line
 from ._core.logs import get_logger
 from ._core.private import check_private_dir, make_private_dir, read_private
 from ._core.tls_contexts import client_tls_context, server_tls_context
@@ -419,6 +420,7 @@ _LENGTH = struct.Struct("!Q")
 # --- python -m ezpool.security new-key ---
 
 
+@command_line
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m ezpool.security new-key [PATH]``: print a new random key, or write it to
     ``PATH`` (mode 0600, never over an existing file unless ``--force``). Returns the exit status."""

@@ -38,6 +38,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
+from ._core.cli import command_line, stdout_line
 from ._core.tls_contexts import add_server_tls_flags, server_tls_from_flags
 from ._worker.dial_flags import add_dialing_flags, check_dialing_flags
 from ._worker.parent import stop_with_parent
@@ -59,6 +60,7 @@ _IDLE_WAKE = 5.0
 _RESTART_GRACE = 0.3
 
 
+@command_line
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -400,7 +402,7 @@ def _serve_one(
             except (EzPoolError, ValueError) as exc:
                 raise ServeError(f"cannot register with the name server at {args.ns}: {exc}") from None
             registration = keeper
-        print(server.uri, flush=True)
+        stdout_line(str(server.uri))  # if no one reads it, the worker serves all the same
         if not args.parent_pid:
             _say_started(args, str(server.uri), tls is not None)
         logger.debug("serving %s at %s as %s", args.spec or "any function", server.uri, servant.identity)

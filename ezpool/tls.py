@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
+from ._core.cli import command_line
 from ._core.private import make_private_dir
 from .errors import SecurityError
 
@@ -40,6 +41,7 @@ FILES = ("ca.pem", "ca-key.pem", "server.pem", "server-key.pem", "client.pem", "
 _INSTALL_HINT = 'pip install "ezpool[tls]"'
 
 
+@command_line
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)

@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+from .._core.cli import stdout_line
 from .._core.listen_file import parse_address, read_listen_file
 from .._core.logs import get_logger
 from ..errors import SecurityError, ServeError
@@ -339,7 +340,7 @@ def serve_dialing(args: Any, instance: Any, key: Optional[bytes], tls: Any, faul
 
         threading.Thread(target=stop_with_parent, args=(args.parent_pid, leave), daemon=True).start()
     host, port = where() if args.connect == "-" else ("", 0)
-    print(f"dialing {args.connect if args.connect != '-' else f'{host}:{port}'}", flush=True)
+    stdout_line(f"dialing {args.connect if args.connect != '-' else f'{host}:{port}'}")
     server.start()
     try:
         status = dialer.run()

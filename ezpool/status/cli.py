@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from .._core.cli import command_line
 from .._core.logs import get_logger
 from ..errors import EzPoolError
 
@@ -34,6 +35,7 @@ with --watch, Ctrl-C ends it with 0.
 """
 
 
+@command_line
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser(_prog(sys.argv[0] if sys.argv else ""))

@@ -15,6 +15,7 @@ import argparse
 import sys
 from typing import Optional
 
+from .._core.cli import command_line
 from .._core.logs import get_logger
 from ..errors import EzPoolError
 from . import Store
@@ -25,6 +26,7 @@ logger = get_logger(__name__)
 __all__ = ["main"]
 
 
+@command_line
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
