@@ -349,6 +349,27 @@ def test_the_default_progress_is_a_widget_in_a_notebook_with_ipywidgets(jupyter:
     assert "In a notebook: 100%" in labels, labels
 
 
+def test_a_saved_notebook_keeps_the_bars_last_state_as_text(jupyter: Path) -> None:
+    """Beside the widget, a saved output keeps a plain-text form (what GitHub and nbviewer show):
+    the bar as it ended, not as it began."""
+    pytest.importorskip("ipywidgets", reason="the widget bar needs ipywidgets (the 'test' extra)")
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    run = (
+        "from ezpool import Pool\n"
+        "with Pool(ncpu=2) as pool:\n    results = pool.pmap(abs, range(40), msg='In a notebook')"
+    )
+    notebook = new_notebook(cells=[new_code_cell(run, id="run"), new_code_cell("len(results)", id="count")])
+    execute(jupyter, notebook)
+
+    assert result(notebook, "count") == 40
+    (cell,) = (cell for cell in notebook.cells if cell.get("id") == "run")
+    (shown,) = (output for output in cell.outputs if output.output_type == "display_data")
+    assert "application/vnd.jupyter.widget-view+json" in shown.data, cell.outputs
+    text = shown.data["text/plain"]
+    assert text.startswith("In a notebook: 100%") and "| 40/40 [" in text, text
+
+
 def test_the_default_progress_is_one_text_line_in_a_notebook_without_ipywidgets(jupyter: Path) -> None:
     hide = "import sys\nsys.modules['ipywidgets'] = None  # as if it were not installed"
     notebook = execute(jupyter, bar_notebook(hide))

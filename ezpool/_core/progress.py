@@ -5,6 +5,11 @@ Where the bar goes: on a terminal, tqdm's text bar on stderr; in a Jupyter kerne
 in the cell's output). While a bar is shown, log records that would go to the
 console (EzPool's own warnings included) are written above it, through
 ``tqdm.contrib.logging``, so that no line tears it.
+
+A widget's output in a saved notebook also keeps a plain-text form, which GitHub
+and nbviewer show instead of the widget: the bar as it was when displayed. The
+widget is therefore displayed under a display id, and displayed again there when
+the bar closes, so that the text kept is the last state (``100%|...| 40/40``).
 """
 
 from __future__ import annotations
@@ -49,13 +54,20 @@ class Progress:
         self.done = 0
         self.failed = 0
         self._bar: Any = None
+        self._shown: Any = None  # the display of a widget bar (see the module's text)
         self._logging: Optional[contextlib.ExitStack] = None
         if option is True or option is None:
             notebook = _in_notebook()
             if option is True or notebook or _stderr_is_terminal():
-                self._bar = _bar_class(notebook)(
+                bar_class = _bar_class(notebook)
+                options = dict(
                     total=total, desc=msg, file=sys.stderr, unit="task", dynamic_ncols=not notebook
                 )
+                if _is_widget(bar_class):
+                    self._bar = bar_class(display=False, **options)
+                    self._shown = _display(self._bar.container)
+                else:
+                    self._bar = bar_class(**options)
                 self._logging = contextlib.ExitStack()
                 self._logging.enter_context(self.redirect_logging())
 
@@ -113,6 +125,9 @@ class Progress:
             self._logging = None
         if self._bar is not None:
             self._bar.close()
+            if self._shown is not None:  # the text kept beside the widget: its last state
+                self._shown.update(self._bar.container)
+                self._shown = None
             self._bar = None
 
 
@@ -137,6 +152,20 @@ def _in_notebook() -> bool:
     except Exception:
         return False
     return getattr(shell, "kernel", None) is not None
+
+
+def _is_widget(bar_class: Any) -> bool:
+    """Whether ``bar_class`` is tqdm's notebook widget (``tqdm.auto`` falls back to the text bar
+    without ipywidgets)."""
+    notebook = sys.modules.get("tqdm.notebook")
+    return notebook is not None and issubclass(bar_class, notebook.tqdm_notebook)
+
+
+def _display(widget: Any) -> Any:
+    """Show ``widget`` in the cell's output under a display id; the handle to show it again."""
+    from IPython.display import display
+
+    return display(widget, display_id=True)
 
 
 def _bar_class(notebook: bool = False) -> Any:
