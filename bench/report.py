@@ -10,12 +10,13 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["machine", "table", "derived", "write_json", "plot"]
+__all__ = ["machine", "table", "derived", "write_json", "plot", "figure_path", "main"]
 
 _PACKAGES = (
     "Pyro4",
@@ -246,8 +247,55 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
+def _curves(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The comparisons drawn: those timed at more than one size."""
+    return {
+        name: r
+        for name, r in records.items()
+        if len(r.get("sizes", ())) > 1 and not r.get("params", {}).get("measures")  # times only
+    }
+
+
+def figure_path(path: Path, name: str) -> Path:
+    """Where ``plot`` draws comparison ``name`` alone, next to ``path`` (``results-tiny.png``)."""
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+    return path.with_name(f"{path.stem}-{safe}{path.suffix}")
+
+
+def _panel(axis: Any, record: dict[str, Any]) -> None:
+    """Draw one comparison's curves: median time per task against the number of tasks."""
+    for contender, entry in record["contenders"].items():
+        points = sorted(
+            (int(size), point["median"])
+            for size, point in entry["sizes"].items()
+            if point.get("status") == "ok"
+        )
+        if points:
+            xs = [size for size, _ in points]
+            ys = [1e6 * t / size for size, t in points]
+            axis.plot(xs, ys, marker="o", linewidth=2.5 if entry["ezpool"] else 1.2, label=contender)
+    from matplotlib import ticker
+
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    # Plain numbers (0.1, 0.113) rather than powers of ten; the minor ticks are labelled
+    # only where the axis spans less than two decades (too few major ticks to read it).
+    plain = ticker.FuncFormatter(lambda value, _: f"{value:.3g}")
+    low, high = axis.get_ylim()
+    axis.yaxis.set_major_formatter(plain)
+    axis.yaxis.set_minor_formatter(plain if high < 100 * low else ticker.NullFormatter())
+    axis.set_xlabel(f"number of {record['unit']}")
+    axis.set_ylabel("median wall time per task (µs)")
+    axis.set_title(textwrap.fill(record["title"], 60), fontsize="medium")
+    axis.grid(True, which="both", alpha=0.3)
+    # Below the axes, where it hides no curve.
+    axis.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+
+
 def plot(path: Path, records: dict[str, dict[str, Any]], info: dict[str, Any]) -> Optional[str]:
-    """Draw the scaling curves (time per task vs. tasks); return a note if none was drawn."""
+    """Draw the scaling curves (time per task vs. tasks): every comparison side by side at
+    ``path``, and each alone at ``figure_path(path, name)``, readable at a page's width.
+    Return a note if none was drawn."""
     try:
         import matplotlib
     except ImportError:
@@ -255,39 +303,49 @@ def plot(path: Path, records: dict[str, dict[str, Any]], info: dict[str, Any]) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {
-        name: r
-        for name, r in records.items()
-        if len(r.get("sizes", ())) > 1 and not r.get("params", {}).get("measures")  # times only
-    }
+    curves = _curves(records)
     if not curves:
         return "plot skipped: no workload with more than one size was run"
-    figure, axes = plt.subplots(1, len(curves), figsize=(7 * len(curves), 5), squeeze=False)
-    for axis, (_name, record) in zip(axes[0], curves.items()):
-        for contender, entry in record["contenders"].items():
-            points = sorted(
-                (int(size), point["median"])
-                for size, point in entry["sizes"].items()
-                if point.get("status") == "ok"
-            )
-            if points:
-                xs = [size for size, _ in points]
-                ys = [1e6 * t / size for size, t in points]
-                axis.plot(xs, ys, marker="o", linewidth=2.5 if entry["ezpool"] else 1.2, label=contender)
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_xlabel(f"number of {record['unit']}")
-        axis.set_ylabel("median wall time per task (µs)")
-        axis.set_title(record["title"])
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize="small")
-    figure.suptitle(
+    machine_line = (
         f"EzPool benchmarks, {info['date']}, {info['cpu']} ({info['usable_cores']} cores), "
-        f"Python {info['python']}",
-        fontsize="small",
+        f"Python {info['python']}"
     )
-    figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(1, len(curves), figsize=(7 * len(curves), 6.5), squeeze=False)
+    for axis, record in zip(axes[0], curves.values()):
+        _panel(axis, record)
+    figure.suptitle(machine_line, fontsize="small")
+    figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    for name, record in curves.items():
+        figure, axis = plt.subplots(figsize=(7, 6.5))
+        _panel(axis, record)
+        figure.text(0.01, 0.01, machine_line, fontsize="x-small", color="0.4")
+        figure.tight_layout(rect=(0, 0.03, 1, 1))
+        figure.savefig(figure_path(path, name), dpi=110)
+        plt.close(figure)
     return None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m bench.report [RESULTS_JSON]``: draw the figures again from a run's
+    ``results.json`` (default: ``bench/results.json``), next to it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("results", nargs="?", type=Path, default=Path(__file__).with_name("results.json"))
+    args = parser.parse_args(argv)
+    run = json.loads(args.results.read_text(encoding="utf-8"))
+    out = args.results.with_name("results.png")
+    note = plot(out, run["comparisons"], run["machine"])
+    if note:
+        print(note, file=sys.stderr)
+        return 1
+    drawn = [out, *(figure_path(out, name) for name in _curves(run["comparisons"]))]
+    print("drew " + ", ".join(str(p) for p in drawn))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # autodoc and the doctests import this checkout
+sys.path.insert(0, str(ROOT / "docs"))  # options_table, this site's own extension
 
 import ezpool  # noqa: E402
 
@@ -21,6 +22,7 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "options_table",  # docs/options_table.py: the API page's table of options
 ]
 
 exclude_patterns = ["_build"]
@@ -49,11 +51,12 @@ nitpick_ignore_regex = [
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True
-# Each method of Pool lists the options of its mode (ezpool.options.described).
-napoleon_custom_sections = [("Options (where not given, the pool's)", "params_style")]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+# Types go to the parameters a docstring describes; "Parameters: x (int)" with no
+# word on what x is says nothing the signature does not.
+autodoc_typehints_description_target = "documented"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 
 # Every doctest starts from these names.

@@ -82,7 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     with Pool(mode=args.mode) as pool:
         results = pool.map(
-            fun=fun, tasks=args.tasks, ncpu=args.ncpu, workers=args.workers, spawn=args.spawn or None
+            fun=fun, tasks=args.tasks, ncpu=args.ncpu,
+            workers=args.workers, spawn=args.spawn or None,
         )
 
     for n, value in results.items():

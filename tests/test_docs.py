@@ -18,6 +18,7 @@ import ast
 import contextlib
 import html.parser
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -252,16 +253,131 @@ def _broken_links(site: Path) -> list[str]:
     return broken
 
 
-@pytest.mark.slow
-def test_html_builds_without_warnings_or_broken_links(tmp_path: Path) -> None:
+#: The built site's folder, and how its build went.
+Built = tuple[Path, "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture(scope="module")
+def html_build(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The HTML docs, built once for this module (nitpicky, warnings as errors): the
+    site's folder and how the build went."""
     _docs_tools_or_skip()
-    site = tmp_path / "html"
+    folder = tmp_path_factory.mktemp("docs")
+    site = folder / "html"
     command = [sys.executable, "-m", "sphinx", "-n", "-W", "--keep-going", "-q", "-b", "html"]
-    command += ["-d", str(tmp_path / "doctrees"), str(DOCS), str(site)]
+    command += ["-d", str(folder / "doctrees"), str(DOCS), str(site)]
     built = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    return site, built
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(330)
+def test_html_builds_without_warnings_or_broken_links(html_build: Built) -> None:
+    site, built = html_build
     assert built.returncode == 0, built.stderr
     pages = {page.stem for page in DOCS.glob("*.rst")}
     assert pages <= {page.stem for page in site.glob("*.html")}
     assert "furo" in (site / "index.html").read_text(encoding="utf-8")
     broken = _broken_links(site)
     assert not broken, "\n".join(broken)
+
+
+#: What a page looks like in the browser at 1280 px, as lists of offenders:
+#: ``wrapped``, code literals in table cells that break over lines (``paralle|l``);
+#: ``scrolled``, code blocks wider than their box (a sideways scroll), by their
+#: longest line; ``wide``, tables wider than the page's column; ``images``, images
+#: shown smaller than they are, with no link to their full size; and ``shown``,
+#: every image as [file, natural width, shown width, link].
+LAYOUT = """(() => {
+  const shown = (el) => el.getClientRects().length > 0;
+  const longest = (text) => text.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), "");
+  const out = {wrapped: [], scrolled: [], wide: [], images: [], shown: []};
+  for (const code of document.querySelectorAll("td code, th code")) {
+    if (shown(code) && code.getClientRects().length > 1) out.wrapped.push(code.textContent);
+  }
+  for (const pre of document.querySelectorAll("pre")) {
+    if (shown(pre) && pre.scrollWidth > pre.clientWidth + 1) out.scrolled.push(longest(pre.textContent));
+  }
+  for (const table of document.querySelectorAll("article table.docutils")) {
+    const box = table.closest(".table-wrapper") || table.parentElement;
+    if (shown(table) && box.scrollWidth > box.clientWidth + 1) {
+      out.wide.push(`${table.textContent.trim().replace(/\\s+/g, " ").slice(0, 60)} `
+                    + `(${box.scrollWidth} px in ${box.clientWidth} px)`);
+    }
+  }
+  for (const img of document.querySelectorAll("article img")) {
+    const file = img.getAttribute("src").split("/").pop();
+    const link = img.closest("a");
+    const href = link ? link.getAttribute("href") : null;
+    out.shown.push([file, img.naturalWidth, img.clientWidth, href]);
+    const linked = href !== null && href.split("/").pop() === file;
+    if (img.clientWidth < 0.9 * img.naturalWidth && !linked) {
+      out.images.push(`${file}: ${img.naturalWidth} px wide, shown at ${img.clientWidth} px, no link to it`);
+    }
+  }
+  return out;
+})()"""
+
+
+def _chromium_or_skip() -> None:
+    """Skip (or, where the docs are required, fail) without a Chromium to look with."""
+    from tests.browser import COMMANDS, find_chromium
+
+    if find_chromium() is not None:
+        return
+    message = (f"no Chromium on the PATH (looked for {', '.join(COMMANDS)}): apt-get install chromium "
+               "(.ci/run installs it)")
+    if os.environ.get("EZPOOL_DOCS_REQUIRED"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_every_page_fits_a_1280_px_browser(html_build: Built) -> None:
+    # Looked at in a real (headless) Chromium, one for every page: code literals in
+    # tables stay whole, no code block or table needs a sideways scroll, and an image
+    # shown smaller than it is links to its full size.
+    _chromium_or_skip()
+    from tests.browser import Browser
+
+    site, built = html_build
+    assert built.returncode == 0, built.stderr
+    offenders = []
+    images = {}
+    with Browser(width=1280, height=900, timeout=60) as browser:
+        for page in sorted(site.glob("*.html")):
+            browser.open(page.as_uri())
+            found = browser.evaluate(LAYOUT)
+            images[page.stem] = found.pop("shown")
+            offenders += [f"{page.name}: {kind}: {what}" for kind, whats in found.items() for what in whats]
+    assert not offenders, "at 1280 px:\n" + "\n".join(offenders)
+
+    # One figure per comparison drawn, each near its full size and linked to it.
+    from bench.report import _curves, figure_path
+
+    run = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))
+    expected = {figure_path(Path("results.png"), name).name for name in _curves(run["comparisons"])}
+    figures = {file: (natural, width, href) for file, natural, width, href in images["benchmarks"]}
+    assert set(figures) == expected
+    for file, (natural, width, href) in figures.items():
+        assert width >= 0.8 * natural and href and href.endswith(file), (file, natural, width, href)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(330)
+def test_api_page_describes_each_option_once_and_each_method_names_its_own(html_build: Built) -> None:
+    from ezpool.options import OPTIONS, ParallelOptions
+
+    site, built = html_build
+    assert built.returncode == 0, built.stderr
+    page = (site / "api.html").read_text(encoding="utf-8")
+    # One row per option, made from ezpool.options (docs/options_table.py).
+    assert set(re.findall(r"<tr[^>]* id=\"option-(\w+)\"", page)) == set(OPTIONS)
+    # A method names its options, each a link to its row, instead of describing them all again.
+    assert page.count(OPTIONS["heartbeat"].meaning.split(";")[0]) == 1
+    assert "(<em>Unpack[" not in page  # no "options (Unpack[ParallelOptions])" parameter
+    pmap = page[page.index('id="ezpool.Pool.pmap"') : page.index('id="ezpool.Pool.dmap"')]
+    named = re.findall(r'href="#option-(\w+)"', pmap)
+    assert named == list(ParallelOptions.__annotations__)
+    assert "the number of worker processes of the parallel mode" in pmap  # its parameter ncpu, described
