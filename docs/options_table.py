@@ -109,7 +109,8 @@ def _process_docstring(app: Sphinx, what: str, name: str, obj: Any, options: Any
     if name == "ezpool.Options" and "Attributes:" in [line.strip() for line in lines]:
         cut = [line.strip() for line in lines].index("Attributes:")
         del lines[cut:]
-        lines.append("Every option, its default and the modes that use it are in the table below.")
+        lines.append("Every option, its default and the modes that use it: see "
+                     "`the table of options <#options>`__.")
         return
     if not (name == "ezpool.Pool" or (name.startswith("ezpool.Pool.") and what == "method")):
         return
