@@ -17,6 +17,7 @@ from ._core.stream import (
     stream,
     write_outputs,
 )
+from ._core.summary import warn_failures
 from ._core.tasks import unique_tasks
 from .options import (
     DistributedOptions,
@@ -312,6 +313,7 @@ class Pool:
             record.end()
             write_outputs(record, settings)
         logger.debug("%s ran %d tasks (%d failed)", mode, len(todo), len(results.errors))
+        warn_failures(results, stored, stops)  # one warning, if any task failed
         return results
 
 

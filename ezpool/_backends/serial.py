@@ -19,6 +19,7 @@ from .._core.logs import get_logger
 from .._core.recording import Recording
 from .._core.records import Batch
 from .._core.stopping import Stops, cancelled
+from .._core.task_errors import caught
 from .._core.tasks import bind, call
 from ..errors import EzPoolError
 from ..options import Options
@@ -157,7 +158,7 @@ def compute(
         try:
             value = call(fun, task)
         except Exception as exc:
-            value = exc
+            value = caught(exc, fun, task)
             failed.add(position - start)
         finished = perf_counter()
         values.append(value)

@@ -41,6 +41,7 @@ from .._core.logs import get_logger
 from .._core.recording import Recording
 from .._core.records import Batch
 from .._core.stopping import Stops, cancelled
+from .._core.task_errors import caught
 from .._core.tasks import bind, call
 from ..errors import EzPoolError, TaskTimeout
 from ..options import Options
@@ -279,7 +280,7 @@ class _Crew:
         try:
             value, failed = call(self.fun, task), set()
         except Exception as exc:
-            value, failed = exc, {0}
+            value, failed = caught(exc, self.fun, task), {0}
         except BaseException:
             if running.pop(start, None) is None:
                 return False

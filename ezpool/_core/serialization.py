@@ -30,6 +30,7 @@ from typing import Any, Optional
 from ..errors import RemoteError, RemoteTraceback, ResultNotSerializable
 from .logs import get_logger
 from .records import ExceptionRecord
+from .task_errors import user_frames
 
 logger = get_logger(__name__)
 
@@ -269,10 +270,15 @@ def loads_tasks(pieces: Sequence[Any]) -> Sequence[Any]:
 
 
 def record_exception(exc: BaseException) -> ExceptionRecord:
-    """Record an exception raised here so that it can be rebuilt in another process."""
+    """Record an exception raised here so that it can be rebuilt in another process.
+
+    Its traceback text starts at the first frame that is not EzPool's own (the user's
+    function, below the loop that called it), or holds every frame when none is the user's.
+    """
     import traceback  # ~2.5 ms to import: a run pays for it only once a task fails
 
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = exc.__traceback__
+    text = "".join(traceback.format_exception(type(exc), exc, None if tb is None else user_frames(tb)))
     try:
         blob: Optional[bytes] = dumps(exc)
     except Exception:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 from .._core.logs import get_logger
 from .._core.records import ChunkOutcome, ExceptionRecord, GroupTimes, TaskOutput, group_mark
 from .._core.serialization import dumps, record_exception, safe_values
+from .._core.task_errors import caught
 
 logger = get_logger(__name__)
 
@@ -119,12 +120,14 @@ def _run_group(
     """Run a group as one ``values.extend(map(fun, group))``. When a task raises, the
     values before it are in ``values`` already, and the rest of the group goes on."""
     remaining = iter(group)
+    base = len(values)  # where the group's values begin
     while True:
         try:
             values.extend(spread(fun, remaining))
             return
         except BaseException as exc:
-            failures[len(values) + offset] = record_exception(exc)
+            task = group[len(values) - base]
+            failures[len(values) + offset] = record_exception(caught(exc, fun, task))
             values.append(None)
 
 
@@ -149,7 +152,7 @@ def _run_marked(
             value = fun(*task) if type(task) is tuple else fun(task)
         except BaseException as exc:
             value = None
-            failures[len(values) + offset] = record_exception(exc)
+            failures[len(values) + offset] = record_exception(caught(exc, fun, task))
         add_value(value)
         ran += 1
         if stop is not None and stop.cancel:
@@ -206,7 +209,7 @@ def run_chunk_captured(
                 value = fun(*task) if type(task) is tuple else fun(task)
             except BaseException as exc:
                 value = None
-                failures[position - first] = record_exception(exc)
+                failures[position - first] = record_exception(caught(exc, fun, task))
             finished = clock()
             written = kept.end()
             if written is not None:

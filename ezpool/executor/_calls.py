@@ -54,11 +54,17 @@ def run_in_context(
 
 
 class Raised:
-    """An exception a call raised: itself here, rebuilt with its remote traceback elsewhere."""
+    """An exception a call raised: itself here, rebuilt with its remote traceback elsewhere.
+    Its traceback starts at the caller's frames (``run_task``'s is left out)."""
 
     __slots__ = ("exc",)
 
     def __init__(self, exc: BaseException) -> None:
+        from .._core.task_errors import user_frames  # (made only where a call raised)
+
+        tb = exc.__traceback__
+        if tb is not None:
+            exc.__traceback__ = user_frames(tb)
         self.exc = exc
 
     def __reduce__(self) -> tuple[Any, ...]:
