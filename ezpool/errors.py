@@ -6,9 +6,11 @@ __all__ = [
     "EzPoolError",
     "RemoteError",
     "WorkerCrashed",
+    "MainNotGuarded",
     "WorkerUnavailable",
     "TaskTimeout",
     "ResultNotSerializable",
+    "TaskNotSerializable",
     "AuthenticationError",
     "RemoteTraceback",
     "ServeError",
@@ -47,6 +49,17 @@ class WorkerCrashed(EzPoolError):
 
 
 class WorkerUnavailable(EzPoolError):
+class MainNotGuarded(WorkerCrashed, SystemExit):
+    """Worker processes could not start: the ``spawn`` or ``forkserver`` start method ran the
+    main script again in them, and its work, not under ``if __name__ == "__main__":``, met a
+    pool's call there. It is also a ``SystemExit``: left uncaught, it ends the program with
+    its message alone, and no traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = message
+
+
     """A worker could not be reached, or serves something other than what was asked."""
 
 
@@ -59,6 +72,11 @@ class ResultNotSerializable(EzPoolError, TypeError):
 
 
 class AuthenticationError(EzPoolError):
+class TaskNotSerializable(EzPoolError, TypeError):
+    """A task could not be sent to a worker process (pickled here, or unpickled there):
+    it is that task's outcome, and the other tasks of the call run."""
+
+
     """A worker and a client do not share the same HMAC key (or one of them has none)."""
 
 

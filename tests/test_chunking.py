@@ -164,13 +164,20 @@ def test_chunk_queue_drain_takes_what_is_left_and_a_fixed_size_is_kept():
     assert [(c.start, c.stop) for c in queue.drain()] == [(6, 9), (9, 10)] and not queue
 
 
-def test_chunk_queue_names_a_task_that_cannot_be_pickled():
+def test_chunk_queue_ends_a_task_that_cannot_be_pickled_and_queues_the_others():
+    import pickle
     import threading
 
+    from ezpool import TaskNotSerializable
     from ezpool._core.chunking import ChunkQueue
 
-    with pytest.raises(TypeError, match="cannot send task"):
-        ChunkQueue([1, (threading.Lock(),)], workers=1, chunksize=None)
+    queue = ChunkQueue([1, (threading.Lock(),), 3, 4], workers=1, chunksize=4)  # one piece, cut around it
+    (failed,) = queue.refill()
+    assert failed.start == 1 and failed.failed == {0} and isinstance(failed.values[0], TaskNotSerializable)
+    assert queue.refill() == [] and queue.waiting == 3
+    chunks = list(queue.drain())
+    assert [(chunk.start, chunk.stop) for chunk in chunks] == [(0, 1), (2, 4)]
+    assert [pickle.loads(b"".join(chunk.payloads[0])) for chunk in chunks] == [[1], [3, 4]]
 
 
 def test_a_split_queue_sends_one_task_first_and_slow_tasks_one_by_one():

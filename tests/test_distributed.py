@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ezpool import Pool, RemoteError, TaskTimeout, WorkerCrashed, WorkerUnavailable
+from ezpool import Pool, RemoteError, TaskNotSerializable, TaskTimeout, WorkerCrashed, WorkerUnavailable
 from ezpool.security import is_loopback_host as is_loopback
 from tests import _workers as w
 from tests.conftest import free_port
@@ -322,10 +322,13 @@ def test_a_value_that_cannot_be_sent_back_fails_alone(serve):
     assert "lock" in str(results["lock"]) and results["a"] == "a" and results["b"] == "b"
 
 
-def test_a_task_that_cannot_be_sent_is_a_type_error_before_any_work(serve, tmp_path):
+def test_a_task_that_cannot_be_sent_is_its_own_outcome(serve, tmp_path):
     uris = serve("tests._workers:Mirror").uris
-    with Pool() as pool, pytest.raises(TypeError, match="cannot send task"):
-        pool.dmap(w.Mirror, [1, (threading.Lock(),)], workers=uris, spawn=False)
+    bad = (threading.Lock(),)
+    with Pool() as pool:
+        results = pool.dmap(w.Mirror, [1, bad], workers=uris, spawn=False)
+    assert list(results.errors) == [bad] and isinstance(results[bad], TaskNotSerializable)
+    assert results[1] == 1
 
 
 def test_a_context_reaches_a_worker_class_and_a_function_on_generic_workers(serve):

@@ -12,7 +12,7 @@ from functools import partial
 
 import pytest
 
-from ezpool import Pool, ResultNotSerializable, TaskTimeout, WorkerCrashed
+from ezpool import Pool, ResultNotSerializable, TaskNotSerializable, TaskTimeout, WorkerCrashed
 from ezpool._backends.parallel.backend import available_cpus
 from tests import _helpers as h
 from tests._helpers import process_gone
@@ -109,12 +109,14 @@ def test_an_unpicklable_value_costs_only_its_own_task(parallel_pool):
     assert {n: v for n, v in results.items() if n != 3} == {n: n * 10 for n in range(8) if n != 3}
 
 
-def test_an_unpicklable_task_is_a_type_error_naming_it_before_any_task_runs(parallel_pool, tmp_path):
+def test_an_unpicklable_task_is_its_own_outcome_naming_it_and_the_others_run(parallel_pool, tmp_path):
     lock = threading.Lock()
-    with pytest.raises(TypeError, match="cannot send task") as info:
-        parallel_pool.pmap(partial(h.record_call, str(tmp_path)), [1, 2, (3, lock)], ncpu=2)
-    assert repr((3, lock)) in str(info.value)
-    assert h.calls(tmp_path) == {}
+    results = parallel_pool.pmap(partial(h.record_call, str(tmp_path)), [1, 2, (3, lock)], ncpu=2)
+    assert list(results.errors) == [(3, lock)]
+    error = results[(3, lock)]
+    assert isinstance(error, TaskNotSerializable) and isinstance(error, TypeError)
+    assert repr((3, lock))[:40] in str(error) and f"{lock!r} in it cannot be pickled" in str(error)
+    assert set(h.calls(tmp_path)) == {"1", "2"}
     assert parallel_pool.pmap(h.square, [4], ncpu=2) == {4: 16}
 
 

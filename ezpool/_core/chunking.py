@@ -26,6 +26,7 @@ from .feed import Feed
 from .logs import get_logger
 from .records import Batch, GroupTimes
 from .serialization import Pickled, dumps_tasks
+from .unsendable import pickle_piece
 
 logger = get_logger(__name__)
 
@@ -318,11 +319,12 @@ class Chunk(NamedTuple):
 class ChunkQueue:
     """The tasks of a call that wait to be sent, pickled in pieces, joined on the way out.
 
-    For ``map`` every task is pickled before the first one runs, which is what
-    lets a task that cannot be sent be a ``TypeError`` before any work. For
-    ``imap`` the tasks come from a ``Feed``: the backend calls ``refill`` (in the
-    caller's thread) and pieces are read and pickled as the workers need them,
-    sized by the run times measured so far. Both the parallel and the
+    For ``map`` every task is pickled before the first one runs. For ``imap`` the
+    tasks come from a ``Feed``: the backend calls ``refill`` (in the caller's
+    thread) and pieces are read and pickled as the workers need them, sized by the
+    run times measured so far. A task that cannot be pickled is never sent: it ends
+    as a ``TaskNotSerializable``, a batch ``refill`` returns (``ezpool._core.unsendable``),
+    so that no chunk ever holds it. Both the parallel and the
     distributed backends draw their chunks from here; neither locks it itself
     (the distributed one holds its own lock around every use).
     """
@@ -345,6 +347,7 @@ class ChunkQueue:
         self._pending: deque[Chunk] = deque()
         self._plan: Optional[_Plan] = None  # pieces not yet cut, after those pending (a range's)
         self._undispatched = 0
+        self._unsent: list[Batch] = []  # tasks that cannot be pickled, ended, not yet reported
         self.feed: Optional[Feed] = tasks if isinstance(tasks, Feed) else None
         # A slice of a range cannot fail to pickle, and pickles as three numbers whatever
         # its length: it is pickled once a chunk is taken, whole (see ``take``).
@@ -366,15 +369,23 @@ class ChunkQueue:
             self._plan = plan
         else:
             self._add(plan.rest())
-        self._undispatched = len(tasks)
+        self._undispatched = len(tasks) - len(self._unsent)
 
     def _add(self, pieces: list[tuple[int, int]]) -> None:
         """Queue ``pieces``, pickled now unless the tasks are a range (see ``take``)."""
-        tasks, pickled = self._tasks, not self._range
-        self._pending.extend(
-            Chunk(start, stop, (dumps_tasks(tasks[start:stop]),) if pickled else (), False)
-            for start, stop in pieces
-        )
+        for start, stop in pieces:
+            if self._range:
+                self._pending.append(Chunk(start, stop, (), False))
+            else:
+                self._pickle(start, self._tasks[start:stop])
+
+    def _pickle(self, start: int, tasks: Sequence[Any]) -> int:
+        """Queue ``tasks`` (from position ``start``) pickled, but for those that cannot be
+        (ended in ``_unsent``); how many of them were queued."""
+        pieces, unsent = pickle_piece(tasks, start)
+        self._pending.extend(Chunk(first, stop, (payload,), False) for first, stop, payload in pieces)
+        self._unsent.extend(unsent)
+        return len(tasks) - len(unsent)
 
     def __bool__(self) -> bool:
         return bool(self._pending) or bool(self._plan)
@@ -392,13 +403,13 @@ class ChunkQueue:
     def refill(self) -> list[Batch]:
         """Read and pickle as many tasks from the feed as the workers can use soon.
 
-        Returns the outcomes that were known without running (found in a store),
-        for the backend to report. Raises ``TypeError`` naming a task that cannot
-        be pickled, and whatever the iterable of tasks raises.
+        Returns the outcomes that were known without running (found in a store, or
+        tasks that cannot be pickled), for the backend to report. Raises whatever the
+        iterable of tasks raises.
         """
         feed = self.feed
         if feed is None:
-            return []
+            return self.unsent()
         slots = self.sizer.slots
         piece = self._chunksize or min(self.sizer.limit(math.inf), max(1, feed.limit // (2 * slots)))
         wanted = 2 * slots * piece - self._undispatched
@@ -410,12 +421,16 @@ class ChunkQueue:
                     size = min(piece, math.ceil((stop - start) / slots))
                 for first in range(start, stop, size):
                     last = min(stop, first + size)
-                    self._pending.append(Chunk(first, last, (dumps_tasks(feed[first:last]),), False))
-                    self._undispatched += last - first
+                    self._undispatched += self._pickle(first, feed[first:last])
                     wanted -= last - first
             if not runs:
                 break  # all it read was settled already, or there is no room left
-        return feed.settled()
+        return [*self.unsent(), *feed.settled()] if self._unsent else feed.settled()
+
+    def unsent(self) -> list[Batch]:
+        """The tasks that could not be pickled since the last look, ended (never sent)."""
+        unsent, self._unsent = self._unsent, []
+        return unsent
 
     def take(self) -> Chunk:
         """The next chunk: consecutive pieces adding up to about the right amount of work."""

@@ -372,8 +372,9 @@ class Ledger:
 
     def _split(self, chunk: Chunk, event: Garbled, failed: list[Batch], again: list[Piece]) -> None:
         if chunk.stop - chunk.start > 1:
-            logger.warning("results of tasks %d..%d from %s could not be unpickled here (%s); "
-                           "redoing them one by one", chunk.start, chunk.stop - 1, event.worker, event.error)
+            logger.warning("the answer for tasks %d..%d from %s could not be used (%r: a value could not be "
+                           "unpickled, here or there); redoing them one by one", chunk.start, chunk.stop - 1,
+                           event.worker, event.error)
             again.extend((spot, spot + 1, True) for spot in range(chunk.start, chunk.stop))
             return
         error = ResultNotSerializable(

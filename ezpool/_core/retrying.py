@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union, overload
 
+from ..errors import TaskNotSerializable
 from .feed import Feed, Live
 from .logs import get_logger
 from .records import Batch
@@ -50,9 +51,10 @@ __all__ = ["RetryPolicy", "RetryFeed", "RunStops", "open_retries"]
 #: (unless ``retry_backoff`` itself is longer).
 BACKOFF_CAP = 60.0
 
-#: Exceptions that end a task whatever ``retry_on`` says; so does a task stopped on purpose
-#: (a ``CancelledError``, see ``ezpool._core.stopping``), found by ``_never``.
-_NEVER = (KeyboardInterrupt, SystemExit)
+#: Exceptions that end a task whatever ``retry_on`` says (a task that cannot be sent would
+#: fail again); so does a task stopped on purpose (a ``CancelledError``, see
+#: ``ezpool._core.stopping``), found by ``_never``.
+_NEVER = (KeyboardInterrupt, SystemExit, TaskNotSerializable)
 
 #: The modules whose ``CancelledError`` ends a task (looked up only if already imported:
 #: an instance of one cannot exist otherwise, and importing them costs a cold start).

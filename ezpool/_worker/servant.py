@@ -79,6 +79,7 @@ from .._core.logs import get_logger
 from .._core.records import ChunkCall, ChunkOutcome, Status
 from .._core.serialization import dumps, loads_tasks, record_exception
 from .._core.shipping import fingerprint
+from .._core.unsendable import not_loaded
 from ..errors import TaskTimeout
 from ..worker import BaseWorker
 from .activity import Activity
@@ -251,8 +252,8 @@ class Servant:
                 client_gone = or_leaving(self.leaving, client_gone)
             try:
                 tasks = loads_tasks(call.payloads)
-            except BaseException as exc:
-                return Status.OK, pack_chunk(first, failed_chunk(count, record_exception(exc)))
+            except BaseException as exc:  # the caller runs them again one by one (ezpool._core.unsendable)
+                return Status.OK, pack_chunk(first, failed_chunk(count, record_exception(not_loaded(exc))))
             most, memory = limits_of(call.limits, self._limits)
             recycle = most if self._on_restart is not None else None
             if recycle is not None:  # as many as it may run before it is replaced; the rest go back

@@ -30,6 +30,7 @@ from .._core.recording import Recording, settings_of
 from .._core.records import Batch
 from .._core.stopping import Stops
 from .._core.stream import open_feed, open_sweep, stream
+from ..errors import TaskNotSerializable
 from ..options import Options
 from ._calls import call_failure, describe, failure, run_in_context, run_task, unwrap
 from ._future import CallFuture, settle_future
@@ -333,6 +334,8 @@ class Submitted:
     def failed(self, task: Any, target: Target, first: int, error: BaseException) -> None:
         """A task failed as a whole: a slice of several calls is retried call by call."""
         fn, calls, how = task
+        if isinstance(error, TaskNotSerializable) and len(calls) == 1:
+            error = unpicklable_error(task)  # it names the call, not the tuple it travels in
         if not isinstance(target, MapRun):
             settle_future(target, error=error)
         elif target.cancelled or isinstance(error, concurrent.futures.CancelledError):
@@ -394,8 +397,9 @@ def picklable(task: Any) -> bool:
     return True
 
 
-def unpicklable_error(task: Any) -> TypeError:
+def unpicklable_error(task: Any) -> TaskNotSerializable:
     from .._core.serialization import dumps
+    from .._core.unsendable import ADVICE
 
     fn, calls, how = task
     try:
@@ -403,7 +407,7 @@ def unpicklable_error(task: Any) -> TypeError:
     except Exception as exc:
         args = calls if how is False or isinstance(how, dict) else calls[0] if how is None else (calls[0],)
         what = f"{fn!r} with arguments {args!r}" + (f" and {how!r}" if isinstance(how, dict) else "")
-        error = TypeError(f"cannot send the call of {what} to another process: {exc}")
+        error = TaskNotSerializable(f"cannot send the call of {what} to another process: {exc}. {ADVICE}.")
         error.__cause__ = exc
         return error
-    return TypeError(f"cannot send {fn!r} to another process")
+    return TaskNotSerializable(f"cannot send {fn!r} to another process")

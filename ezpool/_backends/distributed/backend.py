@@ -146,6 +146,7 @@ class DistributedBackend(Backend):
                         "without MODULE:NAME), or load the data in the worker's setup()"
                     )
         if not pending and pending.exhausted:
+            yield from pending.unsent()  # tasks that could not be pickled, if any
             return
         for link in links:
             if link.connection is None:

@@ -237,7 +237,7 @@ class Call:
         if self.work.pending.exhausted:
             with self.work.cond:  # drivers waiting for more input learn there is none (retries)
                 self.work.cond.notify_all()
-            return []
+                return self.work.pending.unsent()  # tasks that could not be pickled, if any
         with self.work.cond:
             settled = self.work.pending.refill()
             self.work.cond.notify_all()

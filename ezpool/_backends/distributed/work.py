@@ -38,8 +38,8 @@ from ..._core.logs import get_logger
 from ..._core.recording import Recording
 from ..._core.records import Batch, ChunkReply, run_time
 from ..._core.relay import capture_level
-from ..._core.serialization import rebuild
 from ..._core.shipping import Shipment
+from ..._core.unsendable import rebuild_answer
 from ...errors import WorkerCrashed
 from ...options import Options
 
@@ -280,8 +280,9 @@ class Work:
                 event = Garbled(driver.name, exc)
             else:
                 event = Answered(len(answer.values))
-                for offset, record in answer.failures.items():
-                    answer.values[offset] = rebuild(record)
+                unloaded = rebuild_answer(answer, self.ledger.tasks, driver.name)
+                if unloaded is not None:  # its tasks could not be unpickled there: each runs again alone
+                    event, answer = Garbled(driver.name, unloaded), None
         decided = event  # (what the answer turned out to be)
 
         def decide() -> list[Settlement]:

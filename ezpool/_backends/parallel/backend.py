@@ -66,12 +66,12 @@ from ..._core.parcels import Parcel, Shelf
 from ..._core.recording import Recording
 from ..._core.records import Batch, ChunkReply, run_time
 from ..._core.relay import capture_level
-from ..._core.serialization import rebuild
+from ..._core.unsendable import rebuild_answer
 from ...errors import EzPoolError, WorkerCrashed
 from ...options import Options
 from ..base import Backend
 from .control import CallLimits, CallStops
-from .processes import STOP_GRACE, WorkerProcess, preload, stop_with
+from .processes import STOP_GRACE, WorkerProcess, preload, stop_if_unguarded, stop_with
 from .sending import Waker, forget, main_functions, publish, send_request, sent_reply
 
 if TYPE_CHECKING:
@@ -122,6 +122,7 @@ class ParallelBackend(Backend):
         if not callable(fun):
             raise TypeError(f"fun must be callable, got {fun!r}")
         ncpu = options.ncpu or available_cpus()
+            yield from pending.unsent()  # tasks that could not be pickled, if any
         pending = ChunkQueue(tasks, ncpu, options.chunksize, depth=_DEPTH)
         if not pending and pending.exhausted:
             return
@@ -350,13 +351,14 @@ class _Call:
         chunk = claim.chunk
         try:
             answer = ChunkReply.decode(reply)
+        values = answer.values
+        unloaded = rebuild_answer(answer, self.ledger.tasks, proc.name)
+        if unloaded is not None:  # its tasks could not be unpickled there: each runs again alone
+            return self._apply([self.ledger.settle(proc, chunk, Garbled(proc.name, unloaded))])
         except Exception as exc:
             return self._apply([self.ledger.settle(proc, chunk, Garbled(proc.name, exc))])
         settled = self.ledger.settle(proc, chunk, Answered(len(answer.values)))
         proc.ran += len(answer.values)
-        values = answer.values
-        for offset, record in answer.failures.items():
-            values[offset] = rebuild(record)
         self.sizer.record(answer.times, reply_bytes=len(reply))
         batch = Batch(answer.first, values, answer.times, set(answer.failures), proc.name, answer.outputs)
         batch.origin = getattr(answer.times, "origin", None)
@@ -469,6 +471,7 @@ class _Call:
         Its chunks go back whole. If fresh processes keep dying like that while none
         has served anything, the call stops with one clear error instead of
         starting two processes per task.
+        stop_if_unguarded(proc, self.backend._context.get_start_method())
         """
         self.stillborn += 1
         served = any(other.served for other in self.backend._processes)

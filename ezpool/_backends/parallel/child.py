@@ -15,6 +15,7 @@ from ..._core.logs import get_logger
 from ..._core.parcels import Loader
 from ..._core.records import ChunkRequest, TaskOutput
 from ..._core.serialization import loads, loads_tasks, record_exception
+from ..._core.unsendable import not_loaded
 from ..._worker.memory import MemoryWatch, blame_last
 from ..._worker.running import failed_chunk, pack_chunk, run_chunk, run_chunk_captured
 from . import pipes
@@ -74,12 +75,13 @@ def main(conn: Connection, mark_buffer: Any, parent_pid: int) -> None:
             functions.receive(parcel)
             parcel = None
         outputs: dict[int, TaskOutput] = {}
+        fun = None
         try:
             fun = functions.get(fid)
             tasks = loads_tasks(pieces)
             pieces = []  # their pickles go while the tasks run: one copy of a big argument
-        except Exception as exc:
-            outcome = failed_chunk(stop - first, record_exception(exc))
+        except Exception as exc:  # the tasks: the caller runs them again one by one
+            outcome = failed_chunk(stop - first, record_exception(exc if fun is None else not_loaded(exc)))
         else:
             if watch is not None:
                 watch.begin()

@@ -31,23 +31,26 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import multiprocessing.process
 import os
 import sys
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import DupFd
 from multiprocessing.util import Finalize
 from time import monotonic, perf_counter
+from types import FrameType
 from typing import Any, Optional
 
 from ..._core.deaths import MemoryWitness
 from ..._core.logs import get_logger
 from ..._core.records import read_mark
 from ..._core.serialization import dumps
+from ...errors import MainNotGuarded
 from . import child, pipes
 
 logger = get_logger(__name__)
 
-__all__ = ["STOP_GRACE", "WorkerProcess", "preload", "stop_all", "stop_with"]
+__all__ = ["STOP_GRACE", "WorkerProcess", "preload", "stop_all", "stop_if_unguarded", "stop_with"]
 
 #: Seconds to wait for processes to leave after being asked, before killing them.
 STOP_GRACE = 2.0
@@ -59,6 +62,47 @@ _EXIT_PRIORITY = 10
 #: Bytes of a mark: two signed 64-bit integers (what runs; the size past ``max_memory``).
 _MARK_BYTES = 16
 
+#: The exit status of a worker process (or fork server) that, while it started, ran the
+#: main module again and met a pool's call there: a script whose work is not under
+#: ``if __name__ == "__main__":`` (see ``leave_if_starting``).
+UNGUARDED_EXIT = 87
+
+
+def leave_if_starting() -> None:
+    """End this process at once, quietly, with ``UNGUARDED_EXIT``, if it is a worker process
+    (or a fork server) still starting: ``spawn`` and ``forkserver`` run the main module again
+    there (``multiprocessing`` marks that phase ``_inheriting``), and a pool's call met on the
+    way must not start processes of its own. It prints nothing (what the script wrote to
+    ``sys.stdout`` on the way is never flushed): the caller sees the status, and says why
+    (``not_guarded``). ``os._exit``, as a fork server's child would turn ``SystemExit`` into 1."""
+    if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+        os._exit(UNGUARDED_EXIT)
+
+
+def stop_if_unguarded(proc: WorkerProcess, start_method: str) -> None:
+    """Raise ``MainNotGuarded`` if ``proc``, which died before running anything, left with
+    ``UNGUARDED_EXIT``: the fix in one line, and that process's fate in another, at the line
+    of the main script where this process is (the worker met the same)."""
+    if proc.process.exitcode != UNGUARDED_EXIT:
+        return
+    import linecache
+
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None) or "the main script"
+    where = ""
+    frame: Optional[FrameType] = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals is getattr(main, "__dict__", None) and frame.f_code.co_name == "<module>":
+            line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+            where = f", line {frame.f_lineno}: {line}"
+            break
+        frame = frame.f_back
+    raise MainNotGuarded(
+        f"worker processes cannot start: the {start_method!r} start method runs the main script again "
+        f"in each, and its work starts a pool there. Put that work under if __name__ == \"__main__\":\n"
+        f"  the first worker process, pid {proc.process.pid}, left before running any task at {script}{where}"
+    )
+
 
 class WorkerProcess:
     """One worker process, seen from the calling process."""
@@ -67,6 +111,7 @@ class WorkerProcess:
                  "ran", "limit")
 
     def __init__(self, context: Any) -> None:
+        leave_if_starting()  # a spawned process running an unguarded main script: never start more
         self.born = perf_counter()  # when it was started (``time.perf_counter``), for the timeline
         parent_end, child_end = context.Pipe(duplex=True)
         buffer, sent = _shared_mark(context)
