@@ -439,7 +439,7 @@ def _replace_process(argv: list[str]) -> None:
     (``ezpool._worker.launch``)."""
     from ._worker.launch import serve_command, worker_env
 
-    logger.warning("restarting: a fresh process replaces this one (see above why)")
+    logger.info("restarting: a fresh process replaces this one (see above why)")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, serve_command(argv), worker_env(os.environ, sys.path))

@@ -282,7 +282,7 @@ def test_sklearn_grid_on_workers_it_starts_itself() -> None:
     with no_servers_left(*ports):
         assert done.returncode == 0, done.stderr
         assert len(ports) == 2
-        assert done.stderr.count("starting one there for this pool") == 2, done.stderr
+        assert "starting one there" not in done.stderr, done.stderr  # as asked: news at INFO
         assert "18 fits in" in done.stdout and "(distributed)" in done.stdout
         assert SKLEARN_BEST in done.stdout, done.stdout
         deadline = time.monotonic() + 10

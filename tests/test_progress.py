@@ -135,6 +135,7 @@ _LOGGING_SCRIPT = textwrap.dedent(
     from ezpool import Pool
     from tests._helpers import square
 
+    logging.getLogger("ezpool").setLevel(logging.INFO)  # to hear of the worker the pool starts
     with Pool(progress=True, msg="Label") as pool:
         pool.dmap(square, range(20), workers=[sys.argv[1]], spawn=True)  # logs that it starts one
     logging.getLogger("ezpool.test").warning("after the bar: handlers %s", logging.getLogger().handlers)

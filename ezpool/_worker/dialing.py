@@ -379,7 +379,7 @@ def _restart(args: Any, key: Optional[bytes], dialer: Dialer) -> None:
             argv.append(arg)
     if args.connect == "-":
         argv[argv.index("-", argv.index("--connect"))] = getattr(args, "connect_line", "")
-    logger.warning("restarting: a fresh process replaces this one (see above why)")
+    logger.info("restarting: a fresh process replaces this one (see above why)")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, serve_command(argv), env)

@@ -276,7 +276,7 @@ class Servant:
         if outcome is None or job.stopped:  # a client stopped it: the process restarts, no answer
             return Status.GONE, b""
         if job.recycle is not None and self._ran >= job.recycle and job.over is None:
-            logger.warning("this process ran %d tasks, its max_tasks_per_worker: restarting", self._ran)
+            logger.info("this process ran %d tasks, its max_tasks_per_worker: restarting", self._ran)
             self._restart()
         ran = len(outcome.values)  # a timed-out chunk answers for fewer tasks than the runner holds
         self.leaving.ran(ran, time.monotonic() - began)
@@ -332,7 +332,7 @@ class Servant:
             if position >= 0 and position - first < len(job.values):
                 return False
             job.stopped = job.cancel = True
-        logger.warning("a client stops the chunk from task %d, which runs here: restarting", first)
+        logger.info("a client stops the chunk from task %d, which runs here: restarting", first)
         self._restart()
         with contextlib.suppress(OSError):
             os.write(self._wake_write, b"\0")

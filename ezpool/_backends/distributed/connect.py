@@ -26,7 +26,7 @@ from ...errors import WorkerUnavailable
 from ...options import DEFAULT_WORKER
 from ...security import KEY_ENV, is_loopback_host, only_here
 from ...worker import BaseWorker
-from .links import Link
+from .links import Link, LinkEvent
 
 logger = get_logger(__name__)
 
@@ -203,9 +203,11 @@ def rejoin(
             unfit = unfit_for(info, name, code)
             if not unfit:
                 replaced = info["identity"] != link.identity
+                # Back from a restart it was asked for (max_tasks_per_worker, a stop): no news.
+                say = logger.info if link.lost_by is LinkEvent.RESTARTING else logger.warning
                 link.admit(info)
-                logger.warning("worker %s answers again%s; it gets work again",
-                               link.text, " (a new process)" if replaced else "")
+                say("worker %s answers again%s; it gets work again",
+                    link.text, " (a new process)" if replaced else "")
                 return True
             if unfit != wrong:
                 wrong = unfit
@@ -254,7 +256,7 @@ def start_worker(link: Link) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Start a generic ``ezpool.serve`` at ``link``'s local address, with the current directory
     off its import path (``ezpool._worker.launch``); its process and hello."""
     uri = link.address
-    logger.warning("no worker answers at %s: starting one there for this pool", link.text)
+    logger.info("no worker answers at %s: starting one there for this pool", link.text)  # as asked
     link.process = None  # an earlier one's death is no news about this one
     command = serve_command(["--host", str(uri.host), "--port", str(uri.port), "--name", str(uri.object),
                              "--parent-pid", str(os.getpid())])

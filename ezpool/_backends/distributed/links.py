@@ -109,6 +109,7 @@ class Link:
         self.loaded: set[str] = set()  # ids of the code a generic worker has loaded
         self.state = State.NEW
         self.reason = ""
+        self.lost_by: Optional[LinkEvent] = None  # the event that made it LOST
         self.since = time.monotonic()  # when it entered its state
         self.alive_at = self.since  # the latest proof of life seen while RUNNING
         self.pinging: Any = None  # the watcher's check in flight, if any
@@ -145,6 +146,7 @@ class Link:
             if changed or (after is State.LOST and reason):  # a lost worker's latest news counts
                 self.state, self.since = after, now
                 self.reason = reason if after is State.LOST else ""
+                self.lost_by = event if after is State.LOST else None
             if event in (LinkEvent.SENT, LinkEvent.ANSWERED):
                 self.alive_at = now
             if event is LinkEvent.LEFT:
