@@ -19,6 +19,7 @@ __all__ = [
     "StoreMismatch",
     "ClusterError",
     "WorkerOutOfMemory",
+    "IgnoredOptionWarning",
 ]
 
 
@@ -48,7 +49,6 @@ class WorkerCrashed(EzPoolError):
     """The process running a task died before the task finished."""
 
 
-class WorkerUnavailable(EzPoolError):
 class MainNotGuarded(WorkerCrashed, SystemExit):
     """Worker processes could not start: the ``spawn`` or ``forkserver`` start method ran the
     main script again in them, and its work, not under ``if __name__ == "__main__":``, met a
@@ -60,6 +60,7 @@ class MainNotGuarded(WorkerCrashed, SystemExit):
         self.code = message
 
 
+class WorkerUnavailable(EzPoolError):
     """A worker could not be reached, or serves something other than what was asked."""
 
 
@@ -71,12 +72,12 @@ class ResultNotSerializable(EzPoolError, TypeError):
     """A task finished but its value could not be sent back to the calling process."""
 
 
-class AuthenticationError(EzPoolError):
 class TaskNotSerializable(EzPoolError, TypeError):
     """A task could not be sent to a worker process (pickled here, or unpickled there):
     it is that task's outcome, and the other tasks of the call run."""
 
 
+class AuthenticationError(EzPoolError):
     """A worker and a client do not share the same HMAC key (or one of them has none)."""
 
 
@@ -126,3 +127,8 @@ class WorkerOutOfMemory(EzPoolError, MemoryError):
         # exceptions by calling cls.__new__ (tblib's, installed by dask.distributed) would
         # find first, refuses to make an instance of a class whose layout is Exception's.
         return Exception.__new__(cls, *args)
+
+
+class IgnoredOptionWarning(EzPoolError, UserWarning):
+    """A warning: a call was given an option its mode has no use for (``Pool().map(f, xs,
+    ncpu=4)`` runs serially); the message names the option and the mode that uses it."""

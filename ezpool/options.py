@@ -465,12 +465,11 @@ def _rebuild(values: dict[str, Any]) -> Options:
 
 
 def unknown_option(name: str) -> TypeError:
-    """The error for a keyword that is no option, suggesting the closest one."""
-    import difflib  # only to suggest a name for a mistyped one
+    """The error for a keyword that is no option: what EzPool calls it where it is another
+    library's name (``processes``: ``ncpu``), else the closest option (see ezpool._core.vocabulary)."""
+    from ._core.vocabulary import unknown
 
-    close = difflib.get_close_matches(name, OPTIONS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return TypeError(f"unknown option {name!r}{hint} (options: {', '.join(sorted(OPTIONS))})")
+    return unknown(name, OPTIONS)
 
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import _backends as backends
+from ._core.advice import DEFAULT_MODE, Advice
 from ._core.logs import get_logger
 from ._core.stream import (
     open_outcomes,
@@ -62,8 +63,9 @@ class Pool:
     and workers it started.
     """
 
-    def __init__(self, mode: str = "serial", **options: Unpack[PoolOptions]) -> None:
-        self.mode = backends.check_mode(mode)
+    def __init__(self, mode: str = DEFAULT_MODE, **options: Unpack[PoolOptions]) -> None:
+        self.mode = backends.check_mode(str(mode))
+        self._advice = Advice(mode, options)  # what each call is told before it starts
         self.options = Options(**options)
         self._backends: dict[str, backends.Backend] = {}
         self._closed = False
@@ -82,14 +84,18 @@ class Pool:
         """Run ``fun`` over ``tasks`` in the pool's mode; the ``Results``.
 
         ``ncpu`` is used by the parallel mode and ``workers`` by the distributed
-        one; each mode ignores what it has no use for."""
-        return self._map(self.mode, fun, tasks, _with(options, ncpu=ncpu, workers=workers))
+        one; each mode ignores what it has no use for, without a word where the pool
+        was given its mode (given none, it runs serially and warns of them)."""
+        given = _with(options, ncpu=ncpu, workers=workers)
+        self._advice.check("map", self.mode, fun, tasks, given)
+        return self._map(self.mode, fun, tasks, given)
 
     @described(SerialOptions)
     def smap(
         self, fun: Callable[..., R], tasks: Iterable[Hashable], **options: Unpack[SerialOptions]
     ) -> Results[R]:
         """Run ``fun`` over ``tasks`` one after the other, in this process."""
+        self._advice.check("smap", _SERIAL, fun, tasks, options)
         return self._map(_SERIAL, fun, tasks, dict(options))
 
     @described(ThreadOptions)
@@ -104,7 +110,9 @@ class Pool:
         as ``concurrent.futures.ThreadPoolExecutor`` would start): for tasks that wait on I/O,
         and on a free-threaded Python for pure-Python work too. A running thread cannot be
         stopped: ``timeout`` gives the task ``TaskTimeout`` and lets its thread run on."""
-        return self._map(_THREADS, fun, tasks, _with(options, nthreads=nthreads))
+        given = _with(options, nthreads=nthreads)
+        self._advice.check("tmap", _THREADS, fun, tasks, given)
+        return self._map(_THREADS, fun, tasks, given)
 
     @described(ParallelOptions)
     def pmap(
@@ -119,7 +127,9 @@ class Pool:
 
         ``fun`` may be a lambda, a closure or a function defined in ``__main__``. The
         processes live as long as the pool, so later calls reuse them."""
-        return self._map(_PARALLEL, fun, tasks, _with(options, ncpu=ncpu))
+        given = _with(options, ncpu=ncpu)
+        self._advice.check("pmap", _PARALLEL, fun, tasks, given)
+        return self._map(_PARALLEL, fun, tasks, given)
 
     @described(DistributedOptions)
     def dmap(
@@ -132,7 +142,9 @@ class Pool:
         """Run ``fun`` (a ``BaseWorker`` subclass, or a function) on distributed workers.
 
         ``workers`` are URIs such as ``'PYRO:worker@localhost:21000'``."""
-        return self._map(_DISTRIBUTED, fun, tasks, _with(options, workers=workers))
+        given = _with(options, workers=workers)
+        self._advice.check("dmap", _DISTRIBUTED, fun, tasks, given)
+        return self._map(_DISTRIBUTED, fun, tasks, given)
 
     @described(ImapOptions)
     def imap(
@@ -155,7 +167,9 @@ class Pool:
         in its body, stops the work. The arguments and options are those of ``map``."""
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be True or False, got {ordered!r}")
-        settings = self._settings(_with(options, ncpu=ncpu, workers=workers))
+        given = _with(options, ncpu=ncpu, workers=workers)
+        self._advice.check("imap", self.mode, fun, tasks, given)
+        settings = self._settings(given)
         mode = self.mode
         return open_outcomes(lambda: self._backend(mode), lambda: self._workers(mode, settings), fun, tasks,
                              settings, ordered)
@@ -174,7 +188,9 @@ class Pool:
         work, running tasks included."""
         from ._aio import amap
 
-        return await amap(self, self.mode, fun, tasks, _with(options, ncpu=ncpu, workers=workers))
+        given = _with(options, ncpu=ncpu, workers=workers)
+        self._advice.check("amap", self.mode, fun, tasks, given)
+        return await amap(self, self.mode, fun, tasks, given)
 
     @described(ImapOptions)
     def aimap(
@@ -192,7 +208,9 @@ class Pool:
         or cancelling the task that runs it, stops the work."""
         from ._aio import aimap
 
-        return aimap(self, self.mode, fun, tasks, ordered, _with(options, ncpu=ncpu, workers=workers))
+        given = _with(options, ncpu=ncpu, workers=workers)
+        self._advice.check("aimap", self.mode, fun, tasks, given)
+        return aimap(self, self.mode, fun, tasks, ordered, given)
 
     def executor(self, **options: Unpack[PoolOptions]) -> PoolExecutor:
         """A ``concurrent.futures.Executor`` in this pool's mode, with its options (and

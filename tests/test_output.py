@@ -22,6 +22,7 @@ import tqdm
 from ezpool import Pool, Results, TaskTimeout
 from ezpool._core.records import ChunkReply
 from ezpool._worker.running import pack_chunk, run_chunk_captured
+from ezpool.errors import IgnoredOptionWarning
 from tests import _helpers as h
 from tests.conftest import free_port
 
@@ -138,7 +139,8 @@ def test_a_worker_started_with_serve_sends_output_back_and_keeps_it_for_tasks_th
 
 
 def test_the_serial_mode_ignores_the_option_its_tasks_write_here(capsys):
-    with Pool() as pool:
+    ignored = "smap runs the 'serial' mode, which ignores capture_output=True"
+    with Pool() as pool, pytest.warns(IgnoredOptionWarning, match=ignored):
         assert pool.smap(h.chatty, ["h"], capture_output=True) == {"h": "h"}
     out, err = capsys.readouterr()
     assert out == "out h\n" and err == "err h\n"

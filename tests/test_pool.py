@@ -12,6 +12,7 @@ import pytest
 
 import ezpool
 from ezpool import EzPool, Pool
+from ezpool.errors import IgnoredOptionWarning
 from tests import _helpers as h
 
 
@@ -140,7 +141,7 @@ def test_importing_ezpool_does_not_import_pyro4(core_python, core_child_env):
 
 
 def test_the_serial_mode_accepts_a_timeout_and_lets_the_task_finish():
-    with Pool(progress=False) as pool:
+    with Pool(progress=False) as pool, pytest.warns(IgnoredOptionWarning, match="ignores timeout=0.05"):
         assert pool.smap(h.nap, [0.2], timeout=0.05) == {0.2: 0.2}
 
 

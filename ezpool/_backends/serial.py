@@ -50,8 +50,6 @@ class SerialBackend(Backend):
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
         record: Recording, stops: Optional[Stops] = None,
     ) -> Generator[Batch, None, None]:
-        if not callable(fun):
-            raise TypeError(f"fun must be callable, got {fun!r}")
         if options.timeout is not None:
             logger.debug("serial mode cannot stop a running task; timeout=%s ignored", options.timeout)
         if options.capture_output:

@@ -80,8 +80,6 @@ class ThreadBackend(Backend):
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
         record: Recording, stops: Optional[Stops] = None,
     ) -> Generator[Batch, None, None]:
-        if not callable(fun):
-            raise TypeError(f"fun must be callable, got {fun!r}")
         if options.capture_output:
             logger.debug("threads mode: tasks write here directly (one sys.stdout for every thread); "
                          "capture_output ignored")

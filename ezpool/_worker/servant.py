@@ -92,7 +92,7 @@ from .running import failed_chunk, pack_chunk
 
 logger = get_logger(__name__)
 
-__all__ = ["Servant", "served_name", "GENERIC"]
+__all__ = ["Servant", "served_name", "serving_hint", "GENERIC"]
 
 #: What a generic worker says it serves: whatever a client sends.
 GENERIC = "*"
@@ -107,6 +107,12 @@ _WATCH_MOST = 0.5
 def served_name(target: Any) -> str:
     """The name a worker answers to: the class's or function's qualified name."""
     return str(getattr(target, "__qualname__", getattr(target, "__name__", repr(target))))
+
+
+def serving_hint(served: str) -> str:
+    """What a client that sent other code to a worker serving only ``served`` can do."""
+    return (f"give {served} itself as fun, or start a generic worker (python -m ezpool.serve with "
+            "no MODULE:NAME), which runs any function sent to it")
 
 
 def _process() -> dict[str, Any]:
@@ -179,7 +185,7 @@ class Servant:
     def load(self, fid: str, blob: bytes) -> tuple[str, bytes]:
         """Keep the function in a shipment under ``fid``; ``(ERROR, record)`` if it cannot load."""
         if self._pinned:
-            refused = TypeError(f"this worker serves only {self._name!r}")
+            refused = TypeError(f"this worker serves only {self._name!r}: {serving_hint(self._name)}")
             return Status.ERROR.value, dumps(record_exception(refused))
         try:
             self._library.load(fid, blob)

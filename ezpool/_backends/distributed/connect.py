@@ -21,11 +21,10 @@ from ... import _pyro
 from ..._core.deaths import Watched
 from ..._core.logs import get_logger
 from ..._worker.launch import serve_command, worker_env
-from ..._worker.servant import GENERIC, served_name
+from ..._worker.servant import GENERIC, served_name, serving_hint
 from ...errors import WorkerUnavailable
 from ...options import DEFAULT_WORKER
 from ...security import KEY_ENV, is_loopback_host, only_here
-from ...worker import BaseWorker
 from .links import Link, LinkEvent
 
 logger = get_logger(__name__)
@@ -147,10 +146,8 @@ def _wrong_name(link: Link, timeout: float) -> str:
 
 
 def name_of(fun: Any) -> str:
-    """The name a worker serving ``fun`` answers to; ``TypeError`` if it cannot be served."""
-    is_worker = isinstance(fun, type) and issubclass(fun, BaseWorker)
-    if not is_worker and (isinstance(fun, type) or not callable(fun)):
-        raise TypeError(f"fun must be a BaseWorker subclass or a function to serve, got {fun!r}")
+    """The name a worker serving ``fun`` (a function or a ``BaseWorker`` subclass, as the
+    ``Pool`` checked) answers to."""
     return served_name(fun)
 
 
@@ -164,7 +161,7 @@ def fits(info: dict[str, Any], name: str, code: str) -> Optional[str]:
     if serves == GENERIC:
         return None
     if serves != name:
-        return f"it serves {serves!r}, not {name!r}"
+        return f"it serves {serves!r}, not {name!r}: {serving_hint(str(serves))}"
     if info.get("fingerprint") and code and info["fingerprint"] != code:
         return (
             f"it runs other code for {name!r} than this client (was the code changed after the "

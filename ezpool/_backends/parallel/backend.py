@@ -119,12 +119,10 @@ class ParallelBackend(Backend):
         self, fun: Callable[..., Any], tasks: Sequence[Any], options: Options, per_task: bool,
         record: Recording, stops: Optional[Stops] = None,
     ) -> Generator[Batch, None, None]:
-        if not callable(fun):
-            raise TypeError(f"fun must be callable, got {fun!r}")
         ncpu = options.ncpu or available_cpus()
-            yield from pending.unsent()  # tasks that could not be pickled, if any
         pending = ChunkQueue(tasks, ncpu, options.chunksize, depth=_DEPTH)
         if not pending and pending.exhausted:
+            yield from pending.unsent()  # tasks that could not be pickled, if any
             return
         # A forked process inherits what pickling the function imported (cloudpickle),
         # so fork after it; a spawned one boots for a while, so pickle meanwhile.
@@ -351,12 +349,12 @@ class _Call:
         chunk = claim.chunk
         try:
             answer = ChunkReply.decode(reply)
+        except Exception as exc:
+            return self._apply([self.ledger.settle(proc, chunk, Garbled(proc.name, exc))])
         values = answer.values
         unloaded = rebuild_answer(answer, self.ledger.tasks, proc.name)
         if unloaded is not None:  # its tasks could not be unpickled there: each runs again alone
             return self._apply([self.ledger.settle(proc, chunk, Garbled(proc.name, unloaded))])
-        except Exception as exc:
-            return self._apply([self.ledger.settle(proc, chunk, Garbled(proc.name, exc))])
         settled = self.ledger.settle(proc, chunk, Answered(len(answer.values)))
         proc.ran += len(answer.values)
         self.sizer.record(answer.times, reply_bytes=len(reply))
@@ -471,9 +469,9 @@ class _Call:
         Its chunks go back whole. If fresh processes keep dying like that while none
         has served anything, the call stops with one clear error instead of
         starting two processes per task.
-        stop_if_unguarded(proc, self.backend._context.get_start_method())
         """
         self.stillborn += 1
+        stop_if_unguarded(proc, self.backend._context.get_start_method())
         served = any(other.served for other in self.backend._processes)
         if not served and self.stillborn >= max(2, len(self.backend._processes)):
             raise WorkerCrashed(
