@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import os
-import select
 import sys
 from typing import Any, Callable, TypeVar, cast
 
@@ -61,6 +60,8 @@ def stdout_line(line: str) -> None:
 
 def stdout_closed() -> bool:
     """Whether stdout is a pipe (or socket) whose reading end is gone."""
+    import select  # only once a write failed
+
     try:
         descriptor = sys.stdout.fileno()
         poll = select.poll()
