@@ -264,10 +264,13 @@ class _Timed(TypedDict, total=False):
         _seconds)]
 
 
-class _Processes(_Timed, total=False):
+class _Chunked(TypedDict, total=False):
     chunksize: Annotated[Optional[int], Option(
-        None, "tasks sent to a worker at a time (None: sized from the run times measured, shrinking "
-        "towards the end so that no worker idles)", _count)]
+        None, "tasks handed to a worker (or a thread) at a time (None: sized from the run times "
+        "measured, shrinking towards the end so that no worker idles)", _count)]
+
+
+class _Processes(_Timed, _Chunked, total=False):
     max_attempts: Annotated[int, Option(
         2, "how many times a task is tried when the process running it dies", _needed_count)]
     capture_output: Annotated[bool, Option(
@@ -279,7 +282,7 @@ class _Limits(TypedDict, total=False):
     max_tasks_per_worker: Annotated[Optional[int], Option(
         None, "replace a worker process after it ran this many tasks (None: never)", _count)]
     max_memory: Annotated[Optional[int], Option(
-        None, "a worker process whose resident memory passes this (bytes, or '2GiB', '500MB') fails "
+        None, "a worker process whose own resident memory passes this (bytes, or '2GiB', '500MB') fails "
         "its task with WorkerOutOfMemory and is replaced (None: no limit)", parse_memory)]
 
 
@@ -352,7 +355,7 @@ class SerialOptions(_Every, total=False):
     """The options of ``smap``: the serial mode."""
 
 
-class ThreadOptions(_Every, _Timed, total=False):
+class ThreadOptions(_Every, _Timed, _Chunked, total=False):
     """The options of ``tmap``: the threads mode (its ``nthreads`` is a parameter of its own)."""
 
 
