@@ -20,6 +20,7 @@ from ._core.stream import (
 )
 from ._core.summary import warn_failures
 from ._core.tasks import unique_tasks
+from ._core.vocabulary import known_by_other_names
 from .options import (
     DistributedOptions,
     ImapOptions,
@@ -72,6 +73,7 @@ class Pool:
         if self.mode == _DISTRIBUTED:  # workers that dial in may start joining now
             self._backend(_DISTRIBUTED).prepare(self.options)
 
+    @known_by_other_names
     @described(MapOptions)
     def map(
         self,
@@ -90,6 +92,7 @@ class Pool:
         self._advice.check("map", self.mode, fun, tasks, given)
         return self._map(self.mode, fun, tasks, given)
 
+    @known_by_other_names
     @described(SerialOptions)
     def smap(
         self, fun: Callable[..., R], tasks: Iterable[Hashable], **options: Unpack[SerialOptions]
@@ -98,6 +101,7 @@ class Pool:
         self._advice.check("smap", _SERIAL, fun, tasks, options)
         return self._map(_SERIAL, fun, tasks, dict(options))
 
+    @known_by_other_names
     @described(ThreadOptions)
     def tmap(
         self,
@@ -114,6 +118,7 @@ class Pool:
         self._advice.check("tmap", _THREADS, fun, tasks, given)
         return self._map(_THREADS, fun, tasks, given)
 
+    @known_by_other_names
     @described(ParallelOptions)
     def pmap(
         self,
@@ -131,6 +136,7 @@ class Pool:
         self._advice.check("pmap", _PARALLEL, fun, tasks, given)
         return self._map(_PARALLEL, fun, tasks, given)
 
+    @known_by_other_names
     @described(DistributedOptions)
     def dmap(
         self,
@@ -146,6 +152,7 @@ class Pool:
         self._advice.check("dmap", _DISTRIBUTED, fun, tasks, given)
         return self._map(_DISTRIBUTED, fun, tasks, given)
 
+    @known_by_other_names
     @described(ImapOptions)
     def imap(
         self,
@@ -174,6 +181,7 @@ class Pool:
         return open_outcomes(lambda: self._backend(mode), lambda: self._workers(mode, settings), fun, tasks,
                              settings, ordered)
 
+    @known_by_other_names
     @described(MapOptions)
     async def amap(
         self,
@@ -192,6 +200,7 @@ class Pool:
         self._advice.check("amap", self.mode, fun, tasks, given)
         return await amap(self, self.mode, fun, tasks, given)
 
+    @known_by_other_names
     @described(ImapOptions)
     def aimap(
         self,

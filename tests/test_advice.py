@@ -20,6 +20,7 @@ import pytest
 from ezpool import Options, Pool, WorkerUnavailable
 from ezpool.errors import IgnoredOptionWarning
 from tests import _helpers as h
+from tests._workers import Square
 from tests.conftest import REPO_ROOT
 
 URI = "PYRO:worker@127.0.0.1:1"  # never dialled: the warnings come before any work
@@ -274,6 +275,34 @@ def test_what_is_no_function_is_refused_in_every_mode_by_the_pool():
                 getattr(pool, method)(5, [1])
         with pytest.raises(TypeError, match=r"^fun must be a BaseWorker subclass or a function to serve"):
             pool.dmap(dict, [1], workers=[URI])
+    assert not _children()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["map", "smap", "pmap", "imap", "amap", "aimap"])
+def test_fun_and_tasks_under_other_librarys_names_are_named(method):
+    with Pool(progress=False) as pool, pytest.raises(TypeError) as info:
+        call = getattr(pool, method)(func=h.square, iterable=range(3))
+        if method == "amap":
+            asyncio.run(call)
+    assert str(info.value) == (
+        f"{method}() takes fun and tasks, not func=..., iterable=...: pool.{method}(fun, tasks), "
+        f"or pool.{method}(fun=..., tasks=...)"
+    )
+    with Pool(progress=False) as pool:  # EzPool's own names, as keywords, still do
+        assert pool.map(fun=h.square, tasks=range(3)) == {0: 0, 1: 1, 2: 4}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("method", ["map", "smap", "tmap", "pmap"])
+def test_a_worker_class_given_to_a_mode_that_calls_functions_is_refused_before_any_work(method):
+    with Pool(progress=False) as pool, pytest.raises(TypeError) as info:
+        getattr(pool, method)(Square, range(3))
+    mode = {"map": "serial", "smap": "serial", "tmap": "threads", "pmap": "parallel"}[method]
+    assert str(info.value) == (
+        f"fun is Square, a BaseWorker class, which only the distributed mode serves; the {mode!r} "
+        f"mode calls a function: give Square().run, or the function its run calls"
+    )
     assert not _children()
 
 

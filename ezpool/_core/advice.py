@@ -59,11 +59,10 @@ def _names(group: type) -> frozenset[str]:
     return frozenset(group.__annotations__)
 
 
-#: The options each mode uses: its group's, and its own count. The threads mode also sizes
-#: its runs with ``chunksize``, which ``ThreadOptions`` does not list.
+#: The options each mode uses: its group's, and its own count.
 USES: dict[str, frozenset[str]] = {
     SERIAL: _names(SerialOptions),
-    THREADS: _names(ThreadOptions) | {"nthreads", "chunksize"},
+    THREADS: _names(ThreadOptions) | {"nthreads"},
     PARALLEL: _names(ParallelOptions) | {"ncpu"},
     DISTRIBUTED: _names(DistributedOptions) | {"workers"},
 }
@@ -95,7 +94,8 @@ class Advice:
 
     def check(self, method: str, mode: str, fun: Any, tasks: Any, given: Mapping[str, Any]) -> None:
         """Check a call of ``method`` (``"map"``, ``"pmap"``, ...) that runs ``mode``, before it starts;
-        to be called from the method itself, so that a warning points at its caller's line."""
+        to be called from the method itself (under ``known_by_other_names``), so that a warning
+        points at its caller's line."""
         alone = _MODE_OF.get(method)
         # map in a mode the pool was given says nothing of other modes' options: they are its switch
         uses: Set[str] = USES[alone or SERIAL] if alone is not None or not self._stated else OPTIONS.keys()
@@ -119,7 +119,7 @@ class Advice:
                 lead = f"{method} runs the pool's {mode!r} mode"
             else:
                 lead = f"Pool() runs {method} serially (mode='serial' is the default)"
-            warnings.warn(_ignoring(lead, ignored, alone is not None), IgnoredOptionWarning, stacklevel=3)
+            warnings.warn(_ignoring(lead, ignored, alone is not None), IgnoredOptionWarning, stacklevel=4)
 
 
 def _left(name: str, value: Any) -> bool:
@@ -143,6 +143,11 @@ def _check_fun(method: str, mode: str, fun: Any, tasks: Any) -> None:
     ``tasks`` look swapped (``pmap(range(5), fib)``)."""
     if mode == DISTRIBUTED and isinstance(fun, type) and not issubclass(fun, BaseWorker):
         raise TypeError(f"fun must be a BaseWorker subclass or a function to serve, got {fun!r}")
+    if mode != DISTRIBUTED and isinstance(fun, type) and issubclass(fun, BaseWorker):
+        raise TypeError(
+            f"fun is {fun.__name__}, a BaseWorker class, which only the distributed mode serves; "
+            f"the {mode!r} mode calls a function: give {fun.__name__}().run, or the function its run calls"
+        )
     if callable(fun):
         return
     message = f"fun must be callable, got {reprlib.repr(fun)}"

@@ -12,14 +12,15 @@ the names known are the caller's to give.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from .logs import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["unknown", "METHODS"]
+__all__ = ["unknown", "METHODS", "known_by_other_names"]
 
 #: The method that runs each mode on its own.
 METHODS = {"serial": "smap", "threads": "tmap", "parallel": "pmap", "distributed": "dmap"}
@@ -125,3 +126,41 @@ def _advice(name: str, value: Any, method: Optional[str], mode: Optional[str]) -
     if name == "ordered":
         return ": only imap and aimap take it; map's Results are in the order of the tasks"
     return None
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+#: ``co_flags`` of an ``async def`` function (``inspect.CO_COROUTINE``, without importing inspect).
+_COROUTINE = 0x80
+
+
+def known_by_other_names(method: _Method) -> _Method:
+    """``method`` (a ``Pool`` method whose parameters start ``fun, tasks``), refusing ``fun`` and
+    ``tasks`` given under other libraries' names (``pool.map(func=f, iterable=xs)``) with
+    EzPool's names, where Python would say only that ``fun`` and ``tasks`` are missing. A
+    call that gives both positionally pays one comparison."""
+    name = method.__name__
+
+    def refuse(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        theirs = [key for key in kwargs if key in _FUNCTIONS or key in _TASKS]
+        if theirs and not {"fun", "tasks"} <= {*kwargs, *("fun", "tasks")[: len(args)]}:
+            given = ", ".join(f"{key}=..." for key in theirs)
+            raise TypeError(f"{name}() takes fun and tasks, not {given}: pool.{name}(fun, tasks), "
+                            f"or pool.{name}(fun=..., tasks=...)")
+
+    if method.__code__.co_flags & _COROUTINE:
+        @functools.wraps(method)
+        async def checked_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if len(args) < 2 and kwargs:
+                refuse(args, kwargs)
+            return await method(self, *args, **kwargs)
+
+        return checked_async  # type: ignore[return-value]  # the same signature, wrapped
+
+    @functools.wraps(method)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(args) < 2 and kwargs:
+            refuse(args, kwargs)
+        return method(self, *args, **kwargs)
+
+    return checked  # type: ignore[return-value]  # the same signature, wrapped
