@@ -195,10 +195,25 @@ def test_a_tasks_traceback_starts_at_the_users_frames_in_every_mode(mode_pool):
 
 
 @pytest.mark.timeout(120)
-def test_a_traceback_with_no_frame_of_the_users_is_kept_whole(mode_pool):
+def test_a_spread_call_that_never_entered_the_function_shows_no_frame_of_ezpool(mode_pool):
     _, pool = mode_pool
-    tail = _tail(pool.map(h.square, [(1, 2)])[(1, 2)])  # the call itself failed: only EzPool's frames
-    assert "ezpool" in _first_frame(tail), tail
+    tail = _tail(pool.map(h.square, [(1, 2)])[(1, 2)])  # the call itself failed: only EzPool's frame
+    assert "Traceback" not in tail and "ezpool/" not in tail, tail
+    assert tail.startswith("TypeError: square() takes 1 positional argument but 2 were given\n"), tail
+    assert "the task (1, 2) is a tuple" in tail, tail
+
+
+def test_a_traceback_with_no_frame_of_the_users_is_kept_whole():
+    from ezpool._core.task_errors import user_frames
+
+    namespace = {"__name__": "ezpool._core.somewhere"}  # a frame's module name says whose it is
+    exec("def own():\n    raise ValueError(\"EzPool's own\")", namespace)
+    try:
+        namespace["own"]()
+    except ValueError as exc:
+        tb = exc.__traceback__
+    assert user_frames(tb) is tb  # this test's frame is the user's: from there on
+    assert user_frames(tb.tb_next) is tb.tb_next  # EzPool's frame alone: kept whole
 
 
 @pytest.mark.timeout(120)

@@ -9,7 +9,8 @@ that returns pays nothing):
   PEP 678's ``add_note`` from Python 3.11, a line added to the message before;
 - the traceback starts at the user's frames: EzPool's own frames above the user's code
   (the loop that called ``fun``) are left out. One that holds no frame of the user's
-  (the call itself failed, or EzPool raised it) is kept whole.
+  is kept whole where EzPool raised it, and dropped where the spread call itself
+  failed (the note says why).
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def caught(exc: BaseException, fun: Callable[..., Any], task: Any) -> BaseExcept
     """``exc``, raised by ``fun`` run on ``task``, as its user should see it: with a note
     when ``task`` was spread into arguments that do not fit ``fun``, and its traceback from
     the user's frames on. Returns ``exc`` itself."""
+    tb = exc.__traceback__
     if type(task) is tuple and isinstance(exc, TypeError) and _refused(exc, fun, task):
         _add_note(exc, spread_note(fun, task))
-    tb = exc.__traceback__
+        if tb is not None and _own(user_frames(tb).tb_frame):
+            exc.__traceback__ = None  # the call never entered fun: EzPool's frame alone says nothing
+            return exc
     if tb is not None:
         exc.__traceback__ = user_frames(tb)
     return exc
