@@ -73,6 +73,16 @@ def mode(request) -> Mode:
     return MODES[request.param]
 
 
+@pytest.fixture(scope="module")
+def mode_pool(mode: Mode):
+    """A pool of each mode in turn, shared by a module's tests and shut down after them."""
+    pool = mode.pool()
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
+
+
 @pytest.fixture(params=[("serial", {}), ("parallel", {"ncpu": 2})], ids=["serial", "parallel"])
 def local_pool(request):
     """A pool of each mode that runs on this machine alone, for the store's tests."""

@@ -27,15 +27,6 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.name == FAILURES_LOGGER]
 
 
-@pytest.fixture(scope="module")
-def mode_pool(mode):
-    pool = mode.pool()
-    try:
-        yield pool
-    finally:
-        pool.shutdown()
-
-
 @pytest.mark.timeout(120)
 def test_a_call_with_failures_ends_with_one_warning_in_every_mode(mode_pool, caplog):
     with caplog.at_level(logging.WARNING, logger=FAILURES_LOGGER):

@@ -42,15 +42,6 @@ def _tasks(lock: Any, where: str) -> list[Any]:
     return [threading.Lock(), *good[:30], lock, *good[30:60], threading.Lock(), threading.Lock(), *good[60:]]
 
 
-@pytest.fixture(scope="module")
-def pool(mode: Mode):
-    made = mode.pool()
-    try:
-        yield made
-    finally:
-        made.shutdown()
-
-
 def _check(results: Any, tasks: list[Any], mode: Mode) -> None:
     """One outcome a task: the good ones' values; each lock's TaskNotSerializable, naming it
     (or, where tasks are not pickled, the function's value for it)."""
@@ -71,15 +62,17 @@ def _check(results: Any, tasks: list[Any], mode: Mode) -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("where", ["first", "middle", "last", "several"])
-def test_a_task_that_cannot_be_pickled_costs_only_itself_in_map(pool: Pool, mode: Mode, where: str) -> None:
+def test_a_task_that_cannot_be_pickled_costs_only_itself_in_map(
+    mode_pool: Pool, mode: Mode, where: str
+) -> None:
     tasks = _tasks(threading.Lock(), where)
-    _check(pool.map(kind, tasks), tasks, mode)
+    _check(mode_pool.map(kind, tasks), tasks, mode)
 
 
 @pytest.mark.timeout(120)
-def test_only_tasks_that_cannot_be_pickled_still_give_results(pool: Pool, mode: Mode) -> None:
+def test_only_tasks_that_cannot_be_pickled_still_give_results(mode_pool: Pool, mode: Mode) -> None:
     locks = [threading.Lock(), threading.Lock()]
-    results = pool.map(kind, locks)
+    results = mode_pool.map(kind, locks)
     assert list(results) == locks
     assert len(results.errors) == (2 if mode.remote else 0)
 
@@ -87,10 +80,10 @@ def test_only_tasks_that_cannot_be_pickled_still_give_results(pool: Pool, mode: 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
 def test_a_task_that_cannot_be_pickled_costs_only_itself_in_imap(
-    pool: Pool, mode: Mode, ordered: bool
+    mode_pool: Pool, mode: Mode, ordered: bool
 ) -> None:
     tasks = _tasks(threading.Lock(), "several")
-    outcomes = list(pool.imap(kind, iter(tasks), ordered=ordered))
+    outcomes = list(mode_pool.imap(kind, iter(tasks), ordered=ordered))
     assert len(outcomes) == len(tasks)
     if ordered:
         assert [outcome.task for outcome in outcomes] == tasks
@@ -105,9 +98,9 @@ def test_a_task_that_cannot_be_pickled_costs_only_itself_in_imap(
 
 
 @pytest.mark.timeout(120)
-def test_a_task_that_cannot_be_pickled_costs_only_itself_in_amap(pool: Pool, mode: Mode) -> None:
+def test_a_task_that_cannot_be_pickled_costs_only_itself_in_amap(mode_pool: Pool, mode: Mode) -> None:
     tasks = _tasks(threading.Lock(), "middle")
-    _check(asyncio.run(pool.amap(kind, tasks)), tasks, mode)
+    _check(asyncio.run(mode_pool.amap(kind, tasks)), tasks, mode)
 
 
 @pytest.mark.timeout(120)
