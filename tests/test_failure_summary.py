@@ -38,6 +38,20 @@ def test_a_call_with_failures_ends_with_one_warning_in_every_mode(mode_pool, cap
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("notes", [True, False], ids=["add_note", "before 3.11"])
+def test_tuple_tasks_spread_into_arguments_that_do_not_fit_are_said_so(mode_pool, caplog, monkeypatch, notes):
+    from ezpool._core import task_errors
+
+    monkeypatch.setattr(task_errors, "_NOTES", notes and task_errors._NOTES)
+    with caplog.at_level(logging.WARNING, logger=FAILURES_LOGGER):
+        mode_pool.map(h.square, [(1, 2), (3, 4)])
+    assert _warnings(caplog) == [
+        "2 of 2 tasks failed: TypeError x2 (square() takes 1 positional argument but 2 were given; the "
+        "tuple tasks were spread into arguments: see its note); see results.errors"
+    ]
+
+
+@pytest.mark.timeout(120)
 def test_a_call_without_failures_and_imap_say_nothing(mode_pool, caplog):
     with caplog.at_level(logging.DEBUG, logger=FAILURES_LOGGER):
         assert not mode_pool.map(h.square, range(30)).errors

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import RemoteError
 from .logs import get_logger
+from .task_errors import SPREAD_NOTE
 
 logger = get_logger(__name__)
 
@@ -65,6 +66,8 @@ def summary(errors: Iterable[BaseException], total: int, earlier: int = 0) -> st
     parts = []
     for name, (times, first) in ranked[:_TYPES_SHOWN]:
         message = _message(first)
+        if _spread(first):
+            message += "; the tuple tasks were spread into arguments: see its note"
         parts.append(f"{name} x{times}" + (f" ({message})" if message else ""))
     others = len(ranked) - _TYPES_SHOWN
     if others > 0:
@@ -89,3 +92,13 @@ def _message(error: BaseException) -> str:
     lines = text.strip().splitlines()
     line = lines[0].strip() if lines else ""
     return line if len(line) <= _MESSAGE_LONGEST else line[: _MESSAGE_LONGEST - 3] + "..."
+
+
+def _spread(error: BaseException) -> bool:
+    """Whether ``error`` carries EzPool's note on a tuple task spread into arguments that did not
+    fit (``ezpool._core.task_errors``): a PEP 678 note, or a line of the message before 3.11."""
+    notes = getattr(error, "__notes__", None)
+    lines = list(notes) if isinstance(notes, list) else []
+    if isinstance(error, TypeError) and error.args and isinstance(error.args[0], str):
+        lines += error.args[0].splitlines()[1:]
+    return any(isinstance(line, str) and line.startswith(SPREAD_NOTE) for line in lines)

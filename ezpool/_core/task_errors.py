@@ -22,7 +22,10 @@ from .logs import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["caught", "user_frames", "spread_note"]
+__all__ = ["SPREAD_NOTE", "caught", "user_frames", "spread_note"]
+
+#: How the note on a spread task begins.
+SPREAD_NOTE = "ezpool: the task "
 
 #: The package whose frames are EzPool's own: ``ezpool``.
 _PACKAGE = __name__.partition(".")[0]
@@ -64,7 +67,7 @@ def spread_note(fun: Callable[..., Any], task: tuple[Any, ...]) -> str:
         shown = shown[:56] + "...)"
     count = len(task)
     return (
-        f"ezpool: the task {shown} is a tuple, so it was spread into {count} argument"
+        f"{SPREAD_NOTE}{shown} is a tuple, so it was spread into {count} argument"
         f"{'' if count == 1 else 's'}; to pass it whole as one argument, wrap it as ({shown},), "
         f"or let {_name(fun)} take *args"
     )
