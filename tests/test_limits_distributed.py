@@ -97,6 +97,20 @@ def test_a_task_whose_peak_passed_max_memory_is_blamed_after_it_ends(serve):
     assert [results[t] for t in (1, 2, 3)] == [1, 2, 3]
 
 
+@pytest.mark.timeout(120)
+def test_a_worker_restarted_for_a_peak_still_sees_the_next_one_below_it(serve):
+    """The restart (an exec: the same pid) keeps ``ru_maxrss`` at the first spike's peak, so a
+    second spike below it raised no peak there. A spike made by one C call holds the GIL,
+    so the watchdog thread cannot see it either: only the peak check after the task can."""
+    uris = serve("", "--max-memory", "150MiB").uris
+    with Pool() as pool:
+        first = pool.dmap(hog, [("spike", 600)], workers=uris, spawn=False)
+        assert isinstance(first[("spike", 600)], WorkerOutOfMemory), first
+        second = pool.dmap(hog, [1, ("spike", 400), 2], workers=uris, spawn=False, chunksize=3)
+    assert isinstance(second[("spike", 400)], WorkerOutOfMemory), second
+    assert [second[1], second[2]] == [1, 2]
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("size", ["lots", "0", "-3MB"])
 def test_ezpool_serve_refuses_a_bad_max_memory_naming_it_before_serving(size, core_child_env):

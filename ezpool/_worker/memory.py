@@ -39,8 +39,12 @@ task. The watch reads, when it is made, how much of the process's resident memor
 shared (``shared_bytes``: the parent's pages after a fork, and the pages of shared
 libraries) and leaves that out of both readings. A forked process also inherits its
 parent's peak (``ru_maxrss`` counts from before the fork): ``over()`` counts only a
-peak that rose past both that and the limit. A process started big, and staying
-under the peak it inherited, is caught by the watchdog alone. Sizes are bytes;
+peak that rose past both that and the limit. An exec keeps the peak too: a served
+worker that restarts in place after a task past the limit starts with that task's
+peak, which would hide every later one below it. Where the peak inherited is past
+the limit, the watch reads instead the peak of the present memory image (``VmHWM``,
+a file read per task, only then). A process started big, and staying under the
+peak it inherited, is caught by the watchdog alone. Sizes are bytes;
 Linux gives both readings, other systems the peak alone (``resident_bytes`` is
 ``None`` there and the watchdog never fires).
 """
@@ -64,7 +68,7 @@ from ..errors import WorkerOutOfMemory
 logger = get_logger(__name__)
 
 __all__ = ["INTERVAL", "MemoryWatch", "blame_last", "human_size", "out_of_memory", "peak_bytes",
-           "resident_bytes", "shared_bytes"]
+           "high_water_bytes", "resident_bytes", "shared_bytes"]
 
 #: Seconds between two samples of the watchdog while a task runs.
 INTERVAL = 0.02
@@ -98,6 +102,21 @@ def shared_bytes() -> int:
     except (OSError, ValueError, IndexError):
         return 0
     return shared
+
+
+def high_water_bytes() -> Optional[int]:
+    """The largest resident size of this process's present memory image, in bytes (``VmHWM``
+    of ``/proc/self/status``; ``None`` where that cannot tell). Unlike ``ru_maxrss`` it
+    starts afresh when the process execs; it costs a file read, so ``MemoryWatch`` reads
+    it only where ``ru_maxrss`` is blind (see ``MemoryWatch.over``)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def peak_bytes() -> int:
@@ -155,6 +174,9 @@ class MemoryWatch:
         self._kill = kill
         self._inherited = peak_bytes()  # what a forked process's peak starts at
         self._shared = shared_bytes()  # not the worker's own: the parent's pages after a fork
+        # A peak inherited from the image before an exec (a served worker restarted in place
+        # after a task past the limit) hides any new one below it: then read VmHWM instead.
+        self._blind = self._inherited - self._shared > limit
         self._armed = threading.Event()
         self._closed = False
         self._thread: Optional[threading.Thread] = None
@@ -173,6 +195,10 @@ class MemoryWatch:
     def over(self) -> Optional[int]:
         """The peak resident size of the worker's own, if it has passed the limit (and what a
         fork inherited)."""
+        if self._blind:
+            water = high_water_bytes()
+            own = water - self._shared if water is not None else 0
+            return own if own > self.limit else None
         peak = peak_bytes()
         own = peak - self._shared
         return own if own > self.limit and peak > self._inherited else None
