@@ -39,9 +39,8 @@ def command_line(main: _Main) -> _Main:
             status = main(*args, **kwargs)
             sys.stdout.flush()  # what is still buffered fails here, not at exit
         except BrokenPipeError:
-            if not stdout_closed():
+            if not _reader_gone():
                 raise
-            _stdout_to_devnull()
             return CLOSED_STDOUT
         return status
 
@@ -53,9 +52,8 @@ def stdout_line(line: str) -> None:
     try:
         print(line, flush=True)
     except BrokenPipeError:
-        if not stdout_closed():
+        if not _reader_gone():
             raise
-        _stdout_to_devnull()
 
 
 def stdout_closed() -> bool:
@@ -69,6 +67,15 @@ def stdout_closed() -> bool:
         return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
     except (AttributeError, ValueError, OSError):  # no stdout, or not a file
         return False
+
+
+def _reader_gone() -> bool:
+    """After a ``BrokenPipeError``: whether it was stdout's reader that went away, and if so,
+    stdout pointed at ``os.devnull`` from now on."""
+    if not stdout_closed():
+        return False
+    _stdout_to_devnull()
+    return True
 
 
 def _stdout_to_devnull() -> None:
